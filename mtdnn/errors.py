@@ -1,0 +1,46 @@
+"""One error type for everything a user can get wrong, and the CLI wrapper that prints it cleanly."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Callable, Iterable, TypeVar
+
+T = TypeVar("T")
+
+
+class MtdnnError(Exception):
+    """A problem with the user's input: printed as plain lines, never as a traceback."""
+
+    def __init__(self, problems: str | Iterable[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def raise_if(problems: list[str], headline: str) -> None:
+    """Report every collected problem at once, so the user fixes them in one pass."""
+    if len(problems) == 1:
+        raise MtdnnError(problems)
+    if problems:
+        raise MtdnnError([f"{headline} ({len(problems)} problems):"] + [f"  - {p}" for p in problems])
+
+
+def want_traceback() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("MTDNN_DEBUG") == "1"
+
+
+def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Turn MtdnnError into 'error: ...' on stderr and exit code 2 (tracebacks only when debugging)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MtdnnError as err:
+            if want_traceback():
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper

@@ -1,0 +1,98 @@
+"""The training loop: one function, read top to bottom."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from mtdnn.config import TrainerConfig
+from mtdnn.data import Collator, TaskBatches, TaskData
+from mtdnn.inference import autocast, evaluate_tasks, main_score
+from mtdnn.model import MultiTaskModel
+from mtdnn.rundir import rng_state, save_best, save_checkpoint
+from mtdnn.sampler import TaskSampler
+from mtdnn.tracking import LossMeter, Tracker
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    micro_batches: int = 0  # batches drawn (grad_accum per step)
+    examples_seen: dict[str, int] = field(default_factory=dict)
+    best_score: float = -math.inf
+    best_step: int = 0
+    best_results: dict = field(default_factory=dict)
+
+    def state_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+@dataclass
+class Plan:
+    """How long and how often, fixed before the first step."""
+
+    total_steps: int
+    batches_per_epoch: int  # one pass over every task's train split
+    eval_every: int
+
+
+def make_plan(cfg: TrainerConfig, batches: dict[str, TaskBatches]) -> Plan:
+    per_epoch = sum(len(b) for b in batches.values())
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
+    eval_every = cfg.eval_every or max(1, math.ceil(per_epoch / cfg.grad_accum))
+    return Plan(total_steps=total, batches_per_epoch=per_epoch, eval_every=eval_every)
+
+
+def train(model: MultiTaskModel, tasks: dict[str, TaskData], batches: dict[str, TaskBatches],
+          collators: dict[str, Collator], sampler: TaskSampler, optimizer: torch.optim.Optimizer, scheduler,
+          cfg: TrainerConfig, plan: Plan, state: TrainState, tracker: Tracker, device: torch.device) -> TrainState:
+    specs = {name: data.spec for name, data in tasks.items()}
+    meter = LossMeter()
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    for step in range(state.step + 1, plan.total_steps + 1):
+        # 1. forward and backward over grad_accum micro-batches, each from one sampled task
+        for _ in range(cfg.grad_accum):
+            task = sampler.next()
+            batch = {k: v.to(device, non_blocking=True) for k, v in batches[task].next().items()}
+            with autocast(device, cfg.bf16):
+                logits = model(task, **batch)
+            loss = model.head(task).loss(logits, batch["labels"])
+            (loss * specs[task].loss_weight / cfg.grad_accum).backward()
+            meter.add(task, loss.detach())
+            state.micro_batches += 1
+            state.examples_seen[task] = state.examples_seen.get(task, 0) + len(batch["labels"])
+
+        # 2. clip, step, schedule
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step = step
+        tracker.step()
+
+        # 3. log (the only place losses leave the device)
+        if step % cfg.log_every == 0 or step == plan.total_steps:
+            tracker.train_scalars(step, meter.flush(), scheduler.get_last_lr()[0], float(grad_norm))
+
+        # 4. evaluate, keep the best, checkpoint
+        if step % plan.eval_every == 0 or step == plan.total_steps:
+            results = evaluate_tasks(model, tasks, collators, "validation", cfg.eval_batch_size, device, cfg.bf16)
+            epoch = state.micro_batches / plan.batches_per_epoch
+            tracker.evaluation(step, epoch, "validation", results)
+            score = main_score(results, specs, cfg.best_metric)
+            if score > state.best_score or not state.best_results:
+                state.best_score, state.best_step, state.best_results = score, step, results
+                save_best(tracker.run_dir, model, {"step": step, "score": score, "validation": results})
+            save_checkpoint(tracker.run_dir, step, model, {
+                "train": state.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
+                "batches": {t: b.state_dict() for t, b in batches.items()}, "rng": rng_state(),
+            }, cfg.keep_last)
+            model.train()
+    return state

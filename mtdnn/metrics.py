@@ -1,0 +1,60 @@
+"""Validation metrics per head type, computed by torchmetrics (the first metric of a task is its main one)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torchmetrics.functional as tmf
+
+MetricFn = Callable[[dict[str, torch.Tensor], torch.Tensor, int], float]
+
+
+def _accuracy(pred: dict, gold: torch.Tensor, k: int) -> float:
+    return tmf.accuracy(pred["prediction"], gold, task="multiclass", num_classes=k).item()
+
+
+def _f1(pred: dict, gold: torch.Tensor, k: int) -> float:
+    # binary tasks report F1 of the positive (second) label, as GLUE does for MRPC/QQP; else macro F1
+    if k == 2:
+        return tmf.f1_score(pred["prediction"], gold, task="binary").item()
+    return tmf.f1_score(pred["prediction"], gold, task="multiclass", num_classes=k, average="macro").item()
+
+
+def _f1_macro(pred: dict, gold: torch.Tensor, k: int) -> float:
+    return tmf.f1_score(pred["prediction"], gold, task="multiclass", num_classes=k, average="macro").item()
+
+
+def _mcc(pred: dict, gold: torch.Tensor, k: int) -> float:
+    return tmf.matthews_corrcoef(pred["prediction"], gold, task="multiclass", num_classes=k).item()
+
+
+def _auc(pred: dict, gold: torch.Tensor, k: int) -> float:
+    return tmf.auroc(pred["scores"][:, 1], gold, task="binary").item()
+
+
+def _pearson(pred: dict, gold: torch.Tensor, k: int) -> float:
+    return tmf.pearson_corrcoef(pred["prediction"].double(), gold.double()).item()
+
+
+def _spearman(pred: dict, gold: torch.Tensor, k: int) -> float:
+    return tmf.spearman_corrcoef(pred["prediction"].double(), gold.double()).item()
+
+
+def _mse(pred: dict, gold: torch.Tensor, k: int) -> float:
+    return tmf.mean_squared_error(pred["prediction"], gold.float()).item()
+
+
+def _mae(pred: dict, gold: torch.Tensor, k: int) -> float:
+    return tmf.mean_absolute_error(pred["prediction"], gold.float()).item()
+
+
+METRICS: dict[str, MetricFn] = {
+    "accuracy": _accuracy, "f1": _f1, "f1_macro": _f1_macro, "mcc": _mcc, "auc": _auc,
+    "pearson": _pearson, "spearman": _spearman, "mse": _mse, "mae": _mae,
+}
+LOWER_IS_BETTER = {"mse", "mae"}
+
+
+def compute(names: list[str], pred: dict[str, torch.Tensor], gold: torch.Tensor, num_labels: int) -> dict[str, float]:
+    return {name: METRICS[name](pred, gold, num_labels) for name in names}

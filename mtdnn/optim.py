@@ -1,0 +1,45 @@
+"""AdamW with decay only on weight matrices, and linear warmup then linear decay."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+from torch import nn
+
+from mtdnn.config import TrainerConfig
+
+
+def param_groups(model: nn.Module, cfg: TrainerConfig) -> list[dict]:
+    """Biases and LayerNorm weights (every 1-d parameter) get no weight decay; heads may get their own lr."""
+    head_lr = cfg.head_lr or cfg.lr
+    groups: dict[tuple[bool, bool], list] = {(h, d): [] for h in (False, True) for d in (False, True)}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups[(name.startswith("heads."), param.ndim >= 2)].append(param)
+    return [{"params": params, "lr": head_lr if is_head else cfg.lr,
+             "weight_decay": cfg.weight_decay if decays else 0.0}
+            for (is_head, decays), params in groups.items() if params]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimizer:
+    extra = {}
+    # the fused kernel is fastest where it exists (CUDA, and CPU in recent torch); fall back quietly
+    if "fused" in inspect.signature(torch.optim.AdamW).parameters:
+        device = next(model.parameters()).device
+        extra["fused"] = device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
+                             **extra)
+
+
+def lr_multiplier(step: int, warmup: int, total: int) -> float:
+    """1) linear warmup from 0 over `warmup` steps, 2) linear decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainerConfig, total_steps: int):
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, warmup, total_steps))

