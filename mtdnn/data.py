@@ -230,7 +230,8 @@ def _bad_label_mask(spec: TaskSpec, split: str, ds, values: pd.Series) -> dict[s
         not_finite = ~np.isfinite(numbers.astype(float))
         return {"regression target is not a finite number": not_finite & ~(missing & unlabeled_ok)}
     to_id = label_lookup(spec, ds)
-    ids = {v: to_id(v) for v in values.dropna().unique()}
+    # .item(): numpy scalars would print as np.int64(-1) in the message
+    ids = {getattr(v, "item", lambda: v)(): to_id(v) for v in values.dropna().unique()}
     unknown = [v for v, i in ids.items() if i is None or (i == UNLABELED and not unlabeled_ok)]
     masks = {}
     for value in unknown[:5]:

@@ -145,6 +145,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     if checkpoint is not None:
         _restore(checkpoint, model, optimizer, scheduler, sampler, batches, state)
     _log_plan(specs, sizes, plan, cfg, model, output_dir, state)
+    first_step = state.step
 
     # 4. train
     tracker = Tracker(output_dir, plan.total_steps, state.step, cfg.trainer.progress_bar)
@@ -155,7 +156,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         tracker.close()
 
     # 5. report with the best checkpoint
-    summary = _report(cfg, model, tasks, collators, plan, state, output_dir, device, sizes, started)
+    summary = _report(cfg, model, tasks, collators, plan, state, output_dir, device, sizes, started,
+                      resumed_at_step=first_step if checkpoint is not None else None)
     del model, optimizer, batches  # multirun jobs share one process: free memory between jobs
     gc.collect()
     return summary
@@ -195,7 +197,7 @@ def _log_plan(specs, sizes, plan: Plan, cfg, model, output_dir: Path, state: Tra
 
 
 def _report(cfg, model, tasks, collators, plan: Plan, state: TrainState, output_dir: Path, device, sizes,
-            started: float) -> dict:
+            started: float, resumed_at_step: int | None) -> dict:
     """Reload the best weights, predict the test splits, and write summary.json."""
     load_weights(model, output_dir / "best" / "model.safetensors")
     test_results = {}
@@ -211,6 +213,7 @@ def _report(cfg, model, tasks, collators, plan: Plan, state: TrainState, output_
     summary = {
         "run_dir": str(output_dir),
         "steps": state.step,
+        "resumed_at_step": resumed_at_step,
         "epochs": round(state.micro_batches / plan.batches_per_epoch, 4),
         "best_step": state.best_step,
         "best_score": state.best_score,

@@ -1,0 +1,74 @@
+"""Shared pieces of the run-folder commands (evaluate, predict): key=value arguments and loading a run."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mtdnn.encoders import encoder_from_saved_config
+from mtdnn.errors import MtdnnError
+from mtdnn.model import MultiTaskModel
+from mtdnn.rundir import load_run_specs, load_weights, run_checkpoint
+from mtdnn.tasks import TaskSpec
+
+T = TypeVar("T")
+
+
+def parse_args(schema: type[T], argv: list[str]) -> T:
+    """`key=value ...` onto a dataclass, with the same typed checking as the Hydra configs."""
+    bad = [a for a in argv if "=" not in a]
+    if bad:
+        raise MtdnnError(f"arguments are key=value; cannot read: {' '.join(bad)}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(argv))
+        missing = sorted(OmegaConf.missing_keys(merged))
+        if missing:
+            raise MtdnnError(f"{missing[0]}: required (pass {missing[0]}=...)")
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise MtdnnError(str(err).splitlines()[0]) from None
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    model: MultiTaskModel
+    tokenizer: object
+    specs: dict[str, TaskSpec]
+    config: object
+
+
+def load_run(run_dir: str, checkpoint: str, device: torch.device) -> LoadedRun:
+    """Rebuild a trained model from its run folder alone: no hub, no original config files."""
+    from transformers import AutoTokenizer
+
+    folder = Path(run_dir).expanduser().resolve()
+    if not (folder / "config.yaml").is_file():
+        raise MtdnnError(f"run_dir: {folder} is not an mtdnn run folder (no config.yaml)")
+    config = OmegaConf.load(folder / "config.yaml")
+    specs = load_run_specs(folder)
+    weights = run_checkpoint(folder, checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+    model = MultiTaskModel(encoder_from_saved_config(folder / "encoder"), specs, config.encoder.pooling)
+    load_weights(model, weights)
+    return LoadedRun(folder, model.to(device).eval(), tokenizer, {s.name: s for s in specs}, config)
+
+
+def select_tasks(run: LoadedRun, task: str | None) -> list[TaskSpec]:
+    if task is None:
+        return list(run.specs.values())
+    names = [t.strip() for t in task.split(",")]
+    unknown = [n for n in names if n not in run.specs]
+    if unknown:
+        raise MtdnnError(f"task: {', '.join(unknown)} not trained in this run; it has {', '.join(run.specs)}")
+    return [run.specs[n] for n in names]
+
+
+def argv() -> list[str]:
+    return sys.argv[1:]

@@ -1,0 +1,65 @@
+"""`python -m mtdnn.evaluate run_dir=DIR [split=validation] [task=a,b] [checkpoint=best|last|DIR]`
+
+Re-scores a saved run on a split of each task and writes eval/<checkpoint>_<split>.json in the run folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from omegaconf import MISSING
+
+from mtdnn.cli import argv, load_run, parse_args, select_tasks
+from mtdnn.data import TaskData, check_columns, check_rows, encode_splits, load_raw
+from mtdnn.errors import cli_errors, raise_if
+from mtdnn.inference import collator_for, predict_split, split_metrics
+from mtdnn.rundir import write_json
+from mtdnn.train import pick_device
+
+
+@dataclass
+class EvaluateConfig:
+    run_dir: str = MISSING
+    split: str = "validation"
+    task: Optional[str] = None  # comma-separated subset of the run's tasks
+    checkpoint: str = "best"  # best | last | a checkpoint folder
+    batch_size: int = 128
+    bf16: bool = False
+    device: str = "auto"
+
+
+def evaluate(cfg: EvaluateConfig) -> dict[str, dict[str, float]]:
+    run = load_run(cfg.run_dir, cfg.checkpoint, pick_device(cfg.device))
+    device = next(run.model.parameters()).device
+    results, problems = {}, []
+    for spec in select_tasks(run, cfg.task):
+        if cfg.split not in spec.source.splits and cfg.split not in spec.source.split_fractions:
+            problems.append(f"split: task {spec.name} has no '{cfg.split}' split")
+            continue
+        data = TaskData(spec, {cfg.split: load_raw(spec)[cfg.split]})
+        raise_if(check_columns(spec, data.raw) or check_rows(data), "the data has problems")
+        encode_splits(data, run.tokenizer)
+        collate = collator_for(spec, run.tokenizer, 8)
+        pred, gold = predict_split(run.model, spec, data.encoded[cfg.split], collate, cfg.batch_size, device,
+                                   cfg.bf16)
+        scores = split_metrics(spec, pred, gold)
+        if scores is None:
+            problems.append(f"split: task {spec.name}'s '{cfg.split}' split has no labels; use mtdnn.predict")
+            continue
+        results[spec.name] = scores
+    raise_if(problems, "cannot evaluate")
+    label = cfg.checkpoint if cfg.checkpoint in ("best", "last") else "custom"
+    write_json(run.run_dir / "eval" / f"{label}_{cfg.split}.json", results)
+    return results
+
+
+@cli_errors
+def main() -> None:
+    results = evaluate(parse_args(EvaluateConfig, argv()))
+    for task, scores in results.items():
+        print(f"{task:<16} " + "  ".join(f"{m}={v:.4f}" for m, v in scores.items()))
+
+
+if __name__ == "__main__":
+    main()

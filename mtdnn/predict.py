@@ -1,0 +1,76 @@
+"""`python -m mtdnn.predict run_dir=DIR task=NAME [split=test | input=FILE] [out=FILE.jsonl]`
+
+Writes one JSON line per input row: id, the input text(s), the predicted label name (classification) or
+value (regression), and the scores. `input` may be any csv/tsv/json/jsonl/parquet file with the task's
+text columns. An existing output file is never overwritten unless overwrite=true.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import MISSING
+
+from mtdnn.cli import argv, load_run, parse_args, select_tasks
+from mtdnn.data import TaskData, check_columns, check_rows, encode_splits, load_raw
+from mtdnn.errors import MtdnnError, cli_errors, raise_if
+from mtdnn.inference import collator_for, predict_split, write_predictions
+from mtdnn.tasks import SourceSpec, TaskSpec
+from mtdnn.train import pick_device
+
+
+@dataclass
+class PredictConfig:
+    run_dir: str = MISSING
+    task: Optional[str] = None  # required when the run trained several tasks
+    split: str = "test"
+    input: Optional[str] = None  # a file to predict instead of a split of the task's source
+    out: Optional[str] = None  # default: <run_dir>/predictions/<task>_<split or input name>.jsonl
+    overwrite: bool = False
+    checkpoint: str = "best"
+    batch_size: int = 128
+    bf16: bool = False
+    device: str = "auto"
+
+
+def input_spec(spec: TaskSpec, path: str) -> TaskSpec:
+    """The task with its source swapped for one local file, read as the task's test split."""
+    file = Path(path).expanduser().resolve()
+    return dataclasses.replace(spec, source=SourceSpec(kind="files", splits={"test": str(file)}), file=str(file),
+                               on_bad_row="error")
+
+
+def predict(cfg: PredictConfig) -> Path:
+    run = load_run(cfg.run_dir, cfg.checkpoint, pick_device(cfg.device))
+    tasks = select_tasks(run, cfg.task)
+    if len(tasks) != 1:
+        raise MtdnnError(f"task: this run trained {', '.join(run.specs)}; name one with task=...")
+    spec = input_spec(tasks[0], cfg.input) if cfg.input else tasks[0]
+    split = "test" if cfg.input else cfg.split
+    stem = Path(cfg.input).stem if cfg.input else split
+    out = Path(cfg.out).expanduser() if cfg.out else run.run_dir / "predictions" / f"{spec.name}_{stem}.jsonl"
+    if out.exists() and not cfg.overwrite:
+        raise MtdnnError(f"out: {out} already exists; pass overwrite=true or another out=")
+    raw = load_raw(spec)
+    if split not in raw:
+        raise MtdnnError(f"split: task {spec.name} has no '{split}' split (it has {', '.join(raw)})")
+    data = TaskData(spec, {split: raw[split]})
+    raise_if(check_columns(spec, data.raw) or check_rows(data), "the input has problems")
+    encode_splits(data, run.tokenizer)
+    device = next(run.model.parameters()).device
+    pred, _ = predict_split(run.model, spec, data.encoded[split], collator_for(spec, run.tokenizer, 8),
+                            cfg.batch_size, device, cfg.bf16)
+    write_predictions(out, spec, data.raw[split], pred)
+    return out
+
+
+@cli_errors
+def main() -> None:
+    print(f"wrote {predict(parse_args(PredictConfig, argv()))}")
+
+
+if __name__ == "__main__":
+    main()

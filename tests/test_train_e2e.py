@@ -1,0 +1,150 @@
+"""End to end with a tiny encoder: multi-task training learns toy rules, the run folder is complete, a
+reloaded checkpoint predicts identically, resume continues exactly, and evaluate/predict work on the run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mtdnn.cli import load_run
+from mtdnn.errors import MtdnnError
+from mtdnn.evaluate import EvaluateConfig, evaluate
+from mtdnn.predict import PredictConfig, predict
+from mtdnn.train import run
+from conftest import compose_train, sentiment_rows, tiny_overrides, write_task
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One multi-task run shared by the tests below (training is the slow part)."""
+    from conftest import count_rows
+
+    root = tmp_path_factory.mktemp("e2e")
+    folder = root / "my_tasks"
+    write_task(folder, "toy_sent", "classification",
+               {"train": sentiment_rows(400, 1), "validation": sentiment_rows(100, 2), "test": sentiment_rows(50, 3)},
+               {"text": "sentence", "label": "label"}, labels=["neg", "pos"], metrics=["accuracy", "f1"])
+    write_task(folder, "toy_count", "regression",
+               {"train": count_rows(400, 4), "validation": count_rows(100, 5)},
+               {"text": "a", "text_pair": "b", "label": "score"}, fmt="jsonl")
+    cfg = compose_train(tiny_overrides(folder, "task=[toy_sent,toy_count]", "trainer.max_steps=150",
+                                       "trainer.eval_every=50", "sampler=uniform"))
+    summary = run(cfg, root / "run")
+    return root, folder, summary
+
+
+def test_multi_task_training_learns_both_toy_rules(trained):
+    root, _, summary = trained
+    assert summary["steps"] == 150
+    assert summary["validation"]["toy_sent"]["accuracy"] > 0.9  # chance is ~0.5
+    assert summary["validation"]["toy_count"]["pearson"] > 0.8  # chance is ~0
+    metrics = json.loads((root / "run" / "metrics.json").read_text())
+    assert [m["step"] for m in metrics] == [50, 100, 150]
+    losses = _tb_losses(root / "run" / "tb", "train/loss/toy_sent")
+    assert losses[-1] < 0.5 * losses[0]
+    seen = summary["tasks"]
+    assert seen["toy_sent"]["examples_seen"] + seen["toy_count"]["examples_seen"] == 150 * 16
+
+
+def _tb_losses(folder, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return [e.value for e in acc.Scalars(tag)]
+
+
+def test_run_folder_is_complete(trained):
+    root, _, summary = trained
+    out = root / "run"
+    for rel in ["config.yaml", "tasks/toy_sent.yaml", "tasks/toy_count.yaml", "tokenizer/tokenizer.json",
+                "encoder/config.json", "best/model.safetensors", "best/best.json", "summary.json",
+                "predictions/toy_sent_test.jsonl"]:
+        assert (out / rel).is_file(), rel
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert checkpoints == ["step_0000100", "step_0000150"]  # keep_last=2
+    best = json.loads((out / "best" / "best.json").read_text())
+    assert best["step"] == summary["best_step"]
+    lines = (out / "predictions" / "toy_sent_test.jsonl").read_text().splitlines()
+    assert len(lines) == 50
+    first = json.loads(lines[0])
+    assert first["label"] in ("neg", "pos") and set(first["scores"]) == {"neg", "pos"}
+    assert sum(first["scores"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert summary["test"]["toy_sent"]["accuracy"] > 0.9
+
+
+def test_reloaded_checkpoint_predicts_identically(trained):
+    root, _, _ = trained
+    loaded = load_run(str(root / "run"), "best", torch.device("cpu"))
+    weights = load_file(str(root / "run" / "best" / "model.safetensors"))
+    for name, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, weights[name]), name
+    out = predict(PredictConfig(run_dir=str(root / "run"), task="toy_sent", out=str(root / "again.jsonl")))
+    assert out.read_text() == (root / "run" / "predictions" / "toy_sent_test.jsonl").read_text()
+
+
+def test_evaluate_reproduces_validation_metrics(trained):
+    root, _, summary = trained
+    results = evaluate(EvaluateConfig(run_dir=str(root / "run")))
+    for task, scores in summary["validation"].items():
+        for metric, value in scores.items():
+            assert results[task][metric] == pytest.approx(value, abs=1e-5)
+    assert (root / "run" / "eval" / "best_validation.json").is_file()
+
+
+def test_predict_on_a_user_file_and_regression_values(trained, tmp_path):
+    root, _, _ = trained
+    (tmp_path / "new.csv").write_text("a,b\nwow wow wow the film,a b c\nthe movie,a b c\n")
+    out = predict(PredictConfig(run_dir=str(root / "run"), task="toy_count", input=str(tmp_path / "new.csv")))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [0, 1] and rows[0]["text_pair"] == "a b c"
+    assert rows[0]["prediction"] > rows[1]["prediction"] + 1.0  # real values, not all zeros
+    with pytest.raises(MtdnnError, match="already exists"):
+        predict(PredictConfig(run_dir=str(root / "run"), task="toy_count", input=str(tmp_path / "new.csv")))
+
+
+def test_new_run_refuses_to_overwrite_an_existing_one(trained):
+    root, folder, _ = trained
+    before = (root / "run" / "best" / "model.safetensors").read_bytes()
+    cfg = compose_train(tiny_overrides(folder, "task=toy_sent", "trainer.max_steps=2"))
+    with pytest.raises(MtdnnError, match="already holds a run"):
+        run(cfg, root / "run")
+    assert (root / "run" / "best" / "model.safetensors").read_bytes() == before
+
+
+def test_resume_continues_exactly(tmp_path, toy_tasks):
+    """20 steps straight == 10 steps, stop, resume from the step-10 checkpoint, 10 more."""
+    base = tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "trainer.max_steps=20", "trainer.eval_every=10",
+                          "trainer.keep_last=5", "predict_test=false", "trainer.grad_accum=2")
+    run(compose_train(base), tmp_path / "straight")
+    run(compose_train(base), tmp_path / "interrupted")
+    # pretend the second run died after step 10: drop everything it wrote later
+    import shutil
+    shutil.rmtree(tmp_path / "interrupted" / "checkpoints" / "step_0000020")
+    resumed = run(compose_train(base + [f"resume={tmp_path / 'interrupted'}"]), tmp_path / "unused")
+    assert resumed["resumed_at_step"] == 10 and resumed["steps"] == 20
+    a = load_file(str(tmp_path / "straight" / "checkpoints" / "step_0000020" / "model.safetensors"))
+    b = load_file(str(tmp_path / "interrupted" / "checkpoints" / "step_0000020" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert not (tmp_path / "unused").exists()
+
+
+def test_user_task_in_own_folder_trains_from_the_command_line(tmp_path):
+    """The README's 'add a task' flow: one YAML in a user folder, no code, via the real CLI."""
+    folder = tmp_path / "mine"
+    write_task(folder, "my_reviews", "classification",
+               {"train": sentiment_rows(64, 1), "validation": sentiment_rows(32, 2)},
+               {"text": "sentence", "label": "label"}, fmt="parquet", labels=["neg", "pos"])
+    done = subprocess.run([sys.executable, "-m", "mtdnn.train", "task=my_reviews", f"task_dirs=[{folder}]",
+                           "encoder=tiny", "trainer.max_steps=4", "trainer.progress_bar=false",
+                           f"hydra.run.dir={tmp_path}/hydra_run"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((tmp_path / "hydra_run" / "summary.json").read_text())
+    assert summary["steps"] == 4 and "accuracy" in summary["validation"]["my_reviews"]
