@@ -72,3 +72,15 @@ def test_conf_and_tasks_found_from_any_working_directory(tmp_path, monkeypatch):
     assert (conf_dir() / "train.yaml").is_file()
     assert (tasks_dir() / "rt_polarity.yaml").is_file()
     assert compose_train(["task=mnli"]).task == "mnli"
+
+
+def test_task_overrides_reach_the_spec_and_typos_are_named():
+    cfg = compose_train(["task=rte", "+task_overrides.rte.max_length=256"])
+    (spec,) = load_tasks(["rte"], [], OmegaConf.to_container(cfg.task_overrides))
+    assert spec.max_length == 256
+    from mtdnn.errors import MtdnnError
+
+    with pytest.raises(MtdnnError) as info:
+        load_tasks(["rte"], [], {"rte": {"max_lenght": 256}, "mnli": {"dropout": 0.2}})
+    assert "rte.yaml: max_lenght: unknown field (did you mean 'max_length'?)" in str(info.value)
+    assert "task_overrides.mnli: not among the selected tasks" in str(info.value)

@@ -140,3 +140,35 @@ def test_cli_bad_override_type_fails_fast(tmp_path):
     assert done.returncode != 0
     assert "trainer.lr" in done.stderr and "fast" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_hub_source_offline_gives_a_clear_error():
+    specs = load_tasks(["rte"])
+    with pytest.raises(MtdnnError) as info:
+        prepare_data(specs)
+    message = str(info.value)
+    assert "rte.yaml: source.splits.train: cannot load nyu-mll/glue/rte split 'train' from the hub" in message
+    assert "rte.yaml: source.splits.validation:" in message  # every split reported, not just the first
+
+
+def test_encoder_path_that_does_not_exist(tmp_path):
+    from conftest import compose_train
+    from mtdnn.train import run
+
+    cfg = compose_train(["encoder=bert-base-uncased", f"encoder.name={tmp_path}/no_such_model", "task=rt_polarity",
+                         "trainer.device=cpu"])
+    with pytest.raises(MtdnnError, match=f"encoder.name: local path does not exist: {tmp_path}/no_such_model"):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing created before the config was found valid
+
+
+@pytest.mark.parametrize("module,args,expected", [
+    ("mtdnn.predict", ["run_dir=/no/such/run"], "error: run_dir: /no/such/run is not an mtdnn run folder"),
+    ("mtdnn.evaluate", [], "error: run_dir: required (pass run_dir=...)"),
+    ("mtdnn.evaluate", ["run_dir=x", "batch_size=many"], "batch_size"),
+    ("mtdnn.predict", ["run_dir"], "error: arguments are key=value; cannot read: run_dir"),
+])
+def test_run_folder_commands_fail_cleanly(module, args, expected):
+    done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert expected in done.stderr and len(done.stderr.strip().splitlines()) == 1
