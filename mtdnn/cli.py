@@ -32,7 +32,8 @@ def parse_args(schema: type[T], argv: list[str]) -> T:
             raise MtdnnError(f"{missing[0]}: required (pass {missing[0]}=...)")
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
-        raise MtdnnError(str(err).splitlines()[0]) from None
+        key = getattr(err, "full_key", None)
+        raise MtdnnError(f"{key + ': ' if key else ''}{str(err).splitlines()[0]}") from None
 
 
 @dataclass
