@@ -56,7 +56,8 @@ class TrainerConfig:
     max_grad_norm: float = 1.0
     bf16: bool = False  # autocast the forward pass to bfloat16
     pad_to_multiple_of: int = 8
-    eval_every: Optional[int] = None  # optimizer steps between evaluations (default: once per epoch)
+    eval_every: Optional[int] = None  # optimizer steps between evaluations; overrides evals_per_epoch
+    evals_per_epoch: int = 4  # used when eval_every is not set (and always once more at the end)
     log_every: int = 10
     best_metric: str = "mean"  # 'mean' of each task's main metric, or '<task>/<metric>'
     keep_last: int = 2  # step checkpoints kept besides best/

@@ -256,14 +256,23 @@ def encode_splits(data: TaskData, tokenizer) -> None:
     spec = data.spec
     for split, ds in data.raw.items():
         data.encoded[split] = ds.map(
-            _encoder(spec, tokenizer, label_lookup(spec, ds), split),
+            _encoder(spec, tokenizer, label_lookup(spec, ds), hidden_labels(spec, split, ds)),
             batched=True,
             remove_columns=ds.column_names,
             desc=f"tokenising {spec.name}/{split}",
         )
 
 
-def _encoder(spec: TaskSpec, tokenizer, to_id: Callable[[Any], int | None], split: str):
+def hidden_labels(spec: TaskSpec, split: str, ds) -> bool:
+    """A test split whose labels are all missing or -1 carries no gold labels (GLUE's convention)."""
+    column = spec.columns.label
+    if split != "test" or not column or column not in ds.column_names:
+        return split == "test"
+    values = ds.select_columns([column]).to_pandas()[column]
+    return bool((values.isna() | (values.astype(str).isin(["-1", "-1.0"]))).all())
+
+
+def _encoder(spec: TaskSpec, tokenizer, to_id: Callable[[Any], int | None], hidden: bool):
     cols = spec.columns
     regression = spec.head == "regression"
 
@@ -271,7 +280,7 @@ def _encoder(spec: TaskSpec, tokenizer, to_id: Callable[[Any], int | None], spli
         pair = batch[cols.text_pair] if cols.text_pair else None
         out = dict(tokenizer(batch[cols.text], pair, truncation=True, max_length=spec.max_length))
         out["length"] = [len(ids) for ids in out["input_ids"]]
-        raw_labels = batch.get(cols.label) if cols.label else None
+        raw_labels = batch.get(cols.label) if cols.label and not hidden else None
         if raw_labels is None:
             raw_labels = [None] * len(out["input_ids"])
         if regression:

@@ -30,6 +30,9 @@ def encoder_problems(enc: EncoderConfig) -> list[str]:
         problems.append("encoder.from_config.model_type: required (e.g. bert)")
     if enc.from_config is not None and not enc.tokenizer and enc.tokenizer_vocab_size <= 0 and not enc.name:
         problems.append("encoder.tokenizer: a random-init encoder needs a tokenizer path or tokenizer_vocab_size > 0")
+    if enc.tokenizer_vocab_size > 0 and enc.from_config is None:
+        problems.append("encoder.tokenizer_vocab_size: only for random-init encoders (encoder.from_config); "
+                        "a pretrained encoder needs its own tokenizer")
     if enc.pooling not in ("cls", "mean", "pooler"):
         problems.append(f"encoder.pooling: must be cls, mean or pooler, got '{enc.pooling}'")
     return problems

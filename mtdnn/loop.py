@@ -44,7 +44,7 @@ class Plan:
 def make_plan(cfg: TrainerConfig, batches: dict[str, TaskBatches]) -> Plan:
     per_epoch = sum(len(b) for b in batches.values())
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
-    eval_every = cfg.eval_every or max(1, math.ceil(per_epoch / cfg.grad_accum))
+    eval_every = cfg.eval_every or max(1, math.ceil(per_epoch / cfg.grad_accum / cfg.evals_per_epoch))
     return Plan(total_steps=total, batches_per_epoch=per_epoch, eval_every=eval_every)
 
 

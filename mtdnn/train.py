@@ -40,7 +40,7 @@ def run_problems(cfg: DictConfig, specs: list[TaskSpec]) -> list[str]:
     """Checks of the run config that need the task specs; all reported together with encoder problems."""
     t = cfg.trainer
     problems = encoder_problems(cfg.encoder) + sampler_problems(cfg.sampler, [s.name for s in specs])
-    for name in ("batch_size", "eval_batch_size", "grad_accum", "log_every", "pad_to_multiple_of"):
+    for name in ("batch_size", "eval_batch_size", "grad_accum", "log_every", "pad_to_multiple_of", "evals_per_epoch"):
         if t[name] < 1:
             problems.append(f"trainer.{name}: must be >= 1, got {t[name]}")
     if t.lr <= 0:

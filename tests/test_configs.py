@@ -84,3 +84,26 @@ def test_task_overrides_reach_the_spec_and_typos_are_named():
         load_tasks(["rte"], [], {"rte": {"max_lenght": 256}, "mnli": {"dropout": 0.2}})
     assert "rte.yaml: max_lenght: unknown field (did you mean 'max_length'?)" in str(info.value)
     assert "task_overrides.mnli: not among the selected tasks" in str(info.value)
+
+
+def test_installed_package_layout_finds_its_configs(tmp_path):
+    """A wheel carries conf/ and tasks/ inside the package (pyproject force-include); mimic that layout."""
+    import shutil
+    import subprocess
+    import sys
+
+    from mtdnn.paths import PACKAGE_DIR
+
+    site = tmp_path / "site"
+    shutil.copytree(PACKAGE_DIR, site / "mtdnn", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(conf_dir(), site / "mtdnn" / "conf")
+    shutil.copytree(tasks_dir(), site / "mtdnn" / "tasks")
+    code = "from mtdnn.paths import conf_dir, tasks_dir; print(conf_dir()); print(tasks_dir())"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, check=True)
+    assert done.stdout.split() == [str(site / "mtdnn" / "conf"), str(site / "mtdnn" / "tasks")]
+
+
+def test_tokenizer_vocab_size_is_refused_for_pretrained_encoders():
+    cfg = compose_train(["encoder=minilm", "encoder.tokenizer_vocab_size=100"])
+    assert any("encoder.tokenizer_vocab_size: only for random-init" in p for p in encoder_problems(cfg.encoder))

@@ -192,3 +192,16 @@ def test_regression_targets_stay_real_numbers(tmp_path):
     encode_splits(data, train_wordpiece(["x"], 20))
     assert np.allclose(list(data.encoded["train"]["labels"]), [0.25, 3.5, -1.0, 4.75])
     assert isinstance(data, TaskData)
+
+
+def test_glue_style_hidden_regression_test_labels_are_not_scored(tmp_path):
+    from mtdnn.inference import split_metrics
+
+    test_rows = [{"a": f"x {i}", "y": -1.0} for i in range(4)]
+    write_task(tmp_path, "r", "regression", {"train": [{"a": "x 1", "y": 2.0}], "test": test_rows},
+               {"text": "a", "label": "y"})
+    data = prepare_data(load_tasks(["r"], [str(tmp_path)]))["r"]
+    encode_splits(data, train_wordpiece(["x"], 20))
+    gold = torch.tensor(list(data.encoded["test"]["labels"]))
+    assert torch.isnan(gold).all()
+    assert split_metrics(data.spec, {"prediction": torch.zeros(4)}, gold) is None
