@@ -94,10 +94,8 @@ def write_task(folder: Path, name: str, head: str, splits: dict[str, list[dict]]
     return path
 
 
-@pytest.fixture
-def toy_tasks(tmp_path) -> Path:
+def write_toy_tasks(folder: Path) -> Path:
     """Two toy tasks in a user folder: sentiment classification and pair regression."""
-    folder = tmp_path / "my_tasks"
     write_task(folder, "toy_sent", "classification",
                {"train": sentiment_rows(400, 1), "validation": sentiment_rows(100, 2), "test": sentiment_rows(50, 3)},
                {"text": "sentence", "label": "label"}, labels=["neg", "pos"], metrics=["accuracy", "f1"])
@@ -105,6 +103,11 @@ def toy_tasks(tmp_path) -> Path:
                {"train": count_rows(400, 4), "validation": count_rows(100, 5)},
                {"text": "a", "text_pair": "b", "label": "score"}, fmt="jsonl")
     return folder
+
+
+@pytest.fixture
+def toy_tasks(tmp_path) -> Path:
+    return write_toy_tasks(tmp_path / "my_tasks")
 
 
 def tiny_overrides(folder: Path, *more: str) -> list[str]:

@@ -16,22 +16,14 @@ from mtdnn.errors import MtdnnError
 from mtdnn.evaluate import EvaluateConfig, evaluate
 from mtdnn.predict import PredictConfig, predict
 from mtdnn.train import run
-from conftest import compose_train, sentiment_rows, tiny_overrides, write_task
+from conftest import compose_train, sentiment_rows, tiny_overrides, write_task, write_toy_tasks
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One multi-task run shared by the tests below (training is the slow part)."""
-    from conftest import count_rows
-
     root = tmp_path_factory.mktemp("e2e")
-    folder = root / "my_tasks"
-    write_task(folder, "toy_sent", "classification",
-               {"train": sentiment_rows(400, 1), "validation": sentiment_rows(100, 2), "test": sentiment_rows(50, 3)},
-               {"text": "sentence", "label": "label"}, labels=["neg", "pos"], metrics=["accuracy", "f1"])
-    write_task(folder, "toy_count", "regression",
-               {"train": count_rows(400, 4), "validation": count_rows(100, 5)},
-               {"text": "a", "text_pair": "b", "label": "score"}, fmt="jsonl")
+    folder = write_toy_tasks(root / "my_tasks")
     cfg = compose_train(tiny_overrides(folder, "task=[toy_sent,toy_count]", "trainer.max_steps=150",
                                        "trainer.eval_every=50", "sampler=uniform"))
     summary = run(cfg, root / "run")
