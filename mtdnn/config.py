@@ -73,6 +73,7 @@ class TrainConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    regularizer: dict[str, Any] = field(default_factory=dict)  # name -> settings; see mtdnn/regularizers
     seed: int = 42
     resume: Optional[str] = None  # a checkpoint folder or a run folder (its newest checkpoint)
     output_dir: Optional[str] = None  # default: Hydra's run dir

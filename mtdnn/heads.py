@@ -10,6 +10,12 @@ from torch import nn
 POOLINGS = ("cls", "mean", "pooler")
 
 
+def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """KL(p||q) + KL(q||p) over the last dimension, per row: sum (p - q)(log p - log q)."""
+    log_p, log_q = F.log_softmax(logits_a.float(), -1), F.log_softmax(logits_b.float(), -1)
+    return ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1)
+
+
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str, pooler_output: torch.Tensor | None) -> torch.Tensor:
     """Sentence representation: first token, masked mean, or the encoder's own pooler (BERT's tanh layer)."""
     if how == "cls":
@@ -38,6 +44,11 @@ class ClassificationHead(nn.Module):
         return F.cross_entropy(logits.float(), labels)
 
     @staticmethod
+    def divergence(logits_a: torch.Tensor, logits_b: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Per-example symmetric KL between the two predicted label distributions."""
+        return symmetric_kl(logits_a, logits_b)
+
+    @staticmethod
     def predict(logits: torch.Tensor) -> dict[str, torch.Tensor]:
         probs = logits.float().softmax(-1)
         return {"prediction": probs.argmax(-1), "scores": probs}
@@ -57,6 +68,11 @@ class RegressionHead(nn.Module):
     @staticmethod
     def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(logits.float(), labels.float())
+
+    @staticmethod
+    def divergence(logits_a: torch.Tensor, logits_b: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Per-example squared difference of the two predicted values (shape B, never B x B)."""
+        return (logits_a.float() - logits_b.float()).pow(2)
 
     @staticmethod
     def predict(logits: torch.Tensor) -> dict[str, torch.Tensor]:

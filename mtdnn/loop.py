@@ -11,6 +11,7 @@ from mtdnn.config import TrainerConfig
 from mtdnn.data import Collator, TaskBatches, TaskData
 from mtdnn.inference import autocast, evaluate_tasks, main_score
 from mtdnn.model import MultiTaskModel
+from mtdnn.regularizers import Regularizer, RngSnapshot, StepContext
 from mtdnn.rundir import rng_state, save_best, save_checkpoint
 from mtdnn.sampler import TaskSampler
 from mtdnn.tracking import LossMeter, Tracker
@@ -48,9 +49,25 @@ def make_plan(cfg: TrainerConfig, batches: dict[str, TaskBatches]) -> Plan:
     return Plan(total_steps=total, batches_per_epoch=per_epoch, eval_every=eval_every)
 
 
+def forward_backward(model: MultiTaskModel, task: str, batch: dict[str, torch.Tensor],
+                     regularizers: dict[str, Regularizer], scale: float, device: torch.device,
+                     bf16: bool) -> dict[str, torch.Tensor]:
+    """One micro-batch: clean forward, task loss, regularizer terms, backward. Returns the detached terms."""
+    dropout_rng = RngSnapshot(device) if regularizers else None  # lets regularizers replay dropout masks
+    with autocast(device, bf16):
+        embeds = model.embed(batch["input_ids"])
+        logits = model(task, **batch, inputs_embeds=embeds)
+        loss = model.head(task).loss(logits, batch["labels"])
+        ctx = StepContext(model, task, batch, embeds, logits, dropout_rng)
+        terms = {name: value for reg in regularizers.values() for name, value in reg.penalty(ctx).items()}
+    ((loss + sum(terms.values())) * scale).backward()
+    return {"loss": loss.detach(), **{name: value.detach() for name, value in terms.items()}}
+
+
 def train(model: MultiTaskModel, tasks: dict[str, TaskData], batches: dict[str, TaskBatches],
           collators: dict[str, Collator], sampler: TaskSampler, optimizer: torch.optim.Optimizer, scheduler,
-          cfg: TrainerConfig, plan: Plan, state: TrainState, tracker: Tracker, device: torch.device) -> TrainState:
+          regularizers: dict[str, Regularizer], cfg: TrainerConfig, plan: Plan, state: TrainState,
+          tracker: Tracker, device: torch.device) -> TrainState:
     specs = {name: data.spec for name, data in tasks.items()}
     meter = LossMeter()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -60,25 +77,27 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], batches: dict[str, 
         for _ in range(cfg.grad_accum):
             task = sampler.next()
             batch = {k: v.to(device, non_blocking=True) for k, v in batches[task].next().items()}
-            with autocast(device, cfg.bf16):
-                logits = model(task, **batch)
-            loss = model.head(task).loss(logits, batch["labels"])
-            (loss * specs[task].loss_weight / cfg.grad_accum).backward()
-            meter.add(task, loss.detach())
+            terms = forward_backward(model, task, batch, regularizers, specs[task].loss_weight / cfg.grad_accum,
+                                     device, cfg.bf16)
+            for name, value in terms.items():
+                meter.add(f"{name}/{task}", value)
             state.micro_batches += 1
             state.examples_seen[task] = state.examples_seen.get(task, 0) + len(batch["labels"])
 
-        # 2. clip, step, schedule
+        # 2. clip, step, schedule, then let regularizers follow the new weights (e.g. SMART's teacher)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        for reg in regularizers.values():
+            reg.after_step(model, step, plan.total_steps)
         state.step = step
         tracker.step()
 
         # 3. log (the only place losses leave the device)
         if step % cfg.log_every == 0 or step == plan.total_steps:
-            tracker.train_scalars(step, meter.flush(), scheduler.get_last_lr()[0], float(grad_norm))
+            stats = {k: v for reg in regularizers.values() for k, v in reg.stats().items()}
+            tracker.train_scalars(step, meter.flush(), scheduler.get_last_lr()[0], float(grad_norm), stats)
 
         # 4. evaluate, keep the best, checkpoint
         if step % plan.eval_every == 0 or step == plan.total_steps:
@@ -93,6 +112,7 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], batches: dict[str, 
                 "train": state.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
                 "batches": {t: b.state_dict() for t, b in batches.items()}, "rng": rng_state(),
+                "regularizers": {name: reg.state_dict() for name, reg in regularizers.items()},
             }, cfg.keep_last)
             model.train()
     return state

@@ -31,3 +31,7 @@ class MultiTaskModel(nn.Module):
 
     def head(self, task: str) -> nn.Module:
         return self.heads[task]
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Word embeddings only (before position/type embeddings and LayerNorm): what regularizers perturb."""
+        return self.encoder.get_input_embeddings()(input_ids)

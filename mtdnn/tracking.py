@@ -21,9 +21,9 @@ class LossMeter:
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = defaultdict(int)
 
-    def add(self, task: str, loss: torch.Tensor) -> None:
-        self.sums[task] = self.sums[task] + loss if task in self.sums else loss.clone()
-        self.counts[task] += 1
+    def add(self, key: str, loss: torch.Tensor) -> None:
+        self.sums[key] = self.sums[key] + loss if key in self.sums else loss.clone()
+        self.counts[key] += 1
 
     def flush(self) -> dict[str, float]:
         means = {t: (s / self.counts[t]).item() for t, s in self.sums.items()}
@@ -47,12 +47,15 @@ class Tracker:
     def step(self, n: int = 1) -> None:
         self.bar.update(n)
 
-    def train_scalars(self, step: int, losses: dict[str, float], lr: float, grad_norm: float) -> None:
-        for task, value in losses.items():
-            self.tb.add_scalar(f"train/loss/{task}", value, step)
+    def train_scalars(self, step: int, terms: dict[str, float], lr: float, grad_norm: float,
+                      stats: dict[str, float]) -> None:
+        """`terms` are '<term>/<task>' means (loss/<task>, smart_adv/<task>, ...); `stats` run-wide counters."""
+        for name, value in {**terms, **stats}.items():
+            self.tb.add_scalar(f"train/{name}", value, step)
         self.tb.add_scalar("train/lr", lr, step)
         self.tb.add_scalar("train/grad_norm", grad_norm, step)
-        self.bar.set_postfix({"loss": f"{sum(losses.values()) / max(1, len(losses)):.4f}", "lr": f"{lr:.2e}"})
+        losses = [v for k, v in terms.items() if k.startswith("loss/")]
+        self.bar.set_postfix({"loss": f"{sum(losses) / max(1, len(losses)):.4f}", "lr": f"{lr:.2e}"})
 
     def evaluation(self, step: int, epoch: float, split: str, results: dict[str, dict[str, float]]) -> None:
         # a resumed run re-evaluates steps after its checkpoint: keep one record per (step, split)

@@ -22,6 +22,7 @@ from mtdnn.loop import Plan, TrainState, make_plan, train
 from mtdnn.model import MultiTaskModel
 from mtdnn.optim import build_optimizer, build_scheduler
 from mtdnn.paths import conf_dir
+from mtdnn.regularizers import build_regularizers, regularizer_problems
 from mtdnn.rundir import (list_checkpoints, load_trainer_state, load_weights, resolve_resume, save_run_files,
                           seed_everything, set_rng_state, write_json)
 from mtdnn.sampler import TaskSampler, sampler_problems, task_probabilities
@@ -40,6 +41,7 @@ def run_problems(cfg: DictConfig, specs: list[TaskSpec]) -> list[str]:
     """Checks of the run config that need the task specs; all reported together with encoder problems."""
     t = cfg.trainer
     problems = encoder_problems(cfg.encoder) + sampler_problems(cfg.sampler, [s.name for s in specs])
+    problems += regularizer_problems(OmegaConf.to_container(cfg.regularizer, resolve=True), specs)
     for name in ("batch_size", "eval_batch_size", "grad_accum", "log_every", "pad_to_multiple_of", "evals_per_epoch"):
         if t[name] < 1:
             problems.append(f"trainer.{name}: must be >= 1, got {t[name]}")
@@ -141,24 +143,25 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     scheduler = build_scheduler(optimizer, cfg.trainer, plan.total_steps)
     sizes = {s.name: len(tasks[s.name].encoded["train"]) for s in specs}
     sampler = TaskSampler(cfg.sampler, sizes, plan.total_steps * cfg.trainer.grad_accum, cfg.seed)
+    regularizers = build_regularizers(OmegaConf.to_container(cfg.regularizer, resolve=True), model, specs)
     state = TrainState()
     if checkpoint is not None:
-        _restore(checkpoint, model, optimizer, scheduler, sampler, batches, state)
+        _restore(checkpoint, model, optimizer, scheduler, sampler, batches, regularizers, state)
     _log_plan(specs, sizes, plan, cfg, model, output_dir, state)
     first_step = state.step
 
     # 4. train
     tracker = Tracker(output_dir, plan.total_steps, state.step, cfg.trainer.progress_bar)
     try:
-        state = train(model, tasks, batches, collators, sampler, optimizer, scheduler, cfg.trainer, plan, state,
-                      tracker, device)
+        state = train(model, tasks, batches, collators, sampler, optimizer, scheduler, regularizers, cfg.trainer,
+                      plan, state, tracker, device)
     finally:
         tracker.close()
 
     # 5. report with the best checkpoint
     summary = _report(cfg, model, tasks, collators, plan, state, output_dir, device, sizes, started,
                       resumed_at_step=first_step if checkpoint is not None else None)
-    del model, optimizer, batches  # multirun jobs share one process: free memory between jobs
+    del model, optimizer, batches, regularizers  # multirun jobs share one process: free memory between jobs
     gc.collect()
     return summary
 
@@ -171,7 +174,8 @@ def _train_texts(tasks: dict[str, TaskData]):
                 yield from (str(t) for t in data.raw["train"][column])
 
 
-def _restore(checkpoint: Path, model, optimizer, scheduler, sampler, batches, state: TrainState) -> None:
+def _restore(checkpoint: Path, model, optimizer, scheduler, sampler, batches, regularizers,
+             state: TrainState) -> None:
     trainer_state = load_trainer_state(checkpoint)
     load_weights(model, checkpoint / "model.safetensors")
     optimizer.load_state_dict(trainer_state["optimizer"])
@@ -179,6 +183,8 @@ def _restore(checkpoint: Path, model, optimizer, scheduler, sampler, batches, st
     sampler.load_state_dict(trainer_state["sampler"])
     for task, batch_state in trainer_state["batches"].items():
         batches[task].load_state_dict(batch_state)
+    for name, reg in regularizers.items():
+        reg.load_state_dict(trainer_state.get("regularizers", {}).get(name, {}))
     state.load_state_dict(trainer_state["train"])
     set_rng_state(trainer_state["rng"])
     log.info("resumed from %s at step %d", checkpoint, state.step)
