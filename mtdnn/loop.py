@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -11,7 +12,7 @@ from mtdnn.config import TrainerConfig
 from mtdnn.data import Collator, TaskBatches, TaskData
 from mtdnn.inference import autocast, evaluate_tasks, main_score
 from mtdnn.model import MultiTaskModel
-from mtdnn.regularizers import Regularizer, RngSnapshot, StepContext
+from mtdnn.regularizers import DropoutReplay, Regularizer, StepContext
 from mtdnn.rundir import rng_state, save_best, save_checkpoint
 from mtdnn.sampler import TaskSampler
 from mtdnn.tracking import LossMeter, Tracker
@@ -53,12 +54,13 @@ def forward_backward(model: MultiTaskModel, task: str, batch: dict[str, torch.Te
                      regularizers: dict[str, Regularizer], scale: float, device: torch.device,
                      bf16: bool) -> dict[str, torch.Tensor]:
     """One micro-batch: clean forward, task loss, regularizer terms, backward. Returns the detached terms."""
-    dropout_rng = RngSnapshot(device) if regularizers else None  # lets regularizers replay dropout masks
+    dropout = DropoutReplay(device) if regularizers else None  # lets regularizers reuse the dropout masks
     with autocast(device, bf16):
         embeds = model.embed(batch["input_ids"])
-        logits = model(task, **batch, inputs_embeds=embeds)
+        with dropout.record() if dropout else nullcontext():
+            logits = model(task, **batch, inputs_embeds=embeds)
         loss = model.head(task).loss(logits, batch["labels"])
-        ctx = StepContext(model, task, batch, embeds, logits, dropout_rng)
+        ctx = StepContext(model, task, batch, embeds, logits, dropout)
         terms = {name: value for reg in regularizers.values() for name, value in reg.penalty(ctx).items()}
     ((loss + sum(terms.values())) * scale).backward()
     return {"loss": loss.detach(), **{name: value.detach() for name, value in terms.items()}}

@@ -11,7 +11,7 @@ from transformers import BertConfig, BertModel
 
 from mtdnn.heads import ClassificationHead, RegressionHead, symmetric_kl
 from mtdnn.model import MultiTaskModel
-from mtdnn.regularizers import RngSnapshot, StepContext, regularizer_problems
+from mtdnn.regularizers import DropoutReplay, StepContext, regularizer_problems
 from mtdnn.regularizers.smart import Config, Smart, ascent_step, per_example_norm, project
 from mtdnn.tasks import ColumnsSpec, SourceSpec, TaskSpec
 from mtdnn.train import run
@@ -38,9 +38,11 @@ def _batch() -> dict[str, torch.Tensor]:
 
 
 def _context(model: MultiTaskModel, task: str, batch: dict) -> StepContext:
-    rng = RngSnapshot(torch.device("cpu"))
+    dropout = DropoutReplay(torch.device("cpu"))
     embeds = model.embed(batch["input_ids"])
-    return StepContext(model, task, batch, embeds, model(task, **batch, inputs_embeds=embeds), rng)
+    with dropout.record():
+        logits = model(task, **batch, inputs_embeds=embeds)
+    return StepContext(model, task, batch, embeds, logits, dropout)
 
 
 # ---------------------------------------------------------------- formulas

@@ -23,6 +23,8 @@ from typing import Any, Protocol
 
 import torch
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
 from mtdnn.errors import raise_if
 from mtdnn.schema import build as build_dataclass
 from mtdnn.schema import suggest
@@ -49,7 +51,7 @@ class StepContext:
     batch: dict[str, torch.Tensor]
     embeds: torch.Tensor  # word embeddings fed to the clean pass (graph attached)
     logits: torch.Tensor  # clean logits (graph attached)
-    dropout_rng: "RngSnapshot"  # replay to give perturbed passes the clean pass's dropout masks
+    dropout: "DropoutReplay"  # replay() gives a later pass the clean pass's dropout masks
 
 
 class RngSnapshot:
@@ -74,6 +76,67 @@ class RngSnapshot:
             torch.set_rng_state(cpu_now)
             if cuda_now is not None:
                 torch.cuda.set_rng_state(cuda_now, self.device)
+
+
+_aten = torch.ops.aten
+_BERNOULLI = _aten.bernoulli_.float  # what dropout draws on CPU
+_FUSED_DROPOUT = _aten.native_dropout.default  # what dropout calls on GPU
+
+
+class _MaskRecorder(TorchDispatchMode):
+    """Keeps a copy of every dropout mask drawn under it (as bool: masks are exactly 0/1)."""
+
+    def __init__(self, masks: list[torch.Tensor]):
+        super().__init__()
+        self.masks = masks
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is _BERNOULLI:
+            self.masks.append(out.bool())  # copy now: dropout scales this tensor in place next
+        elif func is _FUSED_DROPOUT:
+            self.masks.append(out[1])
+        return out
+
+
+class _MaskReplayer(TorchDispatchMode):
+    """Serves the recorded masks, in order, instead of drawing new ones (drawing is the slow part on CPU)."""
+
+    def __init__(self, masks: list[torch.Tensor]):
+        super().__init__()
+        self.masks = masks
+        self.next = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func not in (_BERNOULLI, _FUSED_DROPOUT) or self.next >= len(self.masks):
+            return func(*args, **(kwargs or {}))
+        mask = self.masks[self.next]
+        self.next += 1
+        if func is _BERNOULLI:
+            return args[0].copy_(mask)
+        scale = 1.0 / (1.0 - args[1]) if args[1] < 1 else 0.0
+        return args[0] * mask * scale, mask
+
+
+class DropoutReplay:
+    """Lets later forward passes reuse the dropout masks of the clean pass, so that the divergence between two
+    passes measures the input (or weight) change and not two draws of dropout. Masks that surface as aten ops
+    are recorded and served back (cheaper than drawing them again); fused kernels that draw internally (GPU
+    attention) get the same masks because the RNG state is replayed as well."""
+
+    def __init__(self, device: torch.device):
+        self.rng = RngSnapshot(device)
+        self.masks: list[torch.Tensor] = []
+
+    @contextmanager
+    def record(self):
+        with _MaskRecorder(self.masks):
+            yield
+
+    @contextmanager
+    def replay(self):
+        with self.rng.replay(), _MaskReplayer(self.masks):
+            yield
 
 
 def available() -> list[str]:

@@ -161,13 +161,13 @@ class Smart:
         finite = torch.ones((), dtype=torch.bool, device=base.device)
         for _ in range(cfg.steps):
             delta.requires_grad_(True)
-            with ctx.dropout_rng.replay():
+            with ctx.dropout.replay():
                 perturbed = ctx.model(ctx.task, **{**ctx.batch, "inputs_embeds": base + delta})
             divergence = head.divergence(perturbed, clean, ctx.batch).sum()
             (grad,) = torch.autograd.grad(divergence, delta)  # input gradient only, no weight gradients
             finite = finite & torch.isfinite(grad).all()
             delta = torch.where(finite, ascent_step(delta.detach(), grad * mask, cfg) * mask, torch.zeros_like(base))
-        with ctx.dropout_rng.replay():
+        with ctx.dropout.replay():
             perturbed = ctx.model(ctx.task, **{**ctx.batch, "inputs_embeds": ctx.embeds + delta})
         term = head.divergence(perturbed, ctx.logits, ctx.batch).mean()
         if not bool(finite & torch.isfinite(term)):  # the one host sync: a NaN must never reach backward
@@ -178,7 +178,7 @@ class Smart:
     # 4: the Bregman proximal term against the momentum teacher
     def _proximal(self, ctx: StepContext) -> torch.Tensor:
         self.teacher.train(ctx.model.training)
-        with torch.no_grad(), ctx.dropout_rng.replay():
+        with torch.no_grad(), ctx.dropout.replay():
             target = self.teacher(ctx.task, **ctx.batch)
         return ctx.model.head(ctx.task).divergence(ctx.logits, target, ctx.batch).mean()
 
