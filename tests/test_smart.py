@@ -276,3 +276,34 @@ def test_smart_makes_the_model_smoother(tmp_path, toy_tasks):
     plain = _output_change(tmp_path / "plain", toy_tasks, radius=0.5)
     smart = _output_change(tmp_path / "smart", toy_tasks, radius=0.5)
     assert smart < plain, (smart, plain)
+
+
+def test_replay_serves_the_recorded_masks_without_drawing_again():
+    from mtdnn.regularizers import _MaskReplayer
+
+    model = _tiny_model(_spec("t")).train()
+    batch = _batch()
+    dropout = DropoutReplay(torch.device("cpu"))
+    with dropout.record():
+        clean = model("t", **batch)
+    assert len(dropout.masks) > 0 and all(m.dtype == torch.bool for m in dropout.masks)
+    torch.manual_seed(12345)  # a different RNG state: only served masks can reproduce the clean pass
+    with _MaskReplayer(dropout.masks):
+        served = model("t", **batch)
+    assert torch.equal(served, clean)
+    fresh = model("t", **batch)  # and dropout is really on: a new draw differs
+    assert not torch.equal(fresh, clean)
+
+
+def test_per_task_override_from_the_command_line_reaches_the_task_settings():
+    from omegaconf import OmegaConf
+
+    from mtdnn.regularizers.smart import task_settings
+
+    cfg = compose_train(["regularizer=smart", "regularizer.smart.lambda_s=3",
+                         "+regularizer.smart.tasks={stsb: {lambda_s: 1, norm: l2}}"])
+    node = OmegaConf.to_container(cfg.regularizer)
+    assert regularizer_problems(node, [_spec("stsb", "regression"), _spec("rte")]) == []
+    smart_cfg = Config(**node["smart"])
+    assert task_settings(smart_cfg, "stsb").lambda_s == 1.0 and task_settings(smart_cfg, "stsb").norm == "l2"
+    assert task_settings(smart_cfg, "rte").lambda_s == 3.0 and task_settings(smart_cfg, "rte").norm == "inf"
