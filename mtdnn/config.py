@@ -60,7 +60,8 @@ class TrainerConfig:
     evals_per_epoch: int = 4  # used when eval_every is not set (and always once more at the end)
     log_every: int = 10
     best_metric: str = "mean"  # 'mean' of each task's main metric, or '<task>/<metric>'
-    keep_last: int = 2  # step checkpoints kept besides best/
+    keep_last: int = 2  # newest step checkpoints kept, besides the best one
+    max_consecutive_skips: int = 10  # stop after this many NaN/inf steps in a row
     progress_bar: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 

@@ -13,7 +13,8 @@ from mtdnn.data import Collator, TaskBatches, TaskData
 from mtdnn.inference import autocast, evaluate_tasks, main_score
 from mtdnn.model import MultiTaskModel
 from mtdnn.regularizers import DropoutReplay, Regularizer, StepContext
-from mtdnn.rundir import rng_state, save_best, save_checkpoint
+from mtdnn.errors import MtdnnError
+from mtdnn.rundir import rng_state, rotate_checkpoints, save_best, save_checkpoint
 from mtdnn.sampler import TaskSampler
 from mtdnn.tracking import LossMeter, Tracker
 
@@ -26,6 +27,8 @@ class TrainState:
     best_score: float = -math.inf
     best_step: int = 0
     best_results: dict = field(default_factory=dict)
+    skipped_steps: int = 0  # optimizer steps dropped for a NaN/inf loss or gradient
+    consecutive_skips: int = 0
 
     def state_dict(self) -> dict:
         return dict(self.__dict__)
@@ -86,19 +89,29 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], batches: dict[str, 
             state.micro_batches += 1
             state.examples_seen[task] = state.examples_seen.get(task, 0) + len(batch["labels"])
 
-        # 2. clip, step, schedule, then let regularizers follow the new weights (e.g. SMART's teacher)
+        # 2. clip, step (unless the gradient is NaN/inf: one host sync per step keeps NaN out of the weights),
+        #    schedule, then let regularizers follow the new weights (e.g. SMART's teacher)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+            for reg in regularizers.values():
+                reg.after_step(model, step, plan.total_steps)
+            state.consecutive_skips = 0
+        else:
+            state.skipped_steps += 1
+            state.consecutive_skips += 1
+            if state.consecutive_skips >= cfg.max_consecutive_skips:
+                raise MtdnnError(f"training stopped at step {step}: {state.consecutive_skips} steps in a row had a "
+                                 f"NaN/inf loss or gradient; the last checkpoint is intact (try a lower trainer.lr)")
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        for reg in regularizers.values():
-            reg.after_step(model, step, plan.total_steps)
         state.step = step
         tracker.step()
 
         # 3. log (the only place losses leave the device)
         if step % cfg.log_every == 0 or step == plan.total_steps:
             stats = {k: v for reg in regularizers.values() for k, v in reg.stats().items()}
+            stats["skipped_steps"] = float(state.skipped_steps)
             tracker.train_scalars(step, meter.flush(), scheduler.get_last_lr()[0], float(grad_norm), stats)
 
         # 4. evaluate, keep the best, checkpoint
@@ -107,14 +120,17 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], batches: dict[str, 
             epoch = state.micro_batches / plan.batches_per_epoch
             tracker.evaluation(step, epoch, "validation", results)
             score = main_score(results, specs, cfg.best_metric)
-            if score > state.best_score or not state.best_results:
+            improved = score > state.best_score or not state.best_results
+            if improved:
                 state.best_score, state.best_step, state.best_results = score, step, results
-                save_best(tracker.run_dir, model, {"step": step, "score": score, "validation": results})
             save_checkpoint(tracker.run_dir, step, model, {
                 "train": state.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
                 "batches": {t: b.state_dict() for t, b in batches.items()}, "rng": rng_state(),
                 "regularizers": {name: reg.state_dict() for name, reg in regularizers.items()},
-            }, cfg.keep_last)
+            })
+            if improved:  # only after the checkpoint it names is complete
+                save_best(tracker.run_dir, step, {"score": score, "validation": results})
+            rotate_checkpoints(tracker.run_dir, cfg.keep_last)
             model.train()
     return state

@@ -4,36 +4,43 @@
     tasks/<name>.yaml      resolved task specs (label maps included)
     tokenizer/             the tokenizer, saved
     encoder/config.json    the encoder architecture (weights live in checkpoints)
-    checkpoints/step_N/    model.safetensors + trainer_state.pt (optimizer, scheduler, sampler, RNG)
-    best/                  model.safetensors + best.json, the best evaluation so far
+    checkpoints/step_N/    model.safetensors + trainer_state.pt (optimizer, scheduler, sampler, RNG,
+                           regularizer state such as SMART's teacher); the last `keep_last` plus the best
+    best.json              which checkpoint scored best, and its validation metrics
     metrics.json           every evaluation, appended
+    train_log.jsonl        per logging step: losses, learning rate, gradient norm
     summary.json           the final report
     predictions/           <task>_<split>.jsonl
     tb/                    TensorBoard scalars
 
-Every file is written to a temporary name, fsynced and renamed, so a crash never leaves half a file.
+Every file is written to a temporary name, fsynced and renamed, so a crash never leaves half a file, and
+`best.json` is replaced in one rename: at every moment it names a complete checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
 from mtdnn.errors import MtdnnError
 from mtdnn.tasks import TaskSpec, spec_from_dict, spec_to_dict
 
 CHECKPOINTS = "checkpoints"
+log = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -115,37 +122,72 @@ def seed_everything(seed: int) -> None:
 
 # ---------------------------------------------------------------- checkpoints
 
-def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, trainer_state: dict, keep_last: int) -> Path:
-    final = run_dir / CHECKPOINTS / f"step_{step:07d}"
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent if final.parent.exists()
-                                    else _mkdir(final.parent)))
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / CHECKPOINTS / f"step_{step:07d}"
+
+
+def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, trainer_state: dict) -> Path:
+    """Write into a hidden staging folder, fsync, then rename into place; a failed write leaves the previous
+    checkpoints untouched and says so."""
+    final = checkpoint_dir(run_dir, step)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         save_model(model, str(staging / "model.safetensors"))
         torch.save(trainer_state, staging / "trainer_state.pt")
         _fsync_tree(staging)
         _replace_dir(staging, final)
+    except OSError as err:
+        kept = list_checkpoints(run_dir)
+        raise MtdnnError(f"{final}: cannot write checkpoint: {err.strerror or err}; "
+                         f"{'the previous checkpoint ' + str(kept[-1]) + ' is intact' if kept else 'no earlier checkpoint'}"
+                         ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    for stale in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
-def save_best(run_dir: Path, model: torch.nn.Module, record: dict) -> None:
-    final = run_dir / "best"
-    staging = Path(tempfile.mkdtemp(prefix=".best.", dir=run_dir))
+def rotate_checkpoints(run_dir: Path, keep_last: int) -> None:
+    """Keep the newest `keep_last` checkpoints plus the one best.json names."""
+    best = best_checkpoint(run_dir, required=False)
+    found = list_checkpoints(run_dir)
+    for stale in found[: max(0, len(found) - keep_last)]:
+        if stale != best:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def save_best(run_dir: Path, step: int, record: dict) -> None:
+    """Point best.json at an already complete checkpoint (one atomic rename)."""
+    write_json(run_dir / "best.json", {"checkpoint": f"{CHECKPOINTS}/step_{step:07d}", "step": step, **record})
+
+
+def best_checkpoint(run_dir: Path, required: bool = True) -> Path | None:
+    path = run_dir / "best.json"
+    if not path.is_file():
+        if required:
+            raise MtdnnError(f"{path}: not found; this run has no evaluated checkpoint yet")
+        return None
     try:
-        save_model(model, str(staging / "model.safetensors"))
-        (staging / "best.json").write_text(json.dumps(record, indent=2) + "\n")
-        _fsync_tree(staging)
-        _replace_dir(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        return run_dir / json.loads(path.read_text())["checkpoint"]
+    except (ValueError, KeyError) as err:
+        raise MtdnnError(f"{path}: unreadable ({type(err).__name__}); use checkpoint=last or a checkpoint "
+                         "folder") from None
 
 
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def checkpoint_problem(folder: Path) -> str | None:
+    """Cheap completeness check: a truncated safetensors or torch zip file fails its header/trailer check."""
+    weights, state = folder / "model.safetensors", folder / "trainer_state.pt"
+    for path in (weights, state):
+        if not path.is_file():
+            return f"{path}: missing"
+    try:
+        with safe_open(str(weights), "pt"):
+            pass
+    except Exception as err:  # safetensors raises its own error types
+        return f"{weights}: corrupted ({str(err).splitlines()[0]})"
+    if not zipfile.is_zipfile(state):
+        return f"{state}: corrupted (not a complete torch archive)"
+    return None
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -177,16 +219,22 @@ def load_trainer_state(checkpoint: Path) -> dict:
 
 
 def resolve_resume(resume: str, default_run_dir: Path) -> Path:
-    """`auto` = newest checkpoint of this run dir; a run dir = its newest; a checkpoint folder = itself."""
+    """`auto` or a run dir: its newest good checkpoint (damaged ones are skipped with a warning);
+    a checkpoint folder: itself, which must be good."""
     target = default_run_dir if resume == "auto" else Path(os.path.expanduser(resume)).resolve()
     if not target.exists():
         raise MtdnnError(f"resume: no such checkpoint or run folder: {target}")
-    if (target / "model.safetensors").is_file() and (target / "trainer_state.pt").is_file():
+    if target.parent.name == CHECKPOINTS:
+        problem = checkpoint_problem(target)
+        if problem:
+            raise MtdnnError(f"resume: {problem}")
         return target
-    found = list_checkpoints(target)
-    if not found:
-        raise MtdnnError(f"resume: no complete checkpoint under {target}/{CHECKPOINTS}")
-    return found[-1]
+    for candidate in reversed(list_checkpoints(target)):
+        problem = checkpoint_problem(candidate)
+        if problem is None:
+            return candidate
+        log.warning("resume: skipping damaged checkpoint: %s", problem)
+    raise MtdnnError(f"resume: no good checkpoint under {target / CHECKPOINTS}")
 
 
 # ---------------------------------------------------------------- run files
@@ -209,7 +257,7 @@ def load_run_specs(run_dir: Path) -> list[TaskSpec]:
 def run_checkpoint(run_dir: Path, which: str) -> Path:
     """'best', 'last', or a checkpoint folder -> the model.safetensors to load."""
     if which == "best":
-        path = run_dir / "best" / "model.safetensors"
+        path = best_checkpoint(run_dir) / "model.safetensors"
     elif which == "last":
         found = list_checkpoints(run_dir)
         path = found[-1] / "model.safetensors" if found else run_dir / CHECKPOINTS / "<none>"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from mtdnn.rundir import write_json
+from mtdnn.rundir import write_atomic, write_json
 
 log = logging.getLogger("mtdnn")
 
@@ -43,6 +43,16 @@ class Tracker:
                         dynamic_ncols=True)
         path = run_dir / "metrics.json"
         self.evaluations: list[dict] = json.loads(path.read_text()) if path.is_file() else []
+        self.log_path = run_dir / "train_log.jsonl"
+        self._trim_log(start_step)
+
+    def _trim_log(self, start_step: int) -> None:
+        """A resumed run repeats the steps after its checkpoint: drop what the crashed run logged for them."""
+        if not self.log_path.is_file():
+            return
+        lines = [line for line in self.log_path.read_text().splitlines()
+                 if line.strip() and json.loads(line)["step"] <= start_step]
+        write_atomic(self.log_path, "".join(line + "\n" for line in lines))
 
     def step(self, n: int = 1) -> None:
         self.bar.update(n)
@@ -52,6 +62,8 @@ class Tracker:
         """`terms` are '<term>/<task>' means (loss/<task>, smart_adv/<task>, ...); `stats` run-wide counters."""
         for name, value in {**terms, **stats}.items():
             self.tb.add_scalar(f"train/{name}", value, step)
+        with open(self.log_path, "a", encoding="utf-8") as handle:  # repr-exact floats: resume is checked on it
+            handle.write(json.dumps({"step": step, "lr": lr, "grad_norm": grad_norm, **terms, **stats}) + "\n")
         self.tb.add_scalar("train/lr", lr, step)
         self.tb.add_scalar("train/grad_norm", grad_norm, step)
         losses = [v for k, v in terms.items() if k.startswith("loss/")]

@@ -23,9 +23,10 @@ from mtdnn.model import MultiTaskModel
 from mtdnn.optim import build_optimizer, build_scheduler
 from mtdnn.paths import conf_dir
 from mtdnn.regularizers import build_regularizers, regularizer_problems
-from mtdnn.rundir import (list_checkpoints, load_trainer_state, load_weights, resolve_resume, save_run_files,
-                          seed_everything, set_rng_state, write_json)
+from mtdnn.rundir import (best_checkpoint, list_checkpoints, load_trainer_state, load_weights, resolve_resume,
+                          save_run_files, seed_everything, set_rng_state, write_json)
 from mtdnn.sampler import TaskSampler, sampler_problems, task_probabilities
+from mtdnn.schema import suggest
 from mtdnn.tasks import TaskSpec, load_tasks
 from mtdnn.tracking import Tracker
 
@@ -37,12 +38,29 @@ def task_names(task) -> list[str]:
     return [str(n) for n in names]
 
 
+def unknown_key_problems(cfg: DictConfig) -> list[str]:
+    """Keys added with '+' that no code reads: a typo there would otherwise silently do nothing."""
+    import dataclasses
+
+    from mtdnn.config import EncoderConfig, SamplerConfig, TrainConfig, TrainerConfig
+
+    problems = []
+    for prefix, node, schema in (("", cfg, TrainConfig), ("trainer.", cfg.trainer, TrainerConfig),
+                                 ("encoder.", cfg.encoder, EncoderConfig), ("sampler.", cfg.sampler, SamplerConfig)):
+        fields = {f.name for f in dataclasses.fields(schema)}
+        problems += [f"{prefix}{key}: unknown setting{suggest(str(key), fields)}" for key in node
+                     if key not in fields and key != "hydra"]
+    return problems
+
+
 def run_problems(cfg: DictConfig, specs: list[TaskSpec]) -> list[str]:
     """Checks of the run config that need the task specs; all reported together with encoder problems."""
     t = cfg.trainer
-    problems = encoder_problems(cfg.encoder) + sampler_problems(cfg.sampler, [s.name for s in specs])
+    problems = unknown_key_problems(cfg)
+    problems += encoder_problems(cfg.encoder) + sampler_problems(cfg.sampler, [s.name for s in specs])
     problems += regularizer_problems(OmegaConf.to_container(cfg.regularizer, resolve=True), specs)
-    for name in ("batch_size", "eval_batch_size", "grad_accum", "log_every", "pad_to_multiple_of", "evals_per_epoch"):
+    for name in ("batch_size", "eval_batch_size", "grad_accum", "log_every", "pad_to_multiple_of", "evals_per_epoch",
+                 "max_consecutive_skips"):
         if t[name] < 1:
             problems.append(f"trainer.{name}: must be >= 1, got {t[name]}")
     if t.lr <= 0:
@@ -90,7 +108,8 @@ def prepare_data(specs: list[TaskSpec]) -> dict[str, TaskData]:
 
 def prepare_output_dir(output_dir: Path, resuming: bool) -> None:
     """Never write a new run over an existing one: that would lose its checkpoints and metrics."""
-    if output_dir.exists() and not resuming and (list_checkpoints(output_dir) or (output_dir / "best").exists()):
+    if output_dir.exists() and not resuming and (list_checkpoints(output_dir) or (output_dir / "best.json").exists()
+                                                 or (output_dir / "summary.json").exists()):
         raise MtdnnError(f"output_dir: {output_dir} already holds a run; pass resume=auto to continue it "
                          "or choose another output_dir")
     try:
@@ -205,7 +224,7 @@ def _log_plan(specs, sizes, plan: Plan, cfg, model, output_dir: Path, state: Tra
 def _report(cfg, model, tasks, collators, plan: Plan, state: TrainState, output_dir: Path, device, sizes,
             started: float, resumed_at_step: int | None) -> dict:
     """Reload the best weights, predict the test splits, and write summary.json."""
-    load_weights(model, output_dir / "best" / "model.safetensors")
+    load_weights(model, best_checkpoint(output_dir) / "model.safetensors")
     test_results = {}
     for name, data in tasks.items():
         if "test" not in data.encoded or not cfg.predict_test:
@@ -222,6 +241,7 @@ def _report(cfg, model, tasks, collators, plan: Plan, state: TrainState, output_
         "resumed_at_step": resumed_at_step,
         "epochs": round(state.micro_batches / plan.batches_per_epoch, 4),
         "best_step": state.best_step,
+        "skipped_steps": state.skipped_steps,
         "best_score": state.best_score,
         "validation": state.best_results,
         "test": test_results,
@@ -256,9 +276,51 @@ def _main(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     summary = _main(cfg)
     return summary.get("best_score")  # sweepers optimise this
+
+
+@cli_errors
+def check_overrides(overrides: list[str]) -> None:
+    """Compose once before Hydra does, so a bad override is one clear line instead of Hydra's report."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            compose("train", overrides=overrides, return_hydra_config=True)
+    except Exception as err:  # Hydra and OmegaConf raise many types; all mean "this override is wrong"
+        raise MtdnnError(one_line(err)) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def one_line(err: Exception) -> str:
+    from omegaconf.errors import OmegaConfBaseException
+
+    from hydra.errors import MissingConfigException
+
+    cause = err.__cause__
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and err.options is not None:
+        group, _, name = err.missing_cfg_file.rpartition("/")
+        options = [o for o in err.options if not o.endswith("_schema")]
+        return f"{group}={name}: no such option{suggest(name, options)}; available: {', '.join(options)}"
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        return f"{cause.full_key}: {str(cause).splitlines()[0]}"
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
+def main() -> None:
+    import sys
+
+    from mtdnn.errors import want_traceback
+
+    args = sys.argv[1:]
+    # flags (--multirun, --help, --cfg, ...) and sweeps go to Hydra untouched
+    if args and not any(a.startswith("-") for a in args) and not want_traceback():
+        check_overrides(args)
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -55,13 +55,14 @@ def test_run_folder_is_complete(trained):
     root, _, summary = trained
     out = root / "run"
     for rel in ["config.yaml", "tasks/toy_sent.yaml", "tasks/toy_count.yaml", "tokenizer/tokenizer.json",
-                "encoder/config.json", "best/model.safetensors", "best/best.json", "summary.json",
+                "encoder/config.json", "best.json", "summary.json", "train_log.jsonl",
                 "predictions/toy_sent_test.jsonl"]:
         assert (out / rel).is_file(), rel
+    best = json.loads((out / "best.json").read_text())
+    assert best["step"] == summary["best_step"] and best["checkpoint"] == f"checkpoints/step_{best['step']:07d}"
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert checkpoints == ["step_0000100", "step_0000150"]  # keep_last=2
-    best = json.loads((out / "best" / "best.json").read_text())
-    assert best["step"] == summary["best_step"]
+    kept = {"step_0000100", "step_0000150", f"step_{best['step']:07d}"}  # keep_last=2 plus the best
+    assert set(checkpoints) == kept
     lines = (out / "predictions" / "toy_sent_test.jsonl").read_text().splitlines()
     assert len(lines) == 50
     first = json.loads(lines[0])
@@ -73,7 +74,8 @@ def test_run_folder_is_complete(trained):
 def test_reloaded_checkpoint_predicts_identically(trained):
     root, _, _ = trained
     loaded = load_run(str(root / "run"), "best", torch.device("cpu"))
-    weights = load_file(str(root / "run" / "best" / "model.safetensors"))
+    best = json.loads((root / "run" / "best.json").read_text())["checkpoint"]
+    weights = load_file(str(root / "run" / best / "model.safetensors"))
     for name, tensor in loaded.model.state_dict().items():
         assert torch.equal(tensor, weights[name]), name
     out = predict(PredictConfig(run_dir=str(root / "run"), task="toy_sent", out=str(root / "again.jsonl")))
@@ -102,11 +104,11 @@ def test_predict_on_a_user_file_and_regression_values(trained, tmp_path):
 
 def test_new_run_refuses_to_overwrite_an_existing_one(trained):
     root, folder, _ = trained
-    before = (root / "run" / "best" / "model.safetensors").read_bytes()
+    before = (root / "run" / "best.json").read_bytes()
     cfg = compose_train(tiny_overrides(folder, "task=toy_sent", "trainer.max_steps=2"))
     with pytest.raises(MtdnnError, match="already holds a run"):
         run(cfg, root / "run")
-    assert (root / "run" / "best" / "model.safetensors").read_bytes() == before
+    assert (root / "run" / "best.json").read_bytes() == before
 
 
 def test_resume_continues_exactly(tmp_path, toy_tasks):
