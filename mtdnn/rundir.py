@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import yaml
 from safetensors import safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_model
 
 from mtdnn.errors import MtdnnError
 from mtdnn.tasks import TaskSpec, spec_from_dict, spec_to_dict
@@ -145,6 +145,12 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, trainer_st
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def remove_staging(run_dir: Path) -> None:
+    """Half-written checkpoints of a killed run live in hidden staging folders; they are never read, only removed."""
+    for leftover in (run_dir / CHECKPOINTS).glob(".step_*") if (run_dir / CHECKPOINTS).is_dir() else []:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def rotate_checkpoints(run_dir: Path, keep_last: int) -> None:

@@ -23,8 +23,8 @@ from mtdnn.model import MultiTaskModel
 from mtdnn.optim import build_optimizer, build_scheduler
 from mtdnn.paths import conf_dir
 from mtdnn.regularizers import build_regularizers, regularizer_problems
-from mtdnn.rundir import (best_checkpoint, list_checkpoints, load_trainer_state, load_weights, resolve_resume,
-                          save_run_files, seed_everything, set_rng_state, write_json)
+from mtdnn.rundir import (best_checkpoint, list_checkpoints, load_trainer_state, load_weights, remove_staging,
+                          resolve_resume, save_run_files, seed_everything, set_rng_state, write_json)
 from mtdnn.sampler import TaskSampler, sampler_problems, task_probabilities
 from mtdnn.schema import suggest
 from mtdnn.tasks import TaskSpec, load_tasks
@@ -106,6 +106,14 @@ def prepare_data(specs: list[TaskSpec]) -> dict[str, TaskData]:
     return tasks
 
 
+def quiet_library_progress_bars() -> None:
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def prepare_output_dir(output_dir: Path, resuming: bool) -> None:
     """Never write a new run over an existing one: that would lose its checkpoints and metrics."""
     if output_dir.exists() and not resuming and (list_checkpoints(output_dir) or (output_dir / "best.json").exists()
@@ -132,6 +140,10 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     if checkpoint is not None:
         output_dir = checkpoint.parent.parent
     prepare_output_dir(output_dir, resuming=checkpoint is not None)
+    if checkpoint is not None:
+        remove_staging(output_dir)
+    if not cfg.trainer.progress_bar:
+        quiet_library_progress_bars()
     seed_everything(cfg.seed)
     device = pick_device(cfg.trainer.device)
 

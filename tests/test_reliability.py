@@ -1,0 +1,199 @@
+"""Crash and resume, atomic checkpoints, numerical faults, and what a killed process leaves behind."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtdnn import rundir
+from mtdnn.errors import MtdnnError
+from mtdnn.heads import ClassificationHead
+from mtdnn.rundir import checkpoint_problem, list_checkpoints, load_trainer_state, resolve_resume, save_checkpoint
+from mtdnn.train import run
+from conftest import compose_train, tiny_overrides
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _cli(folder: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "mtdnn.train", *tiny_overrides(folder), "task=[toy_sent,toy_count]",
+            "regularizer=smart", "trainer.max_steps=60", "trainer.eval_every=7", "trainer.log_every=1",
+            "trainer.grad_accum=2", "trainer.keep_last=3", "predict_test=false", f"output_dir={out}", *extra]
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_sigkill_at_a_random_step_then_resume_reproduces_every_loss_exactly(tmp_path, toy_tasks):
+    """A real subprocess is SIGKILLed mid-training; `resume=auto` must give the uninterrupted run's per-step
+    losses (task, SMART adversarial and proximal terms), learning rates and gradient norms, bit for bit."""
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    subprocess.run(_cli(toy_tasks, straight), cwd=tmp_path, env=ENV, check=True, capture_output=True, timeout=600)
+    kill_after = random.Random(os.getpid()).randint(10, 45)
+    proc = subprocess.Popen(_cli(toy_tasks, crashed), cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    log_file = crashed / "train_log.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log_file.is_file() and len(log_file.read_text().splitlines()) >= kill_after:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run finished before it could be killed"
+    last_checkpoint = int(list_checkpoints(crashed)[-1].name.split("_")[1])
+    done = subprocess.run(_cli(toy_tasks, crashed, "resume=auto"), cwd=tmp_path, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((crashed / "summary.json").read_text())
+    assert summary["resumed_at_step"] == last_checkpoint and summary["steps"] == 60
+    expected, got = _log(straight), _log(crashed)
+    assert [r["step"] for r in got] == list(range(1, 61))
+    assert got == expected  # every logged number after (and before) the crash is identical
+    assert json.loads((crashed / "metrics.json").read_text()) == json.loads((straight / "metrics.json").read_text())
+
+
+CRASH_POINTS = {
+    # after the weights are written into the staging folder, before the trainer state
+    "between files": """
+        real = rundir.save_model
+        def hook(model, path):
+            real(model, path)
+            Path(MARK).touch()
+            time.sleep(120)
+        rundir.save_model = hook
+    """,
+    # in the middle of writing the trainer state: half the bytes are on disk
+    "inside a file": """
+        real = rundir.torch.save
+        def hook(obj, path):
+            real(obj, path)
+            data = Path(path).read_bytes()
+            Path(path).write_bytes(data[: len(data) // 2])
+            Path(MARK).touch()
+            time.sleep(120)
+        rundir.torch.save = hook
+    """,
+}
+
+
+@pytest.mark.parametrize("moment", list(CRASH_POINTS))
+def test_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path, moment):
+    mark = tmp_path / "writing"
+    script = textwrap.dedent("""
+        import time, torch
+        from pathlib import Path
+        from mtdnn import rundir
+        RUN, MARK = Path({run!r}), {mark!r}
+        model = torch.nn.Linear(8, 3)
+        rundir.save_checkpoint(RUN, 1, model, {{"train": {{"step": 1}}}})
+        rundir.save_best(RUN, 1, {{"score": 0.5}})
+    """).format(run=str(tmp_path / "run"), mark=str(mark)) + textwrap.dedent(CRASH_POINTS[moment]) + \
+        "rundir.save_checkpoint(RUN, 2, model, {'train': {'step': 2}})\n"
+    proc = subprocess.Popen([sys.executable, "-c", script], env=ENV)
+    deadline = time.time() + 120
+    while not mark.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert mark.exists(), "the writer never reached the crash point"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_dir = tmp_path / "run"
+    assert list_checkpoints(run_dir) == [run_dir / "checkpoints" / "step_0000001"]
+    good = resolve_resume("auto", run_dir)
+    assert good.name == "step_0000001" and checkpoint_problem(good) is None
+    assert load_trainer_state(good)["train"]["step"] == 1
+    restored = torch.nn.Linear(8, 3)
+    rundir.load_weights(restored, good / "model.safetensors")
+    assert json.loads((run_dir / "best.json").read_text())["checkpoint"] == "checkpoints/step_0000001"
+    rundir.remove_staging(run_dir)
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step_0000001"]
+
+
+def test_resume_auto_skips_a_corrupted_newest_checkpoint_and_explicit_resume_refuses_it(tmp_path, caplog):
+    model = torch.nn.Linear(4, 2)
+    for step in (1, 2):
+        save_checkpoint(tmp_path, step, model, {"train": {"step": step}})
+    newest = tmp_path / "checkpoints" / "step_0000002" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:40])
+    assert resolve_resume("auto", tmp_path).name == "step_0000001"
+    assert "skipping damaged checkpoint" in caplog.text
+    with pytest.raises(MtdnnError, match=r"resume: .*step_0000002/model.safetensors: corrupted"):
+        resolve_resume(str(newest.parent), tmp_path)
+
+
+def test_disk_full_during_a_checkpoint_write_is_a_clear_error_and_keeps_the_previous(tmp_path, monkeypatch):
+    model = torch.nn.Linear(4, 2)
+    save_checkpoint(tmp_path, 1, model, {"train": {}})
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir.torch, "save", full)
+    with pytest.raises(MtdnnError) as info:
+        save_checkpoint(tmp_path, 2, model, {"train": {}})
+    assert "step_0000002: cannot write checkpoint: No space left on device" in str(info.value)
+    assert "the previous checkpoint" in str(info.value) and "step_0000001 is intact" in str(info.value)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_0000001"]  # no staging left over
+
+
+def _nan_loss_on(calls: set[int], monkeypatch):
+    real = ClassificationHead.loss
+    counter = {"n": 0}
+
+    def loss(logits, labels):
+        counter["n"] += 1
+        value = real(logits, labels)
+        return value * float("nan") if counter["n"] in calls else value
+
+    monkeypatch.setattr(ClassificationHead, "loss", staticmethod(loss))
+
+
+def test_nan_steps_are_skipped_counted_and_training_goes_on(tmp_path, toy_tasks, monkeypatch):
+    _nan_loss_on({5, 6, 7}, monkeypatch)
+    summary = run(compose_train(tiny_overrides(toy_tasks, "task=toy_sent", "trainer.max_steps=80",
+                                               "trainer.log_every=1", "predict_test=false")), tmp_path / "run")
+    assert summary["skipped_steps"] == 3 and summary["steps"] == 80
+    assert summary["validation"]["toy_sent"]["accuracy"] > 0.8
+    log = _log(tmp_path / "run")
+    assert [r["skipped_steps"] for r in log[3:8]] == [0, 1, 2, 3, 3]
+    weights = rundir.load_file(str(list_checkpoints(tmp_path / "run")[-1] / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_too_many_nan_steps_in_a_row_stop_with_the_last_checkpoint_intact(tmp_path, toy_tasks, monkeypatch):
+    _nan_loss_on(set(range(13, 1000)), monkeypatch)
+    cfg = compose_train(tiny_overrides(toy_tasks, "task=toy_sent", "trainer.max_steps=100", "trainer.eval_every=5",
+                                       "trainer.max_consecutive_skips=4", "trainer.keep_last=5", "predict_test=false"))
+    with pytest.raises(MtdnnError, match="training stopped at step 16: 4 steps in a row had a NaN/inf loss"):
+        run(cfg, tmp_path / "run")
+    kept = list_checkpoints(tmp_path / "run")
+    assert [p.name for p in kept] == ["step_0000005", "step_0000010", "step_0000015"]
+    for folder in kept:
+        assert checkpoint_problem(folder) is None
+        weights = rundir.load_file(str(folder / "model.safetensors"))
+        assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_loading_is_safe_by_construction():
+    """No pickle of untrusted files: torch.load only with weights_only=True, YAML only safe_load,
+    trust_remote_code off unless set."""
+    from mtdnn.config import EncoderConfig
+
+    sources = {p: p.read_text() for p in Path(rundir.__file__).parent.rglob("*.py")}
+    for path, text in sources.items():
+        for line in text.splitlines():
+            if "torch.load(" in line:
+                assert "weights_only=True" in line, f"{path}: {line.strip()}"
+            assert "yaml.load(" not in line and "pickle" not in line, f"{path}: {line.strip()}"
+    assert EncoderConfig().trust_remote_code is False
