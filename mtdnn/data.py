@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -141,15 +142,19 @@ def cut_by_fractions(ds, fractions: dict[str, float], seed: int) -> dict[str, An
 
 # ---------------------------------------------------------------- row checks
 
+GOLD_ROLES = ("label", "answers", "tags")  # test sets may come without these
+
+
 def check_columns(spec: TaskSpec, raw: dict[str, Any]) -> list[str]:
     problems = []
+    roles = [f.name for f in dataclasses.fields(spec.columns)]
     for split, ds in raw.items():
-        for role in ("text", "text_pair", "label", "id"):
+        for role in roles:
             column = getattr(spec.columns, role)
             if column is None or column in ds.column_names:
                 continue
-            if role == "label" and split == "test":
-                continue  # test sets may come without labels
+            if role in GOLD_ROLES and split == "test":
+                continue
             problems.append(f"{spec.file}: columns.{role}: column '{column}' not found in split '{split}'"
                             f"{suggest(column, ds.column_names)}; columns are: {', '.join(ds.column_names)}")
     return problems
@@ -185,6 +190,9 @@ def check_rows(data: TaskData) -> list[str]:
     """Find bad rows in every split. With on_bad_row=skip they are dropped and counted instead."""
     spec = data.spec
     problems = []
+    if spec.head == "ranking":  # one row per group from here on, whichever layout the file has
+        from mtdnn.ranking import regroup
+        data.raw = {split: regroup(spec, ds) for split, ds in data.raw.items()}
     for split, ds in list(data.raw.items()):
         bad = _bad_rows(spec, split, ds)
         if not bad:
@@ -206,6 +214,8 @@ def check_rows(data: TaskData) -> list[str]:
 
 def _bad_rows(spec: TaskSpec, split: str, ds) -> dict[tuple[str, str], list[int]]:
     """(column role, reason) -> row indices, using pandas so million-row sets check in seconds."""
+    if spec.head in KIND_MODULES:
+        return _kind(spec).bad_rows(spec, split, ds)
     bad: dict[tuple[str, str], list[int]] = {}
     for role in ("text", "text_pair"):
         column = getattr(spec.columns, role)
@@ -251,10 +261,22 @@ def _record(bad: dict, role: str, reason: str, mask: pd.Series) -> None:
 
 # ---------------------------------------------------------------- tokenisation
 
+KIND_MODULES = {"span": "mtdnn.span", "ranking": "mtdnn.ranking", "tagging": "mtdnn.tagging"}
+
+
+def _kind(spec: TaskSpec):
+    import importlib
+
+    return importlib.import_module(KIND_MODULES[spec.head])
+
+
 def encode_splits(data: TaskData, tokenizer) -> None:
     """Tokenise every split once; `datasets` caches the result keyed on the data, tokenizer and settings."""
     spec = data.spec
     for split, ds in data.raw.items():
+        if spec.head in KIND_MODULES:
+            data.encoded[split] = _kind(spec).encode(spec, tokenizer, ds, hidden_labels(spec, split, ds))
+            continue
         data.encoded[split] = ds.map(
             _encoder(spec, tokenizer, label_lookup(spec, ds), hidden_labels(spec, split, ds)),
             batched=True,
@@ -265,7 +287,13 @@ def encode_splits(data: TaskData, tokenizer) -> None:
 
 def hidden_labels(spec: TaskSpec, split: str, ds) -> bool:
     """A test split whose labels are all missing or -1 carries no gold labels (GLUE's convention)."""
-    column = spec.columns.label
+    if split != "test":
+        return False
+    if spec.head == "ranking":
+        return all(r < 0 for group in ds["relevance"] for r in group)
+    column = {"span": spec.columns.answers, "tagging": spec.columns.tags}.get(spec.head, spec.columns.label)
+    if spec.head in ("span", "tagging"):
+        return not column or column not in ds.column_names or not any(ds[column])
     if split != "test" or not column or column not in ds.column_names:
         return split == "test"
     values = ds.select_columns([column]).to_pandas()[column]
@@ -297,10 +325,11 @@ def _encoder(spec: TaskSpec, tokenizer, to_id: Callable[[Any], int | None], hidd
 class Collator:
     """Pad a list of encoded rows to the longest in the batch, rounded up to a multiple (tensor-core friendly)."""
 
-    def __init__(self, pad_id: int, multiple_of: int = 8, regression: bool = False):
+    def __init__(self, pad_id: int, multiple_of: int = 8, regression: bool = False, label_pad: int | None = None):
         self.pad_id = pad_id
         self.multiple_of = max(1, multiple_of)
         self.label_dtype = torch.float32 if regression else torch.long
+        self.label_pad = label_pad  # per-token labels (tagging) are padded with this
 
     def __call__(self, rows: dict[str, list]) -> dict[str, torch.Tensor]:
         longest = max(len(ids) for ids in rows["input_ids"])
@@ -309,7 +338,10 @@ class Collator:
                  "attention_mask": self._pad(rows["attention_mask"], width, 0)}
         if "token_type_ids" in rows:
             batch["token_type_ids"] = self._pad(rows["token_type_ids"], width, 0)
-        batch["labels"] = torch.tensor(rows["labels"], dtype=self.label_dtype)
+        if self.label_pad is not None:
+            batch["labels"] = self._pad(rows["labels"], width, self.label_pad)
+        else:
+            batch["labels"] = torch.tensor(rows["labels"], dtype=self.label_dtype)
         return batch
 
     @staticmethod

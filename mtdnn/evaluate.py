@@ -13,7 +13,7 @@ from omegaconf import MISSING
 from mtdnn.cli import argv, load_run, parse_args, select_tasks
 from mtdnn.data import TaskData, check_columns, check_rows, encode_splits, load_raw
 from mtdnn.errors import cli_errors, raise_if
-from mtdnn.inference import collator_for, predict_split, split_metrics
+from mtdnn.inference import collator_for, evaluate_split
 from mtdnn.rundir import write_json
 from mtdnn.train import pick_device
 
@@ -41,9 +41,8 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, dict[str, float]]:
         raise_if(check_columns(spec, data.raw) or check_rows(data), "the data has problems")
         encode_splits(data, run.tokenizer)
         collate = collator_for(spec, run.tokenizer, 8)
-        pred, gold = predict_split(run.model, spec, data.encoded[cfg.split], collate, cfg.batch_size, device,
-                                   cfg.bf16)
-        scores = split_metrics(spec, pred, gold)
+        _, scores = evaluate_split(run.model, spec, data.raw[cfg.split], data.encoded[cfg.split], collate,
+                                   cfg.batch_size, device, cfg.bf16)
         if scores is None:
             problems.append(f"split: task {spec.name}'s '{cfg.split}' split has no labels; use mtdnn.predict")
             continue

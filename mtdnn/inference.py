@@ -7,10 +7,12 @@ import math
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mtdnn import metrics
 from mtdnn.data import UNLABELED, Collator, TaskData, eval_batches
+from mtdnn.heads import IGNORE
 from mtdnn.model import MultiTaskModel
 from mtdnn.rundir import write_atomic
 from mtdnn.tasks import TaskSpec
@@ -20,26 +22,39 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else nullcontext()
 
 
-def collator_for(spec: TaskSpec, tokenizer, multiple_of: int) -> Collator:
-    return Collator(tokenizer.pad_token_id or 0, multiple_of, regression=spec.head == "regression")
+def collator_for(spec: TaskSpec, tokenizer, multiple_of: int):
+    pad = tokenizer.pad_token_id or 0
+    if spec.head == "ranking":
+        from mtdnn.ranking import GroupCollator
+        return GroupCollator(pad, multiple_of)
+    return Collator(pad, multiple_of, regression=spec.head == "regression",
+                    label_pad=IGNORE if spec.head == "tagging" else None)
 
 
 @torch.no_grad()
-def predict_split(model: MultiTaskModel, spec: TaskSpec, dataset, collate: Collator, batch_size: int,
-                  device: torch.device, bf16: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """(head predictions for every row, gold labels) for one encoded split, in row order."""
+def forward_split(model: MultiTaskModel, spec: TaskSpec, dataset, collate, batch_size: int, device: torch.device,
+                  bf16: bool = False) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """(batch, logits) on the CPU for every in-order batch of one encoded split."""
     was_training = model.training
     model.eval()
-    outputs, gold = [], []
+    out = []
     for batch in eval_batches(dataset, batch_size, collate):
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        on_device = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with autocast(device, bf16):
-            logits = model(spec.name, **batch)
-        outputs.append(model.head(spec.name).predict(logits))
-        gold.append(batch["labels"])
+            logits = model(spec.name, **on_device)
+        out.append((batch, logits.float().cpu()))
     model.train(was_training)
-    merged = {k: torch.cat([o[k] for o in outputs]).cpu() for k in outputs[0]}
-    return merged, torch.cat(gold).cpu()
+    return out
+
+
+def predict_split(model: MultiTaskModel, spec: TaskSpec, dataset, collate, batch_size: int,
+                  device: torch.device, bf16: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Sentence-level heads: (predictions for every row, gold labels), in row order."""
+    outputs = forward_split(model, spec, dataset, collate, batch_size, device, bf16)
+    head = model.head(spec.name)
+    merged = [head.predict(logits) for _, logits in outputs]
+    return ({k: torch.cat([m[k] for m in merged]) for k in merged[0]},
+            torch.cat([batch["labels"] for batch, _ in outputs]))
 
 
 def labeled_mask(spec: TaskSpec, gold: torch.Tensor) -> torch.Tensor:
@@ -54,14 +69,41 @@ def split_metrics(spec: TaskSpec, pred: dict[str, torch.Tensor], gold: torch.Ten
     return metrics.compute(spec.metrics, {k: v[mask] for k, v in pred.items()}, gold[mask], spec.num_labels)
 
 
+def _rows(outputs, per_row) -> list[np.ndarray]:
+    """Unpad each row's logits: `per_row(batch, logits, i)` cuts row i to its real length."""
+    return [per_row(batch, logits, i) for batch, logits in outputs for i in range(len(batch["labels"]))]
+
+
+def evaluate_split(model: MultiTaskModel, spec: TaskSpec, raw, encoded, collate, batch_size: int,
+                   device: torch.device, bf16: bool = False) -> tuple[list[dict], dict[str, float] | None]:
+    """Prediction records (one per input example) and metrics (None without gold labels), for any head."""
+    if spec.head in ("classification", "regression"):
+        pred, gold = predict_split(model, spec, encoded, collate, batch_size, device, bf16)
+        return sentence_records(spec, raw, pred), split_metrics(spec, pred, gold)
+    outputs = forward_split(model, spec, encoded, collate, batch_size, device, bf16)
+    if spec.head == "span":
+        from mtdnn import span
+        logits = _rows(outputs, lambda b, x, i: x[i, : int(b["attention_mask"][i].sum())].numpy())
+        records = span.decode(spec, raw, encoded, logits)
+        return records, span.span_metrics(spec, raw, records)
+    if spec.head == "ranking":
+        from mtdnn import ranking
+        scores = [logits[batch["group"] == g].numpy() for batch, logits in outputs
+                  for g in range(len(batch["labels"]))]
+        return ranking.evaluate(spec, raw, scores)
+    from mtdnn import tagging
+    logits = _rows(outputs, lambda b, x, i: x[i, : int(b["attention_mask"][i].sum())].numpy())
+    return tagging.evaluate(spec, raw, encoded, logits)
+
+
 def evaluate_tasks(model: MultiTaskModel, tasks: dict[str, TaskData], collators: dict[str, Collator],
                    split: str, batch_size: int, device: torch.device, bf16: bool) -> dict[str, dict[str, float]]:
     results = {}
     for name, data in tasks.items():
         if split not in data.encoded:
             continue
-        pred, gold = predict_split(model, data.spec, data.encoded[split], collators[name], batch_size, device, bf16)
-        scores = split_metrics(data.spec, pred, gold)
+        _, scores = evaluate_split(model, data.spec, data.raw[split], data.encoded[split], collators[name],
+                                   batch_size, device, bf16)
         if scores is not None:
             results[name] = scores
     return results
@@ -80,10 +122,10 @@ def main_score(results: dict[str, dict[str, float]], specs: dict[str, TaskSpec],
     return sum(values) / len(values) if values else -math.inf
 
 
-def write_predictions(path: Path, spec: TaskSpec, raw, pred: dict[str, torch.Tensor]) -> None:
-    """One JSON line per input row: its id (or row number), inputs, predicted label name or value, scores."""
+def sentence_records(spec: TaskSpec, raw, pred: dict[str, torch.Tensor]) -> list[dict]:
+    """Per row: its id (or row number), inputs, predicted label name and scores, or the predicted value."""
     cols = spec.columns
-    lines = []
+    records = []
     for i in range(len(raw)):
         row = raw[i]
         record = {"id": row[cols.id] if cols.id else i, "text": row[cols.text]}
@@ -95,5 +137,13 @@ def write_predictions(path: Path, spec: TaskSpec, raw, pred: dict[str, torch.Ten
             record["scores"] = {name: round(s, 6) for name, s in zip(spec.labels, scores)}
         else:
             record["prediction"] = float(pred["prediction"][i])
-        lines.append(json.dumps(record, ensure_ascii=False))
-    write_atomic(path, "\n".join(lines) + "\n")
+        records.append(record)
+    return records
+
+
+def write_records(path: Path, spec: TaskSpec, records: list[dict]) -> None:
+    """One JSON line per input; span tasks also get <name>.json in the official SQuAD layout {id: answer}."""
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    if spec.head == "span":
+        from mtdnn.span import official_predictions
+        write_atomic(path.with_suffix(".json"), json.dumps(official_predictions(records), ensure_ascii=False))

@@ -62,7 +62,7 @@ def forward_backward(model: MultiTaskModel, task: str, batch: dict[str, torch.Te
         embeds = model.embed(batch["input_ids"])
         with dropout.record() if dropout else nullcontext():
             logits = model(task, **batch, inputs_embeds=embeds)
-        loss = model.head(task).loss(logits, batch["labels"])
+        loss = model.head(task).loss(logits, batch)
         ctx = StepContext(model, task, batch, embeds, logits, dropout)
         terms = {name: value for reg in regularizers.values() for name, value in reg.penalty(ctx).items()}
     ((loss + sum(terms.values())) * scale).backward()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtdnn.heads import HEADS, pool
+from mtdnn.heads import HEADS
 from mtdnn.tasks import TaskSpec
 
 
@@ -16,7 +16,7 @@ class MultiTaskModel(nn.Module):
         self.pooling = pooling
         hidden = encoder.config.hidden_size
         self.heads = nn.ModuleDict(
-            {s.name: HEADS[s.head](hidden, s.num_labels, s.dropout) for s in specs}
+            {s.name: HEADS[s.head](hidden, s.num_labels, s.dropout, pooling) for s in specs}
         )
 
     def forward(self, task: str, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
@@ -26,8 +26,7 @@ class MultiTaskModel(nn.Module):
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         out = self.encoder(input_ids=None if inputs_embeds is not None else input_ids,
                            inputs_embeds=inputs_embeds, attention_mask=attention_mask, **extra)
-        pooled = pool(out.last_hidden_state, attention_mask, self.pooling, getattr(out, "pooler_output", None))
-        return self.heads[task](pooled)
+        return self.heads[task](out.last_hidden_state, attention_mask, getattr(out, "pooler_output", None))
 
     def head(self, task: str) -> nn.Module:
         return self.heads[task]

@@ -17,7 +17,7 @@ from omegaconf import MISSING
 from mtdnn.cli import argv, load_run, parse_args, select_tasks
 from mtdnn.data import TaskData, check_columns, check_rows, encode_splits, load_raw
 from mtdnn.errors import MtdnnError, cli_errors, raise_if
-from mtdnn.inference import collator_for, predict_split, write_predictions
+from mtdnn.inference import collator_for, evaluate_split, write_records
 from mtdnn.tasks import SourceSpec, TaskSpec
 from mtdnn.train import pick_device
 
@@ -61,9 +61,9 @@ def predict(cfg: PredictConfig) -> Path:
     raise_if(check_columns(spec, data.raw) or check_rows(data), "the input has problems")
     encode_splits(data, run.tokenizer)
     device = next(run.model.parameters()).device
-    pred, _ = predict_split(run.model, spec, data.encoded[split], collator_for(spec, run.tokenizer, 8),
-                            cfg.batch_size, device, cfg.bf16)
-    write_predictions(out, spec, data.raw[split], pred)
+    records, _ = evaluate_split(run.model, spec, data.raw[split], data.encoded[split],
+                                collator_for(spec, run.tokenizer, 8), cfg.batch_size, device, cfg.bf16)
+    write_records(out, spec, records)
     return out
 
 

@@ -15,15 +15,24 @@ from mtdnn.paths import tasks_dir
 from mtdnn.schema import build, suggest
 
 HEAD_TYPES = ("classification", "regression", "span", "ranking", "tagging")
-IMPLEMENTED_HEADS = ("classification", "regression")
 SOURCE_KINDS = ("hub", "files", "artifact")
 FILE_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
 SPLITS = ("train", "validation", "test")
 METRICS_BY_HEAD = {
     "classification": ("accuracy", "f1", "f1_macro", "mcc", "auc"),
     "regression": ("pearson", "spearman", "mse", "mae"),
+    "span": ("f1", "exact_match", "has_answer_f1", "has_answer_exact_match", "no_answer_f1",
+             "no_answer_exact_match"),
+    "ranking": ("accuracy", "mrr", "map"),
+    "tagging": ("entity_f1", "entity_precision", "entity_recall", "token_accuracy"),
 }
-DEFAULT_METRICS = {"classification": ["accuracy"], "regression": ["pearson", "spearman"]}
+DEFAULT_METRICS = {"classification": ["accuracy"], "regression": ["pearson", "spearman"],
+                   "span": ["f1", "exact_match"], "ranking": ["accuracy", "mrr", "map"],
+                   "tagging": ["entity_f1", "entity_precision", "entity_recall", "token_accuracy"]}
+# which column roles each head type needs (ranking: a candidates list, or one row per candidate with a group id)
+REQUIRED_COLUMNS = {"classification": ("text", "label"), "regression": ("text", "label"),
+                    "span": ("question", "context", "answers"), "ranking": ("query", "label"),
+                    "tagging": ("tokens", "tags")}
 
 
 @dataclass
@@ -50,10 +59,18 @@ class SourceSpec:
 class ColumnsSpec:
     """Which data column plays which role."""
 
-    text: Optional[str] = None
+    text: Optional[str] = None  # classification/regression; ranking: the candidate, one row per candidate
     text_pair: Optional[str] = None
-    label: Optional[str] = None
+    label: Optional[str] = None  # ranking: index (or list of indices) of the correct candidate(s), or 0/1 per row
     id: Optional[str] = None  # carried into predictions when set
+    question: Optional[str] = None  # span
+    context: Optional[str] = None  # span
+    answers: Optional[str] = None  # span: {text: [...], answer_start: [...]} (SQuAD layout)
+    query: Optional[str] = None  # ranking
+    candidates: Optional[str] = None  # ranking: a list of candidate texts per row
+    group: Optional[str] = None  # ranking with one row per candidate: rows with the same value form a group
+    tokens: Optional[str] = None  # tagging: a list of words
+    tags: Optional[str] = None  # tagging: a list of tags, one per word
 
 
 @dataclass
@@ -68,12 +85,17 @@ class TaskSpec:
     loss_weight: float = 1.0
     dropout: float = 0.1
     on_bad_row: str = "error"  # error | skip (skipped rows are counted in the summary)
+    doc_stride: int = 128  # span: tokens shared by consecutive windows of a long context
+    max_answer_length: int = 30  # span: longest answer (in tokens) the decoder may return
+    n_best: int = 20  # span: start and end candidates considered per window
+    allow_no_answer: bool = False  # span: SQuAD v2 (unanswerable questions exist)
+    no_answer_threshold: float = 0.0  # span v2: answer only when best span score - no-answer score exceeds this
     description: str = ""
     file: str = ""  # the YAML this came from, filled by the loader
 
     @property
     def num_labels(self) -> int:
-        return len(self.labels) if self.head == "classification" else 1
+        return len(self.labels) if self.head in ("classification", "tagging") else 1
 
 
 def known_tasks(extra_dirs: list[Path]) -> dict[str, Path]:
@@ -143,25 +165,20 @@ def _semantic_problems(spec: TaskSpec, path: Path) -> list[str]:
     problems: list[str] = []
     if spec.name is not None and spec.name != path.stem:
         problems.append(f"{where}name: '{spec.name}' differs from the file name '{path.stem}'")
-    if spec.head is None:
-        pass
-    elif spec.head not in HEAD_TYPES:
+    if spec.head is not None and spec.head not in HEAD_TYPES:
         problems.append(f"{where}head: unknown head type '{spec.head}'{suggest(spec.head, HEAD_TYPES)}; "
                         f"choose one of {', '.join(HEAD_TYPES)}")
-    elif spec.head not in IMPLEMENTED_HEADS:
-        problems.append(f"{where}head: '{spec.head}' heads are not available yet; "
-                        f"this version trains {', '.join(IMPLEMENTED_HEADS)}")
     if spec.source is not None and spec.source.kind is not None:
         problems += _source_problems(spec.source, where)
-    if spec.head in IMPLEMENTED_HEADS and spec.columns is not None:
+    if spec.head in HEAD_TYPES and spec.columns is not None:
         problems += _column_problems(spec, where)
     labels = spec.labels if isinstance(spec.labels, list) else []
-    if spec.head == "classification" and isinstance(spec.labels, list) and len(labels) < 2:
-        problems.append(f"{where}labels: a classification task needs at least 2 labels, got {spec.labels}")
+    if spec.head in ("classification", "tagging") and isinstance(spec.labels, list) and len(labels) < 2:
+        problems.append(f"{where}labels: a {spec.head} task needs at least 2 labels, got {spec.labels}")
     if spec.head == "classification" and len(set(labels)) != len(labels):
         problems.append(f"{where}labels: duplicate names in {spec.labels}")
-    if spec.head == "regression" and labels:
-        problems.append(f"{where}labels: a regression task has no label list; remove it")
+    if spec.head in ("regression", "span", "ranking") and labels:
+        problems.append(f"{where}labels: a {spec.head} task has no label list; remove it")
     allowed = METRICS_BY_HEAD.get(spec.head, ())
     for i, metric in enumerate(spec.metrics or []):
         if allowed and metric not in allowed:
@@ -181,11 +198,16 @@ def _semantic_problems(spec: TaskSpec, path: Path) -> list[str]:
 
 
 def _column_problems(spec: TaskSpec, where: str) -> list[str]:
-    problems = []
-    if not spec.columns.text:
-        problems.append(f"{where}columns.text: required for {spec.head} tasks")
-    if not spec.columns.label:
-        problems.append(f"{where}columns.label: required for {spec.head} tasks")
+    cols = spec.columns
+    problems = [f"{where}columns.{role}: required for {spec.head} tasks" for role in REQUIRED_COLUMNS[spec.head]
+                if not getattr(cols, role)]
+    if spec.head == "ranking" and bool(cols.candidates) == bool(cols.group):
+        problems.append(f"{where}columns.candidates: a ranking task needs either `candidates` (a list per row) or "
+                        "`group` + `text` (one row per candidate)")
+    if spec.head == "ranking" and cols.group and not cols.text:
+        problems.append(f"{where}columns.text: one row per candidate needs the candidate text column")
+    if spec.head == "span" and spec.doc_stride >= spec.max_length - 8:
+        problems.append(f"{where}doc_stride: must be well below max_length ({spec.max_length}), got {spec.doc_stride}")
     return problems
 
 

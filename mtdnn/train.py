@@ -17,7 +17,7 @@ from mtdnn.data import TaskBatches, TaskData, check_columns, check_rows, encode_
 from mtdnn.encoders import build_encoder, build_tokenizer, encoder_from_saved_config, encoder_problems, \
     pretrained_source
 from mtdnn.errors import MtdnnError, cli_errors, raise_if
-from mtdnn.inference import collator_for, predict_split, split_metrics, write_predictions
+from mtdnn.inference import collator_for, evaluate_split, write_records
 from mtdnn.loop import Plan, TrainState, make_plan, train
 from mtdnn.model import MultiTaskModel
 from mtdnn.optim import build_optimizer, build_scheduler
@@ -198,11 +198,18 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
 
 
 def _train_texts(tasks: dict[str, TaskData]):
+    """Every training text, for learning a tiny tokenizer (ranking rows are already regrouped)."""
     for data in tasks.values():
-        cols = data.spec.columns
-        for column in (cols.text, cols.text_pair):
-            if column:
-                yield from (str(t) for t in data.raw["train"][column])
+        cols, train = data.spec.columns, data.raw["train"]
+        if data.spec.head == "ranking":
+            yield from (str(q) for q in train["query"])
+            yield from (str(c) for group in train["candidates"] for c in group)
+        elif data.spec.head == "tagging":
+            yield from (" ".join(map(str, words)) for words in train[cols.tokens])
+        else:
+            for column in (cols.text, cols.text_pair, cols.question, cols.context):
+                if column:
+                    yield from (str(t) for t in train[column])
 
 
 def _restore(checkpoint: Path, model, optimizer, scheduler, sampler, batches, regularizers,
@@ -241,10 +248,9 @@ def _report(cfg, model, tasks, collators, plan: Plan, state: TrainState, output_
     for name, data in tasks.items():
         if "test" not in data.encoded or not cfg.predict_test:
             continue
-        pred, gold = predict_split(model, data.spec, data.encoded["test"], collators[name],
-                                   cfg.trainer.eval_batch_size, device, cfg.trainer.bf16)
-        write_predictions(output_dir / "predictions" / f"{name}_test.jsonl", data.spec, data.raw["test"], pred)
-        scores = split_metrics(data.spec, pred, gold)
+        records, scores = evaluate_split(model, data.spec, data.raw["test"], data.encoded["test"], collators[name],
+                                         cfg.trainer.eval_batch_size, device, cfg.trainer.bf16)
+        write_records(output_dir / "predictions" / f"{name}_test.jsonl", data.spec, records)
         if scores is not None:
             test_results[name] = scores
     summary = {

@@ -125,7 +125,7 @@ CASES: dict[str, tuple[Callable[[Path, dict], list[str]], str]] = {
     "unknown head type": (lambda c, w: _variant(c, {"head": "clasification"}),
                           "t.yaml: head: unknown head type 'clasification' (did you mean 'classification'?)"),
     "unknown yaml field": (lambda c, w: _variant(c, {"max_lenght": 64}),
-                           "t.yaml: max_lenght: unknown field (did you mean 'max_length'?)"),
+                           "t.yaml: max_lenght: unknown field (did you mean 'max_length'"),
     "missing column": (lambda c, w: _variant(c, {"columns.text": "sentense"}),
                        "t.yaml: columns.text: column 'sentense' not found in split 'train' (did you mean 'sentence'?)"),
     "label not in list": (lambda c, w: _variant(c, rows=_rows_with(4, label="neutral")),

@@ -82,7 +82,7 @@ def test_task_overrides_reach_the_spec_and_typos_are_named():
 
     with pytest.raises(MtdnnError) as info:
         load_tasks(["rte"], [], {"rte": {"max_lenght": 256}, "mnli": {"dropout": 0.2}})
-    assert "rte.yaml: max_lenght: unknown field (did you mean 'max_length'?)" in str(info.value)
+    assert "rte.yaml: max_lenght: unknown field (did you mean 'max_length'" in str(info.value)
     assert "task_overrides.mnli: not among the selected tasks" in str(info.value)
 
 

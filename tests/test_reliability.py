@@ -151,9 +151,9 @@ def _nan_loss_on(calls: set[int], monkeypatch):
     real = ClassificationHead.loss
     counter = {"n": 0}
 
-    def loss(logits, labels):
+    def loss(logits, batch):
         counter["n"] += 1
-        value = real(logits, labels)
+        value = real(logits, batch)
         return value * float("nan") if counter["n"] in calls else value
 
     monkeypatch.setattr(ClassificationHead, "loss", staticmethod(loss))

@@ -1,0 +1,181 @@
+"""Extractive QA (SQuAD v1.1 / v2): long contexts split into overlapping windows, answers mapped to tokens
+through character offsets, n-best decoding over every window of an example, SQuAD answer normalisation."""
+
+from __future__ import annotations
+
+import collections
+import re
+import string
+from typing import Any, Iterable
+
+import numpy as np
+
+from mtdnn.tasks import TaskSpec
+
+NO_OFFSET = (-1, -1)  # tokens outside the context (question, special tokens, padding)
+
+
+# ---------------------------------------------------------------- row checks
+
+def answer_list(value: Any) -> list[tuple[str, int]]:
+    """SQuAD layout {text: [...], answer_start: [...]} (a single text/start is accepted too)."""
+    if not value:
+        return []
+    texts, starts = value.get("text"), value.get("answer_start")
+    if isinstance(texts, str):
+        texts, starts = [texts], [starts]
+    return list(zip(texts or [], starts or []))
+
+
+def bad_rows(spec: TaskSpec, split: str, ds) -> dict[tuple[str, str], list[int]]:
+    cols = spec.columns
+    bad: dict[tuple[str, str], list[int]] = collections.defaultdict(list)
+    questions, contexts = ds[cols.question], ds[cols.context]
+    answers = ds[cols.answers] if cols.answers in ds.column_names else [None] * len(ds)
+    for row, (question, context, value) in enumerate(zip(questions, contexts, answers)):
+        if not question or not str(question).strip():
+            bad[("question", "text is empty")].append(row)
+        if not context or not str(context).strip():
+            bad[("context", "text is empty")].append(row)
+            continue
+        pairs = answer_list(value)
+        if not pairs and split != "test" and not spec.allow_no_answer:
+            bad[("answers", "no answer given (set allow_no_answer: true for SQuAD v2 data)")].append(row)
+        for text, start in pairs:
+            found = context[start: start + len(text)] if isinstance(start, int) and start >= 0 else None
+            if found != text:
+                bad[("answers", f"answer {text!r} does not match the context at offset {start} "
+                                f"(found {found!r})")].append(row)
+    return dict(bad)
+
+
+# ---------------------------------------------------------------- windows
+
+def encode(spec: TaskSpec, tokenizer, ds, hidden: bool):
+    """One row per window: tokens, the context offsets of each token, the answer's (start, end) token
+    (0, 0 = the [CLS] slot when the window does not contain it), and the index of its example."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("span tasks need a fast tokenizer (offset mapping)")
+    cols = spec.columns
+
+    def windows(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        enc = tokenizer(batch[cols.question], batch[cols.context], truncation="only_second",
+                        max_length=spec.max_length, stride=spec.doc_stride, return_overflowing_tokens=True,
+                        return_offsets_mapping=True)
+        out = {k: [] for k in ("input_ids", "attention_mask", "token_type_ids", "offsets", "labels", "example")}
+        for i, sample in enumerate(enc["overflow_to_sample_mapping"]):
+            sequence = enc.sequence_ids(i)
+            offsets = [tuple(o) if sequence[k] == 1 else NO_OFFSET for k, o in enumerate(enc["offset_mapping"][i])]
+            pairs = [] if hidden else answer_list(batch[cols.answers][sample]) if cols.answers in batch else []
+            out["labels"].append(list(answer_tokens(offsets, pairs[0])) if pairs else [0, 0])
+            out["offsets"].append([list(o) for o in offsets])
+            out["example"].append(indices[sample])
+            for key in ("input_ids", "attention_mask", "token_type_ids"):
+                if key in enc:
+                    out[key].append(enc[key][i])
+        return {k: v for k, v in out.items() if v or k in ("labels", "offsets", "example")}
+
+    return ds.map(windows, batched=True, with_indices=True, remove_columns=ds.column_names,
+                  desc=f"windowing {spec.name}")
+
+
+def answer_tokens(offsets: list[tuple[int, int]], answer: tuple[str, int]) -> tuple[int, int]:
+    """First and last token covering the answer's characters, or (0, 0) when this window misses it."""
+    text, start_char = answer
+    end_char = start_char + len(text)
+    context = [k for k, o in enumerate(offsets) if o != NO_OFFSET]
+    if not context or offsets[context[0]][0] > start_char or offsets[context[-1]][1] < end_char:
+        return 0, 0
+    start = next(k for k in context if offsets[k][1] > start_char)
+    end = next(k for k in reversed(context) if offsets[k][0] < end_char)
+    return start, end
+
+
+# ---------------------------------------------------------------- decoding
+
+def best_spans(start: np.ndarray, end: np.ndarray, offsets: list, n_best: int, max_len: int):
+    """The n_best x n_best (start, end) pairs of one window that are valid context spans, with scores."""
+    found = []
+    for s in np.argsort(start)[::-1][:n_best]:
+        for e in np.argsort(end)[::-1][:n_best]:
+            if offsets[s][0] < 0 or offsets[e][0] < 0 or e < s or e - s + 1 > max_len:
+                continue
+            found.append((float(start[s] + end[e]), offsets[s][0], offsets[e][1]))
+    return found
+
+
+def decode(spec: TaskSpec, raw, encoded, window_logits: Iterable[np.ndarray]) -> list[dict]:
+    """Best answer per example over all its windows; for v2, answer only if it beats the no-answer score
+    (the smallest [CLS] score over the windows) by more than no_answer_threshold."""
+    cols = spec.columns
+    best: dict[int, tuple[float, int, int]] = {}
+    null: dict[int, float] = {}
+    for row, logits in enumerate(window_logits):
+        example = encoded[row]["example"]
+        offsets = encoded[row]["offsets"]
+        start, end = logits[: len(offsets), 0], logits[: len(offsets), 1]
+        null[example] = min(null.get(example, np.inf), float(start[0] + end[0]))
+        for candidate in best_spans(start, end, offsets, spec.n_best, spec.max_answer_length):
+            if example not in best or candidate[0] > best[example][0]:
+                best[example] = candidate
+    records = []
+    for example in range(len(raw)):
+        row = raw[example]
+        score, a, b = best.get(example, (-np.inf, 0, 0))
+        answer = row[cols.context][a:b] if example in best else ""
+        if spec.allow_no_answer and not score - null.get(example, -np.inf) > spec.no_answer_threshold:
+            answer = ""
+        records.append({"id": row[cols.id] if cols.id else example, "question": row[cols.question],
+                        "answer": answer, "score": round(score, 4) if np.isfinite(score) else None,
+                        "no_answer_score": round(null.get(example, np.nan), 4)})
+    return records
+
+
+# ---------------------------------------------------------------- metrics (official SQuAD normalisation)
+
+def normalize_answer(text: str) -> str:
+    """Lower case, drop punctuation and the articles a/an/the, squeeze whitespace."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((collections.Counter(pred) & collections.Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def span_metrics(spec: TaskSpec, raw, records: list[dict]) -> dict[str, float] | None:
+    """EM and F1 as fractions, each the max over the gold answers; v2 adds HasAns/NoAns splits."""
+    if spec.columns.answers not in raw.column_names:
+        return None
+    scores = {"exact_match": [], "f1": []}
+    has_answer = []
+    for record, value in zip(records, raw[spec.columns.answers]):
+        golds = [text for text, _ in answer_list(value)] or [""]
+        scores["exact_match"].append(max(exact_match(record["answer"], g) for g in golds))
+        scores["f1"].append(max(token_f1(record["answer"], g) for g in golds))
+        has_answer.append(golds != [""])
+    result = {name: float(np.mean(values)) for name, values in scores.items()}
+    if spec.allow_no_answer:
+        mask = np.array(has_answer)
+        for prefix, subset in (("has_answer_", mask), ("no_answer_", ~mask)):
+            for name, values in scores.items():
+                result[prefix + name] = float(np.mean(np.array(values)[subset])) if subset.any() else float("nan")
+    return {m: result[m] for m in spec.metrics if m in result} | {m: v for m, v in result.items()
+                                                                   if m not in spec.metrics}
+
+
+def official_predictions(records: list[dict]) -> dict[str, str]:
+    """The layout the official SQuAD evaluation script reads: {id: answer text}."""
+    return {str(r["id"]): r["answer"] for r in records}
