@@ -117,6 +117,23 @@ def _artifact_sha(case: Path, world) -> list[str]:
     return ["task=t", f"task_dirs=[{folder}]"]
 
 
+def _span_mismatch(case: Path, world) -> list[str]:
+    rows = [{"q": "what", "c": "a film about paris", "a": {"text": ["paris"], "answer_start": [13]}},
+            {"q": "what", "c": "a film about rome", "a": {"text": ["zebra"], "answer_start": [0]}}]
+    folder = case / "tasks"
+    write_task(folder, "t", "span", {"train": rows}, {"question": "q", "context": "c", "answers": "a"}, fmt="jsonl",
+               doc_stride=8)
+    return ["task=t", f"task_dirs=[{folder}]"]
+
+
+def _ranking_no_answer(case: Path, world) -> list[str]:
+    rows = [{"q": "which", "opts": ["x y", "z w"], "ans": []}, {"q": "which", "opts": ["x y", "z w"], "ans": 1}]
+    folder = case / "tasks"
+    write_task(folder, "t", "ranking", {"train": rows}, {"query": "q", "candidates": "opts", "label": "ans"},
+               fmt="jsonl")
+    return ["task=t", f"task_dirs=[{folder}]"]
+
+
 GOOD = ["task=toy_sent"]  # with task_dirs added below
 
 CASES: dict[str, tuple[Callable[[Path, dict], list[str]], str]] = {
@@ -137,6 +154,12 @@ CASES: dict[str, tuple[Callable[[Path, dict], list[str]], str]] = {
                                       "t.yaml: columns.label: split 'train' row 3: regression target is not a finite"),
     "empty text in a row": (lambda c, w: _variant(c, rows=_rows_with(6, sentence="   ")),
                             "t.yaml: columns.text: split 'train' row 7: text is empty"),
+    "span answer does not match its context": (_span_mismatch,
+                                               "t.yaml: columns.answers: split 'train' row 2: answer 'zebra' "
+                                               "does not match the context at offset 0 (found 'a fil')"),
+    "ranking group without a correct candidate": (_ranking_no_answer,
+                                                  "t.yaml: columns.label: split 'train' row 1: group '0' has no "
+                                                  "correct candidate"),
     "fractions do not sum to 1": (lambda c, w: _variant(c, {"source.splits": {}, "source.file": "t_train.csv",
                                                             "source.split_fractions": {"train": 0.8, "test": 0.1}}),
                                   "t.yaml: source.split_fractions: fractions must be positive and sum to 1"),
