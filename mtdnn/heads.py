@@ -31,17 +31,24 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str, pooler_output: torc
 NEG = -1e4  # masks logits of padding/absent positions: finite, so divergences never see inf - inf
 
 
-class ClassificationHead(nn.Module):
-    """pooled -> dropout -> linear -> cross-entropy over the task's labels."""
+class PooledLinear(nn.Module):
+    """Sentence representation (see `pool`) -> dropout -> linear: the body of every sentence-level head."""
 
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls"):
+    def __init__(self, hidden_size: int, outputs: int, dropout: float, pooling: str):
         super().__init__()
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(hidden_size, num_labels)
+        self.out = nn.Linear(hidden_size, outputs)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None) -> torch.Tensor:
         return self.out(self.dropout(pool(hidden, mask, self.pooling, pooler_output)))
+
+
+class ClassificationHead(PooledLinear):
+    """pooled -> dropout -> linear -> cross-entropy over the task's labels."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls"):
+        super().__init__(hidden_size, num_labels, dropout, pooling)
 
     @staticmethod
     def loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -58,17 +65,14 @@ class ClassificationHead(nn.Module):
         return {"prediction": probs.argmax(-1), "scores": probs}
 
 
-class RegressionHead(nn.Module):
+class RegressionHead(PooledLinear):
     """pooled -> dropout -> linear to one real number -> mean squared error."""
 
     def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls"):
-        super().__init__()
-        self.pooling = pooling
-        self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(hidden_size, 1)
+        super().__init__(hidden_size, 1, dropout, pooling)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None) -> torch.Tensor:
-        return self.out(self.dropout(pool(hidden, mask, self.pooling, pooler_output))).squeeze(-1)
+        return super().forward(hidden, mask, pooler_output).squeeze(-1)
 
     @staticmethod
     def loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -115,18 +119,15 @@ def group_matrix(scores: torch.Tensor, batch: dict) -> torch.Tensor:
     return matrix.index_put((groups, slots), scores)
 
 
-class RankingHead(nn.Module):
+class RankingHead(PooledLinear):
     """pooled (query, candidate) -> dropout -> linear score; softmax over the candidates of one group;
     loss = -log of the probability mass on the correct candidate(s)."""
 
     def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls"):
-        super().__init__()
-        self.pooling = pooling
-        self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(hidden_size, 1)
+        super().__init__(hidden_size, 1, dropout, pooling)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None) -> torch.Tensor:
-        return self.out(self.dropout(pool(hidden, mask, self.pooling, pooler_output))).squeeze(-1).float()
+        return super().forward(hidden, mask, pooler_output).squeeze(-1).float()
 
     @staticmethod
     def loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
