@@ -56,6 +56,7 @@ class TrainerConfig:
     max_grad_norm: float = 1.0
     bf16: bool = False  # autocast the forward pass to bfloat16
     pad_to_multiple_of: int = 8
+    bucket_batches: int = 50  # length bucketing: sort pools of this many batches by length (1 = off)
     eval_every: Optional[int] = None  # optimizer steps between evaluations; overrides evals_per_epoch
     evals_per_epoch: int = 4  # used when eval_every is not set (and always once more at the end)
     log_every: int = 10

@@ -357,30 +357,55 @@ def task_seed(seed: int, task: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(task.encode())) % (2**32)
 
 
+def row_lengths(dataset) -> np.ndarray:
+    """Tokens per row (a ranking group counts its longest candidate)."""
+    if "length" in dataset.column_names:
+        return np.asarray(dataset["length"])
+    return np.array([max(map(len, ids)) if ids and isinstance(ids[0], list) else len(ids)
+                     for ids in dataset["input_ids"]])
+
+
 class TaskBatches:
     """Endless shuffled batches of one task: each epoch visits every row exactly once, in a seeded order,
-    and the position is a small state dict so a resumed run continues mid-epoch."""
+    and the position is a small state dict so a resumed run continues mid-epoch.
 
-    def __init__(self, dataset, batch_size: int, seed: int, collate: Collator):
+    With `bucket_batches` > 1 (length bucketing), each epoch's shuffled rows are cut into pools of that many
+    batches, each pool is sorted by length and cut into batches, and the batches of the epoch are shuffled:
+    batches hold rows of similar length (little padding) yet their order stays random."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, collate: Collator, bucket_batches: int = 1):
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed
         self.collate = collate
+        self.bucket_batches = bucket_batches
+        self.lengths = row_lengths(dataset) if bucket_batches > 1 else None
         self.epoch, self.position = 0, 0
-        self._order = self._permutation(0)
+        self._batches = self._plan(0)
 
     def __len__(self) -> int:
         return math.ceil(len(self.dataset) / self.batch_size)
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+    def _plan(self, epoch: int) -> list[np.ndarray]:
+        """The row indices of every batch of `epoch`, in the order they will be served."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.dataset))
+        if self.lengths is None:
+            return [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        pool = self.batch_size * self.bucket_batches
+        batches = []
+        for start in range(0, len(order), pool):
+            chunk = order[start: start + pool]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches += [chunk[i: i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
 
     def next(self) -> dict[str, torch.Tensor]:
-        if self.position >= len(self.dataset):
+        if self.position >= len(self._batches):
             self.epoch, self.position = self.epoch + 1, 0
-            self._order = self._permutation(self.epoch)
-        rows = self._order[self.position: self.position + self.batch_size]
-        self.position += len(rows)
+            self._batches = self._plan(self.epoch)
+        rows = self._batches[self.position]
+        self.position += 1
         return self.collate(self.dataset[rows.tolist()])
 
     def state_dict(self) -> dict[str, int]:
@@ -388,7 +413,7 @@ class TaskBatches:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self._order = self._permutation(self.epoch)
+        self._batches = self._plan(self.epoch)
 
 
 def eval_batches(dataset, batch_size: int, collate: Collator):

@@ -60,7 +60,7 @@ def run_problems(cfg: DictConfig, specs: list[TaskSpec]) -> list[str]:
     problems += encoder_problems(cfg.encoder) + sampler_problems(cfg.sampler, [s.name for s in specs])
     problems += regularizer_problems(OmegaConf.to_container(cfg.regularizer, resolve=True), specs)
     for name in ("batch_size", "eval_batch_size", "grad_accum", "log_every", "pad_to_multiple_of", "evals_per_epoch",
-                 "max_consecutive_skips"):
+                 "max_consecutive_skips", "bucket_batches"):
         if t[name] < 1:
             problems.append(f"trainer.{name}: must be >= 1, got {t[name]}")
     if t.lr <= 0:
@@ -168,7 +168,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         save_run_files(output_dir, OmegaConf.to_yaml(cfg, resolve=True), specs, tokenizer, encoder.config)
     collators = {s.name: collator_for(s, tokenizer, cfg.trainer.pad_to_multiple_of) for s in specs}
     batches = {s.name: TaskBatches(tasks[s.name].encoded["train"], cfg.trainer.batch_size,
-                                   task_seed(cfg.seed, s.name), collators[s.name]) for s in specs}
+                                   task_seed(cfg.seed, s.name), collators[s.name], cfg.trainer.bucket_batches)
+               for s in specs}
     plan = make_plan(cfg.trainer, batches)
     optimizer = build_optimizer(model, cfg.trainer)
     scheduler = build_scheduler(optimizer, cfg.trainer, plan.total_steps)

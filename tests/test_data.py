@@ -205,3 +205,50 @@ def test_glue_style_hidden_regression_test_labels_are_not_scored(tmp_path):
     gold = torch.tensor(list(data.encoded["test"]["labels"]))
     assert torch.isnan(gold).all()
     assert split_metrics(data.spec, {"prediction": torch.zeros(4)}, gold) is None
+
+
+def test_length_bucketing_visits_every_row_once_and_cuts_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 60, size=500)
+    ds = datasets.Dataset.from_dict({"input_ids": [[1] * int(n) for n in lengths], "attention_mask": [[1] * int(n)
+                                     for n in lengths], "labels": list(range(500)), "length": lengths.tolist()})
+
+    def epoch(batches):
+        served = [batches.next() for _ in range(len(batches))]
+        rows = sorted(sum((b["labels"].tolist() for b in served), []))
+        padded = sum(b["input_ids"].numel() for b in served)
+        return rows, padded, [b["labels"].tolist() for b in served]
+
+    plain_rows, plain_padded, _ = epoch(TaskBatches(ds, 16, seed=1, collate=Collator(0, 1)))
+    bucketed = TaskBatches(ds, 16, seed=1, collate=Collator(0, 1), bucket_batches=8)
+    rows, padded, first = epoch(bucketed)
+    assert rows == plain_rows == list(range(500))  # every row exactly once per epoch
+    assert padded < 0.7 * plain_padded  # similar lengths share a batch
+    rows2, _, second = epoch(bucketed)
+    assert rows2 == list(range(500)) and second != first  # the next epoch is reshuffled
+    starts = [b[0] for b in first]
+    assert starts != sorted(starts, key=lambda r: lengths[r])  # batch order is not sorted by length
+    twin = TaskBatches(ds, 16, seed=1, collate=Collator(0, 1), bucket_batches=8)
+    twin.load_state_dict({"epoch": 1, "position": 5})
+    assert twin.next()["labels"].tolist() == second[5]
+
+
+def test_tokenisation_cache_is_keyed_on_tokenizer_and_max_length(tmp_path):
+    write_task(tmp_path, "t", "classification", {"train": sentiment_rows(40, 0)}, {"text": "sentence", "label": "label"},
+               labels=["neg", "pos"])
+
+    def encoded(tokenizer, max_length):
+        (spec,) = load_tasks(["t"], [str(tmp_path)], {"t": {"max_length": max_length}})
+        data = prepare_data([spec])["t"]
+        encode_splits(data, tokenizer)
+        return data.encoded["train"]
+
+    texts = [r["sentence"] for r in sentiment_rows(40, 0)]
+    tok_a, tok_b = train_wordpiece(texts, 60), train_wordpiece(texts[:5], 30)
+    first, again = encoded(tok_a, 16), encoded(tok_a, 16)
+    assert first._fingerprint == again._fingerprint  # same inputs: served from the cache
+    assert again.cache_files and again.cache_files[0]["filename"] == first.cache_files[0]["filename"]
+    shorter, other = encoded(tok_a, 8), encoded(tok_b, 16)
+    assert len({first._fingerprint, shorter._fingerprint, other._fingerprint}) == 3
+    assert max(shorter["length"]) <= 8 < max(first["length"])
+    assert list(other["input_ids"]) != list(first["input_ids"])

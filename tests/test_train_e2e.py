@@ -178,3 +178,21 @@ def test_resume_auto_picks_the_newest_checkpoint(tmp_path, toy_tasks):
     assert summary["resumed_at_step"] == 10 and summary["steps"] == 15
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [m["step"] for m in metrics] == [5, 10, 15]
+
+
+def test_every_micro_batch_comes_from_one_task(tmp_path, toy_tasks, monkeypatch):
+    import mtdnn.loop as loop
+
+    seen = []
+    real = loop.forward_backward
+
+    def spy(model, task, batch, *args, **kwargs):
+        seen.append((task, batch["labels"].dtype, len(batch["labels"])))
+        return real(model, task, batch, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "forward_backward", spy)
+    run(compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "trainer.max_steps=30",
+                                     "trainer.bucket_batches=4", "predict_test=false")), tmp_path / "run")
+    assert {t for t, _, _ in seen} == {"toy_sent", "toy_count"}
+    for task, dtype, size in seen:  # classification batches carry class ids, regression batches real targets
+        assert dtype == (torch.long if task == "toy_sent" else torch.float32) and 0 < size <= 16
