@@ -1,0 +1,334 @@
+"""The speed benchmark: every figure a ratio measured side by side in one process (medians and spread).
+
+    python scripts/bench.py [--quick] [--reps 5] [--json bench.json]
+
+  1. step      toolkit train step vs a minimal hand-written PyTorch + transformers loop (same encoder, batch,
+               sequence length, initial weights): MiniLM-L6 and the tiny encoder
+  2. batching  time per epoch on the demo task with the toolkit's batching (length buckets + padding to a
+               multiple of 8) vs padding every batch to max_length, plus validation accuracy after the same steps
+  3. mfu       encoder matmul FLOP/s of a training step / FLOP/s of a large matmul measured in the same run
+  4. bf16      bf16 autocast vs fp32 step time, and the accuracy difference after the same short training
+  5. memory    peak RSS (and CUDA memory on a GPU) per configuration
+  6. startup   time to the first training batch with a cold vs a warm tokenisation cache (two subprocesses)
+
+--quick uses the tiny encoder on a toy task written to a temporary folder (no download; for CI); the full run
+uses MiniLM-L6 and rt_polarity from their PyPI wheels. The same script runs unchanged on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from mtdnn.config import EncoderConfig, TrainerConfig
+from mtdnn.data import Collator, TaskBatches, encode_splits, task_seed
+from mtdnn.encoders import build_encoder, build_tokenizer, pretrained_source
+from mtdnn.inference import collator_for, evaluate_split
+from mtdnn.loop import forward_backward
+from mtdnn.model import MultiTaskModel
+from mtdnn.optim import build_optimizer, build_scheduler
+from mtdnn.paths import conf_dir
+from mtdnn.tasks import load_tasks
+from mtdnn.train import _train_texts, prepare_data
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ---------------------------------------------------------------- helpers
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn) -> float:
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def interleaved(fns: dict[str, callable], reps: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Run the variants in turns (rotating who goes first), after a warm-up of each."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names, times = list(fns), {n: [] for n in fns}
+    for rep in range(reps):
+        for name in names[rep % len(names):] + names[: rep % len(names)]:
+            times[name].append(timed(fns[name]))
+    return times
+
+
+def reset_peak_memory() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    try:  # Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb() -> dict:
+    out = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                out["peak_rss_mb"] = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if DEVICE.type == "cuda":
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def encoder_config(name: str) -> EncoderConfig:
+    node = OmegaConf.load(conf_dir() / "encoder" / f"{name}.yaml")
+    node.pop("defaults", None)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EncoderConfig), node))
+
+
+# ---------------------------------------------------------------- 1. toolkit step vs plain loop
+
+class PlainModel(nn.Module):
+    """What a user writes by hand: encoder, [CLS] state, dropout, linear."""
+
+    def __init__(self, encoder: nn.Module, labels: int):
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(0.1)
+        self.out = nn.Linear(encoder.config.hidden_size, labels)
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+        return self.out(self.dropout(hidden[:, 0]))
+
+
+def random_batch(batch: int, tokens: int, vocab: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(batch * tokens)
+    ids = torch.randint(5, vocab, (batch, tokens), generator=gen)
+    return {k: v.to(DEVICE) for k, v in {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                                         "token_type_ids": torch.zeros_like(ids),
+                                         "labels": torch.randint(0, 2, (batch,), generator=gen)}.items()}
+
+
+def step_vs_plain(spec, encoder: nn.Module, shape: tuple[int, int], reps: int) -> dict:
+    toolkit = MultiTaskModel(copy.deepcopy(encoder), [spec], pooling="cls").to(DEVICE).train()
+    plain = PlainModel(copy.deepcopy(encoder), 2).to(DEVICE).train()
+    plain.out.load_state_dict(toolkit.heads[spec.name].out.state_dict())
+    cfg = TrainerConfig()
+    optimizer = build_optimizer(toolkit, cfg)
+    scheduler = build_scheduler(optimizer, cfg, 10_000)
+    plain_opt = torch.optim.AdamW(plain.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    batch = random_batch(*shape, encoder.config.vocab_size)
+
+    def toolkit_step():
+        forward_backward(toolkit, spec.name, batch, {}, 1.0, DEVICE, False)
+        torch.nn.utils.clip_grad_norm_(toolkit.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def plain_step():
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        F.cross_entropy(plain(**inputs), batch["labels"]).backward()
+        torch.nn.utils.clip_grad_norm_(plain.parameters(), 1.0)
+        plain_opt.step()
+        plain_opt.zero_grad(set_to_none=True)
+
+    times = interleaved({"toolkit": toolkit_step, "plain": plain_step}, reps)
+    result = {name: summary(values) for name, values in times.items()}
+    result["ratio"] = result["toolkit"]["median"] / result["plain"]["median"]
+    return result
+
+
+# ---------------------------------------------------------------- 3. model FLOPs utilisation
+
+def encoder_train_flops(config, batch: int, tokens: int) -> float:
+    """Matmul FLOPs of one training step (forward x 3): projections, feed-forward and attention scores."""
+    hidden, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    per_token = 2 * (4 * hidden * hidden + 2 * hidden * inner) + 2 * 2 * tokens * hidden
+    return 3.0 * per_token * layers * batch * tokens
+
+
+def matmul_peak(size: int, reps: int) -> float:
+    a, b = torch.randn(size, size, device=DEVICE), torch.randn(size, size, device=DEVICE)
+    times = interleaved({"mm": lambda: a @ b}, reps, warmup=2)["mm"]
+    return 2 * size**3 / statistics.median(times)
+
+
+# ---------------------------------------------------------------- 2 & 4. training on the demo task
+
+def demo_task(quick: bool):
+    """(spec, TaskData, tokenizer, encoder) for the batching and precision comparisons."""
+    if quick:
+        folder = Path(tempfile.gettempdir()) / "mtdnn-bench-toy"  # fixed, so a second run can hit the cache
+        if not (folder / "toy.yaml").is_file():
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            from conftest import sentiment_rows, write_task
+
+            write_task(folder, "toy", "classification", {"train": sentiment_rows(1024, 1), "validation":
+                                                         sentiment_rows(256, 2)}, {"text": "sentence", "label": "label"},
+                       labels=["neg", "pos"], max_length=64)
+        (spec,) = load_tasks(["toy"], [str(folder)])
+        encoder_name = "tiny"
+    else:
+        (spec,) = load_tasks(["rt_polarity"])
+        encoder_name = "minilm"
+    data = prepare_data([spec])[spec.name]
+    enc_cfg = encoder_config(encoder_name)
+    source = pretrained_source(enc_cfg)
+    tokenizer = build_tokenizer(enc_cfg, source, _train_texts({spec.name: data}))
+    encode_splits(data, tokenizer)
+    torch.manual_seed(0)
+    encoder = build_encoder(enc_cfg, source, len(tokenizer))
+    return spec, data, tokenizer, encoder, enc_cfg.pooling
+
+
+def train_and_score(spec, data, tokenizer, encoder, pooling, steps: int, bucket: int, multiple: int,
+                    bf16: bool) -> dict:
+    """Train `steps` batches from the same initial weights and data order seed; time, memory, accuracy."""
+    torch.manual_seed(0)
+    model = MultiTaskModel(copy.deepcopy(encoder), [spec], pooling).to(DEVICE).train()
+    cfg = TrainerConfig(lr=1e-4, head_lr=1e-3)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps)
+    collate = Collator(tokenizer.pad_token_id or 0, multiple)
+    batches = TaskBatches(data.encoded["train"], 32, task_seed(0, spec.name), collate, bucket)
+    reset_peak_memory()
+    step_times = []
+    for _ in range(steps):
+        batch = {k: v.to(DEVICE) for k, v in batches.next().items()}
+
+        def step():
+            forward_backward(model, spec.name, batch, {}, 1.0, DEVICE, bf16)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        step_times.append(timed(step))
+    memory = peak_memory_mb()
+    _, scores = evaluate_split(model, spec, data.raw["validation"], data.encoded["validation"],
+                               collator_for(spec, tokenizer, 8), 128, DEVICE, bf16)
+    return {"steps": steps, "seconds": sum(step_times), "step": summary(step_times),
+            "epoch_seconds": sum(step_times) / steps * len(batches), "accuracy": scores["accuracy"], **memory}
+
+
+# ---------------------------------------------------------------- 6. cold vs warm start
+
+STARTUP = """
+import sys, time, json
+from bench import demo_task
+from mtdnn.data import TaskBatches
+from mtdnn.inference import collator_for
+start = time.perf_counter()  # after the imports: what differs between the runs is the data work
+spec, data, tokenizer, encoder, pooling = demo_task({quick})
+batch = TaskBatches(data.encoded['train'], 32, 0, collator_for(spec, tokenizer, 8)).next()
+print(json.dumps({{'seconds': time.perf_counter() - start}}))
+"""
+
+
+def startup(quick: bool) -> dict:
+    cache = tempfile.mkdtemp(prefix="mtdnn-bench-hf-")
+    env = {**os.environ, "HF_DATASETS_CACHE": cache, "PYTHONPATH": str(Path(__file__).parent)}
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", STARTUP.format(quick=quick)], env=env, capture_output=True,
+                             text=True, check=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+    return {"cold_seconds": runs[0], "warm_seconds": runs[1], "ratio": runs[1] / runs[0]}
+
+
+# ---------------------------------------------------------------- main
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny encoder and toy data: seconds, no download")
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="training steps per batching/precision run")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    reps = args.reps or (3 if args.quick else 7)
+    steps = args.steps or (20 if args.quick else 80)
+    report = {"device": str(DEVICE), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "quick": args.quick}
+
+    spec, data, tokenizer, encoder, pooling = demo_task(args.quick)
+    encoders = {"tiny" if args.quick else "minilm": encoder}
+    if not args.quick:
+        tiny_cfg = encoder_config("tiny")
+        encoders["tiny"] = build_encoder(tiny_cfg, None, 1000)
+    shape = (8, 32) if args.quick else (32, 128)
+    report["step"] = {name: step_vs_plain(spec, enc, shape, reps) for name, enc in encoders.items()}
+    print_step(report["step"], shape)
+
+    main_name = "tiny" if args.quick else "minilm"
+    flops = encoder_train_flops(encoders[main_name].config, *shape)
+    peak = matmul_peak(1024 if args.quick else 4096, reps)
+    achieved = flops / report["step"][main_name]["toolkit"]["median"]
+    report["mfu"] = {"encoder": main_name, "shape": list(shape), "train_flops": flops, "achieved_flops": achieved,
+                     "matmul_peak_flops": peak, "mfu": achieved / peak}
+    print(f"\nMFU ({main_name}, {shape[0]}x{shape[1]}): {achieved / 1e9:.1f} GFLOP/s of a "
+          f"{peak / 1e9:.1f} GFLOP/s matmul peak = {achieved / peak:.1%}")
+
+    runs = {"toolkit batching": dict(bucket=50, multiple=8, bf16=False),
+            "pad to max_length": dict(bucket=1, multiple=spec.max_length, bf16=False),
+            "toolkit batching, bf16": dict(bucket=50, multiple=8, bf16=True)}
+    results = {name: train_and_score(spec, data, tokenizer, encoder, pooling, steps, **kw) for name, kw in runs.items()}
+    report["training"] = results
+    base, padded, bf16 = (results[k] for k in runs)
+    report["batching"] = {"epoch_speedup": padded["epoch_seconds"] / base["epoch_seconds"],
+                          "accuracy_difference": base["accuracy"] - padded["accuracy"]}
+    report["bf16"] = {"step_speedup": base["step"]["median"] / bf16["step"]["median"],
+                      "accuracy_difference": bf16["accuracy"] - base["accuracy"]}
+    print_training(results, steps)
+    print(f"default batching vs pad-to-max: {report['batching']['epoch_speedup']:.2f}x faster per epoch, accuracy "
+          f"{report['batching']['accuracy_difference']:+.4f}; bf16 vs fp32: "
+          f"{report['bf16']['step_speedup']:.2f}x, accuracy {report['bf16']['accuracy_difference']:+.4f}")
+
+    report["startup"] = startup(args.quick)
+    s = report["startup"]
+    print(f"time to the first batch: cold cache {s['cold_seconds']:.1f}s, warm {s['warm_seconds']:.1f}s "
+          f"({s['ratio']:.2f}x)")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+def print_step(step: dict, shape) -> None:
+    print(f"train step, batch {shape[0]} x {shape[1]} tokens ({DEVICE}, {torch.get_num_threads()} threads)")
+    print(f"  {'encoder':<8} {'toolkit s':>10} {'plain s':>10} {'ratio':>7}   spread (min-max)")
+    for name, r in step.items():
+        print(f"  {name:<8} {r['toolkit']['median']:>10.4f} {r['plain']['median']:>10.4f} {r['ratio']:>7.3f}   "
+              f"{r['toolkit']['min']:.4f}-{r['toolkit']['max']:.4f} / {r['plain']['min']:.4f}-{r['plain']['max']:.4f}")
+
+
+def print_training(results: dict, steps: int) -> None:
+    print(f"\n{steps} training steps on the demo task, batch 32, same initial weights")
+    print(f"  {'configuration':<24} {'median step s':>13} {'epoch s':>9} {'accuracy':>9} {'peak RSS MB':>12}")
+    for name, r in results.items():
+        print(f"  {name:<24} {r['step']['median']:>13.4f} {r['epoch_seconds']:>9.1f} {r['accuracy']:>9.4f} "
+              f"{r.get('peak_rss_mb', float('nan')):>12.0f}")
+
+
+if __name__ == "__main__":
+    main()
