@@ -68,6 +68,21 @@ class TrainerConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation from trained runs (see mtdnn/distill.py); off while `teachers` is empty."""
+
+    teachers: list[str] = field(default_factory=list)  # run folders of trained teachers
+    temperature: float = 2.0
+    alpha: float = 0.5  # weight of the hard-label loss; 1 - alpha goes to the teachers
+    teacher_checkpoint: str = "best"  # best | last
+    soft_targets: str = "cache"  # cache (computed once, stored, reused) | on_the_fly (teachers run every batch)
+    soft_targets_dir: Optional[str] = None  # default: <MTDNN_CACHE>/soft_targets
+    rebuild_stale: bool = True  # a stale soft-target file is rebuilt (true) or refused (false)
+    student_from_teacher: bool = False  # initialise the student from the first teacher, keeping every k-th layer
+    keep_every: int = 2
+
+
+@dataclass
 class TrainConfig:
     task: Any = MISSING  # a name, a list of names, or paths to task YAML files
     task_dirs: list[str] = field(default_factory=list)  # extra folders of task YAMLs (shadow shipped ones)
@@ -76,6 +91,7 @@ class TrainConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     regularizer: dict[str, Any] = field(default_factory=dict)  # name -> settings; see mtdnn/regularizers
+    distill: DistillConfig = field(default_factory=DistillConfig)
     seed: int = 42
     resume: Optional[str] = None  # a checkpoint folder or a run folder (its newest checkpoint)
     output_dir: Optional[str] = None  # default: Hydra's run dir
@@ -87,6 +103,7 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(group="encoder", name="encoder_schema", node=EncoderConfig)
     cs.store(group="sampler", name="sampler_schema", node=SamplerConfig)
+    cs.store(group="distill", name="distill_schema", node=DistillConfig)
 
 
 register_configs()

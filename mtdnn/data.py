@@ -342,6 +342,8 @@ class Collator:
             batch["labels"] = self._pad(rows["labels"], width, self.label_pad)
         else:
             batch["labels"] = torch.tensor(rows["labels"], dtype=self.label_dtype)
+        if "soft" in rows:  # distillation targets, one per row
+            batch["soft"] = torch.tensor(rows["soft"], dtype=torch.float32)
         return batch
 
     @staticmethod

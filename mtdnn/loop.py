@@ -55,14 +55,15 @@ def make_plan(cfg: TrainerConfig, batches: dict[str, TaskBatches]) -> Plan:
 
 def forward_backward(model: MultiTaskModel, task: str, batch: dict[str, torch.Tensor],
                      regularizers: dict[str, Regularizer], scale: float, device: torch.device,
-                     bf16: bool) -> dict[str, torch.Tensor]:
-    """One micro-batch: clean forward, task loss, regularizer terms, backward. Returns the detached terms."""
+                     bf16: bool, distiller=None) -> dict[str, torch.Tensor]:
+    """One micro-batch: clean forward, task loss (or the distillation loss), regularizer terms, backward.
+    Returns the detached terms."""
     dropout = DropoutReplay(device) if regularizers else None  # lets regularizers reuse the dropout masks
     with autocast(device, bf16):
         embeds = model.embed(batch["input_ids"])
         with dropout.record() if dropout else nullcontext():
             logits = model(task, **batch, inputs_embeds=embeds)
-        loss = model.head(task).loss(logits, batch)
+        loss = distiller.loss(model, task, logits, batch) if distiller else model.head(task).loss(logits, batch)
         ctx = StepContext(model, task, batch, embeds, logits, dropout)
         terms = {name: value for reg in regularizers.values() for name, value in reg.penalty(ctx).items()}
     ((loss + sum(terms.values())) * scale).backward()
@@ -72,7 +73,7 @@ def forward_backward(model: MultiTaskModel, task: str, batch: dict[str, torch.Te
 def train(model: MultiTaskModel, tasks: dict[str, TaskData], batches: dict[str, TaskBatches],
           collators: dict[str, Collator], sampler: TaskSampler, optimizer: torch.optim.Optimizer, scheduler,
           regularizers: dict[str, Regularizer], cfg: TrainerConfig, plan: Plan, state: TrainState,
-          tracker: Tracker, device: torch.device) -> TrainState:
+          tracker: Tracker, device: torch.device, distiller=None) -> TrainState:
     specs = {name: data.spec for name, data in tasks.items()}
     meter = LossMeter()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -83,7 +84,7 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], batches: dict[str, 
             task = sampler.next()
             batch = {k: v.to(device, non_blocking=True) for k, v in batches[task].next().items()}
             terms = forward_backward(model, task, batch, regularizers, specs[task].loss_weight / cfg.grad_accum,
-                                     device, cfg.bf16)
+                                     device, cfg.bf16, distiller)
             for name, value in terms.items():
                 meter.add(f"{name}/{task}", value)
             state.micro_batches += 1

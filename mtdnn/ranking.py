@@ -101,6 +101,11 @@ class GroupCollator:
         for g, labels in enumerate(rows["labels"]):
             relevance[g, : len(labels)] = torch.tensor(labels)
         batch["labels"] = relevance
+        if "soft" in rows:  # distillation targets: the teachers' distribution over each group's candidates
+            soft = torch.zeros(len(sizes), max(sizes))
+            for g, probs in enumerate(rows["soft"]):
+                soft[g, : len(probs)] = torch.tensor(probs)
+            batch["soft"] = soft
         return batch
 
 

@@ -22,6 +22,7 @@ from mtdnn.loop import Plan, TrainState, make_plan, train
 from mtdnn.model import MultiTaskModel
 from mtdnn.optim import build_optimizer, build_scheduler
 from mtdnn.paths import conf_dir
+from mtdnn.distill import Distiller, distill_problems, shallow_student
 from mtdnn.regularizers import build_regularizers, regularizer_problems
 from mtdnn.rundir import (best_checkpoint, list_checkpoints, load_trainer_state, load_weights, remove_staging,
                           resolve_resume, save_run_files, seed_everything, set_rng_state, write_json)
@@ -59,6 +60,7 @@ def run_problems(cfg: DictConfig, specs: list[TaskSpec]) -> list[str]:
     problems = unknown_key_problems(cfg)
     problems += encoder_problems(cfg.encoder) + sampler_problems(cfg.sampler, [s.name for s in specs])
     problems += regularizer_problems(OmegaConf.to_container(cfg.regularizer, resolve=True), specs)
+    problems += distill_problems(cfg.distill, specs)
     for name in ("batch_size", "eval_batch_size", "grad_accum", "log_every", "pad_to_multiple_of", "evals_per_epoch",
                  "max_consecutive_skips", "bucket_batches"):
         if t[name] < 1:
@@ -149,21 +151,30 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
 
     # 2. data: load and check every row, then tokenise (cached)
     tasks = prepare_data(specs)
+    head_weights = {}
     if checkpoint is not None:
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(str(output_dir / "tokenizer"))
+        encoder = encoder_from_saved_config(output_dir / "encoder")
+    elif cfg.distill.teachers and cfg.distill.student_from_teacher:
+        tokenizer, encoder, head_weights = shallow_student(cfg.distill.teachers[0], cfg.distill.teacher_checkpoint,
+                                                           cfg.distill.keep_every)
     else:
         source = pretrained_source(cfg.encoder)
         tokenizer = build_tokenizer(cfg.encoder, source, _train_texts(tasks))
+        encoder = build_encoder(cfg.encoder, source, len(tokenizer))
     for data in tasks.values():
         encode_splits(data, tokenizer)
+    distiller = Distiller(cfg.distill, device) if cfg.distill.teachers else None
+    if distiller is not None:
+        for name, origin in distiller.attach_soft_targets(tasks, cfg.trainer.eval_batch_size).items():
+            log.info("soft targets for %s: %s", name, origin)
 
     # 3. model, optimizer, schedule, sampler
-    if checkpoint is not None:
-        encoder = encoder_from_saved_config(output_dir / "encoder")
-    else:
-        encoder = build_encoder(cfg.encoder, source, len(tokenizer))
     model = MultiTaskModel(encoder, specs, cfg.encoder.pooling).to(device)
+    if head_weights:  # the student starts from the teacher's heads too
+        model.heads.load_state_dict({k: v for k, v in head_weights.items()
+                                     if k.split(".")[0] in model.heads}, strict=False)
     if checkpoint is None:
         save_run_files(output_dir, OmegaConf.to_yaml(cfg, resolve=True), specs, tokenizer, encoder.config)
     collators = {s.name: collator_for(s, tokenizer, cfg.trainer.pad_to_multiple_of) for s in specs}
@@ -186,13 +197,17 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     tracker = Tracker(output_dir, plan.total_steps, state.step, cfg.trainer.progress_bar)
     try:
         state = train(model, tasks, batches, collators, sampler, optimizer, scheduler, regularizers, cfg.trainer,
-                      plan, state, tracker, device)
+                      plan, state, tracker, device, distiller)
     finally:
         tracker.close()
 
     # 5. report with the best checkpoint
     summary = _report(cfg, model, tasks, collators, plan, state, output_dir, device, sizes, started,
                       resumed_at_step=first_step if checkpoint is not None else None)
+    if distiller is not None:
+        summary["distillation"] = distiller.compare(model, tasks, collators, cfg.trainer.eval_batch_size)
+        write_json(output_dir / "summary.json", summary)
+        log.info(format_distillation(summary["distillation"]))
     del model, optimizer, batches, regularizers  # multirun jobs share one process: free memory between jobs
     gc.collect()
     return summary
@@ -273,6 +288,14 @@ def _report(cfg, model, tasks, collators, plan: Plan, state: TrainState, output_
     write_json(output_dir / "summary.json", summary)
     log.info(format_summary(summary))
     return summary
+
+
+def format_distillation(rows: list[dict]) -> str:
+    lines = ["student vs teachers on the validation sets:",
+             f"  {'model':<28} {'task':<14} {'metric':<12} {'value':>8} {'params':>9} {'examples/s':>11}"]
+    lines += [f"  {r['model']:<28} {r['task']:<14} {r['metric']:<12} {r['value']:>8.4f} "
+              f"{r['parameters'] / 1e6:>8.1f}M {r['examples_per_s']:>11.1f}" for r in rows]
+    return "\n".join(lines)
 
 
 def format_summary(summary: dict) -> str:

@@ -1,0 +1,323 @@
+"""Knowledge distillation: an ensemble of trained runs (teachers) -> soft targets -> a smaller student.
+
+`python -m mtdnn.distill distill.teachers=[RUN_A,RUN_B] encoder=... task=[...]` is `python -m mtdnn.train` with
+`distill=ensemble`. Per training example the teachers' outputs are averaged:
+
+  classification, ranking   mean of softmax(logits / T) (over labels, or over the candidates of a group)
+  regression                mean of the predicted values
+
+and the student learns  alpha * hard-label loss + (1 - alpha) * T^2 * KL(teacher || softmax(student / T))
+(for regression  alpha * MSE(y) + (1 - alpha) * MSE(teacher)).
+
+Soft targets are computed once with each teacher's own tokenizer and head (so teachers may tokenise differently
+from the student: targets are per example) and stored as `<soft_targets_dir>/<task>-<key>.safetensors`:
+
+  tensors   targets (rows x width, float32; ranking rows padded with 0) and sizes (candidates per group)
+  metadata  format "mtdnn-soft-targets/1", task, head, temperature, rows, data (fingerprint of the train split),
+            teachers (JSON: run dir, checkpoint, sha256 of its weights)
+
+A file whose teachers' weights or data no longer match is stale: it is rebuilt (distill.rebuild_stale=true) or
+refused with a message naming it. `distill.soft_targets=on_the_fly` instead runs the teachers on every training
+batch (they must then share the student's tokenizer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from mtdnn.config import DistillConfig
+from mtdnn.errors import MtdnnError
+from mtdnn.heads import group_matrix
+from mtdnn.paths import cache_dir
+from mtdnn.rundir import best_checkpoint, list_checkpoints
+from mtdnn.tasks import TaskSpec
+
+log = logging.getLogger("mtdnn")
+FORMAT = "mtdnn-soft-targets/1"
+DISTILLABLE = ("classification", "regression", "ranking")
+
+
+# ---------------------------------------------------------------- validation
+
+def distill_problems(cfg: DistillConfig, specs: list[TaskSpec]) -> list[str]:
+    if not cfg.teachers:
+        return []
+    from mtdnn.rundir import load_run_specs
+
+    problems = []
+    if not 0 <= cfg.alpha <= 1:
+        problems.append(f"distill.alpha: must be in [0, 1], got {cfg.alpha}")
+    if cfg.temperature <= 0:
+        problems.append(f"distill.temperature: must be > 0, got {cfg.temperature}")
+    if cfg.soft_targets not in ("cache", "on_the_fly"):
+        problems.append(f"distill.soft_targets: must be cache or on_the_fly, got '{cfg.soft_targets}'")
+    if cfg.keep_every < 1:
+        problems.append(f"distill.keep_every: must be >= 1, got {cfg.keep_every}")
+    problems += [f"task {s.name}: distillation of {s.head} heads is not available yet (only "
+                 f"{', '.join(DISTILLABLE)})" for s in specs if s.head not in DISTILLABLE]
+    for i, teacher in enumerate(cfg.teachers):
+        folder = Path(os.path.expanduser(teacher))
+        if not (folder / "config.yaml").is_file():
+            problems.append(f"distill.teachers[{i}]: {folder} is not an mtdnn run folder (no config.yaml)")
+            continue
+        trained = {s.name: s for s in load_run_specs(folder)}
+        for spec in specs:
+            if spec.name not in trained:
+                problems.append(f"distill.teachers[{i}]: {folder} did not train task {spec.name}")
+            elif trained[spec.name].labels != spec.labels:
+                problems.append(f"distill.teachers[{i}]: task {spec.name} has labels {trained[spec.name].labels} "
+                                f"there but {spec.labels} here")
+    return problems
+
+
+# ---------------------------------------------------------------- soft targets
+
+def soft_targets(head: str, outputs: list[list[np.ndarray]], temperature: float) -> list[np.ndarray]:
+    """Average over teachers, per example: probabilities after temperature, or values for regression.
+    `outputs[t][i]` is teacher t's raw output for example i."""
+    def one(x: np.ndarray) -> np.ndarray:
+        if head == "regression":
+            return np.asarray(x, dtype=np.float64)
+        z = np.asarray(x, dtype=np.float64) / temperature
+        z = np.exp(z - z.max(-1, keepdims=True))
+        return z / z.sum(-1, keepdims=True)
+
+    return [np.mean([one(teacher[i]) for teacher in outputs], axis=0).astype(np.float32)
+            for i in range(len(outputs[0]))]
+
+
+def teacher_outputs(teacher, spec: TaskSpec, raw_train, device: torch.device, batch_size: int) -> list[np.ndarray]:
+    """One teacher's raw output per training example, tokenised the teacher's way."""
+    from mtdnn.data import TaskData, encode_splits
+    from mtdnn.inference import collator_for, forward_split
+
+    data = TaskData(teacher.specs[spec.name], {"train": raw_train})
+    encode_splits(data, teacher.tokenizer)
+    outputs = forward_split(teacher.model, spec, data.encoded["train"], collator_for(spec, teacher.tokenizer, 8),
+                            batch_size, device)
+    if spec.head == "ranking":
+        return [logits[batch["group"] == g].numpy() for batch, logits in outputs for g in range(len(batch["labels"]))]
+    return [row.numpy() for _, logits in outputs for row in logits]
+
+
+def weights_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def teacher_weights(run_dir: str, checkpoint: str) -> Path:
+    folder = Path(os.path.expanduser(run_dir))
+    if checkpoint == "best":
+        return best_checkpoint(folder) / "model.safetensors"
+    if checkpoint == "last":
+        return list_checkpoints(folder)[-1] / "model.safetensors"
+    return Path(checkpoint) / "model.safetensors"
+
+
+class SoftTargetFile:
+    """The versioned on-disk form of one task's soft targets (see the module docstring)."""
+
+    def __init__(self, folder: Path, spec: TaskSpec, cfg: DistillConfig, identity: list[dict], data_key: str):
+        key = hashlib.sha256(json.dumps([sorted(t["run_dir"] for t in identity), cfg.temperature,
+                                         cfg.teacher_checkpoint]).encode()).hexdigest()[:16]
+        self.path = folder / f"{spec.name}-{key}.safetensors"
+        self.metadata = {"format": FORMAT, "task": spec.name, "head": spec.head, "temperature": str(cfg.temperature),
+                         "data": data_key, "teachers": json.dumps(identity)}
+
+    def stale_reason(self) -> str | None:
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), "pt") as handle:
+            found = handle.metadata() or {}
+        for field in ("format", "task", "head", "temperature", "data", "teachers"):
+            if found.get(field) != self.metadata[field]:
+                return f"its {field} differs ({'teachers changed' if field == 'teachers' else 'data changed' if field == 'data' else 'other settings'})"
+        return None
+
+    def load(self) -> list[np.ndarray]:
+        tensors = load_file(str(self.path))
+        targets, sizes = tensors["targets"].numpy(), tensors["sizes"].numpy()
+        return [row[:n] if self.metadata["head"] == "ranking" else row for row, n in zip(targets, sizes)]
+
+    def save(self, targets: list[np.ndarray]) -> None:
+        sizes = np.array([np.size(t) for t in targets])
+        width = int(sizes.max()) if self.metadata["head"] != "regression" else 1
+        matrix = np.zeros((len(targets), width), dtype=np.float32)
+        for i, t in enumerate(targets):
+            matrix[i, : np.size(t)] = np.ravel(t)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        save_file({"targets": torch.from_numpy(matrix), "sizes": torch.from_numpy(sizes)}, str(tmp),
+                  metadata={**self.metadata, "rows": str(len(targets))})
+        os.replace(tmp, self.path)
+
+
+# ---------------------------------------------------------------- the distiller used by the loop
+
+class Distiller:
+    def __init__(self, cfg: DistillConfig, device: torch.device):
+        from mtdnn.cli import load_run
+
+        self.cfg = cfg
+        self.device = device
+        with _own_rng(device):  # building the teachers must not shift the student's random stream
+            self.teachers = [load_run(t, cfg.teacher_checkpoint, device) for t in cfg.teachers]
+        self.identity = [{"run_dir": str(Path(os.path.expanduser(t)).resolve()), "checkpoint": cfg.teacher_checkpoint,
+                          "sha256": weights_sha256(teacher_weights(t, cfg.teacher_checkpoint))}
+                         for t in cfg.teachers]
+
+    def attach_soft_targets(self, tasks: dict, batch_size: int) -> dict[str, str]:
+        """Add a `soft` column to every task's encoded train split; returns where each came from."""
+        if self.cfg.soft_targets == "on_the_fly":
+            return {name: "on the fly" for name in tasks}
+        folder = Path(self.cfg.soft_targets_dir or cache_dir() / "soft_targets").expanduser()
+        origin = {}
+        for name, data in tasks.items():
+            store = SoftTargetFile(folder, data.spec, self.cfg, self.identity, data.raw["train"]._fingerprint)
+            targets, origin[name] = self._targets_for(store, data, batch_size)
+            column = [t.tolist() if data.spec.head != "regression" else float(np.ravel(t)[0]) for t in targets]
+            data.encoded["train"] = data.encoded["train"].add_column("soft", column)
+        return origin
+
+    def _targets_for(self, store: SoftTargetFile, data, batch_size: int) -> tuple[list[np.ndarray], str]:
+        if store.path.is_file():
+            reason = store.stale_reason()
+            if reason is None:
+                return store.load(), f"reused {store.path}"
+            if not self.cfg.rebuild_stale:
+                raise MtdnnError(f"{store.path}: stale soft targets: {reason}; delete it or set "
+                                 "distill.rebuild_stale=true")
+            log.warning("%s: stale soft targets (%s); rebuilding", store.path, reason)
+        started = time.time()
+        outputs = [teacher_outputs(t, data.spec, data.raw["train"], self.device, batch_size) for t in self.teachers]
+        targets = soft_targets(data.spec.head, outputs, self.cfg.temperature)
+        store.save(targets)
+        return targets, f"computed in {time.time() - started:.1f}s, saved to {store.path}"
+
+    @torch.no_grad()
+    def _on_the_fly(self, task: str, head: str, batch: dict) -> torch.Tensor:
+        """Teachers on this very batch (same tokenizer), averaged after temperature."""
+        outs = []
+        for teacher in self.teachers:
+            teacher.model.eval()
+            logits = teacher.model(task, **batch).float()
+            if head == "ranking":
+                logits = group_matrix(logits, batch)
+            outs.append(logits if head == "regression" else F.softmax(logits / self.cfg.temperature, -1))
+        return torch.stack(outs).mean(0)
+
+    def loss(self, model, task: str, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        """alpha * hard + (1 - alpha) * T^2 * KL(teacher || student / T)   (MSE to the teachers for regression)."""
+        head = model.head(task)
+        kind = type(head).__name__.removesuffix("Head").lower()
+        hard = head.loss(logits, batch)
+        if self.cfg.alpha == 1.0:
+            return hard
+        soft = batch["soft"] if "soft" in batch else self._on_the_fly(task, kind, batch)
+        return self.cfg.alpha * hard + (1 - self.cfg.alpha) * kd_term(kind, logits, soft, batch,
+                                                                      self.cfg.temperature)
+
+    def compare(self, student, tasks: dict, collators: dict, batch_size: int) -> list[dict]:
+        """Student and every teacher on every validation set: metric, parameters, inference examples/s."""
+        rows = []
+        for label, model in [("student", student)] + [(f"teacher {t.run_dir.name}", t.model) for t in self.teachers]:
+            for name, data in tasks.items():
+                if "validation" not in data.encoded:
+                    continue
+                rows.append({"model": label, "task": name, **_measure(model, data, collators[name], batch_size,
+                                                                       self.device, self._teacher_tok(label))})
+        return rows
+
+    def _teacher_tok(self, label: str):
+        return None if label == "student" else next(t for t in self.teachers if label.endswith(t.run_dir.name))
+
+
+def _own_rng(device: torch.device):
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
+def kd_term(kind: str, logits: torch.Tensor, soft: torch.Tensor, batch: dict, temperature: float) -> torch.Tensor:
+    if kind == "regression":
+        return F.mse_loss(logits.float(), soft.float().view_as(logits))
+    student = logits.float() if kind != "ranking" else group_matrix(logits.float(), batch)
+    log_p = F.log_softmax(student / temperature, -1)
+    return F.kl_div(log_p, soft.float(), reduction="batchmean") * temperature**2
+
+
+def _measure(model, data, collate, batch_size: int, device: torch.device, teacher=None) -> dict:
+    from mtdnn.data import TaskData, encode_splits
+    from mtdnn.inference import collator_for, evaluate_split
+
+    spec = data.spec
+    encoded, raw = data.encoded["validation"], data.raw["validation"]
+    if teacher is not None:  # a teacher reads the data through its own tokenizer
+        mine = TaskData(spec, {"validation": raw})
+        encode_splits(mine, teacher.tokenizer)
+        encoded, collate = mine.encoded["validation"], collator_for(spec, teacher.tokenizer, 8)
+    started = time.perf_counter()
+    _, scores = evaluate_split(model, spec, raw, encoded, collate, batch_size, device)
+    seconds = time.perf_counter() - started
+    return {"metric": spec.metrics[0], "value": (scores or {}).get(spec.metrics[0], float("nan")),
+            "parameters": sum(p.numel() for p in model.parameters()), "examples_per_s": len(raw) / seconds}
+
+
+# ---------------------------------------------------------------- a shallower student from a teacher
+
+def shallow_student(teacher_dir: str, checkpoint: str, keep_every: int):
+    """(tokenizer, encoder, head weights) of a teacher whose encoder keeps layers 0, k, 2k, ... (DistilBERT)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    folder = Path(os.path.expanduser(teacher_dir))
+    config = AutoConfig.from_pretrained(str(folder / "encoder"))
+    kept = list(range(0, config.num_hidden_layers, keep_every))
+    config.num_hidden_layers = len(kept)
+    encoder = AutoModel.from_config(config)
+    weights = load_file(str(teacher_weights(teacher_dir, checkpoint)))
+    renumber = {old: new for new, old in enumerate(kept)}
+    state, heads = {}, {}
+    for key, tensor in weights.items():
+        if key.startswith("heads."):
+            heads[key.removeprefix("heads.")] = tensor
+            continue
+        key = key.removeprefix("encoder.")
+        match = re.match(r"^(.*\blayer\.)(\d+)(\..*)$", key)
+        if match:
+            if int(match.group(2)) not in renumber:
+                continue
+            key = f"{match.group(1)}{renumber[int(match.group(2))]}{match.group(3)}"
+        state[key] = tensor
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise MtdnnError(f"distill.student_from_teacher: cannot map {folder}'s encoder weights "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    log.info("student: layers %s of %s's %d-layer encoder", kept, folder, len(kept) * keep_every)
+    return AutoTokenizer.from_pretrained(str(folder / "tokenizer")), encoder, heads
+
+
+def main() -> None:
+    """`python -m mtdnn.distill ...` = `python -m mtdnn.train distill=ensemble ...`."""
+    import sys
+
+    from mtdnn import train
+
+    if not any(a.startswith("distill=") for a in sys.argv[1:]):
+        sys.argv.insert(1, "distill=ensemble")
+    train.main()
+
+
+if __name__ == "__main__":
+    main()

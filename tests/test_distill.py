@@ -1,0 +1,211 @@
+"""Distillation: soft-target aggregation and the KD loss by hand, the stored targets and their staleness,
+students from shallower copies of a teacher, and a distilled student that follows its teachers."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from mtdnn.distill import kd_term, soft_targets
+from mtdnn.errors import MtdnnError
+from mtdnn.train import run
+from conftest import WORDS, compose_train, tiny_overrides, write_task
+
+
+def noisy_rows(n: int, seed: int, noise: float) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(["neg", "pos"])
+        words = rng.choices(WORDS, k=rng.randint(3, 8))
+        words.insert(rng.randint(0, len(words)), "great" if label == "pos" else "awful")
+        if rng.random() < noise:
+            label = "pos" if label == "neg" else "neg"
+        rows.append({"sentence": " ".join(words), "label": label})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    folder = root / "tasks"
+    write_task(folder, "toy_sent", "classification", {"train": noisy_rows(400, 1, 0.25),
+                                                      "validation": noisy_rows(200, 2, 0.0)},
+               {"text": "sentence", "label": "label"}, labels=["neg", "pos"])
+    runs = []
+    for seed in (1, 2):
+        run(compose_train(tiny_overrides(folder, "task=toy_sent", f"seed={seed}", "trainer.max_steps=80",
+                                         "predict_test=false")), root / f"teacher{seed}")
+        runs.append(root / f"teacher{seed}")
+    return root, folder, runs
+
+
+def _student(folder, teachers_, *extra):
+    return compose_train(tiny_overrides(folder, "task=toy_sent", "distill=ensemble",
+                                        f"distill.teachers=[{','.join(map(str, teachers_))}]",
+                                        "trainer.max_steps=40", "predict_test=false", *extra))
+
+
+# ---------------------------------------------------------------- formulas
+
+def test_soft_targets_average_tempered_probabilities_and_values():
+    a, b = np.array([[2.0, 0.0]]), np.array([[0.0, 1.0]])
+    t = 2.0
+    expected = (np.exp(a / t) / np.exp(a / t).sum() + np.exp(b / t) / np.exp(b / t).sum()) / 2
+    got = soft_targets("classification", [[a[0]], [b[0]]], t)
+    assert np.allclose(got[0], expected[0], atol=1e-6) and got[0].sum() == pytest.approx(1.0)
+    assert soft_targets("regression", [[np.array(1.0)], [np.array(3.0)]], 5.0)[0] == pytest.approx(2.0)
+    groups = soft_targets("ranking", [[np.array([0.0, 0.0, 0.0])], [np.array([10.0, 0.0, 0.0])]], 1.0)
+    assert groups[0].shape == (3,) and groups[0][0] > 0.6 and groups[0].sum() == pytest.approx(1.0)
+
+
+def test_kd_term_is_t_squared_kl_of_teacher_to_tempered_student():
+    logits = torch.tensor([[1.0, -1.0, 0.5]])
+    teacher = torch.tensor([[0.2, 0.3, 0.5]])
+    t = 3.0
+    student = F.softmax(logits / t, -1)
+    expected = t**2 * (teacher * (teacher.log() - student.log())).sum()
+    assert kd_term("classification", logits, teacher, {}, t).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert kd_term("regression", torch.tensor([1.0, 2.0]), torch.tensor([1.5, 2.0]), {}, 9.0).item() == \
+        pytest.approx(0.125)
+
+
+# ---------------------------------------------------------------- the stage end to end
+
+def test_alpha_one_and_temperature_one_is_plain_training(teachers, tmp_path):
+    root, folder, runs = teachers
+    base = tiny_overrides(folder, "task=toy_sent", "trainer.max_steps=15", "predict_test=false")
+    run(compose_train(base), tmp_path / "plain")
+    run(compose_train(base + ["distill=ensemble", f"distill.teachers=[{runs[0]}]", "distill.alpha=1.0",
+                              "distill.temperature=1.0"]), tmp_path / "kd")
+    a = load_file(str(tmp_path / "plain" / "checkpoints" / "step_0000015" / "model.safetensors"))
+    b = load_file(str(tmp_path / "kd" / "checkpoints" / "step_0000015" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_soft_targets_are_stored_reused_and_stale_files_rebuilt_or_refused(teachers, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="mtdnn")
+    root, folder, runs = teachers
+    store = tmp_path / "soft"
+    first = run(_student(folder, runs, f"distill.soft_targets_dir={store}", "trainer.max_steps=2"), tmp_path / "a")
+    files = list(store.glob("toy_sent-*.safetensors"))
+    assert len(files) == 1
+    meta = json.loads(json.dumps(__import__("safetensors").safe_open(str(files[0]), "pt").metadata()))
+    assert meta["format"] == "mtdnn-soft-targets/1" and meta["temperature"] == "2.0" and meta["rows"] == "400"
+    assert [t["run_dir"] for t in json.loads(meta["teachers"])] == [str(r) for r in runs]
+    stamp = files[0].stat().st_mtime_ns
+    run(_student(folder, runs, f"distill.soft_targets_dir={store}", "trainer.max_steps=2"), tmp_path / "b")
+    assert files[0].stat().st_mtime_ns == stamp and "reused" in caplog.text  # computed once, then reused
+    # a teacher changes (retrained): its weights no longer match the file
+    best = runs[0] / json.loads((runs[0] / "best.json").read_text())["checkpoint"] / "model.safetensors"
+    original = best.read_bytes()
+    weights = load_file(str(best))
+    weights = {k: v + 0.01 if k.startswith("heads.") else v for k, v in weights.items()}
+    try:
+        save_file(weights, str(best))
+        with pytest.raises(MtdnnError, match=r"stale soft targets: its teachers differs \(teachers changed\)"):
+            run(_student(folder, runs, f"distill.soft_targets_dir={store}", "distill.rebuild_stale=false"),
+                tmp_path / "c")
+        run(_student(folder, runs, f"distill.soft_targets_dir={store}", "trainer.max_steps=2"), tmp_path / "d")
+        assert "stale soft targets" in caplog.text and files[0].stat().st_mtime_ns != stamp
+    finally:
+        best.write_bytes(original)
+    assert first["distillation"][0]["model"] == "student"
+
+
+def test_on_the_fly_targets_equal_the_stored_ones(teachers, tmp_path, monkeypatch):
+    """Teachers sharing the student's tokenizer: per-batch teacher passes give the cached targets."""
+    from mtdnn import distill
+
+    root, folder, runs = teachers
+    seen = {}
+    real = distill.Distiller.loss
+
+    def spy(self, model, task, logits, batch):
+        if "soft" in batch:
+            seen["cached"] = batch["soft"]
+            seen["fly"] = self._on_the_fly(task, "classification", batch)
+        return real(self, model, task, logits, batch)
+
+    monkeypatch.setattr(distill.Distiller, "loss", spy)
+    run(_student(folder, runs, "distill.student_from_teacher=true", "distill.keep_every=1",
+                 f"distill.soft_targets_dir={tmp_path}", "trainer.max_steps=1"), tmp_path / "run")
+    assert torch.allclose(seen["cached"], seen["fly"], atol=1e-5)
+
+
+def test_student_from_teacher_keeps_every_kth_layer(teachers, tmp_path):
+    root, folder, runs = teachers
+    run(_student(folder, runs[:1], "distill.student_from_teacher=true", "distill.keep_every=2",
+                 "trainer.max_steps=1", "trainer.lr=1e-12", "trainer.head_lr=1e-12"), tmp_path / "run")
+    config = json.loads((tmp_path / "run" / "encoder" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1  # layer 0 of the teacher's 2
+    teacher = load_file(str(runs[0] / json.loads((runs[0] / "best.json").read_text())["checkpoint"]
+                            / "model.safetensors"))
+    student = load_file(str(tmp_path / "run" / "checkpoints" / "step_0000001" / "model.safetensors"))
+    key = "encoder.encoder.layer.0.attention.self.query.weight"
+    assert torch.allclose(student[key], teacher[key], atol=1e-6)
+    assert "encoder.encoder.layer.1.attention.self.query.weight" not in student
+
+
+def test_teachers_with_another_tokenizer_and_the_comparison_table(teachers, tmp_path):
+    root, folder, runs = teachers
+    summary = run(_student(folder, runs, "encoder.tokenizer_vocab_size=300", f"distill.soft_targets_dir={tmp_path}",
+                           "trainer.max_steps=5"), tmp_path / "run")
+    table = summary["distillation"]
+    assert [r["model"] for r in table] == ["student", "teacher teacher1", "teacher teacher2"]
+    assert all(r["metric"] == "accuracy" and r["parameters"] > 0 and r["examples_per_s"] > 0 for r in table)
+    assert table[1]["value"] > 0.8  # the teachers read the data through their own tokenizer
+
+
+def _agreement(run_dir, teachers_, folder) -> float:
+    """Share of validation examples where the run predicts what the teacher ensemble predicts."""
+    from mtdnn.cli import load_run
+    from mtdnn.data import TaskData, encode_splits, load_raw
+    from mtdnn.inference import collator_for, predict_split
+    from mtdnn.tasks import load_tasks
+
+    (spec,) = load_tasks(["toy_sent"], [str(folder)])
+    raw = load_raw(spec)["validation"]
+
+    def probs(path):
+        loaded = load_run(str(path), "last", torch.device("cpu"))
+        data = TaskData(spec, {"validation": raw})
+        encode_splits(data, loaded.tokenizer)
+        pred, _ = predict_split(loaded.model, spec, data.encoded["validation"],
+                                collator_for(spec, loaded.tokenizer, 8), 64, torch.device("cpu"))
+        return pred["scores"]
+
+    ensemble = torch.stack([probs(t) for t in teachers_]).mean(0).argmax(-1)
+    return (probs(run_dir).argmax(-1) == ensemble).float().mean().item()
+
+
+def test_distilled_student_follows_its_teachers_more_than_a_hard_label_student(tmp_path):
+    """Teachers that learned the opposite rule ('awful' = pos): a student distilled from them (alpha=0) must agree
+    with them more often than a student trained on the gold labels, which agrees with them only by accident."""
+    gold, flipped = tmp_path / "gold", tmp_path / "flipped"
+    train, val = noisy_rows(400, 1, 0.0), noisy_rows(200, 2, 0.0)
+    swap = {"pos": "neg", "neg": "pos"}
+    write_task(gold, "toy_sent", "classification", {"train": train, "validation": val},
+               {"text": "sentence", "label": "label"}, labels=["neg", "pos"])
+    write_task(flipped, "toy_sent", "classification", {"train": [dict(r, label=swap[r["label"]]) for r in train],
+                                                       "validation": val}, {"text": "sentence", "label": "label"},
+               labels=["neg", "pos"])
+    runs = []
+    for seed in (1, 2):
+        run(compose_train(tiny_overrides(flipped, "task=toy_sent", f"seed={seed}", "trainer.max_steps=80",
+                                         "predict_test=false")), tmp_path / f"teacher{seed}")
+        runs.append(tmp_path / f"teacher{seed}")
+    base = tiny_overrides(gold, "task=toy_sent", "trainer.max_steps=80", "predict_test=false", "seed=7")
+    run(compose_train(base), tmp_path / "hard")
+    run(compose_train(base + ["distill=ensemble", f"distill.teachers=[{runs[0]},{runs[1]}]", "distill.alpha=0.0",
+                              f"distill.soft_targets_dir={tmp_path}"]), tmp_path / "kd")
+    hard, kd = _agreement(tmp_path / "hard", runs, gold), _agreement(tmp_path / "kd", runs, gold)
+    assert kd > hard, (kd, hard)
