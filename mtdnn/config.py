@@ -69,8 +69,9 @@ class TrainerConfig:
 
 @dataclass
 class DistillConfig:
-    """Knowledge distillation from trained runs (see mtdnn/distill.py); off while `teachers` is empty."""
+    """Knowledge distillation from trained runs (see mtdnn/distill.py)."""
 
+    mode: str = "none"  # none | ensemble (set by choosing conf/distill/<mode>.yaml)
     teachers: list[str] = field(default_factory=list)  # run folders of trained teachers
     temperature: float = 2.0
     alpha: float = 0.5  # weight of the hard-label loss; 1 - alpha goes to the teachers

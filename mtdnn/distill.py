@@ -51,8 +51,13 @@ DISTILLABLE = ("classification", "regression", "ranking")
 # ---------------------------------------------------------------- validation
 
 def distill_problems(cfg: DistillConfig, specs: list[TaskSpec]) -> list[str]:
+    if cfg.mode not in ("none", "ensemble"):
+        return [f"distill.mode: must be none or ensemble, got '{cfg.mode}'"]
+    if cfg.mode == "none":
+        return [f"distill.teachers: teachers given but distill.mode is none; choose distill=ensemble"] \
+            if cfg.teachers else []
     if not cfg.teachers:
-        return []
+        return ["distill.teachers: required with distill=ensemble (distill.teachers=[run_a,run_b,...])"]
     from mtdnn.rundir import load_run_specs
 
     problems = []

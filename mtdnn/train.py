@@ -135,6 +135,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     """Train as configured; returns the summary (also written to summary.json)."""
     started = time.time()
     # 1. validate the configuration: tasks, encoder, sampler, trainer, before touching any data
+    raise_if([f"{key}: required, but not given (e.g. {key}=...)" for key in sorted(OmegaConf.missing_keys(cfg))],
+             "the run configuration is incomplete")
     specs = load_tasks(task_names(cfg.task), list(cfg.task_dirs),
                        OmegaConf.to_container(cfg.task_overrides, resolve=True))
     raise_if(run_problems(cfg, specs), "the run configuration has problems")
@@ -156,7 +158,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(str(output_dir / "tokenizer"))
         encoder = encoder_from_saved_config(output_dir / "encoder")
-    elif cfg.distill.teachers and cfg.distill.student_from_teacher:
+    elif cfg.distill.mode == "ensemble" and cfg.distill.student_from_teacher:
         tokenizer, encoder, head_weights = shallow_student(cfg.distill.teachers[0], cfg.distill.teacher_checkpoint,
                                                            cfg.distill.keep_every)
     else:
@@ -165,7 +167,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         encoder = build_encoder(cfg.encoder, source, len(tokenizer))
     for data in tasks.values():
         encode_splits(data, tokenizer)
-    distiller = Distiller(cfg.distill, device) if cfg.distill.teachers else None
+    distiller = Distiller(cfg.distill, device) if cfg.distill.mode == "ensemble" else None
     if distiller is not None:
         for name, origin in distiller.attach_soft_targets(tasks, cfg.trainer.eval_batch_size).items():
             log.info("soft targets for %s: %s", name, origin)
