@@ -342,8 +342,15 @@ class Collator:
             batch["labels"] = self._pad(rows["labels"], width, self.label_pad)
         else:
             batch["labels"] = torch.tensor(rows["labels"], dtype=self.label_dtype)
-        if "soft" in rows:  # distillation targets, one per row
-            batch["soft"] = torch.tensor(rows["soft"], dtype=torch.float32)
+        if "soft" in rows:  # distillation targets: one per row, or one per token (padded with 0)
+            soft = rows["soft"]
+            if soft and isinstance(soft[0], list) and soft[0] and isinstance(soft[0][0], list):
+                padded = torch.zeros(len(soft), width, len(soft[0][0]))
+                for i, row in enumerate(soft):
+                    padded[i, : len(row)] = torch.tensor(row)
+                batch["soft"] = padded
+            else:
+                batch["soft"] = torch.tensor(soft, dtype=torch.float32)
         return batch
 
     @staticmethod

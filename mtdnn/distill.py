@@ -5,6 +5,10 @@
 
   classification, ranking   mean of softmax(logits / T) (over labels, or over the candidates of a group)
   regression                mean of the predicted values
+  span                      mean of the start and of the end distributions over a window's tokens
+  tagging                   mean of each token's distribution over the tags
+
+Span and tagging targets are per token, so their teachers must share the student's tokenizer (checked).
 
 and the student learns  alpha * hard-label loss + (1 - alpha) * T^2 * KL(teacher || softmax(student / T))
 (for regression  alpha * MSE(y) + (1 - alpha) * MSE(teacher)).
@@ -45,7 +49,7 @@ from mtdnn.tasks import TaskSpec
 
 log = logging.getLogger("mtdnn")
 FORMAT = "mtdnn-soft-targets/1"
-DISTILLABLE = ("classification", "regression", "ranking")
+TOKEN_LEVEL = ("span", "tagging")  # per-token targets: teachers must tokenise exactly like the student
 
 
 # ---------------------------------------------------------------- validation
@@ -69,8 +73,6 @@ def distill_problems(cfg: DistillConfig, specs: list[TaskSpec]) -> list[str]:
         problems.append(f"distill.soft_targets: must be cache or on_the_fly, got '{cfg.soft_targets}'")
     if cfg.keep_every < 1:
         problems.append(f"distill.keep_every: must be >= 1, got {cfg.keep_every}")
-    problems += [f"task {s.name}: distillation of {s.head} heads is not available yet (only "
-                 f"{', '.join(DISTILLABLE)})" for s in specs if s.head not in DISTILLABLE]
     for i, teacher in enumerate(cfg.teachers):
         folder = Path(os.path.expanduser(teacher))
         if not (folder / "config.yaml").is_file():
@@ -91,28 +93,37 @@ def distill_problems(cfg: DistillConfig, specs: list[TaskSpec]) -> list[str]:
 def soft_targets(head: str, outputs: list[list[np.ndarray]], temperature: float) -> list[np.ndarray]:
     """Average over teachers, per example: probabilities after temperature, or values for regression.
     `outputs[t][i]` is teacher t's raw output for example i."""
+    axis = 0 if head == "span" else -1  # span: a distribution over the window's tokens, for start and end
+
     def one(x: np.ndarray) -> np.ndarray:
         if head == "regression":
             return np.asarray(x, dtype=np.float64)
         z = np.asarray(x, dtype=np.float64) / temperature
-        z = np.exp(z - z.max(-1, keepdims=True))
-        return z / z.sum(-1, keepdims=True)
+        z = np.exp(z - z.max(axis, keepdims=True))
+        return z / z.sum(axis, keepdims=True)
 
     return [np.mean([one(teacher[i]) for teacher in outputs], axis=0).astype(np.float32)
             for i in range(len(outputs[0]))]
 
 
-def teacher_outputs(teacher, spec: TaskSpec, raw_train, device: torch.device, batch_size: int) -> list[np.ndarray]:
-    """One teacher's raw output per training example, tokenised the teacher's way."""
+def teacher_outputs(teacher, spec: TaskSpec, data, device: torch.device, batch_size: int) -> list[np.ndarray]:
+    """One teacher's raw output per training row: sentence-level heads read the data the teacher's own way;
+    token-level heads read the student's rows (same tokenizer), one (tokens x width) array per row."""
     from mtdnn.data import TaskData, encode_splits
     from mtdnn.inference import collator_for, forward_split
 
-    data = TaskData(teacher.specs[spec.name], {"train": raw_train})
-    encode_splits(data, teacher.tokenizer)
-    outputs = forward_split(teacher.model, spec, data.encoded["train"], collator_for(spec, teacher.tokenizer, 8),
-                            batch_size, device)
+    if spec.head in TOKEN_LEVEL:
+        encoded = data.encoded["train"].remove_columns([c for c in ("soft",) if c in data.encoded["train"].column_names])
+    else:
+        mine = TaskData(teacher.specs[spec.name], {"train": data.raw["train"]})
+        encode_splits(mine, teacher.tokenizer)
+        encoded = mine.encoded["train"]
+    outputs = forward_split(teacher.model, spec, encoded, collator_for(spec, teacher.tokenizer, 8), batch_size, device)
     if spec.head == "ranking":
         return [logits[batch["group"] == g].numpy() for batch, logits in outputs for g in range(len(batch["labels"]))]
+    if spec.head in TOKEN_LEVEL:
+        return [logits[i, : int(batch["attention_mask"][i].sum())].numpy() for batch, logits in outputs
+                for i in range(len(logits))]
     return [row.numpy() for _, logits in outputs for row in logits]
 
 
@@ -156,14 +167,20 @@ class SoftTargetFile:
     def load(self) -> list[np.ndarray]:
         tensors = load_file(str(self.path))
         targets, sizes = tensors["targets"].numpy(), tensors["sizes"].numpy()
+        if self.metadata["head"] in TOKEN_LEVEL:  # rows of (tokens x width), stacked
+            return np.split(targets, np.cumsum(sizes)[:-1])
         return [row[:n] if self.metadata["head"] == "ranking" else row for row, n in zip(targets, sizes)]
 
     def save(self, targets: list[np.ndarray]) -> None:
-        sizes = np.array([np.size(t) for t in targets])
-        width = int(sizes.max()) if self.metadata["head"] != "regression" else 1
-        matrix = np.zeros((len(targets), width), dtype=np.float32)
-        for i, t in enumerate(targets):
-            matrix[i, : np.size(t)] = np.ravel(t)
+        if self.metadata["head"] in TOKEN_LEVEL:
+            sizes = np.array([len(t) for t in targets])
+            matrix = np.concatenate(targets).astype(np.float32)
+        else:
+            sizes = np.array([np.size(t) for t in targets])
+            width = int(sizes.max()) if self.metadata["head"] != "regression" else 1
+            matrix = np.zeros((len(targets), width), dtype=np.float32)
+            for i, t in enumerate(targets):
+                matrix[i, : np.size(t)] = np.ravel(t)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         save_file({"targets": torch.from_numpy(matrix), "sizes": torch.from_numpy(sizes)}, str(tmp),
@@ -185,16 +202,31 @@ class Distiller:
                           "sha256": weights_sha256(teacher_weights(t, cfg.teacher_checkpoint))}
                          for t in cfg.teachers]
 
-    def attach_soft_targets(self, tasks: dict, batch_size: int) -> dict[str, str]:
+    def _check_tokenizer(self, spec: TaskSpec, tokenizer) -> None:
+        if spec.head not in TOKEN_LEVEL and self.cfg.soft_targets != "on_the_fly":
+            return
+        for teacher in self.teachers:
+            if teacher.tokenizer.get_vocab() != tokenizer.get_vocab():
+                why = f"{spec.head} targets are per token" if spec.head in TOKEN_LEVEL else "on_the_fly runs the teachers on the student's batches"
+                raise MtdnnError(f"distill.teachers: {teacher.run_dir} tokenises differently from the student, but "
+                                 f"{why}; use distill.student_from_teacher=true or the teachers' encoder")
+
+    def attach_soft_targets(self, tasks: dict, tokenizer, batch_size: int) -> dict[str, str]:
         """Add a `soft` column to every task's encoded train split; returns where each came from."""
         if self.cfg.soft_targets == "on_the_fly":
+            for data in tasks.values():
+                self._check_tokenizer(data.spec, tokenizer)
             return {name: "on the fly" for name in tasks}
         folder = Path(self.cfg.soft_targets_dir or cache_dir() / "soft_targets").expanduser()
         origin = {}
         for name, data in tasks.items():
-            store = SoftTargetFile(folder, data.spec, self.cfg, self.identity, data.raw["train"]._fingerprint)
+            self._check_tokenizer(data.spec, tokenizer)
+            split = data.encoded["train"] if data.spec.head in TOKEN_LEVEL else data.raw["train"]
+            store = SoftTargetFile(folder, data.spec, self.cfg, self.identity, split._fingerprint)
             targets, origin[name] = self._targets_for(store, data, batch_size)
             column = [t.tolist() if data.spec.head != "regression" else float(np.ravel(t)[0]) for t in targets]
+            if len(column) != len(data.encoded["train"]):
+                raise MtdnnError(f"{store.path}: {len(column)} soft targets for {len(data.encoded['train'])} rows")
             data.encoded["train"] = data.encoded["train"].add_column("soft", column)
         return origin
 
@@ -208,7 +240,7 @@ class Distiller:
                                  "distill.rebuild_stale=true")
             log.warning("%s: stale soft targets (%s); rebuilding", store.path, reason)
         started = time.time()
-        outputs = [teacher_outputs(t, data.spec, data.raw["train"], self.device, batch_size) for t in self.teachers]
+        outputs = [teacher_outputs(t, data.spec, data, self.device, batch_size) for t in self.teachers]
         targets = soft_targets(data.spec.head, outputs, self.cfg.temperature)
         store.save(targets)
         return targets, f"computed in {time.time() - started:.1f}s, saved to {store.path}"
@@ -222,7 +254,8 @@ class Distiller:
             logits = teacher.model(task, **batch).float()
             if head == "ranking":
                 logits = group_matrix(logits, batch)
-            outs.append(logits if head == "regression" else F.softmax(logits / self.cfg.temperature, -1))
+            axis = 1 if head == "span" else -1
+            outs.append(logits if head == "regression" else F.softmax(logits / self.cfg.temperature, axis))
         return torch.stack(outs).mean(0)
 
     def loss(self, model, task: str, logits: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -258,6 +291,13 @@ def _own_rng(device: torch.device):
 def kd_term(kind: str, logits: torch.Tensor, soft: torch.Tensor, batch: dict, temperature: float) -> torch.Tensor:
     if kind == "regression":
         return F.mse_loss(logits.float(), soft.float().view_as(logits))
+    if kind == "span":  # start and end: distributions over the window's tokens (padding has target 0)
+        log_p = F.log_softmax(logits.float() / temperature, 1)
+        return F.kl_div(log_p, soft.float(), reduction="sum") / (2 * len(logits)) * temperature**2
+    if kind == "tagging":  # per real token, over the tags
+        mask = batch["attention_mask"].bool()
+        log_p = F.log_softmax(logits.float()[mask] / temperature, -1)
+        return F.kl_div(log_p, soft.float()[mask], reduction="batchmean") * temperature**2
     student = logits.float() if kind != "ranking" else group_matrix(logits.float(), batch)
     log_p = F.log_softmax(student / temperature, -1)
     return F.kl_div(log_p, soft.float(), reduction="batchmean") * temperature**2

@@ -169,7 +169,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         encode_splits(data, tokenizer)
     distiller = Distiller(cfg.distill, device) if cfg.distill.mode == "ensemble" else None
     if distiller is not None:
-        for name, origin in distiller.attach_soft_targets(tasks, cfg.trainer.eval_batch_size).items():
+        for name, origin in distiller.attach_soft_targets(tasks, tokenizer, cfg.trainer.eval_batch_size).items():
             log.info("soft targets for %s: %s", name, origin)
 
     # 3. model, optimizer, schedule, sampler

@@ -209,3 +209,34 @@ def test_distilled_student_follows_its_teachers_more_than_a_hard_label_student(t
                               f"distill.soft_targets_dir={tmp_path}"]), tmp_path / "kd")
     hard, kd = _agreement(tmp_path / "hard", runs, gold), _agreement(tmp_path / "kd", runs, gold)
     assert kd > hard, (kd, hard)
+
+
+def test_span_and_tagging_distil_from_teachers_sharing_the_tokenizer(tmp_path):
+    from test_heads import _span_task, _tag_task, squad_rows, tagging_rows
+
+    folder = tmp_path / "tasks"
+    _span_task(folder, squad_rows(80, 1), squad_rows(20, 2))
+    _tag_task(folder, tagging_rows(80, 3), tagging_rows(20, 4))
+    both = "task=[toy_squad,toy_ner]"
+    run(compose_train(tiny_overrides(folder, both, "trainer.max_steps=60", "predict_test=false")), tmp_path / "teacher")
+    store = tmp_path / "soft"
+    summary = run(compose_train(tiny_overrides(
+        folder, both, "distill=ensemble", f"distill.teachers=[{tmp_path / 'teacher'}]", "trainer.max_steps=20",
+        "distill.student_from_teacher=true", "distill.keep_every=2", f"distill.soft_targets_dir={store}",
+        "predict_test=false")), tmp_path / "student")
+    assert {r["task"] for r in summary["distillation"]} == {"toy_squad", "toy_ner"}
+    from mtdnn.distill import SoftTargetFile  # noqa: F401  (the stored format)
+    span_file = load_file(str(next(store.glob("toy_squad-*.safetensors"))))
+    targets, sizes = span_file["targets"], span_file["sizes"]
+    assert targets.shape == (int(sizes.sum()), 2)  # one (start, end) probability per token of every window
+    first = targets[: int(sizes[0])]
+    assert torch.allclose(first.sum(0), torch.ones(2), atol=1e-4)  # distributions over the window's tokens
+    tag_file = load_file(str(next(store.glob("toy_ner-*.safetensors"))))
+    assert torch.allclose(tag_file["targets"].sum(-1), torch.ones(len(tag_file["targets"])), atol=1e-4)
+    log = [json.loads(line) for line in (tmp_path / "student" / "train_log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r[f"loss/{t}"]) for r in log for t in ("toy_squad", "toy_ner") if f"loss/{t}" in r)
+    # a student with its own tokenizer cannot take per-token targets
+    with pytest.raises(MtdnnError, match="tokenises differently from the student, but span targets are per token"):
+        run(compose_train(tiny_overrides(folder, "task=toy_squad", "distill=ensemble", "trainer.max_steps=2",
+                                         f"distill.teachers=[{tmp_path / 'teacher'}]", "encoder.tokenizer_vocab_size=50",
+                                         f"distill.soft_targets_dir={store}")), tmp_path / "mismatch")
