@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from mtdnn.artifacts import sha256_of
 from mtdnn.config import DistillConfig
 from mtdnn.errors import MtdnnError
 from mtdnn.heads import group_matrix
@@ -127,14 +128,6 @@ def teacher_outputs(teacher, spec: TaskSpec, data, device: torch.device, batch_s
     return [row.numpy() for _, logits in outputs for row in logits]
 
 
-def weights_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def teacher_weights(run_dir: str, checkpoint: str) -> Path:
     folder = Path(os.path.expanduser(run_dir))
     if checkpoint == "best":
@@ -199,7 +192,7 @@ class Distiller:
         with _own_rng(device):  # building the teachers must not shift the student's random stream
             self.teachers = [load_run(t, cfg.teacher_checkpoint, device) for t in cfg.teachers]
         self.identity = [{"run_dir": str(Path(os.path.expanduser(t)).resolve()), "checkpoint": cfg.teacher_checkpoint,
-                          "sha256": weights_sha256(teacher_weights(t, cfg.teacher_checkpoint))}
+                          "sha256": sha256_of(teacher_weights(t, cfg.teacher_checkpoint))}
                          for t in cfg.teachers]
 
     def _check_tokenizer(self, spec: TaskSpec, tokenizer) -> None:

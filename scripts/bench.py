@@ -108,6 +108,15 @@ def encoder_config(name: str) -> EncoderConfig:
 
 # ---------------------------------------------------------------- 1. toolkit step vs plain loop
 
+def train_step(model, task: str, batch: dict, optimizer, scheduler, cfg: TrainerConfig, bf16: bool) -> None:
+    """The body of mtdnn.loop.train for one micro-batch without regularizers: what the toolkit runs."""
+    forward_backward(model, task, batch, {}, 1.0, DEVICE, bf16)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 class PlainModel(nn.Module):
     """What a user writes by hand: encoder, [CLS] state, dropout, linear."""
 
@@ -142,11 +151,7 @@ def step_vs_plain(spec, encoder: nn.Module, shape: tuple[int, int], reps: int) -
     batch = random_batch(*shape, encoder.config.vocab_size)
 
     def toolkit_step():
-        forward_backward(toolkit, spec.name, batch, {}, 1.0, DEVICE, False)
-        torch.nn.utils.clip_grad_norm_(toolkit.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(toolkit, spec.name, batch, optimizer, scheduler, cfg, bf16=False)
 
     def plain_step():
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -219,14 +224,7 @@ def train_and_score(spec, data, tokenizer, encoder, pooling, steps: int, bucket:
     for _ in range(steps):
         batch = {k: v.to(DEVICE) for k, v in batches.next().items()}
 
-        def step():
-            forward_backward(model, spec.name, batch, {}, 1.0, DEVICE, bf16)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        step_times.append(timed(step))
+        step_times.append(timed(lambda: train_step(model, spec.name, batch, optimizer, scheduler, cfg, bf16)))
     memory = peak_memory_mb()
     _, scores = evaluate_split(model, spec, data.raw["validation"], data.encoded["validation"],
                                collator_for(spec, tokenizer, 8), 128, DEVICE, bf16)
