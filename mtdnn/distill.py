@@ -59,7 +59,7 @@ def distill_problems(cfg: DistillConfig, specs: list[TaskSpec]) -> list[str]:
     if cfg.mode not in ("none", "ensemble"):
         return [f"distill.mode: must be none or ensemble, got '{cfg.mode}'"]
     if cfg.mode == "none":
-        return [f"distill.teachers: teachers given but distill.mode is none; choose distill=ensemble"] \
+        return ["distill.teachers: teachers given but distill.mode is none; choose distill=ensemble"] \
             if cfg.teachers else []
     if not cfg.teachers:
         return ["distill.teachers: required with distill=ensemble (distill.teachers=[run_a,run_b,...])"]
@@ -265,16 +265,13 @@ class Distiller:
     def compare(self, student, tasks: dict, collators: dict, batch_size: int) -> list[dict]:
         """Student and every teacher on every validation set: metric, parameters, inference examples/s."""
         rows = []
-        for label, model in [("student", student)] + [(f"teacher {t.run_dir.name}", t.model) for t in self.teachers]:
+        for label, model, teacher in [("student", student, None)] + [(f"teacher {t.run_dir.name}", t.model, t)
+                                                                      for t in self.teachers]:
             for name, data in tasks.items():
-                if "validation" not in data.encoded:
-                    continue
-                rows.append({"model": label, "task": name, **_measure(model, data, collators[name], batch_size,
-                                                                       self.device, self._teacher_tok(label))})
+                if "validation" in data.encoded:
+                    rows.append({"model": label, "task": name, **_measure(model, data, collators[name], batch_size,
+                                                                           self.device, teacher)})
         return rows
-
-    def _teacher_tok(self, label: str):
-        return None if label == "student" else next(t for t in self.teachers if label.endswith(t.run_dir.name))
 
 
 def _own_rng(device: torch.device):

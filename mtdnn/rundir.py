@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import yaml
 from safetensors import safe_open
-from safetensors.torch import load_file, load_model, save_model
+from safetensors.torch import load_model, save_model
 
 from mtdnn.errors import MtdnnError
 from mtdnn.tasks import TaskSpec, spec_from_dict, spec_to_dict

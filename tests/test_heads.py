@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mtdnn import ranking, span, tagging
-from mtdnn.data import TaskData, encode_splits
+from mtdnn.data import encode_splits
 from mtdnn.encoders import train_wordpiece
 from mtdnn.errors import MtdnnError
 from mtdnn.heads import RankingHead, SpanHead, TaggingHead

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from safetensors.torch import load_file
+
 from mtdnn import rundir
 from mtdnn.errors import MtdnnError
 from mtdnn.heads import ClassificationHead
@@ -167,7 +169,7 @@ def test_nan_steps_are_skipped_counted_and_training_goes_on(tmp_path, toy_tasks,
     assert summary["validation"]["toy_sent"]["accuracy"] > 0.8
     log = _log(tmp_path / "run")
     assert [r["skipped_steps"] for r in log[3:8]] == [0, 1, 2, 3, 3]
-    weights = rundir.load_file(str(list_checkpoints(tmp_path / "run")[-1] / "model.safetensors"))
+    weights = load_file(str(list_checkpoints(tmp_path / "run")[-1] / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in weights.values())
 
 
@@ -181,7 +183,7 @@ def test_too_many_nan_steps_in_a_row_stop_with_the_last_checkpoint_intact(tmp_pa
     assert [p.name for p in kept] == ["step_0000005", "step_0000010", "step_0000015"]
     for folder in kept:
         assert checkpoint_problem(folder) is None
-        weights = rundir.load_file(str(folder / "model.safetensors"))
+        weights = load_file(str(folder / "model.safetensors"))
         assert all(torch.isfinite(t).all() for t in weights.values())
 
 
