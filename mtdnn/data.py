@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from mtdnn.artifacts import fetch_member
-from mtdnn.errors import MtdnnError
+from mtdnn.errors import MtdnnError, first_line
 from mtdnn.schema import suggest
 from mtdnn.tasks import TaskSpec
 
@@ -78,7 +78,7 @@ def _load_hub_split(spec: TaskSpec, split: str, hub_split: str):
     except Exception as err:  # datasets raises many types; all mean "this source cannot be read"
         raise MtdnnError(f"{spec.file}: source.splits.{split}: cannot load {src.path}"
                          f"{'/' + src.name if src.name else ''} split '{hub_split}' from the hub: "
-                         f"{type(err).__name__}: {_first_line(err)}") from None
+                         f"{type(err).__name__}: {first_line(err)}") from None
 
 
 def file_format(spec: TaskSpec, path: Path) -> str:
@@ -108,16 +108,11 @@ def _load_file(spec: TaskSpec, path: Path, field_name: str):
     try:
         ds = datasets.load_dataset(_BUILDERS[fmt], data_files={"data": str(path)}, split="data", **options)
     except Exception as err:  # parse errors come from pandas/pyarrow with many types
-        raise MtdnnError(f"{where}: cannot read {path} as {fmt}: {type(err).__name__}: {_first_line(err)}") \
+        raise MtdnnError(f"{where}: cannot read {path} as {fmt}: {type(err).__name__}: {first_line(err)}") \
             from None
     if len(ds) == 0:
         raise MtdnnError(f"{where}: data file has no rows: {path}")
     return ds
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _exclude(spec: TaskSpec, ds):
@@ -292,10 +287,10 @@ def hidden_labels(spec: TaskSpec, split: str, ds) -> bool:
     if spec.head == "ranking":
         return all(r < 0 for group in ds["relevance"] for r in group)
     column = {"span": spec.columns.answers, "tagging": spec.columns.tags}.get(spec.head, spec.columns.label)
+    if not column or column not in ds.column_names:
+        return True
     if spec.head in ("span", "tagging"):
-        return not column or column not in ds.column_names or not any(ds[column])
-    if split != "test" or not column or column not in ds.column_names:
-        return split == "test"
+        return not any(ds[column])
     values = ds.select_columns([column]).to_pandas()[column]
     return bool((values.isna() | (values.astype(str).isin(["-1", "-1.0"]))).all())
 

@@ -11,7 +11,8 @@ from typing import Iterable
 
 from mtdnn.artifacts import fetch_member
 from mtdnn.config import EncoderConfig
-from mtdnn.errors import MtdnnError
+from mtdnn.errors import MtdnnError, first_line
+from mtdnn.heads import POOLINGS
 
 log = logging.getLogger(__name__)
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -33,7 +34,7 @@ def encoder_problems(enc: EncoderConfig) -> list[str]:
     if enc.tokenizer_vocab_size > 0 and enc.from_config is None:
         problems.append("encoder.tokenizer_vocab_size: only for random-init encoders (encoder.from_config); "
                         "a pretrained encoder needs its own tokenizer")
-    if enc.pooling not in ("cls", "mean", "pooler"):
+    if enc.pooling not in POOLINGS:
         problems.append(f"encoder.pooling: must be cls, mean or pooler, got '{enc.pooling}'")
     return problems
 
@@ -62,8 +63,7 @@ def build_tokenizer(enc: EncoderConfig, source: str | None, texts: Iterable[str]
                                                  revision=enc.revision)
         except Exception as err:  # hub/network/format errors all mean the same to the user
             raise MtdnnError(f"encoder.tokenizer: cannot load a tokenizer from '{name}': "
-                             f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}") \
-                from None
+                             f"{type(err).__name__}: {first_line(err)}") from None
     return train_wordpiece(texts, enc.tokenizer_vocab_size)
 
 
@@ -109,8 +109,7 @@ def build_encoder(enc: EncoderConfig, source: str | None, vocab_size: int):
     try:
         return AutoModel.from_pretrained(source, trust_remote_code=enc.trust_remote_code, revision=enc.revision)
     except Exception as err:
-        raise MtdnnError(f"encoder.name: cannot load '{source}': {type(err).__name__}: "
-                         f"{str(err).strip().splitlines()[0] if str(err) else ''}") from None
+        raise MtdnnError(f"encoder.name: cannot load '{source}': {type(err).__name__}: {first_line(err)}") from None
 
 
 def encoder_from_saved_config(config_dir: Path):

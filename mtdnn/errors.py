@@ -26,6 +26,12 @@ def raise_if(problems: list[str], headline: str) -> None:
         raise MtdnnError([f"{headline} ({len(problems)} problems):"] + [f"  - {p}" for p in problems])
 
 
+def first_line(err: BaseException) -> str:
+    """The headline of a library's exception (their messages often run to many lines)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def want_traceback() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("MTDNN_DEBUG") == "1"
 
