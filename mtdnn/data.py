@@ -418,9 +418,3 @@ class TaskBatches:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._batches = self._plan(self.epoch)
-
-
-def eval_batches(dataset, batch_size: int, collate: Collator):
-    """In-order batches for evaluation and prediction."""
-    for start in range(0, len(dataset), batch_size):
-        yield collate(dataset[start: start + batch_size])

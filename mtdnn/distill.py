@@ -111,7 +111,7 @@ def teacher_outputs(teacher, spec: TaskSpec, data, device: torch.device, batch_s
     """One teacher's raw output per training row: sentence-level heads read the data the teacher's own way;
     token-level heads read the student's rows (same tokenizer), one (tokens x width) array per row."""
     from mtdnn.data import TaskData, encode_splits
-    from mtdnn.inference import collator_for, forward_split
+    from mtdnn.inference import collator_for, forward_rows
 
     if spec.head in TOKEN_LEVEL:
         encoded = data.encoded["train"].remove_columns([c for c in ("soft",) if c in data.encoded["train"].column_names])
@@ -119,13 +119,9 @@ def teacher_outputs(teacher, spec: TaskSpec, data, device: torch.device, batch_s
         mine = TaskData(teacher.specs[spec.name], {"train": data.raw["train"]})
         encode_splits(mine, teacher.tokenizer)
         encoded = mine.encoded["train"]
-    outputs = forward_split(teacher.model, spec, encoded, collator_for(spec, teacher.tokenizer, 8), batch_size, device)
-    if spec.head == "ranking":
-        return [logits[batch["group"] == g].numpy() for batch, logits in outputs for g in range(len(batch["labels"]))]
-    if spec.head in TOKEN_LEVEL:
-        return [logits[i, : int(batch["attention_mask"][i].sum())].numpy() for batch, logits in outputs
-                for i in range(len(logits))]
-    return [row.numpy() for _, logits in outputs for row in logits]
+    outputs, _ = forward_rows(teacher.model, spec, encoded, collator_for(spec, teacher.tokenizer, 8), batch_size,
+                              device)
+    return [row.numpy() for row in outputs]
 
 
 def teacher_weights(run_dir: str, checkpoint: str) -> Path:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from mtdnn import metrics
-from mtdnn.data import UNLABELED, Collator, TaskData, eval_batches
+from mtdnn.data import UNLABELED, Collator, TaskData, row_lengths
 from mtdnn.heads import IGNORE
 from mtdnn.model import MultiTaskModel
 from mtdnn.rundir import write_atomic
@@ -31,30 +31,43 @@ def collator_for(spec: TaskSpec, tokenizer, multiple_of: int):
                     label_pad=IGNORE if spec.head == "tagging" else None)
 
 
+def _row_output(head: str, batch: dict, logits: torch.Tensor, j: int) -> torch.Tensor:
+    """Row j's own output: its logits, a group's candidate scores, or a window's/sentence's unpadded tokens."""
+    if head == "ranking":
+        return logits[batch["group"] == j]
+    if head in ("span", "tagging"):
+        return logits[j, : int(batch["attention_mask"][j].sum())]
+    return logits[j]
+
+
 @torch.no_grad()
-def forward_split(model: MultiTaskModel, spec: TaskSpec, dataset, collate, batch_size: int, device: torch.device,
-                  bf16: bool = False) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-    """(batch, logits) on the CPU for every in-order batch of one encoded split."""
+def forward_rows(model: MultiTaskModel, spec: TaskSpec, dataset, collate, batch_size: int, device: torch.device,
+                 bf16: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(output, labels) of every row of an encoded split, in row order, on the CPU. Rows run shortest first,
+    so each batch pads little (an in-order batch of 128 reviews pads almost all of them to the longest)."""
     was_training = model.training
     model.eval()
-    out = []
-    for batch in eval_batches(dataset, batch_size, collate):
+    order = np.argsort(row_lengths(dataset), kind="stable")
+    outputs: list = [None] * len(dataset)
+    labels: list = [None] * len(dataset)
+    for start in range(0, len(order), batch_size):
+        rows = order[start: start + batch_size]
+        batch = collate(dataset[rows.tolist()])
         on_device = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with autocast(device, bf16):
-            logits = model(spec.name, **on_device)
-        out.append((batch, logits.float().cpu()))
+            logits = model(spec.name, **on_device).float().cpu()
+        for j, row in enumerate(rows):
+            outputs[row] = _row_output(spec.head, batch, logits, j)
+            labels[row] = batch["labels"][j]
     model.train(was_training)
-    return out
+    return outputs, labels
 
 
 def predict_split(model: MultiTaskModel, spec: TaskSpec, dataset, collate, batch_size: int,
                   device: torch.device, bf16: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Sentence-level heads: (predictions for every row, gold labels), in row order."""
-    outputs = forward_split(model, spec, dataset, collate, batch_size, device, bf16)
-    head = model.head(spec.name)
-    merged = [head.predict(logits) for _, logits in outputs]
-    return ({k: torch.cat([m[k] for m in merged]) for k in merged[0]},
-            torch.cat([batch["labels"] for batch, _ in outputs]))
+    outputs, labels = forward_rows(model, spec, dataset, collate, batch_size, device, bf16)
+    return model.head(spec.name).predict(torch.stack(outputs)), torch.stack(labels)
 
 
 def labeled_mask(spec: TaskSpec, gold: torch.Tensor) -> torch.Tensor:
@@ -69,31 +82,22 @@ def split_metrics(spec: TaskSpec, pred: dict[str, torch.Tensor], gold: torch.Ten
     return metrics.compute(spec.metrics, {k: v[mask] for k, v in pred.items()}, gold[mask], spec.num_labels)
 
 
-def _rows(outputs, per_row) -> list[np.ndarray]:
-    """Unpad each row's logits: `per_row(batch, logits, i)` cuts row i to its real length."""
-    return [per_row(batch, logits, i) for batch, logits in outputs for i in range(len(batch["labels"]))]
-
-
 def evaluate_split(model: MultiTaskModel, spec: TaskSpec, raw, encoded, collate, batch_size: int,
                    device: torch.device, bf16: bool = False) -> tuple[list[dict], dict[str, float] | None]:
     """Prediction records (one per input example) and metrics (None without gold labels), for any head."""
     if spec.head in ("classification", "regression"):
         pred, gold = predict_split(model, spec, encoded, collate, batch_size, device, bf16)
         return sentence_records(spec, raw, pred), split_metrics(spec, pred, gold)
-    outputs = forward_split(model, spec, encoded, collate, batch_size, device, bf16)
+    outputs = [o.numpy() for o in forward_rows(model, spec, encoded, collate, batch_size, device, bf16)[0]]
     if spec.head == "span":
         from mtdnn import span
-        logits = _rows(outputs, lambda b, x, i: x[i, : int(b["attention_mask"][i].sum())].numpy())
-        records = span.decode(spec, raw, encoded, logits)
+        records = span.decode(spec, raw, encoded, outputs)
         return records, span.span_metrics(spec, raw, records)
     if spec.head == "ranking":
         from mtdnn import ranking
-        scores = [logits[batch["group"] == g].numpy() for batch, logits in outputs
-                  for g in range(len(batch["labels"]))]
-        return ranking.evaluate(spec, raw, scores)
+        return ranking.evaluate(spec, raw, outputs)
     from mtdnn import tagging
-    logits = _rows(outputs, lambda b, x, i: x[i, : int(b["attention_mask"][i].sum())].numpy())
-    return tagging.evaluate(spec, raw, encoded, logits)
+    return tagging.evaluate(spec, raw, encoded, outputs)
 
 
 def evaluate_tasks(model: MultiTaskModel, tasks: dict[str, TaskData], collators: dict[str, Collator],
