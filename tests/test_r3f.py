@@ -1,0 +1,63 @@
+"""R3F: the noise, the term by hand, every head, and composition with SMART in one run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mtdnn.heads import symmetric_kl
+from mtdnn.regularizers import DropoutReplay, StepContext, regularizer_problems
+from mtdnn.regularizers.r3f import R3F, Config, sample_noise
+from mtdnn.train import run
+from conftest import compose_train, tiny_overrides
+from test_smart import _batch, _spec, _tiny_model
+
+
+def test_noise_is_bounded_and_never_on_padding():
+    torch.manual_seed(0)
+    like = torch.zeros(2, 7, 16)
+    mask = _batch()["attention_mask"]
+    uniform = sample_noise(like, mask, Config(eps=0.1))
+    assert uniform.abs().max() <= 0.1 and uniform[mask == 0].abs().max() == 0
+    assert uniform[mask == 1].abs().min() > 0
+    normal = sample_noise(like, mask, Config(eps=0.1, noise="normal"))
+    assert normal[mask == 0].abs().max() == 0 and 0.05 < normal[mask == 1].std() < 0.2
+
+
+def test_term_equals_the_divergence_to_the_noisy_pass():
+    model = _tiny_model(_spec("t")).train()
+    batch = _batch()
+    dropout = DropoutReplay(torch.device("cpu"))
+    embeds = model.embed(batch["input_ids"])
+    with dropout.record():
+        logits = model("t", **batch, inputs_embeds=embeds)
+    ctx = StepContext(model, "t", batch, embeds, logits, dropout)
+    torch.manual_seed(5)
+    term = R3F(Config(weight=2.0, eps=1e-2)).penalty(ctx)["r3f"]
+    torch.manual_seed(5)
+    noise = sample_noise(embeds, batch["attention_mask"], Config(eps=1e-2))
+    with dropout.replay():
+        noisy = model("t", **batch, inputs_embeds=embeds + noise)
+    assert term.item() == pytest.approx(2.0 * symmetric_kl(logits, noisy).mean().item(), rel=1e-5)
+    assert term.item() > 0
+
+
+def test_config_problems_are_named():
+    text = "\n".join(regularizer_problems({"r3f": {"eps": 0, "noise": "gaussian", "wieght": 1}}, []))
+    assert "regularizer.r3f.eps: must be > 0" in text and "regularizer.r3f.noise: must be uniform or normal" in text
+    assert "regularizer.r3f.wieght: unknown field (did you mean 'weight'?)" in text
+
+
+def test_r3f_and_smart_compose_on_classification_and_regression(tmp_path, toy_tasks):
+    cfg = compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "regularizer=[smart,r3f]",
+                                       "regularizer.r3f.eps=1e-3", "trainer.max_steps=140", "trainer.log_every=1",
+                                       "predict_test=false"))
+    summary = run(cfg, tmp_path / "run")
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    for task in ("toy_sent", "toy_count"):  # regression is regularized too (squared error), not skipped
+        r3f = [r[f"r3f/{task}"] for r in log if f"r3f/{task}" in r]
+        adv = [r[f"smart_adv/{task}"] for r in log if f"smart_adv/{task}" in r]
+        assert r3f and min(r3f) > 0 and adv and min(adv) >= 0
+    assert summary["steps"] == 140 and summary["validation"]["toy_sent"]["accuracy"] > 0.8
