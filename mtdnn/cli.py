@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mtdnn.encoders import encoder_from_saved_config
-from mtdnn.errors import MtdnnError
+from mtdnn.errors import MtdnnError, config_error_line
 from mtdnn.model import MultiTaskModel
 from mtdnn.rundir import load_run_specs, load_weights, run_checkpoint
 from mtdnn.tasks import TaskSpec
@@ -32,8 +32,7 @@ def parse_args(schema: type[T], argv: list[str]) -> T:
             raise MtdnnError(f"{missing[0]}: required (pass {missing[0]}=...)")
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None)
-        raise MtdnnError(f"{key + ': ' if key else ''}{str(err).splitlines()[0]}") from None
+        raise MtdnnError(config_error_line(err)) from None
 
 
 @dataclass

@@ -114,7 +114,7 @@ def teacher_outputs(teacher, spec: TaskSpec, data, device: torch.device, batch_s
     from mtdnn.inference import collator_for, forward_rows
 
     if spec.head in TOKEN_LEVEL:
-        encoded = data.encoded["train"].remove_columns([c for c in ("soft",) if c in data.encoded["train"].column_names])
+        encoded = data.encoded["train"]
     else:
         mine = TaskData(teacher.specs[spec.name], {"train": data.raw["train"]})
         encode_splits(mine, teacher.tokenizer)

@@ -32,6 +32,12 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def config_error_line(err: BaseException) -> str:
+    """An OmegaConf error as 'dotted.key: first line of the message'."""
+    key = getattr(err, "full_key", None)
+    return f"{key + ': ' if key else ''}{first_line(err)}"
+
+
 def want_traceback() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("MTDNN_DEBUG") == "1"
 

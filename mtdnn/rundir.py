@@ -36,7 +36,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
-from mtdnn.errors import MtdnnError
+from mtdnn.errors import MtdnnError, first_line
 from mtdnn.tasks import TaskSpec, spec_from_dict, spec_to_dict
 
 CHECKPOINTS = "checkpoints"
@@ -190,7 +190,7 @@ def checkpoint_problem(folder: Path) -> str | None:
         with safe_open(str(weights), "pt"):
             pass
     except Exception as err:  # safetensors raises its own error types
-        return f"{weights}: corrupted ({str(err).splitlines()[0]})"
+        return f"{weights}: corrupted ({first_line(err)})"
     if not zipfile.is_zipfile(state):
         return f"{state}: corrupted (not a complete torch archive)"
     return None

@@ -16,7 +16,7 @@ from mtdnn import config as _config  # noqa: F401  (registers the typed schemas 
 from mtdnn.data import TaskBatches, TaskData, check_columns, check_rows, encode_splits, load_raw, task_seed
 from mtdnn.encoders import build_encoder, build_tokenizer, encoder_from_saved_config, encoder_problems, \
     pretrained_source
-from mtdnn.errors import MtdnnError, cli_errors, raise_if
+from mtdnn.errors import MtdnnError, cli_errors, config_error_line, raise_if
 from mtdnn.inference import collator_for, evaluate_split, write_records
 from mtdnn.loop import Plan, TrainState, make_plan, train
 from mtdnn.model import MultiTaskModel
@@ -205,11 +205,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
 
     # 5. report with the best checkpoint
     summary = _report(cfg, model, tasks, collators, plan, state, output_dir, device, sizes, started,
-                      resumed_at_step=first_step if checkpoint is not None else None)
-    if distiller is not None:
-        summary["distillation"] = distiller.compare(model, tasks, collators, cfg.trainer.eval_batch_size)
-        write_json(output_dir / "summary.json", summary)
-        log.info(format_distillation(summary["distillation"]))
+                      resumed_at_step=first_step if checkpoint is not None else None, distiller=distiller)
     del model, optimizer, batches, regularizers  # multirun jobs share one process: free memory between jobs
     gc.collect()
     return summary
@@ -259,7 +255,7 @@ def _log_plan(specs, sizes, plan: Plan, cfg, model, output_dir: Path, state: Tra
 
 
 def _report(cfg, model, tasks, collators, plan: Plan, state: TrainState, output_dir: Path, device, sizes,
-            started: float, resumed_at_step: int | None) -> dict:
+            started: float, resumed_at_step: int | None, distiller: Distiller | None) -> dict:
     """Reload the best weights, predict the test splits, and write summary.json."""
     load_weights(model, best_checkpoint(output_dir) / "model.safetensors")
     test_results = {}
@@ -287,8 +283,12 @@ def _report(cfg, model, tasks, collators, plan: Plan, state: TrainState, output_
                   for name in tasks},
         "seconds": round(time.time() - started, 1),
     }
+    if distiller is not None:
+        summary["distillation"] = distiller.compare(model, tasks, collators, cfg.trainer.eval_batch_size)
     write_json(output_dir / "summary.json", summary)
     log.info(format_summary(summary))
+    if distiller is not None:
+        log.info(format_distillation(summary["distillation"]))
     return summary
 
 
@@ -351,7 +351,7 @@ def one_line(err: Exception) -> str:
         options = [o for o in err.options if not o.endswith("_schema")]
         return f"{group}={name}: no such option{suggest(name, options)}; available: {', '.join(options)}"
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
-        return f"{cause.full_key}: {str(cause).splitlines()[0]}"
+        return config_error_line(cause)
     return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
 
 
