@@ -10,7 +10,7 @@ import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -411,6 +411,11 @@ class TaskBatches:
         rows = self._batches[self.position]
         self.position += 1
         return self.collate(self.dataset[rows.tolist()])
+
+    def one_pass(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Every row once, in the first epoch's order, without moving the training stream (a Fisher pass)."""
+        for rows in self._plan(0):
+            yield self.collate(self.dataset[rows.tolist()])
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}

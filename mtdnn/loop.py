@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -57,17 +58,33 @@ def forward_backward(model: MultiTaskModel, task: str, batch: dict[str, torch.Te
                      regularizers: dict[str, Regularizer], scale: float, device: torch.device,
                      bf16: bool, distiller=None) -> dict[str, torch.Tensor]:
     """One micro-batch: clean forward, task loss (or the distillation loss), regularizer terms, backward.
-    Returns the detached terms."""
+    Returns the detached terms and, per regularizer, the seconds its penalty took (its extra forward cost)."""
     dropout = DropoutReplay(device) if regularizers else None  # lets regularizers reuse the dropout masks
+    with_hidden = any(reg.needs_hidden_states for reg in regularizers.values())
     with autocast(device, bf16):
         embeds = model.embed(batch["input_ids"])
         with dropout.record() if dropout else nullcontext():
-            logits = model(task, **batch, inputs_embeds=embeds)
+            out = model(task, **batch, inputs_embeds=embeds, hidden_states=with_hidden)
+        logits, hidden = out if with_hidden else (out, None)
         loss = distiller.loss(model, task, logits, batch) if distiller else model.head(task).loss(logits, batch)
-        ctx = StepContext(model, task, batch, embeds, logits, dropout)
-        terms = {name: value for reg in regularizers.values() for name, value in reg.penalty(ctx).items()}
-    ((loss + sum(terms.values())) * scale).backward()
-    return {"loss": loss.detach(), **{name: value.detach() for name, value in terms.items()}}
+        ctx = StepContext(model, task, batch, embeds, logits, dropout, scale, hidden)
+        terms, costs = {}, {}
+        for name, reg in regularizers.items():
+            started = time.perf_counter()
+            terms.update(reg.penalty(ctx))
+            costs[f"cost_s/{name}"] = torch.tensor(elapsed_since(started, device))
+    # FreeLB without the clean loss: its own passes replace it (weight 0); detached terms are only logged
+    weight = min((reg.task_loss_weight for reg in regularizers.values()), default=1.0)
+    parts = [t for t in terms.values() if t.requires_grad] + ([weight * loss] if weight else [])
+    if parts:
+        (sum(parts) * scale).backward()
+    return {"loss": loss.detach(), **{name: value.detach() for name, value in terms.items()}, **costs}
+
+
+def elapsed_since(started: float, device: torch.device) -> float:
+    if device.type == "cuda":  # kernels run asynchronously: wait for them, or the time means nothing
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
 
 
 def train(model: MultiTaskModel, tasks: dict[str, TaskData], batches: dict[str, TaskBatches],
@@ -90,13 +107,16 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], batches: dict[str, 
             state.micro_batches += 1
             state.examples_seen[task] = state.examples_seen.get(task, 0) + len(batch["labels"])
 
-        # 2. clip, step (unless the gradient is NaN/inf: one host sync per step keeps NaN out of the weights),
-        #    schedule, then let regularizers follow the new weights (e.g. SMART's teacher)
+        # 2. clip, let regularizers edit the gradient (Child-Tuning's mask), step (unless the gradient is NaN/inf:
+        #    one host sync per step keeps NaN out of the weights), then let them follow the new weights (SMART's
+        #    teacher, L2-SP's pull towards the pretrained weights), schedule
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         if torch.isfinite(grad_norm):
+            for reg in regularizers.values():
+                reg.before_step(model)
             optimizer.step()
             for reg in regularizers.values():
-                reg.after_step(model, step, plan.total_steps)
+                reg.after_step(model, step, plan.total_steps, scheduler.get_last_lr()[0])
             state.consecutive_skips = 0
         else:
             state.skipped_steps += 1

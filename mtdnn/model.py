@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from mtdnn.heads import HEADS
 from mtdnn.tasks import TaskSpec
@@ -21,12 +22,15 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, task: str, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
-                **_unused) -> torch.Tensor:
-        """Logits of `task`'s head. `inputs_embeds` lets regularizers feed perturbed embeddings."""
+                hidden_states: bool = False, **_unused) -> torch.Tensor | tuple[torch.Tensor, tuple]:
+        """Logits of `task`'s head. `inputs_embeds` lets regularizers feed perturbed embeddings;
+        `hidden_states=True` returns (logits, the embeddings output and every layer's output)."""
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         out = self.encoder(input_ids=None if inputs_embeds is not None else input_ids,
-                           inputs_embeds=inputs_embeds, attention_mask=attention_mask, **extra)
-        return self.heads[task](out.last_hidden_state, attention_mask, getattr(out, "pooler_output", None))
+                           inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                           output_hidden_states=hidden_states, **extra)
+        logits = self.heads[task](out.last_hidden_state, attention_mask, getattr(out, "pooler_output", None))
+        return (logits, out.hidden_states) if hidden_states else logits
 
     def head(self, task: str) -> nn.Module:
         return self.heads[task]
@@ -34,3 +38,44 @@ class MultiTaskModel(nn.Module):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Word embeddings only (before position/type embeddings and LayerNorm): what regularizers perturb."""
         return self.encoder.get_input_embeddings()(input_ids)
+
+
+def encoder_layers(encoder: nn.Module) -> nn.ModuleList | None:
+    """The Transformer layers: the ModuleList of num_hidden_layers modules (BERT, RoBERTa, DeBERTa, ELECTRA,
+    DistilBERT...), or None for an encoder laid out otherwise."""
+    count = encoder.config.num_hidden_layers
+    return next((m for m in encoder.modules() if isinstance(m, nn.ModuleList) and len(m) == count), None)
+
+
+def parametrized_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules whose weights a regularizer reparametrized (R4F's spectral norm, Mixout), by name."""
+    return {name: module for name, module in model.named_modules() if parametrize.is_parametrized(module)}
+
+
+@torch.no_grad()
+def inference_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights as a plain model would hold them: each parametrized weight at its inference (eval) value,
+    under its usual name. Checkpoints store this, so evaluate/predict/export never see a parametrization."""
+    state = model.state_dict()
+    modules = parametrized_modules(model)
+    was_training = model.training
+    model.eval()
+    for name, module in modules.items():
+        prefix = f"{name}." if name else ""
+        for key in [k for k in state if k.startswith(f"{prefix}parametrizations.")]:
+            del state[key]
+        for tensor_name in module.parametrizations:
+            state[prefix + tensor_name] = getattr(module, tensor_name).detach().clone()
+    model.train(was_training)
+    return state
+
+
+@torch.no_grad()
+def bake_parametrizations(model: nn.Module) -> None:
+    """Replace every parametrization by its inference value: the model becomes plain (used after training)."""
+    was_training = model.training
+    model.eval()
+    for module in parametrized_modules(model).values():
+        for tensor_name in list(module.parametrizations):
+            parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
+    model.train(was_training)

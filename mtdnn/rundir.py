@@ -34,9 +34,10 @@ import numpy as np
 import torch
 import yaml
 from safetensors import safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from mtdnn.errors import MtdnnError, first_line
+from mtdnn.model import inference_state_dict, parametrized_modules
 from mtdnn.tasks import TaskSpec, spec_from_dict, spec_to_dict
 
 CHECKPOINTS = "checkpoints"
@@ -133,7 +134,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, trainer_st
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        save_model(model, str(staging / "model.safetensors"))
+        save_weights(model, staging / "model.safetensors")
         torch.save(trainer_state, staging / "trainer_state.pt")
         _fsync_tree(staging)
         _replace_dir(staging, final)
@@ -206,9 +207,33 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """Plain weights: a reparametrized weight (R4F, Mixout) is stored at its inference value, under its usual name."""
+    if parametrized_modules(model):
+        save_file({k: v.contiguous() for k, v in inference_state_dict(model).items()}, str(path))
+    else:
+        save_model(model, str(path))
+
+
+def _load_into_parametrized(model: torch.nn.Module, path: Path) -> tuple[list[str], list[str]]:
+    """Plain weights into a reparametrized model: `m.weight` goes to `m.parametrizations.weight.original`; the
+    parametrizations' own state (power-iteration vectors, pretrained anchors) comes with the regularizer's."""
+    state = load_file(str(path))
+    for name, module in parametrized_modules(model).items():
+        prefix = f"{name}." if name else ""
+        for tensor_name in module.parametrizations:
+            if prefix + tensor_name in state:
+                state[f"{prefix}parametrizations.{tensor_name}.original"] = state.pop(prefix + tensor_name)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    return [k for k in missing if ".parametrizations." not in k or k.endswith(".original")], unexpected
+
+
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     try:
-        missing, unexpected = load_model(model, str(path), strict=False)
+        if parametrized_modules(model):
+            missing, unexpected = _load_into_parametrized(model, path)
+        else:
+            missing, unexpected = load_model(model, str(path), strict=False)
     except Exception as err:  # safetensors raises its own error types for truncated or foreign files
         raise MtdnnError(f"{path}: cannot read checkpoint weights: {type(err).__name__}: {err}") from None
     if missing or unexpected:

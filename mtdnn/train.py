@@ -19,7 +19,7 @@ from mtdnn.encoders import build_encoder, build_tokenizer, encoder_from_saved_co
 from mtdnn.errors import MtdnnError, cli_errors, config_error_line, raise_if
 from mtdnn.inference import collator_for, evaluate_split, write_records
 from mtdnn.loop import Plan, TrainState, make_plan, train
-from mtdnn.model import MultiTaskModel
+from mtdnn.model import MultiTaskModel, bake_parametrizations
 from mtdnn.optim import build_optimizer, build_scheduler
 from mtdnn.paths import conf_dir
 from mtdnn.distill import Distiller, distill_problems, shallow_student
@@ -189,6 +189,9 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     sizes = {s.name: len(tasks[s.name].encoded["train"]) for s in specs}
     sampler = TaskSampler(cfg.sampler, sizes, plan.total_steps * cfg.trainer.grad_accum, cfg.seed)
     regularizers = build_regularizers(OmegaConf.to_container(cfg.regularizer, resolve=True), model, specs)
+    if checkpoint is None:  # e.g. Child-Tuning's Fisher pass (a resumed run restores its result instead)
+        for reg in regularizers.values():
+            reg.prepare(model, ((t, batch) for t, b in batches.items() for batch in b.one_pass()), device)
     state = TrainState()
     if checkpoint is not None:
         _restore(checkpoint, model, optimizer, scheduler, sampler, batches, regularizers, state)
@@ -203,7 +206,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     finally:
         tracker.close()
 
-    # 5. report with the best checkpoint
+    # 5. report with the best checkpoint (reparametrized weights, e.g. R4F's, back to plain ones first)
+    bake_parametrizations(model)
     summary = _report(cfg, model, tasks, collators, plan, state, output_dir, device, sizes, started,
                       resumed_at_step=first_step if checkpoint is not None else None, distiller=distiller)
     del model, optimizer, batches, regularizers  # multirun jobs share one process: free memory between jobs

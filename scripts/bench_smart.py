@@ -65,7 +65,7 @@ def time_step(model, optimizer, regularizers, batch) -> float:
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     for reg in regularizers.values():
-        reg.after_step(model, 1, 100)
+        reg.after_step(model, 1, 100, 5e-5)
     return time.perf_counter() - start
 
 

@@ -114,7 +114,7 @@ def test_teacher_is_the_ema_of_the_parameters():
     for step in range(1, 5):  # total 4 steps: steps 1-2 use beta, 3-4 use beta_late
         with torch.no_grad():
             weight.add_(0.1 * step)
-        smart.after_step(model, step, total_steps=4)
+        smart.after_step(model, step, total_steps=4, lr=1e-3)
         beta = 0.9 if step <= 2 else 0.5
         expected = beta * expected + (1 - beta) * weight.detach()
     assert torch.allclose(teacher_weight, expected, atol=1e-6)

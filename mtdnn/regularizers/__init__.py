@@ -3,14 +3,19 @@
 A module `mtdnn/regularizers/<name>.py` provides
     Config                      a dataclass of its knobs (validated like task files: every problem at once)
     problems(config, specs)     extra checks that need the selected tasks (optional)
-    build(config, model, specs) -> an object with
-        penalty(ctx) -> dict[str, Tensor]   weighted loss terms for one micro-batch (added to the task loss)
-        after_step(model, step, total_steps) called after every optimizer step
+    CHANGES_MODEL = True        if build() reparametrizes the model (built before the others, which may copy it)
+    build(config, model, specs) -> a `Regularizer` (subclass `Base` and override what the method needs):
+        penalty(ctx) -> dict[str, Tensor]   weighted loss terms for one micro-batch (added to the task loss);
+                                            a detached term is only logged (the method did its own backward)
+        prepare(model, batches, device)     once before the first step of a fresh run (e.g. a Fisher pass)
+        before_step(model)                  after clipping, before the optimizer step (e.g. gradient masks)
+        after_step(model, step, total_steps, lr)   after every optimizer step (lr: the encoder's)
         state_dict() / load_state_dict()    checkpointed with the run
         stats() -> dict[str, float]         counters for the logs
+        task_loss_weight, needs_hidden_states   how the clean pass is used
 
 and `conf/regularizer/<name>.yaml` nests its settings under its own name, so several compose:
-`regularizer=smart`, `regularizer=[smart,other]`, `regularizer.smart.lambda_s=3`.
+`regularizer=smart`, `regularizer=[smart,child_tuning]`, `regularizer.smart.lambda_s=3`.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import importlib
 import pkgutil
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 import torch
 
@@ -31,15 +36,50 @@ from mtdnn.schema import suggest
 
 
 class Regularizer(Protocol):
+    task_loss_weight: float
+    needs_hidden_states: bool
+
     def penalty(self, ctx: "StepContext") -> dict[str, torch.Tensor]: ...
 
-    def after_step(self, model: torch.nn.Module, step: int, total_steps: int) -> None: ...
+    def prepare(self, model: torch.nn.Module, batches: Iterable[tuple[str, dict]], device: torch.device) -> None: ...
+
+    def before_step(self, model: torch.nn.Module) -> None: ...
+
+    def after_step(self, model: torch.nn.Module, step: int, total_steps: int, lr: float) -> None: ...
 
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
 
     def stats(self) -> dict[str, float]: ...
+
+
+class Base:
+    """Does nothing at every hook; a method overrides the ones it needs."""
+
+    task_loss_weight = 1.0  # 0: the method's own passes replace the clean task loss (FreeLB)
+    needs_hidden_states = False  # True: the clean pass also returns every layer's hidden states
+
+    def penalty(self, ctx: "StepContext") -> dict[str, torch.Tensor]:
+        return {}
+
+    def prepare(self, model: torch.nn.Module, batches: Iterable[tuple[str, dict]], device: torch.device) -> None:
+        return None
+
+    def before_step(self, model: torch.nn.Module) -> None:
+        return None
+
+    def after_step(self, model: torch.nn.Module, step: int, total_steps: int, lr: float) -> None:
+        return None
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
+
+    def stats(self) -> dict[str, float]:
+        return {}
 
 
 @dataclass
@@ -52,6 +92,8 @@ class StepContext:
     embeds: torch.Tensor  # word embeddings fed to the clean pass (graph attached)
     logits: torch.Tensor  # clean logits (graph attached)
     dropout: "DropoutReplay"  # replay() gives a later pass the clean pass's dropout masks
+    scale: float = 1.0  # what the loop multiplies the loss by before backward (loss weight / grad_accum)
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings output + each layer's, if asked for
 
 
 class RngSnapshot:
@@ -163,10 +205,13 @@ def regularizer_problems(cfg: dict[str, Any], specs: list) -> list[str]:
 
 
 def build_regularizers(cfg: dict[str, Any], model: torch.nn.Module, specs: list) -> dict[str, Regularizer]:
+    """Methods that reparametrize the model are built first, so that copies others make (SMART's teacher)
+    have the same structure."""
     problems: list[str] = []
     built = {}
-    for name, node in (cfg or {}).items():
+    for name in sorted(cfg or {}, key=lambda n: not getattr(_module(n), "CHANGES_MODEL", False)):
         module = _module(name)
-        built[name] = module.build(build_dataclass(module.Config, node, f"regularizer.{name}", problems), model, specs)
+        built[name] = module.build(build_dataclass(module.Config, cfg[name], f"regularizer.{name}", problems),
+                                   model, specs)
     raise_if(problems, "the regularizer configuration has problems")
     return built

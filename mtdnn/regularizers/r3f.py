@@ -3,8 +3,7 @@ perturbation of the word embeddings, noise ~ U(-eps, eps) or N(0, eps^2) on non-
 lambda * D(f(x), f(x + noise)) added to the loss, with D the head's own divergence (symmetric KL for
 classification, ranking, span and tagging; squared error for regression, which fairseq's version skips).
 The noisy pass reuses the clean pass's dropout masks, so D measures the noise alone.
-
-R4F (spectral normalisation of the head) is not offered yet: it renames the head's parameters in checkpoints.
+R4F (r4f.py) is this plus spectral normalisation of the heads.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mtdnn.regularizers import StepContext
+from mtdnn.regularizers import Base, StepContext
 
 NOISES = ("uniform", "normal")
 
@@ -25,14 +24,14 @@ class Config:
     noise: str = "uniform"  # uniform: U(-eps, eps) | normal: N(0, eps^2)
 
 
-def problems(cfg: Config, specs: list) -> list[str]:
+def problems(cfg: Config, specs: list, where: str = "regularizer.r3f") -> list[str]:
     found = []
     if cfg.weight < 0:
-        found.append(f"regularizer.r3f.weight: must be >= 0, got {cfg.weight}")
+        found.append(f"{where}.weight: must be >= 0, got {cfg.weight}")
     if cfg.eps <= 0:
-        found.append(f"regularizer.r3f.eps: must be > 0, got {cfg.eps}")
+        found.append(f"{where}.eps: must be > 0, got {cfg.eps}")
     if cfg.noise not in NOISES:
-        found.append(f"regularizer.r3f.noise: must be uniform or normal, got '{cfg.noise}'")
+        found.append(f"{where}.noise: must be uniform or normal, got '{cfg.noise}'")
     return found
 
 
@@ -44,28 +43,17 @@ def sample_noise(like: torch.Tensor, mask: torch.Tensor, cfg: Config) -> torch.T
     return noise * mask.unsqueeze(-1).to(like.dtype)  # padding never gets noise
 
 
-class R3F:
-    def __init__(self, cfg: Config):
+class R3F(Base):
+    def __init__(self, cfg: Config, name: str = "r3f"):
         self.cfg = cfg
+        self.name = name  # the logged term's name (R4F reuses this class)
 
     def penalty(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         noise = sample_noise(ctx.embeds, ctx.batch["attention_mask"], self.cfg)
         with ctx.dropout.replay():
             noisy = ctx.model(ctx.task, **{**ctx.batch, "inputs_embeds": ctx.embeds + noise})
         term = ctx.model.head(ctx.task).divergence(ctx.logits, noisy, ctx.batch).mean()
-        return {"r3f": self.cfg.weight * term}
-
-    def after_step(self, model: torch.nn.Module, step: int, total_steps: int) -> None:
-        return None
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        return None
-
-    def stats(self) -> dict[str, float]:
-        return {}
+        return {self.name: self.cfg.weight * term}
 
 
 def build(cfg: Config, model: torch.nn.Module, specs: list) -> R3F:

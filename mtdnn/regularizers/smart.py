@@ -27,11 +27,11 @@ import copy
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from mtdnn.regularizers import StepContext
+from mtdnn.regularizers import Base, StepContext
 from mtdnn.schema import build as build_dataclass
 
 log = logging.getLogger(__name__)
@@ -135,14 +135,39 @@ def _project_l1(delta: torch.Tensor, epsilon: float) -> torch.Tensor:
     return torch.where(inside, flat, shrunk).view_as(delta)
 
 
-def ascent_step(delta: torch.Tensor, grad: torch.Tensor, cfg: Config) -> torch.Tensor:
+def ascent_step(delta: torch.Tensor, grad: torch.Tensor, cfg: Any) -> torch.Tensor:
     """delta <- Project_eps(delta + step_size * grad / ||grad||)."""
     return project(delta + cfg.step_size * normalize(grad, cfg.norm), cfg.epsilon, cfg.norm)
 
 
+def adversarial_perturbation(ctx: StepContext, objective: Callable[[torch.Tensor], torch.Tensor],
+                             cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """K ascent steps on objective(f(x + delta)) from delta ~ N(0, noise_std^2) on non-padding positions; the
+    gradient is taken w.r.t. delta alone (no weight gradients). `cfg` has steps, step_size, noise_std, epsilon
+    and norm (SMART's and ALICE's settings). Returns delta (zero if a gradient was NaN/inf) and that flag."""
+    mask = ctx.batch["attention_mask"].unsqueeze(-1).to(ctx.embeds.dtype)
+    base = ctx.embeds.detach()
+    delta = torch.randn_like(base) * cfg.noise_std * mask
+    finite = torch.ones((), dtype=torch.bool, device=base.device)
+    for _ in range(cfg.steps):
+        delta.requires_grad_(True)
+        with ctx.dropout.replay():
+            perturbed = ctx.model(ctx.task, **{**ctx.batch, "inputs_embeds": base + delta})
+        (grad,) = torch.autograd.grad(objective(perturbed), delta)
+        finite = finite & torch.isfinite(grad).all()
+        delta = torch.where(finite, ascent_step(delta.detach(), grad * mask, cfg) * mask, torch.zeros_like(base))
+    return delta, finite
+
+
+def perturbed_logits(ctx: StepContext, delta: torch.Tensor) -> torch.Tensor:
+    """f(x + delta) with gradients into the weights (and the embeddings), under the clean pass's dropout masks."""
+    with ctx.dropout.replay():
+        return ctx.model(ctx.task, **{**ctx.batch, "inputs_embeds": ctx.embeds + delta})
+
+
 # ---------------------------------------------------------------- the regularizer
 
-class Smart:
+class Smart(Base):
     def __init__(self, cfg: Config, model: torch.nn.Module, specs: list):
         self.cfg = cfg
         self.settings = {s.name: task_settings(cfg, s.name) for s in specs}
@@ -154,22 +179,9 @@ class Smart:
     # 1-3: the smoothness-inducing adversarial term
     def _adversarial(self, ctx: StepContext, cfg: Config) -> torch.Tensor | None:
         head = ctx.model.head(ctx.task)
-        mask = ctx.batch["attention_mask"].unsqueeze(-1).to(ctx.embeds.dtype)
         clean = ctx.logits.detach()
-        base = ctx.embeds.detach()
-        delta = torch.randn_like(base) * cfg.noise_std * mask
-        finite = torch.ones((), dtype=torch.bool, device=base.device)
-        for _ in range(cfg.steps):
-            delta.requires_grad_(True)
-            with ctx.dropout.replay():
-                perturbed = ctx.model(ctx.task, **{**ctx.batch, "inputs_embeds": base + delta})
-            divergence = head.divergence(perturbed, clean, ctx.batch).sum()
-            (grad,) = torch.autograd.grad(divergence, delta)  # input gradient only, no weight gradients
-            finite = finite & torch.isfinite(grad).all()
-            delta = torch.where(finite, ascent_step(delta.detach(), grad * mask, cfg) * mask, torch.zeros_like(base))
-        with ctx.dropout.replay():
-            perturbed = ctx.model(ctx.task, **{**ctx.batch, "inputs_embeds": ctx.embeds + delta})
-        term = head.divergence(perturbed, ctx.logits, ctx.batch).mean()
+        delta, finite = adversarial_perturbation(ctx, lambda out: head.divergence(out, clean, ctx.batch).sum(), cfg)
+        term = head.divergence(perturbed_logits(ctx, delta), ctx.logits, ctx.batch).mean()
         if not bool(finite & torch.isfinite(term)):  # the one host sync: a NaN must never reach backward
             self.skipped += 1
             return None
@@ -195,7 +207,7 @@ class Smart:
         return terms
 
     @torch.no_grad()
-    def after_step(self, model: torch.nn.Module, step: int, total_steps: int) -> None:
+    def after_step(self, model: torch.nn.Module, step: int, total_steps: int, lr: float) -> None:
         """teacher <- beta * teacher + (1 - beta) * model, every optimizer step."""
         if self.teacher is None:
             return
