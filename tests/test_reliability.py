@@ -35,7 +35,9 @@ def _cli(folder: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _log(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    """Every logged number except wall-clock costs (cost_s/...), which no two runs share."""
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    return [{k: v for k, v in r.items() if not k.startswith("cost_s/")} for r in records]
 
 
 def test_sigkill_at_a_random_step_then_resume_reproduces_every_loss_exactly(tmp_path, toy_tasks):
