@@ -1,0 +1,120 @@
+"""Export: one task of a run as a standard HuggingFace model that loads without mtdnn and predicts the same."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mtdnn.cli import load_run
+from mtdnn.export import ExportConfig, export
+from mtdnn.train import run
+from conftest import compose_train, tiny_overrides, write_toy_tasks
+from test_heads import _span_task, _tag_task, squad_rows, tagging_rows
+
+SENTENCES = ["the movie great", "plot awful awful", "a film", "the cast great but the ending awful"]
+NO_MTDNN = "import sys, json; sys.modules['mtdnn'] = None\n"  # any import of mtdnn in the child fails
+
+
+def _train(folder, out, *more: str):
+    cfg = compose_train(tiny_overrides(folder, "trainer.max_steps=30", "predict_test=false", *more))
+    run(cfg, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    folder = write_toy_tasks(root / "tasks")
+    _span_task(folder, squad_rows(40, 1), squad_rows(10, 2))
+    _tag_task(folder, tagging_rows(40, 5), tagging_rows(10, 6))
+    runs = {pooling: _train(folder, root / pooling, f"encoder.pooling={pooling}", "task=[toy_sent,toy_count]")
+            for pooling in ("cls", "pooler", "mean")}
+    runs["token"] = _train(folder, root / "token", "task=[toy_squad,toy_ner]")
+    return root, runs
+
+
+def _child(code: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", NO_MTDNN + code], capture_output=True, text=True, timeout=300,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("pooling", ["cls", "pooler", "mean"])
+def test_sequence_tasks_export_to_auto_classes_with_the_same_outputs(trained, pooling):
+    root, runs = trained
+    loaded = load_run(str(runs[pooling]), "best", torch.device("cpu"))
+    enc = loaded.tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    pair = loaded.tokenizer(SENTENCES, SENTENCES[::-1], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours_sent = loaded.model("toy_sent", **enc).softmax(-1)
+        ours_count = loaded.model("toy_count", **pair)
+    sent = export(ExportConfig(run_dir=str(runs[pooling]), task="toy_sent", out=str(root / f"{pooling}_sent")))
+    count = export(ExportConfig(run_dir=str(runs[pooling]), task="toy_count", out=str(root / f"{pooling}_count")))
+    remote = pooling == "mean"  # mean pooling ships its 30-line modeling file
+    got = _child(f"""
+from transformers import pipeline
+clf = pipeline("text-classification", model={str(sent)!r}, trust_remote_code={remote}, top_k=None)
+reg = pipeline("text-classification", model={str(count)!r}, trust_remote_code={remote}, function_to_apply="none")
+scores = [{{d["label"]: d["score"] for d in row}} for row in clf({SENTENCES!r})]
+values = [r["score"] for r in reg([{{"text": a, "text_pair": b}} for a, b in zip({SENTENCES!r}, {SENTENCES[::-1]!r})])]
+print(json.dumps({{"scores": scores, "values": values}}))
+""")
+    expected = [{"neg": float(p[0]), "pos": float(p[1])} for p in ours_sent]
+    for mine, theirs in zip(expected, got["scores"]):
+        assert mine == pytest.approx(theirs, abs=1e-5)
+    assert got["values"] == pytest.approx(ours_count.tolist(), abs=1e-4)
+    assert (sent / "modeling_mtdnn_export.py").is_file() == remote
+    assert json.loads((sent / "config.json").read_text())["id2label"] == {"0": "neg", "1": "pos"}
+
+
+def test_span_and_tagging_export_exactly(trained):
+    root, runs = trained
+    loaded = load_run(str(runs["token"]), "best", torch.device("cpu"))
+    qa = export(ExportConfig(run_dir=str(runs["token"]), task="toy_squad", out=str(root / "qa")))
+    ner = export(ExportConfig(run_dir=str(runs["token"]), task="toy_ner", out=str(root / "ner")))
+    question, context = ["who made it"], ["the film by alice was a great one"]
+    words = "alice went to new york".split()
+    enc = loaded.tokenizer(question, context, return_tensors="pt")
+    tagged = loaded.tokenizer([words], is_split_into_words=True, return_tensors="pt")
+    with torch.no_grad():
+        span = loaded.model("toy_squad", **enc)
+        tags = loaded.model("toy_ner", **tagged)
+    got = _child(f"""
+import torch
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer, pipeline
+tok = AutoTokenizer.from_pretrained({str(qa)!r})
+qa = AutoModelForQuestionAnswering.from_pretrained({str(qa)!r}).eval()
+out = qa(**tok({question!r}, {context!r}, return_tensors="pt"))
+ner = pipeline("token-classification", model={str(ner)!r})
+tok = AutoTokenizer.from_pretrained({str(ner)!r})
+logits = ner.model(**tok([{words!r}], is_split_into_words=True, return_tensors="pt")).logits
+print(json.dumps({{"start": out.start_logits[0].tolist(), "end": out.end_logits[0].tolist(),
+                   "tags": logits[0].tolist(), "entities": [e["entity"] for e in ner({" ".join(words)!r})]}}))
+""")
+    assert got["start"] == pytest.approx(span[0, :, 0].tolist(), abs=1e-5)
+    assert got["end"] == pytest.approx(span[0, :, 1].tolist(), abs=1e-5)
+    assert torch.allclose(torch.tensor(got["tags"]), tags[0], atol=1e-5)
+    labels = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    expected = [labels[i] for i in tags[0].argmax(-1).tolist()[1:-1] if labels[i] != "O"]
+    assert got["entities"] == expected  # the pipeline tags the words as mtdnn does
+
+
+def test_export_errors_are_one_clear_line(trained, tmp_path):
+    root, runs = trained
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    for args, expected in [
+        ([str(runs["cls"]), "task=toy_sent", f"out={tmp_path / 'taken'}"], "already exists and is not empty"),
+        ([f"run_dir={runs['cls']}", "task=nope", f"out={tmp_path / 'x'}"], "task: nope not trained in this run"),
+        ([f"run_dir={tmp_path}", "task=toy_sent", f"out={tmp_path / 'x'}"], "is not an mtdnn run folder"),
+    ]:
+        done = subprocess.run([sys.executable, "-m", "mtdnn.export", *args], capture_output=True, text=True,
+                              timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert expected in done.stderr.strip().splitlines()[-1], done.stderr
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine" and not (tmp_path / "x").exists()
