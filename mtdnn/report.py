@@ -1,0 +1,180 @@
+"""`python -m mtdnn.report SWEEP_DIR [out=DIR] [split=validation]`
+
+Collects every job of a Hydra multirun (`python -m mtdnn.train -m regularizer=none,smart,r3f seed=1,2,3`):
+each job's command-line overrides (`.hydra/overrides.yaml`) and final metrics (`summary.json`). Jobs that differ
+only in `seed` form one group; each group gets mean +- sample std over its seeds for every task and metric.
+Writes into `out` (default SWEEP_DIR/report):
+
+  report.md    one table: a row per group, a column per task/metric, "mean ± std (n)"
+  report.csv   one row per group x task x metric: mean, std, n and the per-seed values
+  report.png   each task's first (main) metric per group, with std error bars
+
+Jobs without a summary (failed or still running) are listed, not guessed at.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from omegaconf import MISSING
+
+from mtdnn.cli import argv, parse_args
+from mtdnn.errors import MtdnnError, cli_errors
+from mtdnn.rundir import write_atomic
+
+SEED_KEYS = ("seed",)  # overrides that distinguish repetitions, not configurations
+
+
+@dataclass
+class ReportConfig:
+    sweep_dir: str = MISSING
+    out: str | None = None
+    split: str = "validation"
+
+
+@dataclass
+class Job:
+    folder: Path
+    overrides: list[str]
+    metrics: dict[str, dict[str, float]] | None  # task -> metric -> value; None: no summary
+
+
+@dataclass
+class Group:
+    label: str
+    jobs: list[Job] = field(default_factory=list)
+
+    def values(self, task: str, metric: str) -> list[float]:
+        return [j.metrics[task][metric] for j in self.jobs if j.metrics and metric in j.metrics.get(task, {})]
+
+
+def read_jobs(sweep: Path, split: str) -> list[Job]:
+    jobs = []
+    for overrides_file in sorted(sweep.rglob(".hydra/overrides.yaml")):
+        folder = overrides_file.parent.parent
+        summary = folder / "summary.json"
+        metrics = yaml.safe_load(summary.read_text()).get(split) if summary.is_file() else None
+        jobs.append(Job(folder, [str(o) for o in yaml.safe_load(overrides_file.read_text()) or []], metrics))
+    if not jobs:
+        raise MtdnnError(f"sweep_dir: {sweep} holds no Hydra jobs (no */.hydra/overrides.yaml); "
+                         "pass the folder of a `python -m mtdnn.train -m ...` sweep")
+    return jobs
+
+
+def group_jobs(jobs: list[Job]) -> list[Group]:
+    """Group by the overrides other than the seed; label a group by what varies between groups."""
+    def config_of(job: Job) -> tuple[str, ...]:
+        return tuple(o for o in job.overrides if o.split("=", 1)[0].lstrip("+~") not in SEED_KEYS)
+
+    keys = list(dict.fromkeys(config_of(j) for j in jobs))
+    shared = set.intersection(*(set(k) for k in keys)) if keys else set()
+    groups = {k: Group(" ".join(o for o in k if o not in shared) or "(all jobs)") for k in keys}
+    for job in jobs:
+        groups[config_of(job)].jobs.append(job)
+    return list(groups.values())
+
+
+def columns(groups: list[Group]) -> list[tuple[str, str]]:
+    found: dict[tuple[str, str], None] = {}
+    for group in groups:
+        for job in group.jobs:
+            for task, metrics in (job.metrics or {}).items():
+                for metric in metrics:
+                    found[(task, metric)] = None
+    return list(found)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def markdown(groups: list[Group], cols: list[tuple[str, str]], missing: list[Job], shared: str) -> str:
+    lines = [f"# Sweep report\n\nCommon to every job: `{shared or '-'}`\n",
+             "| group | " + " | ".join(f"{t}/{m}" for t, m in cols) + " |",
+             "|---" * (len(cols) + 1) + "|"]
+    for group in groups:
+        cells = []
+        for task, metric in cols:
+            values = group.values(task, metric)
+            cells.append("-" if not values else "{:.4f} ± {:.4f} ({})".format(*mean_std(values), len(values)))
+        lines.append(f"| {group.label} | " + " | ".join(cells) + " |")
+    if missing:
+        lines += ["", "Jobs without a summary (failed or unfinished):"]
+        lines += [f"- `{job.folder}` ({' '.join(job.overrides)})" for job in missing]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(groups: list[Group], cols: list[tuple[str, str]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["group", "task", "metric", "mean", "std", "n", "values"])
+    for group in groups:
+        for task, metric in cols:
+            values = group.values(task, metric)
+            if values:
+                writer.writerow([group.label, task, metric, *mean_std(values), len(values),
+                                 " ".join(repr(v) for v in values)])
+    return buffer.getvalue()
+
+
+def plot(groups: list[Group], cols: list[tuple[str, str]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    main = list({task: (task, metric) for task, metric in reversed(cols)}.values())[::-1]  # first metric per task
+    fig, axes = plt.subplots(1, len(main), figsize=(max(4, 1.2 * len(groups)) * len(main), 4), squeeze=False)
+    for ax, (task, metric) in zip(axes[0], main):
+        stats = [mean_std(v) if (v := g.values(task, metric)) else (float("nan"), 0.0) for g in groups]
+        ax.bar(range(len(groups)), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4, color="#4c72b0")
+        ax.set_xticks(range(len(groups)), [g.label for g in groups], rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{task}: {metric}")
+    fig.tight_layout()
+    staging = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(staging, dpi=120)
+    plt.close(fig)
+    staging.replace(path)
+
+
+def report(cfg: ReportConfig) -> Path:
+    sweep = Path(cfg.sweep_dir).expanduser().resolve()
+    if not sweep.is_dir():
+        raise MtdnnError(f"sweep_dir: {sweep} is not a folder")
+    jobs = read_jobs(sweep, cfg.split)
+    done = [j for j in jobs if j.metrics]
+    if not done:
+        raise MtdnnError(f"sweep_dir: none of the {len(jobs)} jobs in {sweep} has a summary.json with "
+                         f"'{cfg.split}' metrics yet")
+    groups = group_jobs(done)
+    shared = " ".join(sorted(set.intersection(*(set(j.overrides) for j in done))))
+    cols = columns(groups)
+    out = Path(cfg.out).expanduser() if cfg.out else sweep / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "report.md", markdown(groups, cols, [j for j in jobs if not j.metrics], shared))
+    write_atomic(out / "report.csv", csv_text(groups, cols))
+    plot(groups, cols, out / "report.png")
+    return out
+
+
+def _argv() -> list[str]:
+    args = argv()
+    return [f"sweep_dir={args[0]}", *args[1:]] if args and "=" not in args[0] else args
+
+
+@cli_errors
+def main() -> None:
+    out = report(parse_args(ReportConfig, _argv()))
+    print((out / "report.md").read_text())
+    print(f"wrote {out / 'report.md'}, report.csv, report.png")
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
