@@ -84,6 +84,15 @@ class DistillConfig:
 
 
 @dataclass
+class StageConfig:
+    """One stage of a staged (STILTs) run: Hydra overrides on top of the run's own, e.g. [task=rte, regularizer=smart]."""
+
+    name: str = MISSING
+    overrides: list[str] = field(default_factory=list)
+    heads: str = "keep"  # keep: tasks of the previous stage keep their trained heads | reset: every head starts fresh
+
+
+@dataclass
 class TrainConfig:
     task: Any = MISSING  # a name, a list of names, or paths to task YAML files
     task_dirs: list[str] = field(default_factory=list)  # extra folders of task YAMLs (shadow shipped ones)
@@ -97,6 +106,9 @@ class TrainConfig:
     resume: Optional[str] = None  # a checkpoint folder or a run folder (its newest checkpoint)
     output_dir: Optional[str] = None  # default: Hydra's run dir
     predict_test: bool = True  # write test-split predictions with the best checkpoint at the end
+    init_from: Optional[str] = None  # a run folder: start from its best checkpoint (encoder, tokenizer, heads)
+    init_heads: bool = True  # with init_from: tasks the earlier run trained keep their heads
+    stages: list[StageConfig] = field(default_factory=list)  # staged training; see README "Staged training"
 
 
 def register_configs() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import time
 from pathlib import Path
@@ -73,6 +74,8 @@ def run_problems(cfg: DictConfig, specs: list[TaskSpec]) -> list[str]:
         problems.append(f"trainer.epochs: must be > 0, got {t.epochs}")
     if t.max_steps is not None and t.max_steps < 1:
         problems.append(f"trainer.max_steps: must be >= 1, got {t.max_steps}")
+    if cfg.init_from and not (Path(cfg.init_from).expanduser() / "best.json").is_file():
+        problems.append(f"init_from: {cfg.init_from} is not a finished mtdnn run (no best.json)")
     if t.best_metric != "mean":
         by_name = {s.name: s for s in specs}
         task, _, metric = t.best_metric.partition("/")
@@ -154,10 +157,9 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     # 2. data: load and check every row, then tokenise (cached)
     tasks = prepare_data(specs)
     head_weights = {}
-    if checkpoint is not None:
-        from transformers import AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained(str(output_dir / "tokenizer"))
-        encoder = encoder_from_saved_config(output_dir / "encoder")
+    if checkpoint is not None or cfg.init_from:  # the saved run's tokenizer and architecture; weights come later
+        tokenizer, encoder = saved_tokenizer_and_encoder(output_dir if checkpoint is not None else
+                                                         Path(cfg.init_from).expanduser())
     elif cfg.distill.mode == "ensemble" and cfg.distill.student_from_teacher:
         tokenizer, encoder, head_weights = shallow_student(cfg.distill.teachers[0], cfg.distill.teacher_checkpoint,
                                                            cfg.distill.keep_every)
@@ -174,6 +176,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
 
     # 3. model, optimizer, schedule, sampler
     model = MultiTaskModel(encoder, specs, cfg.encoder.pooling).to(device)
+    if cfg.init_from and checkpoint is None:  # staged training: start from an earlier run's best weights
+        head_weights = init_from_run(model, Path(cfg.init_from).expanduser(), cfg.init_heads)
     if head_weights:  # the student starts from the teacher's heads too
         model.heads.load_state_dict({k: v for k, v in head_weights.items()
                                      if k.split(".")[0] in model.heads}, strict=False)
@@ -212,6 +216,61 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
                       resumed_at_step=first_step if checkpoint is not None else None, distiller=distiller)
     del model, optimizer, batches, regularizers  # multirun jobs share one process: free memory between jobs
     gc.collect()
+    return summary
+
+
+def saved_tokenizer_and_encoder(run_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(run_dir / "tokenizer")), encoder_from_saved_config(run_dir / "encoder")
+
+
+def init_from_run(model: MultiTaskModel, run_dir: Path, keep_heads: bool) -> dict[str, torch.Tensor]:
+    """Load an earlier run's best encoder weights into `model`; return its head weights to keep (or none)."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(best_checkpoint(run_dir) / "model.safetensors"))
+    encoder = {k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("encoder.")}
+    missing, unexpected = model.encoder.load_state_dict(encoder, strict=False)
+    if missing or unexpected:
+        raise MtdnnError(f"init_from: {run_dir}'s encoder does not fit this run's (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+    if not keep_heads:
+        return {}
+    heads = {k.removeprefix("heads."): v for k, v in weights.items() if k.startswith("heads.")}
+    for key, value in heads.items():
+        task = key.split(".")[0]
+        mine = model.heads.state_dict().get(key) if task in model.heads else None
+        if mine is not None and mine.shape != value.shape:
+            raise MtdnnError(f"init_from: task {task}'s head in {run_dir} has shape {tuple(value.shape)} for {key}, "
+                             f"this run's has {tuple(mine.shape)} (a different label set?); pass init_heads=false")
+    return heads
+
+
+def run_stages(cfg: DictConfig, output_dir: Path, compose_stage) -> dict:
+    """Staged (STILTs) training: each stage is this run's config plus its own overrides (composed by
+    `compose_stage(overrides)`), written to <output_dir>/stages/<n>_<name>, and starts from the previous stage's
+    best checkpoint. A stage with a summary already is not run again (rerun the command to continue)."""
+    names = [stage.name for stage in cfg.stages]
+    raise_if([f"stages[{i}].heads: must be keep or reset, got '{s.heads}'" for i, s in enumerate(cfg.stages)
+              if s.heads not in ("keep", "reset")]
+             + [f"stages: the name '{n}' is used twice" for n in sorted(set(names)) if names.count(n) > 1],
+             "the stage configuration has problems")
+    results, previous = [], None
+    for number, stage in enumerate(cfg.stages, start=1):
+        stage_dir = output_dir / "stages" / f"{number}_{stage.name}"
+        chained = [f"init_from={previous}", f"init_heads={stage.heads == 'keep'}"] if previous else []
+        stage_cfg = compose_stage([*stage.overrides, *chained, f"output_dir={stage_dir}", "stages=[]"])
+        if (stage_dir / "summary.json").is_file():
+            log.info("stage %s: already done (%s)", stage.name, stage_dir)
+            summary = json.loads((stage_dir / "summary.json").read_text())
+        else:
+            log.info("stage %d/%d: %s", number, len(cfg.stages), stage.name)
+            summary = run(stage_cfg, stage_dir)
+        results.append({"stage": stage.name, **summary})
+        previous = stage_dir
+    summary = {"run_dir": str(output_dir), "stages": results, "best_score": results[-1]["best_score"]}
+    write_json(output_dir / "summary.json", summary)
     return summary
 
 
@@ -320,6 +379,9 @@ def format_summary(summary: dict) -> str:
 @cli_errors
 def _main(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir).resolve()
+    if cfg.stages:
+        command_line = list(HydraConfig.get().overrides.task)
+        return run_stages(cfg, output_dir, lambda extra: hydra.compose("train", overrides=[*command_line, *extra]))
     return run(cfg, output_dir)
 
 
