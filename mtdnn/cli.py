@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mtdnn.adapters import AdapterConfig
 from mtdnn.encoders import encoder_from_saved_config
 from mtdnn.errors import MtdnnError, config_error_line
 from mtdnn.model import MultiTaskModel
@@ -55,7 +56,9 @@ def load_run(run_dir: str, checkpoint: str, device: torch.device) -> LoadedRun:
     specs = load_run_specs(folder)
     weights = run_checkpoint(folder, checkpoint)
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
-    model = MultiTaskModel(encoder_from_saved_config(folder / "encoder"), specs, config.encoder.pooling)
+    adapter = OmegaConf.select(config, "adapter")  # runs from before adapters existed have none
+    model = MultiTaskModel(encoder_from_saved_config(folder / "encoder"), specs, config.encoder.pooling,
+                           AdapterConfig(**adapter) if adapter is not None else None)
     load_weights(model, weights)
     return LoadedRun(folder, model.to(device).eval(), tokenizer, {s.name: s for s in specs}, config)
 

@@ -9,6 +9,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from mtdnn.adapters import AdapterConfig
+
 
 @dataclass
 class ArtifactConfig:
@@ -102,6 +104,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     regularizer: dict[str, Any] = field(default_factory=dict)  # name -> settings; see mtdnn/regularizers
     distill: DistillConfig = field(default_factory=DistillConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     seed: int = 42
     resume: Optional[str] = None  # a checkpoint folder or a run folder (its newest checkpoint)
     output_dir: Optional[str] = None  # default: Hydra's run dir
@@ -117,6 +120,7 @@ def register_configs() -> None:
     cs.store(group="encoder", name="encoder_schema", node=EncoderConfig)
     cs.store(group="sampler", name="sampler_schema", node=SamplerConfig)
     cs.store(group="distill", name="distill_schema", node=DistillConfig)
+    cs.store(group="adapter", name="adapter_schema", node=AdapterConfig)
 
 
 register_configs()

@@ -113,6 +113,9 @@ def build_hf_model(run, spec: TaskSpec) -> nn.Module:
     from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
     from transformers import AutoModelForTokenClassification
 
+    if run.model.adapters is not None:
+        raise MtdnnError("export: this run trained adapters (adapter.kind="
+                         f"{run.config.adapter.kind}); standard HuggingFace classes have no place for them")
     config = hf_config(run, spec)
     head, encoder, pooling = run.model.head(spec.name), run.model.encoder, run.config.encoder.pooling
     if spec.head == "span":

@@ -6,12 +6,13 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from mtdnn.adapters import AdapterConfig, Adapters, freeze_encoder
 from mtdnn.heads import HEADS
 from mtdnn.tasks import TaskSpec
 
 
 class MultiTaskModel(nn.Module):
-    def __init__(self, encoder: nn.Module, specs: list[TaskSpec], pooling: str):
+    def __init__(self, encoder: nn.Module, specs: list[TaskSpec], pooling: str, adapter: AdapterConfig | None = None):
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
@@ -19,6 +20,10 @@ class MultiTaskModel(nn.Module):
         self.heads = nn.ModuleDict(
             {s.name: HEADS[s.head](hidden, s.num_labels, s.dropout, pooling) for s in specs}
         )
+        self.adapters = None  # parameter-efficient mode: frozen encoder + adapters (mtdnn/adapters.py)
+        if adapter is not None and adapter.kind != "none":
+            freeze_encoder(encoder, adapter.train_layer_norms)
+            self.adapters = Adapters(encoder, [s.name for s in specs], adapter)
 
     def forward(self, task: str, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
@@ -26,6 +31,8 @@ class MultiTaskModel(nn.Module):
         """Logits of `task`'s head. `inputs_embeds` lets regularizers feed perturbed embeddings;
         `hidden_states=True` returns (logits, the embeddings output and every layer's output)."""
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        if self.adapters is not None:
+            self.adapters.task = task  # the layer hooks apply this task's adapters
         out = self.encoder(input_ids=None if inputs_embeds is not None else input_ids,
                            inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                            output_hidden_states=hidden_states, **extra)

@@ -12,12 +12,13 @@ from mtdnn.config import TrainerConfig
 
 
 def param_groups(model: nn.Module, cfg: TrainerConfig) -> list[dict]:
-    """Biases and LayerNorm weights (every 1-d parameter) get no weight decay; heads may get their own lr."""
+    """Biases and LayerNorm weights (every 1-d parameter) get no weight decay; heads and adapters (new weights)
+    may get their own lr."""
     head_lr = cfg.head_lr or cfg.lr
     groups: dict[tuple[bool, bool], list] = {(h, d): [] for h in (False, True) for d in (False, True)}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            groups[(name.startswith("heads."), param.ndim >= 2)].append(param)
+            groups[(name.startswith(("heads.", "adapters.")), param.ndim >= 2)].append(param)
     return [{"params": params, "lr": head_lr if is_head else cfg.lr,
              "weight_decay": cfg.weight_decay if decays else 0.0}
             for (is_head, decays), params in groups.items() if params]

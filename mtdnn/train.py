@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mtdnn import config as _config  # noqa: F401  (registers the typed schemas with Hydra)
+from mtdnn.adapters import adapter_problems, trainable_parameters
 from mtdnn.data import TaskBatches, TaskData, check_columns, check_rows, encode_splits, load_raw, task_seed
 from mtdnn.encoders import build_encoder, build_tokenizer, encoder_from_saved_config, encoder_problems, \
     pretrained_source
@@ -61,7 +62,7 @@ def run_problems(cfg: DictConfig, specs: list[TaskSpec]) -> list[str]:
     problems = unknown_key_problems(cfg)
     problems += encoder_problems(cfg.encoder) + sampler_problems(cfg.sampler, [s.name for s in specs])
     problems += regularizer_problems(OmegaConf.to_container(cfg.regularizer, resolve=True), specs)
-    problems += distill_problems(cfg.distill, specs)
+    problems += distill_problems(cfg.distill, specs) + adapter_problems(cfg.adapter)
     for name in ("batch_size", "eval_batch_size", "grad_accum", "log_every", "pad_to_multiple_of", "evals_per_epoch",
                  "max_consecutive_skips", "bucket_batches"):
         if t[name] < 1:
@@ -175,7 +176,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
             log.info("soft targets for %s: %s", name, origin)
 
     # 3. model, optimizer, schedule, sampler
-    model = MultiTaskModel(encoder, specs, cfg.encoder.pooling).to(device)
+    model = MultiTaskModel(encoder, specs, cfg.encoder.pooling, cfg.adapter).to(device)
     if cfg.init_from and checkpoint is None:  # staged training: start from an earlier run's best weights
         head_weights = init_from_run(model, Path(cfg.init_from).expanduser(), cfg.init_heads)
     if head_weights:  # the student starts from the teacher's heads too
@@ -307,8 +308,11 @@ def _restore(checkpoint: Path, model, optimizer, scheduler, sampler, batches, re
 
 def _log_plan(specs, sizes, plan: Plan, cfg, model, output_dir: Path, state: TrainState) -> None:
     probs = task_probabilities(cfg.sampler, sizes)
-    params = sum(p.numel() for p in model.parameters())
-    lines = [f"run dir: {output_dir}", f"parameters: {params / 1e6:.1f}M",
+    counts = trainable_parameters(model)
+    lines = [f"run dir: {output_dir}",
+             f"parameters: {(counts['total'] + counts['frozen']) / 1e6:.1f}M, trainable {counts['total']:,} "
+             f"(shared {counts['shared']:,}; per task " + ", ".join(f"{t} {n:,}" for t, n in counts["per_task"].items())
+             + ")",
              f"steps: {plan.total_steps} optimizer steps (batch {cfg.trainer.batch_size} x accum "
              f"{cfg.trainer.grad_accum}); one epoch = {plan.batches_per_epoch} batches; "
              f"evaluate every {plan.eval_every} steps; starting at step {state.step}"]
@@ -344,6 +348,7 @@ def _report(cfg, model, tasks, collators, plan: Plan, state: TrainState, output_
                          "epochs_seen": round(state.examples_seen.get(name, 0) / sizes[name], 4),
                          "skipped_rows": tasks[name].skipped_rows}
                   for name in tasks},
+        "trainable_parameters": trainable_parameters(model),
         "seconds": round(time.time() - started, 1),
     }
     if distiller is not None:
