@@ -377,7 +377,9 @@ class TaskBatches:
     batches, each pool is sorted by length and cut into batches, and the batches of the epoch are shuffled:
     batches hold rows of similar length (little padding) yet their order stays random."""
 
-    def __init__(self, dataset, batch_size: int, seed: int, collate: Collator, bucket_batches: int = 1):
+    def __init__(self, dataset, batch_size: int, seed: int, collate: Collator, bucket_batches: int = 1,
+                 shard: Callable[[list], tuple[list, float]] | None = None):
+        self.shard = shard  # data parallel: this rank's rows of each batch (batch_size is then the global size)
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed
@@ -405,12 +407,18 @@ class TaskBatches:
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def next(self) -> dict[str, torch.Tensor]:
+        return self.next_shard()[0]
+
+    def next_shard(self) -> tuple[dict[str, torch.Tensor], float, int]:
+        """The next batch (this rank's share of it under data parallelism), the weight of this rank's loss,
+        and the rows of the whole batch."""
         if self.position >= len(self._batches):
             self.epoch, self.position = self.epoch + 1, 0
             self._batches = self._plan(self.epoch)
-        rows = self._batches[self.position]
+        rows = self._batches[self.position].tolist()
         self.position += 1
-        return self.collate(self.dataset[rows.tolist()])
+        mine, weight = self.shard(rows) if self.shard else (rows, 1.0)
+        return self.collate(self.dataset[mine]), weight, len(rows)
 
     def one_pass(self) -> Iterator[dict[str, torch.Tensor]]:
         """Every row once, in the first epoch's order, without moving the training stream (a Fisher pass)."""

@@ -11,6 +11,7 @@ import torch
 
 from mtdnn.config import TrainerConfig
 from mtdnn.data import Collator, TaskBatches, TaskData
+from mtdnn.distributed import Distributed
 from mtdnn.inference import autocast, evaluate_tasks, main_score
 from mtdnn.model import MultiTaskModel
 from mtdnn.regularizers import DropoutReplay, Regularizer, StepContext
@@ -90,22 +91,26 @@ def elapsed_since(started: float, device: torch.device) -> float:
 def train(model: MultiTaskModel, tasks: dict[str, TaskData], batches: dict[str, TaskBatches],
           collators: dict[str, Collator], sampler: TaskSampler, optimizer: torch.optim.Optimizer, scheduler,
           regularizers: dict[str, Regularizer], cfg: TrainerConfig, plan: Plan, state: TrainState,
-          tracker: Tracker, device: torch.device, distiller=None) -> TrainState:
+          tracker: Tracker, device: torch.device, distiller=None, dist: Distributed | None = None) -> TrainState:
     specs = {name: data.spec for name, data in tasks.items()}
+    dist = dist or Distributed()
     meter = LossMeter()
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     for step in range(state.step + 1, plan.total_steps + 1):
         # 1. forward and backward over grad_accum micro-batches, each from one sampled task
+        #    (data parallel: every rank the same task, its own share of the batch, its loss weighted by that share)
         for _ in range(cfg.grad_accum):
             task = sampler.next()
-            batch = {k: v.to(device, non_blocking=True) for k, v in batches[task].next().items()}
-            terms = forward_backward(model, task, batch, regularizers, specs[task].loss_weight / cfg.grad_accum,
-                                     device, cfg.bf16, distiller)
+            batch, share, rows = batches[task].next_shard()
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            terms = forward_backward(model, task, batch, regularizers,
+                                     specs[task].loss_weight / cfg.grad_accum * share, device, cfg.bf16, distiller)
             for name, value in terms.items():
-                meter.add(f"{name}/{task}", value)
+                meter.add(f"{name}/{task}", value * share)
             state.micro_batches += 1
-            state.examples_seen[task] = state.examples_seen.get(task, 0) + len(batch["labels"])
+            state.examples_seen[task] = state.examples_seen.get(task, 0) + rows
+        dist.average_gradients(params)
 
         # 2. clip, let regularizers edit the gradient (Child-Tuning's mask), step (unless the gradient is NaN/inf:
         #    one host sync per step keeps NaN out of the weights), then let them follow the new weights (SMART's
@@ -133,10 +138,12 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], batches: dict[str, 
         if step % cfg.log_every == 0 or step == plan.total_steps:
             stats = {k: v for reg in regularizers.values() for k, v in reg.stats().items()}
             stats["skipped_steps"] = float(state.skipped_steps)
-            tracker.train_scalars(step, meter.flush(), scheduler.get_last_lr()[0], float(grad_norm), stats)
+            terms = dist.average(meter.flush())  # the whole job's means (every rank takes part)
+            if dist.is_main:
+                tracker.train_scalars(step, terms, scheduler.get_last_lr()[0], float(grad_norm), stats)
 
-        # 4. evaluate, keep the best, checkpoint
-        if step % plan.eval_every == 0 or step == plan.total_steps:
+        # 4. evaluate, keep the best, checkpoint (rank 0 alone: the weights are the same on every rank)
+        if (step % plan.eval_every == 0 or step == plan.total_steps) and dist.is_main:
             results = evaluate_tasks(model, tasks, collators, "validation", cfg.eval_batch_size, device, cfg.bf16)
             epoch = state.micro_batches / plan.batches_per_epoch
             tracker.evaluation(step, epoch, "validation", results)

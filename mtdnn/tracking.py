@@ -83,3 +83,19 @@ class Tracker:
     def close(self) -> None:
         self.bar.close()
         self.tb.close()
+
+
+class SilentTracker:
+    """What ranks other than 0 track under torchrun: nothing (rank 0 writes the logs)."""
+
+    def step(self, n: int = 1) -> None:
+        return None
+
+    def train_scalars(self, *args, **kwargs) -> None:
+        return None
+
+    def evaluation(self, *args, **kwargs) -> None:
+        return None
+
+    def close(self) -> None:
+        return None

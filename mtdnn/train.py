@@ -24,6 +24,7 @@ from mtdnn.loop import Plan, TrainState, make_plan, train
 from mtdnn.model import MultiTaskModel, bake_parametrizations
 from mtdnn.optim import build_optimizer, build_scheduler
 from mtdnn.paths import conf_dir
+from mtdnn.distributed import Distributed
 from mtdnn.distill import Distiller, distill_problems, shallow_student
 from mtdnn.regularizers import build_regularizers, regularizer_problems
 from mtdnn.rundir import (best_checkpoint, list_checkpoints, load_trainer_state, load_weights, remove_staging,
@@ -31,7 +32,7 @@ from mtdnn.rundir import (best_checkpoint, list_checkpoints, load_trainer_state,
 from mtdnn.sampler import TaskSampler, sampler_problems, task_probabilities
 from mtdnn.schema import suggest
 from mtdnn.tasks import TaskSpec, load_tasks
-from mtdnn.tracking import Tracker
+from mtdnn.tracking import SilentTracker, Tracker
 
 log = logging.getLogger("mtdnn")
 
@@ -135,9 +136,11 @@ def prepare_output_dir(output_dir: Path, resuming: bool) -> None:
         raise MtdnnError(f"output_dir: cannot write to {output_dir}: {err.strerror}") from None
 
 
-def run(cfg: DictConfig, output_dir: Path) -> dict:
-    """Train as configured; returns the summary (also written to summary.json)."""
+def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> dict:
+    """Train as configured; returns the summary (also written to summary.json). Under torchrun every rank
+    calls this; rank 0 alone writes the run folder."""
     started = time.time()
+    dist = dist or Distributed()
     # 1. validate the configuration: tasks, encoder, sampler, trainer, before touching any data
     raise_if([f"{key}: required, but not given (e.g. {key}=...)" for key in sorted(OmegaConf.missing_keys(cfg))],
              "the run configuration is incomplete")
@@ -147,13 +150,15 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     checkpoint = resolve_resume(cfg.resume, output_dir) if cfg.resume else None
     if checkpoint is not None:
         output_dir = checkpoint.parent.parent
-    prepare_output_dir(output_dir, resuming=checkpoint is not None)
-    if checkpoint is not None:
-        remove_staging(output_dir)
+    if dist.is_main:
+        prepare_output_dir(output_dir, resuming=checkpoint is not None)
+        if checkpoint is not None:
+            remove_staging(output_dir)
+    dist.barrier()  # the other ranks read the folder only once rank 0 has checked and tidied it
     if not cfg.trainer.progress_bar:
         quiet_library_progress_bars()
     seed_everything(cfg.seed)
-    device = pick_device(cfg.trainer.device)
+    device = dist.device(pick_device(cfg.trainer.device))
 
     # 2. data: load and check every row, then tokenise (cached)
     tasks = prepare_data(specs)
@@ -182,11 +187,13 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     if head_weights:  # the student starts from the teacher's heads too
         model.heads.load_state_dict({k: v for k, v in head_weights.items()
                                      if k.split(".")[0] in model.heads}, strict=False)
-    if checkpoint is None:
+    if checkpoint is None and dist.is_main:
         save_run_files(output_dir, OmegaConf.to_yaml(cfg, resolve=True), specs, tokenizer, encoder.config)
     collators = {s.name: collator_for(s, tokenizer, cfg.trainer.pad_to_multiple_of) for s in specs}
-    batches = {s.name: TaskBatches(tasks[s.name].encoded["train"], cfg.trainer.batch_size,
-                                   task_seed(cfg.seed, s.name), collators[s.name], cfg.trainer.bucket_batches)
+    # data parallel: each task's batches are planned at the job's batch size; every rank takes its share
+    batches = {s.name: TaskBatches(tasks[s.name].encoded["train"], cfg.trainer.batch_size * dist.world,
+                                   task_seed(cfg.seed, s.name), collators[s.name], cfg.trainer.bucket_batches,
+                                   dist.shard if dist.active else None)
                for s in specs}
     plan = make_plan(cfg.trainer, batches)
     optimizer = build_optimizer(model, cfg.trainer)
@@ -204,12 +211,17 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     first_step = state.step
 
     # 4. train
-    tracker = Tracker(output_dir, plan.total_steps, state.step, cfg.trainer.progress_bar)
+    tracker = Tracker(output_dir, plan.total_steps, state.step, cfg.trainer.progress_bar) if dist.is_main \
+        else SilentTracker()
     try:
         state = train(model, tasks, batches, collators, sampler, optimizer, scheduler, regularizers, cfg.trainer,
-                      plan, state, tracker, device, distiller)
+                      plan, state, tracker, device, distiller, dist)
     finally:
         tracker.close()
+
+    dist.barrier()  # rank 0 has written the last checkpoint
+    if not dist.is_main:
+        return {"rank": dist.rank, "steps": state.step}
 
     # 5. report with the best checkpoint (reparametrized weights, e.g. R4F's, back to plain ones first)
     bake_parametrizations(model)
@@ -248,7 +260,7 @@ def init_from_run(model: MultiTaskModel, run_dir: Path, keep_heads: bool) -> dic
     return heads
 
 
-def run_stages(cfg: DictConfig, output_dir: Path, compose_stage) -> dict:
+def run_stages(cfg: DictConfig, output_dir: Path, compose_stage, dist: Distributed | None = None) -> dict:
     """Staged (STILTs) training: each stage is this run's config plus its own overrides (composed by
     `compose_stage(overrides)`), written to <output_dir>/stages/<n>_<name>, and starts from the previous stage's
     best checkpoint. A stage with a summary already is not run again (rerun the command to continue)."""
@@ -267,9 +279,11 @@ def run_stages(cfg: DictConfig, output_dir: Path, compose_stage) -> dict:
             summary = json.loads((stage_dir / "summary.json").read_text())
         else:
             log.info("stage %d/%d: %s", number, len(cfg.stages), stage.name)
-            summary = run(stage_cfg, stage_dir)
+            summary = run(stage_cfg, stage_dir, dist)
         results.append({"stage": stage.name, **summary})
         previous = stage_dir
+    if dist is not None and not dist.is_main:
+        return {}
     summary = {"run_dir": str(output_dir), "stages": results, "best_score": results[-1]["best_score"]}
     write_json(output_dir / "summary.json", summary)
     return summary
@@ -383,11 +397,18 @@ def format_summary(summary: dict) -> str:
 
 @cli_errors
 def _main(cfg: DictConfig) -> dict:
-    output_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir).resolve()
-    if cfg.stages:
-        command_line = list(HydraConfig.get().overrides.task)
-        return run_stages(cfg, output_dir, lambda extra: hydra.compose("train", overrides=[*command_line, *extra]))
-    return run(cfg, output_dir)
+    dist = Distributed()  # torchrun: one process per rank; a plain run is rank 0 of 1
+    if not dist.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # one rank tells the story
+    try:  # Hydra may name the run folder differently in each process: rank 0's wins
+        output_dir = dist.broadcast(Path(cfg.output_dir or HydraConfig.get().runtime.output_dir).resolve())
+        if cfg.stages:
+            command_line = list(HydraConfig.get().overrides.task)
+            return run_stages(cfg, output_dir, lambda extra: hydra.compose("train", overrides=[*command_line, *extra]),
+                              dist)
+        return run(cfg, output_dir, dist)
+    finally:
+        dist.close()
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
