@@ -7,13 +7,15 @@ across ranks, with each rank's loss weighted by its share of the rows, so the up
 update with the N times larger batch. This is what DistributedDataParallel computes; the DDP wrapper itself is
 not used because regularizers run several forward passes per backward (SMART, ALICE, FreeLB), which its
 reducer does not allow, and one all-reduce per optimizer step is what gradient accumulation needs anyway.
-Only rank 0 writes the run folder, logs, evaluates and checkpoints; evaluation runs once over the full split
-on rank 0 (every example predicted exactly once) while the other ranks wait.
+Evaluation is sharded too: each rank predicts every N-th row (of the rows sorted by length) and the outputs are
+gathered back into row order, so every example is predicted exactly once and every rank sees the same metrics.
+Only rank 0 writes the run folder, logs and checkpoints.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -87,6 +89,25 @@ class Distributed:
         dist.all_reduce(tensor)
         return {k: float(v) / self.world for k, v in zip(keys, tensor)}
 
+    @contextmanager
+    def sharded_inference(self):
+        """Within it, mtdnn.inference.forward_rows splits its rows across the ranks and gathers the outputs."""
+        global _INFERENCE
+        _INFERENCE = self if self.active else None
+        try:
+            yield
+        finally:
+            _INFERENCE = None
+
+    def gather_rows(self, mine: dict) -> dict:
+        """{row: value} of every rank merged (each row was computed by exactly one rank)."""
+        parts: list = [None] * self.world
+        dist.all_gather_object(parts, mine)
+        merged = {}
+        for part in parts:
+            merged.update(part)
+        return merged
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
@@ -94,3 +115,10 @@ class Distributed:
     def close(self) -> None:
         if self.active and dist.is_initialized():
             dist.destroy_process_group()
+
+
+_INFERENCE: Distributed | None = None  # set only inside Distributed.sharded_inference()
+
+
+def inference_shard() -> Distributed | None:
+    return _INFERENCE

@@ -12,6 +12,7 @@ import torch
 
 from mtdnn import metrics
 from mtdnn.data import UNLABELED, Collator, TaskData, row_lengths
+from mtdnn.distributed import inference_shard
 from mtdnn.heads import IGNORE
 from mtdnn.model import MultiTaskModel
 from mtdnn.rundir import write_atomic
@@ -48,8 +49,10 @@ def forward_rows(model: MultiTaskModel, spec: TaskSpec, dataset, collate, batch_
     was_training = model.training
     model.eval()
     order = np.argsort(row_lengths(dataset), kind="stable")
-    outputs: list = [None] * len(dataset)
-    labels: list = [None] * len(dataset)
+    shard = inference_shard()  # under torchrun evaluation: this rank's every N-th row, gathered below
+    if shard is not None:
+        order = order[shard.rank::shard.world]
+    found: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for start in range(0, len(order), batch_size):
         rows = order[start: start + batch_size]
         batch = collate(dataset[rows.tolist()])
@@ -57,10 +60,11 @@ def forward_rows(model: MultiTaskModel, spec: TaskSpec, dataset, collate, batch_
         with autocast(device, bf16):
             logits = model(spec.name, **on_device).float().cpu()
         for j, row in enumerate(rows):
-            outputs[row] = _row_output(spec.head, batch, logits, j)
-            labels[row] = batch["labels"][j]
+            found[int(row)] = (_row_output(spec.head, batch, logits, j), batch["labels"][j])
+    if shard is not None:
+        found = shard.gather_rows(found)
     model.train(was_training)
-    return outputs, labels
+    return [found[i][0] for i in range(len(dataset))], [found[i][1] for i in range(len(dataset))]
 
 
 def predict_split(model: MultiTaskModel, spec: TaskSpec, dataset, collate, batch_size: int,

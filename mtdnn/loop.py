@@ -142,15 +142,19 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], batches: dict[str, 
             if dist.is_main:
                 tracker.train_scalars(step, terms, scheduler.get_last_lr()[0], float(grad_norm), stats)
 
-        # 4. evaluate, keep the best, checkpoint (rank 0 alone: the weights are the same on every rank)
-        if (step % plan.eval_every == 0 or step == plan.total_steps) and dist.is_main:
-            results = evaluate_tasks(model, tasks, collators, "validation", cfg.eval_batch_size, device, cfg.bf16)
-            epoch = state.micro_batches / plan.batches_per_epoch
-            tracker.evaluation(step, epoch, "validation", results)
+        # 4. evaluate (rows shared out across ranks, all ranks get the metrics), keep the best, checkpoint
+        #    (rank 0 alone writes: the weights are the same on every rank)
+        if step % plan.eval_every == 0 or step == plan.total_steps:
+            with dist.sharded_inference():
+                results = evaluate_tasks(model, tasks, collators, "validation", cfg.eval_batch_size, device, cfg.bf16)
             score = main_score(results, specs, cfg.best_metric)
             improved = score > state.best_score or not state.best_results
             if improved:
                 state.best_score, state.best_step, state.best_results = score, step, results
+            model.train()
+            if not dist.is_main:
+                continue
+            tracker.evaluation(step, state.micro_batches / plan.batches_per_epoch, "validation", results)
             save_checkpoint(tracker.run_dir, step, model, {
                 "train": state.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
@@ -160,5 +164,4 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], batches: dict[str, 
             if improved:  # only after the checkpoint it names is complete
                 save_best(tracker.run_dir, step, {"score": score, "validation": results})
             rotate_checkpoints(tracker.run_dir, cfg.keep_last)
-            model.train()
     return state
