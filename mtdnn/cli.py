@@ -73,5 +73,10 @@ def select_tasks(run: LoadedRun, task: str | None) -> list[TaskSpec]:
     return [run.specs[n] for n in names]
 
 
-def argv() -> list[str]:
-    return sys.argv[1:]
+def argv(positional: str | None = None) -> list[str]:
+    """The command's key=value arguments; with `positional`, a first argument without '=' is that key's value
+    (`python -m mtdnn.export RUN_DIR task=...`)."""
+    args = sys.argv[1:]
+    if positional and args and "=" not in args[0]:
+        return [f"{positional}={args[0]}", *args[1:]]
+    return args

@@ -159,14 +159,9 @@ def export(cfg: ExportConfig) -> Path:
     return out
 
 
-def _argv() -> list[str]:
-    args = argv()
-    return [f"run_dir={args[0]}", *args[1:]] if args and "=" not in args[0] else args
-
-
 @cli_errors
 def main() -> None:
-    out = export(parse_args(ExportConfig, _argv()))
+    out = export(parse_args(ExportConfig, argv("run_dir")))
     print(f"wrote {out}")
     sys.exit(0)
 

@@ -163,14 +163,9 @@ def report(cfg: ReportConfig) -> Path:
     return out
 
 
-def _argv() -> list[str]:
-    args = argv()
-    return [f"sweep_dir={args[0]}", *args[1:]] if args and "=" not in args[0] else args
-
-
 @cli_errors
 def main() -> None:
-    out = report(parse_args(ReportConfig, _argv()))
+    out = report(parse_args(ReportConfig, argv("sweep_dir")))
     print((out / "report.md").read_text())
     print(f"wrote {out / 'report.md'}, report.csv, report.png")
     sys.exit(0)

@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from mtdnn.config import EncoderConfig, TrainerConfig
-from mtdnn.encoders import build_encoder, pretrained_source
+from bench_smart import load_encoder, random_batch  # scripts/ is on sys.path when run as a script
+from mtdnn.config import TrainerConfig
 from mtdnn.loop import forward_backward
 from mtdnn.model import MultiTaskModel
 from mtdnn.optim import build_optimizer
@@ -77,20 +77,6 @@ def quality(method: str, steps: int, work: Path) -> dict:
             "wall_s": float((out / "wall_s").read_text()), "final_loss": log[-1]["loss/rt_polarity"]}
 
 
-def load_encoder() -> torch.nn.Module:
-    node = OmegaConf.load(conf_dir() / "encoder" / "minilm.yaml")
-    node.pop("defaults", None)
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EncoderConfig), node))
-    return build_encoder(cfg, pretrained_source(cfg), vocab_size=1000)
-
-
-def random_batch(batch: int, tokens: int, vocab: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(batch * tokens)
-    ids = torch.randint(1000, vocab, (batch, tokens), generator=generator)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
-            "labels": torch.randint(0, 2, (batch,), generator=generator)}
-
-
 class Trainee:
     """One method's model copy, optimizer and regularizers, and its full training step."""
 
@@ -121,7 +107,7 @@ def speed(methods: list[str], reps: int, shape: tuple[int, int]) -> dict[str, li
     torch.manual_seed(0)
     spec = TaskSpec(name="bench", head="classification", source=SourceSpec(kind="files"),
                     columns=ColumnsSpec(text="t", label="y"), labels=["a", "b"])
-    base = MultiTaskModel(load_encoder(), [spec], pooling="cls")
+    base = MultiTaskModel(load_encoder("minilm"), [spec], pooling="cls")
     batch = random_batch(*shape, base.encoder.config.vocab_size)
     trainees = {m: Trainee(m, base, spec, batch) for m in methods}
     for trainee in trainees.values():  # warm-up: allocator, kernels, first touch of copies
