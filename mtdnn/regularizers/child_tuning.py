@@ -95,6 +95,7 @@ class ChildTuning(Base):
         self.params = child_candidates(model)
         self.mask: dict[str, torch.Tensor] | None = None  # D: fixed after prepare()
         self.kept = 0.0  # fraction of layer weights the D mask keeps (logged)
+        self.steps = 0  # F: masks drawn so far
 
     def prepare(self, model: torch.nn.Module, batches: Iterable[tuple[str, dict]], device: torch.device) -> None:
         if self.cfg.mode == "D":
@@ -109,9 +110,12 @@ class ChildTuning(Base):
     @torch.no_grad()
     def before_step(self, model: torch.nn.Module) -> None:
         if self.cfg.mode == "F":
+            # a generator seeded by the step count: the same masks on every torchrun rank, and after a resume
+            self.steps += 1
+            generator = torch.Generator(next(iter(self.params.values())).device).manual_seed(self.steps)
             for p in self.params.values():
                 if p.grad is not None:
-                    keep = torch.empty_like(p.grad).bernoulli_(self.cfg.reserve_p)
+                    keep = torch.empty_like(p.grad).bernoulli_(self.cfg.reserve_p, generator=generator)
                     p.grad.mul_(keep).div_(self.cfg.reserve_p)
             return
         if self.mask is None:
@@ -121,11 +125,12 @@ class ChildTuning(Base):
                 p.grad.mul_(self.mask[name])
 
     def state_dict(self) -> dict:
-        return {"mask": self.mask}
+        return {"mask": self.mask, "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("mask") is not None:
             self._set_mask(state["mask"])
+        self.steps = int(state.get("steps", 0))
 
     def stats(self) -> dict[str, float]:
         return {"child_tuning_kept": self.kept} if self.mask is not None else {}
