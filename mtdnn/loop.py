@@ -67,8 +67,11 @@ def forward_backward(model: MultiTaskModel, task: str, batch: dict[str, torch.Te
         with dropout.record() if dropout else nullcontext():
             out = model(task, **batch, inputs_embeds=embeds, hidden_states=with_hidden)
         logits, hidden = out if with_hidden else (out, None)
-        loss = distiller.loss(model, task, logits, batch) if distiller else model.head(task).loss(logits, batch)
-        ctx = StepContext(model, task, batch, embeds, logits, dropout, scale, hidden)
+        def loss_of(out: torch.Tensor) -> torch.Tensor:  # the task loss, or the distillation loss when distilling
+            return distiller.loss(model, task, out, batch) if distiller else model.head(task).loss(out, batch)
+
+        loss = loss_of(logits)
+        ctx = StepContext(model, task, batch, embeds, logits, dropout, loss_of, scale, hidden)
         terms, costs = {}, {}
         for name, reg in regularizers.items():
             started = time.perf_counter()

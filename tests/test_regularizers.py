@@ -95,6 +95,31 @@ def test_freelb_accumulates_the_mean_gradient_of_its_k_adversarial_passes():
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-7)
 
 
+def test_freelb_trains_on_the_batch_training_loss_it_is_given():
+    """Under distillation the loop hands over the distillation loss; FreeLB's passes must use it."""
+    model = _tiny_model(_spec("t")).train()
+    ctx = _context(model, "t", _batch())
+    ctx.loss_of = lambda out: out.float().pow(2).mean()  # any loss: here the mean squared logit
+    torch.manual_seed(2)
+    term = freelb.FreeLB(freelb.Config(steps=1, init_mag=0.0)).penalty(ctx)["freelb"]
+    with ctx.dropout.replay():
+        expected = model("t", **_batch(), inputs_embeds=ctx.embeds).pow(2).mean()
+    assert term.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_methods_that_need_a_trainable_encoder_warn_once_under_adapters(caplog):
+    from mtdnn.adapters import AdapterConfig
+    from mtdnn.model import MultiTaskModel
+
+    base = _tiny_model(_spec("t"))
+    model = MultiTaskModel(base.encoder, [_spec("t")], "mean", AdapterConfig(kind="bottleneck", bottleneck=4))
+    with caplog.at_level("WARNING"):
+        mixout.Mixout(mixout.Config(), model)
+        child_tuning.ChildTuning(child_tuning.Config(), model)
+    assert "regularizer.mixout: the encoder's linear layers are frozen" in caplog.text
+    assert "regularizer.child_tuning: the Transformer layers' weight matrices are frozen" in caplog.text
+
+
 def test_freelb_initial_perturbation_is_scaled_by_length_and_zero_on_padding():
     torch.manual_seed(0)
     embeds = torch.zeros(2, 7, 16)

@@ -42,7 +42,7 @@ def _context(model: MultiTaskModel, task: str, batch: dict) -> StepContext:
     embeds = model.embed(batch["input_ids"])
     with dropout.record():
         logits = model(task, **batch, inputs_embeds=embeds)
-    return StepContext(model, task, batch, embeds, logits, dropout)
+    return StepContext(model, task, batch, embeds, logits, dropout, lambda out: model.head(task).loss(out, batch))
 
 
 # ---------------------------------------------------------------- formulas

@@ -92,6 +92,7 @@ class StepContext:
     embeds: torch.Tensor  # word embeddings fed to the clean pass (graph attached)
     logits: torch.Tensor  # clean logits (graph attached)
     dropout: "DropoutReplay"  # replay() gives a later pass the clean pass's dropout masks
+    loss_of: Any = None  # logits -> the training loss of this batch (the task loss, or the distillation loss)
     scale: float = 1.0  # what the loop multiplies the loss by before backward (loss weight / grad_accum)
     hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings output + each layer's, if asked for
 

@@ -7,7 +7,8 @@ added to the loss.
 D is the head's symmetric divergence (symmetric KL; squared error for regression), the same as SMART's, and the
 ascent steps are SMART's (mtdnn/regularizers/smart.py: word embeddings before positions/LayerNorm, gradient
 w.r.t. delta only, normalised in the chosen norm, projected onto the epsilon ball, padding never perturbed,
-the clean pass's dropout masks replayed). Both terms work on every head: L is the head's own loss.
+the clean pass's dropout masks replayed). Both terms work on every head: L is the batch's training loss
+(the head's own, or the distillation loss when distilling).
 A term whose ascent or value is NaN/inf is dropped for that micro-batch and counted (`alice_skipped`).
 """
 
@@ -52,9 +53,8 @@ class Alice(Base):
         head = ctx.model.head(ctx.task)
         terms = {}
         if self.cfg.label_weight > 0:
-            delta, finite = adversarial_perturbation(ctx, lambda out: head.loss(out, ctx.batch), self.cfg)
-            terms["alice_label"] = (self.cfg.label_weight * head.loss(perturbed_logits(ctx, delta), ctx.batch),
-                                    finite)
+            delta, finite = adversarial_perturbation(ctx, ctx.loss_of, self.cfg)
+            terms["alice_label"] = (self.cfg.label_weight * ctx.loss_of(perturbed_logits(ctx, delta)), finite)
         if self.cfg.virtual_weight > 0:
             clean = ctx.logits.detach()
             delta, finite = adversarial_perturbation(

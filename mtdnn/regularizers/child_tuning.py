@@ -93,6 +93,9 @@ class ChildTuning(Base):
     def __init__(self, cfg: Config, model: torch.nn.Module):
         self.cfg = cfg
         self.params = child_candidates(model)
+        if not any(p.ndim >= 2 for p in self.params.values()):  # adapter=... leaves only LayerNorms trainable
+            log.warning("regularizer.child_tuning: the Transformer layers' weight matrices are frozen; only "
+                        "LayerNorm parameters are masked")
         self.mask: dict[str, torch.Tensor] | None = None  # D: fixed after prepare()
         self.kept = 0.0  # fraction of layer weights the D mask keeps (logged)
         self.steps = 0  # F: masks drawn so far

@@ -12,7 +12,7 @@ The perturbed tensor is the word embeddings (before positions/LayerNorm), as for
 clean pass's dropout masks (the paper keeps one mask across ascent steps). By default the clean loss is not
 trained on (the paper's objective); include_clean_loss adds it. The method does its own K backward passes, so
 its logged term (`freelb`, the mean adversarial loss) is for the logs only. Works on every head: L is the
-head's own loss.
+training loss of the batch (the head's own loss, or the distillation loss when distilling).
 """
 
 from __future__ import annotations
@@ -69,7 +69,6 @@ class FreeLB(Base):
         self.skipped = 0  # ascent passes stopped early for a NaN/inf loss
 
     def penalty(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        head = ctx.model.head(ctx.task)
         mask = ctx.batch["attention_mask"]
         delta = initial_delta(ctx.embeds.detach(), mask, self.cfg.init_mag)
         losses = []
@@ -77,7 +76,7 @@ class FreeLB(Base):
             delta.requires_grad_(True)
             with ctx.dropout.replay():
                 logits = ctx.model(ctx.task, **{**ctx.batch, "inputs_embeds": ctx.embeds + delta})
-            loss = head.loss(logits, ctx.batch)
+            loss = ctx.loss_of(logits)
             if not torch.isfinite(loss):  # never backward a NaN; what was accumulated so far stays
                 self.skipped += 1
                 break

@@ -15,6 +15,7 @@ state, so a resumed run mixes towards the same u.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ from torch.nn.utils import parametrize
 
 from mtdnn.regularizers import Base
 
+log = logging.getLogger(__name__)
 CHANGES_MODEL = True  # built before the others: SMART's teacher copies the mixout layers
 
 
@@ -59,7 +61,10 @@ def linear_layers(encoder: nn.Module) -> dict[str, nn.Linear]:
 class Mixout(Base):
     def __init__(self, cfg: Config, model: nn.Module):
         self.mixers: dict[str, MixoutWeight] = {}
-        for name, layer in linear_layers(model.encoder).items():
+        layers = {n: m for n, m in linear_layers(model.encoder).items() if m.weight.requires_grad}
+        if not layers:  # e.g. adapter=... freezes the encoder: every weight already equals its anchor
+            log.warning("regularizer.mixout: the encoder's linear layers are frozen; mixout has nothing to do")
+        for name, layer in layers.items():
             self.mixers[name] = MixoutWeight(layer.weight, cfg.p).eval()  # eval: registering draws no mask
             parametrize.register_parametrization(layer, "weight", self.mixers[name])
 
