@@ -60,6 +60,9 @@ def forward_backward(model: MultiTaskModel, task: str, batch: dict[str, torch.Te
                      bf16: bool, distiller=None) -> dict[str, torch.Tensor]:
     """One micro-batch: clean forward, task loss (or the distillation loss), regularizer terms, backward.
     Returns the detached terms and, per regularizer, the seconds its penalty took (its extra forward cost)."""
+    def loss_of(out: torch.Tensor) -> torch.Tensor:  # the task loss, or the distillation loss when distilling
+        return distiller.loss(model, task, out, batch) if distiller else model.head(task).loss(out, batch)
+
     dropout = DropoutReplay(device) if regularizers else None  # lets regularizers reuse the dropout masks
     with_hidden = any(reg.needs_hidden_states for reg in regularizers.values())
     with autocast(device, bf16):
@@ -67,9 +70,6 @@ def forward_backward(model: MultiTaskModel, task: str, batch: dict[str, torch.Te
         with dropout.record() if dropout else nullcontext():
             out = model(task, **batch, inputs_embeds=embeds, hidden_states=with_hidden)
         logits, hidden = out if with_hidden else (out, None)
-        def loss_of(out: torch.Tensor) -> torch.Tensor:  # the task loss, or the distillation loss when distilling
-            return distiller.loss(model, task, out, batch) if distiller else model.head(task).loss(out, batch)
-
         loss = loss_of(logits)
         ctx = StepContext(model, task, batch, embeds, logits, dropout, loss_of, scale, hidden)
         terms, costs = {}, {}
