@@ -27,6 +27,11 @@ def test_default_train_config_composes():
 
 @pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_group_option_composes_and_validates(path: Path):
+    if path.parent.name == "experiment":  # not in the defaults list: an experiment is added with '+'
+        cfg = compose_train([f"+experiment={path.stem}"])
+        assert cfg.stages and all(stage.name and stage.overrides for stage in cfg.stages)
+        assert all(stage.heads in ("keep", "reset") for stage in cfg.stages)
+        return
     cfg = compose_train([f"{path.parent.name}={path.stem}"])
     group = cfg[path.parent.name]
     if path.parent.name == "encoder":
