@@ -263,7 +263,7 @@ def init_from_run(model: MultiTaskModel, run_dir: Path, keep_heads: bool) -> dic
 def run_stages(cfg: DictConfig, output_dir: Path, compose_stage, dist: Distributed | None = None) -> dict:
     """Staged (STILTs) training: each stage is this run's config plus its own overrides (composed by
     `compose_stage(overrides)`), written to <output_dir>/stages/<n>_<name>, and starts from the previous stage's
-    best checkpoint. A stage with a summary already is not run again (rerun the command to continue)."""
+    best checkpoint. Rerunning the command skips finished stages and resumes an interrupted one."""
     names = [stage.name for stage in cfg.stages]
     raise_if([f"stages[{i}].heads: must be keep or reset, got '{s.heads}'" for i, s in enumerate(cfg.stages)
               if s.heads not in ("keep", "reset")]
@@ -273,7 +273,9 @@ def run_stages(cfg: DictConfig, output_dir: Path, compose_stage, dist: Distribut
     for number, stage in enumerate(cfg.stages, start=1):
         stage_dir = output_dir / "stages" / f"{number}_{stage.name}"
         chained = [f"init_from={previous}", f"init_heads={stage.heads == 'keep'}"] if previous else []
-        stage_cfg = compose_stage([*stage.overrides, *chained, f"output_dir={stage_dir}", "stages=[]"])
+        resume = "auto" if list_checkpoints(stage_dir) else "null"  # an interrupted stage continues
+        stage_cfg = compose_stage([*stage.overrides, *chained, f"output_dir={stage_dir}", f"resume={resume}",
+                                   "stages=[]"])
         if (stage_dir / "summary.json").is_file():
             log.info("stage %s: already done (%s)", stage.name, stage_dir)
             summary = json.loads((stage_dir / "summary.json").read_text())

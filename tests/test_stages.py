@@ -47,7 +47,12 @@ def test_stages_chain_encoder_and_heads_in_one_command(tmp_path):
     assert summary["best_score"] == summary["stages"][-1]["best_score"]
 
     again = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
-    assert again.returncode == 0 and (again.stdout + again.stderr).count("already done") == 3  # finished stages are not run twice
+    assert again.returncode == 0 and (again.stdout + again.stderr).count("already done") == 3
+
+    (root / "3_fresh" / "summary.json").unlink()  # as if killed after its last checkpoint, before its summary
+    resumed = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((root / "3_fresh" / "summary.json").read_text())["resumed_at_step"] == 2  # finished stages are not run twice
 
 
 def test_init_from_a_missing_run_is_a_clear_error(tmp_path):
