@@ -144,7 +144,7 @@ def main() -> None:
             rows[method].update(quality(method, args.steps, work))
             print(f"{method}: {rows[method]}", flush=True)
 
-    print(f"\nrt_polarity, MiniLM-L6, seed 13, {args.steps} steps x 32; step time: 32x128 batch, median of "
+    print(f"\nrt_polarity, MiniLM-L6, seed 42, {args.steps} steps x 32; step time: 32x128 batch, median of "
           f"{args.reps} interleaved reps, {torch.get_num_threads()} threads")
     print(f"{'regularizer':<16} {'val acc':>8} {'final loss':>11} {'step s':>8} {'x none':>7} {'run wall s':>11}")
     for method, row in rows.items():
