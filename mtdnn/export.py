@@ -2,7 +2,8 @@
 (the run folder may also come first, without `run_dir=`).
 
 Writes one task of a run as a HuggingFace model folder (config.json with id2label/label2id, model.safetensors,
-tokenizer) that `transformers.pipeline(...)` loads without mtdnn:
+tokenizer) that transformers' Auto classes and pipelines load without mtdnn (transformers 5 has no QA pipeline;
+span tasks load with AutoModelForQuestionAnswering):
 
   head                          class                                  how the head maps
   span                          AutoModelForQuestionAnswering          qa_outputs = the span layer (exact)
@@ -15,8 +16,8 @@ tokenizer) that `transformers.pipeline(...)` loads without mtdnn:
                                                                          to the weights (pipeline(...,
                                                                          trust_remote_code=True))
 
-Sequence-classification heads are mapped for BERT-style (pooler + classifier: BERT, MiniLM, ELECTRA-less BERT
-clones) and RoBERTa-style (classifier.dense + classifier.out_proj) models; others get a clear error.
+Sequence-classification heads are mapped for BERT-style (pooler + classifier: BERT and its clones, MiniLM among
+them) and RoBERTa-style (classifier.dense + classifier.out_proj) models; others get a clear error.
 """
 
 from __future__ import annotations
@@ -139,7 +140,10 @@ def build_hf_model(run, spec: TaskSpec) -> nn.Module:
 
 def export(cfg: ExportConfig) -> Path:
     run = load_run(cfg.run_dir, cfg.checkpoint, torch.device("cpu"))
-    (spec,) = select_tasks(run, cfg.task)
+    specs = select_tasks(run, cfg.task)
+    if len(specs) != 1:
+        raise MtdnnError(f"task: export writes one task's model; name one of {', '.join(run.specs)}")
+    spec = specs[0]
     out = Path(cfg.out).expanduser()
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise MtdnnError(f"out: {out} already exists and is not empty; pass overwrite=true or another out=")
