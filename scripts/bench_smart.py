@@ -105,11 +105,43 @@ def bench_shape(model, optimizer, runs: dict[str, dict], batch: dict, reps: int)
     return times
 
 
+def pass_costs(model: MultiTaskModel, batch: dict, reps: int) -> dict[str, float]:
+    """Median seconds of each pass the smoothness term is made of, timed alone: the floor of its cost."""
+    from mtdnn.regularizers import DropoutReplay
+
+    def clean_forward():
+        embeds = model.embed(batch["input_ids"])
+        with replay.record():
+            return embeds, model("bench", **batch, inputs_embeds=embeds)
+
+    def timed(fn) -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    costs: dict[str, list[float]] = {"train forward (draws dropout)": [], "replayed forward": [],
+                                     "backward, weights + input": [], "backward, input only": []}
+    for _ in range(reps + 1):
+        replay = DropoutReplay(torch.device("cpu"))
+        costs["train forward (draws dropout)"].append(timed(clean_forward))
+        delta = torch.zeros_like(model.embed(batch["input_ids"])).requires_grad_()
+        with replay.replay():
+            start = time.perf_counter()
+            out = model("bench", **batch, inputs_embeds=model.embed(batch["input_ids"]).detach() + delta)
+            costs["replayed forward"].append(time.perf_counter() - start)
+        costs["backward, input only"].append(timed(lambda: torch.autograd.grad(out.sum(), delta)))
+        _, logits = clean_forward()
+        costs["backward, weights + input"].append(timed(lambda: logits.sum().backward()))
+        model.zero_grad(set_to_none=True)
+    return {name: statistics.median(values[1:]) for name, values in costs.items()}  # first rep: warm-up
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--encoder", default="minilm")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--passes", action="store_true", help="also time each pass alone (the cost floor)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -136,6 +168,13 @@ def main() -> None:
                   f"{median / base:>10.2f} {limit[name]:>14}")
             report.append({"batch": batch_size, "tokens": tokens, "variant": name, "median_s": median,
                            "min_s": min(values), "max_s": max(values), "ratio": median / base, "times": values})
+        if args.passes:
+            costs = pass_costs(model, random_batch(batch_size, tokens, vocab), args.reps)
+            floor = (costs["replayed forward"] * 2 + costs["backward, input only"] + costs["backward, weights + input"])
+            for name, value in costs.items():
+                print(f"{batch_size}x{tokens:<7}   pass: {name:<32} {value:>7.3f} s")
+            print(f"{batch_size}x{tokens:<7}   smoothness floor (vanilla + 2 replayed forwards + both backwards): "
+                  f"{(base + floor) / base:.2f}x")
         print()
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
