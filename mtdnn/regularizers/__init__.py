@@ -82,6 +82,22 @@ class Base:
         return {}
 
 
+class CountsSkips(Base):
+    """For methods that drop a micro-batch's term on NaN/inf: the count is checkpointed and logged."""
+
+    skip_label = ""  # logged as <skip_label>_skipped
+    skipped = 0
+
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped = int(state.get("skipped", 0))
+
+    def stats(self) -> dict[str, float]:
+        return {f"{self.skip_label}_skipped": float(self.skipped)}
+
+
 @dataclass
 class StepContext:
     """What a regularizer sees of one micro-batch: the clean pass's inputs and outputs, nothing recomputed."""

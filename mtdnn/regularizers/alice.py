@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mtdnn.regularizers import Base, StepContext
+from mtdnn.regularizers import CountsSkips, StepContext
 from mtdnn.regularizers.smart import NORMS, adversarial_perturbation, perturbed_logits
 
 
@@ -44,7 +44,9 @@ def problems(cfg: Config, specs: list) -> list[str]:
     return found
 
 
-class Alice(Base):
+class Alice(CountsSkips):
+    skip_label = "alice"
+
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.skipped = 0
@@ -70,15 +72,6 @@ class Alice(Base):
         flags = torch.stack([finite & torch.isfinite(value) for value, finite in terms.values()]).tolist()
         self.skipped += flags.count(False)
         return {name: value for (name, (value, _)), ok in zip(terms.items(), flags) if ok}
-
-    def state_dict(self) -> dict:
-        return {"skipped": self.skipped}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.skipped = int(state.get("skipped", 0))
-
-    def stats(self) -> dict[str, float]:
-        return {"alice_skipped": float(self.skipped)}
 
 
 def build(cfg: Config, model: torch.nn.Module, specs: list) -> Alice:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mtdnn.regularizers import Base, StepContext
+from mtdnn.regularizers import CountsSkips, StepContext
 
 
 @dataclass
@@ -62,7 +62,9 @@ def ascend(delta: torch.Tensor, grad: torch.Tensor, cfg: Config) -> torch.Tensor
     return delta
 
 
-class FreeLB(Base):
+class FreeLB(CountsSkips):
+    skip_label = "freelb"
+
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.task_loss_weight = 1.0 if cfg.include_clean_loss else 0.0
@@ -86,15 +88,6 @@ class FreeLB(Base):
             grad = delta.grad * mask.unsqueeze(-1).to(delta.dtype)
             delta = ascend(delta.detach(), grad, self.cfg)
         return {"freelb": torch.stack(losses).mean()} if losses else {}
-
-    def state_dict(self) -> dict:
-        return {"skipped": self.skipped}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.skipped = int(state.get("skipped", 0))
-
-    def stats(self) -> dict[str, float]:
-        return {"freelb_skipped": float(self.skipped)}
 
 
 def build(cfg: Config, model: torch.nn.Module, specs: list) -> FreeLB:
