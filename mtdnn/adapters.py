@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtdnn.errors import MtdnnError
 
 KINDS = ("none", "bottleneck", "hyper")
 
@@ -101,22 +100,14 @@ class HyperAdapters(nn.Module):
         return self.task_embedding[task].numel()
 
 
-def encoder_layer_list(encoder: nn.Module) -> nn.ModuleList:
-    from mtdnn.model import encoder_layers
-
-    layers = encoder_layers(encoder)
-    if layers is None:
-        raise MtdnnError(f"adapter: cannot find the Transformer layers of {type(encoder).__name__}; adapters "
-                         "support encoders whose layers sit in one ModuleList (BERT, RoBERTa, DeBERTa, ...)")
-    return layers
-
-
 class Adapters(nn.Module):
     """Owns the adapter weights and the hooks that apply them to each layer's output for the current task."""
 
     def __init__(self, encoder: nn.Module, tasks: list[str], cfg: AdapterConfig):
         super().__init__()
-        layers = encoder_layer_list(encoder)
+        from mtdnn.encoders import encoder_layers  # not at the top: mtdnn.config imports this module
+
+        layers = encoder_layers(encoder, "adapter")
         kind = TaskAdapters if cfg.kind == "bottleneck" else HyperAdapters
         self.weights = kind(tasks, len(layers), encoder.config.hidden_size, cfg)
         self.task: str | None = None  # set by MultiTaskModel.forward before the encoder runs

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mtdnn.adapters import AdapterConfig
-from mtdnn.encoders import encoder_from_saved_config
+from mtdnn.encoders import saved_tokenizer_and_encoder
 from mtdnn.errors import MtdnnError, config_error_line
 from mtdnn.model import MultiTaskModel
 from mtdnn.rundir import load_run_specs, load_weights, run_checkpoint
@@ -47,7 +47,6 @@ class LoadedRun:
 
 def load_run(run_dir: str, checkpoint: str, device: torch.device) -> LoadedRun:
     """Rebuild a trained model from its run folder alone: no hub, no original config files."""
-    from transformers import AutoTokenizer
 
     folder = Path(run_dir).expanduser().resolve()
     if not (folder / "config.yaml").is_file():
@@ -55,9 +54,9 @@ def load_run(run_dir: str, checkpoint: str, device: torch.device) -> LoadedRun:
     config = OmegaConf.load(folder / "config.yaml")
     specs = load_run_specs(folder)
     weights = run_checkpoint(folder, checkpoint)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+    tokenizer, encoder = saved_tokenizer_and_encoder(folder)
     adapter = OmegaConf.select(config, "adapter")  # runs from before adapters existed have none
-    model = MultiTaskModel(encoder_from_saved_config(folder / "encoder"), specs, config.encoder.pooling,
+    model = MultiTaskModel(encoder, specs, config.encoder.pooling,
                            AdapterConfig(**adapter) if adapter is not None else None)
     load_weights(model, weights)
     return LoadedRun(folder, model.to(device).eval(), tokenizer, {s.name: s for s in specs}, config)

@@ -112,6 +112,26 @@ def build_encoder(enc: EncoderConfig, source: str | None, vocab_size: int):
         raise MtdnnError(f"encoder.name: cannot load '{source}': {type(err).__name__}: {first_line(err)}") from None
 
 
+def encoder_layers(encoder, who: str):
+    """The Transformer layers: the ModuleList of num_hidden_layers modules (BERT, RoBERTa, DeBERTa, ELECTRA,
+    DistilBERT...); `who` (a config key) is named in the error for an encoder laid out otherwise."""
+    from torch import nn
+
+    count = encoder.config.num_hidden_layers
+    layers = next((m for m in encoder.modules() if isinstance(m, nn.ModuleList) and len(m) == count), None)
+    if layers is None:
+        raise MtdnnError(f"{who}: cannot find the Transformer layers of {type(encoder).__name__}; it supports "
+                         "encoders whose layers sit in one ModuleList (BERT, RoBERTa, DeBERTa, ...)")
+    return layers
+
+
+def saved_tokenizer_and_encoder(run_dir: Path):
+    """A saved run's tokenizer and encoder architecture (weights come from a checkpoint), with no download."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(run_dir / "tokenizer")), encoder_from_saved_config(run_dir / "encoder")
+
+
 def encoder_from_saved_config(config_dir: Path):
     """Rebuild a saved run's encoder architecture (weights come from the checkpoint) with no download."""
     from transformers import AutoConfig, AutoModel

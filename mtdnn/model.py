@@ -47,13 +47,6 @@ class MultiTaskModel(nn.Module):
         return self.encoder.get_input_embeddings()(input_ids)
 
 
-def encoder_layers(encoder: nn.Module) -> nn.ModuleList | None:
-    """The Transformer layers: the ModuleList of num_hidden_layers modules (BERT, RoBERTa, DeBERTa, ELECTRA,
-    DistilBERT...), or None for an encoder laid out otherwise."""
-    count = encoder.config.num_hidden_layers
-    return next((m for m in encoder.modules() if isinstance(m, nn.ModuleList) and len(m) == count), None)
-
-
 def parametrized_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Modules whose weights a regularizer reparametrized (R4F's spectral norm, Mixout), by name."""
     return {name: module for name, module in model.named_modules() if parametrize.is_parametrized(module)}

@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from mtdnn import config as _config  # noqa: F401  (registers the typed schemas with Hydra)
 from mtdnn.adapters import adapter_problems, trainable_parameters
 from mtdnn.data import TaskBatches, TaskData, check_columns, check_rows, encode_splits, load_raw, task_seed
-from mtdnn.encoders import build_encoder, build_tokenizer, encoder_from_saved_config, encoder_problems, \
-    pretrained_source
+from mtdnn.encoders import build_encoder, build_tokenizer, encoder_problems, pretrained_source, \
+    saved_tokenizer_and_encoder
 from mtdnn.errors import MtdnnError, cli_errors, config_error_line, raise_if
 from mtdnn.inference import collator_for, evaluate_split, write_records
 from mtdnn.loop import Plan, TrainState, make_plan, train
@@ -230,12 +230,6 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
     del model, optimizer, batches, regularizers  # multirun jobs share one process: free memory between jobs
     gc.collect()
     return summary
-
-
-def saved_tokenizer_and_encoder(run_dir: Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(run_dir / "tokenizer")), encoder_from_saved_config(run_dir / "encoder")
 
 
 def init_from_run(model: MultiTaskModel, run_dir: Path, keep_heads: bool) -> dict[str, torch.Tensor]:

@@ -95,3 +95,20 @@ def test_the_encoder_stays_frozen_through_training(tmp_path, toy_tasks):
     frozen = [k for k in trained if k.startswith("encoder.") and "LayerNorm" not in k]
     assert frozen and all(torch.equal(trained[k], untouched[k]) for k in frozen)
     assert any(not torch.equal(trained[k], untouched[k]) for k in trained if "LayerNorm" in k)
+
+
+def test_an_encoder_without_a_layer_list_is_a_clear_error():
+    from types import SimpleNamespace
+
+    from mtdnn.adapters import Adapters
+    from mtdnn.errors import MtdnnError
+
+    class Flat(torch.nn.Module):  # layers kept as separate attributes: no ModuleList to hook
+        config = SimpleNamespace(num_hidden_layers=2, hidden_size=8)
+
+        def __init__(self):
+            super().__init__()
+            self.first, self.second = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+
+    with pytest.raises(MtdnnError, match="^adapter: cannot find the Transformer layers of Flat"):
+        Adapters(Flat(), ["a"], AdapterConfig(kind="bottleneck"))

@@ -360,7 +360,7 @@ def test_smart_child_tuning_and_l2_sp_compose_and_learn(tmp_path, toy_tasks):
                                        "predict_test=false"))
     summary = run(cfg, tmp_path / "run")
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
-    assert all(f"smart_adv/toy_sent" in r or "smart_adv/toy_count" in r for r in log)
+    assert all("smart_adv/toy_sent" in r or "smart_adv/toy_count" in r for r in log)
     assert log[-1]["l2_sp"] > log[0]["l2_sp"] > 0  # the encoder drifted, and the drift is measured
     assert summary["validation"]["toy_sent"]["accuracy"] > 0.8
 

@@ -24,8 +24,7 @@ from typing import Iterable
 
 import torch
 
-from mtdnn.errors import MtdnnError
-from mtdnn.model import encoder_layers
+from mtdnn.encoders import encoder_layers
 from mtdnn.regularizers import Base
 
 log = logging.getLogger(__name__)
@@ -52,11 +51,7 @@ def problems(cfg: Config, specs: list) -> list[str]:
 
 def child_candidates(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """The Transformer layers' parameters, as in the reference (embeddings, pooler and heads train in full)."""
-    layers = encoder_layers(model.encoder)
-    if layers is None:
-        raise MtdnnError(f"regularizer.child_tuning: cannot find the Transformer layers of "
-                         f"{type(model.encoder).__name__}; Child-Tuning supports BERT-style encoders")
-    inside = {id(p) for p in layers.parameters()}
+    inside = {id(p) for p in encoder_layers(model.encoder, "regularizer.child_tuning").parameters()}
     return {name: p for name, p in model.named_parameters() if p.requires_grad and id(p) in inside}
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from mtdnn.errors import MtdnnError
-from mtdnn.model import encoder_layers
+from mtdnn.encoders import encoder_layers
 from mtdnn.regularizers import Base, StepContext
 
 
@@ -49,10 +49,10 @@ def problems(cfg: Config, specs: list) -> list[str]:
 
 def hidden_state_modules(encoder: nn.Module) -> list[nn.Module]:
     """The modules whose outputs are hidden_states[0], [1], ...: the embeddings, then each layer."""
-    layers, embeddings = encoder_layers(encoder), getattr(encoder, "embeddings", None)
-    if layers is None or embeddings is None:
-        raise MtdnnError(f"regularizer.lnsr: cannot find the embeddings and the layers of "
-                         f"{type(encoder).__name__}; LNSR supports BERT-style encoders")
+    layers, embeddings = encoder_layers(encoder, "regularizer.lnsr"), getattr(encoder, "embeddings", None)
+    if embeddings is None:
+        raise MtdnnError(f"regularizer.lnsr: {type(encoder).__name__} has no `embeddings` module to inject "
+                         "noise after; LNSR supports BERT-style encoders")
     return [embeddings, *layers]
 
 
