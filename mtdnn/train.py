@@ -360,6 +360,7 @@ def _report(cfg, model, tasks, collators, plan: Plan, state: TrainState, output_
                   for name in tasks},
         "trainable_parameters": trainable_parameters(model),
         "seconds": round(time.time() - started, 1),
+        "train_seconds": round(state.train_seconds, 2),  # in training steps only (no evaluation, no setup)
     }
     if distiller is not None:
         summary["distillation"] = distiller.compare(model, tasks, collators, cfg.trainer.eval_batch_size)

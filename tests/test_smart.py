@@ -107,7 +107,7 @@ def test_ascent_step_increases_the_divergence_and_stays_in_the_ball(norm):
 
 def test_teacher_is_the_ema_of_the_parameters():
     model = _tiny_model(_spec("t"))
-    smart = Smart(Config(beta=0.9, beta_late=0.5, beta_switch=0.5), model, [_spec("t")])
+    smart = Smart(Config(teacher_memory=None, beta=0.9, beta_late=0.5, beta_switch=0.5), model, [_spec("t")])
     weight = model.heads["t"].out.weight
     teacher_weight = smart.teacher.heads["t"].out.weight
     expected = weight.detach().clone()
@@ -216,7 +216,8 @@ def test_smart_trains_classification_and_regression_together(tmp_path, toy_tasks
 
 def test_smart_runs_under_bf16_autocast(tmp_path, toy_tasks, caplog):
     cfg = compose_train(tiny_overrides(toy_tasks, "task=toy_sent", "regularizer=smart", "trainer.max_steps=20",
-                                       "trainer.bf16=true", "predict_test=false"))
+                                       "trainer.bf16=true", "predict_test=false", "regularizer.smart.scale=absolute",
+                                       "regularizer.smart.epsilon=1e-5"))
     summary = run(cfg, tmp_path / "run")
     assert summary["steps"] == 20 and math.isfinite(summary["best_score"])
     assert "below bfloat16 resolution" in caplog.text
@@ -270,7 +271,8 @@ def test_smart_makes_the_model_smoother(tmp_path, toy_tasks):
     token); at the paper's 1e-5 both saturated toy models move by ~1e-6 and the comparison says nothing."""
     base = tiny_overrides(toy_tasks, "task=toy_sent", "trainer.max_steps=100", "predict_test=false")
     run(compose_train(base), tmp_path / "plain")
-    run(compose_train(base + ["regularizer=smart", "regularizer.smart.epsilon=0.2", "regularizer.smart.norm=l2",
+    run(compose_train(base + ["regularizer=smart", "regularizer.smart.scale=absolute",
+                              "regularizer.smart.epsilon=0.2", "regularizer.smart.norm=l2",
                               "regularizer.smart.noise_std=0.01", "regularizer.smart.lambda_s=10",
                               "regularizer.smart.mu=0"]), tmp_path / "smart")
     plain = _output_change(tmp_path / "plain", toy_tasks, radius=0.5)

@@ -111,6 +111,7 @@ class StepContext:
     loss_of: Any = None  # logits -> the training loss of this batch (the task loss, or the distillation loss)
     scale: float = 1.0  # what the loop multiplies the loss by before backward (loss weight / grad_accum)
     hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings output + each layer's, if asked for
+    loss: torch.Tensor | None = None  # loss_of(logits), the clean pass's training loss (graph attached)
 
 
 class RngSnapshot:

@@ -6,8 +6,8 @@ added to the loss.
 
 D is the head's symmetric divergence (symmetric KL; squared error for regression), the same as SMART's, and the
 ascent steps are SMART's (mtdnn/regularizers/smart.py: word embeddings before positions/LayerNorm, gradient
-w.r.t. delta only, normalised in the chosen norm, projected onto the epsilon ball, padding never perturbed,
-the clean pass's dropout masks replayed). Both terms work on every head: L is the batch's training loss
+w.r.t. delta only, normalised in the chosen norm, projected onto the epsilon ball, sizes relative to each
+token's embedding by default, padding never perturbed, the clean pass's dropout masks replayed). Both terms work on every head: L is the batch's training loss
 (the head's own, or the distillation loss when distilling).
 A term whose ascent or value is NaN/inf is dropped for that micro-batch and counted (`alice_skipped`).
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from mtdnn.regularizers import CountsSkips, StepContext
-from mtdnn.regularizers.smart import NORMS, adversarial_perturbation, perturbed_logits
+from mtdnn.regularizers.smart import NORMS, SCALES, adversarial_perturbation, perturbed_logits
 
 
 @dataclass
@@ -31,6 +31,7 @@ class Config:
     noise_std: float = 1e-5
     epsilon: float = 1e-5
     norm: str = "inf"  # inf | l2 | l1
+    scale: str = "token"  # token | absolute | reference: what the sizes are relative to (see smart.py)
 
 
 def problems(cfg: Config, specs: list) -> list[str]:
@@ -41,6 +42,8 @@ def problems(cfg: Config, specs: list) -> list[str]:
         found.append(f"regularizer.alice.steps: must be >= 1, got {cfg.steps}")
     if cfg.norm not in NORMS:
         found.append(f"regularizer.alice.norm: must be one of {', '.join(NORMS)}, got '{cfg.norm}'")
+    if cfg.scale not in SCALES:
+        found.append(f"regularizer.alice.scale: must be one of {', '.join(SCALES)}, got '{cfg.scale}'")
     return found
 
 

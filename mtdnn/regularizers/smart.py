@@ -7,12 +7,24 @@ Per micro-batch, on top of the task loss L(f(x; theta), y):
      fed as `inputs_embeds`, so the encoder adds positions and applies LayerNorm exactly once. Start from
      delta ~ N(0, noise_std^2) on non-padding positions (padding gets no noise, ever).
   2. K ascent steps on D(f(x + delta), f(x)) with the clean output held fixed: the gradient w.r.t. delta
-     alone (torch.autograd.grad: no weight gradients are computed), normalised per example in the chosen
-     norm (inf | l2 | l1), a step of step_size, then projection onto the epsilon ball of that norm.
+     alone (torch.autograd.grad: no weight gradients are computed), normalised in the chosen norm
+     (inf | l2 | l1), a step of step_size, then projection onto the epsilon ball of that norm.
+     `scale` says what the three sizes (noise_std, step_size, epsilon) are measured against:
+       token      (default) fractions of each token's own embedding size in that norm, one ball per token
+                  (noise_std: of the token's RMS). Word embeddings are small (MiniLM: element std 0.056),
+                  so sizes only mean something relative to them.
+       absolute   the paper's numbers read literally, one ball per example (all positions and features).
+                  On a BERT-style word embedding, epsilon = 1e-5 moves the output by ~1e-6 of the loss.
+       reference  mt-dnn's perturbation.py normalisation: each token's (delta + step_size * raw gradient)
+                  rescaled onto its sphere, radius epsilon times the token's size (mt-dnn uses radius 1 on the
+                  post-LayerNorm embedding output, whose MiniLM tokens have l_inf ~2.6: epsilon ~0.4 here).
   3. Add lambda_s * D(f(x + delta), f(x)), with gradients into the weights through both outputs.
   4. Bregman proximal point: add mu * D(f(x; theta), f(x; theta_teacher)) on the clean input, where the teacher
-     is an exponential moving average of the parameters (beta for the first beta_switch of training, then
-     beta_late, as the paper does), run without a graph and updated after every optimizer step.
+     is an exponential moving average of the parameters, run without a graph and updated after every optimizer
+     step. Its memory fits the run: beta = 1 - 1 / (teacher_memory * total_steps), so the teacher averages over
+     the last teacher_memory of the run. The paper's beta 0.99 then 0.999 (after beta_switch of training)
+     remembers ~1,000 steps, longer than a low-resource run: it holds the student at its starting point.
+     teacher_memory: null keeps the paper's schedule.
 
 D is the head's own symmetric divergence: symmetric KL for classification (and, when they land, the
 candidates of a ranking group, start/end distributions for spans, per-token distributions for tagging),
@@ -27,7 +39,7 @@ import copy
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -36,24 +48,27 @@ from mtdnn.schema import build as build_dataclass
 
 log = logging.getLogger(__name__)
 NORMS = ("inf", "l2", "l1")
+SCALES = ("token", "absolute", "reference")
 
 
 @dataclass
 class Config:
     lambda_s: float = 1.0  # weight of the adversarial smoothness term (the paper searches {1, 3, 5}); 0 = off
     mu: float = 1.0  # weight of the proximal (momentum teacher) term; 0 = off, and no teacher is kept
-    beta: float = 0.99  # teacher momentum for the first beta_switch of training ...
-    beta_late: float = 0.999  # ... and after it
+    teacher_memory: Optional[float] = 0.1  # fraction of the run the teacher averages over; null: beta schedule
+    beta: float = 0.99  # with teacher_memory null: teacher momentum for the first beta_switch of training ...
+    beta_late: float = 0.999  # ... and after it (the paper's values)
     beta_switch: float = 0.1
     steps: int = 1  # K: ascent steps on the perturbation
     step_size: float = 1e-3  # eta
     noise_std: float = 1e-5  # sigma of the initial perturbation
     epsilon: float = 1e-5  # radius of the perturbation ball
     norm: str = "inf"  # inf | l2 | l1
+    scale: str = "token"  # token | absolute | reference: what the three sizes above are relative to
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-task overrides, e.g. {stsb: {lambda_s: 3}}
 
 
-TEACHER_FIELDS = ("beta", "beta_late", "beta_switch")  # the teacher is shared, so these are run-wide
+TEACHER_FIELDS = ("beta", "beta_late", "beta_switch", "teacher_memory")  # the teacher is shared, so these are run-wide
 
 
 def _settings_problems(cfg: Config, where: str) -> list[str]:
@@ -65,7 +80,12 @@ def _settings_problems(cfg: Config, where: str) -> list[str]:
         problems.append(f"{where}.steps: must be >= 1, got {cfg.steps}")
     if cfg.norm not in NORMS:
         problems.append(f"{where}.norm: must be one of {', '.join(NORMS)}, got '{cfg.norm}'")
-    for name in TEACHER_FIELDS:
+    if cfg.scale not in SCALES:
+        problems.append(f"{where}.scale: must be one of {', '.join(SCALES)}, got '{cfg.scale}'")
+    if cfg.teacher_memory is not None and not 0 < cfg.teacher_memory <= 1:
+        problems.append(f"{where}.teacher_memory: must be in (0, 1] (a fraction of the run) or null, "
+                        f"got {cfg.teacher_memory}")
+    for name in TEACHER_FIELDS[:3]:
         if not 0 <= getattr(cfg, name) <= 1:
             problems.append(f"{where}.{name}: must be in [0, 1], got {getattr(cfg, name)}")
     return problems
@@ -94,60 +114,103 @@ def problems(cfg: Config, specs: list) -> list[str]:
     return found
 
 
-# ---------------------------------------------------------------- the perturbation, per example
+# ---------------------------------------------------------------- the perturbation
 
 def per_example_norm(x: torch.Tensor, norm: str) -> torch.Tensor:
     """Norm of each example's whole perturbation (all positions and features), shaped to broadcast."""
-    flat = x.flatten(1)
+    return row_norm(x.flatten(1), norm).view(-1, *([1] * (x.dim() - 1)))
+
+
+def row_norm(rows: torch.Tensor, norm: str) -> torch.Tensor:
+    """Norm of each row of a 2-d tensor, as a column."""
     if norm == "inf":
-        value = flat.abs().amax(1)
-    elif norm == "l2":
-        value = flat.norm(dim=1)
-    else:
-        value = flat.abs().sum(1)
-    return value.view(-1, *([1] * (x.dim() - 1)))
+        return rows.abs().amax(1, keepdim=True)
+    if norm == "l2":
+        return rows.norm(dim=1, keepdim=True)
+    return rows.abs().sum(1, keepdim=True)
 
 
 def normalize(grad: torch.Tensor, norm: str) -> torch.Tensor:
     return grad / per_example_norm(grad, norm).clamp_min(1e-30)
 
 
-def project(delta: torch.Tensor, epsilon: float, norm: str) -> torch.Tensor:
+def project(delta: torch.Tensor, epsilon: float | torch.Tensor, norm: str) -> torch.Tensor:
     """Euclidean projection of each example's perturbation onto its epsilon ball in `norm`."""
+    return project_rows(delta.flatten(1), epsilon, norm).view_as(delta)
+
+
+def project_rows(rows: torch.Tensor, radius: float | torch.Tensor, norm: str) -> torch.Tensor:
+    """Euclidean projection of each row onto the ball of its radius (a number, or a column of radii)."""
+    radius = torch.as_tensor(radius, dtype=rows.dtype, device=rows.device).expand(rows.shape[0], 1)
     if norm == "inf":
-        return delta.clamp(-epsilon, epsilon)
+        return torch.minimum(torch.maximum(rows, -radius), radius)
     if norm == "l2":
-        return delta * (epsilon / per_example_norm(delta, "l2").clamp_min(epsilon))
-    return _project_l1(delta, epsilon)
+        return rows * (radius / row_norm(rows, "l2").clamp_min(1e-30)).clamp_max(1.0)
+    return _project_l1(rows, radius)
 
 
-def _project_l1(delta: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """Duchi et al. 2008: soft-threshold |v| at the theta that lands exactly on the l1 sphere."""
-    flat = delta.flatten(1)
+def _project_l1(flat: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+    """Duchi et al. 2008: soft-threshold |v| at the theta that lands exactly on the l1 sphere, row by row."""
     size = flat.abs()
-    inside = size.sum(1, keepdim=True) <= epsilon
+    inside = size.sum(1, keepdim=True) <= radius
     ordered, _ = size.sort(1, descending=True)
-    excess = ordered.cumsum(1) - epsilon
+    excess = ordered.cumsum(1) - radius
     ranks = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=flat.dtype)
     rho = ((ordered - excess / ranks) > 0).to(flat.dtype).mul(ranks).amax(1, keepdim=True)  # last positive rank
     theta = excess.gather(1, rho.long().clamp_min(1) - 1) / rho.clamp_min(1)
     shrunk = flat.sign() * (size - theta).clamp_min(0)
-    return torch.where(inside, flat, shrunk).view_as(delta)
+    return torch.where(inside, flat, shrunk)
+
+
+class Ball:
+    """Where the perturbation lives and how big it may be. `absolute`: one ball per example of radius epsilon
+    (the paper read literally); `token`/`reference`: one ball per token, sizes relative to that token's
+    embedding (its norm for epsilon and step_size, its RMS for noise_std)."""
+
+    def __init__(self, embeds: torch.Tensor, mask: torch.Tensor, cfg: Any):
+        self.shape, self.cfg = embeds.shape, cfg
+        self.mode = getattr(cfg, "scale", "absolute")
+        self.mask = mask.unsqueeze(-1).to(embeds.dtype)
+        if self.mode == "absolute":
+            self.size = torch.ones(embeds.shape[0], 1, dtype=embeds.dtype, device=embeds.device)
+            self.rms = torch.ones_like(self.mask)
+        else:
+            self.size = row_norm(self.rows(embeds), cfg.norm)
+            self.rms = embeds.pow(2).mean(-1, keepdim=True).sqrt()
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) if self.mode == "absolute" else x.reshape(-1, self.shape[-1])
+
+    def start(self) -> torch.Tensor:
+        """delta ~ N(0, (noise_std * scale)^2) on real tokens; padding gets nothing, ever."""
+        return torch.randn(self.shape, dtype=self.mask.dtype, device=self.mask.device) \
+            * self.cfg.noise_std * self.rms * self.mask
+
+    def ascent_step(self, delta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        cfg, radius = self.cfg, self.cfg.epsilon * self.size
+        if self.mode == "reference":  # mt-dnn: the raw gradient's step, then back onto the sphere
+            moved = self.rows(delta + cfg.step_size * grad)
+            new = radius * moved / row_norm(moved, cfg.norm).clamp_min(1e-30)
+        else:
+            g = self.rows(grad)
+            moved = self.rows(delta) + cfg.step_size * self.size * g / row_norm(g, cfg.norm).clamp_min(1e-30)
+            new = project_rows(moved, radius, cfg.norm)
+        return new.view(self.shape) * self.mask
 
 
 def ascent_step(delta: torch.Tensor, grad: torch.Tensor, cfg: Any) -> torch.Tensor:
-    """delta <- Project_eps(delta + step_size * grad / ||grad||)."""
+    """delta <- Project_eps(delta + step_size * grad / ||grad||), one ball per example (absolute sizes)."""
     return project(delta + cfg.step_size * normalize(grad, cfg.norm), cfg.epsilon, cfg.norm)
 
 
 def adversarial_perturbation(ctx: StepContext, objective: Callable[[torch.Tensor], torch.Tensor],
                              cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """K ascent steps on objective(f(x + delta)) from delta ~ N(0, noise_std^2) on non-padding positions; the
-    gradient is taken w.r.t. delta alone (no weight gradients). `cfg` has steps, step_size, noise_std, epsilon
-    and norm (SMART's and ALICE's settings). Returns delta (zero if a gradient was NaN/inf) and that flag."""
-    mask = ctx.batch["attention_mask"].unsqueeze(-1).to(ctx.embeds.dtype)
+    gradient is taken w.r.t. delta alone (no weight gradients). `cfg` has steps, step_size, noise_std, epsilon,
+    norm and scale (SMART's and ALICE's settings). Returns delta (zero if a gradient was NaN/inf) and that flag."""
     base = ctx.embeds.detach()
-    delta = torch.randn_like(base) * cfg.noise_std * mask
+    ball = Ball(base, ctx.batch["attention_mask"], cfg)
+    delta = ball.start()
     finite = torch.ones((), dtype=torch.bool, device=base.device)
     for _ in range(cfg.steps):
         delta.requires_grad_(True)
@@ -155,7 +218,7 @@ def adversarial_perturbation(ctx: StepContext, objective: Callable[[torch.Tensor
             perturbed = ctx.model(ctx.task, **{**ctx.batch, "inputs_embeds": base + delta})
         (grad,) = torch.autograd.grad(objective(perturbed), delta)
         finite = finite & torch.isfinite(grad).all()
-        delta = torch.where(finite, ascent_step(delta.detach(), grad * mask, cfg) * mask, torch.zeros_like(base))
+        delta = torch.where(finite, ball.ascent_step(delta.detach(), grad * ball.mask), torch.zeros_like(base))
     return delta, finite
 
 
@@ -175,6 +238,7 @@ class Smart(Base):
         self.teacher = _frozen_copy(model) if self.uses_teacher else None
         self.skipped = 0  # micro-batches whose adversarial term was dropped for NaN/inf
         self._warned_bf16 = False
+        self.activity = TermActivity("regularizer.smart", "smart_adv")
 
     # 1-3: the smoothness-inducing adversarial term
     def _adversarial(self, ctx: StepContext, cfg: Config) -> torch.Tensor | None:
@@ -202,6 +266,7 @@ class Smart(Base):
             adversarial = self._adversarial(ctx, cfg)
             if adversarial is not None:
                 terms["smart_adv"] = cfg.lambda_s * adversarial
+                self.activity.add(terms["smart_adv"], ctx.loss if ctx.loss is not None else ctx.loss_of(ctx.logits))
         if cfg.mu > 0:
             terms["smart_prox"] = cfg.mu * self._proximal(ctx)
         return terms
@@ -211,7 +276,7 @@ class Smart(Base):
         """teacher <- beta * teacher + (1 - beta) * model, every optimizer step."""
         if self.teacher is None:
             return
-        beta = self.cfg.beta if step <= self.cfg.beta_switch * total_steps else self.cfg.beta_late
+        beta = teacher_beta(self.cfg, step, total_steps)
         teacher_params = list(self.teacher.parameters())
         torch._foreach_lerp_(teacher_params, list(model.parameters()), 1.0 - beta)
         for mine, theirs in zip(self.teacher.buffers(), model.buffers()):
@@ -221,7 +286,8 @@ class Smart(Base):
         if self._warned_bf16 or not torch.is_autocast_enabled(ctx.embeds.device.type) or cfg.lambda_s == 0:
             return
         self._warned_bf16 = True
-        if cfg.epsilon < 1e-3:
+        resolution = 1e-3 if cfg.scale == "absolute" else 2.0 ** -8  # bf16 keeps 8 significant bits
+        if cfg.epsilon < resolution:
             log.warning("regularizer.smart: epsilon=%g is below bfloat16 resolution of the embeddings; under "
                         "trainer.bf16=true the adversarial term mostly measures rounding (use fp32 or a larger "
                         "epsilon)", cfg.epsilon)
@@ -235,7 +301,44 @@ class Smart(Base):
         self.skipped = int(state.get("skipped", 0))
 
     def stats(self) -> dict[str, float]:
-        return {"smart_skipped": float(self.skipped)}
+        return {"smart_skipped": float(self.skipped), **self.activity.stats()}
+
+
+def teacher_beta(cfg: Config, step: int, total_steps: int) -> float:
+    """The EMA momentum: 1 - 1/(memory in steps) when teacher_memory is set, else the paper's two values."""
+    if cfg.teacher_memory is not None:
+        return 1.0 - 1.0 / max(1.0, cfg.teacher_memory * total_steps)
+    return cfg.beta if step <= cfg.beta_switch * total_steps else cfg.beta_late
+
+
+class TermActivity:
+    """Says, once, when a regularizer's term is too small to change training (a knob that silently does
+    nothing), and logs the term's size relative to the task loss (`<name>_to_loss`, over each log window)."""
+
+    THRESHOLD = 1e-3  # below this fraction of the task loss a term is numerically irrelevant
+    AFTER = 20  # micro-batches before judging (the first few can be atypical)
+
+    def __init__(self, where: str, name: str):
+        self.where, self.name = where, name
+        self.term_sum, self.loss_sum, self.count, self.seen = 0.0, 0.0, 0, 0
+        self.warned = False
+
+    def add(self, term: torch.Tensor, loss: torch.Tensor) -> None:
+        self.term_sum = self.term_sum + term.detach().float()  # stays on the device until stats()
+        self.loss_sum = self.loss_sum + loss.detach().float().abs()
+        self.count += 1
+
+    def stats(self) -> dict[str, float]:
+        if not self.count:
+            return {}
+        ratio = float(self.term_sum) / max(float(self.loss_sum), 1e-12)
+        self.seen += self.count
+        if self.seen >= self.AFTER and ratio < self.THRESHOLD and not self.warned:
+            self.warned = True
+            log.warning("%s: the %s term is %.1e of the task loss: too small to change training (raise epsilon, "
+                        "or its weight)", self.where, self.name, ratio)
+        self.term_sum, self.loss_sum, self.count = 0.0, 0.0, 0
+        return {f"{self.name}_to_loss": ratio}
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,0 +1,267 @@
+"""The quality protocol for regularizers: does a method make a low-resource fine-tune better, and at what cost?
+
+    python scripts/bench_quality.py [--tasks rt_polarity vader_tweets] [--sizes 500 2000] [--epochs 3 1]
+        [--seeds 1 2 3 4 5] [--methods none smart ...] [--jobs 2] [--work bench_quality]
+
+Every run is the real command a user types (`python -m mtdnn.train ...` in a child process): MiniLM-L6, a fixed
+low-resource subset of the task's train split (`train_rows`, drawn once with seed 0, the same rows for every
+method and seed), batch 16, lr 5e-5 / head 1e-3, `--epochs` epochs (one value, or one per size), each method at
+its YAML defaults, evaluated
+once at the end on the full validation split (no checkpoint selection, so no selection on the reported split).
+Every method gets the same seeds. Rerunning skips finished runs (a run is finished when its summary.json exists);
+checkpoints are deleted after each run.
+
+Writes into --work: report.md (the table), report.csv (one row per run), report.png (paired differences).
+Per task, size and method: mean and sample std of the main metric over seeds; the paired difference to `none`
+(same seed) with a 95% t interval; how many seeds it beat `none`; runs at the majority class (classification:
+accuracy within 0.5 points of always answering the majority label; regression: Pearson below 0.05); the size of
+the method's logged term relative to the task loss; and the step-time ratio to `none` (median over seeds of the
+seconds per optimizer step, training steps only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+METHODS = ["none", "smart", "r3f", "r4f", "alice", "freelb", "child_tuning", "lnsr", "mixout", "l2_sp"]
+NOT_TERMS = ("step", "lr", "grad_norm", "skipped_steps")  # train_log keys that are not a method's term
+
+
+@dataclass(frozen=True)
+class Arm:
+    task: str
+    size: int
+    method: str
+    seed: int
+
+    epochs: float
+
+    def folder(self, work: Path) -> Path:
+        return work / self.task / f"{self.size}x{self.epochs:g}ep" / self.method / f"seed{self.seed}"
+
+
+def command(arm: Arm, args: argparse.Namespace, out: Path) -> list[str]:
+    return [sys.executable, "-m", "mtdnn.train", f"task={arm.task}", f"+task_overrides.{arm.task}.train_rows={arm.size}",
+            f"regularizer={arm.method}", f"seed={arm.seed}", f"trainer.epochs={arm.epochs:g}",
+            f"trainer.batch_size={args.batch_size}", "trainer.eval_every=1000000", "trainer.log_every=5",
+            "trainer.progress_bar=false", "predict_test=false", f"output_dir={out}"]
+
+
+def run_one(arm: Arm, args: argparse.Namespace, threads: int) -> str:
+    """One training run in a child process, unless its summary is already there. Returns a status line."""
+    out = arm.folder(args.work)
+    if (out / "summary.json").is_file():
+        return f"done already: {out}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": str(threads),
+           "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    started = time.perf_counter()
+    done = subprocess.run(command(arm, args, out), env=env, capture_output=True, text=True)
+    log_file = out.parent / f"seed{arm.seed}.log"
+    log_file.write_text(done.stdout + done.stderr)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # ~260 MB a run; the summary and logs stay
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        return f"FAILED ({done.returncode}) {out}: {tail[0]} (log: {log_file})"
+    return f"{time.perf_counter() - started:6.1f}s {out}"
+
+
+# ---------------------------------------------------------------- reading the runs back
+
+def main_metric(task: str) -> tuple[str, str]:
+    """(main metric, head) from the task's YAML."""
+    from mtdnn.tasks import load_tasks
+
+    spec = load_tasks([task])[0]
+    return spec.metrics[0], spec.head
+
+
+def majority_rate(task: str) -> float | None:
+    """Accuracy of always answering the validation split's most frequent label (classification only)."""
+    from collections import Counter
+
+    from mtdnn.data import load_raw
+    from mtdnn.tasks import load_tasks
+
+    spec = load_tasks([task])[0]
+    if spec.head != "classification":
+        return None
+    labels = load_raw(spec)["validation"][spec.columns.label]
+    return max(Counter(labels).values()) / len(labels)
+
+
+def read_run(arm: Arm, work: Path, metric: str) -> dict | None:
+    folder = arm.folder(work)
+    if not (folder / "summary.json").is_file():
+        return None
+    summary = json.loads((folder / "summary.json").read_text())
+    log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    value = summary["validation"][arm.task][metric]
+    return {"value": float("nan") if value is None else float(value),
+            "step_s": summary.get("train_seconds", summary["seconds"]) / max(1, summary["steps"]),
+            "term_to_loss": term_to_loss(log, arm.task)}
+
+
+def term_to_loss(log: list[dict], task: str) -> float | None:
+    """Mean of the method's logged terms over the mean task loss (None: the method logs no term)."""
+    suffix = f"/{task}"
+    terms = [sum(v for k, v in row.items() if k.endswith(suffix) and k != f"loss{suffix}"
+                 and not k.startswith("cost_s/")) for row in log]
+    has_terms = any(k.endswith(suffix) and k != f"loss{suffix}" and not k.startswith("cost_s/")
+                    for row in log for k in row)
+    losses = [row[f"loss{suffix}"] for row in log if f"loss{suffix}" in row]
+    if not has_terms or not losses:
+        return None
+    return statistics.fmean(terms) / max(statistics.fmean(losses), 1e-12)
+
+
+# ---------------------------------------------------------------- statistics
+
+def t_quantile(n: int) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, n - 1)) if n > 1 else math.inf
+
+
+def paired(method: dict[int, dict], base: dict[int, dict]) -> tuple[float, float, int, int]:
+    """Mean paired difference, half-width of its 95% t interval, seeds it won, seeds paired."""
+    seeds = sorted(set(method) & set(base))
+    diffs = [method[s]["value"] - base[s]["value"] for s in seeds]
+    if not diffs:
+        return math.nan, math.nan, 0, 0
+    half = t_quantile(len(diffs)) * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.inf
+    return statistics.fmean(diffs), half, sum(d > 0 for d in diffs), len(diffs)
+
+
+def collapsed(value: float, head: str, majority: float | None) -> bool:
+    if head == "classification" and majority is not None:
+        return value <= majority + 0.005
+    return not value > 0.05  # regression: no correlation left (NaN counts too)
+
+
+def table(work: Path, tasks: list[str], budgets: list[tuple[int, float]], methods: list[str],
+          seeds: list[int]) -> tuple[str, list]:
+    lines, rows = [], []
+    for task in tasks:
+        metric, head = main_metric(task)
+        majority = majority_rate(task)
+        for size, epochs in budgets:
+            runs = {m: {s: r for s in seeds if (r := read_run(Arm(task, size, m, s, epochs), work, metric))}
+                    for m in methods}
+            base = runs.get("none", {})
+            base_step = {s: r["step_s"] for s, r in base.items()}
+            lines += [f"\n**{task}, {size} training rows, {epochs:g} epochs** (validation {metric}; "
+                      f"{'majority class ' + format(majority, '.3f') if majority else 'regression'})\n",
+                      f"| method | n | {metric} mean ± std | Δ vs none [95% CI] | beats none | at majority "
+                      "| term / loss | step time × none |", "|---|---|---|---|---|---|---|---|"]
+            for method in methods:
+                done = runs[method]
+                values = [r["value"] for r in done.values()]
+                if not values:
+                    lines.append(f"| {method} | 0 | – | – | – | – | – | – |")
+                    continue
+                std = statistics.stdev(values) if len(values) > 1 else math.nan
+                diff, half, wins, n = paired(done, base) if method != "none" else (math.nan, math.nan, 0, 0)
+                ratios = [done[s]["step_s"] / base_step[s] for s in done if s in base_step]
+                terms = [r["term_to_loss"] for r in done.values() if r["term_to_loss"] is not None]
+                stuck = sum(collapsed(v, head, majority) for v in values)
+                lines.append(
+                    f"| {method} | {len(values)} | {statistics.fmean(values):.4f} ± {std:.4f} | "
+                    f"{'–' if method == 'none' else f'{diff:+.4f} [{diff - half:+.4f}, {diff + half:+.4f}]'} | "
+                    f"{'–' if method == 'none' else f'{wins}/{n}'} | {stuck}/{len(values)} | "
+                    f"{f'{statistics.fmean(terms):.1e}' if terms else '–'} | "
+                    f"{f'{statistics.median(ratios):.2f}' if ratios else '–'} |")
+                rows += [{"task": task, "size": size, "epochs": epochs, "method": method, "seed": s, "metric": metric, **r}
+                         for s, r in done.items()]
+    return "\n".join(lines), rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """One panel per task and size: each method's paired differences to `none`, seeds as dots, mean as a bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["task"], r["size"], r["epochs"]) for r in rows})
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (task, size, epochs) in zip(axes[0], panels):
+        mine = [r for r in rows if (r["task"], r["size"], r["epochs"]) == (task, size, epochs)]
+        base = {r["seed"]: r["value"] for r in mine if r["method"] == "none"}
+        methods = [m for m in dict.fromkeys(r["method"] for r in mine) if m != "none"]
+        for i, method in enumerate(methods):
+            diffs = [r["value"] - base[r["seed"]] for r in mine if r["method"] == method and r["seed"] in base]
+            if diffs:
+                ax.bar(i, statistics.fmean(diffs), color="lightsteelblue")
+                ax.scatter([i] * len(diffs), diffs, color="black", s=8, zorder=3)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(range(len(methods)), methods, rotation=60, ha="right")
+        ax.set_title(f"{task}, {size} rows x {epochs:g} ep: {mine[0]['metric']} − none", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_reports(work: Path, text: str, rows: list[dict], command_line: str) -> None:
+    (work / "report.md").write_text(f"Reproduce: `{command_line}`\n{text}\n")
+    buffer = io.StringIO()
+    fields = ["task", "size", "epochs", "method", "seed", "metric", "value", "step_s", "term_to_loss"]
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    (work / "report.csv").write_text(buffer.getvalue())
+    plot(rows, work / "report.png")
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="+", default=["rt_polarity", "vader_tweets"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[500, 2000])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
+    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--epochs", nargs="+", type=float, default=[3, 1], help="one value, or one per size")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each gets cores/jobs threads)")
+    parser.add_argument("--work", type=Path, default=Path("bench_quality"))
+    parser.add_argument("--report-only", action="store_true", help="tabulate what is there, run nothing")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse()
+    if len(args.epochs) not in (1, len(args.sizes)):
+        sys.exit(f"error: --epochs: give one value or one per size ({len(args.sizes)}), got {len(args.epochs)}")
+    budgets = list(zip(args.sizes, args.epochs * len(args.sizes) if len(args.epochs) == 1 else args.epochs))
+    args.work = args.work.resolve()
+    args.work.mkdir(parents=True, exist_ok=True)
+    # seeds outermost: a protocol stopped half-way still has every method on its first seeds (paired)
+    arms = [Arm(t, size, m, s, ep) for size, ep in budgets for s in args.seeds for t in args.tasks for m in args.methods]
+    if not args.report_only:
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for status in pool.map(lambda arm: run_one(arm, args, threads), arms):
+                print(status, flush=True)
+    text, rows = table(args.work, args.tasks, budgets, args.methods, args.seeds)
+    write_reports(args.work, text, rows, "python scripts/bench_quality.py " + " ".join(sys.argv[1:]))
+    print(text)
+    print(f"\nwritten: {args.work / 'report.md'}, report.csv, report.png")
+
+
+if __name__ == "__main__":
+    main()
