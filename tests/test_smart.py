@@ -12,7 +12,8 @@ from transformers import BertConfig, BertModel
 from mtdnn.heads import ClassificationHead, RegressionHead, symmetric_kl
 from mtdnn.model import MultiTaskModel
 from mtdnn.regularizers import DropoutReplay, StepContext, regularizer_problems
-from mtdnn.regularizers.smart import Config, Smart, ascent_step, per_example_norm, project
+from mtdnn.regularizers.smart import (Ball, Config, Smart, TermActivity, adversarial_perturbation, ascent_step,
+                                      per_example_norm, project, row_norm, teacher_beta)
 from mtdnn.tasks import ColumnsSpec, SourceSpec, TaskSpec
 from mtdnn.train import run
 from conftest import compose_train, tiny_overrides
@@ -119,6 +120,111 @@ def test_teacher_is_the_ema_of_the_parameters():
         expected = beta * expected + (1 - beta) * weight.detach()
     assert torch.allclose(teacher_weight, expected, atol=1e-6)
     assert not teacher_weight.requires_grad
+
+
+def test_teacher_memory_sets_beta_from_the_length_of_the_run():
+    memory = Config(teacher_memory=0.25)
+    assert teacher_beta(memory, 1, total_steps=40) == pytest.approx(0.9)  # remembers 10 of 40 steps
+    assert teacher_beta(memory, 1, total_steps=2) == 0.0  # under one step of memory: the teacher is the model
+    paper = Config(teacher_memory=None)  # the paper's schedule, kept as an explicit setting
+    assert teacher_beta(paper, 10, 100) == 0.99 and teacher_beta(paper, 11, 100) == 0.999
+    problems = regularizer_problems({"smart": {"teacher_memory": 0.0, "scale": "tokens"}}, [_spec("a")])
+    assert any("regularizer.smart.teacher_memory: must be in (0, 1]" in p for p in problems)
+    assert any("regularizer.smart.scale: must be one of token, absolute, reference" in p for p in problems)
+
+
+# ---------------------------------------------------------------- the perturbation's scale
+
+def _shipped_config() -> Config:
+    from omegaconf import OmegaConf
+
+    from mtdnn.paths import conf_dir
+
+    return Config(**OmegaConf.to_container(OmegaConf.load(conf_dir() / "regularizer" / "smart.yaml"))["smart"])
+
+
+@pytest.mark.parametrize("norm", ["inf", "l2", "l1"])
+def test_token_scale_bounds_each_token_by_its_own_size_and_follows_the_embeddings(norm):
+    torch.manual_seed(4)
+    embeds = torch.randn(2, 5, 8) * torch.tensor([0.01, 0.1, 1.0, 10.0, 1.0]).view(1, 5, 1)  # tokens of all sizes
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    grad = torch.randn(2, 5, 8)
+    cfg = Config(norm=norm, epsilon=0.05, step_size=1.0)
+    delta = Ball(embeds, mask, cfg).ascent_step(torch.zeros_like(embeds), grad)
+    size = row_norm(embeds.reshape(-1, 8), norm).view(2, 5)
+    moved = row_norm(delta.reshape(-1, 8), norm).view(2, 5)
+    assert torch.allclose(moved[mask.bool()], 0.05 * size[mask.bool()], rtol=1e-4)  # one step reaches the edge
+    assert delta[0, 4].abs().max() == 0  # padding is never perturbed
+    scaled = Ball(embeds * 10, mask, cfg).ascent_step(torch.zeros_like(embeds), grad)
+    assert torch.allclose(scaled, delta * 10, rtol=1e-4, atol=1e-7)  # relative: the same ball, ten times larger
+    absolute = Ball(embeds * 10, mask, Config(norm=norm, epsilon=0.05, step_size=1.0, scale="absolute"))
+    assert torch.allclose(absolute.ascent_step(torch.zeros_like(embeds), grad * mask.unsqueeze(-1)),
+                          ascent_step(torch.zeros_like(embeds), grad * mask.unsqueeze(-1), cfg) * mask.unsqueeze(-1))
+
+
+def test_reference_scale_renormalises_every_token_onto_its_sphere():
+    torch.manual_seed(5)
+    embeds, mask = torch.randn(2, 4, 8), torch.ones(2, 4, dtype=torch.long)
+    cfg = Config(scale="reference", epsilon=0.3, step_size=1e-3)
+    ball = Ball(embeds, mask, cfg)
+    delta = ball.ascent_step(ball.start() + 1e-3, torch.randn(2, 4, 8) * 1e-6)  # a tiny raw gradient, as in mt-dnn
+    per_token = row_norm(delta.reshape(-1, 8), "inf")
+    assert torch.allclose(per_token, 0.3 * row_norm(embeds.reshape(-1, 8), "inf"), rtol=1e-5)
+
+
+def _partly_trained_model() -> MultiTaskModel:
+    """A tiny model a few steps into training: confident enough that its output can move."""
+    model = _tiny_model(_spec("t")).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        loss = model.head("t").loss(model("t", **_batch()), _batch())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model
+
+
+def _divergence_at(ctx: StepContext, delta: torch.Tensor) -> float:
+    with torch.no_grad(), ctx.dropout.replay():
+        out = ctx.model("t", **{**ctx.batch, "inputs_embeds": ctx.embeds.detach() + delta})
+    return ctx.model.head("t").divergence(out, ctx.logits.detach(), ctx.batch).mean().item()
+
+
+def test_at_the_shipped_defaults_the_found_delta_is_adversarial_and_the_term_is_not_negligible():
+    cfg = _shipped_config()
+    assert cfg.scale == "token"
+    model = _partly_trained_model()
+    ctx = _context(model, "t", _batch())
+    head, clean = model.head("t"), ctx.logits.detach()
+    torch.manual_seed(0)
+    delta, finite = adversarial_perturbation(ctx, lambda out: head.divergence(out, clean, ctx.batch).sum(), cfg)
+    found = _divergence_at(ctx, delta)
+    ball = Ball(ctx.embeds.detach(), ctx.batch["attention_mask"], cfg)
+    size = ball.rows(delta).abs().amax(1, keepdim=True).view(*delta.shape[:2], 1)
+    generator = torch.Generator().manual_seed(1)
+    random = [_divergence_at(ctx, torch.randn(delta.shape, generator=generator).sign() * size * ball.mask)
+              for _ in range(20)]  # random directions with the same per-token l_inf size
+    assert bool(finite) and found > 10 * max(random), (found, random)
+    literal = Config(**{**cfg.__dict__, "scale": "absolute", "epsilon": 1e-5, "noise_std": 1e-5, "step_size": 1e-3})
+    torch.manual_seed(0)
+    tiny, _ = adversarial_perturbation(ctx, lambda out: head.divergence(out, clean, ctx.batch).sum(), literal)
+    loss = ctx.loss_of(ctx.logits).item()
+    assert found > 1e-4 * loss and found > 1e3 * _divergence_at(ctx, tiny)  # the paper read literally: ~nothing
+
+
+def test_a_term_too_small_to_matter_is_said_once(caplog):
+    activity = TermActivity("regularizer.smart", "smart_adv")
+    for _ in range(25):
+        activity.add(torch.tensor(1e-7), torch.tensor(0.7))
+    assert activity.stats()["smart_adv_to_loss"] == pytest.approx(1e-7 / 0.7)
+    for _ in range(25):
+        activity.add(torch.tensor(1e-7), torch.tensor(0.7))
+    activity.stats()
+    assert caplog.text.count("the smart_adv term is 1.4e-07 of the task loss") == 1
+    lively = TermActivity("regularizer.smart", "smart_adv")
+    for _ in range(25):
+        lively.add(torch.tensor(0.02), torch.tensor(0.7))
+    assert lively.stats()["smart_adv_to_loss"] == pytest.approx(0.02 / 0.7) and caplog.text.count("term is") == 1
 
 
 # ---------------------------------------------------------------- the regularizer on a real model
