@@ -19,11 +19,22 @@ def test_noise_is_bounded_and_never_on_padding():
     torch.manual_seed(0)
     like = torch.zeros(2, 7, 16)
     mask = _batch()["attention_mask"]
-    uniform = sample_noise(like, mask, Config(eps=0.1))
+    uniform = sample_noise(like, mask, Config(eps=0.1, scale="absolute"))
     assert uniform.abs().max() <= 0.1 and uniform[mask == 0].abs().max() == 0
     assert uniform[mask == 1].abs().min() > 0
-    normal = sample_noise(like, mask, Config(eps=0.1, noise="normal"))
+    normal = sample_noise(like, mask, Config(eps=0.1, noise="normal", scale="absolute"))
     assert normal[mask == 0].abs().max() == 0 and 0.05 < normal[mask == 1].std() < 0.2
+
+
+def test_token_scale_noise_is_a_fraction_of_each_tokens_rms():
+    torch.manual_seed(0)
+    sizes = torch.tensor([0.01, 1.0, 100.0, 1.0, 1.0, 1.0, 1.0]).view(1, 7, 1)
+    like = torch.randn(2, 7, 16) * sizes
+    mask = _batch()["attention_mask"]
+    noise = sample_noise(like, mask, Config(eps=0.1))
+    rms = like.pow(2).mean(-1, keepdim=True).sqrt()
+    assert (noise.abs() <= 0.1 * rms + 1e-9).all() and noise[mask == 0].abs().max() == 0
+    assert (noise.abs().amax(-1) > 0.05 * rms.squeeze(-1))[mask == 1].all()  # U(-1, 1) x 16: some draw is large
 
 
 def test_term_equals_the_divergence_to_the_noisy_pass():

@@ -213,17 +213,20 @@ def test_at_the_shipped_defaults_the_found_delta_is_adversarial_and_the_term_is_
 
 
 def test_a_term_too_small_to_matter_is_said_once(caplog):
+    from types import SimpleNamespace
+
+    ctx = SimpleNamespace(loss=torch.tensor(0.7))
     activity = TermActivity("regularizer.smart", "smart_adv")
     for _ in range(25):
-        activity.add(torch.tensor(1e-7), torch.tensor(0.7))
+        activity.add(torch.tensor(1e-7), ctx)
     assert activity.stats()["smart_adv_to_loss"] == pytest.approx(1e-7 / 0.7)
     for _ in range(25):
-        activity.add(torch.tensor(1e-7), torch.tensor(0.7))
+        activity.add(torch.tensor(1e-7), ctx)
     activity.stats()
     assert caplog.text.count("the smart_adv term is 1.4e-07 of the task loss") == 1
     lively = TermActivity("regularizer.smart", "smart_adv")
     for _ in range(25):
-        lively.add(torch.tensor(0.02), torch.tensor(0.7))
+        lively.add(torch.tensor(0.02), ctx)
     assert lively.stats()["smart_adv_to_loss"] == pytest.approx(0.02 / 0.7) and caplog.text.count("term is") == 1
 
 

@@ -266,7 +266,7 @@ class Smart(Base):
             adversarial = self._adversarial(ctx, cfg)
             if adversarial is not None:
                 terms["smart_adv"] = cfg.lambda_s * adversarial
-                self.activity.add(terms["smart_adv"], ctx.loss if ctx.loss is not None else ctx.loss_of(ctx.logits))
+                self.activity.add(terms["smart_adv"], ctx)
         if cfg.mu > 0:
             terms["smart_prox"] = cfg.mu * self._proximal(ctx)
         return terms
@@ -323,7 +323,10 @@ class TermActivity:
         self.term_sum, self.loss_sum, self.count, self.seen = 0.0, 0.0, 0, 0
         self.warned = False
 
-    def add(self, term: torch.Tensor, loss: torch.Tensor) -> None:
+    def add(self, term: torch.Tensor, ctx: StepContext) -> None:
+        loss = ctx.loss if ctx.loss is not None else ctx.loss_of(ctx.logits) if ctx.loss_of else None
+        if loss is None:
+            return
         self.term_sum = self.term_sum + term.detach().float()  # stays on the device until stats()
         self.loss_sum = self.loss_sum + loss.detach().float().abs()
         self.count += 1
