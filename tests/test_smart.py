@@ -216,18 +216,21 @@ def test_a_term_too_small_to_matter_is_said_once(caplog):
     from types import SimpleNamespace
 
     ctx = SimpleNamespace(loss=torch.tensor(0.7))
-    activity = TermActivity("regularizer.smart", "smart_adv")
-    for _ in range(25):
-        activity.add(torch.tensor(1e-7), ctx)
-    assert activity.stats()["smart_adv_to_loss"] == pytest.approx(1e-7 / 0.7)
-    for _ in range(25):
-        activity.add(torch.tensor(1e-7), ctx)
-    activity.stats()
-    assert caplog.text.count("the smart_adv term is 1.4e-07 of the task loss") == 1
-    lively = TermActivity("regularizer.smart", "smart_adv")
-    for _ in range(25):
-        lively.add(torch.tensor(0.02), ctx)
-    assert lively.stats()["smart_adv_to_loss"] == pytest.approx(0.02 / 0.7) and caplog.text.count("term is") == 1
+    def window(activity: TermActivity, term: float, n: int = 25) -> float:
+        for _ in range(n):
+            activity.add(torch.tensor(term), ctx)
+        return activity.stats()["smart_adv_to_loss"]
+
+    quiet = TermActivity("regularizer.smart", "smart_adv")
+    assert window(quiet, 1e-7) == pytest.approx(1e-7 / 0.7) and "stayed below" not in caplog.text  # too early
+    window(quiet, 1e-7)
+    window(quiet, 1e-7)
+    assert caplog.text.count("the smart_adv term has stayed below 1e-03 of the task loss (now 1.4e-07)") == 1
+    growing = TermActivity("regularizer.smart", "smart_adv")  # starts small while the head is unsure, then acts
+    window(growing, 1e-7)
+    assert window(growing, 0.02) == pytest.approx(0.02 / 0.7)
+    window(growing, 1e-7)
+    assert caplog.text.count("stayed below") == 1
 
 
 # ---------------------------------------------------------------- the regularizer on a real model

@@ -316,11 +316,12 @@ class TermActivity:
     nothing), and logs the term's size relative to the task loss (`<name>_to_loss`, over each log window)."""
 
     THRESHOLD = 1e-3  # below this fraction of the task loss a term is numerically irrelevant
-    AFTER = 20  # micro-batches before judging (the first few can be atypical)
+    AFTER = 50  # micro-batches before judging: terms start small while the head is still unsure
 
     def __init__(self, where: str, name: str):
         self.where, self.name = where, name
         self.term_sum, self.loss_sum, self.count, self.seen = 0.0, 0.0, 0, 0
+        self.peak = 0.0  # the largest window ratio so far: the warning is for a term that *stays* small
         self.warned = False
 
     def add(self, term: torch.Tensor, ctx: StepContext) -> None:
@@ -336,10 +337,12 @@ class TermActivity:
             return {}
         ratio = float(self.term_sum) / max(float(self.loss_sum), 1e-12)
         self.seen += self.count
-        if self.seen >= self.AFTER and ratio < self.THRESHOLD and not self.warned:
+        self.peak = max(self.peak, ratio)
+        if self.seen >= self.AFTER and self.peak < self.THRESHOLD and not self.warned:
             self.warned = True
-            log.warning("%s: the %s term is %.1e of the task loss: too small to change training (raise epsilon, "
-                        "or its weight)", self.where, self.name, ratio)
+            log.warning("%s: the %s term has stayed below %.0e of the task loss (now %.1e) for %d micro-batches: "
+                        "too small to change training (raise epsilon, or its weight)", self.where, self.name,
+                        self.THRESHOLD, ratio, self.seen)
         self.term_sum, self.loss_sum, self.count = 0.0, 0.0, 0
         return {f"{self.name}_to_loss": ratio}
 
