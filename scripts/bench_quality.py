@@ -57,7 +57,8 @@ def command(arm: Arm, args: argparse.Namespace, out: Path) -> list[str]:
     return [sys.executable, "-m", "mtdnn.train", f"task={arm.task}", f"+task_overrides.{arm.task}.train_rows={arm.size}",
             f"regularizer={arm.method}", f"seed={arm.seed}", f"trainer.epochs={arm.epochs:g}",
             f"trainer.batch_size={args.batch_size}", "trainer.eval_every=1000000", "trainer.log_every=5",
-            "trainer.progress_bar=false", "predict_test=false", f"output_dir={out}"]
+            "trainer.progress_bar=false", "predict_test=false", f"output_dir={out}",
+            *([f"task_dirs=[{','.join(str(d) for d in args.task_dirs)}]"] if args.task_dirs else []), *args.set]
 
 
 def run_one(arm: Arm, args: argparse.Namespace, threads: int) -> str:
@@ -82,22 +83,22 @@ def run_one(arm: Arm, args: argparse.Namespace, threads: int) -> str:
 
 # ---------------------------------------------------------------- reading the runs back
 
-def main_metric(task: str) -> tuple[str, str]:
+def main_metric(task: str, task_dirs: list[str]) -> tuple[str, str]:
     """(main metric, head) from the task's YAML."""
     from mtdnn.tasks import load_tasks
 
-    spec = load_tasks([task])[0]
+    spec = load_tasks([task], task_dirs)[0]
     return spec.metrics[0], spec.head
 
 
-def majority_rate(task: str) -> float | None:
+def majority_rate(task: str, task_dirs: list[str]) -> float | None:
     """Accuracy of always answering the validation split's most frequent label (classification only)."""
     from collections import Counter
 
     from mtdnn.data import load_raw
     from mtdnn.tasks import load_tasks
 
-    spec = load_tasks([task])[0]
+    spec = load_tasks([task], task_dirs)[0]
     if spec.head != "classification":
         return None
     labels = load_raw(spec)["validation"][spec.columns.label]
@@ -154,14 +155,16 @@ def collapsed(value: float, head: str, majority: float | None) -> bool:
 
 
 def table(work: Path, tasks: list[str], budgets: list[tuple[int, float]], methods: list[str],
-          seeds: list[int]) -> tuple[str, list]:
+          seeds: list[int], task_dirs: list[str]) -> tuple[str, list]:
     lines, rows = [], []
     for task in tasks:
-        metric, head = main_metric(task)
-        majority = majority_rate(task)
+        metric, head = main_metric(task, task_dirs)
+        majority = majority_rate(task, task_dirs)
         for size, epochs in budgets:
             runs = {m: {s: r for s in seeds if (r := read_run(Arm(task, size, m, s, epochs), work, metric))}
                     for m in methods}
+            if not any(runs.values()):
+                continue  # this task was not run at this budget
             base = runs.get("none", {})
             base_step = {s: r["step_s"] for s, r in base.items()}
             lines += [f"\n**{task}, {size} training rows, {epochs:g} epochs** (validation {metric}; "
@@ -239,6 +242,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each gets cores/jobs threads)")
     parser.add_argument("--work", type=Path, default=Path("bench_quality"))
+    parser.add_argument("--task-dirs", nargs="*", type=Path, default=[], help="folders of your own task YAMLs")
+    parser.add_argument("--set", nargs="*", default=[], help="more overrides for every run, e.g. encoder=tiny")
     parser.add_argument("--report-only", action="store_true", help="tabulate what is there, run nothing")
     return parser.parse_args()
 
@@ -249,6 +254,7 @@ def main() -> None:
         sys.exit(f"error: --epochs: give one value or one per size ({len(args.sizes)}), got {len(args.epochs)}")
     budgets = list(zip(args.sizes, args.epochs * len(args.sizes) if len(args.epochs) == 1 else args.epochs))
     args.work = args.work.resolve()
+    args.task_dirs = [d.resolve() for d in args.task_dirs]
     args.work.mkdir(parents=True, exist_ok=True)
     # seeds outermost: a protocol stopped half-way still has every method on its first seeds (paired)
     arms = [Arm(t, size, m, s, ep) for size, ep in budgets for s in args.seeds for t in args.tasks for m in args.methods]
@@ -257,7 +263,7 @@ def main() -> None:
         with ThreadPoolExecutor(args.jobs) as pool:
             for status in pool.map(lambda arm: run_one(arm, args, threads), arms):
                 print(status, flush=True)
-    text, rows = table(args.work, args.tasks, budgets, args.methods, args.seeds)
+    text, rows = table(args.work, args.tasks, budgets, args.methods, args.seeds, [str(d) for d in args.task_dirs])
     write_reports(args.work, text, rows, "python scripts/bench_quality.py " + " ".join(sys.argv[1:]))
     print(text)
     print(f"\nwritten: {args.work / 'report.md'}, report.csv, report.png")

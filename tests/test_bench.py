@@ -30,3 +30,35 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     assert report["batching"]["epoch_speedup"] > 0 and math.isfinite(report["bf16"]["accuracy_difference"])
     assert report["startup"]["cold_seconds"] > 0 and report["startup"]["warm_seconds"] > 0
     assert "train step, batch 8 x 32 tokens" in done.stdout and "MFU (tiny" in done.stdout
+
+
+def test_quality_protocol_runs_pairs_resumes_and_reports(tmp_path):
+    """scripts/bench_quality.py through the real CLI on a tiny encoder: every method on the same seeds, a rerun
+    skips finished runs, and the table's paired difference is the mean of the per-seed differences."""
+    import csv
+    import statistics
+
+    from conftest import write_toy_tasks
+
+    tasks = write_toy_tasks(tmp_path / "tasks")
+    script = SCRIPT.parent / "bench_quality.py"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cmd = [sys.executable, str(script), "--tasks", "toy_sent", "--sizes", "64", "--epochs", "2", "--seeds", "1", "2",
+           "--methods", "none", "smart", "--task-dirs", str(tasks), "--work", str(tmp_path / "work"),
+           "--set", "encoder=tiny", "trainer.lr=1e-3"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.count("FAILED") == 0 and first.stdout.count("done already") == 0
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert again.stdout.count("done already") == 4  # resumable: nothing reruns
+    rows = list(csv.DictReader((tmp_path / "work" / "report.csv").open()))
+    assert sorted((r["method"], r["seed"]) for r in rows) == [("none", "1"), ("none", "2"), ("smart", "1"),
+                                                               ("smart", "2")]
+    value = {(r["method"], r["seed"]): float(r["value"]) for r in rows}
+    diff = statistics.fmean(value["smart", s] - value["none", s] for s in ("1", "2"))
+    table = (tmp_path / "work" / "report.md").read_text()
+    smart_row = next(line for line in table.splitlines() if line.startswith("| smart |"))
+    assert f"{diff:+.4f} [" in smart_row and "| 2 |" in smart_row
+    assert float(next(r for r in rows if r["method"] == "smart")["term_to_loss"]) > 0  # SMART's terms are logged
+    assert (tmp_path / "work" / "report.png").stat().st_size > 1000
+    assert "python scripts/bench_quality.py --tasks toy_sent" in table
