@@ -27,8 +27,8 @@ from mtdnn.regularizers import CountsSkips, StepContext
 @dataclass
 class Config:
     steps: int = 3  # K (the paper uses 2-3 on GLUE)
-    step_size: float = 1e-1  # alpha, the ascent step
-    init_mag: float = 1e-1  # of the random start; 0 starts at zero
+    step_size: float = 3e-2  # alpha, the ascent step
+    init_mag: float = 3e-2  # of the random start; 0 starts at zero
     epsilon: float = 0.0  # l2 radius per example; 0 = unbounded (the paper's GLUE setting)
     include_clean_loss: bool = False  # also train on the clean loss (not in the paper)
 

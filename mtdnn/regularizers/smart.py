@@ -60,9 +60,9 @@ class Config:
     beta_late: float = 0.999  # ... and after it (the paper's values)
     beta_switch: float = 0.1
     steps: int = 1  # K: ascent steps on the perturbation
-    step_size: float = 1e-3  # eta
-    noise_std: float = 1e-5  # sigma of the initial perturbation
-    epsilon: float = 1e-5  # radius of the perturbation ball
+    step_size: float = 1.0  # eta (>> epsilon: one step reaches the edge of the ball, as in the paper)
+    noise_std: float = 1e-3  # sigma of the initial perturbation
+    epsilon: float = 1e-3  # radius of the perturbation ball (scale: token: of each token's size)
     norm: str = "inf"  # inf | l2 | l1
     scale: str = "token"  # token | absolute | reference: what the three sizes above are relative to
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-task overrides, e.g. {stsb: {lambda_s: 3}}
