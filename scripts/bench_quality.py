@@ -175,8 +175,7 @@ def table(work: Path, tasks: list[str], budgets: list[tuple[int, float]], method
                 done = runs[method]
                 values = [r["value"] for r in done.values()]
                 if not values:
-                    lines.append(f"| {method} | 0 | – | – | – | – | – | – |")
-                    continue
+                    continue  # not run at this budget
                 std = statistics.stdev(values) if len(values) > 1 else math.nan
                 diff, half, wins, n = paired(done, base) if method != "none" else (math.nan, math.nan, 0, 0)
                 ratios = [done[s]["step_s"] / base_step[s] for s in done if s in base_step]
