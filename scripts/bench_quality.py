@@ -13,9 +13,9 @@ checkpoints are deleted after each run.
 
 Writes into --work: report.md (the table), report.csv (one row per run), report.png (paired differences).
 Per task, size and method: mean and sample std of the main metric over seeds; the paired difference to `none`
-(same seed) with a 95% t interval; how many seeds it beat `none`; runs at the majority class (classification:
-accuracy within 0.5 points of always answering the majority label; regression: Pearson below 0.05); the size of
-the method's logged term relative to the task loss; and the step-time ratio to `none` (median over seeds of the
+(same seed) with a 95% t interval; how many seeds it beat `none`; collapsed runs (classification:
+accuracy within 0.5 points of always answering the majority label; regression: Pearson below 0.05); the method's
+logged terms (summed; SMART: adversarial + proximal) relative to the task loss; and the step-time ratio to `none` (median over seeds of the
 seconds per optimizer step, training steps only).
 """
 
@@ -169,7 +169,7 @@ def table(work: Path, tasks: list[str], budgets: list[tuple[int, float]], method
             base_step = {s: r["step_s"] for s, r in base.items()}
             lines += [f"\n**{task}, {size} training rows, {epochs:g} epochs** (validation {metric}; "
                       f"{'majority class ' + format(majority, '.3f') if majority else 'regression'})\n",
-                      f"| method | n | {metric} mean ± std | Δ vs none [95% CI] | beats none | at majority "
+                      f"| method | n | {metric} mean ± std | Δ vs none [95% CI] | beats none | collapsed "
                       "| term / loss | step time × none |", "|---|---|---|---|---|---|---|---|"]
             for method in methods:
                 done = runs[method]
