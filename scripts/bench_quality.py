@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 METHODS = ["none", "smart", "r3f", "r4f", "alice", "freelb", "child_tuning", "lnsr", "mixout", "l2_sp"]
-NOT_TERMS = ("step", "lr", "grad_norm", "skipped_steps")  # train_log keys that are not a method's term
 
 
 @dataclass(frozen=True)
@@ -120,10 +119,12 @@ def read_run(arm: Arm, work: Path, metric: str) -> dict | None:
 def term_to_loss(log: list[dict], task: str) -> float | None:
     """Mean of the method's logged terms over the mean task loss (None: the method logs no term)."""
     suffix = f"/{task}"
-    terms = [sum(v for k, v in row.items() if k.endswith(suffix) and k != f"loss{suffix}"
-                 and not k.startswith("cost_s/")) for row in log]
-    has_terms = any(k.endswith(suffix) and k != f"loss{suffix}" and not k.startswith("cost_s/")
-                    for row in log for k in row)
+
+    def is_term(key: str) -> bool:
+        return key.endswith(suffix) and key != f"loss{suffix}" and not key.startswith("cost_s/")
+
+    terms = [sum(v for k, v in row.items() if is_term(k)) for row in log]
+    has_terms = any(is_term(k) for row in log for k in row)
     losses = [row[f"loss{suffix}"] for row in log if f"loss{suffix}" in row]
     if not has_terms or not losses:
         return None

@@ -11,9 +11,9 @@ from transformers import BertConfig, BertModel
 
 from mtdnn.heads import ClassificationHead, RegressionHead, symmetric_kl
 from mtdnn.model import MultiTaskModel
-from mtdnn.regularizers import DropoutReplay, StepContext, regularizer_problems
-from mtdnn.regularizers.smart import (Ball, Config, Smart, TermActivity, adversarial_perturbation, ascent_step,
-                                      per_example_norm, project, row_norm, teacher_beta)
+from mtdnn.regularizers import DropoutReplay, StepContext, TermActivity, regularizer_problems
+from mtdnn.regularizers.smart import (Ball, Config, Smart, adversarial_perturbation, per_example_norm, project,
+                                      row_norm, teacher_beta)
 from mtdnn.tasks import ColumnsSpec, SourceSpec, TaskSpec
 from mtdnn.train import run
 from conftest import compose_train, tiny_overrides
@@ -92,7 +92,7 @@ def test_ascent_step_increases_the_divergence_and_stays_in_the_ball(norm):
     embeds = model.embed(batch["input_ids"]).detach()
     mask = batch["attention_mask"].unsqueeze(-1).float()
     clean = model("t", **batch, inputs_embeds=embeds).detach()
-    cfg = Config(norm=norm, epsilon=1e-2, step_size=1e-1)
+    cfg = Config(norm=norm, epsilon=1e-2, step_size=1e-1, scale="absolute")
     torch.manual_seed(3)
     delta = (torch.randn_like(embeds) * 1e-3 * mask).requires_grad_(True)
 
@@ -101,7 +101,7 @@ def test_ascent_step_increases_the_divergence_and_stays_in_the_ball(norm):
 
     before = divergence(delta)
     (grad,) = torch.autograd.grad(before, delta)
-    after_delta = ascent_step(delta.detach(), grad * mask, cfg) * mask
+    after_delta = Ball(embeds, batch["attention_mask"], cfg).ascent_step(delta.detach(), grad * mask)
     assert divergence(after_delta).item() > before.item()
     assert (per_example_norm(after_delta, norm).flatten() <= cfg.epsilon + 1e-7).all()
 
@@ -158,8 +158,9 @@ def test_token_scale_bounds_each_token_by_its_own_size_and_follows_the_embedding
     scaled = Ball(embeds * 10, mask, cfg).ascent_step(torch.zeros_like(embeds), grad)
     assert torch.allclose(scaled, delta * 10, rtol=1e-4, atol=1e-7)  # relative: the same ball, ten times larger
     absolute = Ball(embeds * 10, mask, Config(norm=norm, epsilon=0.05, step_size=1.0, scale="absolute"))
-    assert torch.allclose(absolute.ascent_step(torch.zeros_like(embeds), grad * mask.unsqueeze(-1)),
-                          ascent_step(torch.zeros_like(embeds), grad * mask.unsqueeze(-1), cfg) * mask.unsqueeze(-1))
+    masked = grad * mask.unsqueeze(-1)  # absolute: one ball per example, sizes as given, by hand
+    by_hand = project(1.0 * masked / per_example_norm(masked, norm), 0.05, norm) * mask.unsqueeze(-1)
+    assert torch.allclose(absolute.ascent_step(torch.zeros_like(embeds), masked), by_hand)
 
 
 def test_reference_scale_renormalises_every_token_onto_its_sphere():

@@ -21,6 +21,7 @@ and `conf/regularizer/<name>.yaml` nests its settings under its own name, so sev
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from mtdnn.errors import raise_if
 from mtdnn.schema import build as build_dataclass
 from mtdnn.schema import suggest
+
+log = logging.getLogger(__name__)
 
 
 class Regularizer(Protocol):
@@ -96,6 +99,42 @@ class CountsSkips(Base):
 
     def stats(self) -> dict[str, float]:
         return {f"{self.skip_label}_skipped": float(self.skipped)}
+
+
+class TermActivity:
+    """Says, once, when a regularizer's term is too small to change training (a knob that silently does
+    nothing), and logs the term's size relative to the task loss (`<name>_to_loss`, over each log window)."""
+
+    THRESHOLD = 1e-3  # below this fraction of the task loss a term is numerically irrelevant
+    AFTER = 50  # micro-batches before judging: terms start small while the head is still unsure
+
+    def __init__(self, where: str, name: str):
+        self.where, self.name = where, name
+        self.term_sum, self.loss_sum, self.count, self.seen = 0.0, 0.0, 0, 0
+        self.peak = 0.0  # the largest window ratio so far: the warning is for a term that *stays* small
+        self.warned = False
+
+    def add(self, term: torch.Tensor, ctx: StepContext) -> None:
+        loss = ctx.loss if ctx.loss is not None else ctx.loss_of(ctx.logits) if ctx.loss_of else None
+        if loss is None:
+            return
+        self.term_sum = self.term_sum + term.detach().float()  # stays on the device until stats()
+        self.loss_sum = self.loss_sum + loss.detach().float().abs()
+        self.count += 1
+
+    def stats(self) -> dict[str, float]:
+        if not self.count:
+            return {}
+        ratio = float(self.term_sum) / max(float(self.loss_sum), 1e-12)
+        self.seen += self.count
+        self.peak = max(self.peak, ratio)
+        if self.seen >= self.AFTER and self.peak < self.THRESHOLD and not self.warned:
+            self.warned = True
+            log.warning("%s: the %s term has stayed below %.0e of the task loss (now %.1e) for %d micro-batches: "
+                        "too small to change training (raise epsilon, or its weight)", self.where, self.name,
+                        self.THRESHOLD, ratio, self.seen)
+        self.term_sum, self.loss_sum, self.count = 0.0, 0.0, 0
+        return {f"{self.name}_to_loss": ratio}
 
 
 @dataclass

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mtdnn.regularizers import Base, StepContext
-from mtdnn.regularizers.smart import TermActivity
+from mtdnn.regularizers import Base, StepContext, TermActivity
 
 NOISES = ("uniform", "normal")
 SCALES = ("token", "absolute")
@@ -49,7 +48,7 @@ def sample_noise(like: torch.Tensor, mask: torch.Tensor, cfg: Config) -> torch.T
         noise = (torch.rand_like(like) * 2 - 1) * cfg.eps
     else:
         noise = torch.randn_like(like) * cfg.eps
-    if getattr(cfg, "scale", "absolute") == "token":
+    if cfg.scale == "token":
         noise = noise * like.detach().pow(2).mean(-1, keepdim=True).sqrt()
     return noise * mask.unsqueeze(-1).to(like.dtype)  # padding never gets noise
 

@@ -43,7 +43,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from mtdnn.regularizers import Base, StepContext
+from mtdnn.regularizers import Base, StepContext, TermActivity
 from mtdnn.schema import build as build_dataclass
 
 log = logging.getLogger(__name__)
@@ -130,10 +130,6 @@ def row_norm(rows: torch.Tensor, norm: str) -> torch.Tensor:
     return rows.abs().sum(1, keepdim=True)
 
 
-def normalize(grad: torch.Tensor, norm: str) -> torch.Tensor:
-    return grad / per_example_norm(grad, norm).clamp_min(1e-30)
-
-
 def project(delta: torch.Tensor, epsilon: float | torch.Tensor, norm: str) -> torch.Tensor:
     """Euclidean projection of each example's perturbation onto its epsilon ball in `norm`."""
     return project_rows(delta.flatten(1), epsilon, norm).view_as(delta)
@@ -169,7 +165,7 @@ class Ball:
 
     def __init__(self, embeds: torch.Tensor, mask: torch.Tensor, cfg: Any):
         self.shape, self.cfg = embeds.shape, cfg
-        self.mode = getattr(cfg, "scale", "absolute")
+        self.mode = cfg.scale
         self.mask = mask.unsqueeze(-1).to(embeds.dtype)
         if self.mode == "absolute":
             self.size = torch.ones(embeds.shape[0], 1, dtype=embeds.dtype, device=embeds.device)
@@ -196,11 +192,6 @@ class Ball:
             moved = self.rows(delta) + cfg.step_size * self.size * g / row_norm(g, cfg.norm).clamp_min(1e-30)
             new = project_rows(moved, radius, cfg.norm)
         return new.view(self.shape) * self.mask
-
-
-def ascent_step(delta: torch.Tensor, grad: torch.Tensor, cfg: Any) -> torch.Tensor:
-    """delta <- Project_eps(delta + step_size * grad / ||grad||), one ball per example (absolute sizes)."""
-    return project(delta + cfg.step_size * normalize(grad, cfg.norm), cfg.epsilon, cfg.norm)
 
 
 def adversarial_perturbation(ctx: StepContext, objective: Callable[[torch.Tensor], torch.Tensor],
@@ -309,42 +300,6 @@ def teacher_beta(cfg: Config, step: int, total_steps: int) -> float:
     if cfg.teacher_memory is not None:
         return 1.0 - 1.0 / max(1.0, cfg.teacher_memory * total_steps)
     return cfg.beta if step <= cfg.beta_switch * total_steps else cfg.beta_late
-
-
-class TermActivity:
-    """Says, once, when a regularizer's term is too small to change training (a knob that silently does
-    nothing), and logs the term's size relative to the task loss (`<name>_to_loss`, over each log window)."""
-
-    THRESHOLD = 1e-3  # below this fraction of the task loss a term is numerically irrelevant
-    AFTER = 50  # micro-batches before judging: terms start small while the head is still unsure
-
-    def __init__(self, where: str, name: str):
-        self.where, self.name = where, name
-        self.term_sum, self.loss_sum, self.count, self.seen = 0.0, 0.0, 0, 0
-        self.peak = 0.0  # the largest window ratio so far: the warning is for a term that *stays* small
-        self.warned = False
-
-    def add(self, term: torch.Tensor, ctx: StepContext) -> None:
-        loss = ctx.loss if ctx.loss is not None else ctx.loss_of(ctx.logits) if ctx.loss_of else None
-        if loss is None:
-            return
-        self.term_sum = self.term_sum + term.detach().float()  # stays on the device until stats()
-        self.loss_sum = self.loss_sum + loss.detach().float().abs()
-        self.count += 1
-
-    def stats(self) -> dict[str, float]:
-        if not self.count:
-            return {}
-        ratio = float(self.term_sum) / max(float(self.loss_sum), 1e-12)
-        self.seen += self.count
-        self.peak = max(self.peak, ratio)
-        if self.seen >= self.AFTER and self.peak < self.THRESHOLD and not self.warned:
-            self.warned = True
-            log.warning("%s: the %s term has stayed below %.0e of the task loss (now %.1e) for %d micro-batches: "
-                        "too small to change training (raise epsilon, or its weight)", self.where, self.name,
-                        self.THRESHOLD, ratio, self.seen)
-        self.term_sum, self.loss_sum, self.count = 0.0, 0.0, 0
-        return {f"{self.name}_to_loss": ratio}
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
