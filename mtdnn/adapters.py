@@ -15,24 +15,16 @@ from the unchanged pretrained encoder. Adapters train with trainer.head_lr, like
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtdnn.config import AdapterConfig
+from mtdnn.encoders import encoder_layers
+
 
 KINDS = ("none", "bottleneck", "hyper")
-
-
-@dataclass
-class AdapterConfig:
-    kind: str = "none"  # none | bottleneck | hyper
-    bottleneck: int = 64  # r: the adapter's inner size
-    task_dim: int = 64  # hyper: size of the task embedding
-    layer_dim: int = 64  # hyper: size of the layer embedding
-    hyper_dim: int = 128  # hyper: size of the projected (task, layer) embedding the generators read
-    train_layer_norms: bool = True  # the encoder's LayerNorms stay trainable (as in both papers)
 
 
 def adapter_problems(cfg: AdapterConfig) -> list[str]:
@@ -105,7 +97,6 @@ class Adapters(nn.Module):
 
     def __init__(self, encoder: nn.Module, tasks: list[str], cfg: AdapterConfig):
         super().__init__()
-        from mtdnn.encoders import encoder_layers  # not at the top: mtdnn.config imports this module
 
         layers = encoder_layers(encoder, "adapter")
         kind = TaskAdapters if cfg.kind == "bottleneck" else HyperAdapters

@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mtdnn.adapters import AdapterConfig
+from mtdnn.config import AdapterConfig
 from mtdnn.encoders import saved_tokenizer_and_encoder
 from mtdnn.errors import MtdnnError, config_error_line
 from mtdnn.model import MultiTaskModel

@@ -9,7 +9,17 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from mtdnn.adapters import AdapterConfig
+
+@dataclass
+class AdapterConfig:
+    """Parameter-efficient training (mtdnn/adapters.py)."""
+
+    kind: str = "none"  # none | bottleneck | hyper
+    bottleneck: int = 64  # r: the adapter's inner size
+    task_dim: int = 64  # hyper: size of the task embedding
+    layer_dim: int = 64  # hyper: size of the layer embedding
+    hyper_dim: int = 128  # hyper: size of the projected (task, layer) embedding the generators read
+    train_layer_norms: bool = True  # the encoder's LayerNorms stay trainable (as in both papers)
 
 
 @dataclass

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import pandas as pd
 import torch
 
+from mtdnn import kinds
 from mtdnn.artifacts import fetch_member
+from mtdnn.collate import Collator
 from mtdnn.errors import MtdnnError, first_line
 from mtdnn.schema import suggest
 from mtdnn.tasks import TaskSpec
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 
 _BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
 _COMPRESSION = (".bz2", ".gz", ".xz", ".zst", ".zip")
-UNLABELED = -1  # label id of test rows that carry no gold label (e.g. GLUE test sets)
 
 
 @dataclass
@@ -147,61 +147,31 @@ def cut_by_fractions(ds, fractions: dict[str, float], seed: int) -> dict[str, An
             for i, split in enumerate(fractions)}
 
 
-# ---------------------------------------------------------------- row checks
-
-GOLD_ROLES = ("label", "answers", "tags")  # test sets may come without these
-
+# ---------------------------------------------------------------- row checks (each kind knows its rows)
 
 def check_columns(spec: TaskSpec, raw: dict[str, Any]) -> list[str]:
     problems = []
+    gold = kinds.of(spec).gold_columns
     roles = [f.name for f in dataclasses.fields(spec.columns)]
     for split, ds in raw.items():
         for role in roles:
-            column = getattr(spec.columns, role)
-            if column is None or column in ds.column_names:
-                continue
-            if role in GOLD_ROLES and split == "test":
-                continue
-            problems.append(f"{spec.file}: columns.{role}: column '{column}' not found in split '{split}'"
-                            f"{suggest(column, ds.column_names)}; columns are: {', '.join(ds.column_names)}")
+            value = getattr(spec.columns, role)
+            for column in [value] if isinstance(value, str) else value or []:
+                if column in ds.column_names or (role in gold and split == "test"):
+                    continue
+                problems.append(f"{spec.file}: columns.{role}: column '{column}' not found in split '{split}'"
+                                f"{suggest(column, ds.column_names)}; columns are: {', '.join(ds.column_names)}")
     return problems
-
-
-def label_lookup(spec: TaskSpec, ds) -> Callable[[Any], int | None]:
-    """Raw label value -> id; None when the value names no label. Integer values are ids into the
-    dataset's own ClassLabel names when it has them, else positions in the task's label list."""
-    names = spec.labels
-    feature = ds.features.get(spec.columns.label) if spec.columns.label else None
-    class_names = getattr(feature, "names", None)
-
-    def to_id(value: Any) -> int | None:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return None
-        if isinstance(value, (bool, np.bool_)):
-            value = str(value).lower()
-        if str(value) in names:
-            return names.index(str(value))
-        if isinstance(value, (int, np.integer)) and value == UNLABELED:
-            return UNLABELED
-        if isinstance(value, (int, np.integer)):
-            if class_names is not None:
-                return names.index(class_names[value]) if 0 <= value < len(class_names) and \
-                    class_names[value] in names else None
-            return int(value) if 0 <= value < len(names) else None
-        return None
-
-    return to_id
 
 
 def check_rows(data: TaskData) -> list[str]:
     """Find bad rows in every split. With on_bad_row=skip they are dropped and counted instead."""
     spec = data.spec
+    kind = kinds.of(spec)
     problems = []
-    if spec.head == "ranking":  # one row per group from here on, whichever layout the file has
-        from mtdnn.ranking import regroup
-        data.raw = {split: regroup(spec, ds) for split, ds in data.raw.items()}
+    data.raw = {split: kind.regroup(spec, ds) for split, ds in data.raw.items()}  # the kind's row layout
     for split, ds in list(data.raw.items()):
-        bad = _bad_rows(spec, split, ds)
+        bad = kind.bad_rows(spec, split, ds)
         if not bad:
             continue
         if spec.on_bad_row == "skip":
@@ -219,154 +189,17 @@ def check_rows(data: TaskData) -> list[str]:
     return problems
 
 
-def _bad_rows(spec: TaskSpec, split: str, ds) -> dict[tuple[str, str], list[int]]:
-    """(column role, reason) -> row indices, using pandas so million-row sets check in seconds."""
-    if spec.head in KIND_MODULES:
-        return _kind(spec).bad_rows(spec, split, ds)
-    bad: dict[tuple[str, str], list[int]] = {}
-    for role in ("text", "text_pair"):
-        column = getattr(spec.columns, role)
-        if column:
-            values = ds.select_columns([column]).to_pandas()[column]
-            empty = values.isna() | (values.astype(str).str.strip() == "")
-            _record(bad, role, "text is empty", empty)
-    label_column = spec.columns.label
-    if label_column and label_column in ds.column_names:
-        values = ds.select_columns([label_column]).to_pandas()[label_column]
-        bad_labels = _bad_label_mask(spec, split, ds, values)
-        for reason, mask in bad_labels.items():
-            _record(bad, "label", reason, mask)
-    return bad
-
-
-def _bad_label_mask(spec: TaskSpec, split: str, ds, values: pd.Series) -> dict[str, pd.Series]:
-    unlabeled_ok = split == "test"
-    if spec.head == "regression":
-        numbers = pd.to_numeric(values, errors="coerce")
-        missing = values.isna()
-        not_finite = ~np.isfinite(numbers.astype(float))
-        return {"regression target is not a finite number": not_finite & ~(missing & unlabeled_ok)}
-    to_id = label_lookup(spec, ds)
-    # .item(): numpy scalars would print as np.int64(-1) in the message
-    ids = {getattr(v, "item", lambda: v)(): to_id(v) for v in values.dropna().unique()}
-    unknown = [v for v, i in ids.items() if i is None or (i == UNLABELED and not unlabeled_ok)]
-    masks = {}
-    for value in unknown[:5]:
-        masks[f"label {value!r} is not in labels {spec.labels}"] = values == value
-    if len(unknown) > 5:
-        masks[f"{len(unknown) - 5} more label values are not in labels {spec.labels}"] = values.isin(unknown[5:])
-    if not unlabeled_ok:
-        masks["label is missing"] = values.isna()
-    return masks
-
-
-def _record(bad: dict, role: str, reason: str, mask: pd.Series) -> None:
-    rows = np.flatnonzero(mask.to_numpy())
-    if len(rows):
-        bad[(role, reason)] = rows.tolist()
-
-
 # ---------------------------------------------------------------- tokenisation
-
-KIND_MODULES = {"span": "mtdnn.span", "ranking": "mtdnn.ranking", "tagging": "mtdnn.tagging"}
-
-
-def _kind(spec: TaskSpec):
-    import importlib
-
-    return importlib.import_module(KIND_MODULES[spec.head])
-
 
 def encode_splits(data: TaskData, tokenizer) -> None:
     """Tokenise every split once; `datasets` caches the result keyed on the data, tokenizer and settings."""
     spec = data.spec
+    kind = kinds.of(spec)
     for split, ds in data.raw.items():
-        if spec.head in KIND_MODULES:
-            data.encoded[split] = _kind(spec).encode(spec, tokenizer, ds, hidden_labels(spec, split, ds))
-            continue
-        data.encoded[split] = ds.map(
-            _encoder(spec, tokenizer, label_lookup(spec, ds), hidden_labels(spec, split, ds)),
-            batched=True,
-            remove_columns=ds.column_names,
-            desc=f"tokenising {spec.name}/{split}",
-        )
-
-
-def hidden_labels(spec: TaskSpec, split: str, ds) -> bool:
-    """A test split whose labels are all missing or -1 carries no gold labels (GLUE's convention)."""
-    if split != "test":
-        return False
-    if spec.head == "ranking":
-        return all(r < 0 for group in ds["relevance"] for r in group)
-    column = {"span": spec.columns.answers, "tagging": spec.columns.tags}.get(spec.head, spec.columns.label)
-    if not column or column not in ds.column_names:
-        return True
-    if spec.head in ("span", "tagging"):
-        return not any(ds[column])
-    values = ds.select_columns([column]).to_pandas()[column]
-    return bool((values.isna() | (values.astype(str).isin(["-1", "-1.0"]))).all())
-
-
-def _encoder(spec: TaskSpec, tokenizer, to_id: Callable[[Any], int | None], hidden: bool):
-    cols = spec.columns
-    regression = spec.head == "regression"
-
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        pair = batch[cols.text_pair] if cols.text_pair else None
-        out = dict(tokenizer(batch[cols.text], pair, truncation=True, max_length=spec.max_length))
-        out["length"] = [len(ids) for ids in out["input_ids"]]
-        raw_labels = batch.get(cols.label) if cols.label and not hidden else None
-        if raw_labels is None:
-            raw_labels = [None] * len(out["input_ids"])
-        if regression:
-            out["labels"] = [float("nan") if v is None else float(v) for v in raw_labels]
-        else:
-            out["labels"] = [UNLABELED if to_id(v) is None else to_id(v) for v in raw_labels]
-        return out
-
-    return encode
+        data.encoded[split] = kind.encode(spec, tokenizer, ds, hidden=not kind.has_gold(spec, split, ds))
 
 
 # ---------------------------------------------------------------- batching
-
-class Collator:
-    """Pad a list of encoded rows to the longest in the batch, rounded up to a multiple (tensor-core friendly)."""
-
-    def __init__(self, pad_id: int, multiple_of: int = 8, regression: bool = False, label_pad: int | None = None):
-        self.pad_id = pad_id
-        self.multiple_of = max(1, multiple_of)
-        self.label_dtype = torch.float32 if regression else torch.long
-        self.label_pad = label_pad  # per-token labels (tagging) are padded with this
-
-    def __call__(self, rows: dict[str, list]) -> dict[str, torch.Tensor]:
-        longest = max(len(ids) for ids in rows["input_ids"])
-        width = int(math.ceil(longest / self.multiple_of) * self.multiple_of)
-        batch = {"input_ids": self._pad(rows["input_ids"], width, self.pad_id),
-                 "attention_mask": self._pad(rows["attention_mask"], width, 0)}
-        if "token_type_ids" in rows:
-            batch["token_type_ids"] = self._pad(rows["token_type_ids"], width, 0)
-        if self.label_pad is not None:
-            batch["labels"] = self._pad(rows["labels"], width, self.label_pad)
-        else:
-            batch["labels"] = torch.tensor(rows["labels"], dtype=self.label_dtype)
-        if "soft" in rows:  # distillation targets: one per row, or one per token (padded with 0)
-            soft = rows["soft"]
-            if soft and isinstance(soft[0], list) and soft[0] and isinstance(soft[0][0], list):
-                padded = torch.zeros(len(soft), width, len(soft[0][0]))
-                for i, row in enumerate(soft):
-                    padded[i, : len(row)] = torch.tensor(row)
-                batch["soft"] = padded
-            else:
-                batch["soft"] = torch.tensor(soft, dtype=torch.float32)
-        return batch
-
-    @staticmethod
-    def _pad(seqs: list[list[int]], width: int, value: int) -> torch.Tensor:
-        out = np.full((len(seqs), width), value, dtype=np.int64)
-        for i, seq in enumerate(seqs):
-            out[i, : len(seq)] = seq
-        return torch.from_numpy(out)
-
 
 def task_seed(seed: int, task: str) -> int:
     """A per-task seed that does not depend on which other tasks are selected."""

@@ -6,8 +6,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from mtdnn.adapters import AdapterConfig, Adapters, freeze_encoder
-from mtdnn.heads import HEADS
+from mtdnn import kinds
+from mtdnn.adapters import Adapters, freeze_encoder
+from mtdnn.config import AdapterConfig
 from mtdnn.tasks import TaskSpec
 
 
@@ -17,9 +18,7 @@ class MultiTaskModel(nn.Module):
         self.encoder = encoder
         self.pooling = pooling
         hidden = encoder.config.hidden_size
-        self.heads = nn.ModuleDict(
-            {s.name: HEADS[s.head](hidden, s.num_labels, s.dropout, pooling) for s in specs}
-        )
+        self.heads = nn.ModuleDict({s.name: kinds.of(s).head(hidden, s, pooling) for s in specs})
         self.adapters = None  # parameter-efficient mode: frozen encoder + adapters (mtdnn/adapters.py)
         if adapter is not None and adapter.kind != "none":
             freeze_encoder(encoder, adapter.train_layer_norms)

@@ -6,35 +6,18 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 
+from mtdnn import kinds
 from mtdnn.errors import MtdnnError, raise_if
 from mtdnn.paths import tasks_dir
 from mtdnn.schema import build, suggest
 
-HEAD_TYPES = ("classification", "regression", "span", "ranking", "tagging")
 SOURCE_KINDS = ("hub", "files", "artifact")
 FILE_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
 SPLITS = ("train", "validation", "test")
-METRICS_BY_HEAD = {
-    "classification": ("accuracy", "f1", "f1_macro", "mcc", "auc"),
-    "regression": ("pearson", "spearman", "mse", "mae"),
-    "span": ("f1", "exact_match", "has_answer_f1", "has_answer_exact_match", "no_answer_f1",
-             "no_answer_exact_match"),
-    "ranking": ("accuracy", "mrr", "map"),
-    "tagging": ("entity_f1", "entity_precision", "entity_recall", "token_accuracy"),
-}
-DEFAULT_METRICS = {"classification": ["accuracy"], "regression": ["pearson", "spearman"],
-                   "span": ["f1", "exact_match"], "ranking": ["accuracy", "mrr", "map"],
-                   "tagging": ["entity_f1", "entity_precision", "entity_recall", "token_accuracy"]}
-# which column roles each head type needs (ranking: a candidates list, or one row per candidate with a group id)
-REQUIRED_COLUMNS = {"classification": ("text", "label"), "regression": ("text", "label"),
-                    "span": ("question", "context", "answers"), "ranking": ("query", "label"),
-                    "tagging": ("tokens", "tags")}
-
-
 @dataclass
 class SourceSpec:
     """Where the rows come from. `kind` picks which of the other fields apply."""
@@ -67,8 +50,8 @@ class ColumnsSpec:
     question: Optional[str] = None  # span
     context: Optional[str] = None  # span
     answers: Optional[str] = None  # span: {text: [...], answer_start: [...]} (SQuAD layout)
-    query: Optional[str] = None  # ranking
-    candidates: Optional[str] = None  # ranking: a list of candidate texts per row
+    query: Optional[Union[str, list[str]]] = None  # ranking (several columns are joined with a space)
+    candidates: Optional[Union[str, list[str]]] = None  # ranking: a list of texts per row, or a column per candidate
     group: Optional[str] = None  # ranking with one row per candidate: rows with the same value form a group
     tokens: Optional[str] = None  # tagging: a list of words
     tags: Optional[str] = None  # tagging: a list of tags, one per word
@@ -88,17 +71,17 @@ class TaskSpec:
     on_bad_row: str = "error"  # error | skip (skipped rows are counted in the summary)
     train_rows: Optional[int] = None  # a low-resource subset: this many train rows, drawn by train_rows_seed
     train_rows_seed: int = 0  # the subset is fixed by this seed, not by the run's seed (same rows in every arm)
-    doc_stride: int = 128  # span: tokens shared by consecutive windows of a long context
-    max_answer_length: int = 30  # span: longest answer (in tokens) the decoder may return
-    n_best: int = 20  # span: start and end candidates considered per window
-    allow_no_answer: bool = False  # span: SQuAD v2 (unanswerable questions exist)
-    no_answer_threshold: float = 0.0  # span v2: answer only when best span score - no-answer score exceeds this
     description: str = ""
     file: str = ""  # the YAML this came from, filled by the loader
+    options: Any = field(default=None, init=False)  # the kind's own fields (its Options, see mtdnn/kinds/)
+
+    def __post_init__(self) -> None:  # a spec built in code gets its kind's default options
+        if isinstance(self.head, str) and self.head in kinds.available():
+            self.options = kinds.get(self.head).Options()
 
     @property
     def num_labels(self) -> int:
-        return len(self.labels) if self.head in ("classification", "tagging") else 1
+        return kinds.of(self).num_labels(self)
 
 
 def known_tasks(extra_dirs: list[Path]) -> dict[str, Path]:
@@ -147,12 +130,25 @@ def parse_task(path: Path, data: Any, overrides: dict[str, Any] | None = None) -
         data = _deep_merge(data, overrides)
     if isinstance(data, dict):
         data.setdefault("name", path.stem)
-    spec = build(TaskSpec, data, f"{path}: ", problems)
+    common, own, kind = _split_fields(data)
+    spec = build(TaskSpec, common, f"{path}: ", problems)
+    spec.options = build(kind.Options if kind else kinds.NoOptions, own, f"{path}: ", problems)
     spec.file = str(path)
-    if not spec.metrics and spec.head in DEFAULT_METRICS:
-        spec.metrics = list(DEFAULT_METRICS[spec.head])
+    if not spec.metrics and kind is not None:
+        spec.metrics = list(kind.default_metrics)
     # semantic checks skip fields that already failed their type check (those read as None)
     return spec, problems + _semantic_problems(spec, path)
+
+
+def _split_fields(data: Any) -> tuple[Any, dict, kinds.Kind | None]:
+    """(common TaskSpec fields, the head kind's own fields, the kind) of a task's YAML data."""
+    if not isinstance(data, dict):
+        return data, {}, None
+    kind = kinds.get(data["head"]) if isinstance(data.get("head"), str) and data["head"] in kinds.available() \
+        else None
+    own_names = {f.name for f in dataclasses.fields(kind.Options)} if kind else set()
+    return ({k: v for k, v in data.items() if k not in own_names}, {k: v for k, v in data.items() if k in own_names},
+            kind)
 
 
 def _deep_merge(base: dict, extra: dict) -> dict:
@@ -168,27 +164,22 @@ def _semantic_problems(spec: TaskSpec, path: Path) -> list[str]:
     problems: list[str] = []
     if spec.name is not None and spec.name != path.stem:
         problems.append(f"{where}name: '{spec.name}' differs from the file name '{path.stem}'")
-    if spec.head is not None and spec.head not in HEAD_TYPES:
-        problems.append(f"{where}head: unknown head type '{spec.head}'{suggest(spec.head, HEAD_TYPES)}; "
-                        f"choose one of {', '.join(HEAD_TYPES)}")
+    known = kinds.available()
+    if spec.head is not None and spec.head not in known:
+        problems.append(f"{where}head: unknown head type '{spec.head}'{suggest(spec.head, known)}; "
+                        f"choose one of {', '.join(known)}")
     if spec.source is not None and spec.source.kind is not None:
         problems += _source_problems(spec.source, where)
-    if spec.head in HEAD_TYPES and spec.columns is not None:
-        problems += _column_problems(spec, where)
-    labels = spec.labels if isinstance(spec.labels, list) else []
-    if spec.head in ("classification", "tagging") and isinstance(spec.labels, list) and len(labels) < 2:
-        problems.append(f"{where}labels: a {spec.head} task needs at least 2 labels, got {spec.labels}")
-    if spec.head == "classification" and len(set(labels)) != len(labels):
-        problems.append(f"{where}labels: duplicate names in {spec.labels}")
-    if spec.head in ("regression", "span", "ranking") and labels:
-        problems.append(f"{where}labels: a {spec.head} task has no label list; remove it")
-    allowed = METRICS_BY_HEAD.get(spec.head, ())
-    for i, metric in enumerate(spec.metrics or []):
-        if allowed and metric not in allowed:
-            problems.append(f"{where}metrics[{i}]: '{metric}' does not apply to {spec.head} tasks"
-                            f"{suggest(metric, allowed)}; choose from {', '.join(allowed)}")
-    if spec.head == "classification" and "auc" in (spec.metrics or []) and len(labels) != 2:
-        problems.append(f"{where}metrics: 'auc' needs exactly 2 labels")
+    if spec.head in known:
+        kind = kinds.get(spec.head)
+        if spec.columns is not None:
+            problems += [f"{where}columns.{role}: required for {spec.head} tasks" for role in kind.required_columns
+                         if not getattr(spec.columns, role)]
+            problems += kind.spec_problems(spec, where)
+        for i, metric in enumerate(spec.metrics or []):
+            if metric not in kind.metrics:
+                problems.append(f"{where}metrics[{i}]: '{metric}' does not apply to {spec.head} tasks"
+                                f"{suggest(metric, kind.metrics)}; choose from {', '.join(kind.metrics)}")
     if spec.max_length is not None and spec.max_length < 8:
         problems.append(f"{where}max_length: must be at least 8, got {spec.max_length}")
     if spec.loss_weight is not None and spec.loss_weight < 0:
@@ -199,20 +190,6 @@ def _semantic_problems(spec: TaskSpec, path: Path) -> list[str]:
         problems.append(f"{where}train_rows: must be at least 1, got {spec.train_rows}")
     if spec.on_bad_row not in ("error", "skip"):
         problems.append(f"{where}on_bad_row: must be 'error' or 'skip', got '{spec.on_bad_row}'")
-    return problems
-
-
-def _column_problems(spec: TaskSpec, where: str) -> list[str]:
-    cols = spec.columns
-    problems = [f"{where}columns.{role}: required for {spec.head} tasks" for role in REQUIRED_COLUMNS[spec.head]
-                if not getattr(cols, role)]
-    if spec.head == "ranking" and bool(cols.candidates) == bool(cols.group):
-        problems.append(f"{where}columns.candidates: a ranking task needs either `candidates` (a list per row) or "
-                        "`group` + `text` (one row per candidate)")
-    if spec.head == "ranking" and cols.group and not cols.text:
-        problems.append(f"{where}columns.text: one row per candidate needs the candidate text column")
-    if spec.head == "span" and spec.doc_stride >= spec.max_length - 8:
-        problems.append(f"{where}doc_stride: must be well below max_length ({spec.max_length}), got {spec.doc_stride}")
     return problems
 
 
@@ -284,12 +261,18 @@ def load_tasks(names: list[str], extra_dirs: list[str] | None = None,
 
 
 def spec_to_dict(spec: TaskSpec) -> dict:
-    return dataclasses.asdict(spec)
+    """The spec as task-YAML data (the kind's own fields back at the top level)."""
+    data = dataclasses.asdict(spec)
+    return {**data, **(data.pop("options") or {})}
 
 
 def spec_from_dict(data: dict) -> TaskSpec:
-    """Rebuild a spec saved in a run directory (already validated when the run started)."""
+    """Rebuild a spec saved in a run directory (already validated when the run started). Fields a saved spec has
+    but this version does not know are dropped (older versions saved every kind's fields in every spec)."""
     problems: list[str] = []
-    spec = build(TaskSpec, data, "saved task: ", problems)
+    common, own, kind = _split_fields(data)
+    names = {f.name for f in dataclasses.fields(TaskSpec) if f.init}
+    spec = build(TaskSpec, {k: v for k, v in common.items() if k in names}, "saved task: ", problems)
+    spec.options = build(kind.Options if kind else kinds.NoOptions, own, "saved task: ", problems)
     raise_if(problems, "a saved task spec is unreadable")
     return spec

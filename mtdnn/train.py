@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mtdnn import config as _config  # noqa: F401  (registers the typed schemas with Hydra)
+from mtdnn import kinds
 from mtdnn.adapters import adapter_problems, trainable_parameters
 from mtdnn.data import TaskBatches, TaskData, check_columns, check_rows, encode_splits, load_raw, task_seed
 from mtdnn.encoders import build_encoder, build_tokenizer, encoder_problems, pretrained_source, \
@@ -175,7 +176,7 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
         encoder = build_encoder(cfg.encoder, source, len(tokenizer))
     for data in tasks.values():
         encode_splits(data, tokenizer)
-    distiller = Distiller(cfg.distill, device) if cfg.distill.mode == "ensemble" else None
+    distiller = Distiller(cfg.distill, specs, device) if cfg.distill.mode == "ensemble" else None
     if distiller is not None:
         for name, origin in distiller.attach_soft_targets(tasks, tokenizer, cfg.trainer.eval_batch_size).items():
             log.info("soft targets for %s: %s", name, origin)
@@ -286,18 +287,9 @@ def run_stages(cfg: DictConfig, output_dir: Path, compose_stage, dist: Distribut
 
 
 def _train_texts(tasks: dict[str, TaskData]):
-    """Every training text, for learning a tiny tokenizer (ranking rows are already regrouped)."""
+    """Every training text, for learning a tiny tokenizer (rows are in each kind's layout by now)."""
     for data in tasks.values():
-        cols, train = data.spec.columns, data.raw["train"]
-        if data.spec.head == "ranking":
-            yield from (str(q) for q in train["query"])
-            yield from (str(c) for group in train["candidates"] for c in group)
-        elif data.spec.head == "tagging":
-            yield from (" ".join(map(str, words)) for words in train[cols.tokens])
-        else:
-            for column in (cols.text, cols.text_pair, cols.question, cols.context):
-                if column:
-                    yield from (str(t) for t in train[column])
+        yield from kinds.of(data.spec).train_texts(data.spec, data.raw["train"])
 
 
 def _restore(checkpoint: Path, model, optimizer, scheduler, sampler, batches, regularizers,

@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from mtdnn.adapters import AdapterConfig, trainable_parameters
+from mtdnn.adapters import trainable_parameters
+from mtdnn.config import AdapterConfig
 from mtdnn.cli import load_run
 from mtdnn.evaluate import EvaluateConfig, evaluate
 from mtdnn.model import MultiTaskModel

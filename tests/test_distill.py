@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from mtdnn.distill import kd_term, soft_targets
+from mtdnn import kinds
+from mtdnn.distill.targets import soft_targets
 from mtdnn.errors import MtdnnError
 from mtdnn.train import run
 from conftest import WORDS, compose_train, tiny_overrides, write_task
@@ -58,10 +59,10 @@ def test_soft_targets_average_tempered_probabilities_and_values():
     a, b = np.array([[2.0, 0.0]]), np.array([[0.0, 1.0]])
     t = 2.0
     expected = (np.exp(a / t) / np.exp(a / t).sum() + np.exp(b / t) / np.exp(b / t).sum()) / 2
-    got = soft_targets("classification", [[a[0]], [b[0]]], t)
+    got = soft_targets(kinds.get("classification"), [[a[0]], [b[0]]], t)
     assert np.allclose(got[0], expected[0], atol=1e-6) and got[0].sum() == pytest.approx(1.0)
-    assert soft_targets("regression", [[np.array(1.0)], [np.array(3.0)]], 5.0)[0] == pytest.approx(2.0)
-    groups = soft_targets("ranking", [[np.array([0.0, 0.0, 0.0])], [np.array([10.0, 0.0, 0.0])]], 1.0)
+    assert soft_targets(kinds.get("regression"), [[np.array(1.0)], [np.array(3.0)]], 5.0)[0] == pytest.approx(2.0)
+    groups = soft_targets(kinds.get("ranking"), [[np.array([0.0, 0.0, 0.0])], [np.array([10.0, 0.0, 0.0])]], 1.0)
     assert groups[0].shape == (3,) and groups[0][0] > 0.6 and groups[0].sum() == pytest.approx(1.0)
 
 
@@ -71,8 +72,8 @@ def test_kd_term_is_t_squared_kl_of_teacher_to_tempered_student():
     t = 3.0
     student = F.softmax(logits / t, -1)
     expected = t**2 * (teacher * (teacher.log() - student.log())).sum()
-    assert kd_term("classification", logits, teacher, {}, t).item() == pytest.approx(expected.item(), rel=1e-5)
-    assert kd_term("regression", torch.tensor([1.0, 2.0]), torch.tensor([1.5, 2.0]), {}, 9.0).item() == \
+    assert kinds.get("classification").kd_term(logits, teacher, {}, t).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert kinds.get("regression").kd_term(torch.tensor([1.0, 2.0]), torch.tensor([1.5, 2.0]), {}, 9.0).item() == \
         pytest.approx(0.125)
 
 
@@ -132,7 +133,7 @@ def test_on_the_fly_targets_equal_the_stored_ones(teachers, tmp_path, monkeypatc
     def spy(self, model, task, logits, batch):
         if "soft" in batch:
             seen["cached"] = batch["soft"]
-            seen["fly"] = self._on_the_fly(task, "classification", batch)
+            seen["fly"] = self._on_the_fly(task, batch)
         return real(self, model, task, logits, batch)
 
     monkeypatch.setattr(distill.Distiller, "loss", spy)
@@ -169,7 +170,7 @@ def _agreement(run_dir, teachers_, folder) -> float:
     """Share of validation examples where the run predicts what the teacher ensemble predicts."""
     from mtdnn.cli import load_run
     from mtdnn.data import TaskData, encode_splits, load_raw
-    from mtdnn.inference import collator_for, predict_split
+    from mtdnn.inference import collator_for, forward_rows
     from mtdnn.tasks import load_tasks
 
     (spec,) = load_tasks(["toy_sent"], [str(folder)])
@@ -179,9 +180,9 @@ def _agreement(run_dir, teachers_, folder) -> float:
         loaded = load_run(str(path), "last", torch.device("cpu"))
         data = TaskData(spec, {"validation": raw})
         encode_splits(data, loaded.tokenizer)
-        pred, _ = predict_split(loaded.model, spec, data.encoded["validation"],
-                                collator_for(spec, loaded.tokenizer, 8), 64, torch.device("cpu"))
-        return pred["scores"]
+        logits, _ = forward_rows(loaded.model, spec, data.encoded["validation"],
+                                 collator_for(spec, loaded.tokenizer, 8), 64, torch.device("cpu"))
+        return torch.stack(logits).softmax(-1)
 
     ensemble = torch.stack([probs(t) for t in teachers_]).mean(0).argmax(-1)
     return (probs(run_dir).argmax(-1) == ensemble).float().mean().item()
@@ -225,7 +226,7 @@ def test_span_and_tagging_distil_from_teachers_sharing_the_tokenizer(tmp_path):
         "distill.student_from_teacher=true", "distill.keep_every=2", f"distill.soft_targets_dir={store}",
         "predict_test=false")), tmp_path / "student")
     assert {r["task"] for r in summary["distillation"]} == {"toy_squad", "toy_ner"}
-    from mtdnn.distill import SoftTargetFile  # noqa: F401  (the stored format)
+    from mtdnn.distill.targets import SoftTargetFile  # noqa: F401  (the stored format)
     span_file = load_file(str(next(store.glob("toy_squad-*.safetensors"))))
     targets, sizes = span_file["targets"], span_file["sizes"]
     assert targets.shape == (int(sizes.sum()), 2)  # one (start, end) probability per token of every window

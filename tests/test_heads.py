@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from mtdnn import ranking, span, tagging
+from mtdnn.kinds import ranking, span, tagging
 from mtdnn.data import encode_splits
 from mtdnn.encoders import train_wordpiece
 from mtdnn.errors import MtdnnError
-from mtdnn.heads import RankingHead, SpanHead, TaggingHead
+from mtdnn.kinds.ranking import RankingHead
+from mtdnn.kinds.span import SpanHead
+from mtdnn.kinds.tagging import TaggingHead
 from mtdnn.tasks import load_tasks
 from mtdnn.train import prepare_data, run
 from conftest import WORDS, compose_train, tiny_overrides, write_task
@@ -142,7 +144,9 @@ def test_squad_normalisation_and_metrics_by_hand():
 
     class Spec:
         metrics = ["f1", "exact_match"]
-        allow_no_answer = True
+
+        class options:
+            allow_no_answer = True
 
         class columns:
             answers = "answers"
@@ -174,7 +178,7 @@ def test_mrr_map_with_ties_and_unequal_groups_by_hand():
 
     raw = datasets.Dataset.from_dict({"id": ["a", "b"], "query": ["q", "r"],
                                       "candidates": [["x", "y", "z"], ["u", "v"]], "relevance": [[0, 0, 1], [1, 0]]})
-    records, scores = ranking.evaluate(Spec, raw, [np.array([0.3, 0.2, 0.1]), np.array([0.0, 2.0])])
+    records, scores = ranking.group_records(Spec, raw, [np.array([0.3, 0.2, 0.1]), np.array([0.0, 2.0])])
     assert scores == {"accuracy": 0.0, "mrr": pytest.approx((1 / 3 + 1 / 2) / 2), "map": pytest.approx((1 / 3 + 1 / 2) / 2)}
     assert records[1]["ranking"] == [1, 0]
 

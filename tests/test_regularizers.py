@@ -108,7 +108,7 @@ def test_freelb_trains_on_the_batch_training_loss_it_is_given():
 
 
 def test_methods_that_need_a_trainable_encoder_warn_once_under_adapters(caplog):
-    from mtdnn.adapters import AdapterConfig
+    from mtdnn.config import AdapterConfig
     from mtdnn.model import MultiTaskModel
 
     base = _tiny_model(_spec("t"))

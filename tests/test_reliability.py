@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from mtdnn import rundir
 from mtdnn.errors import MtdnnError
-from mtdnn.heads import ClassificationHead
+from mtdnn.kinds.classification import ClassificationHead
 from mtdnn.rundir import checkpoint_problem, list_checkpoints, load_trainer_state, resolve_resume, save_checkpoint
 from mtdnn.train import run
 from conftest import compose_train, tiny_overrides
@@ -155,12 +155,12 @@ def _nan_loss_on(calls: set[int], monkeypatch):
     real = ClassificationHead.loss
     counter = {"n": 0}
 
-    def loss(logits, batch):
+    def loss(self, logits, batch):
         counter["n"] += 1
-        value = real(logits, batch)
+        value = real(self, logits, batch)
         return value * float("nan") if counter["n"] in calls else value
 
-    monkeypatch.setattr(ClassificationHead, "loss", staticmethod(loss))
+    monkeypatch.setattr(ClassificationHead, "loss", loss)
 
 
 def test_nan_steps_are_skipped_counted_and_training_goes_on(tmp_path, toy_tasks, monkeypatch):

@@ -9,7 +9,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertConfig, BertModel
 
-from mtdnn.heads import ClassificationHead, RegressionHead, symmetric_kl
+from mtdnn.heads import symmetric_kl
+from mtdnn.kinds.classification import ClassificationHead
+from mtdnn.kinds.regression import RegressionHead
 from mtdnn.model import MultiTaskModel
 from mtdnn.regularizers import DropoutReplay, StepContext, TermActivity, regularizer_problems
 from mtdnn.regularizers.smart import (Ball, Config, Smart, adversarial_perturbation, per_example_norm, project,

@@ -1,16 +1,31 @@
-"""Extractive QA (SQuAD v1.1 / v2): long contexts split into overlapping windows, answers mapped to tokens
-through character offsets, n-best decoding over every window of an example, SQuAD answer normalisation."""
+"""span: extractive QA (SQuAD v1.1 / v2). Long contexts are split into overlapping windows, answers mapped to
+tokens through character offsets, n-best decoding over every window of an example, SQuAD answer normalisation.
+
+YAML: columns.question, columns.context, columns.answers ({text: [...], answer_start: [...]}, SQuAD layout);
+metrics from f1, exact_match (and, for v2, has_answer_/no_answer_ variants). Own fields: doc_stride,
+max_answer_length, n_best, allow_no_answer (SQuAD v2), no_answer_threshold. Rows without gold answers count in
+the metrics only in v2 data (where "no answer" is the gold); elsewhere they are unlabelled.
+"""
 
 from __future__ import annotations
 
 import collections
+import json
 import re
 import string
-from typing import Any, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from mtdnn.tasks import TaskSpec
+from mtdnn.heads import NEG, TokenLinear, symmetric_kl
+from mtdnn.kinds import BadRows, Kind
+
+if TYPE_CHECKING:
+    from mtdnn.tasks import TaskSpec
 
 NO_OFFSET = (-1, -1)  # tokens outside the context (question, special tokens, padding)
 
@@ -27,7 +42,7 @@ def answer_list(value: Any) -> list[tuple[str, int]]:
     return list(zip(texts or [], starts or []))
 
 
-def bad_rows(spec: TaskSpec, split: str, ds) -> dict[tuple[str, str], list[int]]:
+def bad_rows(spec: TaskSpec, split: str, ds) -> BadRows:
     cols = spec.columns
     bad: dict[tuple[str, str], list[int]] = collections.defaultdict(list)
     questions, contexts = ds[cols.question], ds[cols.context]
@@ -39,7 +54,7 @@ def bad_rows(spec: TaskSpec, split: str, ds) -> dict[tuple[str, str], list[int]]
             bad[("context", "text is empty")].append(row)
             continue
         pairs = answer_list(value)
-        if not pairs and split != "test" and not spec.allow_no_answer:
+        if not pairs and split != "test" and not spec.options.allow_no_answer:
             bad[("answers", "no answer given (set allow_no_answer: true for SQuAD v2 data)")].append(row)
         for text, start in pairs:
             found = context[start: start + len(text)] if isinstance(start, int) and start >= 0 else None
@@ -60,7 +75,7 @@ def encode(spec: TaskSpec, tokenizer, ds, hidden: bool):
 
     def windows(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         enc = tokenizer(batch[cols.question], batch[cols.context], truncation="only_second",
-                        max_length=spec.max_length, stride=spec.doc_stride, return_overflowing_tokens=True,
+                        max_length=spec.max_length, stride=spec.options.doc_stride, return_overflowing_tokens=True,
                         return_offsets_mapping=True)
         out = {k: [] for k in ("input_ids", "attention_mask", "token_type_ids", "offsets", "labels", "example")}
         for i, sample in enumerate(enc["overflow_to_sample_mapping"]):
@@ -115,7 +130,7 @@ def decode(spec: TaskSpec, raw, encoded, window_logits: Iterable[np.ndarray]) ->
         offsets = encoded[row]["offsets"]
         start, end = logits[: len(offsets), 0], logits[: len(offsets), 1]
         null[example] = min(null.get(example, np.inf), float(start[0] + end[0]))
-        for candidate in best_spans(start, end, offsets, spec.n_best, spec.max_answer_length):
+        for candidate in best_spans(start, end, offsets, spec.options.n_best, spec.options.max_answer_length):
             if example not in best or candidate[0] > best[example][0]:
                 best[example] = candidate
     records = []
@@ -123,7 +138,7 @@ def decode(spec: TaskSpec, raw, encoded, window_logits: Iterable[np.ndarray]) ->
         row = raw[example]
         score, a, b = best.get(example, (-np.inf, 0, 0))
         answer = row[cols.context][a:b] if example in best else ""
-        if spec.allow_no_answer and not score - null.get(example, -np.inf) > spec.no_answer_threshold:
+        if spec.options.allow_no_answer and not score - null.get(example, -np.inf) > spec.options.no_answer_threshold:
             answer = ""
         records.append({"id": row[cols.id] if cols.id else example, "question": row[cols.question],
                         "answer": answer, "score": round(score, 4) if np.isfinite(score) else None,
@@ -163,11 +178,15 @@ def span_metrics(spec: TaskSpec, raw, records: list[dict]) -> dict[str, float] |
     has_answer = []
     for record, value in zip(records, raw[spec.columns.answers]):
         golds = [text for text, _ in answer_list(value)] or [""]
+        if golds == [""] and not spec.options.allow_no_answer:
+            continue  # no gold answer outside v2 data: an unlabelled row, not a gold ""
         scores["exact_match"].append(max(exact_match(record["answer"], g) for g in golds))
         scores["f1"].append(max(token_f1(record["answer"], g) for g in golds))
         has_answer.append(golds != [""])
+    if not has_answer:
+        return None
     result = {name: float(np.mean(values)) for name, values in scores.items()}
-    if spec.allow_no_answer:
+    if spec.options.allow_no_answer:
         mask = np.array(has_answer)
         for prefix, subset in (("has_answer_", mask), ("no_answer_", ~mask)):
             for name, values in scores.items():
@@ -179,3 +198,107 @@ def span_metrics(spec: TaskSpec, raw, records: list[dict]) -> dict[str, float] |
 def official_predictions(records: list[dict]) -> dict[str, str]:
     """The layout the official SQuAD evaluation script reads: {id: answer text}."""
     return {str(r["id"]): r["answer"] for r in records}
+
+
+# ---------------------------------------------------------------- the kind
+
+class SpanHead(TokenLinear):
+    """token states -> linear -> (start, end) logits per token; loss = mean of start and end cross-entropy.
+    Padding positions are masked out of both distributions."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls"):
+        super().__init__(hidden_size, 2, dropout)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None) -> torch.Tensor:
+        logits = super().forward(hidden, mask, pooler_output)  # (B, L, 2)
+        return logits.masked_fill(~mask.bool().unsqueeze(-1), NEG)
+
+    @staticmethod
+    def loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        positions = batch["labels"]  # (B, 2): start and end token of the answer (0 = [CLS] when absent)
+        return (F.cross_entropy(logits[..., 0], positions[:, 0]) + F.cross_entropy(logits[..., 1], positions[:, 1])) / 2
+
+    @staticmethod
+    def divergence(logits_a: torch.Tensor, logits_b: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Per window: symmetric KL of the start distributions plus that of the end distributions."""
+        return symmetric_kl(logits_a[..., 0], logits_b[..., 0]) + symmetric_kl(logits_a[..., 1], logits_b[..., 1])
+
+
+@dataclass
+class Options:
+    doc_stride: int = 128  # tokens shared by consecutive windows of a long context
+    max_answer_length: int = 30  # longest answer (in tokens) the decoder may return
+    n_best: int = 20  # start and end candidates considered per window
+    allow_no_answer: bool = False  # SQuAD v2 (unanswerable questions exist)
+    no_answer_threshold: float = 0.0  # v2: answer only when best span score - no-answer score exceeds this
+
+
+class Span(Kind):
+    name = "span"
+    summary = "extractive QA: the answer's start and end token in a (windowed) context"
+    metrics = ("f1", "exact_match", "has_answer_f1", "has_answer_exact_match", "no_answer_f1",
+               "no_answer_exact_match")
+    default_metrics = ("f1", "exact_match")
+    required_columns = ("question", "context", "answers")
+    gold_columns = ("answers",)
+    token_level = True
+    Options = Options
+
+    def spec_problems(self, spec: TaskSpec, where: str) -> list[str]:
+        problems = [f"{where}labels: a span task has no label list; remove it"] if spec.labels else []
+        stride = spec.options.doc_stride
+        if stride is not None and spec.max_length is not None and stride >= spec.max_length - 8:
+            problems.append(f"{where}doc_stride: must be well below max_length ({spec.max_length}), got {stride}")
+        return problems
+
+    def bad_rows(self, spec: TaskSpec, split: str, ds) -> BadRows:
+        return bad_rows(spec, split, ds)
+
+    def has_gold(self, spec: TaskSpec, split: str, ds) -> bool:
+        column = spec.columns.answers
+        return split != "test" or bool(column and column in ds.column_names and any(ds[column]))
+
+    def train_texts(self, spec: TaskSpec, ds) -> Iterable[str]:
+        for column in (spec.columns.question, spec.columns.context):
+            yield from (str(t) for t in ds[column])
+
+    def encode(self, spec: TaskSpec, tokenizer, ds, hidden: bool):
+        return encode(spec, tokenizer, ds, hidden)
+
+    def head(self, hidden_size: int, spec: TaskSpec, pooling: str) -> SpanHead:
+        return SpanHead(hidden_size, 1, spec.dropout, pooling)
+
+    def row_output(self, batch: dict, logits: torch.Tensor, j: int) -> torch.Tensor:
+        return logits[j, : int(batch["attention_mask"][j].sum())]
+
+    def evaluate(self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]) -> tuple[list[dict], dict | None]:
+        records = decode(spec, raw, encoded, [o.numpy() for o in outputs])
+        return records, span_metrics(spec, raw, records)
+
+    def write_extra(self, path: Path, spec: TaskSpec, records: list[dict]) -> None:
+        from mtdnn.rundir import write_atomic
+
+        write_atomic(path.with_suffix(".json"), json.dumps(official_predictions(records), ensure_ascii=False))
+
+    # distillation: the start and the end distributions over a window's tokens (axis 0 of a (tokens, 2) row)
+    def soft_target(self, output: np.ndarray, temperature: float) -> np.ndarray:
+        z = np.asarray(output, dtype=np.float64) / temperature
+        z = np.exp(z - z.max(0, keepdims=True))
+        return z / z.sum(0, keepdims=True)
+
+    def teacher_soft(self, logits: torch.Tensor, batch: dict, temperature: float) -> torch.Tensor:
+        return F.softmax(logits.float() / temperature, 1)
+
+    def kd_term(self, logits: torch.Tensor, soft: torch.Tensor, batch: dict, temperature: float) -> torch.Tensor:
+        log_p = F.log_softmax(logits.float() / temperature, 1)  # padding has target 0
+        return F.kl_div(log_p, soft.float(), reduction="sum") / (2 * len(logits)) * temperature**2
+
+    def export_model(self, spec: TaskSpec, config, head, encoder, pooling: str):
+        from transformers import AutoModelForQuestionAnswering
+
+        from mtdnn.hf_mapping import token_model
+
+        return token_model(AutoModelForQuestionAnswering, config, head.out, encoder, "qa_outputs")
+
+
+KIND = Span()

@@ -1,0 +1,92 @@
+"""Helpers the sentence-level kinds compose (one text or text pair per row, one output per row)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from mtdnn.collate import UNLABELED
+
+if TYPE_CHECKING:
+    from mtdnn.kinds import BadRows
+    from mtdnn.tasks import TaskSpec
+
+
+def record(bad: BadRows, role: str, reason: str, mask: pd.Series) -> None:
+    rows = np.flatnonzero(mask.to_numpy())
+    if len(rows):
+        bad[(role, reason)] = rows.tolist()
+
+
+def column(ds, name: str) -> pd.Series:
+    return ds.select_columns([name]).to_pandas()[name]
+
+
+def text_bad_rows(spec: TaskSpec, ds) -> BadRows:
+    """Empty texts, checked with pandas so million-row sets check in seconds."""
+    bad: BadRows = {}
+    for role in ("text", "text_pair"):
+        name = getattr(spec.columns, role)
+        if name:
+            values = column(ds, name)
+            record(bad, role, "text is empty", values.isna() | (values.astype(str).str.strip() == ""))
+    return bad
+
+
+def label_lookup(spec: TaskSpec, ds) -> Callable[[Any], int | None]:
+    """Raw label value -> id; None when the value names no label. Integer values are ids into the
+    dataset's own ClassLabel names when it has them, else positions in the task's label list."""
+    names = spec.labels
+    feature = ds.features.get(spec.columns.label) if spec.columns.label else None
+    inner = getattr(feature, "feature", feature)  # a list-of-ClassLabel column (multi-label) names its inner labels
+    class_names = getattr(inner, "names", None)
+
+    def to_id(value: Any) -> int | None:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        if isinstance(value, (bool, np.bool_)):
+            value = str(value).lower()
+        if str(value) in names:
+            return names.index(str(value))
+        if isinstance(value, (int, np.integer)) and value == UNLABELED:
+            return UNLABELED
+        if isinstance(value, (int, np.integer)):
+            if class_names is not None:
+                return names.index(class_names[value]) if 0 <= value < len(class_names) and \
+                    class_names[value] in names else None
+            return int(value) if 0 <= value < len(names) else None
+        return None
+
+    return to_id
+
+
+def encode_texts(spec: TaskSpec, tokenizer, ds, labels_of: Callable[[list | None], list]):
+    """Tokenise text (and text_pair) once, with `labels_of(raw label values or None)` as the labels column."""
+    cols = spec.columns
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        pair = batch[cols.text_pair] if cols.text_pair else None
+        out = dict(tokenizer(batch[cols.text], pair, truncation=True, max_length=spec.max_length))
+        out["length"] = [len(ids) for ids in out["input_ids"]]
+        raw = batch.get(cols.label) if cols.label else None
+        out["labels"] = labels_of(raw if raw is not None else [None] * len(out["input_ids"]))
+        return out
+
+    return ds.map(encode, batched=True, remove_columns=ds.column_names, desc=f"tokenising {spec.name}")
+
+
+def records(spec: TaskSpec, raw, fill: Callable[[int, dict], None]) -> list[dict]:
+    """Per row: its id (or row number) and inputs, then what `fill(row, record)` adds (the prediction)."""
+    cols = spec.columns
+    out = []
+    for i in range(len(raw)):
+        row = raw[i]
+        record_ = {"id": row[cols.id] if cols.id else i, "text": row[cols.text]}
+        if cols.text_pair:
+            record_["text_pair"] = row[cols.text_pair]
+        fill(i, record_)
+        out.append(record_)
+    return out

@@ -1,0 +1,264 @@
+"""ranking (answer selection, multiple choice): each (query, candidate) pair is scored by a cross-encoder,
+softmax runs over the candidates of one query. A group is one dataset row, so shuffled batches keep groups whole.
+
+YAML: columns.query and either columns.candidates (a list of texts per row, or a list of columns, one candidate
+each: multiple-choice sets such as SWAG or COPA) with columns.label (the correct index or indices), or one row
+per candidate with columns.group + columns.text + columns.label (0/1). columns.query may also be a list of
+columns, joined with a space (e.g. CosmosQA's context and question). Metrics from accuracy, mrr, map.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import TYPE_CHECKING, Any, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mtdnn.heads import NEG, PooledLinear, symmetric_kl
+from mtdnn.kinds import BadRows, Kind
+
+if TYPE_CHECKING:
+    from mtdnn.tasks import TaskSpec
+
+GROUPED = ("query", "candidates", "relevance", "id")  # the internal layout, one row per group
+
+
+def as_list(column: str | list[str] | None) -> list[str]:
+    return [] if column is None else [column] if isinstance(column, str) else list(column)
+
+
+def regroup(spec: TaskSpec, ds):
+    """Bring any layout to one row per group: query, candidates [..], relevance [1/0/-1 ..], id."""
+    import datasets
+
+    cols = spec.columns
+    queries = [" ".join(str(p) for p in parts if p is not None) for parts in zip(*(ds[c] for c in as_list(cols.query)))]
+    if cols.group:  # one row per candidate: gather rows by group id, keeping their order
+        labels = ds[cols.label] if cols.label in ds.column_names else [None] * len(ds)
+        groups = collections.OrderedDict()
+        for query, group, text, label in zip(queries, ds[cols.group], ds[cols.text], labels):
+            entry = groups.setdefault(group, {"query": query, "candidates": [], "relevance": []})
+            entry["candidates"].append(text)
+            entry["relevance"].append(_flag(label))
+        return datasets.Dataset.from_dict({"query": [g["query"] for g in groups.values()],
+                                           "candidates": [g["candidates"] for g in groups.values()],
+                                           "relevance": [g["relevance"] for g in groups.values()],
+                                           "id": [str(k) for k in groups]})
+    labels = ds[cols.label] if cols.label in ds.column_names else [None] * len(ds)
+    ids = ds[cols.id] if cols.id else list(range(len(ds)))
+    if isinstance(cols.candidates, str):  # a list of candidate texts per row
+        candidates = [list(c) if c is not None else [] for c in ds[cols.candidates]]
+    else:  # one column per candidate (multiple choice: ending0..ending3, choice1/choice2)
+        candidates = [list(c) for c in zip(*(ds[c] for c in cols.candidates))]
+    return datasets.Dataset.from_dict({
+        "query": queries, "candidates": candidates,
+        "relevance": [_relevance(label, len(c)) for label, c in zip(labels, candidates)],
+        "id": [str(i) for i in ids]})
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value in (-1, "", "-1")
+
+
+def _flag(value: Any) -> int:
+    """One row per candidate: 1 correct, 0 not, -1 unlabelled (missing, NaN, -1)."""
+    return -1 if _missing(value) else int(value in (1, True, "1", "true", "True"))
+
+
+def _relevance(label: Any, size: int) -> list[int]:
+    """Index (or list of indices) of the correct candidate(s) -> 0/1 per candidate; -1s when unknown, -2s when
+    the label is not an index. Digit strings count as indices (HellaSwag stores "0".."3")."""
+    if _missing(label):
+        return [-1] * size
+    chosen = list(label) if isinstance(label, (list, tuple)) else [label]
+    chosen = [int(i) if isinstance(i, str) and i.strip().isdigit() else i for i in chosen]
+    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) and 0 <= i < size for i in chosen):
+        return [-2] * size
+    return [int(i in chosen) for i in range(size)]
+
+
+def bad_rows(spec: TaskSpec, split: str, ds) -> BadRows:
+    bad: dict[tuple[str, str], list[int]] = collections.defaultdict(list)
+    for row, (query, candidates, relevance, group) in enumerate(zip(ds["query"], ds["candidates"], ds["relevance"],
+                                                                    ds["id"])):
+        if not query or not str(query).strip():
+            bad[("query", "text is empty")].append(row)
+        if not candidates:
+            bad[("candidates", "group has no candidates")].append(row)
+        elif any(not c or not str(c).strip() for c in candidates):
+            bad[("candidates", "a candidate text is empty")].append(row)
+        if -2 in relevance:
+            bad[("label", "label must be a candidate index (or a list of them) within the candidates")].append(row)
+        elif split != "test" and -1 in relevance and any(r >= 0 for r in relevance):
+            bad[("label", f"group '{group}' has candidates without a label")].append(row)
+        elif split != "test" and candidates and not any(r == 1 for r in relevance):
+            bad[("label", f"group '{group}' has no correct candidate")].append(row)
+    return dict(bad)
+
+
+def encode(spec: TaskSpec, tokenizer, ds, hidden: bool):
+    def pairs(batch: dict[str, list]) -> dict[str, list]:
+        out = collections.defaultdict(list)
+        for query, candidates, relevance in zip(batch["query"], batch["candidates"], batch["relevance"]):
+            enc = tokenizer([query] * len(candidates), candidates, truncation=True, max_length=spec.max_length)
+            for key, value in enc.items():
+                out[key].append(value)
+            out["labels"].append([0] * len(candidates) if hidden else [max(r, 0) for r in relevance])
+        return dict(out)
+
+    return ds.map(pairs, batched=True, remove_columns=ds.column_names, desc=f"tokenising {spec.name}")
+
+
+class GroupCollator:
+    """A batch of groups -> the candidates stacked (N, L), with each candidate's group and slot in the group."""
+
+    def __init__(self, pad_id: int, multiple_of: int = 8):
+        from mtdnn.collate import Collator
+
+        self.flat = Collator(pad_id, multiple_of)
+
+    def __call__(self, rows: dict[str, list]) -> dict[str, torch.Tensor]:
+        sizes = [len(group) for group in rows["input_ids"]]
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in rows]
+        flat = {k: [seq for group in rows[k] for seq in group] for k in keys}
+        batch = self.flat({**flat, "labels": [0] * sum(sizes)})
+        batch["group"] = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+        batch["slot"] = torch.cat([torch.arange(n) for n in sizes])
+        relevance = torch.zeros(len(sizes), max(sizes), dtype=torch.long)
+        for g, labels in enumerate(rows["labels"]):
+            relevance[g, : len(labels)] = torch.tensor(labels)
+        batch["labels"] = relevance
+        if "soft" in rows:  # distillation targets: the teachers' distribution over each group's candidates
+            soft = torch.zeros(len(sizes), max(sizes))
+            for g, probs in enumerate(rows["soft"]):
+                soft[g, : len(probs)] = torch.tensor(probs)
+            batch["soft"] = soft
+        return batch
+
+
+def ranked(scores: np.ndarray) -> np.ndarray:
+    """Candidate indices best first; ties keep the candidates' own order (a stable sort)."""
+    return np.argsort(-scores, kind="stable")
+
+
+def group_metrics(scores: np.ndarray, relevance: list[int]) -> dict[str, float]:
+    order = ranked(scores)
+    hits = np.array([relevance[i] == 1 for i in order])
+    ranks = np.flatnonzero(hits) + 1
+    precision = np.cumsum(hits)[hits] / ranks
+    return {"accuracy": float(hits[0]), "mrr": float(1.0 / ranks[0]), "map": float(precision.mean())}
+
+
+def group_records(spec: TaskSpec, raw, scores: list[np.ndarray]) -> tuple[list[dict], dict[str, float] | None]:
+    records, per_group = [], []
+    for row, group_scores in enumerate(scores):
+        relevance = raw[row]["relevance"]
+        order = ranked(group_scores)
+        records.append({"id": raw[row]["id"], "query": raw[row]["query"],
+                        "ranking": [int(i) for i in order],
+                        "scores": [round(float(group_scores[i]), 6) for i in order]})
+        if any(r == 1 for r in relevance) and -1 not in relevance:  # only fully labelled groups are scored
+            per_group.append(group_metrics(group_scores, relevance))
+    if not per_group:
+        return records, None
+    return records, {m: float(np.mean([g[m] for g in per_group])) for m in spec.metrics}
+
+
+# ---------------------------------------------------------------- the kind
+
+def group_matrix(scores: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Candidate scores (N,) -> (groups, most candidates) with absent slots masked."""
+    groups, slots = batch["group"], batch["slot"]
+    matrix = scores.new_full((int(batch["labels"].shape[0]), int(slots.max()) + 1), NEG)
+    return matrix.index_put((groups, slots), scores)
+
+
+class RankingHead(PooledLinear):
+    """pooled (query, candidate) -> dropout -> linear score; softmax over the candidates of one group;
+    loss = -log of the probability mass on the correct candidate(s)."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls"):
+        super().__init__(hidden_size, 1, dropout, pooling)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None) -> torch.Tensor:
+        return super().forward(hidden, mask, pooler_output).squeeze(-1).float()
+
+    @staticmethod
+    def loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        log_p = F.log_softmax(group_matrix(logits, batch), -1)
+        relevant = batch["labels"] > 0  # (groups, most candidates): 1 for every correct candidate
+        return -(log_p.masked_fill(~relevant, NEG).logsumexp(-1)).mean()
+
+    @staticmethod
+    def divergence(logits_a: torch.Tensor, logits_b: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Per group: symmetric KL between the two distributions over its candidates."""
+        return symmetric_kl(group_matrix(logits_a, batch), group_matrix(logits_b, batch))
+
+
+class Ranking(Kind):
+    name = "ranking"
+    summary = "scores (query, candidate) pairs; softmax over a group's candidates (answer selection, multiple choice)"
+    metrics = ("accuracy", "mrr", "map")
+    default_metrics = ("accuracy", "mrr", "map")
+    required_columns = ("query", "label")
+
+    def spec_problems(self, spec: TaskSpec, where: str) -> list[str]:
+        cols = spec.columns
+        problems = [f"{where}labels: a ranking task has no label list; remove it"] if spec.labels else []
+        if bool(cols.candidates) == bool(cols.group):
+            problems.append(f"{where}columns.candidates: a ranking task needs either `candidates` (a list per row, or "
+                            "one column per candidate) or `group` + `text` (one row per candidate)")
+        if cols.group and not cols.text:
+            problems.append(f"{where}columns.text: one row per candidate needs the candidate text column")
+        if isinstance(cols.candidates, list) and len(cols.candidates) < 2:
+            problems.append(f"{where}columns.candidates: one column per candidate needs at least 2 columns")
+        return problems
+
+    def regroup(self, spec: TaskSpec, ds):
+        return regroup(spec, ds)
+
+    def bad_rows(self, spec: TaskSpec, split: str, ds) -> BadRows:
+        return bad_rows(spec, split, ds)
+
+    def has_gold(self, spec: TaskSpec, split: str, ds) -> bool:
+        return split != "test" or any(r >= 0 for group in ds["relevance"] for r in group)
+
+    def train_texts(self, spec: TaskSpec, ds) -> Iterable[str]:  # rows are regrouped by now
+        yield from (str(q) for q in ds["query"])
+        yield from (str(c) for group in ds["candidates"] for c in group)
+
+    def encode(self, spec: TaskSpec, tokenizer, ds, hidden: bool):
+        return encode(spec, tokenizer, ds, hidden)
+
+    def collator(self, spec: TaskSpec, pad_id: int, multiple_of: int) -> GroupCollator:
+        return GroupCollator(pad_id, multiple_of)
+
+    def head(self, hidden_size: int, spec: TaskSpec, pooling: str) -> RankingHead:
+        return RankingHead(hidden_size, 1, spec.dropout, pooling)
+
+    def row_output(self, batch: dict, logits: torch.Tensor, j: int) -> torch.Tensor:
+        return logits[batch["group"] == j]
+
+    def evaluate(self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]) -> tuple[list[dict], dict | None]:
+        return group_records(spec, raw, [o.numpy() for o in outputs])
+
+    # distillation: the teachers' distribution over each group's candidates
+    def teacher_soft(self, logits: torch.Tensor, batch: dict, temperature: float) -> torch.Tensor:
+        return F.softmax(group_matrix(logits.float(), batch) / temperature, -1)
+
+    def kd_term(self, logits: torch.Tensor, soft: torch.Tensor, batch: dict, temperature: float) -> torch.Tensor:
+        log_p = F.log_softmax(group_matrix(logits.float(), batch) / temperature, -1)
+        return F.kl_div(log_p, soft.float(), reduction="batchmean") * temperature**2
+
+    def export_model(self, spec: TaskSpec, config, head, encoder, pooling: str):
+        from mtdnn.hf_mapping import sequence_model  # one score per (query, candidate) pair
+
+        config.num_labels = 1
+        config.problem_type = "regression"
+        return sequence_model(config, head, encoder, pooling)
+
+
+KIND = Ranking()

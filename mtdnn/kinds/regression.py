@@ -1,0 +1,115 @@
+"""regression: one real number per text (or text pair); linear output + mean squared error.
+
+YAML: columns.text (+ text_pair), columns.label (a number; missing only in a test split), no label list,
+metrics from pearson, spearman, mse, mae. Distillation averages the teachers' values (MSE to them).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from mtdnn import metrics
+from mtdnn.heads import PooledLinear
+from mtdnn.kinds import BadRows, Kind
+from mtdnn.kinds._sentence import column, encode_texts, record, records, text_bad_rows
+
+if TYPE_CHECKING:
+    from mtdnn.tasks import TaskSpec
+
+
+class RegressionHead(PooledLinear):
+    """pooled -> dropout -> linear to one real number -> mean squared error."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls"):
+        super().__init__(hidden_size, 1, dropout, pooling)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None) -> torch.Tensor:
+        return super().forward(hidden, mask, pooler_output).squeeze(-1)
+
+    @staticmethod
+    def loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        return F.mse_loss(logits.float(), batch["labels"].float())
+
+    @staticmethod
+    def divergence(logits_a: torch.Tensor, logits_b: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Per-example squared difference of the two predicted values (shape B, never B x B)."""
+        return (logits_a.float() - logits_b.float()).pow(2)
+
+    @staticmethod
+    def predict(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"prediction": logits.float(), "scores": logits.float().unsqueeze(-1)}
+
+
+class Regression(Kind):
+    name = "regression"
+    summary = "one real number per text or text pair (mean squared error)"
+    metrics = ("pearson", "spearman", "mse", "mae")
+    default_metrics = ("pearson", "spearman")
+    required_columns = ("text", "label")
+
+    def spec_problems(self, spec: TaskSpec, where: str) -> list[str]:
+        return [f"{where}labels: a regression task has no label list; remove it"] if spec.labels else []
+
+    def bad_rows(self, spec: TaskSpec, split: str, ds) -> BadRows:
+        bad = text_bad_rows(spec, ds)
+        if spec.columns.label and spec.columns.label in ds.column_names:
+            values = column(ds, spec.columns.label)
+            numbers = pd.to_numeric(values, errors="coerce")
+            missing_ok = values.isna() & (split == "test")
+            record(bad, "label", "regression target is not a finite number",
+                   ~np.isfinite(numbers.astype(float)) & ~missing_ok)
+        return bad
+
+    def encode(self, spec: TaskSpec, tokenizer, ds, hidden: bool):
+        def labels_of(values: list) -> list[float]:
+            return [float("nan") if hidden or v is None else float(v) for v in values]
+
+        return encode_texts(spec, tokenizer, ds, labels_of)
+
+    def collator(self, spec: TaskSpec, pad_id: int, multiple_of: int):
+        from mtdnn.collate import Collator
+
+        return Collator(pad_id, multiple_of, label_dtype=torch.float32)
+
+    def head(self, hidden_size: int, spec: TaskSpec, pooling: str) -> RegressionHead:
+        return RegressionHead(hidden_size, 1, spec.dropout, pooling)
+
+    def evaluate(self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]) -> tuple[list[dict], dict | None]:
+        pred = RegressionHead.predict(torch.stack(outputs))
+        gold = torch.tensor(encoded["labels"], dtype=torch.float32)
+
+        def fill(i: int, rec: dict) -> None:
+            rec["prediction"] = float(pred["prediction"][i])
+
+        mask = ~torch.isnan(gold)
+        scores = metrics.compute(spec.metrics, {k: v[mask] for k, v in pred.items()}, gold[mask], 1) \
+            if bool(mask.any()) else None
+        return records(spec, raw, fill), scores
+
+    # distillation: the teachers' values are averaged as they are, and the student matches them by MSE
+    def soft_target(self, output: np.ndarray, temperature: float) -> np.ndarray:
+        return np.asarray(output, dtype=np.float64)
+
+    def teacher_soft(self, logits: torch.Tensor, batch: dict, temperature: float) -> torch.Tensor:
+        return logits.float()
+
+    def soft_column(self, target: np.ndarray) -> float:
+        return float(np.ravel(target)[0])
+
+    def kd_term(self, logits: torch.Tensor, soft: torch.Tensor, batch: dict, temperature: float) -> torch.Tensor:
+        return F.mse_loss(logits.float(), soft.float().view_as(logits))
+
+    def export_model(self, spec: TaskSpec, config, head, encoder, pooling: str):
+        from mtdnn.hf_mapping import sequence_model
+
+        config.num_labels = 1
+        config.problem_type = "regression"
+        return sequence_model(config, head, encoder, pooling)
+
+
+KIND = Regression()
