@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtdnn import kinds, metrics
+from mtdnn import kinds
 from mtdnn.collate import Collator
 from mtdnn.data import TaskData, row_lengths
 from mtdnn.distributed import inference_shard
@@ -77,13 +77,13 @@ def evaluate_tasks(model: MultiTaskModel, tasks: dict[str, TaskData], collators:
 def main_score(results: dict[str, dict[str, float]], specs: dict[str, TaskSpec], best_metric: str) -> float:
     """The number 'best' is judged by: a named task/metric, or the mean of each task's main metric
     (signs flipped for errors, so higher is always better)."""
-    def oriented(metric: str, value: float) -> float:
-        return -value if metric in metrics.LOWER_IS_BETTER else value
+    def oriented(task: str, metric: str, value: float) -> float:
+        return -value if metric in kinds.of(specs[task]).lower_is_better else value
 
     if best_metric != "mean":
         task, metric = best_metric.split("/", 1)
-        return oriented(metric, results[task][metric])
-    values = [oriented(specs[t].metrics[0], r[specs[t].metrics[0]]) for t, r in results.items()]
+        return oriented(task, metric, results[task][metric])
+    values = [oriented(t, specs[t].metrics[0], r[specs[t].metrics[0]]) for t, r in results.items()]
     return sum(values) / len(values) if values else -math.inf
 
 

@@ -1,4 +1,5 @@
-"""Validation metrics per head type, computed by torchmetrics (the first metric of a task is its main one)."""
+"""Sentence-level validation metrics computed by torchmetrics, shared by the kinds that predict one label or value
+per row (classification, regression); the first metric of a task is its main one."""
 
 from __future__ import annotations
 
@@ -53,7 +54,6 @@ METRICS: dict[str, MetricFn] = {
     "accuracy": _accuracy, "f1": _f1, "f1_macro": _f1_macro, "mcc": _mcc, "auc": _auc,
     "pearson": _pearson, "spearman": _spearman, "mse": _mse, "mae": _mae,
 }
-LOWER_IS_BETTER = {"mse", "mae"}
 
 
 def compute(names: list[str], pred: dict[str, torch.Tensor], gold: torch.Tensor, num_labels: int) -> dict[str, float]:

@@ -48,6 +48,7 @@ class Kind:
     name = ""
     metrics: tuple[str, ...] = ()  # the metrics a task of this kind may ask for
     default_metrics: tuple[str, ...] = ()  # when the task YAML names none (the first is the main one)
+    lower_is_better: tuple[str, ...] = ()  # metrics that are errors (their sign is flipped when picking 'best')
     required_columns: tuple[str, ...] = ()  # column roles every task of this kind must map
     gold_columns: tuple[str, ...] = ("label",)  # roles a test split may lack (hidden gold labels)
     token_level = False  # soft targets per token: teachers must tokenise exactly like the student

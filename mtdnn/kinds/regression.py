@@ -50,6 +50,7 @@ class Regression(Kind):
     summary = "one real number per text or text pair (mean squared error)"
     metrics = ("pearson", "spearman", "mse", "mae")
     default_metrics = ("pearson", "spearman")
+    lower_is_better = ("mse", "mae")
     required_columns = ("text", "label")
 
     def spec_problems(self, spec: TaskSpec, where: str) -> list[str]:
