@@ -62,6 +62,14 @@ def load_run(run_dir: str, checkpoint: str, device: torch.device) -> LoadedRun:
     return LoadedRun(folder, model.to(device).eval(), tokenizer, {s.name: s for s in specs}, config)
 
 
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MtdnnError(f"trainer.device: '{name}' requested but CUDA is not available")
+    return torch.device(name)
+
+
 def select_tasks(run: LoadedRun, task: str | None) -> list[TaskSpec]:
     if task is None:
         return list(run.specs.values())

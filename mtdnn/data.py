@@ -276,3 +276,16 @@ class TaskBatches:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._batches = self._plan(self.epoch)
+
+
+def one_pass_in_turn(batches: dict[str, TaskBatches]) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
+    """Every task's rows once, as (task, batch), the tasks taking turns: a consumer that stops early (a Fisher
+    pass with a batch limit) has still seen every task."""
+    streams = {task: b.one_pass() for task, b in batches.items()}
+    while streams:
+        for task in list(streams):
+            batch = next(streams[task], None)
+            if batch is None:
+                del streams[task]
+            else:
+                yield task, batch

@@ -10,12 +10,11 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from mtdnn.cli import argv, load_run, parse_args, select_tasks
+from mtdnn.cli import argv, load_run, parse_args, pick_device, select_tasks
 from mtdnn.data import TaskData, check_columns, check_rows, encode_splits, load_raw
 from mtdnn.errors import cli_errors, raise_if
 from mtdnn.inference import collator_for, evaluate_split
 from mtdnn.rundir import write_json
-from mtdnn.train import pick_device
 
 
 @dataclass

@@ -5,39 +5,21 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from mtdnn.checkpoint import Resumable, TrainState
+from mtdnn.collate import Collator
 from mtdnn.config import TrainerConfig
-from mtdnn.data import Collator, TaskBatches, TaskData
+from mtdnn.data import TaskBatches, TaskData
 from mtdnn.distributed import Distributed
 from mtdnn.inference import autocast, evaluate_tasks, main_score
 from mtdnn.model import MultiTaskModel
 from mtdnn.regularizers import DropoutReplay, Regularizer, StepContext
 from mtdnn.errors import MtdnnError
-from mtdnn.rundir import rng_state, rotate_checkpoints, save_best, save_checkpoint
-from mtdnn.sampler import TaskSampler
+from mtdnn.rundir import rotate_checkpoints, save_best, save_checkpoint
 from mtdnn.tracking import LossMeter, Tracker
-
-
-@dataclass
-class TrainState:
-    step: int = 0  # optimizer steps done
-    micro_batches: int = 0  # batches drawn (grad_accum per step)
-    examples_seen: dict[str, int] = field(default_factory=dict)
-    best_score: float = -math.inf
-    best_step: int = 0
-    best_results: dict = field(default_factory=dict)
-    skipped_steps: int = 0  # optimizer steps dropped for a NaN/inf loss or gradient
-    consecutive_skips: int = 0
-    train_seconds: float = 0.0  # wall time in training steps (not evaluation or checkpoints): what methods cost
-
-    def state_dict(self) -> dict:
-        return dict(self.__dict__)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.__dict__.update(state)
 
 
 @dataclass
@@ -58,13 +40,15 @@ def make_plan(cfg: TrainerConfig, batches: dict[str, TaskBatches]) -> Plan:
 
 def forward_backward(model: MultiTaskModel, task: str, batch: dict[str, torch.Tensor],
                      regularizers: dict[str, Regularizer], scale: float, device: torch.device,
-                     bf16: bool, distiller=None) -> dict[str, torch.Tensor]:
+                     bf16: bool, distiller=None, timed: bool = False) -> dict[str, torch.Tensor]:
     """One micro-batch: clean forward, task loss (or the distillation loss), regularizer terms, backward.
-    Returns the detached terms and, per regularizer, the seconds its penalty took (its extra forward cost)."""
+    Returns the detached terms and, when `timed`, per regularizer the seconds its penalty took (its extra forward
+    cost; timing waits for the GPU, so the loop asks for it on logged steps only)."""
     def loss_of(out: torch.Tensor) -> torch.Tensor:  # the task loss, or the distillation loss when distilling
         return distiller.loss(model, task, out, batch) if distiller else model.head(task).loss(out, batch)
 
-    dropout = DropoutReplay(device) if regularizers else None  # lets regularizers reuse the dropout masks
+    # record the clean pass's dropout masks only for regularizers that replay them in later passes
+    dropout = DropoutReplay(device) if any(reg.replays_dropout for reg in regularizers.values()) else None
     with_hidden = any(reg.needs_hidden_states for reg in regularizers.values())
     with autocast(device, bf16):
         embeds = model.embed(batch["input_ids"])
@@ -77,7 +61,8 @@ def forward_backward(model: MultiTaskModel, task: str, batch: dict[str, torch.Te
         for name, reg in regularizers.items():
             started = time.perf_counter()
             terms.update(reg.penalty(ctx))
-            costs[f"cost_s/{name}"] = torch.tensor(elapsed_since(started, device))
+            if timed:
+                costs[f"cost_s/{name}"] = torch.tensor(elapsed_since(started, device))
     # FreeLB without the clean loss: its own passes replace it (weight 0); detached terms are only logged
     weight = min((reg.task_loss_weight for reg in regularizers.values()), default=1.0)
     parts = [t for t in terms.values() if t.requires_grad] + ([weight * loss] if weight else [])
@@ -92,10 +77,11 @@ def elapsed_since(started: float, device: torch.device) -> float:
     return time.perf_counter() - started
 
 
-def train(model: MultiTaskModel, tasks: dict[str, TaskData], batches: dict[str, TaskBatches],
-          collators: dict[str, Collator], sampler: TaskSampler, optimizer: torch.optim.Optimizer, scheduler,
-          regularizers: dict[str, Regularizer], cfg: TrainerConfig, plan: Plan, state: TrainState,
-          tracker: Tracker, device: torch.device, distiller=None, dist: Distributed | None = None) -> TrainState:
+def train(model: MultiTaskModel, tasks: dict[str, TaskData], collators: dict[str, Collator], run: Resumable,
+          cfg: TrainerConfig, plan: Plan, tracker: Tracker, device: torch.device, distiller=None,
+          dist: Distributed | None = None) -> TrainState:
+    optimizer, scheduler, sampler, batches = run.optimizer, run.scheduler, run.sampler, run.batches
+    regularizers, state = run.regularizers, run.state
     specs = {name: data.spec for name, data in tasks.items()}
     dist = dist or Distributed()
     meter = LossMeter()
@@ -105,12 +91,14 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], batches: dict[str, 
         step_started = time.perf_counter()
         # 1. forward and backward over grad_accum micro-batches, each from one sampled task
         #    (data parallel: every rank the same task, its own share of the batch, its loss weighted by that share)
+        timed = step % cfg.log_every == 0 or step == plan.total_steps  # regularizer timing syncs the GPU
         for _ in range(cfg.grad_accum):
             task = sampler.next()
             batch, share, rows = batches[task].next_shard()
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             terms = forward_backward(model, task, batch, regularizers,
-                                     specs[task].loss_weight / cfg.grad_accum * share, device, cfg.bf16, distiller)
+                                     specs[task].loss_weight / cfg.grad_accum * share, device, cfg.bf16, distiller,
+                                     timed)
             for name, value in terms.items():
                 meter.add(f"{name}/{task}", value * share)
             state.micro_batches += 1
@@ -120,7 +108,7 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], batches: dict[str, 
         # 2. clip, let regularizers edit the gradient (Child-Tuning's mask), step (unless the gradient is NaN/inf:
         #    one host sync per step keeps NaN out of the weights), then let them follow the new weights (SMART's
         #    teacher, L2-SP's pull towards the pretrained weights), schedule
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)  # 0: measure, never clip
         if torch.isfinite(grad_norm):
             for reg in regularizers.values():
                 reg.before_step(model)
@@ -161,12 +149,7 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], batches: dict[str, 
             if not dist.is_main:
                 continue
             tracker.evaluation(step, state.micro_batches / plan.batches_per_epoch, "validation", results)
-            save_checkpoint(tracker.run_dir, step, model, {
-                "train": state.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
-                "batches": {t: b.state_dict() for t, b in batches.items()}, "rng": rng_state(),
-                "regularizers": {name: reg.state_dict() for name, reg in regularizers.items()},
-            })
+            save_checkpoint(tracker.run_dir, step, model, run.state_dict())
             if improved:  # only after the checkpoint it names is complete
                 save_best(tracker.run_dir, step, {"score": score, "validation": results})
             rotate_checkpoints(tracker.run_dir, cfg.keep_last)

@@ -14,7 +14,7 @@ from mtdnn.config import TrainerConfig
 def param_groups(model: nn.Module, cfg: TrainerConfig) -> list[dict]:
     """Biases and LayerNorm weights (every 1-d parameter) get no weight decay; heads and adapters (new weights)
     may get their own lr."""
-    head_lr = cfg.head_lr or cfg.lr
+    head_lr = cfg.lr if cfg.head_lr is None else cfg.head_lr  # 0 is a rate (frozen heads), not "unset"
     groups: dict[tuple[bool, bool], list] = {(h, d): [] for h in (False, True) for d in (False, True)}
     for name, param in model.named_parameters():
         if param.requires_grad:

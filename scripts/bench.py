@@ -42,7 +42,7 @@ from mtdnn.model import MultiTaskModel
 from mtdnn.optim import build_optimizer, build_scheduler
 from mtdnn.paths import conf_dir
 from mtdnn.tasks import load_tasks
-from mtdnn.train import _train_texts, prepare_data
+from mtdnn.build import prepare_data, train_texts
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -202,7 +202,7 @@ def demo_task(quick: bool):
     data = prepare_data([spec])[spec.name]
     enc_cfg = encoder_config(encoder_name)
     source = pretrained_source(enc_cfg)
-    tokenizer = build_tokenizer(enc_cfg, source, _train_texts({spec.name: data}))
+    tokenizer = build_tokenizer(enc_cfg, source, train_texts({spec.name: data}))
     encode_splits(data, tokenizer)
     torch.manual_seed(0)
     encoder = build_encoder(enc_cfg, source, len(tokenizer))

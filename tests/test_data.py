@@ -21,7 +21,7 @@ from mtdnn.kinds._sentence import label_lookup
 from mtdnn.encoders import train_wordpiece
 from mtdnn.errors import MtdnnError
 from mtdnn.tasks import load_tasks
-from mtdnn.train import prepare_data
+from mtdnn.build import prepare_data
 from conftest import sentiment_rows, write_task
 
 

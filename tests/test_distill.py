@@ -241,3 +241,12 @@ def test_span_and_tagging_distil_from_teachers_sharing_the_tokenizer(tmp_path):
         run(compose_train(tiny_overrides(folder, "task=toy_squad", "distill=ensemble", "trainer.max_steps=2",
                                          f"distill.teachers=[{tmp_path / 'teacher'}]", "encoder.tokenizer_vocab_size=50",
                                          f"distill.soft_targets_dir={store}")), tmp_path / "mismatch")
+
+
+def test_student_log_names_the_teachers_real_layer_count(teachers, tmp_path, caplog):
+    """2 teacher layers, every 3rd kept: the student has layer 0 of a 2-layer encoder (not '3-layer')."""
+    root, folder, runs = teachers
+    with caplog.at_level("INFO", logger="mtdnn"):
+        run(_student(folder, runs[:1], "distill.student_from_teacher=true", "distill.keep_every=3",
+                     "trainer.max_steps=1"), tmp_path / "run")
+    assert "layers [0] of" in caplog.text and "2-layer encoder" in caplog.text

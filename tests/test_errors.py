@@ -10,7 +10,7 @@ import yaml
 
 from mtdnn.errors import MtdnnError
 from mtdnn.tasks import load_tasks
-from mtdnn.train import prepare_data
+from mtdnn.build import prepare_data
 from conftest import sentiment_rows, write_task
 
 

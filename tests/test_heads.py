@@ -17,7 +17,8 @@ from mtdnn.kinds.ranking import RankingHead
 from mtdnn.kinds.span import SpanHead
 from mtdnn.kinds.tagging import TaggingHead
 from mtdnn.tasks import load_tasks
-from mtdnn.train import prepare_data, run
+from mtdnn.build import prepare_data
+from mtdnn.train import run
 from conftest import WORDS, compose_train, tiny_overrides, write_task
 
 COLORS = ["red", "blue", "green", "yellow", "purple", "orange"]

@@ -50,7 +50,7 @@ def test_yaml_problems_are_reported_together(tmp_path):
 
 
 def test_bad_label_rows_name_the_row(tmp_path):
-    from mtdnn.train import prepare_data
+    from mtdnn.build import prepare_data
 
     rows = colour_rows(20, 1)
     rows[6]["tags"] = ["red", "purple"]

@@ -198,28 +198,39 @@ def test_layer_distances_by_hand():
     assert lnsr.layer_distances(noisy, clean, mask, after=0).tolist() == [8.0, 18.0]
 
 
+def _lnsr_penalty(model, batch, std: float, seed: int | None = 0):
+    logits, hidden = model("t", **batch, hidden_states=True)
+    ctx = _context(model, "t", batch)
+    ctx.hidden_states = hidden
+    if seed is not None:
+        torch.manual_seed(seed)
+    reg = lnsr.LNSR(lnsr.Config(noise_std=std), model)
+    return reg.penalty(ctx)["lnsr"].item(), reg.noise.noise, (reg, ctx)
+
+
 def test_lnsr_noise_skips_padding_and_the_term_grows_with_the_noise_squared():
     model = _tiny_model(_spec("t")).eval()
     batch = _batch()
-    seen = {}
-    noise = lnsr.NoiseAt(model.encoder.embeddings, 0.5)
-    handle = model.encoder.embeddings.register_forward_hook(lambda m, a, out: seen.setdefault("clean", out))
-    hook = noise(batch["attention_mask"])
-    moved = model.encoder.embeddings(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"])
-    hook.remove(), handle.remove()
-    change = (moved - seen["clean"]).abs().amax(-1)
+    _, noise, _ = _lnsr_penalty(model, batch, 0.5)
+    change = noise.abs().amax(-1)
     assert (change[batch["attention_mask"] == 0] == 0).all() and (change[batch["attention_mask"] == 1] > 0).all()
-
-    def term(std: float) -> float:
-        logits, hidden = model("t", **batch, hidden_states=True)
-        ctx = _context(model, "t", batch)
-        ctx.hidden_states = hidden
-        torch.manual_seed(0)
-        return lnsr.LNSR(lnsr.Config(noise_std=std), model).penalty(ctx)["lnsr"].item()
-
-    term(1e-3)  # warm-up: the very first forward takes a slightly different numerical path
-    small, double = term(1e-3), term(2e-3)
+    assert noise[batch["attention_mask"] == 1].std().item() == pytest.approx(0.5, rel=0.15)
+    _lnsr_penalty(model, batch, 1e-3)  # warm-up: the very first forward takes a slightly different numerical path
+    small, double = _lnsr_penalty(model, batch, 1e-3)[0], _lnsr_penalty(model, batch, 2e-3)[0]
     assert small > 0 and double / small == pytest.approx(4.0, rel=0.02)  # linear regime: squared distance
+
+
+def test_lnsr_noise_comes_from_the_main_stream_not_the_replayed_one():
+    """Drawn inside the dropout replay, the noise would be the clean pass's own random numbers: the same on every
+    call for one clean pass. Drawn outside, two calls on one clean pass see different noise."""
+    model = _tiny_model(_spec("t")).train()
+    batch = _batch()
+    logits, hidden = model("t", **batch, hidden_states=True)
+    ctx = _context(model, "t", batch)
+    ctx.hidden_states = hidden
+    reg = lnsr.LNSR(lnsr.Config(noise_std=0.1), model)
+    first, second = reg.penalty(ctx)["lnsr"].item(), reg.penalty(ctx)["lnsr"].item()
+    assert first != second
 
 
 def test_lnsr_layer_beyond_the_encoder_is_an_error():

@@ -11,7 +11,8 @@ import pytest
 
 from mtdnn import kinds
 from mtdnn.tasks import load_tasks
-from mtdnn.train import prepare_data, run
+from mtdnn.build import prepare_data
+from mtdnn.train import run
 from conftest import WORDS, compose_train, tiny_overrides
 
 

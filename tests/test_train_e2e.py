@@ -148,7 +148,7 @@ def test_hub_kind_source_reads_split_names_through_datasets(tmp_path):
     """kind: hub goes through datasets.load_dataset(path, name, split=...); a local data set folder takes
     the same path as a hub id, so the code path is exercised offline."""
     from mtdnn.tasks import load_tasks
-    from mtdnn.train import prepare_data
+    from mtdnn.build import prepare_data
     import pandas as pd
     import yaml
 

@@ -12,7 +12,7 @@ A module `mtdnn/regularizers/<name>.py` provides
         after_step(model, step, total_steps, lr)   after every optimizer step (lr: the encoder's)
         state_dict() / load_state_dict()    checkpointed with the run
         stats() -> dict[str, float]         counters for the logs
-        task_loss_weight, needs_hidden_states   how the clean pass is used
+        task_loss_weight, needs_hidden_states, replays_dropout   how the clean pass is used
 
 and `conf/regularizer/<name>.yaml` nests its settings under its own name, so several compose:
 `regularizer=smart`, `regularizer=[smart,child_tuning]`, `regularizer.smart.lambda_s=3`.
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 class Regularizer(Protocol):
     task_loss_weight: float
     needs_hidden_states: bool
+    replays_dropout: bool
 
     def penalty(self, ctx: "StepContext") -> dict[str, torch.Tensor]: ...
 
@@ -62,6 +63,7 @@ class Base:
 
     task_loss_weight = 1.0  # 0: the method's own passes replace the clean task loss (FreeLB)
     needs_hidden_states = False  # True: the clean pass also returns every layer's hidden states
+    replays_dropout = False  # True: later passes reuse the clean pass's dropout masks (ctx.dropout.replay())
 
     def penalty(self, ctx: "StepContext") -> dict[str, torch.Tensor]:
         return {}
@@ -146,7 +148,7 @@ class StepContext:
     batch: dict[str, torch.Tensor]
     embeds: torch.Tensor  # word embeddings fed to the clean pass (graph attached)
     logits: torch.Tensor  # clean logits (graph attached)
-    dropout: "DropoutReplay"  # replay() gives a later pass the clean pass's dropout masks
+    dropout: "DropoutReplay | None"  # replay() gives a later pass the clean pass's masks (if replays_dropout)
     loss_of: Any = None  # logits -> the training loss of this batch (the task loss, or the distillation loss)
     scale: float = 1.0  # what the loop multiplies the loss by before backward (loss weight / grad_accum)
     hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings output + each layer's, if asked for
@@ -199,7 +201,10 @@ class _MaskRecorder(TorchDispatchMode):
 
 
 class _MaskReplayer(TorchDispatchMode):
-    """Serves the recorded masks, in order, instead of drawing new ones (drawing is the slow part on CPU)."""
+    """Serves the recorded masks, in order, instead of drawing new ones (drawing is the slow part on CPU).
+    On CUDA the fused dropout still runs (its mask discarded): it advances the generator's Philox offset exactly
+    as the clean pass did, so kernels that draw inside themselves (SDPA's attention dropout) see the same
+    offsets, hence the same masks, as in the clean pass."""
 
     def __init__(self, masks: list[torch.Tensor]):
         super().__init__()
@@ -213,6 +218,8 @@ class _MaskReplayer(TorchDispatchMode):
         self.next += 1
         if func is _BERNOULLI:
             return args[0].copy_(mask)
+        if args[0].is_cuda:
+            func(*args, **(kwargs or {}))  # the draw itself is discarded; its offset advance is what counts
         scale = 1.0 / (1.0 - args[1]) if args[1] < 1 else 0.0
         return args[0] * mask * scale, mask
 

@@ -49,6 +49,7 @@ def problems(cfg: Config, specs: list) -> list[str]:
 
 class Alice(CountsSkips):
     skip_label = "alice"
+    replays_dropout = True
 
     def __init__(self, cfg: Config):
         self.cfg = cfg

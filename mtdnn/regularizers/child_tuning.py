@@ -12,7 +12,8 @@ child network is chosen among the Transformer layers' parameters; embeddings, po
 Weight decay and momentum on masked weights: a masked weight gets a zero gradient, so AdamW still applies its
 decoupled weight decay to it and still moves it by its running first moment, exactly as the reference
 ChildTuningAdamW does (it masks the gradient before the moment updates).
-The Fisher pass runs once per fresh run in eval mode (no dropout, so the training RNG stream is untouched);
+The Fisher pass reads the tasks' batches in turn (task A's first, task B's first, ...), so a `fisher_batches`
+limit covers every task; it runs once per fresh run in eval mode (no dropout, so the training RNG stream is untouched);
 the mask is checkpointed, so a resumed run does not recompute it.
 """
 
@@ -94,6 +95,7 @@ class ChildTuning(Base):
         self.mask: dict[str, torch.Tensor] | None = None  # D: fixed after prepare()
         self.kept = 0.0  # fraction of layer weights the D mask keeps (logged)
         self.steps = 0  # F: masks drawn so far
+        self.seed = torch.initial_seed()  # F: the run's seed (set before building), without drawing from it
 
     def prepare(self, model: torch.nn.Module, batches: Iterable[tuple[str, dict]], device: torch.device) -> None:
         if self.cfg.mode == "D":
@@ -108,9 +110,11 @@ class ChildTuning(Base):
     @torch.no_grad()
     def before_step(self, model: torch.nn.Module) -> None:
         if self.cfg.mode == "F":
-            # a generator seeded by the step count: the same masks on every torchrun rank, and after a resume
+            # a generator seeded by (run seed, step): other masks for another seed, the same on every torchrun
+            # rank and after a resume
             self.steps += 1
-            generator = torch.Generator(next(iter(self.params.values())).device).manual_seed(self.steps)
+            generator = torch.Generator(next(iter(self.params.values())).device).manual_seed(
+                (self.seed * 1_000_003 + self.steps) % 2**63)
             for p in self.params.values():
                 if p.grad is not None:
                     keep = torch.empty_like(p.grad).bernoulli_(self.cfg.reserve_p, generator=generator)
@@ -123,12 +127,13 @@ class ChildTuning(Base):
                 p.grad.mul_(self.mask[name])
 
     def state_dict(self) -> dict:
-        return {"mask": self.mask, "steps": self.steps}
+        return {"mask": self.mask, "steps": self.steps, "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("mask") is not None:
             self._set_mask(state["mask"])
         self.steps = int(state.get("steps", 0))
+        self.seed = int(state.get("seed", self.seed))
 
     def stats(self) -> dict[str, float]:
         return {"child_tuning_kept": self.kept} if self.mask is not None else {}

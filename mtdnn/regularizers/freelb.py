@@ -64,6 +64,7 @@ def ascend(delta: torch.Tensor, grad: torch.Tensor, cfg: Config) -> torch.Tensor
 
 class FreeLB(CountsSkips):
     skip_label = "freelb"
+    replays_dropout = True
 
     def __init__(self, cfg: Config):
         self.cfg = cfg

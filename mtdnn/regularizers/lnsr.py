@@ -57,19 +57,19 @@ def hidden_state_modules(encoder: nn.Module) -> list[nn.Module]:
 
 
 class NoiseAt:
-    """While active, adds `noise_std` Gaussian noise (zero on padding) to the output of one module."""
+    """While active, adds a given noise tensor to the output of one module."""
 
-    def __init__(self, module: nn.Module, noise_std: float):
-        self.module, self.noise_std = module, noise_std
-        self.mask: torch.Tensor | None = None
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.noise: torch.Tensor | None = None
 
     def _add(self, module, args, output):
         hidden = output[0] if isinstance(output, tuple) else output
-        noisy = hidden + torch.randn_like(hidden) * self.noise_std * self.mask.unsqueeze(-1).to(hidden.dtype)
+        noisy = hidden + self.noise.to(hidden.dtype)
         return (noisy, *output[1:]) if isinstance(output, tuple) else noisy
 
-    def __call__(self, attention_mask: torch.Tensor):
-        self.mask = attention_mask
+    def __call__(self, noise: torch.Tensor):
+        self.noise = noise
         return self.module.register_forward_hook(self._add)
 
 
@@ -83,6 +83,7 @@ def layer_distances(noisy: tuple, clean: tuple, mask: torch.Tensor, after: int) 
 
 class LNSR(Base):
     needs_hidden_states = True
+    replays_dropout = True
 
     def __init__(self, cfg: Config, model: nn.Module):
         modules = hidden_state_modules(model.encoder)
@@ -90,10 +91,13 @@ class LNSR(Base):
             raise MtdnnError(f"regularizer.lnsr.layer: must be below {len(modules) - 1} (the encoder's layer "
                              f"count): no layer follows layer {cfg.layer}")
         self.cfg = cfg
-        self.noise = NoiseAt(modules[cfg.layer], cfg.noise_std)
+        self.noise = NoiseAt(modules[cfg.layer])
 
     def penalty(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        hook = self.noise(ctx.batch["attention_mask"])
+        # drawn from the main stream, before the replay: inside it the RNG replays the clean pass's draws
+        clean = ctx.hidden_states[self.cfg.layer]
+        mask = ctx.batch["attention_mask"].unsqueeze(-1).to(clean.dtype)  # padding stays clean
+        hook = self.noise(torch.randn_like(clean) * self.cfg.noise_std * mask)
         try:
             with ctx.dropout.replay():
                 _, noisy = ctx.model(ctx.task, **{**ctx.batch, "inputs_embeds": ctx.embeds}, hidden_states=True)

@@ -54,6 +54,8 @@ def sample_noise(like: torch.Tensor, mask: torch.Tensor, cfg: Config) -> torch.T
 
 
 class R3F(Base):
+    replays_dropout = True
+
     def __init__(self, cfg: Config, name: str = "r3f"):
         self.cfg = cfg
         self.name = name  # the logged term's name (R4F reuses this class)

@@ -222,6 +222,8 @@ def perturbed_logits(ctx: StepContext, delta: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- the regularizer
 
 class Smart(Base):
+    replays_dropout = True
+
     def __init__(self, cfg: Config, model: torch.nn.Module, specs: list):
         self.cfg = cfg
         self.settings = {s.name: task_settings(cfg, s.name) for s in specs}

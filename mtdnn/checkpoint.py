@@ -1,0 +1,107 @@
+"""What a training checkpoint holds besides the weights, written and read here only: the loop's counters
+(TrainState), the optimizer, schedule, sampler, each task's batch position, each regularizer's state and the RNG.
+Also the check that a resumed run's configuration is the one the checkpoint was trained with."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mtdnn.errors import MtdnnError
+from mtdnn.rundir import load_trainer_state, load_weights, rng_state, set_rng_state
+
+log = logging.getLogger("mtdnn")
+
+# settings a resumed run may change: how long it runs, how often it reports, where and how it shows progress
+RESUMABLE_CHANGES = ("resume", "output_dir", "predict_test", "trainer.max_steps", "trainer.epochs",
+                     "trainer.eval_every", "trainer.evals_per_epoch", "trainer.log_every", "trainer.keep_last",
+                     "trainer.progress_bar", "trainer.eval_batch_size", "trainer.device", "stages")
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    micro_batches: int = 0  # batches drawn (grad_accum per step)
+    examples_seen: dict[str, int] = field(default_factory=dict)
+    best_score: float = -math.inf
+    best_step: int = 0
+    best_results: dict = field(default_factory=dict)
+    skipped_steps: int = 0  # optimizer steps dropped for a NaN/inf loss or gradient
+    consecutive_skips: int = 0
+    train_seconds: float = 0.0  # wall time in training steps (not evaluation or checkpoints): what methods cost
+
+    def state_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+@dataclass
+class Resumable:
+    """The live objects a checkpoint restores, besides the model's weights."""
+
+    optimizer: Any
+    scheduler: Any
+    sampler: Any
+    batches: dict  # task -> TaskBatches
+    regularizers: dict  # name -> Regularizer
+    state: TrainState
+
+    def state_dict(self) -> dict:
+        return {"train": self.state.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+                "batches": {t: b.state_dict() for t, b in self.batches.items()}, "rng": rng_state(),
+                "regularizers": {name: reg.state_dict() for name, reg in self.regularizers.items()}}
+
+    def restore(self, checkpoint: Path, model) -> None:
+        saved = load_trainer_state(checkpoint)
+        load_weights(model, checkpoint / "model.safetensors")
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.sampler.load_state_dict(saved["sampler"])
+        for task, batch_state in saved["batches"].items():
+            self.batches[task].load_state_dict(batch_state)
+        for name, reg in self.regularizers.items():
+            reg.load_state_dict(saved.get("regularizers", {}).get(name, {}))
+        self.state.load_state_dict(saved["train"])
+        set_rng_state(saved["rng"])
+        log.info("resumed from %s at step %d", checkpoint, self.state.step)
+
+
+def config_changes(saved: Any, now: Any, prefix: str = "") -> list[str]:
+    """One line per setting that differs ('key: old -> new', or a whole group 'added'/'removed'), except those a
+    resumed run may change."""
+    if prefix.rstrip(".").startswith(RESUMABLE_CHANGES):
+        return []
+    if isinstance(saved, dict) and isinstance(now, dict):
+        changes = []
+        for key in sorted(set(saved) | set(now), key=str):
+            where = f"{prefix}{key}"
+            if key not in now:
+                changes.append(f"{where}: removed")
+            elif key not in saved:
+                changes.append(f"{where}: added")
+            else:
+                changes += config_changes(saved[key], now[key], f"{where}.")
+        return [c for c in changes if not c.split(":")[0].startswith(RESUMABLE_CHANGES)]
+    return [] if saved == now else [f"{prefix.rstrip('.')}: {saved!r} -> {now!r}"]
+
+
+def check_resume_config(run_dir: Path, now: dict) -> None:
+    """Refuse to resume with settings the checkpoint was not trained with (a regularizer added, another lr):
+    they would be applied half (built from restored state) or not at all, and config.yaml would not say so."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    changes = config_changes(yaml.safe_load(path.read_text()) or {}, now)
+    if changes:
+        more = f" (and {len(changes) - 5} more)" if len(changes) > 5 else ""
+        raise MtdnnError(f"resume: this command's settings differ from the run's ({path}): "
+                         f"{'; '.join(changes[:5])}{more}; resume with the run's settings (only "
+                         "max_steps/epochs, evaluation and logging cadence may change) or choose a new output_dir")

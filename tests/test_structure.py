@@ -1,0 +1,103 @@
+"""The package's shape: no import cycles (every import counts, also those inside functions; only
+`if TYPE_CHECKING:` blocks are exempt), head kinds found without a central list, and commands that import no
+private helpers of other modules."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import mtdnn
+from mtdnn import kinds
+
+PACKAGE = Path(mtdnn.__file__).parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
+    """mtdnn modules `path` imports (a `from pkg import name` of a submodule counts as importing it)."""
+    tree = ast.parse(path.read_text())
+    skipped = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in
+               ast.unparse(block.test) for stmt in block.body for node in ast.walk(stmt)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name in known}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module} & known
+            found |= {f"{node.module}.{a.name}" for a in node.names} & known
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: imports_of(path, set(files)) - {name} for name, path in files.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt]
+            if nxt not in state and (cycle := visit(nxt, path + [nxt])):
+                return cycle
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start, [start])):
+            return cycle
+    return None
+
+
+def test_the_package_has_no_import_cycles():
+    graph = import_graph()
+    assert "mtdnn.kinds.span" in graph and "mtdnn.distill.distiller" in graph  # the walk sees subpackages
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_cycle_finder_finds_a_planted_cycle():
+    graph = import_graph()
+    graph["mtdnn.config"] = graph["mtdnn.config"] | {"mtdnn.adapters"}  # the cycle this issue removed
+    assert find_cycle(graph) is not None
+
+
+def test_every_kind_module_is_found_and_complete():
+    names = kinds.available()
+    assert {"classification", "regression", "span", "ranking", "tagging", "multilabel"} <= set(names)
+    for name in names:
+        kind = kinds.get(name)
+        assert kind.name == name and kind.metrics and set(kind.default_metrics) <= set(kind.metrics)
+        for method in ("bad_rows", "encode", "head", "evaluate"):  # what the base class cannot default
+            assert getattr(type(kind), method) is not getattr(kinds.Kind, method), (name, method)
+
+
+def test_nothing_outside_the_kinds_names_a_kind():
+    """The rest of the package asks the kind; it never branches on a kind's name."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if "kinds" in path.relative_to(PACKAGE).parts:
+            continue
+        text = path.read_text()
+        offenders += [f"{path.name}: {name}" for name in kinds.available() if f'"{name}"' in text]
+    assert offenders == []
+
+
+def test_commands_import_no_private_helpers():
+    private = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mtdnn"):
+                private += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                            if a.name.startswith("_") and not a.name.startswith("__")
+                            and not node.module.startswith("mtdnn.kinds")]  # kinds share kinds/_sentence.py
+    assert private == []
