@@ -187,3 +187,23 @@ def test_cached_target_teachers_wait_on_the_cpu(tmp_path, toy_tasks):
                                        f"distill.teachers=[{teacher}]")).distill
     distiller = Distiller(cfg, [], torch.device("cuda"))
     assert next(distiller.teachers[0].model.parameters()).device.type == "cpu"
+
+
+def test_label_smoothing_is_cross_entropy_against_smoothed_targets(tmp_path):
+    from conftest import write_task
+    from mtdnn.tasks import load_tasks
+
+    write_task(tmp_path, "s", "classification", {"train": [{"t": "x", "y": "a"}]}, {"text": "t", "label": "y"},
+               labels=["a", "b", "c"], label_smoothing=0.3)
+    (spec,) = load_tasks(["s"], [str(tmp_path)])
+    head = kinds.of(spec).head(8, spec, "cls")
+    logits, labels = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([1])
+    log_p = logits.log_softmax(-1)[0]
+    target = torch.full((3,), 0.3 / 3) + torch.nn.functional.one_hot(labels, 3)[0] * 0.7
+    assert head.loss(logits, {"labels": labels}).item() == pytest.approx(-(target * log_p).sum().item(), rel=1e-6)
+    write_task(tmp_path, "s", "classification", {"train": [{"t": "x", "y": "a"}]}, {"text": "t", "label": "y"},
+               labels=["a", "b"], label_smoothing=1.5, doc_stride=64)
+    with pytest.raises(MtdnnError) as info:
+        load_tasks(["s"], [str(tmp_path)])
+    assert "label_smoothing: must be in [0, 1)" in str(info.value)
+    assert "doc_stride: unknown field" in str(info.value)  # a span field on a classification task
