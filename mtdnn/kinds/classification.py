@@ -17,6 +17,7 @@ from mtdnn import metrics
 from mtdnn.collate import UNLABELED
 from mtdnn.heads import PooledLinear, symmetric_kl
 from mtdnn.kinds import BadRows, Kind
+from mtdnn.kinds._labels import label_list_problems, smoothing_problems
 from mtdnn.kinds._sentence import column, encode_texts, label_lookup, record, records, text_bad_rows
 
 if TYPE_CHECKING:
@@ -62,17 +63,9 @@ class Classification(Kind):
         return len(spec.labels)
 
     def spec_problems(self, spec: TaskSpec, where: str) -> list[str]:
-        labels = spec.labels if isinstance(spec.labels, list) else []
-        problems = []
-        if isinstance(spec.labels, list) and len(labels) < 2:
-            problems.append(f"{where}labels: a classification task needs at least 2 labels, got {spec.labels}")
-        if len(set(labels)) != len(labels):
-            problems.append(f"{where}labels: duplicate names in {spec.labels}")
-        if "auc" in (spec.metrics or []) and len(labels) != 2:
+        problems = label_list_problems(spec, where) + smoothing_problems(spec, where)
+        if "auc" in (spec.metrics or []) and isinstance(spec.labels, list) and len(spec.labels) != 2:
             problems.append(f"{where}metrics: 'auc' needs exactly 2 labels")
-        smoothing = spec.options.label_smoothing
-        if smoothing is not None and not 0 <= smoothing < 1:
-            problems.append(f"{where}label_smoothing: must be in [0, 1), got {smoothing}")
         return problems
 
     def bad_rows(self, spec: TaskSpec, split: str, ds) -> BadRows:

@@ -28,6 +28,7 @@ import torchmetrics.functional as tmf
 
 from mtdnn.heads import PooledLinear
 from mtdnn.kinds import BadRows, Kind
+from mtdnn.kinds._labels import label_list_problems, smoothing_problems
 from mtdnn.kinds._sentence import encode_texts, label_lookup, records, text_bad_rows
 
 if TYPE_CHECKING:
@@ -90,20 +91,13 @@ class Multilabel(Kind):
 
     def spec_problems(self, spec: TaskSpec, where: str) -> list[str]:
         labels = spec.labels if isinstance(spec.labels, list) else []
-        problems = []
-        if isinstance(spec.labels, list) and len(labels) < 2:
-            problems.append(f"{where}labels: a multilabel task needs at least 2 labels, got {spec.labels}")
-        if len(set(labels)) != len(labels):
-            problems.append(f"{where}labels: duplicate names in {spec.labels}")
+        problems = label_list_problems(spec, where) + smoothing_problems(spec, where)
         given = spec.options.thresholds
         values = given.values() if isinstance(given, dict) else [given] if given is not None else []
         if any(not 0 < v < 1 for v in values):
             problems.append(f"{where}thresholds: every threshold must be in (0, 1), got {given}")
         if isinstance(given, dict):
             problems += [f"{where}thresholds.{name}: not among the labels" for name in given if name not in labels]
-        smoothing = spec.options.label_smoothing
-        if smoothing is not None and not 0 <= smoothing < 1:
-            problems.append(f"{where}label_smoothing: must be in [0, 1), got {smoothing}")
         return problems
 
     def bad_rows(self, spec: TaskSpec, split: str, ds) -> BadRows:

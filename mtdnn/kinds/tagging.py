@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from mtdnn.heads import IGNORE, TokenLinear, symmetric_kl
 from mtdnn.kinds import BadRows, Kind
+from mtdnn.kinds._labels import label_list_problems, smoothing_problems
 
 if TYPE_CHECKING:
     from mtdnn.tasks import TaskSpec
@@ -161,13 +162,7 @@ class Tagging(Kind):
         return len(spec.labels)
 
     def spec_problems(self, spec: TaskSpec, where: str) -> list[str]:
-        problems = []
-        if isinstance(spec.labels, list) and len(spec.labels) < 2:
-            problems.append(f"{where}labels: a tagging task needs at least 2 labels, got {spec.labels}")
-        smoothing = spec.options.label_smoothing
-        if smoothing is not None and not 0 <= smoothing < 1:
-            problems.append(f"{where}label_smoothing: must be in [0, 1), got {smoothing}")
-        return problems
+        return label_list_problems(spec, where) + smoothing_problems(spec, where)
 
     def bad_rows(self, spec: TaskSpec, split: str, ds) -> BadRows:
         return bad_rows(spec, split, ds)
