@@ -81,7 +81,7 @@ class TrainerConfig:
 
 @dataclass
 class DistillConfig:
-    """Knowledge distillation from trained runs (see mtdnn/distill.py)."""
+    """Knowledge distillation from trained runs (see mtdnn/distill/)."""
 
     mode: str = "none"  # none | ensemble (set by choosing conf/distill/<mode>.yaml)
     teachers: list[str] = field(default_factory=list)  # run folders of trained teachers

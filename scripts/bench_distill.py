@@ -24,7 +24,7 @@ import torch
 
 from mtdnn.cli import load_run
 from mtdnn.data import TaskData, encode_splits, load_raw
-from mtdnn.inference import collator_for, predict_split
+from mtdnn.inference import collator_for, forward_rows
 from mtdnn.tasks import load_tasks
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -40,11 +40,12 @@ def validation_probs(run_dir: Path, spec, raw) -> tuple[torch.Tensor, torch.Tens
     encode_splits(data, loaded.tokenizer)
     collate = collator_for(spec, loaded.tokenizer, 8)
 
-    def predict():
-        return predict_split(loaded.model, spec, data.encoded["validation"], collate, 128, torch.device("cpu"))
+    def predict():  # validation probabilities and gold labels, in row order
+        logits, gold = forward_rows(loaded.model, spec, data.encoded["validation"], collate, 128, torch.device("cpu"))
+        return torch.stack(logits).softmax(-1), torch.stack(gold)
 
-    pred, gold = predict()
-    return pred["scores"], gold, predict
+    probs, gold = predict()
+    return probs, gold, predict
 
 
 def main() -> None:

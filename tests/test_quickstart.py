@@ -20,4 +20,4 @@ def test_offline_default_trains_minilm_well_above_chance(tmp_path):
     assert summary["validation"]["rt_polarity"]["accuracy"] > majority + 0.15
     assert summary["test"]["rt_polarity"]["accuracy"] > 0.75
     assert summary["tasks"]["rt_polarity"]["train_rows"] == 10246
-    assert "rt_polarity      validation  accuracy=" in done.stderr
+    assert "rt_polarity      validation  accuracy=" in done.stdout  # Hydra logs to stdout

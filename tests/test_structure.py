@@ -101,3 +101,12 @@ def test_commands_import_no_private_helpers():
                             if a.name.startswith("_") and not a.name.startswith("__")
                             and not node.module.startswith("mtdnn.kinds")]  # kinds share kinds/_sentence.py
     assert private == []
+
+
+def test_every_script_imports():
+    """Scripts use the library's API; a rename there must not leave a script broken until someone runs it."""
+    import importlib.util
+
+    for path in sorted((PACKAGE.parent / "scripts").glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
