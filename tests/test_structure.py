@@ -108,8 +108,10 @@ def test_every_script_imports():
     import importlib.util
     import sys
 
-    scripts = sorted((PACKAGE.parent / "scripts").glob("*.py"))
+    folder = PACKAGE.parent / "scripts"
+    scripts = sorted(folder.glob("*.py"))
     assert scripts
+    sys.path.insert(0, str(folder))  # as when a script runs: its folder is on the path
     for path in scripts:
         spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
@@ -118,3 +120,4 @@ def test_every_script_imports():
             spec.loader.exec_module(module)
         finally:
             del sys.modules[spec.name]
+    sys.path.remove(str(folder))
