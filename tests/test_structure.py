@@ -112,12 +112,14 @@ def test_every_script_imports():
     scripts = sorted(folder.glob("*.py"))
     assert scripts
     sys.path.insert(0, str(folder))  # as when a script runs: its folder is on the path
-    for path in scripts:
-        spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up there
-        try:
-            spec.loader.exec_module(module)
-        finally:
-            del sys.modules[spec.name]
-    sys.path.remove(str(folder))
+    try:
+        for path in scripts:
+            spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # dataclasses look their module up there
+            try:
+                spec.loader.exec_module(module)
+            finally:
+                del sys.modules[spec.name]
+    finally:
+        sys.path.remove(str(folder))
