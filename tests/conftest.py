@@ -13,6 +13,8 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("MTDNN_TEST_GPU") != "1":  # the suite runs on the CPU (exact-equality checks assume one device);
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # GPU tests: MTDNN_TEST_GPU=1 pytest -m gpu
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,7 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     step = report["step"]["tiny"]
     assert step["toolkit"]["n"] == step["plain"]["n"] == 2
     assert step["ratio"] == step["toolkit"]["median"] / step["plain"]["median"] > 0
-    assert 0 < report["mfu"]["mfu"] < 1.5 and report["mfu"]["matmul_peak_flops"] > 1e8
+    assert 0 < report["mfu"]["mfu"] < 1.0 and report["mfu"]["matmul_peak_flops"] > 1e8
     for name in ("toolkit batching", "pad to max_length", "toolkit batching, bf16"):
         run = report["training"][name]
         assert run["steps"] == 6 and 0 <= run["accuracy"] <= 1 and run["epoch_seconds"] > 0

