@@ -40,10 +40,14 @@ def test_two_gloo_ranks_equal_one_process_with_the_doubled_batch(tmp_path):
 
     single, parallel = _log(tmp_path / "one"), _log(tmp_path / "two")
     assert [r["step"] for r in parallel] == list(range(1, 17))  # rank 0 alone logged, once per step
+    assert len(single) == len(parallel) == 16
+    compared = 0
     for a, b in zip(single, parallel):
         for key in ("loss/toy_sent", "loss/toy_count", "grad_norm", "lr"):
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
+                compared += 1
+    assert compared >= 16 * 3  # every step: a task loss, the gradient norm and the learning rate
     s1, s2 = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
     assert s2["tasks"]["toy_sent"]["examples_seen"] == s1["tasks"]["toy_sent"]["examples_seen"]
     for task in ("toy_sent", "toy_count"):  # evaluated once, by rank 0, on the whole split: the same metrics

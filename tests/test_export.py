@@ -65,6 +65,7 @@ values = [r["score"] for r in reg([{{"text": a, "text_pair": b}} for a, b in zip
 print(json.dumps({{"scores": scores, "values": values}}))
 """)
     expected = [{"neg": float(p[0]), "pos": float(p[1])} for p in ours_sent]
+    assert len(got["scores"]) == len(expected) == len(SENTENCES)  # zip below must not pass on an empty list
     for mine, theirs in zip(expected, got["scores"]):
         assert mine == pytest.approx(theirs, abs=1e-5)
     assert got["values"] == pytest.approx(ours_count.tolist(), abs=1e-4)
