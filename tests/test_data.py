@@ -327,3 +327,30 @@ def test_train_rows_keeps_a_fixed_subset_whatever_the_run(tmp_path):
         pick(train_rows=500)
     with pytest.raises(MtdnnError, match=r"train_rows: must be at least 1, got 0"):
         pick(train_rows=0)
+
+
+@pytest.mark.parametrize("kind", ["wheel", "sdist"])
+def test_archive_members_that_escape_the_extraction_folder_are_refused(tmp_path, kind):
+    """A crafted wheel (zip) or sdist (tar.gz) whose member under the requested folder climbs out with '../'."""
+    import io
+    import tarfile
+    import zipfile
+
+    from mtdnn.artifacts import fetch_member, sha256_of
+
+    evil, payload = "data/../../../escaped.txt", b"owned"
+    if kind == "wheel":
+        archive = tmp_path / "pkg-1.0-py3-none-any.whl"
+        with zipfile.ZipFile(archive, "w") as zf:
+            zf.writestr("data/ok.txt", "fine")
+            zf.writestr(evil, payload)
+    else:
+        archive = tmp_path / "pkg-1.0.tar.gz"
+        with tarfile.open(archive, "w:gz") as tf:
+            for name, data in (("pkg-1.0/data/ok.txt", b"fine"), (f"pkg-1.0/{evil}", payload)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    with pytest.raises(MtdnnError, match="points outside the extraction folder"):
+        fetch_member("data", sha256_of(archive), archive=str(archive))
+    assert not list(tmp_path.parent.rglob("escaped.txt"))  # nothing was written outside
