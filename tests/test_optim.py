@@ -1,0 +1,63 @@
+"""Optimizer groups, the learning-rate schedule, per-task loss weights and epoch-based plans, against values
+written out by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtdnn.config import TrainerConfig
+from mtdnn.loop import forward_backward, make_plan
+from mtdnn.optim import build_optimizer, build_scheduler, param_groups
+from test_smart import _batch, _spec, _tiny_model
+
+
+def test_no_decay_for_1d_parameters_and_head_lr_for_heads_and_adapters():
+    model = _tiny_model(_spec("t"))
+    groups = param_groups(model, TrainerConfig(lr=1e-4, head_lr=1e-3, weight_decay=0.01))
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        g = by_param[id(p)]
+        assert g["weight_decay"] == (0.01 if p.ndim >= 2 else 0.0), name  # biases and LayerNorms: no decay
+        assert g["lr"] == (1e-3 if name.startswith("heads.") else 1e-4), name
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_warmup_then_linear_decay_at_given_steps():
+    model = _tiny_model(_spec("t"))
+    cfg = TrainerConfig(lr=1e-3, head_lr=None, warmup_ratio=0.1)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_steps=100)  # warmup = ceil(0.1 * 100) = 10 steps
+    seen = []
+    for _ in range(100):
+        seen.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    expected = [1e-3 * (s + 1) / 11 for s in range(10)] + [1e-3 * (100 - s) / 90 for s in range(10, 100)]
+    assert seen == pytest.approx(expected, rel=1e-9)
+    assert seen[9] < seen[10] == pytest.approx(1e-3) and seen[-1] == pytest.approx(1e-3 / 90)
+
+
+def test_the_micro_batch_scale_multiplies_the_gradient():
+    """The loop passes loss_weight / grad_accum (x the rank's share) as this scale."""
+    grads = {}
+    for weight in (1.0, 3.0):
+        model = _tiny_model(_spec("t")).eval()
+        forward_backward(model, "t", _batch(), {}, weight, torch.device("cpu"), False)
+        grads[weight] = model.heads["t"].out.weight.grad.clone()
+    torch.testing.assert_close(grads[3.0], 3 * grads[1.0])
+
+
+def test_epoch_based_plan_counts_every_tasks_batches():
+    class Batches:
+        def __init__(self, n):
+            self.n = n
+
+        def __len__(self):
+            return self.n
+
+    batches = {"a": Batches(10), "b": Batches(5)}
+    plan = make_plan(TrainerConfig(epochs=2.5, grad_accum=2, evals_per_epoch=3, max_steps=None), batches)
+    assert plan.batches_per_epoch == 15 and plan.total_steps == 19  # ceil(2.5 * 15 / 2)
+    assert plan.eval_every == 3  # ceil(15 / 2 / 3)
+    assert make_plan(TrainerConfig(max_steps=7), batches).total_steps == 7
