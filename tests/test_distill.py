@@ -246,3 +246,34 @@ def test_student_log_names_the_teachers_real_layer_count(teachers, tmp_path, cap
         run(_student(folder, runs[:1], "distill.student_from_teacher=true", "distill.keep_every=3",
                      "trainer.max_steps=1"), tmp_path / "run")
     assert "layers [0] of" in caplog.text and "2-layer encoder" in caplog.text
+
+
+def test_kd_terms_of_span_tagging_and_ranking_by_hand():
+    """Each kind's KD term written out with plain loops: T^2 * KL(teacher || softmax(student / T))."""
+    t = 2.0
+
+    def kl(p: torch.Tensor, z: torch.Tensor) -> float:  # KL(p || softmax(z / t)), p may hold zeros
+        q = torch.softmax(z / t, -1)
+        return float(sum(pi * (pi / qi).log() for pi, qi in zip(p, q) if pi > 0))
+
+    torch.manual_seed(0)
+    # span: (windows, tokens, 2); start and end distributions over each window's tokens, averaged over 2 x windows
+    logits = torch.randn(2, 5, 2)
+    soft = torch.softmax(torch.randn(2, 5, 2), 1)
+    expected = sum(kl(soft[w, :, e], logits[w, :, e]) for w in range(2) for e in range(2)) / 4 * t**2
+    assert kinds.get("span").kd_term(logits, soft, {}, t).item() == pytest.approx(expected, rel=1e-5)
+    # tagging: (sentences, tokens, tags); per real token over the tags, averaged over the real tokens
+    logits = torch.randn(2, 4, 3)
+    soft = torch.softmax(torch.randn(2, 4, 3), -1)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    real = [(i, j) for i in range(2) for j in range(4) if mask[i, j]]
+    expected = sum(kl(soft[i, j], logits[i, j]) for i, j in real) / len(real) * t**2
+    got = kinds.get("tagging").kd_term(logits, soft, {"attention_mask": mask}, t).item()
+    assert got == pytest.approx(expected, rel=1e-5)
+    # ranking: candidate scores of two groups (3 and 2 candidates), softmax within each group
+    scores = torch.tensor([0.5, -1.0, 2.0, 0.3, 0.1])
+    batch = {"group": torch.tensor([0, 0, 0, 1, 1]), "slot": torch.tensor([0, 1, 2, 0, 1]),
+             "labels": torch.zeros(2, 3)}
+    soft = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.4, 0.0]])
+    expected = (kl(soft[0], scores[:3]) + kl(soft[1, :2], scores[3:])) / 2 * t**2
+    assert kinds.get("ranking").kd_term(scores, soft, batch, t).item() == pytest.approx(expected, rel=1e-4)
