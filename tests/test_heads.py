@@ -311,3 +311,27 @@ def test_smart_on_span_ranking_and_tagging(tmp_path):
         prox = [r[f"smart_prox/{task}"] for r in log if f"smart_prox/{task}" in r]
         assert adv and min(adv) > 0 and prox and all(np.isfinite(prox))
     assert log[-1]["smart_skipped"] == 0
+
+
+@pytest.mark.parametrize("threshold, null_score, expected", [
+    (0.0, 3.0, "hello world"),  # best span 2 + 2 = 4 beats the [CLS] score 3 by 1 > 0
+    (1.5, 3.0, ""),             # ... but not by more than 1.5
+    (0.0, 5.0, ""),             # the [CLS] score wins
+    (-1.5, 5.0, "hello world")])  # a negative threshold answers even when [CLS] is ahead by less than 1.5
+def test_v2_decoding_answers_only_when_the_span_beats_no_answer_by_the_threshold(threshold, null_score, expected):
+    import datasets
+
+    from mtdnn.tasks import ColumnsSpec, SourceSpec, TaskSpec
+
+    spec = TaskSpec(name="q", head="span", source=SourceSpec(kind="files"),
+                    columns=ColumnsSpec(question="question", context="context", answers="answers"))
+    spec.options.allow_no_answer, spec.options.no_answer_threshold = True, threshold
+    raw = datasets.Dataset.from_dict({"question": ["what"], "context": ["hello world"], "answers": [None]})
+    offsets = [[-1, -1], [0, 5], [6, 11], [-1, -1]]  # [CLS] hello world [SEP]
+    encoded = datasets.Dataset.from_dict({"example": [0], "offsets": [offsets]})
+    logits = np.full((4, 2), -9.0)
+    logits[0] = null_score / 2  # start and end at [CLS]: the no-answer score
+    logits[1, 0], logits[2, 1] = 2.0, 2.0  # start at 'hello', end at 'world'
+    (record,) = span.decode(spec, raw, encoded, [logits])
+    assert record["answer"] == expected and record["no_answer_score"] == pytest.approx(null_score)
+    assert record["score"] == pytest.approx(4.0)
