@@ -79,3 +79,43 @@ def test_sampler_config_problems_are_all_reported():
     assert len(problems) == 3
     assert "did you mean 'temperature'" in problems[0]
     assert "sampler.temperature" in problems[1] and "sampler.weights.nope" in problems[2]
+
+
+def test_a_task_at_weight_zero_is_never_drawn():
+    sampler = TaskSampler(SamplerConfig(name="proportional", weights={"big": 0.0}), SIZES, 5000, seed=1)
+    drawn = {sampler.next() for _ in range(5000)}
+    assert drawn == {"mid", "small"}
+
+
+def test_annealed_sampler_resumes_mid_schedule_with_the_same_draws():
+    """The annealing clock counts micro-batches (grad_accum x steps): a sampler rebuilt from a checkpoint halfway
+    continues with exactly the draws, and the probabilities, of the uninterrupted one."""
+    cfg = SamplerConfig(name="annealed", end_alpha=0.0)
+    total = 4 * 50  # grad_accum 4, 50 steps
+    straight = TaskSampler(cfg, SIZES, total, seed=7)
+    first_half = [straight.next() for _ in range(total // 2)]
+    state = straight.state_dict()
+    rest = [straight.next() for _ in range(total // 2)]
+    resumed = TaskSampler(cfg, SIZES, total, seed=123)  # the seed is overwritten by the checkpointed state
+    resumed.load_state_dict(state)
+    assert [resumed.next() for _ in range(total // 2)] == rest
+    small_share = (first_half.count("small") / len(first_half), rest.count("small") / len(rest))
+    n = np.array(list(SIZES.values()), dtype=float)
+    assert small_share[0] < small_share[1]  # annealing towards uniform favours the small task later
+    assert small_share[1] == pytest.approx(np.mean([(n ** (1 - x))[2] / (n ** (1 - x)).sum()
+                                                    for x in np.arange(100, 200) / 200]), abs=0.1)
+
+
+def test_a_task_smaller_than_one_batch_still_serves_whole_epochs():
+    import datasets
+
+    from mtdnn.collate import Collator
+    from mtdnn.data import TaskBatches
+
+    rows = datasets.Dataset.from_dict({"input_ids": [[2, i, 3] for i in range(3)], "attention_mask": [[1] * 3] * 3,
+                                       "labels": [0, 1, 0]})
+    batches = TaskBatches(rows, batch_size=8, seed=0, collate=Collator(0, 1))
+    assert len(batches) == 1
+    seen = [sorted(batches.next()["input_ids"][:, 1].tolist()) for _ in range(4)]
+    assert seen == [[0, 1, 2]] * 4  # every batch is the whole (3-row) task, epoch after epoch
+    assert batches.state_dict() == {"epoch": 3, "position": 1}
