@@ -277,3 +277,23 @@ def test_kd_terms_of_span_tagging_and_ranking_by_hand():
     soft = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.4, 0.0]])
     expected = (kl(soft[0], scores[:3]) + kl(soft[1, :2], scores[3:])) / 2 * t**2
     assert kinds.get("ranking").kd_term(scores, soft, batch, t).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_the_distill_command_runs_a_student_and_reports_it(teachers, tmp_path):
+    """`python -m mtdnn.distill` itself: it is `mtdnn.train distill=ensemble`, and a missing teacher list is one
+    clear line with exit code 2."""
+    import subprocess
+    import sys
+
+    root, folder, runs = teachers
+    common = [sys.executable, "-m", "mtdnn.distill", "encoder=tiny", "task=toy_sent", f"task_dirs=[{folder}]",
+              "trainer.progress_bar=false", "predict_test=false", "trainer.max_steps=3"]
+    done = subprocess.run(common + [f"distill.teachers=[{','.join(map(str, runs))}]",
+                                    f"distill.soft_targets_dir={tmp_path / 'soft'}", f"output_dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [r["model"] for r in summary["distillation"]][:1] == ["student"] and len(summary["distillation"]) == 3
+    missing = subprocess.run(common + [f"output_dir={tmp_path / 'none'}"], capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "distill.teachers: required with distill=ensemble" in missing.stderr
