@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from mtdnn.cli import load_run
+from mtdnn.errors import MtdnnError
 from mtdnn.export import ExportConfig, export
 from mtdnn.train import run
 from conftest import compose_train, tiny_overrides, write_toy_tasks
-from test_heads import _span_task, _tag_task, squad_rows, tagging_rows
+from test_heads import _rank_task, _span_task, _tag_task, ranking_rows, squad_rows, tagging_rows
 
 SENTENCES = ["the movie great", "plot awful awful", "a film", "the cast great but the ending awful"]
 NO_MTDNN = "import sys, json; sys.modules['mtdnn'] = None\n"  # any import of mtdnn in the child fails
@@ -119,3 +120,33 @@ def test_export_errors_are_one_clear_line(trained, tmp_path):
         assert done.returncode == 2 and "Traceback" not in done.stderr
         assert expected in done.stderr.strip().splitlines()[-1], done.stderr
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine" and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_ranking_exports_a_cross_encoder_with_the_same_scores(tmp_path, model_type):
+    """Each (query, candidate) pair's score from the exported model equals mtdnn's, for BERT-style (pooler +
+    classifier) and RoBERTa-style (classifier.dense + out_proj) sequence heads."""
+    from transformers import AutoModelForSequenceClassification
+
+    folder = tmp_path / "tasks"
+    _rank_task(folder, ranking_rows(30, 1), ranking_rows(10, 2))
+    extra = ["encoder.from_config.model_type=roberta", "+encoder.from_config.pad_token_id=1"] \
+        if model_type == "roberta" else []
+    _train(folder, tmp_path / "run", "task=toy_rank", "trainer.max_steps=10", *extra)
+    out = export(ExportConfig(run_dir=str(tmp_path / "run"), task="toy_rank", out=str(tmp_path / "hf")))
+    hf = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
+    assert hf.config.num_labels == 1 and hf.config.model_type == model_type
+    loaded = load_run(str(tmp_path / "run"), "best", torch.device("cpu"))
+    enc = loaded.tokenizer(["which one", "which one", "another question"], ["a b yes", "c d", "e f g"],
+                           padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours, theirs = loaded.model("toy_rank", **enc), hf(**enc).logits.squeeze(-1)
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+
+
+def test_export_refuses_an_adapter_run(tmp_path):
+    folder = write_toy_tasks(tmp_path / "tasks")
+    _train(folder, tmp_path / "run", "task=toy_sent", "trainer.max_steps=2", "adapter=bottleneck")
+    with pytest.raises(MtdnnError, match="export: this run trained adapters"):
+        export(ExportConfig(run_dir=str(tmp_path / "run"), task="toy_sent", out=str(tmp_path / "hf")))
+    assert not (tmp_path / "hf").exists()
