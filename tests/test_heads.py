@@ -294,6 +294,10 @@ def test_all_head_types_train_together_and_learn_their_toy_rules(tmp_path):
     ranked = [json.loads(line) for line in predict(PredictConfig(
         run_dir=str(tmp_path / "run"), task="toy_rank", split="validation")).read_text().splitlines()]
     assert len(ranked) == 60 and all(len(r["ranking"]) == len(r["scores"]) >= 3 for r in ranked)
+    gold = {str(r["qid"]): r["answer"] for r in ranking_rows(60, 4)}
+    top_right = sum(r["ranking"][0] == gold[str(r["id"])] for r in ranked) / 60
+    assert top_right == pytest.approx(val["toy_rank"]["accuracy"])  # the records rank as the metric says
+    assert all(r["scores"] == sorted(r["scores"], reverse=True) for r in ranked)  # best first
 
 
 def test_smart_on_span_ranking_and_tagging(tmp_path):
