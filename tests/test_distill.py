@@ -228,6 +228,20 @@ def test_span_and_tagging_distil_from_teachers_sharing_the_tokenizer(tmp_path):
     assert targets.shape == (int(sizes.sum()), 2)  # one (start, end) probability per token of every window
     first = targets[: int(sizes[0])]
     assert torch.allclose(first.sum(0), torch.ones(2), atol=1e-4)  # distributions over the window's tokens
+    from mtdnn.build import prepare_data
+    from mtdnn.cli import load_run
+    from mtdnn.data import encode_splits
+    from mtdnn.tasks import load_tasks
+
+    teacher = load_run(str(tmp_path / "teacher"), "best", torch.device("cpu"))  # the first window, recomputed
+    data = prepare_data(load_tasks(["toy_squad"], [str(folder)]))["toy_squad"]
+    encode_splits(data, teacher.tokenizer)
+    window = data.encoded["train"][0]
+    ids = torch.tensor([window["input_ids"]])
+    with torch.no_grad():
+        logits = teacher.model("toy_squad", input_ids=ids, attention_mask=torch.ones_like(ids),
+                               token_type_ids=torch.tensor([window["token_type_ids"]]))[0]
+    torch.testing.assert_close(first, torch.softmax(logits / 2.0, 0), atol=1e-5, rtol=1e-4)  # T = 2 (the default)
     tag_file = load_file(str(next(store.glob("toy_ner-*.safetensors"))))
     assert torch.allclose(tag_file["targets"].sum(-1), torch.ones(len(tag_file["targets"])), atol=1e-4)
     log = [json.loads(line) for line in (tmp_path / "student" / "train_log.jsonl").read_text().splitlines()]
