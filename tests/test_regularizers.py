@@ -92,8 +92,9 @@ def test_freelb_accumulates_the_mean_gradient_of_its_k_adversarial_passes():
     model.zero_grad(set_to_none=True)
     head, mask = model.head("t"), batch["attention_mask"]
     embeds = model.embed(batch["input_ids"])
-    torch.manual_seed(1)
-    delta = freelb.initial_delta(embeds.detach(), mask, cfg.init_mag)
+    torch.manual_seed(1)  # the paper's start, written out: U(-1, 1) on real tokens x init_mag / sqrt(L_real x H)
+    real = mask.unsqueeze(-1).float()
+    delta = (torch.rand_like(embeds) * 2 - 1) * real * cfg.init_mag / (mask.sum(1) * embeds.shape[-1]).sqrt().view(-1, 1, 1)
     expected = [torch.zeros_like(p) for p in params]
     losses = []
     for _ in range(cfg.steps):
@@ -104,8 +105,10 @@ def test_freelb_accumulates_the_mean_gradient_of_its_k_adversarial_passes():
             if g is not None:
                 e += g / cfg.steps
         losses.append(loss.item())
-        delta = freelb.ascend(delta.detach(), grads[-1] * mask.unsqueeze(-1), cfg)
-        assert freelb.per_example_l2(delta).max() <= cfg.epsilon + 1e-6  # projected onto the l2 ball
+        g = grads[-1] * real  # ascent along g / ||g||_2 per example, then back onto the l2 ball of radius epsilon
+        delta = delta.detach() + cfg.step_size * g / g.flatten(1).norm(dim=1).view(-1, 1, 1)
+        delta = delta * (cfg.epsilon / delta.flatten(1).norm(dim=1).clamp_min(cfg.epsilon)).view(-1, 1, 1)
+        assert delta.flatten(1).norm(dim=1).max() <= cfg.epsilon + 1e-6
         assert delta[mask == 0].abs().max() == 0
     assert term.item() == pytest.approx(np.mean(losses), rel=1e-5)
     for g, e in zip(got, expected):
