@@ -55,3 +55,56 @@ def test_two_gloo_ranks_equal_one_process_with_the_doubled_batch(tmp_path):
             assert s2["validation"][task][metric] == pytest.approx(value, abs=1e-4)
     evaluations = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert sorted(e["step"] for e in evaluations) == [8, 16]  # once per evaluation, rows shared by the ranks
+
+
+def _two_and_one(tmp_path, common: list[str]) -> tuple[list[dict], list[dict], dict, dict]:
+    runs = {}
+    for name, launch, batch in (("two", ["-m", "torch.distributed.run", "--nproc_per_node", "2"], 8),
+                                ("one", [], 16)):
+        done = subprocess.run([sys.executable, *launch, "-m", "mtdnn.train", *common, f"trainer.batch_size={batch}",
+                               f"output_dir={tmp_path / name}"], capture_output=True, text=True, env=ENV,
+                              cwd=tmp_path, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[name] = json.loads((tmp_path / name / "summary.json").read_text())
+    return _log(tmp_path / "two"), _log(tmp_path / "one"), runs["two"], runs["one"]
+
+
+def test_smart_teacher_and_child_tuning_masks_agree_across_ranks_through_an_uneven_last_batch(tmp_path):
+    """Ranks that disagreed on Child-Tuning F's masks or SMART's teacher would drift apart, and rank 0 would leave
+    the single-process curve. 401 rows: the epoch's last global batch has 1 row, fewer than the ranks."""
+    from conftest import sentiment_rows, write_task
+
+    folder = tmp_path / "tasks"
+    write_task(folder, "toy_sent", "classification", {"train": sentiment_rows(401, 1),
+                                                      "validation": sentiment_rows(3, 2)},
+               {"text": "sentence", "label": "label"}, labels=["neg", "pos"])
+    common = ["encoder=tiny", f"task_dirs=[{folder}]", "task=toy_sent", "trainer.progress_bar=false",
+              "trainer.lr=1e-3", "trainer.head_lr=1e-3", "trainer.max_steps=28", "trainer.log_every=1",
+              "trainer.eval_every=14", "predict_test=false", "regularizer=[smart,child_tuning]",
+              "regularizer.child_tuning.mode=F", "regularizer.smart.scale=absolute", "regularizer.smart.epsilon=1e-7",
+              "regularizer.smart.noise_std=1e-7", *NO_DROPOUT[:3]]
+    parallel, single, s2, s1 = _two_and_one(tmp_path, common)
+    assert len(parallel) == len(single) == 28
+    for a, b in zip(single, parallel):
+        for key in ("loss/toy_sent", "smart_prox/toy_sent", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), (a["step"], key)
+    assert single[-1]["smart_prox/toy_sent"] > 0  # the teacher moved away from the student: a real comparison
+    assert s2["tasks"]["toy_sent"]["examples_seen"] == s1["tasks"]["toy_sent"]["examples_seen"] == 28 * 16 - 15
+    assert s2["validation"] == s1["validation"]  # 3 validation rows over 2 ranks: accuracy in thirds, exact
+
+
+def test_span_ranking_and_tagging_evaluate_the_same_sharded(tmp_path):
+    from test_heads import _rank_task, _span_task, _tag_task, ranking_rows, squad_rows, tagging_rows
+
+    folder = tmp_path / "tasks"
+    _span_task(folder, squad_rows(40, 1), squad_rows(11, 2))
+    _rank_task(folder, ranking_rows(40, 3), ranking_rows(11, 4))
+    _tag_task(folder, tagging_rows(40, 5), tagging_rows(11, 6))
+    common = ["encoder=tiny", f"task_dirs=[{folder}]", "task=[toy_squad,toy_rank,toy_ner]", "sampler=uniform",
+              "trainer.progress_bar=false", "trainer.max_steps=6", "trainer.eval_every=6", "predict_test=false",
+              *NO_DROPOUT[:2], "+task_overrides.toy_squad.dropout=0.0", "+task_overrides.toy_rank.dropout=0.0",
+              "+task_overrides.toy_ner.dropout=0.0"]
+    parallel, single, s2, s1 = _two_and_one(tmp_path, common)
+    assert set(s1["validation"]) == {"toy_squad", "toy_rank", "toy_ner"}
+    for task, scores in s1["validation"].items():  # windows, groups and sentences split over 2 ranks and gathered
+        assert s2["validation"][task] == pytest.approx(scores, abs=1e-4), task
