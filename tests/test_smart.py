@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -334,20 +336,24 @@ def _tb(folder, tag):
 
 
 def test_smart_trains_classification_and_regression_together(tmp_path, toy_tasks):
+    """With a ball large enough for the tiny random encoder's flat loss surface (at the MiniLM-sized default 1e-3
+    its term is ~1e-6 of the loss here, and the run says so), SMART's term acts and both tasks still learn."""
     cfg = compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "regularizer=smart",
                                        "trainer.max_steps=120", "trainer.eval_every=60", "trainer.grad_accum=2",
-                                       "trainer.log_every=5", "predict_test=false", "regularizer.smart.epsilon=1e-3",
-                                       "regularizer.smart.noise_std=1e-3"))
+                                       "trainer.log_every=5", "predict_test=false", "regularizer.smart.epsilon=5e-2",
+                                       "regularizer.smart.noise_std=5e-2"))
     summary = run(cfg, tmp_path / "run")
     assert summary["validation"]["toy_sent"]["accuracy"] > 0.85
     assert summary["validation"]["toy_count"]["pearson"] > 0.6
     tb = tmp_path / "run" / "tb"
     for task in ("toy_sent", "toy_count"):
         losses = _tb(tb, f"train/loss/{task}")
-        assert losses[-1] < losses[0]
+        assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])  # learned, not just drifted
         assert min(_tb(tb, f"train/smart_adv/{task}")) > 0
         assert min(_tb(tb, f"train/smart_prox/{task}")) > 0
     assert _tb(tb, "train/smart_skipped")[-1] == 0
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert np.mean([r["smart_adv_to_loss"] for r in log if "smart_adv_to_loss" in r]) > 1e-3  # an active term
 
 
 def test_smart_runs_under_bf16_autocast(tmp_path, toy_tasks, caplog):
