@@ -311,3 +311,40 @@ def test_the_distill_command_runs_a_student_and_reports_it(teachers, tmp_path):
     missing = subprocess.run(common + [f"output_dir={tmp_path / 'none'}"], capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "distill.teachers: required with distill=ensemble" in missing.stderr
+
+
+def test_ranking_and_regression_distil_end_to_end(tmp_path):
+    """A student trained on the teacher's targets alone (alpha 0) learns the ranking and the regression rule;
+    the stored regression targets are the teacher's own predictions."""
+    from conftest import count_rows
+    from test_heads import _rank_task, ranking_rows
+
+    folder = tmp_path / "tasks"
+    _rank_task(folder, ranking_rows(200, 1), ranking_rows(40, 2))
+    write_task(folder, "toy_count", "regression", {"train": count_rows(300, 3), "validation": count_rows(60, 4)},
+               {"text": "a", "text_pair": "b", "label": "score"}, fmt="jsonl")
+    both = "task=[toy_rank,toy_count]"
+    teacher = run(compose_train(tiny_overrides(folder, both, "trainer.max_steps=200", "predict_test=false",
+                                               "sampler=uniform")), tmp_path / "teacher")
+    store = tmp_path / "soft"
+    student = run(compose_train(tiny_overrides(
+        folder, both, "distill=ensemble", f"distill.teachers=[{tmp_path / 'teacher'}]", "distill.alpha=0",
+        "distill.student_from_teacher=true", "distill.keep_every=1", f"distill.soft_targets_dir={store}",
+        "trainer.max_steps=40", "sampler=uniform", "predict_test=false", "trainer.lr=1e-4", "trainer.head_lr=1e-4")),
+        tmp_path / "student")
+    for task, metric in (("toy_rank", "accuracy"), ("toy_count", "pearson")):
+        assert teacher["validation"][task][metric] > 0.8, (task, teacher["validation"][task])
+        assert student["validation"][task][metric] > 0.8, (task, student["validation"][task])
+    from mtdnn.build import prepare_data
+    from mtdnn.cli import load_run
+    from mtdnn.data import encode_splits
+    from mtdnn.inference import collator_for, forward_rows
+    from mtdnn.tasks import load_tasks
+
+    loaded = load_run(str(tmp_path / "teacher"), "best", torch.device("cpu"))
+    data = prepare_data(load_tasks(["toy_count"], [str(folder)]))["toy_count"]
+    encode_splits(data, loaded.tokenizer)
+    outputs, _ = forward_rows(loaded.model, data.spec, data.encoded["train"],
+                              collator_for(data.spec, loaded.tokenizer, 8), 64, torch.device("cpu"))
+    stored = load_file(str(next(store.glob("toy_count-*.safetensors"))))["targets"].squeeze(-1)
+    torch.testing.assert_close(stored, torch.stack(outputs), atol=1e-5, rtol=1e-5)
