@@ -222,7 +222,6 @@ def test_span_and_tagging_distil_from_teachers_sharing_the_tokenizer(tmp_path):
         "distill.student_from_teacher=true", "distill.keep_every=2", f"distill.soft_targets_dir={store}",
         "predict_test=false")), tmp_path / "student")
     assert {r["task"] for r in summary["distillation"]} == {"toy_squad", "toy_ner"}
-    from mtdnn.distill.targets import SoftTargetFile  # noqa: F401  (the stored format)
     span_file = load_file(str(next(store.glob("toy_squad-*.safetensors"))))
     targets, sizes = span_file["targets"], span_file["sizes"]
     assert targets.shape == (int(sizes.sum()), 2)  # one (start, end) probability per token of every window

@@ -17,6 +17,16 @@ NO_DROPOUT = ["+encoder.from_config.hidden_dropout_prob=0.0", "+encoder.from_con
               "+task_overrides.toy_sent.dropout=0.0", "+task_overrides.toy_count.dropout=0.0"]
 
 
+def _torchrun() -> list[str]:
+    """torchrun with 2 ranks on a free port (the default 29500 may still be held by a previous test's run)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+
+
 def _log(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
 
@@ -29,7 +39,7 @@ def test_two_gloo_ranks_equal_one_process_with_the_doubled_batch(tmp_path):
               # each rank draws R3F's noise for its own rows: only noise far below the tolerance keeps the curves
               # comparable (the test is about the gradient averaging, not the noise)
               "regularizer.r3f.scale=absolute", "regularizer.r3f.eps=1e-7"]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "mtdnn.train",
+    two = subprocess.run([sys.executable, *_torchrun(), "-m", "mtdnn.train",
                           *common, "trainer.batch_size=8", f"output_dir={tmp_path / 'two'}"],
                          capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
@@ -59,7 +69,7 @@ def test_two_gloo_ranks_equal_one_process_with_the_doubled_batch(tmp_path):
 
 def _two_and_one(tmp_path, common: list[str]) -> tuple[list[dict], list[dict], dict, dict]:
     runs = {}
-    for name, launch, batch in (("two", ["-m", "torch.distributed.run", "--nproc_per_node", "2"], 8),
+    for name, launch, batch in (("two", _torchrun(), 8),
                                 ("one", [], 16)):
         done = subprocess.run([sys.executable, *launch, "-m", "mtdnn.train", *common, f"trainer.batch_size={batch}",
                                f"output_dir={tmp_path / name}"], capture_output=True, text=True, env=ENV,
