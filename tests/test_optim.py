@@ -61,3 +61,22 @@ def test_epoch_based_plan_counts_every_tasks_batches():
     assert plan.batches_per_epoch == 15 and plan.total_steps == 19  # ceil(2.5 * 15 / 2)
     assert plan.eval_every == 3  # ceil(15 / 2 / 3)
     assert make_plan(TrainerConfig(max_steps=7), batches).total_steps == 7
+
+
+def test_the_loop_scales_each_tasks_loss_by_its_weight_over_grad_accum(tmp_path, toy_tasks, monkeypatch):
+    import mtdnn.loop as loop
+    from mtdnn.train import run
+    from conftest import compose_train, tiny_overrides
+
+    seen: dict[str, set] = {}
+    real = loop.forward_backward
+
+    def spy(model, task, batch, regularizers, scale, *args, **kwargs):
+        seen.setdefault(task, set()).add(scale)
+        return real(model, task, batch, regularizers, scale, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "forward_backward", spy)
+    run(compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "trainer.max_steps=6",
+                                     "trainer.grad_accum=2", "+task_overrides.toy_count.loss_weight=0.25",
+                                     "sampler=uniform", "predict_test=false")), tmp_path / "run")
+    assert seen == {"toy_sent": {0.5}, "toy_count": {0.125}}
