@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtdnn.collate import Collator
 from mtdnn.errors import MtdnnError
 
 if TYPE_CHECKING:
@@ -92,8 +93,6 @@ class Kind:
         raise NotImplementedError
 
     def collator(self, spec: TaskSpec, pad_id: int, multiple_of: int):
-        from mtdnn.collate import Collator
-
         return Collator(pad_id, multiple_of)
 
     # ---------------------------------------------------------------- model

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 import torchmetrics.functional as tmf
 
+from mtdnn.collate import Collator
 from mtdnn.heads import PooledLinear
 from mtdnn.kinds import BadRows, Kind
 from mtdnn.kinds._labels import label_list_problems, smoothing_problems
@@ -141,8 +142,6 @@ class Multilabel(Kind):
         return encode_texts(spec, tokenizer, ds, lambda values: [multi_hot(v) for v in values])
 
     def collator(self, spec: TaskSpec, pad_id: int, multiple_of: int):
-        from mtdnn.collate import Collator
-
         return Collator(pad_id, multiple_of, label_dtype=torch.float32)
 
     def head(self, hidden_size: int, spec: TaskSpec, pooling: str) -> MultilabelHead:

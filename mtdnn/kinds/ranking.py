@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mtdnn.collate import Collator
 from mtdnn.heads import NEG, PooledLinear, symmetric_kl
 from mtdnn.kinds import BadRows, Kind
 
@@ -116,8 +117,6 @@ class GroupCollator:
     """A batch of groups -> the candidates stacked (N, L), with each candidate's group and slot in the group."""
 
     def __init__(self, pad_id: int, multiple_of: int = 8):
-        from mtdnn.collate import Collator
-
         self.flat = Collator(pad_id, multiple_of)
 
     def __call__(self, rows: dict[str, list]) -> dict[str, torch.Tensor]:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from mtdnn import metrics
+from mtdnn.collate import Collator
 from mtdnn.heads import PooledLinear
 from mtdnn.kinds import BadRows, Kind
 from mtdnn.kinds._sentence import column, encode_texts, record, records, text_bad_rows
@@ -73,8 +74,6 @@ class Regression(Kind):
         return encode_texts(spec, tokenizer, ds, labels_of)
 
     def collator(self, spec: TaskSpec, pad_id: int, multiple_of: int):
-        from mtdnn.collate import Collator
-
         return Collator(pad_id, multiple_of, label_dtype=torch.float32)
 
     def head(self, hidden_size: int, spec: TaskSpec, pooling: str) -> RegressionHead:

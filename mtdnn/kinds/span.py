@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from mtdnn.heads import NEG, TokenLinear, symmetric_kl
 from mtdnn.kinds import BadRows, Kind
+from mtdnn.rundir import write_atomic
 
 if TYPE_CHECKING:
     from mtdnn.tasks import TaskSpec
@@ -276,8 +277,6 @@ class Span(Kind):
         return records, span_metrics(spec, raw, records)
 
     def write_extra(self, path: Path, spec: TaskSpec, records: list[dict]) -> None:
-        from mtdnn.rundir import write_atomic
-
         write_atomic(path.with_suffix(".json"), json.dumps(official_predictions(records), ensure_ascii=False))
 
     # distillation: the start and the end distributions over a window's tokens (axis 0 of a (tokens, 2) row)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mtdnn.collate import Collator
 from mtdnn.heads import IGNORE, TokenLinear, symmetric_kl
 from mtdnn.kinds import BadRows, Kind
 from mtdnn.kinds._labels import label_list_problems, smoothing_problems
@@ -178,8 +179,6 @@ class Tagging(Kind):
         return encode(spec, tokenizer, ds, hidden)
 
     def collator(self, spec: TaskSpec, pad_id: int, multiple_of: int):
-        from mtdnn.collate import Collator
-
         return Collator(pad_id, multiple_of, label_pad=IGNORE)
 
     def head(self, hidden_size: int, spec: TaskSpec, pooling: str) -> TaggingHead:
