@@ -43,7 +43,8 @@ def want_traceback() -> bool:
 
 
 def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
-    """Turn MtdnnError into 'error: ...' on stderr and exit code 2 (tracebacks only when debugging)."""
+    """Turn MtdnnError into 'error: ...' on stderr and exit code 2, Ctrl-C into one line and exit code 130
+    (tracebacks only when debugging)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -54,5 +55,11 @@ def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
                 raise
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:
+            if want_traceback():
+                raise
+            print("error: interrupted; every checkpoint written so far is intact: run the same command with "
+                  "resume=auto to continue", file=sys.stderr)
+            sys.exit(130)
 
     return wrapper

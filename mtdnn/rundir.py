@@ -27,6 +27,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +267,35 @@ def resolve_resume(resume: str, default_run_dir: Path) -> Path:
             return candidate
         log.warning("resume: skipping damaged checkpoint: %s", problem)
     raise MtdnnError(f"resume: no good checkpoint under {target / CHECKPOINTS}")
+
+
+# ---------------------------------------------------------------- one run per folder
+
+@contextmanager
+def run_lock(run_dir: Path):
+    """An exclusive OS lock on <run_dir>/.lock while a run writes the folder: a second run into the same folder
+    stops at once instead of interleaving its logs and checkpoints with the first. The OS drops the lock when the
+    holder's process ends, however it ends, so a killed run never leaves a stale lock behind."""
+    import fcntl
+
+    handle = open(run_dir / ".lock", "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise MtdnnError(f"output_dir: {run_dir} is in use by another run ({holder}); wait for it to finish or "
+                         "choose another output_dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 # ---------------------------------------------------------------- run files

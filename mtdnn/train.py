@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import hydra
@@ -25,7 +26,7 @@ from mtdnn.model import MultiTaskModel, bake_parametrizations
 from mtdnn.optim import build_optimizer, build_scheduler
 from mtdnn.paths import conf_dir
 from mtdnn.regularizers import build_regularizers
-from mtdnn.rundir import remove_staging, resolve_resume, save_run_files, seed_everything
+from mtdnn.rundir import remove_staging, resolve_resume, run_lock, save_run_files, seed_everything
 from mtdnn.sampler import TaskSampler
 from mtdnn.schema import suggest
 from mtdnn.stages import init_from_run, run_stages
@@ -57,76 +58,78 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
     if checkpoint is not None:
         output_dir = checkpoint.parent.parent
         check_resume_config(output_dir, OmegaConf.to_container(cfg, resolve=True))
-    if dist.is_main:
-        prepare_output_dir(output_dir, resuming=checkpoint is not None)
-        if checkpoint is not None:
-            remove_staging(output_dir)
-    dist.barrier()  # the other ranks read the folder only once rank 0 has checked and tidied it
-    if not cfg.trainer.progress_bar:
-        quiet_library_progress_bars()
-    seed_everything(cfg.seed)
-    device = dist.device(pick_device(cfg.trainer.device))
+    with ExitStack() as held:  # rank 0 holds the run folder's lock until the run ends, however it ends
+        if dist.is_main:
+            prepare_output_dir(output_dir, resuming=checkpoint is not None)
+            held.enter_context(run_lock(output_dir))
+            if checkpoint is not None:
+                remove_staging(output_dir)
+        dist.barrier()  # the other ranks read the folder only once rank 0 has checked and tidied it
+        if not cfg.trainer.progress_bar:
+            quiet_library_progress_bars()
+        seed_everything(cfg.seed)
+        device = dist.device(pick_device(cfg.trainer.device))
 
-    # 2. data: load and check every row, then tokenise (cached); soft targets when distilling
-    tasks = prepare_data(specs)
-    saved_run = output_dir if checkpoint is not None else Path(cfg.init_from).expanduser() if cfg.init_from else None
-    tokenizer, encoder, head_weights = tokenizer_and_encoder(cfg, tasks, saved_run)
-    for data in tasks.values():
-        encode_splits(data, tokenizer)
-    distiller = Distiller(cfg.distill, specs, device) if cfg.distill.mode == "ensemble" else None
-    if distiller is not None:
-        for name, origin in distiller.attach_soft_targets(tasks, tokenizer, cfg.trainer.eval_batch_size).items():
-            log.info("soft targets for %s: %s", name, origin)
+        # 2. data: load and check every row, then tokenise (cached); soft targets when distilling
+        tasks = prepare_data(specs)
+        saved_run = output_dir if checkpoint is not None else Path(cfg.init_from).expanduser() if cfg.init_from else None
+        tokenizer, encoder, head_weights = tokenizer_and_encoder(cfg, tasks, saved_run)
+        for data in tasks.values():
+            encode_splits(data, tokenizer)
+        distiller = Distiller(cfg.distill, specs, device) if cfg.distill.mode == "ensemble" else None
+        if distiller is not None:
+            for name, origin in distiller.attach_soft_targets(tasks, tokenizer, cfg.trainer.eval_batch_size).items():
+                log.info("soft targets for %s: %s", name, origin)
 
-    # 3. model, optimizer, schedule, sampler, regularizers (or all of them as the checkpoint left them)
-    model = MultiTaskModel(encoder, specs, cfg.encoder.pooling, cfg.adapter).to(device)
-    if cfg.init_from and checkpoint is None:  # staged training: start from an earlier run's best weights
-        head_weights = init_from_run(model, Path(cfg.init_from).expanduser(), cfg.init_heads)
-    if head_weights:  # the student starts from the teacher's heads too
-        model.heads.load_state_dict({k: v for k, v in head_weights.items()
-                                     if k.split(".")[0] in model.heads}, strict=False)
-    if checkpoint is None and dist.is_main:
-        save_run_files(output_dir, OmegaConf.to_yaml(cfg, resolve=True), specs, tokenizer, encoder.config)
-    collators = {s.name: collator_for(s, tokenizer, cfg.trainer.pad_to_multiple_of) for s in specs}
-    # data parallel: each task's batches are planned at the job's batch size; every rank takes its share
-    batches = {s.name: TaskBatches(tasks[s.name].encoded["train"], cfg.trainer.batch_size * dist.world,
-                                   task_seed(cfg.seed, s.name), collators[s.name], cfg.trainer.bucket_batches,
-                                   dist.shard if dist.active else None)
-               for s in specs}
-    plan = make_plan(cfg.trainer, batches)
-    optimizer = build_optimizer(model, cfg.trainer)
-    sizes = {s.name: len(tasks[s.name].encoded["train"]) for s in specs}
-    resumable = Resumable(optimizer, build_scheduler(optimizer, cfg.trainer, plan.total_steps),
-                          TaskSampler(cfg.sampler, sizes, plan.total_steps * cfg.trainer.grad_accum, cfg.seed),
-                          batches, build_regularizers(OmegaConf.to_container(cfg.regularizer, resolve=True), model,
-                                                      specs), TrainState())
-    if checkpoint is None:  # e.g. Child-Tuning's Fisher pass (a resumed run restores its result instead)
-        for reg in resumable.regularizers.values():
-            reg.prepare(model, one_pass_in_turn(batches), device)
-    else:
-        resumable.restore(checkpoint, model)
-    log_plan(specs, sizes, plan, cfg, model, output_dir, resumable.state)
-    first_step = resumable.state.step
+        # 3. model, optimizer, schedule, sampler, regularizers (or all of them as the checkpoint left them)
+        model = MultiTaskModel(encoder, specs, cfg.encoder.pooling, cfg.adapter).to(device)
+        if cfg.init_from and checkpoint is None:  # staged training: start from an earlier run's best weights
+            head_weights = init_from_run(model, Path(cfg.init_from).expanduser(), cfg.init_heads)
+        if head_weights:  # the student starts from the teacher's heads too
+            model.heads.load_state_dict({k: v for k, v in head_weights.items()
+                                         if k.split(".")[0] in model.heads}, strict=False)
+        if checkpoint is None and dist.is_main:
+            save_run_files(output_dir, OmegaConf.to_yaml(cfg, resolve=True), specs, tokenizer, encoder.config)
+        collators = {s.name: collator_for(s, tokenizer, cfg.trainer.pad_to_multiple_of) for s in specs}
+        # data parallel: each task's batches are planned at the job's batch size; every rank takes its share
+        batches = {s.name: TaskBatches(tasks[s.name].encoded["train"], cfg.trainer.batch_size * dist.world,
+                                       task_seed(cfg.seed, s.name), collators[s.name], cfg.trainer.bucket_batches,
+                                       dist.shard if dist.active else None)
+                   for s in specs}
+        plan = make_plan(cfg.trainer, batches)
+        optimizer = build_optimizer(model, cfg.trainer)
+        sizes = {s.name: len(tasks[s.name].encoded["train"]) for s in specs}
+        resumable = Resumable(optimizer, build_scheduler(optimizer, cfg.trainer, plan.total_steps),
+                              TaskSampler(cfg.sampler, sizes, plan.total_steps * cfg.trainer.grad_accum, cfg.seed),
+                              batches, build_regularizers(OmegaConf.to_container(cfg.regularizer, resolve=True), model,
+                                                          specs), TrainState())
+        if checkpoint is None:  # e.g. Child-Tuning's Fisher pass (a resumed run restores its result instead)
+            for reg in resumable.regularizers.values():
+                reg.prepare(model, one_pass_in_turn(batches), device)
+        else:
+            resumable.restore(checkpoint, model)
+        log_plan(specs, sizes, plan, cfg, model, output_dir, resumable.state)
+        first_step = resumable.state.step
 
-    # 4. train
-    tracker = Tracker(output_dir, plan.total_steps, first_step, cfg.trainer.progress_bar) if dist.is_main \
-        else SilentTracker()
-    try:
-        state = train(model, tasks, collators, resumable, cfg.trainer, plan, tracker, device, distiller, dist)
-    finally:
-        tracker.close()
+        # 4. train
+        tracker = Tracker(output_dir, plan.total_steps, first_step, cfg.trainer.progress_bar) if dist.is_main \
+            else SilentTracker()
+        try:
+            state = train(model, tasks, collators, resumable, cfg.trainer, plan, tracker, device, distiller, dist)
+        finally:
+            tracker.close()
 
-    dist.barrier()  # rank 0 has written the last checkpoint
-    if not dist.is_main:
-        return {"rank": dist.rank, "steps": state.step}
+        dist.barrier()  # rank 0 has written the last checkpoint
+        if not dist.is_main:
+            return {"rank": dist.rank, "steps": state.step}
 
-    # 5. report with the best checkpoint (reparametrized weights, e.g. R4F's, back to plain ones first)
-    bake_parametrizations(model)
-    summary = write_summary(cfg, model, tasks, collators, plan, state, output_dir, device, sizes, started,
-                            resumed_at_step=first_step if checkpoint is not None else None, distiller=distiller)
-    del model, optimizer, batches, resumable  # multirun jobs share one process: free memory between jobs
-    gc.collect()
-    return summary
+        # 5. report with the best checkpoint (reparametrized weights, e.g. R4F's, back to plain ones first)
+        bake_parametrizations(model)
+        summary = write_summary(cfg, model, tasks, collators, plan, state, output_dir, device, sizes, started,
+                                resumed_at_step=first_step if checkpoint is not None else None, distiller=distiller)
+        del model, optimizer, batches, resumable  # multirun jobs share one process: free memory between jobs
+        gc.collect()
+        return summary
 
 
 @cli_errors

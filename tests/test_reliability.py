@@ -200,3 +200,41 @@ def test_loading_is_safe_by_construction():
                 assert "weights_only=True" in line, f"{path}: {line.strip()}"
             assert "yaml.load(" not in line and "pickle" not in line, f"{path}: {line.strip()}"
     assert EncoderConfig().trust_remote_code is False
+
+
+def test_a_second_run_into_a_folder_in_use_stops_at_once_and_the_lock_dies_with_its_holder(tmp_path, toy_tasks):
+    from mtdnn.errors import MtdnnError
+    from mtdnn.rundir import run_lock
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    cfg = compose_train(tiny_overrides(toy_tasks, "task=toy_sent", "trainer.max_steps=2", "predict_test=false"))
+    with run_lock(folder):  # another run holds the folder (a lock conflicts across open files, as across processes)
+        with pytest.raises(MtdnnError, match=r"output_dir: .* is in use by another run \(pid \d+\)"):
+            run(cfg, folder)
+    assert sorted(p.name for p in folder.iterdir()) == [".lock"]  # the refused run wrote nothing
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
+                               "from mtdnn.rundir import run_lock; from pathlib import Path\n"
+                               "with run_lock(Path(sys.argv[2])):\n    print('held', flush=True); time.sleep(600)",
+                               str(Path(__file__).parent.parent), str(folder)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(MtdnnError, match="is in use by another run"):
+        run(cfg, folder)
+    holder.kill()  # SIGKILL: no chance to unlock; the OS releases the lock with the process
+    holder.wait()
+    assert run(cfg, folder)["steps"] == 2
+
+
+def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path, toy_tasks):
+    cmd = [sys.executable, "-m", "mtdnn.train", *tiny_overrides(toy_tasks, "task=toy_sent", "trainer.max_steps=100000",
+                                                                "trainer.log_every=1", "trainer.eval_every=5",
+                                                                f"output_dir={tmp_path / 'run'}")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log_file, deadline = tmp_path / "run" / "train_log.jsonl", time.time() + 300
+    while time.time() < deadline and not (log_file.is_file() and len(log_file.read_text().splitlines()) >= 6):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("error: interrupted; every checkpoint written so far is intact")
+    assert list_checkpoints(tmp_path / "run")  # step 5's checkpoint is there to resume from
