@@ -242,3 +242,20 @@ def test_full_traceback_only_when_asked(world, tmp_path):
     done = subprocess.run(args, cwd=tmp_path, env={**ENV, "HYDRA_FULL_ERROR": "1"}, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode != 0 and "Traceback" in done.stderr and "unknown head type" in done.stderr
+
+
+@pytest.mark.parametrize("value, holds", [(1999, "int64"), (3.5, "float64"), (["a", "list"], "lists"),
+                                          ({"a": "struct"}, "structs")])
+def test_a_text_column_that_is_not_text_names_column_and_row(tmp_path, value, holds):
+    from mtdnn.build import prepare_data
+    from mtdnn.errors import MtdnnError
+    from mtdnn.tasks import load_tasks
+    from conftest import write_task
+
+    rows = [{"s": value, "p": "fine", "y": "pos"}] * 3 + [{"s": value, "p": "also fine", "y": "neg"}]
+    write_task(tmp_path, "t", "classification", {"train": rows}, {"text": "s", "text_pair": "p", "label": "y"},
+               fmt="jsonl", labels=["neg", "pos"])
+    with pytest.raises(MtdnnError) as info:
+        prepare_data(load_tasks(["t"], [str(tmp_path)]))
+    assert f"t.yaml: columns.text: split 'train' row 1: text must be a string; column 's' holds {holds} " \
+           "(and 3 more rows)" in str(info.value)

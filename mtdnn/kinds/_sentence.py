@@ -26,14 +26,28 @@ def column(ds, name: str) -> pd.Series:
 
 
 def text_bad_rows(spec: TaskSpec, ds) -> BadRows:
-    """Empty texts, checked with pandas so million-row sets check in seconds."""
+    """Empty texts and values that are not text (numbers, lists, structs: usually the wrong column), checked with
+    pandas so million-row sets check in seconds."""
     bad: BadRows = {}
     for role in ("text", "text_pair"):
         name = getattr(spec.columns, role)
         if name:
             values = column(ds, name)
             record(bad, role, "text is empty", values.isna() | (values.astype(str).str.strip() == ""))
+            holds = feature_kind(ds.features.get(name))
+            if holds != "string":
+                record(bad, role, f"text must be a string; column '{name}' holds {holds}", values.notna())
     return bad
+
+
+def feature_kind(feature) -> str:
+    """What a `datasets` column holds, in words: string, int64, float64, lists, structs."""
+    if isinstance(feature, dict):
+        return "structs"
+    dtype = getattr(feature, "dtype", None)
+    if dtype in ("string", "large_string"):
+        return "string"
+    return dtype if isinstance(dtype, str) and dtype != "list" else "lists"
 
 
 def label_lookup(spec: TaskSpec, ds) -> Callable[[Any], int | None]:
