@@ -137,3 +137,28 @@ def encoder_from_saved_config(config_dir: Path):
     from transformers import AutoConfig, AutoModel
 
     return AutoModel.from_config(AutoConfig.from_pretrained(config_dir))
+
+
+POSITION_OFFSET_TYPES = ("roberta", "xlm-roberta", "camembert", "longformer")  # positions start after pad id + 1
+
+
+def position_limit(encoder, tokenizer) -> int | None:
+    """The longest input the encoder can take: its position table (less RoBERTa's offset) and the tokenizer's own
+    model_max_length when that is a real number (tokenizers without one report ~1e30)."""
+    config = encoder.config
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and getattr(config, "model_type", "") in POSITION_OFFSET_TYPES:
+        limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+    declared = getattr(tokenizer, "model_max_length", None)
+    if isinstance(declared, int) and declared < 1_000_000:
+        limit = declared if limit is None else min(limit, declared)
+    return limit
+
+
+def max_length_problems(specs, encoder, tokenizer) -> list[str]:
+    limit = position_limit(encoder, tokenizer)
+    if limit is None:
+        return []
+    return [f"{spec.file}: max_length: {spec.max_length} is above the encoder's limit of {limit} positions; "
+            f"use at most {limit} (+task_overrides.{spec.name}.max_length={limit})"
+            for spec in specs if spec.max_length > limit]

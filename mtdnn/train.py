@@ -19,6 +19,7 @@ from mtdnn.cli import pick_device
 from mtdnn.data import TaskBatches, encode_splits, one_pass_in_turn, task_seed
 from mtdnn.distill import Distiller
 from mtdnn.distributed import Distributed
+from mtdnn.encoders import max_length_problems
 from mtdnn.errors import MtdnnError, cli_errors, config_error_line, raise_if
 from mtdnn.inference import collator_for
 from mtdnn.loop import make_plan, train
@@ -74,6 +75,7 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
         tasks = prepare_data(specs)
         saved_run = output_dir if checkpoint is not None else Path(cfg.init_from).expanduser() if cfg.init_from else None
         tokenizer, encoder, head_weights = tokenizer_and_encoder(cfg, tasks, saved_run)
+        raise_if(max_length_problems(specs, encoder, tokenizer), "the task configuration has problems")
         for data in tasks.values():
             encode_splits(data, tokenizer)
         distiller = Distiller(cfg.distill, specs, device) if cfg.distill.mode == "ensemble" else None

@@ -259,3 +259,25 @@ def test_a_text_column_that_is_not_text_names_column_and_row(tmp_path, value, ho
         prepare_data(load_tasks(["t"], [str(tmp_path)]))
     assert f"t.yaml: columns.text: split 'train' row 1: text must be a string; column 's' holds {holds} " \
            "(and 3 more rows)" in str(info.value)
+
+
+def test_max_length_above_the_encoders_positions_is_refused_before_training(tmp_path, toy_tasks):
+    from mtdnn.errors import MtdnnError
+    from mtdnn.train import run
+    from conftest import compose_train, tiny_overrides
+
+    cfg = compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "+task_overrides.toy_sent.max_length=100000",
+                                       "+task_overrides.toy_count.max_length=513", "trainer.max_steps=2"))
+    with pytest.raises(MtdnnError) as info:
+        run(cfg, tmp_path / "run")
+    text = str(info.value)  # the tiny encoder has 512 positions; both tasks are named at once
+    assert "toy_sent.yaml: max_length: 100000 is above the encoder's limit of 512 positions" in text
+    assert "toy_count.yaml: max_length: 513 is above" in text
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    from transformers import RobertaConfig, RobertaModel
+
+    from mtdnn.encoders import position_limit
+
+    roberta = RobertaModel(RobertaConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                                         intermediate_size=8, max_position_embeddings=514, pad_token_id=1))
+    assert position_limit(roberta, None) == 512  # RoBERTa's positions start after the padding id
