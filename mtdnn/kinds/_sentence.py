@@ -98,9 +98,9 @@ def records(spec: TaskSpec, raw, fill: Callable[[int, dict], None]) -> list[dict
     out = []
     for i in range(len(raw)):
         row = raw[i]
-        record_ = {"id": row[cols.id] if cols.id else i, "text": row[cols.text]}
+        rec = {"id": row[cols.id] if cols.id else i, "text": row[cols.text]}
         if cols.text_pair:
-            record_["text_pair"] = row[cols.text_pair]
-        fill(i, record_)
-        out.append(record_)
+            rec["text_pair"] = row[cols.text_pair]
+        fill(i, rec)
+        out.append(rec)
     return out
