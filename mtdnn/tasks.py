@@ -130,9 +130,7 @@ def parse_task(path: Path, data: Any, overrides: dict[str, Any] | None = None) -
         data = _deep_merge(data, overrides)
     if isinstance(data, dict):
         data.setdefault("name", path.stem)
-    common, own, kind = _split_fields(data)
-    spec = build(TaskSpec, common, f"{path}: ", problems)
-    spec.options = build(kind.Options if kind else kinds.NoOptions, own, f"{path}: ", problems)
+    spec, kind = _build_spec(data, f"{path}: ", problems)
     spec.file = str(path)
     if not spec.metrics and kind is not None:
         spec.metrics = list(kind.default_metrics)
@@ -140,15 +138,24 @@ def parse_task(path: Path, data: Any, overrides: dict[str, Any] | None = None) -
     return spec, problems + _semantic_problems(spec, path)
 
 
-def _split_fields(data: Any) -> tuple[Any, dict, kinds.Kind | None]:
-    """(common TaskSpec fields, the head kind's own fields, the kind) of a task's YAML data."""
-    if not isinstance(data, dict):
-        return data, {}, None
-    kind = kinds.get(data["head"]) if isinstance(data.get("head"), str) and data["head"] in kinds.available() \
-        else None
+def _build_spec(data: Any, where: str, problems: list[str],
+                known_only: bool = False) -> tuple[TaskSpec, kinds.Kind | None]:
+    """The TaskSpec of a task's YAML data, its head kind's own fields built into `options`; with `known_only`,
+    fields neither knows are dropped instead of reported."""
+    kind = None
+    if isinstance(data, dict) and isinstance(data.get("head"), str) and data["head"] in kinds.available():
+        kind = kinds.get(data["head"])
     own_names = {f.name for f in dataclasses.fields(kind.Options)} if kind else set()
-    return ({k: v for k, v in data.items() if k not in own_names}, {k: v for k, v in data.items() if k in own_names},
-            kind)
+    common, own = data, {}
+    if isinstance(data, dict):
+        common = {k: v for k, v in data.items() if k not in own_names}
+        own = {k: v for k, v in data.items() if k in own_names}
+    if known_only:
+        names = {f.name for f in dataclasses.fields(TaskSpec) if f.init}
+        common = {k: v for k, v in common.items() if k in names}
+    spec = build(TaskSpec, common, where, problems)
+    spec.options = build(kind.Options if kind else kinds.NoOptions, own, where, problems)
+    return spec, kind
 
 
 def _deep_merge(base: dict, extra: dict) -> dict:
@@ -263,16 +270,14 @@ def load_tasks(names: list[str], extra_dirs: list[str] | None = None,
 def spec_to_dict(spec: TaskSpec) -> dict:
     """The spec as task-YAML data (the kind's own fields back at the top level)."""
     data = dataclasses.asdict(spec)
-    return {**data, **(data.pop("options") or {})}
+    options = data.pop("options") or {}  # popped first: the saved file must not hold them twice
+    return {**data, **options}
 
 
 def spec_from_dict(data: dict) -> TaskSpec:
     """Rebuild a spec saved in a run directory (already validated when the run started). Fields a saved spec has
     but this version does not know are dropped (older versions saved every kind's fields in every spec)."""
     problems: list[str] = []
-    common, own, kind = _split_fields(data)
-    names = {f.name for f in dataclasses.fields(TaskSpec) if f.init}
-    spec = build(TaskSpec, {k: v for k, v in common.items() if k in names}, "saved task: ", problems)
-    spec.options = build(kind.Options if kind else kinds.NoOptions, own, "saved task: ", problems)
+    spec, _ = _build_spec(data, "saved task: ", problems, known_only=True)
     raise_if(problems, "a saved task spec is unreadable")
     return spec

@@ -208,3 +208,13 @@ def test_label_smoothing_is_cross_entropy_against_smoothed_targets(tmp_path):
         load_tasks(["s"], [str(tmp_path)])
     assert "label_smoothing: must be in [0, 1)" in str(info.value)
     assert "doc_stride: unknown field" in str(info.value)  # a span field on a classification task
+
+
+def test_a_saved_spec_holds_each_field_once_and_reads_back(tmp_path):
+    from mtdnn.tasks import load_tasks, spec_from_dict, spec_to_dict
+
+    (spec,) = load_tasks(["squad_v2"])
+    saved = spec_to_dict(spec)
+    assert "options" not in saved and saved["allow_no_answer"] is True
+    again = spec_from_dict({**saved, "n_best": 5, "a_field_of_an_older_version": 1})
+    assert again.options.n_best == 5 and again.options.allow_no_answer and again.name == "squad_v2"
