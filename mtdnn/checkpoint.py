@@ -77,19 +77,19 @@ class Resumable:
 def config_changes(saved: Any, now: Any, prefix: str = "") -> list[str]:
     """One line per setting that differs ('key: old -> new', or a whole group 'added'/'removed'), except those a
     resumed run may change."""
-    if prefix.rstrip(".").startswith(RESUMABLE_CHANGES):
-        return []
     if isinstance(saved, dict) and isinstance(now, dict):
         changes = []
         for key in sorted(set(saved) | set(now), key=str):
             where = f"{prefix}{key}"
+            if where.startswith(RESUMABLE_CHANGES):
+                continue
             if key not in now:
                 changes.append(f"{where}: removed")
             elif key not in saved:
                 changes.append(f"{where}: added")
             else:
                 changes += config_changes(saved[key], now[key], f"{where}.")
-        return [c for c in changes if not c.split(":")[0].startswith(RESUMABLE_CHANGES)]
+        return changes
     return [] if saved == now else [f"{prefix.rstrip('.')}: {saved!r} -> {now!r}"]
 
 
