@@ -241,6 +241,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--epochs", nargs="+", type=float, default=[3, 1], help="one value, or one per size")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each gets cores/jobs threads)")
+    parser.add_argument("--threads", type=int, default=None, help="threads per run (default: cores/jobs)")
     parser.add_argument("--work", type=Path, default=Path("bench_quality"))
     parser.add_argument("--task-dirs", nargs="*", type=Path, default=[], help="folders of your own task YAMLs")
     parser.add_argument("--set", nargs="*", default=[], help="more overrides for every run, e.g. encoder=tiny")
@@ -259,7 +260,7 @@ def main() -> None:
     # seeds outermost: a protocol stopped half-way still has every method on its first seeds (paired)
     arms = [Arm(t, size, m, s, ep) for size, ep in budgets for s in args.seeds for t in args.tasks for m in args.methods]
     if not args.report_only:
-        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
         with ThreadPoolExecutor(args.jobs) as pool:
             for status in pool.map(lambda arm: run_one(arm, args, threads), arms):
                 print(status, flush=True)
