@@ -18,7 +18,8 @@ import torch
 from mtdnn import kinds
 from mtdnn.artifacts import fetch_member
 from mtdnn.collate import Collator
-from mtdnn.errors import MtdnnError, first_line
+from mtdnn.errors import MtdnnError, first_line, quiet_logger
+from mtdnn.file_faults import diagnose
 from mtdnn.schema import suggest
 from mtdnn.tasks import TaskSpec
 
@@ -118,10 +119,10 @@ def _load_file(spec: TaskSpec, path: Path, field_name: str):
     if fmt == "tsv":
         options.setdefault("delimiter", "\t")
     try:
-        ds = datasets.load_dataset(_BUILDERS[fmt], data_files={"data": str(path)}, split="data", **options)
+        with quiet_logger("datasets"):  # it logs the cause as a separate line; ours names file, line and cause
+            ds = datasets.load_dataset(_BUILDERS[fmt], data_files={"data": str(path)}, split="data", **options)
     except Exception as err:  # parse errors come from pandas/pyarrow with many types
-        raise MtdnnError(f"{where}: cannot read {path} as {fmt}: {type(err).__name__}: {first_line(err)}") \
-            from None
+        raise MtdnnError(f"{where}: cannot read {path} as {fmt}: {diagnose(path, fmt, options, err)}") from None
     if len(ds) == 0:
         raise MtdnnError(f"{where}: data file has no rows: {path}")
     return ds

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import os
 import sys
-from typing import Callable, Iterable, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -36,6 +38,18 @@ def config_error_line(err: BaseException) -> str:
     """An OmegaConf error as 'dotted.key: first line of the message'."""
     key = getattr(err, "full_key", None)
     return f"{key + ': ' if key else ''}{first_line(err)}"
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str) -> Iterator[None]:
+    """Silence a library's logger for a block whose failures we report ourselves."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def want_traceback() -> bool:
