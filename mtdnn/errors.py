@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
 import sys
 from typing import Callable, Iterable, Iterator, TypeVar
+
+from mtdnn.paths import cache_dir
 
 T = TypeVar("T")
 
@@ -52,6 +55,24 @@ def quiet_logger(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
+_ENVIRONMENT = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on device",
+                errno.EDQUOT: "disk quota exceeded", errno.ENOTDIR: "a path component is a file, not a folder"}
+
+
+def environment_fault(err: BaseException) -> str | None:
+    """'cannot write <file>: <cause>' when `err` (or an exception it wraps) is a file system refusing a write
+    (permissions, read-only, full disk): a fault of the machine, not of the code, so one line, not a traceback."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in _ENVIRONMENT:
+            where = f" {err.filename}" if err.filename else ""
+            hint = "; set MTDNN_CACHE to a writable folder with free space" if err.filename and \
+                str(err.filename).startswith(str(cache_dir())) else ""
+            return f"cannot write{where}: {_ENVIRONMENT[err.errno]}{hint}"
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def want_traceback() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("MTDNN_DEBUG") == "1"
 
@@ -68,6 +89,12 @@ def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
             if want_traceback():
                 raise
             print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        except Exception as err:  # noqa: BLE001  (a full disk or read-only folder is one line; bugs re-raise)
+            fault = environment_fault(err)
+            if fault is None or want_traceback():
+                raise
+            print(f"error: {fault}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             if want_traceback():

@@ -9,7 +9,8 @@ Writes into `out` (default SWEEP_DIR/report):
   report.csv   one row per group x task x metric: mean, std, n and the per-seed values
   report.png   each task's first (main) metric per group, with std error bars
 
-Jobs without a summary (failed or still running) are listed, not guessed at.
+Jobs that failed (with their error), have no summary yet, or never ran (planned in multirun.yaml, no folder)
+are listed, not guessed at.
 """
 
 from __future__ import annotations
@@ -27,8 +28,14 @@ from omegaconf import MISSING
 from mtdnn.cli import argv, parse_args
 from mtdnn.errors import MtdnnError, cli_errors
 from mtdnn.rundir import write_atomic
+from mtdnn.sweeps import FAILED, planned_jobs
 
 SEED_KEYS = ("seed",)  # overrides that distinguish repetitions, not configurations
+RUN_KEYS = ("resume",)  # overrides of how a job was run (continued), not of what it computes
+
+
+def _what(overrides: list) -> list[str]:
+    return [str(o) for o in overrides or [] if str(o).split("=", 1)[0].lstrip("+~") not in RUN_KEYS]
 
 
 @dataclass
@@ -40,9 +47,14 @@ class ReportConfig:
 
 @dataclass
 class Job:
-    folder: Path
+    folder: Path | None  # None: planned, never ran
     overrides: list[str]
     metrics: dict[str, dict[str, float]] | None  # task -> metric -> value; None: no summary
+    error: str | None = None  # why it failed (its failed.json), if it did
+
+    @property
+    def state(self) -> str:
+        return "done" if self.metrics else "failed" if self.error else "unfinished" if self.folder else "never ran"
 
 
 @dataclass
@@ -55,12 +67,16 @@ class Group:
 
 
 def read_jobs(sweep: Path, split: str) -> list[Job]:
+    """Every job with a folder, then the jobs the sweep planned (multirun.yaml) that have none (never ran)."""
     jobs = []
     for overrides_file in sorted(sweep.rglob(".hydra/overrides.yaml")):
         folder = overrides_file.parent.parent
-        summary = folder / "summary.json"
+        summary, failed = folder / "summary.json", folder / FAILED
         metrics = yaml.safe_load(summary.read_text()).get(split) if summary.is_file() else None
-        jobs.append(Job(folder, [str(o) for o in yaml.safe_load(overrides_file.read_text()) or []], metrics))
+        error = yaml.safe_load(failed.read_text()).get("error") if failed.is_file() and not metrics else None
+        jobs.append(Job(folder, _what(yaml.safe_load(overrides_file.read_text())), metrics, error))
+    seen = {tuple(j.overrides) for j in jobs}
+    jobs += [Job(None, _what(planned), None) for planned in planned_jobs(sweep) if tuple(_what(planned)) not in seen]
     if not jobs:
         raise MtdnnError(f"sweep_dir: {sweep} holds no Hydra jobs (no */.hydra/overrides.yaml); "
                          "pass the folder of a `python -m mtdnn.train -m ...` sweep")
@@ -104,9 +120,13 @@ def markdown(groups: list[Group], cols: list[tuple[str, str]], missing: list[Job
             values = group.values(task, metric)
             cells.append("-" if not values else "{:.4f} ± {:.4f} ({})".format(*mean_std(values), len(values)))
         lines.append(f"| {group.label} | " + " | ".join(cells) + " |")
-    if missing:
-        lines += ["", "Jobs without a summary (failed or unfinished):"]
-        lines += [f"- `{job.folder}` ({' '.join(job.overrides)})" for job in missing]
+    for state, title in (("failed", "Jobs that failed"), ("unfinished", "Jobs without a summary (unfinished or "
+                                                                      "killed)"), ("never ran", "Jobs that never ran")):
+        listed = [job for job in missing if job.state == state]
+        if listed:
+            lines += ["", f"{title} ({len(listed)}):"]
+            lines += [f"- `{job.folder or '-'}` ({' '.join(job.overrides)})" + (f": {job.error}" if job.error else "")
+                      for job in listed]
     return "\n".join(lines) + "\n"
 
 

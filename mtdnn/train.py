@@ -32,6 +32,7 @@ from mtdnn.sampler import TaskSampler
 from mtdnn.schema import suggest
 from mtdnn.stages import init_from_run, run_stages
 from mtdnn.summary import log_plan, write_summary
+from mtdnn.sweeps import in_sweep, run_job
 from mtdnn.tasks import load_tasks
 from mtdnn.tracking import SilentTracker, Tracker
 from mtdnn.validate import run_problems
@@ -134,7 +135,6 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
         return summary
 
 
-@cli_errors
 def _main(cfg: DictConfig) -> dict:
     dist = Distributed()  # torchrun: one process per rank; a plain run is rank 0 of 1
     if not dist.is_main:
@@ -152,8 +152,9 @@ def _main(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
-    summary = _main(cfg)
-    return summary.get("best_score")  # sweepers optimise this
+    if in_sweep():  # a failed job is reported and the sweep goes on
+        return run_job(_main, cfg)
+    return cli_errors(_main)(cfg).get("best_score")  # sweepers optimise this
 
 
 @cli_errors
@@ -186,6 +187,7 @@ def one_line(err: Exception) -> str:
     return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
 
 
+@cli_errors
 def main() -> None:
     import sys
 

@@ -281,3 +281,34 @@ def test_max_length_above_the_encoders_positions_is_refused_before_training(tmp_
     roberta = RobertaModel(RobertaConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
                                          intermediate_size=8, max_position_embeddings=514, pad_token_id=1))
     assert position_limit(roberta, None) == 512  # RoBERTa's positions start after the padding id
+
+
+def _artifact_task(folder: Path) -> list[str]:
+    """A task read out of a local wheel (checksum right): running it must extract into MTDNN_CACHE."""
+    import hashlib
+    import zipfile
+
+    folder.mkdir(parents=True)
+    wheel = folder / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("pkg/data.csv", "text,label\n" + "".join(f"row {i},{'neg' if i % 2 else 'pos'}\n" for i in range(20)))
+    spec = {"name": "t", "head": "classification", "labels": ["neg", "pos"],
+            "columns": {"text": "text", "label": "label"},
+            "source": {"kind": "artifact", "archive": wheel.name, "sha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
+                       "file": "pkg/data.csv", "split_fractions": {"train": 0.5, "validation": 0.5}}}
+    (folder / "t.yaml").write_text(yaml.safe_dump(spec))
+    return ["task=t", f"task_dirs=[{folder}]"]
+
+
+def test_a_cache_that_cannot_be_written_is_one_line_naming_it(world, tmp_path):
+    """MTDNN_CACHE under a file (the same class as read-only or full: the file system refuses the write)."""
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    args = _command(_artifact_task(tmp_path / "case" / "tasks"), world, tmp_path / "case")
+    done = subprocess.run(args, cwd=tmp_path, env={**ENV, "MTDNN_CACHE": str(blocker / "cache")}, capture_output=True,
+                          text=True, timeout=300)
+    _assert_one_clear_line(done, f"error: cannot write {blocker / 'cache'}")
+    assert done.returncode == 2
+    assert "a path component is a file, not a folder; set MTDNN_CACHE to a writable folder with free space" \
+        in done.stderr
+    assert _digest(world["precious"]) == world["digest"]

@@ -1,0 +1,69 @@
+"""Sweeps survive a failed job: it is reported in one line and marked, the others finish, the sweep exits 2 with
+a list of what failed, `mtdnn.report` lists failed and never-run jobs, and `resume=auto` finishes the sweep
+without touching the jobs that were done."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import sentiment_rows, tiny_overrides, write_task, write_toy_tasks
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+ENV.pop("HYDRA_FULL_ERROR", None)
+ENV.pop("MTDNN_DEBUG", None)
+
+
+def _sweep(folder: Path, sweep_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "mtdnn.train", "-m", *tiny_overrides(folder), "task=toy_sent,toy_bad,toy_count",
+               "trainer.max_steps=3", "trainer.eval_every=3", "predict_test=false", f"hydra.sweep.dir={sweep_dir}",
+               *extra]
+    return subprocess.run(command, cwd=folder.parent, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def _bad_task(folder: Path, label: str) -> None:
+    rows = sentiment_rows(40, 7)
+    rows[5]["label"] = label
+    write_task(folder, "toy_bad", "classification", {"train": rows, "validation": sentiment_rows(20, 8)},
+               {"text": "sentence", "label": "label"}, labels=["neg", "pos"])
+
+
+def _bytes(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_failed_job_is_reported_the_sweep_goes_on_and_resume_finishes_it(tmp_path):
+    tasks, sweep = write_toy_tasks(tmp_path / "tasks"), tmp_path / "sweep"
+    _bad_task(tasks, "neutral")
+    done = _sweep(tasks, sweep)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2, done.stderr[-2000:]
+    assert errors[0].startswith("error: job 1 (") and "task=toy_bad" in errors[0]
+    assert "toy_bad.yaml: columns.label: split 'train' row 6: label 'neutral' is not in labels" in errors[0]
+    assert errors[1].startswith(f"error: 1 job(s) of the sweep in {sweep} failed: 1 (")
+    assert "resume=auto" in errors[1]
+    assert (sweep / "0" / "summary.json").is_file() and (sweep / "2" / "summary.json").is_file()
+    assert json.loads((sweep / "1" / "failed.json").read_text())["error"].startswith(str(tasks / "toy_bad.yaml"))
+
+    shutil.rmtree(sweep / "2")  # as if the sweep had been killed before its last job started
+    report = subprocess.run([sys.executable, "-m", "mtdnn.report", str(sweep)], env=ENV, capture_output=True,
+                            text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    text = (sweep / "report" / "report.md").read_text()
+    failed, never = text.split("Jobs that failed (1):")[1], text.split("Jobs that never ran (1):")[1]
+    assert "task=toy_bad" in failed.splitlines()[1] and "label 'neutral' is not in labels" in failed
+    assert "task=toy_count" in never.splitlines()[1]
+
+    first_job = _bytes(sweep / "0" / "summary.json")
+    _bad_task(tasks, "pos")  # the user fixes the data
+    again = _sweep(tasks, sweep, "resume=auto")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _bytes(sweep / "0" / "summary.json") == first_job  # a finished job is kept as it is
+    assert (sweep / "1" / "summary.json").is_file() and not (sweep / "1" / "failed.json").exists()
+    assert json.loads((sweep / "2" / "summary.json").read_text())["steps"] == 3
