@@ -15,6 +15,7 @@ from mtdnn.data import TaskData, check_columns, check_rows, encode_splits, load_
 from mtdnn.errors import cli_errors, raise_if
 from mtdnn.inference import collator_for, evaluate_split
 from mtdnn.rundir import write_json
+from mtdnn.metrics import show
 
 
 @dataclass
@@ -56,7 +57,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, dict[str, float]]:
 def main() -> None:
     results = evaluate(parse_args(EvaluateConfig, argv()))
     for task, scores in results.items():
-        print(f"{task:<16} " + "  ".join(f"{m}={v:.4f}" for m, v in scores.items()))
+        print(f"{task:<16} " + "  ".join(f"{m}={show(v)}" for m, v in scores.items()))
 
 
 if __name__ == "__main__":

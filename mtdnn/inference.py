@@ -76,7 +76,7 @@ def evaluate_tasks(model: MultiTaskModel, tasks: dict[str, TaskData], collators:
 
 def main_score(results: dict[str, dict[str, float]], specs: dict[str, TaskSpec], best_metric: str) -> float:
     """The number 'best' is judged by: a named task/metric, or the mean of each task's main metric
-    (signs flipped for errors, so higher is always better)."""
+    (signs flipped for errors, so higher is always better). NaN when a metric it needs is undefined."""
     def oriented(task: str, metric: str, value: float) -> float:
         return -value if metric in kinds.of(specs[task]).lower_is_better else value
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from contextlib import nullcontext
@@ -20,6 +21,8 @@ from mtdnn.regularizers import DropoutReplay, Regularizer, StepContext
 from mtdnn.errors import MtdnnError
 from mtdnn.rundir import rotate_checkpoints, save_best, save_checkpoint
 from mtdnn.tracking import LossMeter, Tracker
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -142,7 +145,7 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], collators: dict[str
             with dist.sharded_inference():
                 results = evaluate_tasks(model, tasks, collators, "validation", cfg.eval_batch_size, device, cfg.bf16)
             score = main_score(results, specs, cfg.best_metric)
-            improved = score > state.best_score or not state.best_results
+            improved = is_better(score, state, last=step == plan.total_steps)
             if improved:
                 state.best_score, state.best_step, state.best_results = score, step, results
             model.train()
@@ -154,3 +157,14 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], collators: dict[str
                 save_best(tracker.run_dir, step, {"score": score, "validation": results})
             rotate_checkpoints(tracker.run_dir, cfg.keep_last)
     return state
+
+
+def is_better(score: float, state: TrainState, last: bool) -> bool:
+    """An undefined score (NaN: a metric the validation data cannot define) never becomes the best; if no
+    evaluation of the run had a defined score, the last checkpoint is named best, with a warning."""
+    if not math.isnan(score):
+        return score > state.best_score or not state.best_results
+    if last and not state.best_results:
+        log.warning("no evaluation had a defined main score (see metrics.json); best.json names the last checkpoint")
+        return True
+    return False

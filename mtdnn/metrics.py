@@ -1,14 +1,38 @@
 """Sentence-level validation metrics computed by torchmetrics, shared by the kinds that predict one label or value
-per row (classification, regression); the first metric of a task is its main one."""
+per row (classification, regression); the first metric of a task is its main one.
+
+A metric the data cannot define is NaN ("undefined"), never a number that looks like a score: AUC and MCC when
+the gold labels hold one class, binary F1 when the gold holds no positive row, Pearson and Spearman when the gold
+or the prediction is constant. (torchmetrics returns 0 or NaN there, and a 0 would compete for the best
+checkpoint.) MCC of constant predictions on two-class gold stays 0, the usual convention (as scikit-learn)."""
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 import torchmetrics.functional as tmf
 
 MetricFn = Callable[[dict[str, torch.Tensor], torch.Tensor, int], float]
+UNDEFINED = float("nan")
+
+
+def is_undefined(value: float | None) -> bool:
+    return value is None or math.isnan(value)
+
+
+def show(value: float | None) -> str:
+    """A metric for people: 4 decimals, or 'undefined'."""
+    return "undefined" if is_undefined(value) else f"{value:.4f}"
+
+
+def _one_class(gold: torch.Tensor) -> bool:
+    return gold.unique().numel() < 2
+
+
+def _constant(values: torch.Tensor) -> bool:
+    return values.numel() < 2 or bool((values == values[0]).all())
 
 
 def _accuracy(pred: dict, gold: torch.Tensor, k: int) -> float:
@@ -18,6 +42,8 @@ def _accuracy(pred: dict, gold: torch.Tensor, k: int) -> float:
 def _f1(pred: dict, gold: torch.Tensor, k: int) -> float:
     # binary tasks report F1 of the positive (second) label, as GLUE does for MRPC/QQP; else macro F1
     if k == 2:
+        if not bool((gold == 1).any()):
+            return UNDEFINED
         return tmf.f1_score(pred["prediction"], gold, task="binary").item()
     return tmf.f1_score(pred["prediction"], gold, task="multiclass", num_classes=k, average="macro").item()
 
@@ -27,18 +53,26 @@ def _f1_macro(pred: dict, gold: torch.Tensor, k: int) -> float:
 
 
 def _mcc(pred: dict, gold: torch.Tensor, k: int) -> float:
+    if _one_class(gold):
+        return UNDEFINED
     return tmf.matthews_corrcoef(pred["prediction"], gold, task="multiclass", num_classes=k).item()
 
 
 def _auc(pred: dict, gold: torch.Tensor, k: int) -> float:
+    if _one_class(gold):
+        return UNDEFINED
     return tmf.auroc(pred["scores"][:, 1], gold, task="binary").item()
 
 
 def _pearson(pred: dict, gold: torch.Tensor, k: int) -> float:
+    if _constant(gold) or _constant(pred["prediction"]):
+        return UNDEFINED
     return tmf.pearson_corrcoef(pred["prediction"].double(), gold.double()).item()
 
 
 def _spearman(pred: dict, gold: torch.Tensor, k: int) -> float:
+    if _constant(gold) or _constant(pred["prediction"]):
+        return UNDEFINED
     return tmf.spearman_corrcoef(pred["prediction"].double(), gold.double()).item()
 
 

@@ -63,7 +63,7 @@ class Group:
     jobs: list[Job] = field(default_factory=list)
 
     def values(self, task: str, metric: str) -> list[float]:
-        return [j.metrics[task][metric] for j in self.jobs if j.metrics and metric in j.metrics.get(task, {})]
+        return [v for j in self.jobs if j.metrics and (v := j.metrics.get(task, {}).get(metric)) is not None]
 
 
 def read_jobs(sweep: Path, split: str) -> list[Job]:

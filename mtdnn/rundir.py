@@ -20,6 +20,7 @@ Every file is written to a temporary name, fsynced and renamed, so a crash never
 from __future__ import annotations
 
 import json
+import math
 import logging
 import os
 import random
@@ -72,7 +73,18 @@ def write_atomic(path: Path, data: bytes | str) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Strict JSON: an undefined number (NaN) is written as null, which every reader understands."""
+    write_atomic(path, json.dumps(_nan_to_null(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def _nan_to_null(data: Any) -> Any:
+    if isinstance(data, float) and math.isnan(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _nan_to_null(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_nan_to_null(v) for v in data]
+    return data
 
 
 def _replace_dir(staging: Path, final: Path) -> None:

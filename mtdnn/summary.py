@@ -14,6 +14,7 @@ from mtdnn.inference import evaluate_split, write_records
 from mtdnn.loop import Plan
 from mtdnn.rundir import best_checkpoint, load_weights, write_json
 from mtdnn.sampler import task_probabilities
+from mtdnn.metrics import show
 
 log = logging.getLogger("mtdnn")
 
@@ -86,7 +87,7 @@ def format_summary(summary: dict) -> str:
              f"  {'task':<16} {'split':<11} metrics"]
     for split in ("validation", "test"):
         for task, scores in summary[split].items():
-            lines.append(f"  {task:<16} {split:<11} " + "  ".join(f"{m}={v:.4f}" for m, v in scores.items()))
+            lines.append(f"  {task:<16} {split:<11} " + "  ".join(f"{m}={show(v)}" for m, v in scores.items()))
     for task, info in summary["tasks"].items():
         if info["skipped_rows"]:
             lines.append(f"  {task}: skipped bad rows {info['skipped_rows']} (on_bad_row: skip)")

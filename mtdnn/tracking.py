@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from mtdnn.rundir import write_atomic, write_json
+from mtdnn.metrics import show
 
 log = logging.getLogger("mtdnn")
 
@@ -77,7 +78,7 @@ class Tracker:
         for task, scores in results.items():
             for metric, value in scores.items():
                 self.tb.add_scalar(f"{split}/{task}/{metric}", value, step)
-        text = "  ".join(f"{t}: " + ", ".join(f"{m}={v:.4f}" for m, v in s.items()) for t, s in results.items())
+        text = "  ".join(f"{t}: " + ", ".join(f"{m}={show(v)}" for m, v in s.items()) for t, s in results.items())
         self.bar.write(f"step {step} (epoch {epoch:.2f}) {split}  {text}")
 
     def close(self) -> None:

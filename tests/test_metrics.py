@@ -68,3 +68,60 @@ def test_main_score_flips_errors_and_reads_a_named_metric():
     assert main_score(results, specs, "r/mse") == -0.4 and main_score(results, specs, "r/pearson") == 0.9
     assert main_score({"r": {"mse": 0.1, "pearson": 0.9}, "c": {"accuracy": 0.8}}, specs, "mean") > \
         main_score(results, specs, "mean")  # a smaller error is a better score
+
+
+def _cls(pred, gold, scores=None) -> dict:
+    pred, gold = torch.tensor(pred), torch.tensor(gold)
+    scores = torch.tensor(scores if scores is not None else np.eye(2)[pred.numpy()] * 0.8 + 0.1)
+    return metrics.compute(["accuracy", "f1", "mcc", "auc"], {"prediction": pred, "scores": scores}, gold, 2)
+
+
+def test_metrics_the_data_cannot_define_are_undefined_not_zero():
+    one_class = _cls([0, 1, 1, 0], [1, 1, 1, 1])
+    assert one_class["accuracy"] == 0.5 and one_class["f1"] == pytest.approx(2 / 3)
+    assert np.isnan(one_class["auc"]) and np.isnan(one_class["mcc"])  # scikit-learn's roc_auc_score refuses too
+    no_positive = _cls([0, 1, 0, 0], [0, 0, 0, 0])
+    assert np.isnan(no_positive["f1"])
+    constant_guess = _cls([1, 1, 1, 1], [0, 1, 0, 1])
+    assert constant_guess["mcc"] == 0.0 and not np.isnan(constant_guess["auc"])  # defined: the usual convention
+    for pred, gold in (([1.0, 1.0, 1.0], [0.1, 0.5, 0.9]), ([0.2, 0.4, 0.1], [3.0, 3.0, 3.0])):
+        got = metrics.compute(["pearson", "spearman", "mse"], {"prediction": torch.tensor(pred)}, torch.tensor(gold), 1)
+        with pytest.warns(stats.ConstantInputWarning):
+            assert np.isnan(stats.pearsonr(pred, gold)[0])  # scipy's verdict on the same input
+        assert np.isnan(got["pearson"]) and np.isnan(got["spearman"]) and not np.isnan(got["mse"])
+    assert metrics.show(float("nan")) == "undefined" and metrics.show(0.25) == "0.2500"
+
+
+def test_an_undefined_score_never_becomes_the_best_unless_nothing_else_was_defined():
+    from mtdnn.checkpoint import TrainState
+    from mtdnn.loop import is_better
+
+    state = TrainState()
+    assert not is_better(float("nan"), state, last=False)  # first evaluation undefined: no best yet
+    assert is_better(0.4, state, last=False)
+    state.best_score, state.best_results = 0.4, {"t": {"auc": 0.4}}
+    assert not is_better(float("nan"), state, last=True)  # a defined best is kept, even at the end
+    assert not is_better(0.3, state, last=False) and is_better(0.5, state, last=False)
+    assert is_better(float("nan"), TrainState(), last=True)  # never defined: the last checkpoint, with a warning
+    specs = {"a": _spec("a", "classification"), "b": _spec("b", "regression")}
+    specs["a"].metrics, specs["b"].metrics = ["auc"], ["pearson"]
+    mean = main_score({"a": {"auc": float("nan")}, "b": {"pearson": 0.9}}, specs, "mean")
+    assert np.isnan(mean)  # a mean over a different set of tasks would not be comparable
+
+
+def test_a_run_whose_validation_cannot_define_its_main_metric_says_so(tmp_path, caplog):
+    import json
+
+    from conftest import compose_train, sentiment_rows, tiny_overrides, write_task
+    from mtdnn.train import run
+
+    one_class = [r for r in sentiment_rows(60, 2) if r["label"] == "pos"]
+    write_task(tmp_path / "tasks", "t", "classification", {"train": sentiment_rows(60, 1), "validation": one_class},
+               {"text": "sentence", "label": "label"}, labels=["neg", "pos"], metrics=["auc", "accuracy"])
+    with caplog.at_level("INFO"):
+        run(compose_train(tiny_overrides(tmp_path / "tasks", "task=t", "trainer.max_steps=4", "trainer.eval_every=2",
+                                         "predict_test=false")), tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["validation"]["t"]["auc"] is None and 0 <= summary["validation"]["t"]["accuracy"] <= 1
+    assert summary["best_step"] == 4 and json.loads((tmp_path / "run" / "best.json").read_text())["step"] == 4
+    assert "no evaluation had a defined main score" in caplog.text and "auc=undefined" in caplog.text
