@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from mtdnn import kinds
-from mtdnn.data import TaskData, check_columns, check_rows, load_raw
+from mtdnn.data import TaskData, check_columns, check_rows, empty_split_problems, load_raw
 from mtdnn.distill import shallow_student
 from mtdnn.encoders import build_encoder, build_tokenizer, pretrained_source, saved_tokenizer_and_encoder
 from mtdnn.errors import MtdnnError, raise_if
@@ -40,7 +40,7 @@ def prepare_data(specs: list[TaskSpec]) -> dict[str, TaskData]:
         except MtdnnError as err:
             problems += err.problems
             continue
-        column_problems = check_columns(spec, data.raw)
+        column_problems = empty_split_problems(spec, data.raw) or check_columns(spec, data.raw)
         problems += column_problems or check_rows(data)
         tasks[spec.name] = data
     raise_if(problems, "the data has problems")

@@ -18,7 +18,7 @@ import torch
 from mtdnn import kinds
 from mtdnn.artifacts import fetch_member
 from mtdnn.collate import Collator
-from mtdnn.errors import MtdnnError, first_line, quiet_logger
+from mtdnn.errors import MtdnnError, first_line, quiet_logger, raise_if
 from mtdnn.file_faults import diagnose
 from mtdnn.schema import suggest
 from mtdnn.tasks import TaskSpec
@@ -150,6 +150,24 @@ def cut_by_fractions(ds, fractions: dict[str, float], seed: int) -> dict[str, An
 
 # ---------------------------------------------------------------- row checks (each kind knows its rows)
 
+def empty_split_problems(spec: TaskSpec, raw: dict[str, Any]) -> list[str]:
+    """A split left with no rows (a small fraction of a small file, `exclude` removing every row): evaluating or
+    training on it would fail at the first step, so it is named now with the setting that emptied it."""
+    problems = []
+    for split, ds in raw.items():
+        if len(ds) > 0:
+            continue
+        src = spec.source
+        if src.split_fractions:
+            share = src.split_fractions.get(split, 0)
+            total = sum(len(d) for d in raw.values())
+            problems.append(f"{spec.file}: source.split_fractions.{split}: split '{split}' gets no rows ({share} of "
+                            f"{total} rows); raise the fraction or give the split a file of its own")
+        else:
+            problems.append(f"{spec.file}: source.exclude: removes every row of split '{split}'")
+    return problems
+
+
 def check_columns(spec: TaskSpec, raw: dict[str, Any]) -> list[str]:
     problems = []
     gold = kinds.of(spec).gold_columns
@@ -192,10 +210,17 @@ def check_rows(data: TaskData) -> list[str]:
 
 # ---------------------------------------------------------------- tokenisation
 
+def length_problems(tasks: dict[str, TaskData], tokenizer) -> list[str]:
+    return [p for data in tasks.values() for split, ds in data.raw.items()
+            for p in kinds.of(data.spec).length_problems(data.spec, tokenizer, split, ds)]
+
+
 def encode_splits(data: TaskData, tokenizer) -> None:
     """Tokenise every split once; `datasets` caches the result keyed on the data, tokenizer and settings."""
     spec = data.spec
     kind = kinds.of(spec)
+    problems = [p for split, ds in data.raw.items() for p in kind.length_problems(spec, tokenizer, split, ds)]
+    raise_if(problems, "the data has problems")  # predict/evaluate/distill come here without train's check
     for split, ds in data.raw.items():
         data.encoded[split] = kind.encode(spec, tokenizer, ds, hidden=not kind.has_gold(spec, split, ds))
 

@@ -16,7 +16,7 @@ from mtdnn import config as _config  # noqa: F401  (registers the typed schemas 
 from mtdnn.build import prepare_data, prepare_output_dir, quiet_library_progress_bars, tokenizer_and_encoder
 from mtdnn.checkpoint import Resumable, TrainState, check_resume_config
 from mtdnn.cli import pick_device
-from mtdnn.data import TaskBatches, encode_splits, one_pass_in_turn, task_seed
+from mtdnn.data import TaskBatches, encode_splits, length_problems, one_pass_in_turn, task_seed
 from mtdnn.distill import Distiller
 from mtdnn.distributed import Distributed
 from mtdnn.encoders import max_length_problems
@@ -76,7 +76,8 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
         tasks = prepare_data(specs)
         saved_run = output_dir if checkpoint is not None else Path(cfg.init_from).expanduser() if cfg.init_from else None
         tokenizer, encoder, head_weights = tokenizer_and_encoder(cfg, tasks, saved_run)
-        raise_if(max_length_problems(specs, encoder, tokenizer), "the task configuration has problems")
+        raise_if(max_length_problems(specs, encoder, tokenizer) + length_problems(tasks, tokenizer),
+                 "the task configuration has problems")
         for data in tasks.values():
             encode_splits(data, tokenizer)
         distiller = Distiller(cfg.distill, specs, device) if cfg.distill.mode == "ensemble" else None

@@ -134,6 +134,24 @@ def _ranking_no_answer(case: Path, world) -> list[str]:
     return ["task=t", f"task_dirs=[{folder}]"]
 
 
+def _span_rows(case: Path, rows: list[dict]) -> list[str]:
+    folder = case / "tasks"
+    write_task(folder, "t", "span", {"train": rows}, {"question": "q", "context": "c", "answers": "a"}, fmt="jsonl",
+               doc_stride=8)
+    return ["task=t", f"task_dirs=[{folder}]"]
+
+
+GOOD_SPAN = {"q": "what", "c": "a film about paris", "a": {"text": ["paris"], "answer_start": [13]}}
+
+
+def _single_candidates(case: Path, world) -> list[str]:
+    rows = [{"q": f"query {i}", "opts": [f"only {i}"], "ans": 0} for i in range(6)]
+    folder = case / "tasks"
+    write_task(folder, "t", "ranking", {"train": rows}, {"query": "q", "candidates": "opts", "label": "ans"},
+               fmt="jsonl")
+    return ["task=t", f"task_dirs=[{folder}]"]
+
+
 GOOD = ["task=toy_sent"]  # with task_dirs added below
 
 CASES: dict[str, tuple[Callable[[Path, dict], list[str]], str]] = {
@@ -160,6 +178,20 @@ CASES: dict[str, tuple[Callable[[Path, dict], list[str]], str]] = {
     "ranking group without a correct candidate": (_ranking_no_answer,
                                                   "t.yaml: columns.label: split 'train' row 1: group '0' has no "
                                                   "correct candidate"),
+    "span answers and starts of different lengths": (
+        lambda c, w: _span_rows(c, [GOOD_SPAN, {**GOOD_SPAN, "a": {"text": ["paris", "film"], "answer_start": [13]}}]),
+        "t.yaml: columns.answers: split 'train' row 2: 2 answer texts but 1 answer_start offsets"),
+    "span question longer than max_length": (
+        lambda c, w: _span_rows(c, [GOOD_SPAN, {**GOOD_SPAN, "q": " ".join(["why"] * 60)}]),
+        "t.yaml: columns.question: split 'train' row 2: the question is 60 tokens, leaving no room for the context "
+        "within max_length 32"),
+    "ranking with one candidate per group": (_single_candidates,
+                                             "t.yaml: columns.candidates: split 'train' row 1: every group has a "
+                                             "single candidate, so there is nothing to rank"),
+    "a fraction that leaves its split empty": (
+        lambda c, w: _variant(c, {"source.splits": {}, "source.file": "t_train.csv",
+                                  "source.split_fractions": {"train": 0.99, "validation": 0.01}}),
+        "t.yaml: source.split_fractions.validation: split 'validation' gets no rows (0.01 of 30 rows)"),
     "fractions do not sum to 1": (lambda c, w: _variant(c, {"source.splits": {}, "source.file": "t_train.csv",
                                                             "source.split_fractions": {"train": 0.8, "test": 0.1}}),
                                   "t.yaml: source.split_fractions: fractions must be positive and sum to 1"),

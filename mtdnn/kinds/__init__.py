@@ -72,6 +72,10 @@ class Kind:
     def bad_rows(self, spec: TaskSpec, split: str, ds) -> BadRows:
         raise NotImplementedError
 
+    def length_problems(self, spec: TaskSpec, tokenizer, split: str, ds) -> list[str]:
+        """Rows the tokenizer cannot encode within max_length (checked before the first step)."""
+        return []
+
     def has_gold(self, spec: TaskSpec, split: str, ds) -> bool:
         """False for a test split that carries no gold labels (all missing, or -1 as in GLUE)."""
         if split != "test":

@@ -97,6 +97,9 @@ def bad_rows(spec: TaskSpec, split: str, ds) -> BadRows:
             bad[("label", f"group '{group}' has candidates without a label")].append(row)
         elif split != "test" and candidates and not any(r == 1 for r in relevance):
             bad[("label", f"group '{group}' has no correct candidate")].append(row)
+    if split == "train" and len(ds) and all(len(c) < 2 for c in ds["candidates"]):
+        bad[("candidates", "every group has a single candidate, so there is nothing to rank (one row per "
+                           "candidate needs columns.group to gather a query's candidates)")] = list(range(len(ds)))
     return dict(bad)
 
 

@@ -54,6 +54,11 @@ def bad_rows(spec: TaskSpec, split: str, ds) -> BadRows:
         if not context or not str(context).strip():
             bad[("context", "text is empty")].append(row)
             continue
+        if isinstance(value, dict) and not isinstance(value.get("text"), str) and \
+                len(value.get("text") or []) != len(value.get("answer_start") or []):
+            bad[("answers", f"{len(value.get('text') or [])} answer texts but "
+                            f"{len(value.get('answer_start') or [])} answer_start offsets")].append(row)
+            continue
         pairs = answer_list(value)
         if not pairs and split != "test" and not spec.options.allow_no_answer:
             bad[("answers", "no answer given (set allow_no_answer: true for SQuAD v2 data)")].append(row)
@@ -254,6 +259,19 @@ class Span(Kind):
 
     def bad_rows(self, spec: TaskSpec, split: str, ds) -> BadRows:
         return bad_rows(spec, split, ds)
+
+    def length_problems(self, spec: TaskSpec, tokenizer, split: str, ds) -> list[str]:
+        """A question that fills max_length leaves no room for any context window (the tokenizer would fail)."""
+        questions = ds[spec.columns.question]
+        lengths = [len(ids) for ids in tokenizer([str(q) for q in questions], add_special_tokens=False)["input_ids"]]
+        room = spec.max_length - tokenizer.num_special_tokens_to_add(pair=True) - 8  # 8: a little of the context
+        rows = [i for i, n in enumerate(lengths) if n > room]
+        if not rows:
+            return []
+        more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
+        return [f"{spec.file}: columns.question: split '{split}' row {rows[0] + 1}: the question is "
+                f"{lengths[rows[0]]} tokens, leaving no room for the context within max_length {spec.max_length}"
+                f"{more}; raise max_length or shorten the question"]
 
     def has_gold(self, spec: TaskSpec, split: str, ds) -> bool:
         column = spec.columns.answers
