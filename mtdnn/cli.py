@@ -65,9 +65,15 @@ def load_run(run_dir: str, checkpoint: str, device: torch.device) -> LoadedRun:
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise MtdnnError(f"trainer.device: '{name}' is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise MtdnnError(f"trainer.device: '{name}' requested but CUDA is not available")
-    return torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise MtdnnError(f"trainer.device: '{name}' but this machine has {torch.cuda.device_count()} CUDA devices")
+    return device
 
 
 def select_tasks(run: LoadedRun, task: str | None) -> list[TaskSpec]:

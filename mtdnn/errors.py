@@ -19,8 +19,17 @@ class MtdnnError(Exception):
     """A problem with the user's input: printed as plain lines, never as a traceback."""
 
     def __init__(self, problems: str | Iterable[str]):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        given = [problems] if isinstance(problems, str) else list(problems)
+        self.problems = [_one_line(p) for p in given]
         super().__init__("\n".join(self.problems))
+
+
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines (and a terminal) breaks on
+
+
+def _one_line(problem: str) -> str:
+    """A problem quotes the user's values, which may hold line breaks: escape them, so it stays one line."""
+    return "".join(c.encode("unicode_escape").decode() if c in _LINE_BREAKS else c for c in problem)
 
 
 def raise_if(problems: list[str], headline: str) -> None:

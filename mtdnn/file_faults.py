@@ -39,10 +39,11 @@ def _open_binary(path: Path) -> IO[bytes]:
 def diagnose(path: Path, fmt: str, options: dict[str, Any], err: BaseException) -> str:
     """'line N: cause' for the first broken line, or the deepest cause `datasets` gave when none is found."""
     try:
-        found = _first_fault(path, fmt, options)
-    except (OSError, EOFError, zipfile.BadZipFile, lzma.LZMAError) as fault:  # the compressed stream itself
+        with _open_binary(path) as raw:
+            data = raw.read()
+    except Exception as fault:  # noqa: BLE001  (each decompressor has its own errors: zlib, lzma, EOF, zip, ...)
         return f"the file is truncated or not valid {path.suffix.lstrip('.') or fmt} data ({first_line(fault)})"
-    return found or root_cause(err)
+    return _first_fault(data, fmt, options) or root_cause(err)
 
 
 def root_cause(err: BaseException) -> str:
@@ -52,10 +53,8 @@ def root_cause(err: BaseException) -> str:
     return f"{type(err).__name__}: {first_line(err)}"
 
 
-def _first_fault(path: Path, fmt: str, options: dict[str, Any]) -> str | None:
+def _first_fault(data: bytes, fmt: str, options: dict[str, Any]) -> str | None:
     encoding = options.get("encoding", "utf-8")
-    with _open_binary(path) as raw:
-        data = raw.read()
     text, fault = _decode(data, encoding)
     if fault:
         return fault

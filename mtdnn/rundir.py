@@ -73,17 +73,17 @@ def write_atomic(path: Path, data: bytes | str) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Strict JSON: an undefined number (NaN) is written as null, which every reader understands."""
-    write_atomic(path, json.dumps(_nan_to_null(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
+    """Strict JSON: a number JSON cannot hold (NaN: undefined; an infinite score) is written as null."""
+    write_atomic(path, json.dumps(_non_finite_to_null(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
-def _nan_to_null(data: Any) -> Any:
-    if isinstance(data, float) and math.isnan(data):
+def _non_finite_to_null(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
         return None
     if isinstance(data, dict):
-        return {k: _nan_to_null(v) for k, v in data.items()}
+        return {k: _non_finite_to_null(v) for k, v in data.items()}
     if isinstance(data, (list, tuple)):
-        return [_nan_to_null(v) for v in data]
+        return [_non_finite_to_null(v) for v in data]
     return data
 
 

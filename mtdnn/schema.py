@@ -15,8 +15,9 @@ from typing import Any, Union
 _MISSING = dataclasses.MISSING
 
 
-def suggest(word: str, choices: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+def suggest(word: Any, choices: typing.Iterable[Any]) -> str:
+    """' (did you mean ...?)' for near misses; any value may come in (a YAML list can hold numbers or nulls)."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=3, cutoff=0.6)
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 

@@ -241,6 +241,17 @@ def _fraction_problems(src: SourceSpec, w: str) -> list[str]:
     return problems
 
 
+def _name_override(problem: str, path: Path, given: dict, prefix: str = "") -> str:
+    """A problem in a field set on the command line says so: the user would not find the value in the YAML."""
+    for key, value in given.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            problem = _name_override(problem, path, value, f"{dotted}.")
+        elif problem.startswith(f"{path}: {dotted}:") or problem.startswith(f"{path}: {dotted}["):
+            return f"{problem} (set by task_overrides.{path.stem}.{dotted})"
+    return problem
+
+
 def load_tasks(names: list[str], extra_dirs: list[str] | None = None,
                overrides: dict[str, dict] | None = None) -> list[TaskSpec]:
     """Load and validate the selected tasks; raise one MtdnnError listing every problem in every file."""
@@ -258,7 +269,7 @@ def load_tasks(names: list[str], extra_dirs: list[str] | None = None,
             continue
         spec, task_problems = parse_task(path, data, overrides.get(path.stem))
         specs.append(spec)
-        problems += task_problems
+        problems += [_name_override(p, path, overrides.get(path.stem) or {}) for p in task_problems]
     problems += [f"task_overrides.{name}: not among the selected tasks" for name in overrides
                  if name not in {s.name for s in specs}]
     names_seen = [s.name for s in specs]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mtdnn import config as _config  # noqa: F401  (registers the typed schemas with Hydra)
 from mtdnn.build import prepare_data, prepare_output_dir, quiet_library_progress_bars, tokenizer_and_encoder
@@ -41,7 +41,10 @@ log = logging.getLogger("mtdnn")
 
 
 def task_names(task) -> list[str]:
-    names = [task] if isinstance(task, str) else list(task)
+    """task=mnli, task=[mnli,rte] or a path; a number or a mapping is still named in the error it gets."""
+    if isinstance(task, (dict, DictConfig)) or task is None:
+        raise MtdnnError(f"task: give a task name or a list of them, got {task!r}")
+    names = list(task) if isinstance(task, (list, tuple, ListConfig)) else [task]
     return [str(n) for n in names]
 
 
@@ -164,13 +167,22 @@ def check_overrides(overrides: list[str]) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            compose("train", overrides=overrides, return_hydra_config=True)
-    except Exception as err:  # Hydra and OmegaConf raise many types; all mean "this override is wrong"
-        raise MtdnnError(one_line(err)) from None
-    finally:
-        GlobalHydra.instance().clear()
+    def problem(given: list[str]) -> str | None:
+        try:
+            with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+                compose("train", overrides=given, return_hydra_config=True)
+        except Exception as err:  # Hydra and OmegaConf raise many types; all mean "this override is wrong"
+            return one_line(err)
+        finally:
+            GlobalHydra.instance().clear()
+        return None
+
+    message = problem(overrides)
+    if message is not None:
+        # Hydra's message does not always name the override ("must be a string or a list"): find the culprit
+        culprit = next((o for o in overrides if problem([o]) is not None), None)
+        name = culprit.split("=", 1)[0].lstrip("+~") if culprit else None
+        raise MtdnnError(message if name is None or name in message else f"{culprit}: {message}")
 
 
 def one_line(err: Exception) -> str:

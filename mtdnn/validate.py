@@ -3,7 +3,9 @@ heavy is loaded."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -32,10 +34,22 @@ def unknown_key_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def non_finite_problems(node: Any, where: str = "") -> list[str]:
+    """NaN or infinity in any numeric setting (trainer.lr=nan) would reach the optimizer or a regularizer and
+    fail there, or silently train nothing."""
+    if isinstance(node, dict):
+        return [p for key, value in node.items() if key != "hydra" for p in non_finite_problems(value, f"{where}{key}.")]
+    if isinstance(node, list):
+        return [p for i, value in enumerate(node) for p in non_finite_problems(value, f"{where.rstrip('.')}[{i}].")]
+    if isinstance(node, float) and not math.isfinite(node):
+        return [f"{where.rstrip('.')}: must be a finite number, got {node}"]
+    return []
+
+
 def run_problems(cfg: DictConfig, specs: list[TaskSpec]) -> list[str]:
     """Checks of the run config that need the task specs; all reported together with encoder problems."""
     t = cfg.trainer
-    problems = unknown_key_problems(cfg)
+    problems = unknown_key_problems(cfg) + non_finite_problems(OmegaConf.to_container(cfg, resolve=True))
     problems += encoder_problems(cfg.encoder) + sampler_problems(cfg.sampler, [s.name for s in specs])
     problems += regularizer_problems(OmegaConf.to_container(cfg.regularizer, resolve=True), specs)
     problems += distill_problems(cfg.distill, specs) + adapter_problems(cfg.adapter)

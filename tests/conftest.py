@@ -17,6 +17,15 @@ if os.environ.get("MTDNN_TEST_GPU") != "1":  # the suite runs on the CPU (exact-
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # GPU tests: MTDNN_TEST_GPU=1 pytest -m gpu
 
 
+def pytest_terminal_summary(terminalreporter):
+    """How many generated cases the fuzz tests ran (the issue asks for the number, fast and long profiles)."""
+    import sys
+
+    fuzz = sys.modules.get("test_fuzz")
+    if fuzz is not None and fuzz.COUNTS:
+        terminalreporter.write_line("fuzz cases run: " + "; ".join(f"{k}: {v}" for k, v in sorted(fuzz.COUNTS.items())))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     # artifact extraction must never touch (or depend on) the user's cache

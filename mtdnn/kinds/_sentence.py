@@ -40,6 +40,19 @@ def text_bad_rows(spec: TaskSpec, ds) -> BadRows:
     return bad
 
 
+def nested_label_rows(spec: TaskSpec, ds) -> BadRows:
+    """A label column of lists or structs (usually the wrong column, or multi-label data under a single-label
+    head): every filled row is bad, and nothing else about the labels can be checked."""
+    name = spec.columns.label
+    holds = feature_kind(ds.features.get(name))
+    if holds not in ("lists", "structs"):
+        return {}
+    values = column(ds, name)
+    hint = " (several labels per row: use head: multilabel)" if holds == "lists" else ""
+    return {("label", f"label must be one value; column '{name}' holds {holds}{hint}"):
+            np.flatnonzero(values.notna().to_numpy()).tolist() or list(range(len(ds)))}
+
+
 def feature_kind(feature) -> str:
     """What a `datasets` column holds, in words: string, int64, float64, lists, structs."""
     if isinstance(feature, dict):

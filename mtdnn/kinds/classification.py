@@ -18,7 +18,8 @@ from mtdnn.collate import UNLABELED
 from mtdnn.heads import PooledLinear, symmetric_kl
 from mtdnn.kinds import BadRows, Kind
 from mtdnn.kinds._labels import label_list_problems, smoothing_problems
-from mtdnn.kinds._sentence import column, encode_texts, label_lookup, record, records, text_bad_rows
+from mtdnn.kinds._sentence import (column, encode_texts, label_lookup, nested_label_rows, record, records,
+                                   text_bad_rows)
 
 if TYPE_CHECKING:
     from mtdnn.tasks import TaskSpec
@@ -71,6 +72,8 @@ class Classification(Kind):
     def bad_rows(self, spec: TaskSpec, split: str, ds) -> BadRows:
         bad = text_bad_rows(spec, ds)
         if spec.columns.label and spec.columns.label in ds.column_names:
+            if nested := nested_label_rows(spec, ds):
+                return {**bad, **nested}
             values = column(ds, spec.columns.label)
             to_id = label_lookup(spec, ds)
             unlabeled_ok = split == "test"

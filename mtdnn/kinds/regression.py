@@ -17,7 +17,7 @@ from mtdnn import metrics
 from mtdnn.collate import Collator
 from mtdnn.heads import PooledLinear
 from mtdnn.kinds import BadRows, Kind
-from mtdnn.kinds._sentence import column, encode_texts, record, records, text_bad_rows
+from mtdnn.kinds._sentence import column, encode_texts, nested_label_rows, record, records, text_bad_rows
 
 if TYPE_CHECKING:
     from mtdnn.tasks import TaskSpec
@@ -60,6 +60,8 @@ class Regression(Kind):
     def bad_rows(self, spec: TaskSpec, split: str, ds) -> BadRows:
         bad = text_bad_rows(spec, ds)
         if spec.columns.label and spec.columns.label in ds.column_names:
+            if nested := nested_label_rows(spec, ds):
+                return {**bad, **nested}
             values = column(ds, spec.columns.label)
             numbers = pd.to_numeric(values, errors="coerce")
             missing_ok = values.isna() & (split == "test")
