@@ -18,7 +18,7 @@ from mtdnn.rundir import load_trainer_state, load_weights, rng_state, set_rng_st
 log = logging.getLogger("mtdnn")
 
 # settings a resumed run may change: how long it runs, how often it reports, where and how it shows progress
-RESUMABLE_CHANGES = ("resume", "output_dir", "predict_test", "trainer.max_steps", "trainer.epochs",
+RESUMABLE_CHANGES = ("resume", "resume_allow_changes", "output_dir", "predict_test", "trainer.max_steps", "trainer.epochs",
                      "trainer.eval_every", "trainer.evals_per_epoch", "trainer.log_every", "trainer.keep_last",
                      "trainer.progress_bar", "trainer.eval_batch_size", "trainer.device", "stages")
 
@@ -60,10 +60,19 @@ class Resumable:
                 "regularizers": {name: reg.state_dict() for name, reg in self.regularizers.items()}}
 
     def restore(self, checkpoint: Path, model) -> None:
+        """Everything the checkpoint holds, except the optimizer's settings (lr, weight decay, betas), which come
+        from this run's config: the same values on a plain resume, the new ones with resume_allow_changes."""
         saved = load_trainer_state(checkpoint)
         load_weights(model, checkpoint / "model.safetensors")
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
+        for group, fresh in zip(self.optimizer.param_groups, settings):
+            group.update(fresh)
+        self.scheduler.base_lrs = [fresh["initial_lr"] for fresh in settings]
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         self.sampler.load_state_dict(saved["sampler"])
         for task, batch_state in saved["batches"].items():
             self.batches[task].load_state_dict(batch_state)
@@ -93,15 +102,18 @@ def config_changes(saved: Any, now: Any, prefix: str = "") -> list[str]:
     return [] if saved == now else [f"{prefix.rstrip('.')}: {saved!r} -> {now!r}"]
 
 
-def check_resume_config(run_dir: Path, now: dict) -> None:
+def check_resume_config(run_dir: Path, now: dict, allow_changes: bool = False) -> list[str]:
     """Refuse to resume with settings the checkpoint was not trained with (a regularizer added, another lr):
-    they would be applied half (built from restored state) or not at all, and config.yaml would not say so."""
+    they would be applied half (built from restored state) or not at all, and config.yaml would not say so.
+    With `allow_changes` they are returned instead, to be applied and recorded."""
     path = run_dir / "config.yaml"
     if not path.is_file():
-        return
+        return []
     changes = config_changes(yaml.safe_load(path.read_text()) or {}, now)
-    if changes:
+    if changes and not allow_changes:
         more = f" (and {len(changes) - 5} more)" if len(changes) > 5 else ""
         raise MtdnnError(f"resume: this command's settings differ from the run's ({path}): "
                          f"{'; '.join(changes[:5])}{more}; resume with the run's settings (only "
-                         "max_steps/epochs, evaluation and logging cadence may change) or choose a new output_dir")
+                         "max_steps/epochs, evaluation and logging cadence may change), pass "
+                         "resume_allow_changes=true to apply them, or choose a new output_dir")
+    return changes

@@ -117,6 +117,7 @@ class TrainConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     seed: int = 42
     resume: Optional[str] = None  # a checkpoint folder or a run folder (its newest checkpoint)
+    resume_allow_changes: bool = False  # resume with other settings: applied, recorded in config.yaml and the log
     output_dir: Optional[str] = None  # default: Hydra's run dir
     predict_test: bool = True  # write test-split predictions with the best checkpoint at the end
     init_from: Optional[str] = None  # a run folder: start from its best checkpoint (encoder, tokenizer, heads)

@@ -320,6 +320,15 @@ def save_run_files(run_dir: Path, config_yaml: str, specs: list[TaskSpec], token
     encoder_config.save_pretrained(str(run_dir / "encoder"))
 
 
+def record_resume(run_dir: Path, config_yaml: str, checkpoint: Path, changes: list[str]) -> None:
+    """config.yaml becomes the resumed command's settings, headed by what changed (older headers are kept)."""
+    path = run_dir / "config.yaml"
+    history = [line for line in path.read_text().splitlines() if line.startswith("# ")] if path.is_file() else []
+    if changes:
+        history.append(f"# resumed from {checkpoint.name} with resume_allow_changes: {'; '.join(changes)}")
+    write_atomic(path, "".join(f"{line}\n" for line in history) + config_yaml)
+
+
 def load_run_specs(run_dir: Path) -> list[TaskSpec]:
     folder = run_dir / "tasks"
     if not folder.is_dir():

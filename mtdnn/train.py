@@ -20,14 +20,14 @@ from mtdnn.data import TaskBatches, encode_splits, length_problems, one_pass_in_
 from mtdnn.distill import Distiller
 from mtdnn.distributed import Distributed
 from mtdnn.encoders import max_length_problems
-from mtdnn.errors import MtdnnError, cli_errors, config_error_line, raise_if
+from mtdnn.errors import MtdnnError, cli_errors, config_error_line, first_line, raise_if
 from mtdnn.inference import collator_for
 from mtdnn.loop import make_plan, train
 from mtdnn.model import MultiTaskModel, bake_parametrizations
 from mtdnn.optim import build_optimizer, build_scheduler
 from mtdnn.paths import conf_dir
 from mtdnn.regularizers import build_regularizers
-from mtdnn.rundir import remove_staging, resolve_resume, run_lock, save_run_files, seed_everything
+from mtdnn.rundir import record_resume, remove_staging, resolve_resume, run_lock, save_run_files, seed_everything
 from mtdnn.sampler import TaskSampler
 from mtdnn.schema import suggest
 from mtdnn.stages import init_from_run, run_stages
@@ -60,9 +60,12 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
                        OmegaConf.to_container(cfg.task_overrides, resolve=True))
     raise_if(run_problems(cfg, specs), "the run configuration has problems")
     checkpoint = resolve_resume(cfg.resume, output_dir) if cfg.resume else None
+    changes: list[str] = []  # settings a resumed run changes (resume_allow_changes=true)
     if checkpoint is not None:
         output_dir = checkpoint.parent.parent
-        check_resume_config(output_dir, OmegaConf.to_container(cfg, resolve=True))
+        changes = check_resume_config(output_dir, OmegaConf.to_container(cfg, resolve=True), cfg.resume_allow_changes)
+        for change in changes:
+            log.warning("resume_allow_changes: %s", change)
     with ExitStack() as held:  # rank 0 holds the run folder's lock until the run ends, however it ends
         if dist.is_main:
             prepare_output_dir(output_dir, resuming=checkpoint is not None)
@@ -97,6 +100,8 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
                                          if k.split(".")[0] in model.heads}, strict=False)
         if checkpoint is None and dist.is_main:
             save_run_files(output_dir, OmegaConf.to_yaml(cfg, resolve=True), specs, tokenizer, encoder.config)
+        elif dist.is_main:  # config.yaml says what the run continues with (max_steps, or the changes allowed)
+            record_resume(output_dir, OmegaConf.to_yaml(cfg, resolve=True), checkpoint, changes)
         collators = {s.name: collator_for(s, tokenizer, cfg.trainer.pad_to_multiple_of) for s in specs}
         # data parallel: each task's batches are planned at the job's batch size; every rank takes its share
         batches = {s.name: TaskBatches(tasks[s.name].encoded["train"], cfg.trainer.batch_size * dist.world,
@@ -114,7 +119,7 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
             for reg in resumable.regularizers.values():
                 reg.prepare(model, one_pass_in_turn(batches), device)
         else:
-            resumable.restore(checkpoint, model)
+            restore(resumable, checkpoint, model, changes)
         log_plan(specs, sizes, plan, cfg, model, output_dir, resumable.state)
         first_step = resumable.state.step
 
@@ -137,6 +142,18 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
         del model, optimizer, batches, resumable  # multirun jobs share one process: free memory between jobs
         gc.collect()
         return summary
+
+
+def restore(resumable: Resumable, checkpoint: Path, model: MultiTaskModel, changes: list[str]) -> None:
+    """A change allowed on resume that alters what the checkpoint must fit (another regularizer, adapter, head)
+    is one clear error; without changes a failure here is a bug and raises as one."""
+    try:
+        resumable.restore(checkpoint, model)
+    except (ValueError, KeyError, RuntimeError) as err:
+        if not changes:
+            raise
+        raise MtdnnError(f"resume: {checkpoint} cannot continue with the changed settings "
+                         f"({'; '.join(changes)}): {type(err).__name__}: {first_line(err)}") from None
 
 
 def _main(cfg: DictConfig) -> dict:

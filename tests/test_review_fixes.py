@@ -161,6 +161,37 @@ def test_resume_refuses_settings_the_checkpoint_was_not_trained_with(tmp_path, t
     summary = run(compose_train(base[:-2] + ["trainer.max_steps=3", "predict_test=false", "resume=auto"]),
                   tmp_path / "run")  # a longer run is fine
     assert summary["steps"] == 3
+    assert "max_steps: 3" in (tmp_path / "run" / "config.yaml").read_text()  # config.yaml says what it ran with
+
+
+def _lrs(run_dir) -> dict[int, float]:
+    import json
+
+    return {r["step"]: r["lr"] for r in map(json.loads, (run_dir / "train_log.jsonl").read_text().splitlines())}
+
+
+def test_resume_allow_changes_applies_the_new_learning_rate_and_records_it(tmp_path, toy_tasks, caplog):
+    """The learning rate a resumed run uses is the new one (not the optimizer state's), on the new schedule: the
+    logged lr of steps 5-8 equals that of a run trained with the new settings from the start."""
+    base = tiny_overrides(toy_tasks, "task=toy_sent", "predict_test=false", "trainer.log_every=1",
+                          "trainer.eval_every=4")
+    run(compose_train(base + ["trainer.max_steps=4"]), tmp_path / "run")
+    changed = base + ["trainer.max_steps=8", "trainer.lr=5e-4", "trainer.head_lr=5e-4", "resume=auto"]
+    with pytest.raises(MtdnnError, match="pass resume_allow_changes=true to apply them"):
+        run(compose_train(changed), tmp_path / "run")
+    with caplog.at_level("WARNING"):
+        run(compose_train(changed + ["resume_allow_changes=true"]), tmp_path / "run")
+    run(compose_train(base + ["trainer.max_steps=8", "trainer.lr=5e-4", "trainer.head_lr=5e-4"]), tmp_path / "fresh")
+    resumed, fresh = _lrs(tmp_path / "run"), _lrs(tmp_path / "fresh")
+    assert [resumed[s] for s in range(5, 9)] == [fresh[s] for s in range(5, 9)]
+    assert resumed[4] != fresh[4]  # the first 4 steps ran at the old rate
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    assert config.startswith("# resumed from step_0000004 with resume_allow_changes: ")
+    assert "trainer.lr: 0.001 -> 0.0005" in config.splitlines()[0] and "  lr: 0.0005" in config
+    assert "resume_allow_changes: trainer.lr: 0.001 -> 0.0005" in caplog.text
+    with pytest.raises(MtdnnError, match="checkpoint does not fit the model"):  # a change the checkpoint cannot fit
+        run(compose_train(base + ["trainer.max_steps=10", "task=[toy_sent,toy_count]", "resume=auto",
+                                  "resume_allow_changes=true"]), tmp_path / "run")
 
 
 @GPU
