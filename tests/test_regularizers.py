@@ -385,6 +385,8 @@ def test_each_method_trains_every_head_type(tmp_path, all_heads, name):
         assert log[-1]["l2_sp"] > 0
     if name == "child_tuning":
         assert log[-1]["child_tuning_kept"] == pytest.approx(0.3, abs=0.01)
+    if name == "mixout":  # every linear layer of the tiny BERT: 2 layers x (q, k, v, attn out, ffn in, ffn out) + pooler
+        assert log[-1]["mixout_layers"] == 13
 
 
 def test_smart_child_tuning_and_l2_sp_compose_and_learn(tmp_path, toy_tasks):

@@ -68,6 +68,10 @@ class Mixout(Base):
             self.mixers[name] = MixoutWeight(layer.weight, cfg.p).eval()  # eval: registering draws no mask
             parametrize.register_parametrization(layer, "weight", self.mixers[name])
 
+    def stats(self) -> dict[str, float]:
+        """How many of the encoder's linear layers mix with their pretrained weights (0: mixout does nothing)."""
+        return {"mixout_layers": float(len(self.mixers))}
+
     def state_dict(self) -> dict:
         return {"anchors": {name: mixer.anchor for name, mixer in self.mixers.items()}}
 
