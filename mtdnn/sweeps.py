@@ -55,19 +55,36 @@ def run_job(job: Callable[[DictConfig], dict], cfg: DictConfig) -> float | None:
     return summary.get("best_score")
 
 
-def planned_jobs(sweep_dir: Path) -> list[list[str]]:
-    """Every job's overrides as the sweep planned them (Hydra's own expansion of the command line kept in
-    multirun.yaml), in job order; empty when the folder has no multirun.yaml."""
-    import yaml
+def expand(command_line: list[str]) -> list[list[str]]:
+    """Every job's overrides, in job order, by Hydra's own expansion of a sweep's command line."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = OverridesParser.create().parse_overrides([str(o) for o in command_line])
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def covering_jobs(jobs: list[list[str]]) -> list[list[str]]:
+    """A few jobs that between them hold every override value of the sweep: checking these finds a bad value
+    without composing every job of a large grid."""
+    chosen, seen = [], set()
+    for job in jobs:
+        if not set(job) <= seen:
+            chosen.append(job)
+            seen |= set(job)
+    return chosen
+
+
+def planned_jobs(sweep_dir: Path) -> list[list[str]]:
+    """Every job's overrides as the sweep planned them (multirun.yaml keeps its command line), in job order;
+    empty when the folder has no multirun.yaml."""
+    import yaml
 
     saved = sweep_dir / "multirun.yaml"
     if not saved.is_file():
         return []
     command_line = (yaml.safe_load(saved.read_text()) or {}).get("hydra", {}).get("overrides", {}).get("task", [])
-    overrides = OverridesParser.create().parse_overrides([str(o) for o in command_line])
-    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    return expand(command_line)
 
 
 def failed_jobs(sweep_dir: Path) -> list[dict[str, Any]]:

@@ -32,7 +32,7 @@ from mtdnn.sampler import TaskSampler
 from mtdnn.schema import suggest
 from mtdnn.stages import init_from_run, run_stages
 from mtdnn.summary import log_plan, write_summary
-from mtdnn.sweeps import in_sweep, run_job
+from mtdnn.sweeps import covering_jobs, expand, in_sweep, run_job
 from mtdnn.tasks import load_tasks
 from mtdnn.tracking import SilentTracker, Tracker
 from mtdnn.validate import run_problems
@@ -202,6 +202,26 @@ def check_overrides(overrides: list[str]) -> None:
         raise MtdnnError(message if name is None or name in message else f"{culprit}: {message}")
 
 
+@cli_errors
+def check_sweep(command_line: list[str]) -> None:
+    """A sweep's jobs are checked as a single run's overrides are (a few jobs that hold every value between them),
+    so a bad value is one line before any job runs."""
+    def grammar_problem(given: list[str]) -> str | None:
+        try:
+            expand(given)
+        except Exception as err:  # noqa: BLE001  (Hydra's override grammar: a malformed sweep)
+            return one_line(err)
+        return None
+
+    message = grammar_problem(command_line)
+    if message is not None:
+        culprit = next((o for o in command_line if grammar_problem([o]) is not None), None)
+        raise MtdnnError(f"{culprit}: {message}" if culprit else message)
+    jobs = expand(command_line)
+    for job in covering_jobs(jobs):
+        check_overrides(job)
+
+
 def one_line(err: Exception) -> str:
     from omegaconf.errors import OmegaConfBaseException
 
@@ -224,9 +244,13 @@ def main() -> None:
     from mtdnn.errors import want_traceback
 
     args = sys.argv[1:]
-    # flags (--multirun, --help, --cfg, ...) and sweeps go to Hydra untouched
-    if args and not any(a.startswith("-") for a in args) and not want_traceback():
-        check_overrides(args)
+    flags = {a for a in args if a.startswith("-")}
+    overrides = [a for a in args if not a.startswith("-")]
+    # other flags (--help, --cfg, ...) go to Hydra untouched
+    if overrides and not want_traceback() and not flags:
+        check_overrides(overrides)
+    elif overrides and not want_traceback() and flags <= {"-m", "--multirun"}:
+        check_sweep(overrides)
     hydra_main()
 
 

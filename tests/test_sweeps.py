@@ -67,3 +67,16 @@ def test_a_failed_job_is_reported_the_sweep_goes_on_and_resume_finishes_it(tmp_p
     assert _bytes(sweep / "0" / "summary.json") == first_job  # a finished job is kept as it is
     assert (sweep / "1" / "summary.json").is_file() and not (sweep / "1" / "failed.json").exists()
     assert json.loads((sweep / "2" / "summary.json").read_text())["steps"] == 3
+
+
+def test_a_bad_value_in_a_sweep_is_one_line_before_any_job_runs(tmp_path):
+    tasks, sweep = write_toy_tasks(tmp_path / "tasks"), tmp_path / "sweep"
+    for bad, expected in (("regularizer=none,smrt", "error: regularizer=smrt: no such option (did you mean 'smart'?)"),
+                          ("trainer.max_steps=2,x", "error: trainer.max_steps: Value 'x' of type 'str' could not be"),
+                          ("seed=1,[2", "error: seed=1,[2: ")):
+        command = [sys.executable, "-m", "mtdnn.train", "-m", *tiny_overrides(tasks), "task=toy_sent", bad,
+                   f"hydra.sweep.dir={sweep}"]
+        done = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith(expected), done.stderr[-2000:]
+        assert not sweep.exists()
