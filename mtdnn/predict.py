@@ -7,7 +7,6 @@ text columns. An existing output file is never overwritten unless overwrite=true
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -38,7 +37,7 @@ class PredictConfig:
 def input_spec(spec: TaskSpec, path: str) -> TaskSpec:
     """The task with its source swapped for one local file, read as the task's test split."""
     file = Path(path).expanduser().resolve()
-    return dataclasses.replace(spec, source=SourceSpec(kind="files", splits={"test": str(file)}), file=str(file),
+    return spec.with_changes(source=SourceSpec(kind="files", splits={"test": str(file)}), file=str(file),
                                on_bad_row="error")
 
 

@@ -83,6 +83,13 @@ class TaskSpec:
     def num_labels(self) -> int:
         return kinds.of(self).num_labels(self)
 
+    def with_changes(self, **changes: Any) -> TaskSpec:
+        """A copy with some fields changed and the kind's options kept (dataclasses.replace would reset them to
+        the kind's defaults: `options` is not an init field)."""
+        changed = dataclasses.replace(self, **changes)
+        changed.options = self.options
+        return changed
+
 
 def known_tasks(extra_dirs: list[Path]) -> dict[str, Path]:
     """Task name -> YAML file; user folders shadow the shipped registry."""

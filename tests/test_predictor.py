@@ -1,0 +1,71 @@
+"""The Python API (`from mtdnn import load_run`): the same records as `mtdnn.predict` for every head kind, from
+texts, pairs or rows, without Hydra or files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import compose_train, tiny_overrides, write_toy_tasks
+from mtdnn.errors import MtdnnError
+from mtdnn.train import run
+from test_heads import _rank_task, _span_task, _tag_task, ranking_rows, squad_rows, tagging_rows
+
+TASKS = ["toy_sent", "toy_count", "toy_squad", "toy_rank", "toy_ner"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = write_toy_tasks(tmp_path_factory.mktemp("predictor") / "tasks")
+    _span_task(folder, squad_rows(30, 1), squad_rows(8, 2))
+    _rank_task(folder, ranking_rows(30, 3), ranking_rows(8, 4))
+    _tag_task(folder, tagging_rows(30, 5), tagging_rows(8, 6))
+    out = folder.parent / "run"
+    run(compose_train(tiny_overrides(folder, f"task=[{','.join(TASKS)}]", "trainer.max_steps=6",
+                                     "trainer.eval_every=6", "predict_test=false")), out)
+    return folder, out
+
+
+def _rows(path) -> list[dict]:
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    import pandas as pd
+
+    return pd.read_csv(path).to_dict("records")
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_the_api_gives_the_predict_commands_records_for_every_kind(trained, task, tmp_path):
+    from mtdnn import load_run
+    from mtdnn.predict import PredictConfig, predict
+
+    folder, out = trained
+    source = next(folder.glob(f"{task}_validation.*"))
+    written = predict(PredictConfig(run_dir=str(out), task=task, input=str(source), out=str(tmp_path / "p.jsonl")))
+    expected = [json.loads(line) for line in written.read_text().splitlines()]
+    got = load_run(out, device="cpu").predict(task, _rows(source), batch_size=128)  # predict's batch size
+    assert len(got) == len(expected) > 0
+    assert json.dumps(got, sort_keys=True) == json.dumps(expected, sort_keys=True)
+
+
+def test_texts_pairs_and_sentences_are_accepted_as_they_are(trained):
+    from mtdnn import load_run
+
+    _, out = trained
+    model = load_run(out, device="cpu")
+    assert sorted(model.tasks) == sorted(TASKS)
+    texts = ["a good film", "an awful plot"]
+    as_texts = model.predict("toy_sent", texts)
+    assert as_texts == model.predict("toy_sent", [{"sentence": t} for t in texts])
+    assert [r["text"] for r in as_texts] == texts and all(r["label"] in ("neg", "pos") for r in as_texts)
+    pairs = model.predict("toy_count", [("one two", "three"), ("four", "five six seven")])
+    assert [type(r["prediction"]) for r in pairs] == [float, float]
+    tags = model.predict("toy_ner", ["alice met bob in paris"])
+    assert len(tags[0]["tags"]) == 5
+    with pytest.raises(MtdnnError, match=r"inputs\[0\]: task toy_count \(regression\) takes a \(text, text_pair\)"):
+        model.predict("toy_count", ["just one text"])
+    with pytest.raises(MtdnnError, match="predict\\(\\) input: columns.text: split 'test' row 2: text is empty"):
+        model.predict("toy_sent", ["fine", "  "])
+    with pytest.raises(MtdnnError, match="task: 'nope' was not trained"):
+        model.predict("nope", texts)
