@@ -1,7 +1,8 @@
 """`python -m mtdnn.export run_dir=DIR task=NAME out=DIR [checkpoint=best] [overwrite=false]`
 (the run folder may also come first, without `run_dir=`).
 
-Writes one task of a run as a HuggingFace model folder (config.json, model.safetensors, tokenizer) that
+Writes one task of a run as a HuggingFace model folder (config.json, model.safetensors, tokenizer, and a
+README.md model card in the Hub's format, see mtdnn/model_card.py) that
 transformers' Auto classes and pipelines load without mtdnn. Each head kind says which class it becomes and how its
 head maps (`export_model` in mtdnn/kinds/<kind>.py; the mappings are in mtdnn/hf_mapping.py): span ->
 AutoModelForQuestionAnswering, tagging -> AutoModelForTokenClassification, classification, regression and ranking
@@ -24,6 +25,7 @@ from mtdnn import kinds
 from mtdnn.cli import argv, load_run, parse_args, select_tasks
 from mtdnn.errors import MtdnnError, cli_errors
 from mtdnn.export_modeling import MeanPooledForSequenceClassification  # also shipped as remote code
+from mtdnn.model_card import model_card
 from mtdnn.tasks import TaskSpec
 
 REMOTE_CODE = "modeling_mtdnn_export.py"
@@ -36,6 +38,7 @@ class ExportConfig:
     out: str = MISSING
     checkpoint: str = "best"
     overwrite: bool = False
+    language: str = "en"  # the model card's language tag
 
 
 def build_hf_model(run, spec: TaskSpec) -> nn.Module:
@@ -67,6 +70,7 @@ def export(cfg: ExportConfig) -> Path:
         model.config.architectures = [type(model).__name__]
     model.save_pretrained(str(staging))
     run.tokenizer.save_pretrained(str(staging))
+    (staging / "README.md").write_text(model_card(run, spec, cfg.checkpoint, cfg.language), encoding="utf-8")
     if isinstance(model, MeanPooledForSequenceClassification):
         shutil.copy(Path(__file__).with_name("export_modeling.py"), staging / REMOTE_CODE)
     if out.exists():  # written completely first: a failed export never leaves half a folder behind

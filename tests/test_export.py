@@ -150,3 +150,25 @@ def test_export_refuses_an_adapter_run(tmp_path):
     with pytest.raises(MtdnnError, match="export: this run trained adapters"):
         export(ExportConfig(run_dir=str(tmp_path / "run"), task="toy_sent", out=str(tmp_path / "hf")))
     assert not (tmp_path / "hf").exists()
+
+
+def test_every_export_carries_a_hub_model_card_with_the_runs_metrics(trained):
+    from huggingface_hub import ModelCard
+
+    root, runs = trained
+    summary = json.loads((runs["token"] / "summary.json").read_text())
+    for task, pipeline in (("toy_squad", "question-answering"), ("toy_ner", "token-classification")):
+        out = export(ExportConfig(run_dir=str(runs["token"]), task=task, out=str(root / f"card_{task}"),
+                                  language="de"))
+        card = ModelCard.load(out / "README.md")  # the Hub's own parser
+        assert card.data.pipeline_tag == pipeline and card.data.library_name == "transformers"
+        assert card.data.language == "de" and "mtdnn" in card.data.tags
+        results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+        expected = {k: round(v, 4) for k, v in summary["validation"][task].items()}
+        assert results == expected and len(results) >= 2
+        assert "## Validation metrics" in card.text and "## Limitations" in card.text
+        config = card.text.split("```yaml\n", 1)[1].split("```", 1)[0]
+        assert "max_steps: 30" in config and "task:" in config  # the exact run config
+    last = export(ExportConfig(run_dir=str(runs["cls"]), task="toy_sent", out=str(root / "card_last"),
+                               checkpoint="last"))
+    assert ModelCard.load(last / "README.md").data.eval_results is None  # no metrics claimed for an unevaluated pick

@@ -55,6 +55,7 @@ class Kind:
     token_level = False  # soft targets per token: teachers must tokenise exactly like the student
     Options: type = NoOptions  # the kind's own top-level task-YAML fields, as a dataclass
     summary = ""  # one line for the task guide
+    pipeline_tag = "text-classification"  # the Hub's task for an exported model (its model card)
 
     # ---------------------------------------------------------------- task YAML
     def num_labels(self, spec: TaskSpec) -> int:

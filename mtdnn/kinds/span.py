@@ -246,6 +246,7 @@ class Span(Kind):
                "no_answer_exact_match")
     default_metrics = ("f1", "exact_match")
     required_columns = ("question", "context", "answers")
+    pipeline_tag = "question-answering"
     gold_columns = ("answers",)
     token_level = True
     Options = Options

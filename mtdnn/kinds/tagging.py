@@ -155,6 +155,7 @@ class Tagging(Kind):
     metrics = ("entity_f1", "entity_precision", "entity_recall", "token_accuracy")
     default_metrics = ("entity_f1", "entity_precision", "entity_recall", "token_accuracy")
     required_columns = ("tokens", "tags")
+    pipeline_tag = "token-classification"
     gold_columns = ("tags",)
     token_level = True
     Options = Options
