@@ -1,8 +1,10 @@
-"""`python -m mtdnn.predict run_dir=DIR task=NAME [split=test | input=FILE] [out=FILE.jsonl]`
+"""`python -m mtdnn.predict run_dir=DIR task=NAME [split=test | input=FILE] [out=FILE.jsonl] [format=jsonl|glue|superglue]`
 
 Writes one JSON line per input row: id, the input text(s), the predicted label name (classification) or
 value (regression), and the scores. `input` may be any csv/tsv/json/jsonl/parquet file with the task's
-text columns. An existing output file is never overwritten unless overwrite=true.
+text columns. With format=glue or superglue, the file the benchmark's server expects instead (the task YAML's
+`submission:` block; default out: <run_dir>/submission/<its file>). An existing output file is never
+overwritten unless overwrite=true.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from mtdnn.cli import argv, load_run, parse_args, pick_device, select_tasks
 from mtdnn.data import TaskData, check_columns, check_rows, encode_splits, load_raw
 from mtdnn.errors import MtdnnError, cli_errors, raise_if
 from mtdnn.inference import collator_for, evaluate_split, write_records
+from mtdnn.submission import FORMATS, submission_problems, write_submission
 from mtdnn.tasks import SourceSpec, TaskSpec
 
 
@@ -32,6 +35,7 @@ class PredictConfig:
     batch_size: int = 128
     bf16: bool = False
     device: str = "auto"
+    format: str = "jsonl"  # jsonl (records) | glue | superglue (the benchmark's submission file)
 
 
 def input_spec(spec: TaskSpec, path: str) -> TaskSpec:
@@ -46,10 +50,16 @@ def predict(cfg: PredictConfig) -> Path:
     tasks = select_tasks(run, cfg.task)
     if len(tasks) != 1:
         raise MtdnnError(f"task: this run trained {', '.join(run.specs)}; name one with task=...")
+    if cfg.format not in ("jsonl", *FORMATS):
+        raise MtdnnError(f"format: must be jsonl, {' or '.join(FORMATS)}, got '{cfg.format}'")
+    if cfg.format != "jsonl":
+        raise_if(submission_problems(tasks[0], cfg.format), "cannot write a submission file")
     spec = input_spec(tasks[0], cfg.input) if cfg.input else tasks[0]
     split = "test" if cfg.input else cfg.split
     stem = Path(cfg.input).stem if cfg.input else split
-    out = Path(cfg.out).expanduser() if cfg.out else run.run_dir / "predictions" / f"{spec.name}_{stem}.jsonl"
+    default = run.run_dir / "submission" / spec.submission.file if cfg.format != "jsonl" else \
+        run.run_dir / "predictions" / f"{spec.name}_{stem}.jsonl"
+    out = Path(cfg.out).expanduser() if cfg.out else default
     if out.exists() and not cfg.overwrite:
         raise MtdnnError(f"out: {out} already exists; pass overwrite=true or another out=")
     raw = load_raw(spec)
@@ -61,6 +71,8 @@ def predict(cfg: PredictConfig) -> Path:
     device = next(run.model.parameters()).device
     records, _ = evaluate_split(run.model, spec, data.raw[split], data.encoded[split],
                                 collator_for(spec, run.tokenizer, 8), cfg.batch_size, device, cfg.bf16)
+    if cfg.format != "jsonl":
+        return write_submission(out, spec, records)
     write_records(out, spec, records)
     return out
 

@@ -58,6 +58,15 @@ class ColumnsSpec:
 
 
 @dataclass
+class SubmissionSpec:
+    """The file a benchmark's server expects (see mtdnn/submission.py)."""
+
+    benchmark: str = "glue"  # glue (TSV: index, prediction) | superglue (JSON lines: idx, label)
+    file: str = ""  # e.g. SST-2.tsv, COPA.jsonl
+    labels: Optional[list[str]] = None  # the server's string per label, in label order (default: the label names)
+
+
+@dataclass
 class TaskSpec:
     name: str
     head: str
@@ -72,6 +81,7 @@ class TaskSpec:
     train_rows: Optional[int] = None  # a low-resource subset: this many train rows, drawn by train_rows_seed
     train_rows_seed: int = 0  # the subset is fixed by this seed, not by the run's seed (same rows in every arm)
     description: str = ""
+    submission: Optional[SubmissionSpec] = None  # benchmark submission file (mtdnn.predict format=glue|superglue)
     file: str = ""  # the YAML this came from, filled by the loader
     options: Any = field(default=None, init=False)  # the kind's own fields (its Options, see mtdnn/kinds/)
 
@@ -202,6 +212,10 @@ def _semantic_problems(spec: TaskSpec, path: Path) -> list[str]:
         problems.append(f"{where}dropout: must be in [0, 1), got {spec.dropout}")
     if spec.train_rows is not None and spec.train_rows < 1:
         problems.append(f"{where}train_rows: must be at least 1, got {spec.train_rows}")
+    if spec.submission is not None and spec.submission.benchmark not in ("glue", "superglue"):
+        problems.append(f"{where}submission.benchmark: must be glue or superglue, got '{spec.submission.benchmark}'")
+    if spec.submission is not None and not spec.submission.file:
+        problems.append(f"{where}submission.file: required (the file name the benchmark's server expects)")
     if spec.on_bad_row not in ("error", "skip"):
         problems.append(f"{where}on_bad_row: must be 'error' or 'skip', got '{spec.on_bad_row}'")
     return problems

@@ -1,0 +1,59 @@
+"""Benchmark submission files, from a task YAML's `submission:` block (as mt-dnn and jiant write them):
+
+    submission: {benchmark: glue, file: SST-2.tsv, labels: ["0", "1"]}       # the server's label strings
+    submission: {benchmark: superglue, file: COPA.jsonl}
+
+GLUE: a TSV with a header `index<TAB>prediction`, one row per test example in id order; SuperGLUE: one JSON line
+`{"idx": id, "label": value}` per example. A classification record's label is written as the server's string
+for it (`labels`, in the order of the task's label list; default: the label names), a regression prediction as
+its number (STS-B), a ranking record as the index of its top candidate (COPA's choice). `mtdnn.predict
+format=glue|superglue` writes these; a new benchmark task is a YAML block, not code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mtdnn.errors import MtdnnError
+from mtdnn.rundir import write_atomic
+from mtdnn.tasks import TaskSpec
+
+FORMATS = ("glue", "superglue")
+
+
+def submission_problems(spec: TaskSpec, fmt: str) -> list[str]:
+    sub = spec.submission
+    if sub is None or sub.benchmark != fmt:
+        return [f"format: task {spec.name} has no `submission: {{benchmark: {fmt}, file: ...}}` in {spec.file}; "
+                "add one to write its submission file"]
+    if sub.labels is not None and len(sub.labels) != len(spec.labels or []):
+        return [f"{spec.file}: submission.labels: {len(sub.labels)} strings for {len(spec.labels or [])} labels"]
+    return []
+
+
+def prediction(spec: TaskSpec, record: dict) -> Any:
+    """What the server expects for one record."""
+    if "label" in record and spec.labels:
+        strings = spec.submission.labels or [str(label) for label in spec.labels]
+        return strings[[str(label) for label in spec.labels].index(str(record["label"]))]
+    if "prediction" in record:
+        return record["prediction"]
+    if "ranking" in record:
+        return record["ranking"][0]
+    raise MtdnnError(f"format: {spec.head} predictions have no submission format")
+
+
+def write_submission(path: Path, spec: TaskSpec, records: list[dict]) -> Path:
+    rows = sorted(((record["id"], prediction(spec, record)) for record in records), key=lambda r: _order(r[0]))
+    if spec.submission.benchmark == "glue":
+        text = "index\tprediction\n" + "".join(f"{index}\t{value}\n" for index, value in rows)
+    else:
+        text = "".join(json.dumps({"idx": index, "label": value}) + "\n" for index, value in rows)
+    write_atomic(path, text)
+    return path
+
+
+def _order(index: Any) -> tuple:
+    return (0, int(index), "") if str(index).lstrip("-").isdigit() else (1, 0, str(index))
