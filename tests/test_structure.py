@@ -23,6 +23,9 @@ def imports_of(path: Path, known: set[str]) -> set[str]:
     tree = ast.parse(path.read_text())
     skipped = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in
                ast.unparse(block.test) for stmt in block.body for node in ast.walk(stmt)}
+    # a module's __getattr__ (PEP 562, `from mtdnn import load_run`) imports on first access, after loading
+    skipped |= {id(node) for block in tree.body if isinstance(block, ast.FunctionDef) and block.name == "__getattr__"
+                for node in ast.walk(block)}
     found = set()
     for node in ast.walk(tree):
         if id(node) in skipped:
