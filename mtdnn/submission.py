@@ -5,8 +5,8 @@
 
 GLUE: a TSV with a header `index<TAB>prediction`, one row per test example in id order; SuperGLUE: one JSON line
 `{"idx": id, "label": value}` per example. A classification record's label is written as the server's string
-for it (`labels`, in the order of the task's label list; default: the label names), a regression prediction as
-its number (STS-B), a ranking record as the index of its top candidate (COPA's choice). `mtdnn.predict
+for it (`labels`, in the order of the task's label list; default: the label names), a predicted value as its
+number (STS-B), ranked candidates as the index of the top one (COPA's choice). `mtdnn.predict
 format=glue|superglue` writes these; a new benchmark task is a YAML block, not code.
 """
 
@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mtdnn.errors import MtdnnError
+from mtdnn import kinds
 from mtdnn.rundir import write_atomic
 from mtdnn.tasks import TaskSpec
 
@@ -34,15 +34,8 @@ def submission_problems(spec: TaskSpec, fmt: str) -> list[str]:
 
 
 def prediction(spec: TaskSpec, record: dict) -> Any:
-    """What the server expects for one record."""
-    if "label" in record and spec.labels:
-        strings = spec.submission.labels or [str(label) for label in spec.labels]
-        return strings[[str(label) for label in spec.labels].index(str(record["label"]))]
-    if "prediction" in record:
-        return record["prediction"]
-    if "ranking" in record:
-        return record["ranking"][0]
-    raise MtdnnError(f"format: {spec.head} predictions have no submission format")
+    """What the server expects for one record (each head kind says, see `submission_value` in mtdnn/kinds/)."""
+    return kinds.of(spec).submission_value(spec, record)
 
 
 def write_submission(path: Path, spec: TaskSpec, records: list[dict]) -> Path:

@@ -113,6 +113,10 @@ class Kind:
         """Prediction records (one per input example) and metrics (None when the split has no gold labels)."""
         raise NotImplementedError
 
+    def submission_value(self, spec: TaskSpec, record: dict) -> Any:
+        """One prediction record as a benchmark server expects it (mtdnn/submission.py)."""
+        raise MtdnnError(f"format: {spec.head} tasks have no benchmark submission format")
+
     def write_extra(self, path: Path, spec: TaskSpec, records: list[dict]) -> None:
         """Files written beside <task>_<split>.jsonl (span: the official SQuAD {id: answer} layout)."""
         return None

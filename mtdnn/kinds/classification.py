@@ -8,7 +8,7 @@ f1_macro, mcc, auc (2 labels). Own field: label_smoothing (cross-entropy with sm
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +96,12 @@ class Classification(Kind):
             return [UNLABELED if hidden or to_id(v) is None else to_id(v) for v in values]
 
         return encode_texts(spec, tokenizer, ds, labels_of)
+
+    def submission_value(self, spec: TaskSpec, record: dict) -> Any:
+        """The server's string for the predicted label (submission.labels, in label order; default its name)."""
+        names = [str(label) for label in spec.labels]
+        strings = spec.submission.labels or names
+        return strings[names.index(str(record["label"]))]
 
     def head(self, hidden_size: int, spec: TaskSpec, pooling: str) -> ClassificationHead:
         return ClassificationHead(hidden_size, len(spec.labels), spec.dropout, pooling, spec.options.label_smoothing)

@@ -238,6 +238,9 @@ class Ranking(Kind):
     def collator(self, spec: TaskSpec, pad_id: int, multiple_of: int) -> GroupCollator:
         return GroupCollator(pad_id, multiple_of)
 
+    def submission_value(self, spec: TaskSpec, record: dict) -> Any:
+        return record["ranking"][0]  # the index of the top candidate (COPA's choice)
+
     def head(self, hidden_size: int, spec: TaskSpec, pooling: str) -> RankingHead:
         return RankingHead(hidden_size, 1, spec.dropout, pooling)
 

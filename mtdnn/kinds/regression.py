@@ -6,7 +6,7 @@ metrics from pearson, spearman, mse, mae. Distillation averages the teachers' va
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -77,6 +77,9 @@ class Regression(Kind):
 
     def collator(self, spec: TaskSpec, pad_id: int, multiple_of: int):
         return Collator(pad_id, multiple_of, label_dtype=torch.float32)
+
+    def submission_value(self, spec: TaskSpec, record: dict) -> Any:
+        return record["prediction"]
 
     def head(self, hidden_size: int, spec: TaskSpec, pooling: str) -> RegressionHead:
         return RegressionHead(hidden_size, 1, spec.dropout, pooling)
