@@ -45,14 +45,31 @@ class LoadedRun:
     config: object
 
 
-def load_run(run_dir: str, checkpoint: str, device: torch.device) -> LoadedRun:
-    """Rebuild a trained model from its run folder alone: no hub, no original config files."""
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+
+
+def load_run(run_dir: str, checkpoint: str, device: torch.device, backend: str = "auto") -> LoadedRun:
+    """Rebuild a trained model from its run folder alone: no hub, no original config files. A folder written by
+    `mtdnn.export format=onnx` runs on ONNX Runtime (backend onnx, or onnx-int8 for its quantized graph)."""
+    from mtdnn.onnx_backend import is_onnx_folder, load_onnx_model
 
     folder = Path(run_dir).expanduser().resolve()
+    if backend not in BACKENDS:
+        raise MtdnnError(f"backend: must be one of {', '.join(BACKENDS)}, got '{backend}'")
     if not (folder / "config.yaml").is_file():
         raise MtdnnError(f"run_dir: {folder} is not an mtdnn run folder (no config.yaml)")
     config = OmegaConf.load(folder / "config.yaml")
     specs = load_run_specs(folder)
+    if is_onnx_folder(folder):
+        if backend == "torch":
+            raise MtdnnError(f"backend: {folder} is an ONNX export; use backend=onnx or onnx-int8")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+        return LoadedRun(folder, load_onnx_model(folder, backend), tokenizer, {s.name: s for s in specs}, config)
+    if backend.startswith("onnx"):
+        raise MtdnnError(f"backend: {folder} is a training run; export it first: python -m mtdnn.export {folder} "
+                         "task=... out=... format=onnx")
     weights = run_checkpoint(folder, checkpoint)
     tokenizer, encoder = saved_tokenizer_and_encoder(folder)
     adapter = OmegaConf.select(config, "adapter")  # runs from before adapters existed have none

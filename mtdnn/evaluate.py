@@ -13,7 +13,7 @@ from omegaconf import MISSING
 from mtdnn.cli import argv, load_run, parse_args, pick_device, select_tasks
 from mtdnn.data import TaskData, check_columns, check_rows, encode_splits, load_raw
 from mtdnn.errors import cli_errors, raise_if
-from mtdnn.inference import collator_for, evaluate_split
+from mtdnn.inference import collator_for, evaluate_split, model_device
 from mtdnn.rundir import write_json
 from mtdnn.metrics import show
 
@@ -27,11 +27,12 @@ class EvaluateConfig:
     batch_size: int = 128
     bf16: bool = False
     device: str = "auto"
+    backend: str = "auto"  # torch | onnx | onnx-int8 (a folder from mtdnn.export format=onnx)
 
 
 def evaluate(cfg: EvaluateConfig) -> dict[str, dict[str, float]]:
-    run = load_run(cfg.run_dir, cfg.checkpoint, pick_device(cfg.device))
-    device = next(run.model.parameters()).device
+    run = load_run(cfg.run_dir, cfg.checkpoint, pick_device(cfg.device), cfg.backend)
+    device = model_device(run.model)
     results, problems = {}, []
     for spec in select_tasks(run, cfg.task):
         if cfg.split not in spec.source.splits and cfg.split not in spec.source.split_fractions:

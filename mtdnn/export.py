@@ -1,4 +1,5 @@
-"""`python -m mtdnn.export run_dir=DIR task=NAME out=DIR [checkpoint=best] [overwrite=false]`
+"""`python -m mtdnn.export run_dir=DIR task=NAME out=DIR [checkpoint=best] [overwrite=false] [format=hf|onnx]
+[quantize=int8]`
 (the run folder may also come first, without `run_dir=`).
 
 Writes one task of a run as a HuggingFace model folder (config.json, model.safetensors, tokenizer, and a
@@ -16,6 +17,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from omegaconf import MISSING
@@ -26,6 +28,7 @@ from mtdnn.cli import argv, load_run, parse_args, select_tasks
 from mtdnn.errors import MtdnnError, cli_errors
 from mtdnn.export_modeling import MeanPooledForSequenceClassification  # also shipped as remote code
 from mtdnn.model_card import model_card
+from mtdnn.onnx_backend import copy_run_files, export_onnx
 from mtdnn.tasks import TaskSpec
 
 REMOTE_CODE = "modeling_mtdnn_export.py"
@@ -39,6 +42,8 @@ class ExportConfig:
     checkpoint: str = "best"
     overwrite: bool = False
     language: str = "en"  # the model card's language tag
+    format: str = "hf"  # hf (a transformers model folder) | onnx (ONNX Runtime; see mtdnn/onnx_backend.py)
+    quantize: Optional[str] = None  # with format=onnx: int8 also writes model_int8.onnx (dynamic quantization)
 
 
 def build_hf_model(run, spec: TaskSpec) -> nn.Module:
@@ -62,9 +67,20 @@ def export(cfg: ExportConfig) -> Path:
     out = Path(cfg.out).expanduser()
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise MtdnnError(f"out: {out} already exists and is not empty; pass overwrite=true or another out=")
-    model = build_hf_model(run, spec)
+    if cfg.format not in ("hf", "onnx"):
+        raise MtdnnError(f"format: must be hf or onnx, got '{cfg.format}'")
+    if cfg.quantize not in (None, "int8") or (cfg.quantize and cfg.format != "onnx"):
+        raise MtdnnError(f"quantize: only int8, and only with format=onnx (got quantize={cfg.quantize}, "
+                         f"format={cfg.format})")
     staging = out.with_name(f".{out.name}.export")
     shutil.rmtree(staging, ignore_errors=True)
+    if cfg.format == "onnx":
+        staging.mkdir(parents=True)
+        export_onnx(run, spec, staging, cfg.quantize)
+        copy_run_files(run.run_dir, spec, staging, run.tokenizer)
+        (staging / "README.md").write_text(model_card(run, spec, cfg.checkpoint, cfg.language), encoding="utf-8")
+        return _replace(staging, out)
+    model = build_hf_model(run, spec)
     if isinstance(model, MeanPooledForSequenceClassification):
         model.config.auto_map = {"AutoModelForSequenceClassification": f"{REMOTE_CODE[:-3]}.{type(model).__name__}"}
         model.config.architectures = [type(model).__name__]
@@ -73,6 +89,10 @@ def export(cfg: ExportConfig) -> Path:
     (staging / "README.md").write_text(model_card(run, spec, cfg.checkpoint, cfg.language), encoding="utf-8")
     if isinstance(model, MeanPooledForSequenceClassification):
         shutil.copy(Path(__file__).with_name("export_modeling.py"), staging / REMOTE_CODE)
+    return _replace(staging, out)
+
+
+def _replace(staging: Path, out: Path) -> Path:
     if out.exists():  # written completely first: a failed export never leaves half a folder behind
         shutil.rmtree(out)
     staging.rename(out)

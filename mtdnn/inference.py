@@ -23,6 +23,11 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else nullcontext()
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's weights are (an ONNX Runtime model has none in torch: the CPU)."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
 def collator_for(spec: TaskSpec, tokenizer, multiple_of: int):
     return kinds.of(spec).collator(spec, tokenizer.pad_token_id or 0, multiple_of)
 

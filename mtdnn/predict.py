@@ -18,7 +18,7 @@ from omegaconf import MISSING
 from mtdnn.cli import argv, load_run, parse_args, pick_device, select_tasks
 from mtdnn.data import TaskData, check_columns, check_rows, encode_splits, load_raw
 from mtdnn.errors import MtdnnError, cli_errors, raise_if
-from mtdnn.inference import collator_for, evaluate_split, write_records
+from mtdnn.inference import collator_for, evaluate_split, model_device, write_records
 from mtdnn.submission import FORMATS, submission_problems, write_submission
 from mtdnn.tasks import SourceSpec, TaskSpec
 
@@ -36,6 +36,7 @@ class PredictConfig:
     bf16: bool = False
     device: str = "auto"
     format: str = "jsonl"  # jsonl (records) | glue | superglue (the benchmark's submission file)
+    backend: str = "auto"  # torch | onnx | onnx-int8 (a folder from mtdnn.export format=onnx)
 
 
 def input_spec(spec: TaskSpec, path: str) -> TaskSpec:
@@ -46,7 +47,7 @@ def input_spec(spec: TaskSpec, path: str) -> TaskSpec:
 
 
 def predict(cfg: PredictConfig) -> Path:
-    run = load_run(cfg.run_dir, cfg.checkpoint, pick_device(cfg.device))
+    run = load_run(cfg.run_dir, cfg.checkpoint, pick_device(cfg.device), cfg.backend)
     tasks = select_tasks(run, cfg.task)
     if len(tasks) != 1:
         raise MtdnnError(f"task: this run trained {', '.join(run.specs)}; name one with task=...")
@@ -68,7 +69,7 @@ def predict(cfg: PredictConfig) -> Path:
     data = TaskData(spec, {split: raw[split]})
     raise_if(check_columns(spec, data.raw) or check_rows(data), "the input has problems")
     encode_splits(data, run.tokenizer)
-    device = next(run.model.parameters()).device
+    device = model_device(run.model)
     records, _ = evaluate_split(run.model, spec, data.raw[split], data.encoded[split],
                                 collator_for(spec, run.tokenizer, 8), cfg.batch_size, device, cfg.bf16)
     if cfg.format != "jsonl":

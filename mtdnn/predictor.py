@@ -22,7 +22,7 @@ import torch
 from mtdnn.cli import LoadedRun, load_run as load_run_folder, pick_device
 from mtdnn.data import TaskData, check_columns, check_rows, encode_splits
 from mtdnn.errors import MtdnnError, raise_if
-from mtdnn.inference import collator_for, evaluate_split
+from mtdnn.inference import collator_for, evaluate_split, model_device
 
 SPLIT = "test"  # inputs are read as a test split: gold columns are optional
 
@@ -32,7 +32,7 @@ class Predictor:
 
     def __init__(self, loaded: LoadedRun):
         self.loaded = loaded
-        self.device = next(loaded.model.parameters()).device
+        self.device = model_device(loaded.model)
 
     @property
     def tasks(self) -> list[str]:
@@ -75,7 +75,9 @@ def as_row(spec, item: Any, index: int) -> dict[str, Any]:
                      f"per input, got {type(item).__name__}")
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "auto") -> Predictor:
-    """A run folder (best checkpoint by default; 'last' or a checkpoint folder) as a Predictor."""
+def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "auto",
+             backend: str = "auto") -> Predictor:
+    """A run folder (best checkpoint by default; 'last' or a checkpoint folder) as a Predictor; an ONNX export
+    folder runs on ONNX Runtime (backend='onnx', or 'onnx-int8' for its quantized graph)."""
     target = device if isinstance(device, torch.device) else pick_device(str(device))
-    return Predictor(load_run_folder(str(run_dir), checkpoint, target))
+    return Predictor(load_run_folder(str(run_dir), checkpoint, target, backend))

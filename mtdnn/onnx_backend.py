@@ -1,0 +1,106 @@
+"""ONNX export of one task of a run, int8 dynamic quantization, and an ONNX Runtime backend for predict and the
+Python API.
+
+`python -m mtdnn.export RUN task=NAME out=DIR format=onnx [quantize=int8]` writes
+
+    model.onnx        the encoder + the task's head, raw head outputs (logits, start/end, token logits, value),
+                      dynamic batch and sequence axes (torch.onnx's dynamo exporter)
+    model_int8.onnx   with quantize=int8: ONNX Runtime's dynamic quantization (int8 weights of every MatMul)
+    tokenizer/  tasks/<name>.yaml  config.yaml  onnx.json  README.md (model card)
+
+Every head kind exports, adapter runs included (the graph holds whatever the forward pass computes). The folder is a
+run folder for `mtdnn.predict run_dir=DIR [backend=onnx|onnx-int8]` and `mtdnn.load_run(DIR)`: the same decoding
+(span windows, tagging word alignment, ranking groups) runs on ONNX Runtime's outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mtdnn.errors import MtdnnError
+from mtdnn.file_faults import root_cause
+from mtdnn.tasks import TaskSpec
+
+META = "onnx.json"
+FILES = {"onnx": "model.onnx", "onnx-int8": "model_int8.onnx"}
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class TaskGraph(nn.Module):
+    """The model's forward pass for one task with positional tensor inputs, as the exporter wants it."""
+
+    def __init__(self, model: nn.Module, task: str, inputs: list[str]):
+        super().__init__()
+        self.model, self.task, self.inputs = model, task, inputs
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        return self.model(self.task, input_ids=input_ids, attention_mask=attention_mask, **extra)
+
+
+def export_onnx(run, spec: TaskSpec, staging: Path, quantize: str | None) -> None:
+    """Write model.onnx (and model_int8.onnx) for `spec`'s task of `run` into `staging`."""
+    sample = run.tokenizer(["a short example text", "and another, a little longer than the first one"],
+                           ["a second text", "pair"], padding=True, return_tensors="pt")
+    inputs = [name for name in INPUTS if name in sample]
+    graph = TaskGraph(run.model.cpu().eval(), spec.name, inputs).eval()
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    try:
+        torch.onnx.export(graph, tuple(sample[n] for n in inputs), str(staging / FILES["onnx"]), dynamo=True,
+                          input_names=inputs, output_names=["output"],
+                          dynamic_shapes={name: {0: batch, 1: sequence} for name in inputs}, verbose=False)
+    except Exception as err:  # noqa: BLE001  (the exporter raises many types; all mean "this model cannot")
+        raise MtdnnError(f"export: ONNX export of {spec.name} failed: {root_cause(err)}") from None
+    if quantize == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(staging / FILES["onnx"]), str(staging / FILES["onnx-int8"]), weight_type=QuantType.QInt8)
+    (staging / META).write_text(json.dumps({"task": spec.name, "inputs": inputs, "output": "output",
+                                            "files": [f for f in FILES.values() if (staging / f).is_file()]}, indent=1))
+
+
+class OnnxModel(nn.Module):
+    """An ONNX Runtime session behind MultiTaskModel's call (`model(task, **batch) -> raw outputs`)."""
+
+    def __init__(self, path: Path, task: str, inputs: list[str], threads: int | None = None):
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.task, self.inputs = task, inputs
+
+    def forward(self, task: str, **batch: torch.Tensor) -> torch.Tensor:
+        if task != self.task:
+            raise MtdnnError(f"task: this ONNX model is task {self.task}'s, not {task}'s")
+        feed = {name: batch[name].cpu().numpy().astype("int64") for name in self.inputs}
+        return torch.from_numpy(self.session.run(None, feed)[0])
+
+
+def is_onnx_folder(folder: Path) -> bool:
+    return (folder / META).is_file()
+
+
+def load_onnx_model(folder: Path, backend: str) -> OnnxModel:
+    meta = json.loads((folder / META).read_text())
+    name = FILES.get("onnx" if backend == "auto" else backend)
+    if name is None or name not in meta["files"]:
+        raise MtdnnError(f"backend: {folder} holds {', '.join(meta['files'])}; backend={backend} needs "
+                         f"{name or 'one of ' + ', '.join(FILES)} (export with quantize=int8 for onnx-int8)")
+    return OnnxModel(folder / name, meta["task"], meta["inputs"])
+
+
+def copy_run_files(run_dir: Path, spec: TaskSpec, staging: Path, tokenizer) -> None:
+    """What reading the folder as a run needs besides the graph: the task spec, config and tokenizer."""
+    (staging / "tasks").mkdir(parents=True, exist_ok=True)
+    shutil.copy(run_dir / "tasks" / f"{spec.name}.yaml", staging / "tasks" / f"{spec.name}.yaml")
+    shutil.copy(run_dir / "config.yaml", staging / "config.yaml")
+    tokenizer.save_pretrained(str(staging / "tokenizer"))

@@ -1,0 +1,102 @@
+"""ONNX export (format=onnx, quantize=int8) and the ONNX Runtime backend: the graph gives PyTorch's outputs for
+every head kind (adapter runs included), and the same decoded records through predict and the Python API."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import compose_train, tiny_overrides, write_toy_tasks
+from mtdnn import load_run
+from mtdnn.cli import load_run as load_run_folder
+from mtdnn.errors import MtdnnError
+from mtdnn.export import ExportConfig, export
+from mtdnn.inference import collator_for
+from mtdnn.train import run
+from test_heads import _rank_task, _span_task, _tag_task, ranking_rows, squad_rows, tagging_rows
+from test_predictor import TASKS, _rows
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("onnx")
+    folder = write_toy_tasks(root / "tasks")
+    _span_task(folder, squad_rows(30, 1), squad_rows(8, 2))
+    _rank_task(folder, ranking_rows(30, 3), ranking_rows(8, 4))
+    _tag_task(folder, tagging_rows(30, 5), tagging_rows(8, 6))
+    run(compose_train(tiny_overrides(folder, f"task=[{','.join(TASKS)}]", "trainer.max_steps=6",
+                                     "trainer.eval_every=6", "predict_test=false")), root / "run")
+    return root, folder
+
+
+def _batch(loaded, task: str, rows: list[dict]) -> dict:
+    from mtdnn.data import TaskData, encode_splits
+
+    import datasets
+
+    spec = loaded.specs[task]
+    data = TaskData(spec, {"test": datasets.Dataset.from_list(rows)})
+    from mtdnn.data import check_rows
+
+    check_rows(data)
+    encode_splits(data, loaded.tokenizer)
+    encoded = data.encoded["test"]
+    return collator_for(spec, loaded.tokenizer, 8)(encoded[list(range(len(encoded)))])
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_onnx_outputs_equal_pytorchs_for_every_kind(trained, task):
+    root, folder = trained
+    out = export(ExportConfig(run_dir=str(root / "run"), task=task, out=str(root / f"onnx_{task}"), format="onnx"))
+    assert {p.name for p in out.iterdir()} >= {"model.onnx", "onnx.json", "tokenizer", "tasks", "config.yaml",
+                                                "README.md"}
+    torch_run = load_run_folder(str(root / "run"), "best", torch.device("cpu"))
+    onnx_run = load_run_folder(str(out), "best", torch.device("cpu"), "onnx")
+    rows = _rows(next(folder.glob(f"{task}_validation.*")))
+    batch = _batch(torch_run, task, rows)  # a padded batch of every validation row: batch and sequence axes vary
+    with torch.no_grad():
+        expected = torch_run.model(task, **batch)
+    got = onnx_run.model(task, **batch)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() < 1e-4
+    records_torch = load_run(root / "run", device="cpu").predict(task, rows)
+    records_onnx = load_run(out).predict(task, rows)
+    keys = {"label", "ranking", "tags", "answer", "prediction_text"} & set(records_torch[0])
+    assert [{k: r[k] for k in keys} for r in records_onnx] == [{k: r[k] for k in keys} for r in records_torch]
+
+
+def test_int8_agrees_with_fp32_on_a_trained_model_and_adapter_runs_export(tmp_path, toy_tasks):
+    out = tmp_path / "run"
+    run(compose_train(tiny_overrides(toy_tasks, "task=toy_sent", "trainer.max_steps=60", "trainer.eval_every=60",
+                                     "predict_test=false")), out)
+    folder = export(ExportConfig(run_dir=str(out), task="toy_sent", out=str(tmp_path / "onnx"), format="onnx",
+                                 quantize="int8"))
+    assert json.loads((folder / "onnx.json").read_text())["files"] == ["model.onnx", "model_int8.onnx"]
+    fp32_bytes = sum(p.stat().st_size for p in folder.glob("model.onnx*"))  # the graph + its external weights
+    assert (folder / "model_int8.onnx").stat().st_size < 0.4 * fp32_bytes
+    rows = _rows(toy_tasks / "toy_sent_validation.csv")
+    fp32 = [r["label"] for r in load_run(folder, backend="onnx").predict("toy_sent", rows)]
+    int8 = [r["label"] for r in load_run(folder, backend="onnx-int8").predict("toy_sent", rows)]
+    agreement = sum(a == b for a, b in zip(fp32, int8)) / len(rows)
+    print(f"int8 vs fp32 label agreement: {agreement:.2f}")
+    assert len(rows) == 100 and agreement >= 0.9, agreement
+
+    adapted = tmp_path / "adapted"
+    run(compose_train(tiny_overrides(toy_tasks, "task=toy_sent", "adapter=bottleneck", "trainer.max_steps=4",
+                                     "trainer.eval_every=4", "predict_test=false")), adapted)
+    graph = export(ExportConfig(run_dir=str(adapted), task="toy_sent", out=str(tmp_path / "adapted_onnx"),
+                                format="onnx"))
+    assert [r["label"] for r in load_run(graph).predict("toy_sent", rows)] == \
+        [r["label"] for r in load_run(adapted, device="cpu").predict("toy_sent", rows)]
+
+
+def test_backend_and_format_mistakes_are_one_line(trained, tmp_path):
+    root, _ = trained
+    with pytest.raises(MtdnnError, match="is a training run; export it first"):
+        load_run(root / "run", backend="onnx")
+    with pytest.raises(MtdnnError, match="quantize: only int8, and only with format=onnx"):
+        export(ExportConfig(run_dir=str(root / "run"), task="toy_sent", out=str(tmp_path / "x"), quantize="int8"))
+    with pytest.raises(MtdnnError, match="format: must be hf or onnx, got 'tflite'"):
+        export(ExportConfig(run_dir=str(root / "run"), task="toy_sent", out=str(tmp_path / "x"), format="tflite"))
