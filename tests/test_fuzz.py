@@ -15,7 +15,6 @@ from __future__ import annotations
 import bz2
 import csv
 import gzip
-import hashlib
 import io
 import json
 import lzma
@@ -29,7 +28,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import compose_train, sentiment_rows, tiny_overrides, write_task
+from conftest import sentiment_rows, write_task
+from test_bad_input import _digest, world  # noqa: F401  (the module fixture: a finished run no case may change)
 
 FAST = settings(max_examples=25, deadline=None, derandomize=True, database=None, print_blob=True,
                 suppress_health_check=list(HealthCheck))
@@ -44,25 +44,6 @@ ODD = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.float
 
 
 # ---------------------------------------------------------------- running the CLI in-process
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A finished run that no fuzzed command may change."""
-    from mtdnn.train import run
-
-    root = tmp_path_factory.mktemp("fuzz")
-    good = root / "good"
-    write_task(good, "toy_sent", "classification", {"train": sentiment_rows(40, 1), "validation": sentiment_rows(16, 2)},
-               {"text": "sentence", "label": "label"}, labels=["neg", "pos"])
-    run(compose_train(tiny_overrides(good, "task=toy_sent", "trainer.max_steps=2", "trainer.eval_every=2")),
-        root / "precious")
-    return {"root": root, "good": good, "precious": root / "precious", "digest": _digest(root / "precious")}
-
-
-def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
 
 def _run_cli(args: list[str], capsys, cwd: Path) -> tuple[int, str]:
     from hydra.core.global_hydra import GlobalHydra

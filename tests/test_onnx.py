@@ -8,27 +8,14 @@ import json
 import pytest
 import torch
 
-from conftest import compose_train, tiny_overrides, write_toy_tasks
+from conftest import compose_train, tiny_overrides
 from mtdnn import load_run
 from mtdnn.cli import load_run as load_run_folder
 from mtdnn.errors import MtdnnError
 from mtdnn.export import ExportConfig, export
 from mtdnn.inference import collator_for
 from mtdnn.train import run
-from test_heads import _rank_task, _span_task, _tag_task, ranking_rows, squad_rows, tagging_rows
-from test_predictor import TASKS, _rows
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("onnx")
-    folder = write_toy_tasks(root / "tasks")
-    _span_task(folder, squad_rows(30, 1), squad_rows(8, 2))
-    _rank_task(folder, ranking_rows(30, 3), ranking_rows(8, 4))
-    _tag_task(folder, tagging_rows(30, 5), tagging_rows(8, 6))
-    run(compose_train(tiny_overrides(folder, f"task=[{','.join(TASKS)}]", "trainer.max_steps=6",
-                                     "trainer.eval_every=6", "predict_test=false")), root / "run")
-    return root, folder
+from test_predictor import TASKS, _rows, trained  # noqa: F401  (its module fixture: a run of every kind)
 
 
 def _batch(loaded, task: str, rows: list[dict]) -> dict:
@@ -47,12 +34,12 @@ def _batch(loaded, task: str, rows: list[dict]) -> dict:
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_onnx_outputs_equal_pytorchs_for_every_kind(trained, task):
-    root, folder = trained
-    out = export(ExportConfig(run_dir=str(root / "run"), task=task, out=str(root / f"onnx_{task}"), format="onnx"))
+def test_onnx_outputs_equal_pytorchs_for_every_kind(trained, task, tmp_path):
+    folder, trained_run = trained
+    out = export(ExportConfig(run_dir=str(trained_run), task=task, out=str(tmp_path / "onnx"), format="onnx"))
     assert {p.name for p in out.iterdir()} >= {"model.onnx", "onnx.json", "tokenizer", "tasks", "config.yaml",
                                                 "README.md"}
-    torch_run = load_run_folder(str(root / "run"), "best", torch.device("cpu"))
+    torch_run = load_run_folder(str(trained_run), "best", torch.device("cpu"))
     onnx_run = load_run_folder(str(out), "best", torch.device("cpu"), "onnx")
     rows = _rows(next(folder.glob(f"{task}_validation.*")))
     batch = _batch(torch_run, task, rows)  # a padded batch of every validation row: batch and sequence axes vary
@@ -61,7 +48,7 @@ def test_onnx_outputs_equal_pytorchs_for_every_kind(trained, task):
     got = onnx_run.model(task, **batch)
     assert got.shape == expected.shape
     assert (got - expected).abs().max().item() < 1e-4
-    records_torch = load_run(root / "run", device="cpu").predict(task, rows)
+    records_torch = load_run(trained_run, device="cpu").predict(task, rows)
     records_onnx = load_run(out).predict(task, rows)
     keys = {"label", "ranking", "tags", "answer", "prediction_text"} & set(records_torch[0])
     assert [{k: r[k] for k in keys} for r in records_onnx] == [{k: r[k] for k in keys} for r in records_torch]
@@ -93,10 +80,10 @@ def test_int8_agrees_with_fp32_on_a_trained_model_and_adapter_runs_export(tmp_pa
 
 
 def test_backend_and_format_mistakes_are_one_line(trained, tmp_path):
-    root, _ = trained
+    _, trained_run = trained
     with pytest.raises(MtdnnError, match="is a training run; export it first"):
-        load_run(root / "run", backend="onnx")
+        load_run(trained_run, backend="onnx")
     with pytest.raises(MtdnnError, match="quantize: only int8, and only with format=onnx"):
-        export(ExportConfig(run_dir=str(root / "run"), task="toy_sent", out=str(tmp_path / "x"), quantize="int8"))
+        export(ExportConfig(run_dir=str(trained_run), task="toy_sent", out=str(tmp_path / "x"), quantize="int8"))
     with pytest.raises(MtdnnError, match="format: must be hf or onnx, got 'tflite'"):
-        export(ExportConfig(run_dir=str(root / "run"), task="toy_sent", out=str(tmp_path / "x"), format="tflite"))
+        export(ExportConfig(run_dir=str(trained_run), task="toy_sent", out=str(tmp_path / "x"), format="tflite"))
