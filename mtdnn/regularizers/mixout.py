@@ -62,6 +62,7 @@ class Mixout(Base):
     def __init__(self, cfg: Config, model: nn.Module):
         self.mixers: dict[str, MixoutWeight] = {}
         layers = {n: m for n, m in linear_layers(model.encoder).items() if m.weight.requires_grad}
+        self.layers = layers
         if not layers:  # e.g. adapter=... freezes the encoder: every weight already equals its anchor
             log.warning("regularizer.mixout: the encoder's linear layers are frozen; mixout has nothing to do")
         for name, layer in layers.items():
@@ -70,7 +71,9 @@ class Mixout(Base):
 
     def stats(self) -> dict[str, float]:
         """How many of the encoder's linear layers mix with their pretrained weights (0: mixout does nothing)."""
-        return {"mixout_layers": float(len(self.mixers))}
+        mixing = [name for name, layer in self.layers.items() if parametrize.is_parametrized(layer, "weight") and
+                  any(isinstance(p, MixoutWeight) for p in layer.parametrizations["weight"])]
+        return {"mixout_layers": float(len(mixing))}
 
     def state_dict(self) -> dict:
         return {"anchors": {name: mixer.anchor for name, mixer in self.mixers.items()}}
