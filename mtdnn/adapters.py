@@ -22,9 +22,10 @@ from torch import nn
 
 from mtdnn.config import AdapterConfig
 from mtdnn.encoders import encoder_layers
+from mtdnn.lora import LoraAdapters, lora_problems
 
 
-KINDS = ("none", "bottleneck", "hyper")
+KINDS = ("none", "bottleneck", "hyper", "lora")  # lora: through peft, see mtdnn/lora.py
 
 
 def adapter_problems(cfg: AdapterConfig) -> list[str]:
@@ -34,7 +35,7 @@ def adapter_problems(cfg: AdapterConfig) -> list[str]:
     for name in ("bottleneck", "task_dim", "layer_dim", "hyper_dim"):
         if getattr(cfg, name) < 1:
             problems.append(f"adapter.{name}: must be >= 1, got {getattr(cfg, name)}")
-    return problems
+    return problems + (lora_problems(cfg) if cfg.kind == "lora" else [])
 
 
 def bottleneck(hidden: torch.Tensor, down_w, down_b, up_w, up_b) -> torch.Tensor:
@@ -105,10 +106,21 @@ class Adapters(nn.Module):
         for index, layer in enumerate(layers):  # a partial, not a closure: deepcopy (SMART's teacher) rebinds it
             layer.register_forward_hook(functools.partial(self._adapt, index))
 
+    def task_parameters(self, task: str) -> int:
+        return self.weights.task_parameters(task)
+
     def _adapt(self, index: int, module: nn.Module, args, output):
         hidden = output[0] if isinstance(output, tuple) else output
         adapted = self.weights.apply(hidden, self.task, index)
         return (adapted, *output[1:]) if isinstance(output, tuple) else adapted
+
+
+def build_adapters(encoder: nn.Module, tasks: list[str], cfg: AdapterConfig) -> nn.Module:
+    """The adapters `cfg` asks for, with the encoder frozen around them."""
+    if cfg.kind == "lora":
+        return LoraAdapters(encoder, tasks, cfg)  # peft freezes the encoder itself
+    freeze_encoder(encoder, cfg.train_layer_norms)
+    return Adapters(encoder, tasks, cfg)
 
 
 def freeze_encoder(encoder: nn.Module, train_layer_norms: bool) -> None:
@@ -124,7 +136,7 @@ def trainable_parameters(model) -> dict:
              for name, head in model.heads.items()}
     adapters = getattr(model, "adapters", None)
     if adapters is not None:
-        owned = {name: count + adapters.weights.task_parameters(name) for name, count in owned.items()}
+        owned = {name: count + adapters.task_parameters(name) for name, count in owned.items()}
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"total": total, "shared": total - sum(owned.values()), "per_task": owned,
             "frozen": sum(p.numel() for p in model.parameters() if not p.requires_grad)}

@@ -14,12 +14,17 @@ from omegaconf import MISSING
 class AdapterConfig:
     """Parameter-efficient training (mtdnn/adapters.py)."""
 
-    kind: str = "none"  # none | bottleneck | hyper
+    kind: str = "none"  # none | bottleneck | hyper | lora
     bottleneck: int = 64  # r: the adapter's inner size
     task_dim: int = 64  # hyper: size of the task embedding
     layer_dim: int = 64  # hyper: size of the layer embedding
     hyper_dim: int = 128  # hyper: size of the projected (task, layer) embedding the generators read
     train_layer_norms: bool = True  # the encoder's LayerNorms stay trainable (as in both papers)
+    rank: int = 8  # lora: r
+    alpha: float = 16.0  # lora: the update is scaled by alpha / r
+    dropout: float = 0.0  # lora: dropout on the LoRA branch's input
+    target_modules: Optional[list[str]] = None  # lora: module names; null = peft's default for the architecture
+    per_task: bool = False  # lora: each task its own LoRA (true) or one shared by all tasks
 
 
 @dataclass

@@ -27,6 +27,7 @@ from mtdnn import kinds
 from mtdnn.cli import argv, load_run, parse_args, select_tasks
 from mtdnn.errors import MtdnnError, cli_errors
 from mtdnn.export_modeling import MeanPooledForSequenceClassification  # also shipped as remote code
+from mtdnn.lora import SHARED, LoraAdapters, merged_encoder
 from mtdnn.model_card import model_card
 from mtdnn.onnx_backend import copy_run_files, export_onnx
 from mtdnn.tasks import TaskSpec
@@ -49,11 +50,15 @@ class ExportConfig:
 def build_hf_model(run, spec: TaskSpec) -> nn.Module:
     from transformers import AutoConfig
 
-    if run.model.adapters is not None:
+    encoder = run.model.encoder
+    if isinstance(run.model.adapters, LoraAdapters):  # LoRA merges into the weights: a plain model again
+        encoder = merged_encoder(encoder, spec.name if run.model.adapters.per_task else SHARED)
+    elif run.model.adapters is not None:
         raise MtdnnError("export: this run trained adapters (adapter.kind="
-                         f"{run.config.adapter.kind}); standard HuggingFace classes have no place for them")
+                         f"{run.config.adapter.kind}); standard HuggingFace classes have no place for them "
+                         "(format=onnx exports them)")
     config = AutoConfig.from_pretrained(str(run.run_dir / "encoder"))
-    model = kinds.of(spec).export_model(spec, config, run.model.head(spec.name), run.model.encoder,
+    model = kinds.of(spec).export_model(spec, config, run.model.head(spec.name), encoder,
                                         run.config.encoder.pooling)
     return model.eval()
 

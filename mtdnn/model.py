@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from mtdnn import kinds
-from mtdnn.adapters import Adapters, freeze_encoder
+from mtdnn.adapters import build_adapters
 from mtdnn.config import AdapterConfig
 from mtdnn.tasks import TaskSpec
 
@@ -21,8 +21,7 @@ class MultiTaskModel(nn.Module):
         self.heads = nn.ModuleDict({s.name: kinds.of(s).head(hidden, s, pooling) for s in specs})
         self.adapters = None  # parameter-efficient mode: frozen encoder + adapters (mtdnn/adapters.py)
         if adapter is not None and adapter.kind != "none":
-            freeze_encoder(encoder, adapter.train_layer_norms)
-            self.adapters = Adapters(encoder, [s.name for s in specs], adapter)
+            self.adapters = build_adapters(encoder, [s.name for s in specs], adapter)
 
     def forward(self, task: str, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,

@@ -18,7 +18,8 @@ def param_groups(model: nn.Module, cfg: TrainerConfig) -> list[dict]:
     groups: dict[tuple[bool, bool], list] = {(h, d): [] for h in (False, True) for d in (False, True)}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            groups[(name.startswith(("heads.", "adapters.")), param.ndim >= 2)].append(param)
+            new = name.startswith(("heads.", "adapters.")) or ".lora_" in name  # new weights: head_lr
+            groups[(new, param.ndim >= 2)].append(param)
     return [{"params": params, "lr": head_lr if is_head else cfg.lr,
              "weight_decay": cfg.weight_decay if decays else 0.0}
             for (is_head, decays), params in groups.items() if params]
