@@ -8,6 +8,8 @@ Writes into `out` (default SWEEP_DIR/report):
   report.md    one table: a row per group, a column per task/metric, "mean ± std (n)"
   report.csv   one row per group x task x metric: mean, std, n and the per-seed values
   report.png   each task's first (main) metric per group, with std error bars
+  trials.png   for an Optuna search (hydra/sweeper=search): each trial's score and the best so far; report.md
+               then also lists the best trial and every trial's score
 
 Jobs that failed (with their error), have no summary yet, or never ran (planned in multirun.yaml, no folder)
 are listed, not guessed at.
@@ -51,6 +53,7 @@ class Job:
     overrides: list[str]
     metrics: dict[str, dict[str, float]] | None  # task -> metric -> value; None: no summary
     error: str | None = None  # why it failed (its failed.json), if it did
+    score: float | None = None  # the run's best validation score (what a search sweeper optimised)
 
     @property
     def state(self) -> str:
@@ -74,7 +77,8 @@ def read_jobs(sweep: Path, split: str) -> list[Job]:
         summary, failed = folder / "summary.json", folder / FAILED
         metrics = yaml.safe_load(summary.read_text()).get(split) if summary.is_file() else None
         error = yaml.safe_load(failed.read_text()).get("error") if failed.is_file() and not metrics else None
-        jobs.append(Job(folder, _what(yaml.safe_load(overrides_file.read_text())), metrics, error))
+        best = yaml.safe_load(summary.read_text()).get("best_score") if summary.is_file() else None
+        jobs.append(Job(folder, _what(yaml.safe_load(overrides_file.read_text())), metrics, error, best))
     seen = {tuple(j.overrides) for j in jobs}
     jobs += [Job(None, _what(planned), None) for planned in planned_jobs(sweep) if tuple(_what(planned)) not in seen]
     if not jobs:
@@ -180,7 +184,45 @@ def report(cfg: ReportConfig) -> Path:
     write_atomic(out / "report.md", markdown(groups, cols, [j for j in jobs if not j.metrics], shared))
     write_atomic(out / "report.csv", csv_text(groups, cols))
     plot(groups, cols, out / "report.png")
+    search = sweep / "optimization_results.yaml"
+    if search.is_file():  # an Optuna search (hydra/sweeper=search): its best trial and score vs trial
+        with open(out / "report.md", "a", encoding="utf-8") as handle:
+            handle.write(search_section(yaml.safe_load(search.read_text()) or {}, done))
+        plot_trials(done, out / "trials.png")
     return out
+
+
+def search_section(results: dict, done: list[Job]) -> str:
+    params = " ".join(f"{k}={v}" for k, v in (results.get("best_params") or {}).items())
+    lines = ["", "## Search (Optuna)", "", f"Best trial: score {results.get('best_value')} with `{params}`", "",
+             "| trial | score | overrides |", "|---|---|---|"]
+    lines += [f"| {job.folder.name} | {job.score if job.score is not None else '-'} | `{' '.join(job.overrides)}` |"
+              for job in sorted(done, key=_trial_number)]
+    return "\n".join(lines) + "\n"
+
+
+def _trial_number(job: Job) -> int:
+    return int(job.folder.name) if job.folder.name.isdigit() else 0
+
+
+def plot_trials(done: list[Job], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trials = sorted((j for j in done if j.score is not None), key=_trial_number)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    scores = [j.score for j in trials]
+    ax.plot([_trial_number(j) for j in trials], scores, "o", label="trial")
+    ax.plot([_trial_number(j) for j in trials], [max(scores[: i + 1]) for i in range(len(scores))], "-",
+            label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("best validation score")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 @cli_errors

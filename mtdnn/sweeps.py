@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +30,7 @@ def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def run_job(job: Callable[[DictConfig], dict], cfg: DictConfig) -> float | None:
+def run_job(job: Callable[[DictConfig], dict], cfg: DictConfig) -> float:
     """One job of a sweep: its failure is reported and recorded, never raised, so Hydra's launcher goes on."""
     hydra_cfg = HydraConfig.get()
     job_dir = Path(cfg.output_dir or hydra_cfg.runtime.output_dir).resolve()
@@ -37,7 +38,7 @@ def run_job(job: Callable[[DictConfig], dict], cfg: DictConfig) -> float | None:
     if cfg.resume == "auto":
         if (job_dir / SUMMARY).is_file():
             log.info("%s: finished already, kept as it is (%s)", name, job_dir)
-            return json.loads((job_dir / SUMMARY).read_text()).get("best_score")
+            return score(json.loads((job_dir / SUMMARY).read_text()))
         if not any(checkpoint_problem(c) is None for c in list_checkpoints(job_dir)):
             cfg.resume = None  # nothing to continue: the job starts
     try:
@@ -50,9 +51,15 @@ def run_job(job: Callable[[DictConfig], dict], cfg: DictConfig) -> float | None:
         job_dir.mkdir(parents=True, exist_ok=True)
         (job_dir / FAILED).write_text(json.dumps({"job": hydra_cfg.job.num, "overrides": list(hydra_cfg.overrides.task),
                                                   "error": message}, indent=1))
-        return None
+        return math.nan  # a search sweeper (Optuna) records the trial as failed and goes on
     (job_dir / FAILED).unlink(missing_ok=True)
-    return summary.get("best_score")
+    return score(summary)
+
+
+def score(summary: dict) -> float:
+    """The number a search sweeper optimises: the run's best validation score (NaN when undefined)."""
+    value = summary.get("best_score")
+    return math.nan if value is None else float(value)
 
 
 def expand(command_line: list[str]) -> list[list[str]]:

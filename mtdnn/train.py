@@ -32,7 +32,7 @@ from mtdnn.sampler import TaskSampler
 from mtdnn.schema import suggest
 from mtdnn.stages import init_from_run, run_stages
 from mtdnn.summary import log_plan, write_summary
-from mtdnn.sweeps import covering_jobs, expand, in_sweep, run_job
+from mtdnn.sweeps import covering_jobs, expand, in_sweep, run_job, score
 from mtdnn.tasks import load_tasks
 from mtdnn.tracking import SilentTracker, Tracker
 from mtdnn.validate import run_problems
@@ -172,10 +172,10 @@ def _main(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
-def hydra_main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float:
     if in_sweep():  # a failed job is reported and the sweep goes on
         return run_job(_main, cfg)
-    return cli_errors(_main)(cfg).get("best_score")  # sweepers optimise this
+    return score(cli_errors(_main)(cfg))  # search sweepers optimise this
 
 
 @cli_errors
@@ -249,7 +249,8 @@ def main() -> None:
     # other flags (--help, --cfg, ...) go to Hydra untouched
     if overrides and not want_traceback() and not flags:
         check_overrides(overrides)
-    elif overrides and not want_traceback() and flags <= {"-m", "--multirun"}:
+    elif overrides and not want_traceback() and flags <= {"-m", "--multirun"} and \
+            not any(o.startswith("hydra/sweeper=") for o in overrides):  # a search sweeper expands its own way
         check_sweep(overrides)
     hydra_main()
 

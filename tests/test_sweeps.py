@@ -80,3 +80,28 @@ def test_a_bad_value_in_a_sweep_is_one_line_before_any_job_runs(tmp_path):
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith(expected), done.stderr[-2000:]
         assert not sweep.exists()
+
+
+def test_an_optuna_search_returns_each_trials_score_and_the_report_names_the_best(tmp_path):
+    tasks, sweep = write_toy_tasks(tmp_path / "tasks"), tmp_path / "search"
+    command = [sys.executable, "-m", "mtdnn.train", "-m", "hydra/sweeper=search", *tiny_overrides(tasks),
+               "task=toy_sent", "regularizer=smart", "trainer.max_steps=4", "trainer.eval_every=4", "predict_test=false",
+               "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}"]
+    done = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import yaml
+
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    scores = [json.loads((sweep / str(i) / "summary.json").read_text())["best_score"] for i in range(3)]
+    assert results["best_value"] == max(scores)  # the sweeper saw each trial's best validation score
+    # lr and batch size are fixed on this command line, so only SMART's weight is searched
+    assert set(results["best_params"]) == {"regularizer.smart.lambda_s"}
+    report = subprocess.run([sys.executable, "-m", "mtdnn.report", str(sweep)], env=ENV, capture_output=True,
+                            text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    text = (sweep / "report" / "report.md").read_text()
+    section = text.split("## Search (Optuna)", 1)[1]
+    assert f"Best trial: score {results['best_value']}" in section
+    assert [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| ") and "trial" not in line] \
+        == ["| 0", "| 1", "| 2"]
+    assert (sweep / "report" / "trials.png").stat().st_size > 0
