@@ -73,3 +73,21 @@ def test_lora_learns_with_a_frozen_encoder_and_exports_merged(tmp_path, toy_task
     enc = loaded.tokenizer(["the movie great", "plot awful awful", "a film"], padding=True, return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(plain(**enc).logits, loaded.model("toy_sent", **enc), atol=1e-5)
+
+
+def test_per_task_lora_composes_with_smart_whose_teacher_copies_the_adapted_model(tmp_path, toy_tasks):
+    import json
+
+    cfg = compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "adapter=lora", "adapter.per_task=true",
+                                       "regularizer=smart", "regularizer.smart.epsilon=5e-2",
+                                       "regularizer.smart.noise_std=5e-2", "regularizer.smart.teacher_memory=null",  # beta 0.99: a teacher that lags
+                                       "trainer.max_steps=8", "trainer.log_every=1",
+                                       "trainer.eval_every=8", "predict_test=false"))
+    run(cfg, tmp_path / "run")
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    for task in ("toy_sent", "toy_count"):
+        prox = [r[f"smart_prox/{task}"] for r in log if f"smart_prox/{task}" in r]
+        assert prox and max(prox) > 0  # the teacher (a copy with its own LoRA) drifts behind the student
+    loaded = load_run(str(tmp_path / "run"), "best", torch.device("cpu"))
+    names = [n for n, _ in loaded.model.named_parameters() if ".lora_A.toy_sent." in n]
+    assert names and all(n.replace("toy_sent", "toy_count") in dict(loaded.model.named_parameters()) for n in names)
