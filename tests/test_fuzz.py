@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from conftest import sentiment_rows, write_task
 from test_bad_input import _digest, world  # noqa: F401  (the module fixture: a finished run no case may change)
 
-FAST = settings(max_examples=25, deadline=None, derandomize=True, database=None, print_blob=True,
+FAST = settings(max_examples=15, deadline=None, derandomize=True, database=None, print_blob=True,
                 suppress_health_check=list(HealthCheck))
 LONG = settings(max_examples=int(os.environ.get("MTDNN_FUZZ_EXAMPLES", "150")), deadline=None, database=None,
                 print_blob=True, suppress_health_check=list(HealthCheck))
