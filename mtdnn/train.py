@@ -16,11 +16,12 @@ from mtdnn import config as _config  # noqa: F401  (registers the typed schemas 
 from mtdnn.build import prepare_data, prepare_output_dir, quiet_library_progress_bars, tokenizer_and_encoder
 from mtdnn.checkpoint import Resumable, TrainState, check_resume_config
 from mtdnn.cli import pick_device
+from mtdnn.command_line import check_overrides, check_sweep
 from mtdnn.data import TaskBatches, encode_splits, length_problems, one_pass_in_turn, task_seed
 from mtdnn.distill import Distiller
 from mtdnn.distributed import Distributed
 from mtdnn.encoders import max_length_problems
-from mtdnn.errors import MtdnnError, cli_errors, config_error_line, first_line, raise_if
+from mtdnn.errors import MtdnnError, cli_errors, first_line, raise_if
 from mtdnn.inference import collator_for
 from mtdnn.loop import make_plan, train
 from mtdnn.model import MultiTaskModel, bake_parametrizations
@@ -29,10 +30,9 @@ from mtdnn.paths import conf_dir
 from mtdnn.regularizers import build_regularizers
 from mtdnn.rundir import record_resume, remove_staging, resolve_resume, run_lock, save_run_files, seed_everything
 from mtdnn.sampler import TaskSampler
-from mtdnn.schema import suggest
 from mtdnn.stages import init_from_run, run_stages
 from mtdnn.summary import log_plan, write_summary
-from mtdnn.sweeps import covering_jobs, expand, in_sweep, run_job, score
+from mtdnn.sweeps import in_sweep, run_job, score
 from mtdnn.tasks import load_tasks
 from mtdnn.tracking import SilentTracker, Tracker
 from mtdnn.validate import run_problems
@@ -176,65 +176,6 @@ def hydra_main(cfg: DictConfig) -> float:
     if in_sweep():  # a failed job is reported and the sweep goes on
         return run_job(_main, cfg)
     return score(cli_errors(_main)(cfg))  # search sweepers optimise this
-
-
-@cli_errors
-def check_overrides(overrides: list[str]) -> None:
-    """Compose once before Hydra does, so a bad override is one clear line instead of Hydra's report."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    def problem(given: list[str]) -> str | None:
-        try:
-            with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-                compose("train", overrides=given, return_hydra_config=True)
-        except Exception as err:  # Hydra and OmegaConf raise many types; all mean "this override is wrong"
-            return one_line(err)
-        finally:
-            GlobalHydra.instance().clear()
-        return None
-
-    message = problem(overrides)
-    if message is not None:
-        # Hydra's message does not always name the override ("must be a string or a list"): find the culprit
-        culprit = next((o for o in overrides if problem([o]) is not None), None)
-        name = culprit.split("=", 1)[0].lstrip("+~") if culprit else None
-        raise MtdnnError(message if name is None or name in message else f"{culprit}: {message}")
-
-
-@cli_errors
-def check_sweep(command_line: list[str]) -> None:
-    """A sweep's jobs are checked as a single run's overrides are (a few jobs that hold every value between them),
-    so a bad value is one line before any job runs."""
-    def grammar_problem(given: list[str]) -> str | None:
-        try:
-            expand(given)
-        except Exception as err:  # noqa: BLE001  (Hydra's override grammar: a malformed sweep)
-            return one_line(err)
-        return None
-
-    message = grammar_problem(command_line)
-    if message is not None:
-        culprit = next((o for o in command_line if grammar_problem([o]) is not None), None)
-        raise MtdnnError(f"{culprit}: {message}" if culprit else message)
-    jobs = expand(command_line)
-    for job in covering_jobs(jobs):
-        check_overrides(job)
-
-
-def one_line(err: Exception) -> str:
-    from omegaconf.errors import OmegaConfBaseException
-
-    from hydra.errors import MissingConfigException
-
-    cause = err.__cause__
-    if isinstance(err, MissingConfigException) and err.missing_cfg_file and err.options is not None:
-        group, _, name = err.missing_cfg_file.rpartition("/")
-        options = [o for o in err.options if not o.endswith("_schema")]
-        return f"{group}={name}: no such option{suggest(name, options)}; available: {', '.join(options)}"
-    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
-        return config_error_line(cause)
-    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
 
 
 @cli_errors
