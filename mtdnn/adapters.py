@@ -22,10 +22,10 @@ from torch import nn
 
 from mtdnn.config import AdapterConfig
 from mtdnn.encoders import encoder_layers
-from mtdnn.lora import LoraAdapters, lora_problems
+from mtdnn.peft_adapters import METHODS, PeftAdapters, peft_problems
 
 
-KINDS = ("none", "bottleneck", "hyper", "lora")  # lora: through peft, see mtdnn/lora.py
+KINDS = ("none", "bottleneck", "hyper", *METHODS)  # lora, ia3: through peft, see mtdnn/peft_adapters.py
 
 
 def adapter_problems(cfg: AdapterConfig) -> list[str]:
@@ -35,7 +35,7 @@ def adapter_problems(cfg: AdapterConfig) -> list[str]:
     for name in ("bottleneck", "task_dim", "layer_dim", "hyper_dim"):
         if getattr(cfg, name) < 1:
             problems.append(f"adapter.{name}: must be >= 1, got {getattr(cfg, name)}")
-    return problems + (lora_problems(cfg) if cfg.kind == "lora" else [])
+    return problems + (peft_problems(cfg) if cfg.kind in METHODS else [])
 
 
 def bottleneck(hidden: torch.Tensor, down_w, down_b, up_w, up_b) -> torch.Tensor:
@@ -117,8 +117,8 @@ class Adapters(nn.Module):
 
 def build_adapters(encoder: nn.Module, tasks: list[str], cfg: AdapterConfig) -> nn.Module:
     """The adapters `cfg` asks for, with the encoder frozen around them."""
-    if cfg.kind == "lora":
-        return LoraAdapters(encoder, tasks, cfg)  # peft freezes the encoder itself
+    if cfg.kind in METHODS:
+        return PeftAdapters(encoder, tasks, cfg)  # it freezes the encoder itself
     freeze_encoder(encoder, cfg.train_layer_norms)
     return Adapters(encoder, tasks, cfg)
 

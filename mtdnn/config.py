@@ -14,7 +14,7 @@ from omegaconf import MISSING
 class AdapterConfig:
     """Parameter-efficient training (mtdnn/adapters.py)."""
 
-    kind: str = "none"  # none | bottleneck | hyper | lora
+    kind: str = "none"  # none | bottleneck | hyper | lora | ia3
     bottleneck: int = 64  # r: the adapter's inner size
     task_dim: int = 64  # hyper: size of the task embedding
     layer_dim: int = 64  # hyper: size of the layer embedding
@@ -23,8 +23,8 @@ class AdapterConfig:
     rank: int = 8  # lora: r
     alpha: float = 16.0  # lora: the update is scaled by alpha / r
     dropout: float = 0.0  # lora: dropout on the LoRA branch's input
-    target_modules: Optional[list[str]] = None  # lora: module names; null = peft's default for the architecture
-    per_task: bool = False  # lora: each task its own LoRA (true) or one shared by all tasks
+    target_modules: Optional[list[str]] = None  # lora/ia3: module names; null: peft's default for the architecture
+    per_task: bool = False  # lora/ia3: each task its own (true) or one shared by all tasks
 
 
 @dataclass

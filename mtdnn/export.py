@@ -27,7 +27,7 @@ from mtdnn import kinds
 from mtdnn.cli import argv, load_run, parse_args, select_tasks
 from mtdnn.errors import MtdnnError, cli_errors
 from mtdnn.export_modeling import MeanPooledForSequenceClassification  # also shipped as remote code
-from mtdnn.lora import SHARED, LoraAdapters, merged_encoder
+from mtdnn.peft_adapters import SHARED, PeftAdapters, merged_encoder
 from mtdnn.model_card import model_card
 from mtdnn.onnx_backend import copy_run_files, export_onnx
 from mtdnn.tasks import TaskSpec
@@ -51,7 +51,7 @@ def build_hf_model(run, spec: TaskSpec) -> nn.Module:
     from transformers import AutoConfig
 
     encoder = run.model.encoder
-    if isinstance(run.model.adapters, LoraAdapters):  # LoRA merges into the weights: a plain model again
+    if isinstance(run.model.adapters, PeftAdapters):  # LoRA / IA3 merge into the weights: a plain model again
         encoder = merged_encoder(encoder, spec.name if run.model.adapters.per_task else SHARED)
     elif run.model.adapters is not None:
         raise MtdnnError("export: this run trained adapters (adapter.kind="

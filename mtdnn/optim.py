@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from mtdnn.config import TrainerConfig
+from mtdnn.peft_adapters import is_peft_parameter
 
 
 def param_groups(model: nn.Module, cfg: TrainerConfig) -> list[dict]:
@@ -18,7 +19,7 @@ def param_groups(model: nn.Module, cfg: TrainerConfig) -> list[dict]:
     groups: dict[tuple[bool, bool], list] = {(h, d): [] for h in (False, True) for d in (False, True)}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            new = name.startswith(("heads.", "adapters.")) or ".lora_" in name  # new weights: head_lr
+            new = name.startswith(("heads.", "adapters.")) or is_peft_parameter(name)  # new weights: head_lr
             groups[(new, param.ndim >= 2)].append(param)
     return [{"params": params, "lr": head_lr if is_head else cfg.lr,
              "weight_decay": cfg.weight_decay if decays else 0.0}

@@ -1,5 +1,5 @@
-"""LoRA through peft: shared or per task, starting from the unchanged encoder, counted by hand, learning with a
-frozen encoder, each task's LoRA its own, and merged into a plain transformers model on export."""
+"""peft adapters (LoRA, IA3): shared or per task, starting from the unchanged encoder, counted by hand, learning
+with a frozen encoder, each task's adapter its own, and merged into a plain transformers model on export."""
 
 from __future__ import annotations
 
@@ -17,20 +17,23 @@ from mtdnn.train import run
 from test_smart import _batch, _spec, _tiny_model
 
 
-def _pair(per_task: bool) -> tuple[MultiTaskModel, MultiTaskModel]:
+def _pair(per_task: bool, kind: str = "lora") -> tuple[MultiTaskModel, MultiTaskModel]:
     plain = _tiny_model(_spec("a"), _spec("b"))
     adapted = MultiTaskModel(copy.deepcopy(plain.encoder), [_spec("a"), _spec("b")], "mean",
-                             AdapterConfig(kind="lora", rank=4, alpha=8, per_task=per_task, train_layer_norms=False))
+                             AdapterConfig(kind=kind, rank=4, alpha=8, per_task=per_task, train_layer_norms=False))
     adapted.heads.load_state_dict(plain.heads.state_dict())
     return plain.eval(), adapted.eval()
 
 
+@pytest.mark.parametrize("kind", ["lora", "ia3"])
 @pytest.mark.parametrize("per_task", [False, True])
-def test_lora_starts_as_the_encoder_and_counts_by_hand(per_task):
-    plain, adapted = _pair(per_task)
+def test_peft_adapters_start_as_the_encoder_and_count_by_hand(per_task, kind):
+    plain, adapted = _pair(per_task, kind)
     batch = _batch()
-    assert torch.equal(plain("a", **batch), adapted("a", **batch))  # B = 0: the unchanged encoder
-    lora = 2 * 2 * 4 * (16 + 16)  # 2 layers x (query, value) x rank 4 x (A: 16 in, B: 16 out)
+    assert torch.allclose(plain("a", **batch), adapted("a", **batch), atol=1e-6)  # B = 0, scales = 1
+    # LoRA: 2 layers x (query, value) x rank 4 x (A: 16 in, B: 16 out). IA3: 2 layers x (key 16, value 16, and a
+    # scale per input channel of every module named *output.dense: the attention output 16, the feed-forward 32)
+    lora = 2 * 2 * 4 * (16 + 16) if kind == "lora" else 2 * (16 + 16 + 16 + 32)
     head = 16 * 3 + 3
     counts = trainable_parameters(adapted)
     if per_task:
@@ -38,7 +41,7 @@ def test_lora_starts_as_the_encoder_and_counts_by_hand(per_task):
     else:
         assert counts["per_task"] == {"a": head, "b": head} and counts["shared"] == lora
     trainable = {n for n, p in adapted.named_parameters() if p.requires_grad}
-    assert all(".lora_" in n for n in trainable if n.startswith("encoder."))
+    assert all(".lora_" in n or ".ia3_l." in n for n in trainable if n.startswith("encoder."))
     adapted("b", **batch)  # switching tasks keeps every task's LoRA trainable (peft's set_adapter would not)
     assert {n for n, p in adapted.named_parameters() if p.requires_grad} == trainable
 
@@ -55,21 +58,22 @@ def test_per_task_lora_is_each_tasks_own():
         assert not torch.allclose(adapted("b", **batch), before_b)
 
 
-@pytest.mark.parametrize("per_task", [False, True])
-def test_lora_learns_with_a_frozen_encoder_and_exports_merged(tmp_path, toy_tasks, per_task):
+@pytest.mark.parametrize("kind, per_task", [("lora", False), ("lora", True), ("ia3", True)])
+def test_peft_adapters_learn_with_a_frozen_encoder_and_export_merged(tmp_path, toy_tasks, kind, per_task):
     from transformers import AutoModelForSequenceClassification
 
     from mtdnn.export import ExportConfig, export
 
-    cfg = compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "adapter=lora", "adapter.rank=8",
+    cfg = compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", f"adapter={kind}", "adapter.rank=8",
                                        f"adapter.per_task={str(per_task).lower()}", "encoder.pooling=mean",
                                        "trainer.head_lr=1e-2", "trainer.max_steps=150", "predict_test=false"))
     summary = run(cfg, tmp_path / "run")
-    assert summary["validation"]["toy_sent"]["accuracy"] > 0.8
+    # IA3 owns 320 scales per task on the frozen *random* tiny encoder, LoRA at rank 8 2,048 weights: IA3 learns less
+    assert summary["validation"]["toy_sent"]["accuracy"] > (0.8 if kind == "lora" else 0.7)  # chance: 0.52
     loaded = load_run(str(tmp_path / "run"), "best", torch.device("cpu"))
     out = export(ExportConfig(run_dir=str(tmp_path / "run"), task="toy_sent", out=str(tmp_path / "hf")))
     plain = AutoModelForSequenceClassification.from_pretrained(str(out), trust_remote_code=True).eval()
-    assert not any("lora" in n for n, _ in plain.named_parameters())
+    assert not any("lora" in n or "ia3" in n for n, _ in plain.named_parameters())
     enc = loaded.tokenizer(["the movie great", "plot awful awful", "a film"], padding=True, return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(plain(**enc).logits, loaded.model("toy_sent", **enc), atol=1e-5)
