@@ -35,12 +35,23 @@ FAST = settings(max_examples=15, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
 LONG = settings(max_examples=int(os.environ.get("MTDNN_FUZZ_EXAMPLES", "150")), deadline=None, database=None,
                 print_blob=True, suppress_health_check=list(HealthCheck))
+PROFILES = [pytest.param(FAST, id="fast"), pytest.param(LONG, id="long", marks=pytest.mark.slow)]
 COUNTS: dict[str, int] = {}  # 'kind of input, outcome' -> cases; conftest prints it after the run
 
 WORDS = ["good", "bad", "fine", "awful", "film", "plot", "é", "日本", "🙂", "a\tb", 'say "hi"', "x,y", "line\nbreak"]
 ODD = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True),
                 st.text(max_size=12), st.lists(st.text(max_size=4), max_size=3),
                 st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+def explore(profile: settings, strategy: st.SearchStrategy, check) -> None:
+    """Run `check` on the cases `strategy` generates, as many as the profile says."""
+    @profile
+    @given(case=strategy)
+    def each(case):
+        check(case)
+
+    each()
 
 
 # ---------------------------------------------------------------- running the CLI in-process
@@ -162,17 +173,9 @@ def _data_case(world, case: dict, capsys) -> None:
     _check("data files", code, stderr, out, [str(folder / "t.yaml")], world)
 
 
-@FAST
-@given(case=data_files())
-def test_fuzz_data_files(world, capsys, case):
-    _data_case(world, case, capsys)
-
-
-@pytest.mark.slow
-@LONG
-@given(case=data_files())
-def test_fuzz_data_files_long(world, capsys, case):
-    _data_case(world, case, capsys)
+@pytest.mark.parametrize("profile", PROFILES)
+def test_fuzz_data_files(world, capsys, profile):
+    explore(profile, data_files(), lambda case: _data_case(world, case, capsys))
 
 
 # ---------------------------------------------------------------- task YAMLs
@@ -227,17 +230,9 @@ def _yaml_case(world, case: dict, capsys) -> None:
     _check("task YAMLs", code, stderr, out, [str(folder / "t.yaml"), "task=t"], world)
 
 
-@FAST
-@given(case=task_yamls())
-def test_fuzz_task_yamls(world, capsys, case):
-    _yaml_case(world, case, capsys)
-
-
-@pytest.mark.slow
-@LONG
-@given(case=task_yamls())
-def test_fuzz_task_yamls_long(world, capsys, case):
-    _yaml_case(world, case, capsys)
+@pytest.mark.parametrize("profile", PROFILES)
+def test_fuzz_task_yamls(world, capsys, profile):
+    explore(profile, task_yamls(), lambda case: _yaml_case(world, case, capsys))
 
 
 # ---------------------------------------------------------------- command-line overrides
@@ -274,14 +269,6 @@ def _override_case(world, overrides: list[str], capsys) -> None:
     _check("overrides", code, stderr, out, [n for n in keys + values if n.strip()], world)
 
 
-@FAST
-@given(overrides=override_lists())
-def test_fuzz_command_line_overrides(world, capsys, overrides):
-    _override_case(world, overrides, capsys)
-
-
-@pytest.mark.slow
-@LONG
-@given(overrides=override_lists())
-def test_fuzz_command_line_overrides_long(world, capsys, overrides):
-    _override_case(world, overrides, capsys)
+@pytest.mark.parametrize("profile", PROFILES)
+def test_fuzz_command_line_overrides(world, capsys, profile):
+    explore(profile, override_lists(), lambda overrides: _override_case(world, overrides, capsys))
