@@ -22,7 +22,7 @@ from torch import nn
 
 from mtdnn.config import AdapterConfig
 from mtdnn.encoders import encoder_layers
-from mtdnn.peft_adapters import METHODS, PeftAdapters, peft_problems
+from mtdnn.peft_adapters import METHODS, PeftAdapters, is_peft_parameter, peft_problems
 
 
 KINDS = ("none", "bottleneck", "hyper", *METHODS)  # lora, ia3: through peft, see mtdnn/peft_adapters.py
@@ -116,18 +116,19 @@ class Adapters(nn.Module):
 
 
 def build_adapters(encoder: nn.Module, tasks: list[str], cfg: AdapterConfig) -> nn.Module:
-    """The adapters `cfg` asks for, with the encoder frozen around them."""
-    if cfg.kind in METHODS:
-        return PeftAdapters(encoder, tasks, cfg)  # it freezes the encoder itself
+    """The adapters `cfg` asks for, with the encoder frozen around them (peft's layers sit inside the encoder, so
+    the freezing comes after they are injected and keeps them trainable)."""
+    adapters = PeftAdapters(encoder, tasks, cfg) if cfg.kind in METHODS else Adapters(encoder, tasks, cfg)
     freeze_encoder(encoder, cfg.train_layer_norms)
-    return Adapters(encoder, tasks, cfg)
+    return adapters
 
 
 def freeze_encoder(encoder: nn.Module, train_layer_norms: bool) -> None:
-    """Only the adapters, the heads and (optionally) the encoder's LayerNorms train."""
+    """Only the adapters (peft's inside the encoder too), the heads and (optionally) the encoder's LayerNorms
+    train; every task's peft adapter is in the optimizer from the start."""
     norms = {id(p) for m in encoder.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
-    for param in encoder.parameters():
-        param.requires_grad_(train_layer_norms and id(param) in norms)
+    for name, param in encoder.named_parameters():
+        param.requires_grad_(is_peft_parameter(name) or (train_layer_norms and id(param) in norms))
 
 
 def trainable_parameters(model) -> dict:

@@ -3,6 +3,8 @@ is one clear line naming the override instead of Hydra's multi-line report."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 from mtdnn.errors import MtdnnError, cli_errors, config_error_line
 from mtdnn.paths import conf_dir
 from mtdnn.schema import suggest
@@ -25,12 +27,7 @@ def check_overrides(overrides: list[str]) -> None:
             GlobalHydra.instance().clear()
         return None
 
-    message = problem(overrides)
-    if message is not None:
-        # Hydra's message does not always name the override ("must be a string or a list"): find the culprit
-        culprit = next((o for o in overrides if problem([o]) is not None), None)
-        name = culprit.split("=", 1)[0].lstrip("+~") if culprit else None
-        raise MtdnnError(message if name is None or name in message else f"{culprit}: {message}")
+    raise_naming_culprit(overrides, problem)
 
 
 @cli_errors
@@ -44,13 +41,20 @@ def check_sweep(command_line: list[str]) -> None:
             return one_line(err)
         return None
 
-    message = grammar_problem(command_line)
-    if message is not None:
-        culprit = next((o for o in command_line if grammar_problem([o]) is not None), None)
-        raise MtdnnError(f"{culprit}: {message}" if culprit else message)
-    jobs = expand(command_line)
-    for job in covering_jobs(jobs):
+    raise_naming_culprit(command_line, grammar_problem)
+    for job in covering_jobs(expand(command_line)):
         check_overrides(job)
+
+
+def raise_naming_culprit(overrides: list[str], problem: Callable[[list[str]], str | None]) -> None:
+    """Raise `problem(overrides)` if there is one, naming the override at fault: Hydra's messages do not always
+    name it ("must be a string or a list", "mismatched input"), so each override is tried alone."""
+    message = problem(overrides)
+    if message is None:
+        return
+    culprit = next((o for o in overrides if problem([o]) is not None), None)
+    name = culprit.split("=", 1)[0].lstrip("+~") if culprit else None
+    raise MtdnnError(message if name is None or name in message else f"{culprit}: {message}")
 
 
 def one_line(err: Exception) -> str:

@@ -24,6 +24,7 @@ from torch import nn
 
 from mtdnn.errors import MtdnnError
 from mtdnn.file_faults import root_cause
+from mtdnn.rundir import write_json
 from mtdnn.tasks import TaskSpec
 
 META = "onnx.json"
@@ -34,9 +35,9 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 class TaskGraph(nn.Module):
     """The model's forward pass for one task with positional tensor inputs, as the exporter wants it."""
 
-    def __init__(self, model: nn.Module, task: str, inputs: list[str]):
+    def __init__(self, model: nn.Module, task: str):
         super().__init__()
-        self.model, self.task, self.inputs = model, task, inputs
+        self.model, self.task = model, task
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -49,7 +50,7 @@ def export_onnx(run, spec: TaskSpec, staging: Path, quantize: str | None) -> Non
     sample = run.tokenizer(["a short example text", "and another, a little longer than the first one"],
                            ["a second text", "pair"], padding=True, return_tensors="pt")
     inputs = [name for name in INPUTS if name in sample]
-    graph = TaskGraph(run.model.cpu().eval(), spec.name, inputs).eval()
+    graph = TaskGraph(run.model.cpu().eval(), spec.name).eval()
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     try:
         torch.onnx.export(graph, tuple(sample[n] for n in inputs), str(staging / FILES["onnx"]), dynamo=True,
@@ -61,21 +62,18 @@ def export_onnx(run, spec: TaskSpec, staging: Path, quantize: str | None) -> Non
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(str(staging / FILES["onnx"]), str(staging / FILES["onnx-int8"]), weight_type=QuantType.QInt8)
-    (staging / META).write_text(json.dumps({"task": spec.name, "inputs": inputs, "output": "output",
-                                            "files": [f for f in FILES.values() if (staging / f).is_file()]}, indent=1))
+    write_json(staging / META, {"task": spec.name, "inputs": inputs,
+                                "files": [f for f in FILES.values() if (staging / f).is_file()]})
 
 
 class OnnxModel(nn.Module):
     """An ONNX Runtime session behind MultiTaskModel's call (`model(task, **batch) -> raw outputs`)."""
 
-    def __init__(self, path: Path, task: str, inputs: list[str], threads: int | None = None):
+    def __init__(self, path: Path, task: str, inputs: list[str]):
         super().__init__()
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.task, self.inputs = task, inputs
 
     def forward(self, task: str, **batch: torch.Tensor) -> torch.Tensor:

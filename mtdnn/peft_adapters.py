@@ -65,12 +65,6 @@ class PeftAdapters(nn.Module):
         for name in tasks if cfg.per_task else [SHARED]:
             inject_adapter_in_model(config, encoder, adapter_name=name)
         self.layers = [m for m in encoder.modules() if isinstance(m, BaseTunerLayer)]
-        for name, param in encoder.named_parameters():  # every task's adapter is in the optimizer from the start
-            param.requires_grad_(is_peft_parameter(name))
-        if cfg.train_layer_norms:
-            for module in encoder.modules():
-                if isinstance(module, nn.LayerNorm):
-                    module.requires_grad_(True)
         self._task: str | None = None
 
     @property

@@ -16,9 +16,10 @@ from typing import Optional
 from omegaconf import MISSING
 
 from mtdnn.cli import argv, load_run, parse_args, pick_device, select_tasks
-from mtdnn.data import TaskData, check_columns, check_rows, encode_splits, load_raw
+from mtdnn.data import load_raw
 from mtdnn.errors import MtdnnError, cli_errors, raise_if
-from mtdnn.inference import collator_for, evaluate_split, model_device, write_records
+from mtdnn.inference import write_records
+from mtdnn.predictor import records_of
 from mtdnn.submission import FORMATS, submission_problems, write_submission
 from mtdnn.tasks import SourceSpec, TaskSpec
 
@@ -66,12 +67,7 @@ def predict(cfg: PredictConfig) -> Path:
     raw = load_raw(spec)
     if split not in raw:
         raise MtdnnError(f"split: task {spec.name} has no '{split}' split (it has {', '.join(raw)})")
-    data = TaskData(spec, {split: raw[split]})
-    raise_if(check_columns(spec, data.raw) or check_rows(data), "the input has problems")
-    encode_splits(data, run.tokenizer)
-    device = model_device(run.model)
-    records, _ = evaluate_split(run.model, spec, data.raw[split], data.encoded[split],
-                                collator_for(spec, run.tokenizer, 8), cfg.batch_size, device, cfg.bf16)
+    records = records_of(run, spec, split, raw[split], cfg.batch_size, cfg.bf16)
     if cfg.format != "jsonl":
         return write_submission(out, spec, records)
     write_records(out, spec, records)

@@ -51,12 +51,17 @@ class Predictor:
             return []
         import datasets
 
-        data = TaskData(spec, {SPLIT: datasets.Dataset.from_list(rows)})
-        raise_if(check_columns(spec, data.raw) or check_rows(data), "the input has problems")
-        encode_splits(data, self.loaded.tokenizer)
-        records, _ = evaluate_split(self.loaded.model, spec, data.raw[SPLIT], data.encoded[SPLIT],
-                                    collator_for(spec, self.loaded.tokenizer, 8), batch_size, self.device, bf16)
-        return records
+        return records_of(self.loaded, spec, SPLIT, datasets.Dataset.from_list(rows), batch_size, bf16)
+
+
+def records_of(run: LoadedRun, spec, split: str, rows, batch_size: int, bf16: bool = False) -> list[dict]:
+    """Check, tokenise and predict one split of raw rows (a `datasets.Dataset`): the records, in row order."""
+    data = TaskData(spec, {split: rows})
+    raise_if(check_columns(spec, data.raw) or check_rows(data), "the input has problems")
+    encode_splits(data, run.tokenizer)
+    records, _ = evaluate_split(run.model, spec, data.raw[split], data.encoded[split],
+                                collator_for(spec, run.tokenizer, 8), batch_size, model_device(run.model), bf16)
+    return records
 
 
 def as_row(spec, item: Any, index: int) -> dict[str, Any]:

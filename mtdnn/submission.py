@@ -28,18 +28,12 @@ def submission_problems(spec: TaskSpec, fmt: str) -> list[str]:
     if sub is None or sub.benchmark != fmt:
         return [f"format: task {spec.name} has no `submission: {{benchmark: {fmt}, file: ...}}` in {spec.file}; "
                 "add one to write its submission file"]
-    if sub.labels is not None and len(sub.labels) != len(spec.labels or []):
-        return [f"{spec.file}: submission.labels: {len(sub.labels)} strings for {len(spec.labels or [])} labels"]
     return []
 
 
-def prediction(spec: TaskSpec, record: dict) -> Any:
-    """What the server expects for one record (each head kind says, see `submission_value` in mtdnn/kinds/)."""
-    return kinds.of(spec).submission_value(spec, record)
-
-
 def write_submission(path: Path, spec: TaskSpec, records: list[dict]) -> Path:
-    rows = sorted(((record["id"], prediction(spec, record)) for record in records), key=lambda r: _order(r[0]))
+    value = kinds.of(spec).submission_value  # what the server expects for one record: each head kind says
+    rows = sorted(((record["id"], value(spec, record)) for record in records), key=lambda r: _order(r[0]))
     if spec.submission.benchmark == "glue":
         text = "index\tprediction\n" + "".join(f"{index}\t{value}\n" for index, value in rows)
     else:

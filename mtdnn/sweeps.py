@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mtdnn.errors import MtdnnError, environment_fault
-from mtdnn.rundir import checkpoint_problem, list_checkpoints
+from mtdnn.rundir import checkpoint_problem, list_checkpoints, write_json
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ def run_job(job: Callable[[DictConfig], dict], cfg: DictConfig) -> float:
             raise
         print(f"error: {name}: {message}", file=sys.stderr, flush=True)
         job_dir.mkdir(parents=True, exist_ok=True)
-        (job_dir / FAILED).write_text(json.dumps({"job": hydra_cfg.job.num, "overrides": list(hydra_cfg.overrides.task),
-                                                  "error": message}, indent=1))
+        write_json(job_dir / FAILED, {"job": hydra_cfg.job.num, "overrides": list(hydra_cfg.overrides.task),
+                                      "error": message})
         return math.nan  # a search sweeper (Optuna) records the trial as failed and goes on
     (job_dir / FAILED).unlink(missing_ok=True)
     return score(summary)

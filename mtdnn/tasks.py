@@ -216,6 +216,9 @@ def _semantic_problems(spec: TaskSpec, path: Path) -> list[str]:
         problems.append(f"{where}submission.benchmark: must be glue or superglue, got '{spec.submission.benchmark}'")
     if spec.submission is not None and not spec.submission.file:
         problems.append(f"{where}submission.file: required (the file name the benchmark's server expects)")
+    labels, sub = (spec.labels if isinstance(spec.labels, list) else []), spec.submission
+    if sub is not None and sub.labels is not None and len(sub.labels) != len(labels):
+        problems.append(f"{where}submission.labels: {len(sub.labels)} strings for {len(labels)} labels")
     if spec.on_bad_row not in ("error", "skip"):
         problems.append(f"{where}on_bad_row: must be 'error' or 'skip', got '{spec.on_bad_row}'")
     return problems

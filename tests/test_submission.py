@@ -58,3 +58,15 @@ def test_shipped_glue_tasks_name_the_servers_files():
     assert files == {"cola": "CoLA.tsv", "sst2": "SST-2.tsv", "mrpc": "MRPC.tsv", "qqp": "QQP.tsv",
                      "stsb": "STS-B.tsv", "mnli": "MNLI-m.tsv", "qnli": "QNLI.tsv", "rte": "RTE.tsv",
                      "wnli": "WNLI.tsv"}
+
+
+def test_a_submission_label_list_of_the_wrong_length_is_a_task_yaml_problem(tmp_path):
+    from pathlib import Path
+
+    from mtdnn.tasks import parse_task
+
+    data = {"name": "t", "head": "classification", "labels": ["neg", "pos"], "columns": {"text": "s", "label": "y"},
+            "source": {"kind": "files", "splits": {"train": "t.csv"}},
+            "submission": {"benchmark": "glue", "file": "T.tsv", "labels": ["0", "1", "2"]}}
+    _, problems = parse_task(Path(tmp_path / "t.yaml"), data)
+    assert problems == [f"{tmp_path / 't.yaml'}: submission.labels: 3 strings for 2 labels"]
