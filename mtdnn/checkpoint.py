@@ -1,5 +1,6 @@
 """What a training checkpoint holds besides the weights, written and read here only: the loop's counters
-(TrainState), the optimizer, schedule, sampler, each task's batch position, each regularizer's state and the RNG.
+(TrainState), the optimizer, schedule, sampler, each task's batch position, each regularizer's and the
+balancer's state and the RNG.
 Also the check that a resumed run's configuration is the one the checkpoint was trained with."""
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class TrainState:
     best_results: dict = field(default_factory=dict)
     skipped_steps: int = 0  # optimizer steps dropped for a NaN/inf loss or gradient
     consecutive_skips: int = 0
+    evals_since_best: int = 0  # evaluations in a row without a better score (trainer.early_stopping)
+    stopped_early: bool = False
+    task_best: dict = field(default_factory=dict)  # task -> {"score", "step"}: each task's own best (best_<task>.json)
     train_seconds: float = 0.0  # wall time in training steps (not evaluation or checkpoints): what methods cost
 
     def state_dict(self) -> dict:
@@ -51,13 +55,15 @@ class Resumable:
     sampler: Any
     batches: dict  # task -> TaskBatches
     regularizers: dict  # name -> Regularizer
+    balancer: Any  # mtdnn.balancers.Balancer
     state: TrainState
 
     def state_dict(self) -> dict:
         return {"train": self.state.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
                 "batches": {t: b.state_dict() for t, b in self.batches.items()}, "rng": rng_state(),
-                "regularizers": {name: reg.state_dict() for name, reg in self.regularizers.items()}}
+                "regularizers": {name: reg.state_dict() for name, reg in self.regularizers.items()},
+                "balancer": self.balancer.state_dict()}
 
     def restore(self, checkpoint: Path, model) -> None:
         """Everything the checkpoint holds, except the optimizer's settings (lr, weight decay, betas), which come
@@ -78,6 +84,7 @@ class Resumable:
             self.batches[task].load_state_dict(batch_state)
         for name, reg in self.regularizers.items():
             reg.load_state_dict(saved.get("regularizers", {}).get(name, {}))
+        self.balancer.load_state_dict(saved.get("balancer", {}))
         self.state.load_state_dict(saved["train"])
         set_rng_state(saved["rng"])
         log.info("resumed from %s at step %d", checkpoint, self.state.step)

@@ -67,6 +67,8 @@ class TrainerConfig:
     batch_size: int = 32
     eval_batch_size: int = 128
     grad_accum: int = 1
+    tasks_per_step: int = 1  # >= 2: one step draws this many different tasks (grad_accum batches each) and the
+    # balancer combines their gradients (PCGrad, CAGrad, ...); 1: every micro-batch its own task, as MT-DNN
     epochs: float = 3.0  # one epoch = as many batches as one pass over every selected task's train split
     max_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
     warmup_ratio: float = 0.1
@@ -78,6 +80,7 @@ class TrainerConfig:
     evals_per_epoch: int = 4  # used when eval_every is not set (and always once more at the end)
     log_every: int = 10
     best_metric: str = "mean"  # 'mean' of each task's main metric, or '<task>/<metric>'
+    early_stopping: int = 0  # stop after this many evaluations in a row without a better best_metric (0: off)
     keep_last: int = 2  # newest step checkpoints kept, besides the best one
     max_consecutive_skips: int = 10  # stop after this many NaN/inf steps in a row
     progress_bar: bool = True
@@ -118,6 +121,7 @@ class TrainConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     regularizer: dict[str, Any] = field(default_factory=dict)  # name -> settings; see mtdnn/regularizers
+    balancer: dict[str, Any] = field(default_factory=lambda: {"name": "none"})  # see mtdnn/balancers
     distill: DistillConfig = field(default_factory=DistillConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     seed: int = 42

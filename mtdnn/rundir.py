@@ -7,6 +7,7 @@
     checkpoints/step_N/    model.safetensors + trainer_state.pt (optimizer, scheduler, sampler, RNG,
                            regularizer state such as SMART's teacher); the last `keep_last` plus the best
     best.json              which checkpoint scored best, and its validation metrics
+    best_<task>.json       with several tasks: the checkpoint where that task's main metric was best
     metrics.json           every evaluation, appended
     train_log.jsonl        per logging step: losses, learning rate, gradient norm
     summary.json           the final report
@@ -168,21 +169,21 @@ def remove_staging(run_dir: Path) -> None:
 
 
 def rotate_checkpoints(run_dir: Path, keep_last: int) -> None:
-    """Keep the newest `keep_last` checkpoints plus the one best.json names."""
-    best = best_checkpoint(run_dir, required=False)
+    """Keep the newest `keep_last` checkpoints plus those best.json and each best_<task>.json name."""
+    named = {best_checkpoint(run_dir, required=False, name=path.name) for path in run_dir.glob("best*.json")}
     found = list_checkpoints(run_dir)
     for stale in found[: max(0, len(found) - keep_last)]:
-        if stale != best:
+        if stale not in named:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def save_best(run_dir: Path, step: int, record: dict) -> None:
-    """Point best.json at an already complete checkpoint (one atomic rename)."""
-    write_json(run_dir / "best.json", {"checkpoint": f"{CHECKPOINTS}/step_{step:07d}", "step": step, **record})
+def save_best(run_dir: Path, step: int, record: dict, name: str = "best.json") -> None:
+    """Point best.json (or a task's best_<task>.json) at an already complete checkpoint (one atomic rename)."""
+    write_json(run_dir / name, {"checkpoint": f"{CHECKPOINTS}/step_{step:07d}", "step": step, **record})
 
 
-def best_checkpoint(run_dir: Path, required: bool = True) -> Path | None:
-    path = run_dir / "best.json"
+def best_checkpoint(run_dir: Path, required: bool = True, name: str = "best.json") -> Path | None:
+    path = run_dir / name
     if not path.is_file():
         if required:
             raise MtdnnError(f"{path}: not found; this run has no evaluated checkpoint yet")

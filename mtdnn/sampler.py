@@ -71,6 +71,17 @@ class TaskSampler:
             return self.names[0]
         return self.names[int(self.rng.choice(len(self.names), p=p))]
 
+    def next_distinct(self, k: int) -> list[str]:
+        """k different tasks for one multi-task step (trainer.tasks_per_step), drawn without replacement by the
+        schedule's probabilities, in the run's task order; all of them when k covers every task."""
+        if k >= len(self.names):
+            self.draws += len(self.names)
+            return list(self.names)
+        p = self._fixed if self._fixed is not None else self._vector(self.draws / self.total_draws)
+        self.draws += k
+        picked = self.rng.choice(len(self.names), size=k, replace=False, p=p)
+        return [self.names[i] for i in sorted(int(i) for i in picked)]
+
     def state_dict(self) -> dict:
         return {"draws": self.draws, "rng": self.rng.bit_generator.state}
 

@@ -54,6 +54,8 @@ def write_summary(cfg, model, tasks, collators, plan: Plan, state: TrainState, o
         "epochs": round(state.micro_batches / plan.batches_per_epoch, 4),
         "best_step": state.best_step,
         "skipped_steps": state.skipped_steps,
+        "stopped_early": state.stopped_early,
+        "task_best": state.task_best,  # with several tasks: each task's best step (best_<task>.json)
         "best_score": state.best_score,
         "validation": state.best_results,
         "test": test_results,

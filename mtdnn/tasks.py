@@ -76,6 +76,7 @@ class TaskSpec:
     metrics: list[str] = field(default_factory=list)  # first one is the task's main metric
     max_length: int = 128
     loss_weight: float = 1.0
+    head_lr: Optional[float] = None  # this task's head learns at this rate (default: trainer.head_lr)
     dropout: float = 0.1
     on_bad_row: str = "error"  # error | skip (skipped rows are counted in the summary)
     train_rows: Optional[int] = None  # a low-resource subset: this many train rows, drawn by train_rows_seed
@@ -208,6 +209,8 @@ def _semantic_problems(spec: TaskSpec, path: Path) -> list[str]:
         problems.append(f"{where}max_length: must be at least 8, got {spec.max_length}")
     if spec.loss_weight is not None and spec.loss_weight < 0:
         problems.append(f"{where}loss_weight: must be >= 0, got {spec.loss_weight}")
+    if spec.head_lr is not None and spec.head_lr < 0:
+        problems.append(f"{where}head_lr: must be >= 0 (0 freezes the head), got {spec.head_lr}")
     if spec.dropout is not None and not 0 <= spec.dropout < 1:
         problems.append(f"{where}dropout: must be in [0, 1), got {spec.dropout}")
     if spec.train_rows is not None and spec.train_rows < 1:

@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mtdnn import config as _config  # noqa: F401  (registers the typed schemas with Hydra)
+from mtdnn.balancers import Setup, build_balancer
 from mtdnn.build import prepare_data, prepare_output_dir, quiet_library_progress_bars, tokenizer_and_encoder
 from mtdnn.checkpoint import Resumable, TrainState, check_resume_config
 from mtdnn.cli import pick_device
@@ -109,12 +110,15 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
                                        dist.shard if dist.active else None)
                    for s in specs}
         plan = make_plan(cfg.trainer, batches)
-        optimizer = build_optimizer(model, cfg.trainer)
+        optimizer = build_optimizer(model, cfg.trainer, {s.name: s.head_lr for s in specs})
         sizes = {s.name: len(tasks[s.name].encoded["train"]) for s in specs}
+        draws = plan.total_steps * cfg.trainer.grad_accum * min(cfg.trainer.tasks_per_step, len(specs))
+        balancer = build_balancer(OmegaConf.to_container(cfg.balancer, resolve=True),
+                                  Setup({s.name: s for s in specs}, plan.steps_per_epoch, plan.total_steps, cfg.seed))
         resumable = Resumable(optimizer, build_scheduler(optimizer, cfg.trainer, plan.total_steps),
-                              TaskSampler(cfg.sampler, sizes, plan.total_steps * cfg.trainer.grad_accum, cfg.seed),
+                              TaskSampler(cfg.sampler, sizes, draws, cfg.seed),
                               batches, build_regularizers(OmegaConf.to_container(cfg.regularizer, resolve=True), model,
-                                                          specs), TrainState())
+                                                          specs), balancer, TrainState())
         if checkpoint is None:  # e.g. Child-Tuning's Fisher pass (a resumed run restores its result instead)
             for reg in resumable.regularizers.values():
                 reg.prepare(model, one_pass_in_turn(batches), device)

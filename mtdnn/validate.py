@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mtdnn.adapters import adapter_problems
+from mtdnn.balancers import balancer_problems
 from mtdnn.distill import distill_problems
 from mtdnn.encoders import encoder_problems
 from mtdnn.regularizers import regularizer_problems
@@ -52,11 +53,19 @@ def run_problems(cfg: DictConfig, specs: list[TaskSpec]) -> list[str]:
     problems = unknown_key_problems(cfg) + non_finite_problems(OmegaConf.to_container(cfg, resolve=True))
     problems += encoder_problems(cfg.encoder) + sampler_problems(cfg.sampler, [s.name for s in specs])
     problems += regularizer_problems(OmegaConf.to_container(cfg.regularizer, resolve=True), specs)
+    problems += balancer_problems(OmegaConf.to_container(cfg.balancer, resolve=True), [s.name for s in specs],
+                                  t.tasks_per_step)
     problems += distill_problems(cfg.distill, specs) + adapter_problems(cfg.adapter)
     for name in ("batch_size", "eval_batch_size", "grad_accum", "log_every", "pad_to_multiple_of", "evals_per_epoch",
                  "max_consecutive_skips", "bucket_batches"):
         if t[name] < 1:
             problems.append(f"trainer.{name}: must be >= 1, got {t[name]}")
+    if not 1 <= t.tasks_per_step <= max(1, len(specs)):
+        problems.append(f"trainer.tasks_per_step: must be between 1 and the number of tasks ({len(specs)}), "
+                        f"got {t.tasks_per_step}")
+    if t.early_stopping < 0:
+        problems.append(f"trainer.early_stopping: must be >= 0 (evaluations without improvement; 0 = off), "
+                        f"got {t.early_stopping}")
     if t.lr <= 0:
         problems.append(f"trainer.lr: must be > 0, got {t.lr}")
     if t.head_lr is not None and t.head_lr < 0:

@@ -52,6 +52,7 @@ class Kind:
     lower_is_better: tuple[str, ...] = ()  # metrics that are errors (their sign is flipped when picking 'best')
     required_columns: tuple[str, ...] = ()  # column roles every task of this kind must map
     gold_columns: tuple[str, ...] = ("label",)  # roles a test split may lack (hidden gold labels)
+    gaussian_likelihood = False  # the loss is a squared error (balancer=uncertainty weighs it by 1/(2 sigma^2))
     token_level = False  # soft targets per token: teachers must tokenise exactly like the student
     Options: type = NoOptions  # the kind's own top-level task-YAML fields, as a dataclass
     summary = ""  # one line for the task guide

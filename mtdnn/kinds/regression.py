@@ -48,6 +48,7 @@ class RegressionHead(PooledLinear):
 
 class Regression(Kind):
     name = "regression"
+    gaussian_likelihood = True
     summary = "one real number per text or text pair (mean squared error)"
     metrics = ("pearson", "spearman", "mse", "mae")
     default_metrics = ("pearson", "spearman")
