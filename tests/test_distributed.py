@@ -118,3 +118,22 @@ def test_span_ranking_and_tagging_evaluate_the_same_sharded(tmp_path):
     assert set(s1["validation"]) == {"toy_squad", "toy_rank", "toy_ner"}
     for task, scores in s1["validation"].items():  # windows, groups and sentences split over 2 ranks and gathered
         assert s2["validation"][task] == pytest.approx(scores, abs=1e-4), task
+
+
+def test_pcgrad_on_two_gloo_ranks_equals_one_process_with_the_doubled_batch(tmp_path):
+    """Each task's gradient is averaged over the ranks before PCGrad projects it: the same combination as one
+    process computing it from the whole batch (and the same task losses, which FAMO-like balancers read)."""
+    folder = write_toy_tasks(tmp_path / "tasks")
+    common = ["encoder=tiny", f"task_dirs=[{folder}]", "task=[toy_sent,toy_count]", "trainer.progress_bar=false",
+              "trainer.lr=1e-3", "trainer.head_lr=1e-3", "trainer.max_steps=10", "trainer.log_every=1",
+              "trainer.eval_every=10", "predict_test=false", "balancer=pcgrad", "trainer.tasks_per_step=2",
+              *NO_DROPOUT]
+    parallel, single, s2, s1 = _two_and_one(tmp_path, common)
+    assert len(parallel) == len(single) == 10
+    for a, b in zip(single, parallel):
+        for key in ("loss/toy_sent", "loss/toy_count", "grad_norm", "balancer_weight/toy_sent", "pcgrad_conflicts"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    assert any(r["pcgrad_conflicts"] > 0 for r in single)  # gradients did conflict: the projection was exercised
+    for task in ("toy_sent", "toy_count"):
+        for metric, value in s1["validation"][task].items():
+            assert s2["validation"][task][metric] == pytest.approx(value, abs=1e-4)
