@@ -23,6 +23,16 @@ def test_no_decay_for_1d_parameters_and_head_lr_for_heads_and_adapters():
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
+def test_a_tasks_head_lr_applies_to_its_head_only():
+    model = _tiny_model(_spec("a"), _spec("b"))
+    groups = param_groups(model, TrainerConfig(lr=1e-4, head_lr=1e-3), {"a": 3e-3, "b": None})
+    by_param = {id(p): g["lr"] for g in groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        expected = 3e-3 if name.startswith("heads.a.") else 1e-3 if name.startswith("heads.") else 1e-4
+        assert by_param[id(p)] == expected, name
+    assert [g["lr"] for g in groups][:2] == [1e-4, 1e-4]  # encoder groups first, as checkpoints expect
+
+
 def test_warmup_then_linear_decay_at_given_steps():
     model = _tiny_model(_spec("t"))
     cfg = TrainerConfig(lr=1e-3, head_lr=None, warmup_ratio=0.1)

@@ -61,7 +61,14 @@ def test_run_folder_is_complete(trained):
     best = json.loads((out / "best.json").read_text())
     assert best["step"] == summary["best_step"] and best["checkpoint"] == f"checkpoints/step_{best['step']:07d}"
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
-    kept = {"step_0000100", "step_0000150", f"step_{best['step']:07d}"}  # keep_last=2 plus the best
+    task_best = {task: json.loads((out / f"best_{task}.json").read_text()) for task in ("toy_sent", "toy_count")}
+    for task, record in task_best.items():  # each task's own best, as MT-DNN reports per-task bests
+        assert record["step"] == summary["task_best"][task]["step"]
+        evaluations = json.loads((out / "metrics.json").read_text())
+        main = "accuracy" if task == "toy_sent" else "pearson"
+        assert record["validation"][task][main] == max(e["metrics"][task][main] for e in evaluations)
+    kept = {"step_0000100", "step_0000150", f"step_{best['step']:07d}",  # keep_last=2 plus the best ones
+            *(f"step_{r['step']:07d}" for r in task_best.values())}
     assert set(checkpoints) == kept
     lines = (out / "predictions" / "toy_sent_test.jsonl").read_text().splitlines()
     assert len(lines) == 50
@@ -130,6 +137,15 @@ def test_new_run_refuses_to_overwrite_an_existing_one(trained):
     with pytest.raises(MtdnnError, match="already holds a run"):
         run(cfg, root / "run")
     assert (root / "run" / "best.json").read_bytes() == before
+
+
+def test_early_stopping_ends_the_run_after_evaluations_without_improvement(tmp_path, toy_tasks):
+    cfg = compose_train(tiny_overrides(toy_tasks, "task=toy_sent", "trainer.max_steps=40", "trainer.eval_every=5",
+                                       "trainer.early_stopping=2", "trainer.lr=1e-12", "trainer.head_lr=0",
+                                       "trainer.best_metric=toy_sent/accuracy", "predict_test=false"))
+    summary = run(cfg, tmp_path / "run")  # nothing learns: the first evaluation stays the best
+    assert summary["stopped_early"] and summary["steps"] == 15 and summary["best_step"] == 5
+    assert [m["step"] for m in json.loads((tmp_path / "run" / "metrics.json").read_text())] == [5, 10, 15]
 
 
 def test_resume_continues_exactly(tmp_path, toy_tasks):
