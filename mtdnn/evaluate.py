@@ -23,7 +23,7 @@ class EvaluateConfig:
     run_dir: str = MISSING
     split: str = "validation"
     task: Optional[str] = None  # comma-separated subset of the run's tasks
-    checkpoint: str = "best"  # best | last | a checkpoint folder
+    checkpoint: str = "best"  # best | best_<task> | last | a checkpoint folder
     batch_size: int = 128
     bf16: bool = False
     device: str = "auto"
@@ -49,7 +49,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, dict[str, float]]:
             continue
         results[spec.name] = scores
     raise_if(problems, "cannot evaluate")
-    label = cfg.checkpoint if cfg.checkpoint in ("best", "last") else "custom"
+    label = cfg.checkpoint if cfg.checkpoint in ("best", "last") or cfg.checkpoint.startswith("best_") else "custom"
     write_json(run.run_dir / "eval" / f"{label}_{cfg.split}.json", results)
     return results
 

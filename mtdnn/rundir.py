@@ -338,9 +338,9 @@ def load_run_specs(run_dir: Path) -> list[TaskSpec]:
 
 
 def run_checkpoint(run_dir: Path, which: str) -> Path:
-    """'best', 'last', or a checkpoint folder -> the model.safetensors to load."""
-    if which == "best":
-        path = best_checkpoint(run_dir) / "model.safetensors"
+    """'best', 'best_<task>' (that task's own best), 'last', or a checkpoint folder -> the model.safetensors."""
+    if which == "best" or (which.startswith("best_") and (run_dir / f"{which}.json").is_file()):
+        path = best_checkpoint(run_dir, name=f"{which}.json") / "model.safetensors"
     elif which == "last":
         found = list_checkpoints(run_dir)
         path = found[-1] / "model.safetensors" if found else run_dir / CHECKPOINTS / "<none>"

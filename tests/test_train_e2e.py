@@ -67,6 +67,9 @@ def test_run_folder_is_complete(trained):
         evaluations = json.loads((out / "metrics.json").read_text())
         main = "accuracy" if task == "toy_sent" else "pearson"
         assert record["validation"][task][main] == max(e["metrics"][task][main] for e in evaluations)
+    from mtdnn.rundir import run_checkpoint  # checkpoint=best_<task> in evaluate, predict, export
+
+    assert run_checkpoint(out, "best_toy_sent") == out / task_best["toy_sent"]["checkpoint"] / "model.safetensors"
     kept = {"step_0000100", "step_0000150", f"step_{best['step']:07d}",  # keep_last=2 plus the best ones
             *(f"step_{r['step']:07d}" for r in task_best.values())}
     assert set(checkpoints) == kept

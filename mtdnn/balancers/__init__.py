@@ -144,6 +144,9 @@ def balancer_problems(node: dict[str, Any], tasks: list[str], tasks_per_step: in
     build_dataclass(Common, common, "balancer", problems)
     module = _module(name)
     config = build_dataclass(module.Config, own, "balancer", problems)
+    if common.get("params") and not getattr(module, "NEEDS_SEVERAL_TASKS", False):
+        problems.append(f"balancer.params: balancer={name} weighs losses and reads no gradients; only the "
+                        "gradient balancers (gradnorm, pcgrad, cagrad, famo) use it")
     if getattr(module, "NEEDS_SEVERAL_TASKS", False) and tasks_per_step < 2:
         problems.append(f"balancer={name}: needs several tasks in one step; set trainer.tasks_per_step=2 or "
                         f"more (up to the {len(tasks)} selected tasks)")
