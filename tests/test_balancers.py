@@ -277,3 +277,21 @@ def test_two_tasks_per_step_with_none_sums_the_two_tasks_gradients(tmp_path, toy
               for d in ("k2", "accum"))
     # grad_accum=2 halves each loss; Adam's first step is scale-free (m / sqrt(v)), so the weights agree
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_a_gradient_balancer_composes_with_a_regularizer_and_per_task_lora(tmp_path, toy_tasks):
+    """SMART's terms are part of each task's gradient the balancer sees; each task's own LoRA weights are private
+    parameters (one task reaches them) and keep that task's gradient."""
+    summary = run(compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "balancer=cagrad",
+                                               "trainer.tasks_per_step=2", "regularizer=smart", "adapter=lora",
+                                               "adapter.per_task=true", "trainer.max_steps=30",
+                                               "trainer.eval_every=30", "trainer.log_every=10",
+                                               "predict_test=false", "trainer.lr=3e-3", "trainer.head_lr=3e-3")),
+                  tmp_path / "run")
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert all("smart_adv/toy_sent" in r and "balancer_weight/toy_count" in r for r in log)
+    assert log[-1]["loss/toy_count"] < log[0]["loss/toy_count"]
+    weights = load_file(str(tmp_path / "run" / "checkpoints" / "step_0000030" / "model.safetensors"))
+    lora_b = [k for k in weights if "lora_B" in k]
+    assert lora_b and any(weights[k].abs().sum() > 0 for k in lora_b)  # LoRA B starts at 0: it learned
+    assert summary["steps"] == 30
