@@ -51,7 +51,7 @@ class Balancer(Protocol):
     combines: bool
     needs_losses: bool
     needs_losses_after_step: bool
-    patterns: list[str]
+    patterns: tuple[str, ...]
 
     def start_step(self, tasks: list[str]) -> None: ...
 
@@ -77,7 +77,7 @@ class Base:
     combines = False  # True: combine() is called (it needs trainer.tasks_per_step >= 2: see NEEDS_SEVERAL_TASKS)
     needs_losses = False  # True: end_step/combine read each task's loss of the step (one host sync per step)
     needs_losses_after_step = False  # True: the step's batches are re-scored after the update (FAMO)
-    patterns: list[str] = []  # balancer.params: the parameters combine() balances ([]: all)
+    patterns: tuple[str, ...] = ()  # balancer.params: the parameters combine() balances ([]: all)
 
     def __init__(self, config: Any, setup: Setup):
         self.config, self.setup = config, setup
@@ -163,11 +163,11 @@ def build_balancer(node: dict[str, Any], setup: Setup) -> Balancer:
     config = build_dataclass(module.Config, own, "balancer", problems)
     raise_if(problems, "the balancer configuration has problems")
     built = module.build(config, setup)
-    built.patterns = list(common.get("params") or [])
+    built.patterns = tuple(common.get("params") or ())
     return built
 
 
-def balanced_parameter(name: str, patterns: list[str]) -> bool:
+def balanced_parameter(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
     return not patterns or any(p in name for p in patterns)
 
 
@@ -210,7 +210,7 @@ class TaskGradients:
     step, then replaced by the balancer's combination. Parameters outside `patterns` accumulate as usual
     (their gradients are summed over the step's tasks)."""
 
-    def __init__(self, named_params: list[tuple[str, torch.nn.Parameter]], patterns: list[str]):
+    def __init__(self, named_params: list[tuple[str, torch.nn.Parameter]], patterns: tuple[str, ...] | list[str]):
         self.params = [p for n, p in named_params if balanced_parameter(n, patterns)]
         self.others = [p for n, p in named_params if not balanced_parameter(n, patterns)]
         self.per_task: list[list[torch.Tensor | None]] = []
