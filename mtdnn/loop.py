@@ -190,7 +190,7 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], collators: dict[str
         state.train_seconds += elapsed_since(step_started, device)
         tracker.step()
 
-        # 3. log (the only place losses leave the device)
+        # 3. log (the only place losses leave the device, besides balancers that read them every step)
         if step % cfg.log_every == 0 or step == plan.total_steps:
             stats = {k: v for reg in [*regularizers.values(), balancer] for k, v in reg.stats().items()}
             stats["skipped_steps"] = float(state.skipped_steps)
