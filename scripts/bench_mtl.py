@@ -35,7 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_quality import main_metric, paired
+from bench_quality import main_metric, paired, paired_plot
 
 ARMS = ["single", "mtdnn", "none", "uncertainty", "dwa", "rlw", "gradnorm", "pcgrad", "cagrad", "famo"]
 
@@ -121,30 +121,14 @@ def table(args: argparse.Namespace) -> tuple[str, list[dict]]:
 
 def plot(rows: list[dict], path: Path) -> None:
     """One panel per task: each arm's paired differences to `single`, seeds as dots, mean as a bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    if not tasks:
-        return
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    panels = []
+    for task in dict.fromkeys(r["task"] for r in rows):
         mine = [r for r in rows if r["task"] == task]
         base = {r["seed"]: r["value"] for r in mine if r["arm"] == "single"}
-        arms = [a for a in dict.fromkeys(r["arm"] for r in mine) if a != "single"]
-        for i, arm in enumerate(arms):
-            diffs = [r["value"] - base[r["seed"]] for r in mine if r["arm"] == arm and r["seed"] in base]
-            if diffs:
-                ax.bar(i, statistics.fmean(diffs), color="lightsteelblue")
-                ax.scatter([i] * len(diffs), diffs, color="black", s=8, zorder=3)
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xticks(range(len(arms)), arms, rotation=60, ha="right")
-        ax.set_title(f"{task}: {mine[0]['metric']} − single-task", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        diffs = {a: [r["value"] - base[r["seed"]] for r in mine if r["arm"] == a and r["seed"] in base]
+                 for a in dict.fromkeys(r["arm"] for r in mine) if a != "single"}
+        panels.append((f"{task}: {mine[0]['metric']} − single-task", diffs))
+    paired_plot(panels, path)
 
 
 def write_reports(work: Path, text: str, rows: list[dict], command_line: str) -> None:

@@ -195,27 +195,34 @@ def table(work: Path, tasks: list[str], budgets: list[tuple[int, float]], method
 
 def plot(rows: list[dict], path: Path) -> None:
     """One panel per task and size: each method's paired differences to `none`, seeds as dots, mean as a bar."""
+    panels = []
+    for task, size, epochs in sorted({(r["task"], r["size"], r["epochs"]) for r in rows}):
+        mine = [r for r in rows if (r["task"], r["size"], r["epochs"]) == (task, size, epochs)]
+        base = {r["seed"]: r["value"] for r in mine if r["method"] == "none"}
+        diffs = {m: [r["value"] - base[r["seed"]] for r in mine if r["method"] == m and r["seed"] in base]
+                 for m in dict.fromkeys(r["method"] for r in mine) if m != "none"}
+        panels.append((f"{task}, {size} rows x {epochs:g} ep: {mine[0]['metric']} − none", diffs))
+    paired_plot(panels, path)
+
+
+def paired_plot(panels: list[tuple[str, dict[str, list[float]]]], path: Path) -> None:
+    """One panel per (title, {arm: paired differences}): seeds as dots, their mean as a bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(r["task"], r["size"], r["epochs"]) for r in rows})
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for ax, (task, size, epochs) in zip(axes[0], panels):
-        mine = [r for r in rows if (r["task"], r["size"], r["epochs"]) == (task, size, epochs)]
-        base = {r["seed"]: r["value"] for r in mine if r["method"] == "none"}
-        methods = [m for m in dict.fromkeys(r["method"] for r in mine) if m != "none"]
-        for i, method in enumerate(methods):
-            diffs = [r["value"] - base[r["seed"]] for r in mine if r["method"] == method and r["seed"] in base]
+    for ax, (title, arms) in zip(axes[0], panels):
+        for i, diffs in enumerate(arms.values()):
             if diffs:
                 ax.bar(i, statistics.fmean(diffs), color="lightsteelblue")
                 ax.scatter([i] * len(diffs), diffs, color="black", s=8, zorder=3)
         ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xticks(range(len(methods)), methods, rotation=60, ha="right")
-        ax.set_title(f"{task}, {size} rows x {epochs:g} ep: {mine[0]['metric']} − none", fontsize=9)
+        ax.set_xticks(range(len(arms)), list(arms), rotation=60, ha="right")
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
