@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
 
 
@@ -32,6 +34,7 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     assert "train step, batch 8 x 32 tokens" in done.stdout and "MFU (tiny" in done.stdout
 
 
+@pytest.mark.slow  # four trainings in child processes (~70 s): the default run stays under 10 minutes
 def test_quality_protocol_runs_pairs_resumes_and_reports(tmp_path):
     """scripts/bench_quality.py through the real CLI on a tiny encoder: every method on the same seeds, a rerun
     skips finished runs, and the table's paired difference is the mean of the per-seed differences."""
