@@ -18,10 +18,12 @@ from mtdnn.rundir import load_trainer_state, load_weights, rng_state, set_rng_st
 
 log = logging.getLogger("mtdnn")
 
-# settings a resumed run may change: how long it runs, how often it reports, where and how it shows progress
-RESUMABLE_CHANGES = ("resume", "resume_allow_changes", "output_dir", "predict_test", "trainer.max_steps", "trainer.epochs",
-                     "trainer.eval_every", "trainer.evals_per_epoch", "trainer.log_every", "trainer.keep_last",
-                     "trainer.progress_bar", "trainer.eval_batch_size", "trainer.device", "stages")
+# settings a resumed run may change: how long it runs (and when it stops early), how often it reports, where and
+# how it shows progress
+RESUMABLE_CHANGES = ("resume", "resume_allow_changes", "output_dir", "predict_test", "trainer.max_steps",
+                     "trainer.epochs", "trainer.eval_every", "trainer.evals_per_epoch", "trainer.log_every",
+                     "trainer.keep_last", "trainer.early_stopping", "trainer.progress_bar", "trainer.eval_batch_size",
+                     "trainer.device", "stages")
 
 
 @dataclass
