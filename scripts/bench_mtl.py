@@ -22,20 +22,15 @@ and report.png into --work.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_quality import main_metric, paired, paired_plot
+from bench_quality import main_metric, paired, paired_plot, run_child, write_table_files
 
 ARMS = ["single", "mtdnn", "none", "uncertainty", "dwa", "rlw", "gradnorm", "pcgrad", "cagrad", "famo"]
 
@@ -63,23 +58,10 @@ def runs_of(arm: str, args: argparse.Namespace) -> list[tuple[str, list[str]]]:
 
 def run_one(name: str, overrides: list[str], seed: int, args: argparse.Namespace, threads: int) -> str:
     out = args.work / name / f"seed{seed}"
-    if (out / "summary.json").is_file():
-        return f"done already: {out}"
-    shutil.rmtree(out, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "mtdnn.train", *overrides, f"seed={seed}",
                f"trainer.batch_size={args.batch_size}", "trainer.eval_every=1000000", "trainer.log_every=5",
                "trainer.progress_bar=false", "predict_test=false", f"output_dir={out}", *args.set]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": str(threads),
-           "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
-    started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    (out.parent / f"seed{seed}.log").write_text(done.stdout + done.stderr)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        return f"FAILED ({done.returncode}) {out}: {tail[0]}"
-    return f"{time.perf_counter() - started:6.1f}s {out}"
+    return run_child(command, out, out.parent / f"seed{seed}.log", threads)
 
 
 def read(args: argparse.Namespace, arm: str, task: str, seed: int, metric: str) -> dict | None:
@@ -132,12 +114,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def write_reports(work: Path, text: str, rows: list[dict], command_line: str) -> None:
-    (work / "report.md").write_text(f"Reproduce: `{command_line}`\n{text}\n")
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["task", "arm", "seed", "metric", "value", "step_s", "epochs_seen"])
-    writer.writeheader()
-    writer.writerows(rows)
-    (work / "report.csv").write_text(buffer.getvalue())
+    write_table_files(work, text, rows, command_line,
+                      ["task", "arm", "seed", "metric", "value", "step_s", "epochs_seen"])
     plot(rows, work / "report.png")
 
 

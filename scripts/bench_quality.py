@@ -63,6 +63,12 @@ def command(arm: Arm, args: argparse.Namespace, out: Path) -> list[str]:
 def run_one(arm: Arm, args: argparse.Namespace, threads: int) -> str:
     """One training run in a child process, unless its summary is already there. Returns a status line."""
     out = arm.folder(args.work)
+    return run_child(command(arm, args, out), out, out.parent / f"seed{arm.seed}.log", threads)
+
+
+def run_child(cmd: list[str], out: Path, log_file: Path, threads: int) -> str:
+    """Run `cmd` (a training run writing into `out`) in a child process with `threads` threads, unless out's
+    summary.json exists; keep its output in `log_file`, drop its checkpoints. Returns a status line."""
     if (out / "summary.json").is_file():
         return f"done already: {out}"
     shutil.rmtree(out, ignore_errors=True)
@@ -70,8 +76,7 @@ def run_one(arm: Arm, args: argparse.Namespace, threads: int) -> str:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     started = time.perf_counter()
-    done = subprocess.run(command(arm, args, out), env=env, capture_output=True, text=True)
-    log_file = out.parent / f"seed{arm.seed}.log"
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     log_file.write_text(done.stdout + done.stderr)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # ~260 MB a run; the summary and logs stay
     if done.returncode != 0:
@@ -229,14 +234,19 @@ def paired_plot(panels: list[tuple[str, dict[str, list[float]]]], path: Path) ->
 
 
 def write_reports(work: Path, text: str, rows: list[dict], command_line: str) -> None:
+    write_table_files(work, text, rows, command_line,
+                      ["task", "size", "epochs", "method", "seed", "metric", "value", "step_s", "term_to_loss"])
+    plot(rows, work / "report.png")
+
+
+def write_table_files(work: Path, text: str, rows: list[dict], command_line: str, fields: list[str]) -> None:
+    """report.md (the command that reproduces it, then the table) and report.csv (one row per run)."""
     (work / "report.md").write_text(f"Reproduce: `{command_line}`\n{text}\n")
     buffer = io.StringIO()
-    fields = ["task", "size", "epochs", "method", "seed", "metric", "value", "step_s", "term_to_loss"]
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
     (work / "report.csv").write_text(buffer.getvalue())
-    plot(rows, work / "report.png")
 
 
 def parse() -> argparse.Namespace:

@@ -224,7 +224,7 @@ class TaskGradients:
     def gram(self) -> tuple[torch.Tensor, list[bool]]:
         """g_i . g_j over the parameters two or more tasks reached, and which parameters those are."""
         k = len(self.per_task)
-        gram = torch.zeros(k, k, dtype=torch.float64)
+        gram: torch.Tensor | float = 0.0  # summed on the gradients' device; one copy to the host at the end
         shared = []
         for column in zip(*self.per_task):
             present = [g for g in column if g is not None]
@@ -233,8 +233,10 @@ class TaskGradients:
                 dtype = torch.promote_types(present[0].dtype, torch.float32)  # bf16 gradients: dot products in fp32
                 flat = torch.stack([(g if g is not None else torch.zeros_like(present[0])).reshape(-1).to(dtype)
                                     for g in column])
-                gram += (flat @ flat.T).double().cpu()
-        return gram, shared
+                gram = gram + (flat @ flat.T).double()
+        if not isinstance(gram, torch.Tensor):
+            return torch.zeros(k, k, dtype=torch.float64), shared
+        return gram.cpu(), shared
 
     def combine(self, balancer: Balancer, tasks: list[str], losses: dict[str, float]) -> None:
         """Write sum_i coef_i g_i back into .grad (shared coefficients where several tasks reached a parameter,
