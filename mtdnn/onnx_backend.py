@@ -5,7 +5,8 @@ Python API.
 
     model.onnx        the encoder + the task's head, raw head outputs (logits, start/end, token logits, value),
                       dynamic batch and sequence axes (torch.onnx's dynamo exporter)
-    model_int8.onnx   with quantize=int8: ONNX Runtime's dynamic quantization (int8 weights of every MatMul)
+    model_int8.onnx   with quantize=int8: ONNX Runtime's dynamic quantization (int8 weights of every MatMul, one
+                      scale per output channel)
     tokenizer/  tasks/<name>.yaml  config.yaml  onnx.json  README.md (model card)
 
 Every head kind exports, adapter runs included (the graph holds whatever the forward pass computes). The folder is a
@@ -61,7 +62,10 @@ def export_onnx(run, spec: TaskSpec, staging: Path, quantize: str | None) -> Non
     if quantize == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(staging / FILES["onnx"]), str(staging / FILES["onnx-int8"]), weight_type=QuantType.QInt8)
+        # per channel: one scale per output row; per tensor cost the 3-layer rt_polarity student 0.6 points of
+        # accuracy (0.7744 vs fp32's 0.7806; per channel: 0.7806) at the same speed
+        quantize_dynamic(str(staging / FILES["onnx"]), str(staging / FILES["onnx-int8"]), weight_type=QuantType.QInt8,
+                         per_channel=True)
     write_json(staging / META, {"task": spec.name, "inputs": inputs,
                                 "files": [f for f in FILES.values() if (staging / f).is_file()]})
 

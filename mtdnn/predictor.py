@@ -14,8 +14,9 @@ same checks of every row first; rows are batched shortest first so batches pad l
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -51,7 +52,22 @@ class Predictor:
             return []
         import datasets
 
-        return records_of(self.loaded, spec, SPLIT, datasets.Dataset.from_list(rows), batch_size, bf16)
+        with quiet_datasets():
+            return records_of(self.loaded, spec, SPLIT, datasets.Dataset.from_list(rows), batch_size, bf16)
+
+
+@contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """No 'tokenising' bar for each call (a notebook or a server calls predict() many times)."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
 
 
 def records_of(run: LoadedRun, spec, split: str, rows, batch_size: int, bf16: bool = False) -> list[dict]:

@@ -69,3 +69,35 @@ def test_texts_pairs_and_sentences_are_accepted_as_they_are(trained):
         model.predict("toy_sent", ["fine", "  "])
     with pytest.raises(MtdnnError, match="task: 'nope' was not trained"):
         model.predict("nope", texts)
+
+
+def test_in_memory_rows_skip_hashing_the_tokenizer_and_disk_splits_keep_their_cache_key(tmp_path):
+    """map_rows: predict() input (in memory) gets a fresh fingerprint instead of pickling the tokenizer per call;
+    a split read from disk keeps datasets' content fingerprint, so its cache files stay keyed by the function."""
+    import datasets
+
+    from mtdnn.kinds import map_rows
+
+    def upper(batch):
+        return {"t": [x.upper() for x in batch["t"]]}
+
+    memory = datasets.Dataset.from_dict({"t": ["a", "b"]})
+    first, second = map_rows(memory, upper, "x"), map_rows(memory, upper, "x")
+    assert first["t"] == ["A", "B"] and first._fingerprint != second._fingerprint
+    memory.save_to_disk(str(tmp_path / "ds"))
+    disk = datasets.load_from_disk(str(tmp_path / "ds"))
+    assert disk.cache_files
+    assert map_rows(disk, upper, "x")._fingerprint == map_rows(disk, upper, "x")._fingerprint
+
+
+def test_predict_draws_no_progress_bar_and_leaves_the_setting_as_it_was(trained, capsys):
+    import datasets
+
+    from mtdnn import load_run
+
+    _, out = trained
+    model = load_run(out, device="cpu")
+    datasets.enable_progress_bars()
+    model.predict("toy_sent", ["a good film"])
+    assert "tokenising" not in capsys.readouterr().err
+    assert not datasets.are_progress_bars_disabled()

@@ -22,9 +22,10 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -162,3 +163,11 @@ def get(name: str) -> Kind:
 
 def of(spec: TaskSpec) -> Kind:
     return get(spec.head)
+
+
+def map_rows(ds, fn: Callable[..., dict], desc: str, **kwargs: Any):
+    """`ds.map(fn)` batched, the input columns dropped. An in-memory split (no cache files: predict() input, toy
+    data) gets a random fingerprint: datasets would otherwise hash `fn` (the tokenizer with it) by pickling it on
+    every call, ~80 ms, only to name cache files an in-memory split never has."""
+    fingerprint = None if ds.cache_files else uuid.uuid4().hex
+    return ds.map(fn, batched=True, remove_columns=ds.column_names, desc=desc, new_fingerprint=fingerprint, **kwargs)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from mtdnn.collate import UNLABELED
+from mtdnn.kinds import map_rows
 
 if TYPE_CHECKING:
     from mtdnn.kinds import BadRows
@@ -102,7 +103,7 @@ def encode_texts(spec: TaskSpec, tokenizer, ds, labels_of: Callable[[list | None
         out["labels"] = labels_of(raw if raw is not None else [None] * len(out["input_ids"]))
         return out
 
-    return ds.map(encode, batched=True, remove_columns=ds.column_names, desc=f"tokenising {spec.name}")
+    return map_rows(ds, encode, f"tokenising {spec.name}")
 
 
 def records(spec: TaskSpec, raw, fill: Callable[[int, dict], None]) -> list[dict]:

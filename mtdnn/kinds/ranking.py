@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from mtdnn.collate import Collator
 from mtdnn.heads import NEG, PooledLinear, symmetric_kl
-from mtdnn.kinds import BadRows, Kind
+from mtdnn.kinds import BadRows, Kind, map_rows
 
 if TYPE_CHECKING:
     from mtdnn.tasks import TaskSpec
@@ -113,7 +113,7 @@ def encode(spec: TaskSpec, tokenizer, ds, hidden: bool):
             out["labels"].append([0] * len(candidates) if hidden else [max(r, 0) for r in relevance])
         return dict(out)
 
-    return ds.map(pairs, batched=True, remove_columns=ds.column_names, desc=f"tokenising {spec.name}")
+    return map_rows(ds, pairs, f"tokenising {spec.name}")
 
 
 class GroupCollator:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from mtdnn.heads import NEG, TokenLinear, symmetric_kl
-from mtdnn.kinds import BadRows, Kind
+from mtdnn.kinds import BadRows, Kind, map_rows
 from mtdnn.rundir import write_atomic
 
 if TYPE_CHECKING:
@@ -96,8 +96,7 @@ def encode(spec: TaskSpec, tokenizer, ds, hidden: bool):
                     out[key].append(enc[key][i])
         return {k: v for k, v in out.items() if v or k in ("labels", "offsets", "example")}
 
-    return ds.map(windows, batched=True, with_indices=True, remove_columns=ds.column_names,
-                  desc=f"windowing {spec.name}")
+    return map_rows(ds, windows, f"windowing {spec.name}", with_indices=True)
 
 
 def answer_tokens(offsets: list[tuple[int, int]], answer: tuple[str, int]) -> tuple[int, int]:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from mtdnn.collate import Collator
 from mtdnn.heads import IGNORE, TokenLinear, symmetric_kl
-from mtdnn.kinds import BadRows, Kind
+from mtdnn.kinds import BadRows, Kind, map_rows
 from mtdnn.kinds._labels import label_list_problems, smoothing_problems
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def encode(spec: TaskSpec, tokenizer, ds, hidden: bool):
             out["first"].append(first)
         return out
 
-    return ds.map(words_to_tokens, batched=True, remove_columns=ds.column_names, desc=f"tokenising {spec.name}")
+    return map_rows(ds, words_to_tokens, f"tokenising {spec.name}")
 
 
 def entities(tags: list[str]) -> set[tuple[str, int, int]]:
