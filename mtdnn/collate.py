@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 UNLABELED = -1  # label id of rows that carry no gold label (e.g. GLUE test sets)
+SECOND = "_b"  # suffix of a bi-encoded pair's second-text columns (input_ids_b, ...; mtdnn/kinds/_bi.py)
 
 
 def pad(seqs: list[list[int]], width: int, value: int) -> torch.Tensor:
@@ -30,15 +31,20 @@ class Collator:
         self.label_pad = label_pad
 
     def width(self, rows: dict[str, list]) -> int:
-        longest = max(len(ids) for ids in rows["input_ids"])
+        sides = ("input_ids", "input_ids" + SECOND) if "input_ids" + SECOND in rows else ("input_ids",)
+        longest = max(len(ids) for side in sides for ids in rows[side])
         return int(math.ceil(longest / self.multiple_of) * self.multiple_of)
 
     def __call__(self, rows: dict[str, list]) -> dict[str, torch.Tensor]:
+        """A bi-encoded pair's two texts are padded to one width and stacked, [first texts; second texts]
+        (2B rows, one label per pair): encoder, regularizers and data parallel see an ordinary batch."""
         width = self.width(rows)
-        batch = {"input_ids": pad(rows["input_ids"], width, self.pad_id),
-                 "attention_mask": pad(rows["attention_mask"], width, 0)}
-        if "token_type_ids" in rows:
-            batch["token_type_ids"] = pad(rows["token_type_ids"], width, 0)
+        inputs = {"input_ids": self.pad_id, "attention_mask": 0, "token_type_ids": 0}
+        batch = {}
+        for name, value in inputs.items():
+            if name in rows:
+                sides = [rows[name], rows[name + SECOND]] if name + SECOND in rows else [rows[name]]
+                batch[name] = torch.cat([pad(side, width, value) for side in sides])
         if self.label_pad is not None:
             batch["labels"] = pad(rows["labels"], width, self.label_pad)
         else:

@@ -1,5 +1,5 @@
-"""`python -m mtdnn.export run_dir=DIR task=NAME out=DIR [checkpoint=best] [overwrite=false] [format=hf|onnx]
-[quantize=int8]`
+"""`python -m mtdnn.export run_dir=DIR task=NAME out=DIR [checkpoint=best] [overwrite=false]
+[format=hf|onnx|sentence-transformers] [quantize=int8]`
 (the run folder may also come first, without `run_dir=`).
 
 Writes one task of a run as a HuggingFace model folder (config.json, model.safetensors, tokenizer, and a
@@ -8,7 +8,8 @@ transformers' Auto classes and pipelines load without mtdnn. Each head kind says
 head maps (`export_model` in mtdnn/kinds/<kind>.py; the mappings are in mtdnn/hf_mapping.py): span ->
 AutoModelForQuestionAnswering, tagging -> AutoModelForTokenClassification, classification, regression and ranking
 (a cross-encoder score per pair) -> AutoModelForSequenceClassification (pooling=mean ships a 30-line modeling
-file beside the weights: trust_remote_code=True).
+file beside the weights: trust_remote_code=True). A `pair_encoding: bi` task exports as a sentence-transformers
+folder (format=sentence-transformers, mtdnn/st_export.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from mtdnn.errors import MtdnnError, cli_errors
 from mtdnn.export_modeling import MeanPooledForSequenceClassification  # also shipped as remote code
 from mtdnn.peft_adapters import SHARED, PeftAdapters, merged_encoder
 from mtdnn.model_card import model_card
+from mtdnn.kinds._bi import is_bi
 from mtdnn.onnx_backend import copy_run_files, export_onnx
+from mtdnn.st_export import export_sentence_transformers
 from mtdnn.tasks import TaskSpec
 
 REMOTE_CODE = "modeling_mtdnn_export.py"
@@ -44,12 +47,12 @@ class ExportConfig:
     overwrite: bool = False
     language: str = "en"  # the model card's language tag
     format: str = "hf"  # hf (a transformers model folder) | onnx (ONNX Runtime; see mtdnn/onnx_backend.py)
+    #                     | sentence-transformers (a bi-encoder task's embedding model; mtdnn/st_export.py)
     quantize: Optional[str] = None  # with format=onnx: int8 also writes model_int8.onnx (dynamic quantization)
 
 
-def build_hf_model(run, spec: TaskSpec) -> nn.Module:
-    from transformers import AutoConfig
-
+def plain_encoder(run, spec: TaskSpec) -> nn.Module:
+    """The run's encoder as a plain transformers model for `spec`'s task (LoRA / IA3 merged in)."""
     encoder = run.model.encoder
     if isinstance(run.model.adapters, PeftAdapters):  # LoRA / IA3 merge into the weights: a plain model again
         encoder = merged_encoder(encoder, spec.name if run.model.adapters.per_task else SHARED)
@@ -57,6 +60,13 @@ def build_hf_model(run, spec: TaskSpec) -> nn.Module:
         raise MtdnnError("export: this run trained adapters (adapter.kind="
                          f"{run.config.adapter.kind}); standard HuggingFace classes have no place for them "
                          "(format=onnx exports them)")
+    return encoder
+
+
+def build_hf_model(run, spec: TaskSpec) -> nn.Module:
+    from transformers import AutoConfig
+
+    encoder = plain_encoder(run, spec)
     config = AutoConfig.from_pretrained(str(run.run_dir / "encoder"))
     model = kinds.of(spec).export_model(spec, config, run.model.head(spec.name), encoder,
                                         run.config.encoder.pooling)
@@ -72,8 +82,10 @@ def export(cfg: ExportConfig) -> Path:
     out = Path(cfg.out).expanduser()
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise MtdnnError(f"out: {out} already exists and is not empty; pass overwrite=true or another out=")
-    if cfg.format not in ("hf", "onnx"):
-        raise MtdnnError(f"format: must be hf or onnx, got '{cfg.format}'")
+    formats = ("sentence-transformers",) if is_bi(spec) else ("hf", "onnx", "sentence-transformers")
+    if cfg.format not in formats:
+        why = f"task {spec.name} is a bi-encoder (pair_encoding: bi)" if is_bi(spec) else "formats are"
+        raise MtdnnError(f"format: {why}: use format={' or '.join(formats)}, got '{cfg.format}'")
     if cfg.quantize not in (None, "int8") or (cfg.quantize and cfg.format != "onnx"):
         raise MtdnnError(f"quantize: only int8, and only with format=onnx (got quantize={cfg.quantize}, "
                          f"format={cfg.format})")
@@ -83,6 +95,11 @@ def export(cfg: ExportConfig) -> Path:
         staging.mkdir(parents=True)
         export_onnx(run, spec, staging, cfg.quantize)
         copy_run_files(run.run_dir, spec, staging, run.tokenizer)
+        (staging / "README.md").write_text(model_card(run, spec, cfg.checkpoint, cfg.language), encoding="utf-8")
+        return _replace(staging, out)
+    if cfg.format == "sentence-transformers":
+        staging.mkdir(parents=True)
+        export_sentence_transformers(plain_encoder(run, spec), run.tokenizer, spec, staging)
         (staging / "README.md").write_text(model_card(run, spec, cfg.checkpoint, cfg.language), encoding="utf-8")
         return _replace(staging, out)
     model = build_hf_model(run, spec)

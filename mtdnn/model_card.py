@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from mtdnn import kinds
+from mtdnn.kinds._bi import is_bi
 from mtdnn.metrics import show
 from mtdnn.tasks import TaskSpec
 
@@ -17,10 +18,11 @@ def model_card(run, spec: TaskSpec, checkpoint: str, language: str) -> str:
 
     summary = _read(run.run_dir / "summary.json")
     scores = (summary.get("validation") or {}).get(spec.name, {}) if checkpoint == "best" else {}
-    pipeline = kinds.of(spec).pipeline_tag
+    pipeline, library = ("sentence-similarity", "sentence-transformers") if is_bi(spec) \
+        else (kinds.of(spec).pipeline_tag, "transformers")
     dataset = spec.source.path or spec.name
     data = ModelCardData(
-        language=language, library_name="transformers", pipeline_tag=pipeline, tags=["mtdnn", spec.head],
+        language=language, library_name=library, pipeline_tag=pipeline, tags=["mtdnn", spec.head],
         base_model=_hub_id(run.config.encoder.name), datasets=[spec.source.path] if spec.source.path else None,
         model_name=f"{spec.name} ({run.run_dir.name})", metrics=list(scores) or None,
         eval_results=[EvalResult(task_type=pipeline, dataset_type=dataset, dataset_name=spec.name,
@@ -28,6 +30,15 @@ def model_card(run, spec: TaskSpec, checkpoint: str, language: str) -> str:
                                  metric_value=round(value, 4)) for name, value in scores.items() if value is not None]
         or None)
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{_body(run, spec, summary, scores, checkpoint)}"))
+
+
+def _usage(spec: TaskSpec) -> str:
+    if is_bi(spec):
+        return ('from sentence_transformers import SentenceTransformer\n\n'
+                'model = SentenceTransformer("path/or/hub-id")\n'
+                'embeddings = model.encode(["a first text", "a second text"])\n'
+                'similarity = model.similarity(embeddings[:1], embeddings[1:])  # cosine')
+    return f'from transformers import pipeline\n\nmodel = pipeline("{kinds.of(spec).pipeline_tag}", model="path/or/hub-id")'
 
 
 def _read(path: Path) -> dict:
@@ -75,9 +86,7 @@ A `{spec.head}` model for the task **{spec.name}**, exported by mtdnn from a mul
 ## Use
 
 ```python
-from transformers import pipeline
-
-model = pipeline("{kinds.of(spec).pipeline_tag}", model="path/or/hub-id")
+{_usage(spec)}
 ```
 
 Intended for {spec.head} on text like the training data ({source}); inputs longer than {spec.max_length} tokens are

@@ -23,6 +23,7 @@ import torch
 from mtdnn.cli import LoadedRun, load_run as load_run_folder, pick_device
 from mtdnn.data import TaskData, check_columns, check_rows, encode_splits
 from mtdnn.errors import MtdnnError, raise_if
+from mtdnn.kinds import ONE_OFF_ROWS
 from mtdnn.inference import collator_for, evaluate_split, model_device
 
 SPLIT = "test"  # inputs are read as a test split: gold columns are optional
@@ -58,14 +59,17 @@ class Predictor:
 
 @contextmanager
 def quiet_datasets() -> Iterator[None]:
-    """No 'tokenising' bar for each call (a notebook or a server calls predict() many times)."""
+    """No 'tokenising' bar for each call (a notebook or a server calls predict() many times), and no hashing of
+    the tokenizer to fingerprint rows used once (kinds.map_rows)."""
     import datasets
 
     was_disabled = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
+    one_off = ONE_OFF_ROWS.set(True)
     try:
         yield
     finally:
+        ONE_OFF_ROWS.reset(one_off)
         if not was_disabled:
             datasets.enable_progress_bars()
 

@@ -3,20 +3,37 @@ summary.json and the summary table."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 
+from mtdnn import kinds
 from mtdnn.adapters import trainable_parameters
 from mtdnn.checkpoint import TrainState
 from mtdnn.distill import Distiller
-from mtdnn.inference import evaluate_split, write_records
+from mtdnn.inference import evaluate_split, evaluate_tasks, write_records
 from mtdnn.loop import Plan
 from mtdnn.rundir import best_checkpoint, load_weights, write_json
 from mtdnn.sampler import task_probabilities
 from mtdnn.metrics import show
 
 log = logging.getLogger("mtdnn")
+ZERO_SHOT = "zero_shot.json"  # validation scores of the untrained model, for tasks whose head needs no training
+
+
+def record_zero_shot(model, tasks, collators, cfg, output_dir: Path, device, is_main: bool) -> None:
+    """Score the tasks whose head scores untrained (a bi-encoder's cosine) before the first step: the baseline
+    fine-tuning has to beat, shown beside the fine-tuned scores in the summary."""
+    untrained = {n: d for n, d in tasks.items() if kinds.of(d.spec).scores_untrained(d.spec)}
+    if not untrained:
+        return
+    scores = evaluate_tasks(model, untrained, collators, "validation", cfg.trainer.eval_batch_size, device,
+                            cfg.trainer.bf16)
+    for task, metrics in scores.items():
+        log.info("zero-shot %s (untrained encoder): %s", task, "  ".join(f"{m}={show(v)}" for m, v in metrics.items()))
+    if is_main:
+        write_json(output_dir / ZERO_SHOT, scores)
 
 
 def log_plan(specs, sizes, plan: Plan, cfg, model, output_dir: Path, state: TrainState) -> None:
@@ -67,6 +84,8 @@ def write_summary(cfg, model, tasks, collators, plan: Plan, state: TrainState, o
         "seconds": round(time.time() - started, 1),
         "train_seconds": round(state.train_seconds, 2),  # in training steps only (no evaluation, no setup)
     }
+    if (output_dir / ZERO_SHOT).is_file():  # bi-encoder tasks scored before training, beside the fine-tuned
+        summary["zero_shot"] = json.loads((output_dir / ZERO_SHOT).read_text())
     if distiller is not None:
         summary["distillation"] = distiller.compare(model, tasks, collators, cfg.trainer.eval_batch_size)
     write_json(output_dir / "summary.json", summary)
@@ -87,8 +106,8 @@ def format_distillation(rows: list[dict]) -> str:
 def format_summary(summary: dict) -> str:
     lines = [f"summary (best step {summary['best_step']} of {summary['steps']}, {summary['seconds']}s):",
              f"  {'task':<16} {'split':<11} metrics"]
-    for split in ("validation", "test"):
-        for task, scores in summary[split].items():
+    for split in ("zero_shot", "validation", "test"):
+        for task, scores in summary.get(split, {}).items():
             lines.append(f"  {task:<16} {split:<11} " + "  ".join(f"{m}={show(v)}" for m, v in scores.items()))
     for task, info in summary["tasks"].items():
         if info["skipped_rows"]:

@@ -74,7 +74,8 @@ class TaskSpec:
     columns: ColumnsSpec
     labels: list[str] = field(default_factory=list)  # classification: order = ids
     metrics: list[str] = field(default_factory=list)  # first one is the task's main metric
-    max_length: int = 128
+    max_length: int = 128  # tokens per encoded sequence (bi pairs: per text)
+    pair_encoding: str = "cross"  # text pairs: cross (one joint sequence) | bi (each text apart: mtdnn/kinds/_bi.py)
     loss_weight: float = 1.0
     head_lr: Optional[float] = None  # this task's head learns at this rate (default: trainer.head_lr)
     dropout: float = 0.1
@@ -205,6 +206,7 @@ def _semantic_problems(spec: TaskSpec, path: Path) -> list[str]:
             if metric not in kind.metrics:
                 problems.append(f"{where}metrics[{i}]: '{metric}' does not apply to {spec.head} tasks"
                                 f"{suggest(metric, kind.metrics)}; choose from {', '.join(kind.metrics)}")
+    problems += _pair_encoding_problems(spec, where)
     if spec.max_length is not None and spec.max_length < 8:
         problems.append(f"{where}max_length: must be at least 8, got {spec.max_length}")
     if spec.loss_weight is not None and spec.loss_weight < 0:
@@ -225,6 +227,19 @@ def _semantic_problems(spec: TaskSpec, path: Path) -> list[str]:
     if spec.on_bad_row not in ("error", "skip"):
         problems.append(f"{where}on_bad_row: must be 'error' or 'skip', got '{spec.on_bad_row}'")
     return problems
+
+
+def _pair_encoding_problems(spec: TaskSpec, where: str) -> list[str]:
+    if spec.pair_encoding not in ("cross", "bi"):
+        return [f"{where}pair_encoding: must be cross or bi, got '{spec.pair_encoding}'"]
+    if spec.pair_encoding != "bi" or spec.head not in kinds.available():
+        return []
+    if not kinds.get(spec.head).bi_encoding:
+        takes = [k for k in kinds.available() if kinds.get(k).bi_encoding]
+        return [f"{where}pair_encoding: bi is not available for {spec.head} tasks (it is for {', '.join(takes)})"]
+    if spec.columns is not None and not spec.columns.text_pair:
+        return [f"{where}columns.text_pair: required with pair_encoding: bi (the second text of each pair)"]
+    return []
 
 
 def _source_problems(src: SourceSpec, where: str) -> list[str]:

@@ -32,7 +32,7 @@ from mtdnn.regularizers import build_regularizers
 from mtdnn.rundir import record_resume, remove_staging, resolve_resume, run_lock, save_run_files, seed_everything
 from mtdnn.sampler import TaskSampler
 from mtdnn.stages import init_from_run, run_stages
-from mtdnn.summary import log_plan, write_summary
+from mtdnn.summary import log_plan, record_zero_shot, write_summary
 from mtdnn.sweeps import in_sweep, run_job, score
 from mtdnn.tasks import load_tasks
 from mtdnn.tracking import SilentTracker, Tracker
@@ -96,9 +96,10 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
         model = MultiTaskModel(encoder, specs, cfg.encoder.pooling, cfg.adapter).to(device)
         if cfg.init_from and checkpoint is None:  # staged training: start from an earlier run's best weights
             head_weights = init_from_run(model, Path(cfg.init_from).expanduser(), cfg.init_heads)
-        if head_weights:  # the student starts from the teacher's heads too
+        if head_weights:  # the student starts from the teacher's heads too (where they fit: a cross-encoder
+            own = model.heads.state_dict()  # teacher's head does not fit a bi-encoder student's)
             model.heads.load_state_dict({k: v for k, v in head_weights.items()
-                                         if k.split(".")[0] in model.heads}, strict=False)
+                                         if k in own and own[k].shape == v.shape}, strict=False)
         if checkpoint is None and dist.is_main:
             save_run_files(output_dir, OmegaConf.to_yaml(cfg, resolve=True), specs, tokenizer, encoder.config)
         elif dist.is_main:  # config.yaml says what the run continues with (max_steps, or the changes allowed)
@@ -125,6 +126,8 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
         else:
             restore(resumable, checkpoint, model, changes)
         log_plan(specs, sizes, plan, cfg, model, output_dir, resumable.state)
+        if checkpoint is None:
+            record_zero_shot(model, tasks, collators, cfg, output_dir, device, dist.is_main)
         first_step = resumable.state.step
 
         # 4. train

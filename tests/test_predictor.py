@@ -71,23 +71,29 @@ def test_texts_pairs_and_sentences_are_accepted_as_they_are(trained):
         model.predict("nope", texts)
 
 
-def test_in_memory_rows_skip_hashing_the_tokenizer_and_disk_splits_keep_their_cache_key(tmp_path):
-    """map_rows: predict() input (in memory) gets a fresh fingerprint instead of pickling the tokenizer per call;
-    a split read from disk keeps datasets' content fingerprint, so its cache files stay keyed by the function."""
+def test_one_off_rows_skip_hashing_the_tokenizer_and_training_splits_keep_their_content_key(tmp_path):
+    """map_rows: predict() input gets a fresh fingerprint instead of pickling the tokenizer per call; training
+    data (in memory or read from disk) keeps datasets' content fingerprint, which cache files and soft-target
+    stores are keyed by."""
     import datasets
 
-    from mtdnn.kinds import map_rows
+    from mtdnn.kinds import ONE_OFF_ROWS, map_rows
 
     def upper(batch):
         return {"t": [x.upper() for x in batch["t"]]}
 
     memory = datasets.Dataset.from_dict({"t": ["a", "b"]})
-    first, second = map_rows(memory, upper, "x"), map_rows(memory, upper, "x")
+    assert map_rows(memory, upper, "x")._fingerprint == map_rows(memory, upper, "x")._fingerprint
+    token = ONE_OFF_ROWS.set(True)
+    try:
+        first, second = map_rows(memory, upper, "x"), map_rows(memory, upper, "x")
+        memory.save_to_disk(str(tmp_path / "ds"))
+        disk = datasets.load_from_disk(str(tmp_path / "ds"))
+        assert disk.cache_files
+        assert map_rows(disk, upper, "x")._fingerprint == map_rows(disk, upper, "x")._fingerprint
+    finally:
+        ONE_OFF_ROWS.reset(token)
     assert first["t"] == ["A", "B"] and first._fingerprint != second._fingerprint
-    memory.save_to_disk(str(tmp_path / "ds"))
-    disk = datasets.load_from_disk(str(tmp_path / "ds"))
-    assert disk.cache_files
-    assert map_rows(disk, upper, "x")._fingerprint == map_rows(disk, upper, "x")._fingerprint
 
 
 def test_predict_draws_no_progress_bar_and_leaves_the_setting_as_it_was(trained, capsys):

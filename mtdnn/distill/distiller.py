@@ -54,6 +54,10 @@ def distill_problems(cfg: DistillConfig, specs: list[TaskSpec]) -> list[str]:
             elif trained[spec.name].labels != spec.labels:
                 problems.append(f"distill.teachers[{i}]: task {spec.name} has labels {trained[spec.name].labels} "
                                 f"there but {spec.labels} here")
+            elif cfg.soft_targets == "on_the_fly" and trained[spec.name].pair_encoding != spec.pair_encoding:
+                problems.append(f"distill.soft_targets: on_the_fly feeds the student's batches to the teachers, but "
+                                f"task {spec.name} is pair_encoding {trained[spec.name].pair_encoding} in "
+                                f"{folder} and {spec.pair_encoding} here; use soft_targets=cache")
     return problems
 
 
@@ -171,7 +175,8 @@ def _measure(model, data, collate, batch_size: int, device: torch.device, teache
 
     spec = data.spec
     encoded, raw = data.encoded["validation"], data.raw["validation"]
-    if teacher is not None:  # a teacher reads the data through its own tokenizer
+    if teacher is not None:  # a teacher reads the data through its own tokenizer and pair encoding
+        spec = teacher.specs[spec.name]
         mine = TaskData(spec, {"validation": raw})
         encode_splits(mine, teacher.tokenizer)
         encoded, collate = mine.encoded["validation"], collator_for(spec, teacher.tokenizer, 8)

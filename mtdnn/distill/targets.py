@@ -33,12 +33,13 @@ def teacher_outputs(teacher, spec: TaskSpec, data, device: torch.device, batch_s
     from mtdnn.inference import collator_for, forward_rows
 
     if kinds.of(spec).token_level:
-        encoded = data.encoded["train"]
-    else:
-        mine = TaskData(teacher.specs[spec.name], {"train": data.raw["train"]})
+        encoded, own = data.encoded["train"], spec
+    else:  # the teacher's own spec: a cross-encoder teacher reads the pairs jointly for a bi-encoder student
+        own = teacher.specs[spec.name]
+        mine = TaskData(own, {"train": data.raw["train"]})
         encode_splits(mine, teacher.tokenizer)
         encoded = mine.encoded["train"]
-    outputs, _ = forward_rows(teacher.model, spec, encoded, collator_for(spec, teacher.tokenizer, 8), batch_size,
+    outputs, _ = forward_rows(teacher.model, own, encoded, collator_for(own, teacher.tokenizer, 8), batch_size,
                               device)
     return [row.numpy() for row in outputs]
 

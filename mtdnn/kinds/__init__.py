@@ -19,6 +19,7 @@ overrides what differs. Private modules (`_sentence.py`) hold helpers several ki
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import importlib
 import pkgutil
@@ -54,6 +55,7 @@ class Kind:
     required_columns: tuple[str, ...] = ()  # column roles every task of this kind must map
     gold_columns: tuple[str, ...] = ("label",)  # roles a test split may lack (hidden gold labels)
     gaussian_likelihood = False  # the loss is a squared error (balancer=uncertainty weighs it by 1/(2 sigma^2))
+    bi_encoding = False  # takes pair_encoding: bi (mtdnn/kinds/_bi.py)
     token_level = False  # soft targets per token: teachers must tokenise exactly like the student
     Options: type = NoOptions  # the kind's own top-level task-YAML fields, as a dataclass
     summary = ""  # one line for the task guide
@@ -105,6 +107,10 @@ class Kind:
     # ---------------------------------------------------------------- model
     def head(self, hidden_size: int, spec: TaskSpec, pooling: str) -> nn.Module:
         raise NotImplementedError
+
+    def scores_untrained(self, spec: TaskSpec) -> bool:
+        """The head needs no training to score (a bi-encoder's cosine): the run reports the zero-shot score."""
+        return False
 
     # ---------------------------------------------------------------- results
     def row_output(self, batch: dict, logits: torch.Tensor, j: int) -> torch.Tensor:
@@ -165,9 +171,13 @@ def of(spec: TaskSpec) -> Kind:
     return get(spec.head)
 
 
+# set by predict(): its rows are in memory and used once, so no fingerprint has to identify them later
+ONE_OFF_ROWS: contextvars.ContextVar[bool] = contextvars.ContextVar("one_off_rows", default=False)
+
+
 def map_rows(ds, fn: Callable[..., dict], desc: str, **kwargs: Any):
-    """`ds.map(fn)` batched, the input columns dropped. An in-memory split (no cache files: predict() input, toy
-    data) gets a random fingerprint: datasets would otherwise hash `fn` (the tokenizer with it) by pickling it on
-    every call, ~80 ms, only to name cache files an in-memory split never has."""
-    fingerprint = None if ds.cache_files else uuid.uuid4().hex
+    """`ds.map(fn)` batched, the input columns dropped. One-off in-memory rows (ONE_OFF_ROWS) get a random
+    fingerprint: datasets would otherwise hash `fn` (the tokenizer with it) by pickling it, ~80 ms a call, for a
+    key only cache files and soft-target stores use (training keeps the content fingerprint for them)."""
+    fingerprint = uuid.uuid4().hex if ONE_OFF_ROWS.get() and not ds.cache_files else None
     return ds.map(fn, batched=True, remove_columns=ds.column_names, desc=desc, new_fingerprint=fingerprint, **kwargs)

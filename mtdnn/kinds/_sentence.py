@@ -10,6 +10,7 @@ import pandas as pd
 
 from mtdnn.collate import UNLABELED
 from mtdnn.kinds import map_rows
+from mtdnn.kinds._bi import encode_pair_texts, is_bi
 
 if TYPE_CHECKING:
     from mtdnn.kinds import BadRows
@@ -92,13 +93,16 @@ def label_lookup(spec: TaskSpec, ds) -> Callable[[Any], int | None]:
 
 
 def encode_texts(spec: TaskSpec, tokenizer, ds, labels_of: Callable[[list | None], list]):
-    """Tokenise text (and text_pair) once, with `labels_of(raw label values or None)` as the labels column."""
+    """Tokenise text (and text_pair: jointly, or apart for pair_encoding: bi) once, with `labels_of(raw label values or None)` as the labels column."""
     cols = spec.columns
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        pair = batch[cols.text_pair] if cols.text_pair else None
-        out = dict(tokenizer(batch[cols.text], pair, truncation=True, max_length=spec.max_length))
-        out["length"] = [len(ids) for ids in out["input_ids"]]
+        if is_bi(spec):
+            out = encode_pair_texts(spec, tokenizer, batch)
+        else:
+            pair = batch[cols.text_pair] if cols.text_pair else None
+            out = dict(tokenizer(batch[cols.text], pair, truncation=True, max_length=spec.max_length))
+            out["length"] = [len(ids) for ids in out["input_ids"]]
         raw = batch.get(cols.label) if cols.label else None
         out["labels"] = labels_of(raw if raw is not None else [None] * len(out["input_ids"]))
         return out

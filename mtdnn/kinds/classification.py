@@ -3,6 +3,7 @@
 YAML: columns.text (+ text_pair), columns.label (label names, or ids into `labels` / the data set's ClassLabel
 names), labels (>= 2, order = ids), metrics from accuracy, f1 (binary: of the second label; else macro),
 f1_macro, mcc, auc (2 labels). Own field: label_smoothing (cross-entropy with smoothed targets).
+pair_encoding: bi encodes the two texts apart; SBERT's softmax head on (u, v, |u - v|) (mtdnn/kinds/_bi.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from mtdnn import metrics
 from mtdnn.collate import UNLABELED
 from mtdnn.heads import PooledLinear, symmetric_kl
 from mtdnn.kinds import BadRows, Kind
+from mtdnn.kinds._bi import BiClassificationHead, is_bi
 from mtdnn.kinds._labels import label_list_problems, smoothing_problems
 from mtdnn.kinds._sentence import (column, encode_texts, label_lookup, nested_label_rows, record, records,
                                    text_bad_rows)
@@ -54,6 +56,7 @@ class Options:
 
 class Classification(Kind):
     name = "classification"
+    bi_encoding = True
     summary = "one label per text or text pair (softmax, cross-entropy)"
     metrics = ("accuracy", "f1", "f1_macro", "mcc", "auc")
     default_metrics = ("accuracy",)
@@ -103,7 +106,9 @@ class Classification(Kind):
         strings = spec.submission.labels or names
         return strings[names.index(str(record["label"]))]
 
-    def head(self, hidden_size: int, spec: TaskSpec, pooling: str) -> ClassificationHead:
+    def head(self, hidden_size: int, spec: TaskSpec, pooling: str) -> ClassificationHead | BiClassificationHead:
+        if is_bi(spec):
+            return BiClassificationHead(hidden_size, len(spec.labels), spec.dropout, spec.options.label_smoothing)
         return ClassificationHead(hidden_size, len(spec.labels), spec.dropout, pooling, spec.options.label_smoothing)
 
     def evaluate(self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]) -> tuple[list[dict], dict | None]:

@@ -2,10 +2,14 @@
 
 YAML: columns.text (+ text_pair), columns.label (a number; missing only in a test split), no label list,
 metrics from pearson, spearman, mse, mae. Distillation averages the teachers' values (MSE to them).
+pair_encoding: bi encodes the two texts apart (mtdnn/kinds/_bi.py); own fields `bi_score: cosine` (default:
+lo + (hi - lo) * cos(u, v) with `label_range: [lo, hi]`, default [0, 1]; no weights, so the untrained encoder's
+zero-shot score is reported) or `bi_score: features` (a linear map of (u, v, |u - v|, u * v)).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,6 +21,7 @@ from mtdnn import metrics
 from mtdnn.collate import Collator
 from mtdnn.heads import PooledLinear
 from mtdnn.kinds import BadRows, Kind
+from mtdnn.kinds._bi import CosineHead, FeatureRegressionHead, is_bi
 from mtdnn.kinds._sentence import column, encode_texts, nested_label_rows, record, records, text_bad_rows
 
 if TYPE_CHECKING:
@@ -46,8 +51,16 @@ class RegressionHead(PooledLinear):
         return {"prediction": logits.float(), "scores": logits.float().unsqueeze(-1)}
 
 
+@dataclass
+class Options:
+    bi_score: str = "cosine"  # pair_encoding: bi only: cosine | features
+    label_range: list[float] = field(default_factory=lambda: [0.0, 1.0])  # bi_score: cosine maps [0, 1] onto it
+
+
 class Regression(Kind):
     name = "regression"
+    bi_encoding = True
+    Options = Options
     gaussian_likelihood = True
     summary = "one real number per text or text pair (mean squared error)"
     metrics = ("pearson", "spearman", "mse", "mae")
@@ -56,7 +69,18 @@ class Regression(Kind):
     required_columns = ("text", "label")
 
     def spec_problems(self, spec: TaskSpec, where: str) -> list[str]:
-        return [f"{where}labels: a regression task has no label list; remove it"] if spec.labels else []
+        problems = [f"{where}labels: a regression task has no label list; remove it"] if spec.labels else []
+        options = spec.options
+        if options.bi_score not in ("cosine", "features"):
+            problems.append(f"{where}bi_score: must be cosine or features, got '{options.bi_score}'")
+        bounds = options.label_range
+        if not (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) for b in bounds)
+                and bounds[0] < bounds[1]):
+            problems.append(f"{where}label_range: must be [low, high] with low < high, got {bounds}")
+        return problems
+
+    def scores_untrained(self, spec: TaskSpec) -> bool:
+        return is_bi(spec) and spec.options.bi_score == "cosine"
 
     def bad_rows(self, spec: TaskSpec, split: str, ds) -> BadRows:
         bad = text_bad_rows(spec, ds)
@@ -82,7 +106,11 @@ class Regression(Kind):
     def submission_value(self, spec: TaskSpec, record: dict) -> Any:
         return record["prediction"]
 
-    def head(self, hidden_size: int, spec: TaskSpec, pooling: str) -> RegressionHead:
+    def head(self, hidden_size: int, spec: TaskSpec, pooling: str) -> RegressionHead | CosineHead:
+        if is_bi(spec) and spec.options.bi_score == "cosine":
+            return CosineHead(spec.options.label_range)
+        if is_bi(spec):
+            return FeatureRegressionHead(hidden_size, spec.dropout)
         return RegressionHead(hidden_size, 1, spec.dropout, pooling)
 
     def evaluate(self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]) -> tuple[list[dict], dict | None]:

@@ -1,0 +1,163 @@
+"""Pair tasks as bi-encoders (`pair_encoding: bi`): stacked batches, SBERT heads, zero-shot scores, training beside
+cross-encoder tasks, distillation from a cross-encoder teacher, and the sentence-transformers export."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import compose_train, tiny_overrides, write_task, write_toy_tasks
+from mtdnn.collate import Collator
+from mtdnn.errors import MtdnnError
+from mtdnn.kinds._bi import BiClassificationHead, CosineHead
+from mtdnn.train import run
+
+TOPICS = ["cat", "dog", "car", "tree", "boat", "lamp"]
+FILLER = "the a of and with near over under big small old new".split()
+
+
+def topic_pairs(n: int, seed: int) -> list[dict]:
+    """Two short texts, each about one topic word among filler; score 4 when the topics match, else 0."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        first = rng.choice(TOPICS)
+        second = first if rng.random() < 0.5 else rng.choice([t for t in TOPICS if t != first])
+
+        def text(topic: str) -> str:
+            words = rng.choices(FILLER, k=rng.randint(1, 3))
+            words.insert(rng.randint(0, len(words)), topic)
+            return " ".join(words)
+
+        rows.append({"a": text(first), "b": text(second), "score": 4.0 if first == second else 0.0,
+                     "same": "yes" if first == second else "no"})
+    return rows
+
+
+def write_bi_tasks(folder):
+    splits = {"train": topic_pairs(240, 1), "validation": topic_pairs(80, 2)}
+    write_task(folder, "toy_sim", "regression", splits, {"text": "a", "text_pair": "b", "label": "score"},
+               pair_encoding="bi", label_range=[0, 4])
+    write_task(folder, "toy_same", "classification", splits, {"text": "a", "text_pair": "b", "label": "same"},
+               labels=["no", "yes"], pair_encoding="bi")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bi_run(tmp_path_factory):
+    folder = write_bi_tasks(write_toy_tasks(tmp_path_factory.mktemp("bi") / "tasks"))
+    out = folder.parent / "run"
+    summary = run(compose_train(tiny_overrides(folder, "task=[toy_sim,toy_same,toy_sent]", "trainer.max_steps=240", "trainer.lr=3e-3",
+                                               "trainer.eval_every=80", "predict_test=false",
+                                               "regularizer=smart")), out)
+    return folder, out, summary
+
+
+def test_the_collator_stacks_both_texts_of_each_pair_and_keeps_one_label_per_pair():
+    rows = {"input_ids": [[2, 5, 3], [2, 6, 7, 8, 3]], "attention_mask": [[1, 1, 1], [1] * 5],
+            "input_ids_b": [[2, 9, 9, 9, 9, 9, 3], [2, 4, 3]], "attention_mask_b": [[1] * 7, [1, 1, 1]],
+            "labels": [1.0, 0.0]}
+    batch = Collator(0, 8, label_dtype=torch.float32)(rows)
+    assert batch["input_ids"].shape == (4, 8) and batch["labels"].shape == (2,)
+    assert batch["input_ids"][2, :7].tolist() == [2, 9, 9, 9, 9, 9, 3]  # row B + 0: the first pair's second text
+    assert batch["attention_mask"].sum(1).tolist() == [3, 5, 7, 3]
+
+
+def test_the_heads_compute_sbert_objectives_on_mean_pooled_halves():
+    torch.manual_seed(0)
+    hidden, mask = torch.randn(4, 5, 6), torch.tensor([[1, 1, 1, 0, 0], [1] * 5, [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]])
+    mean = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+    u, v = mean[:2], mean[2:]
+    cosine = CosineHead((1.0, 5.0))
+    prediction = cosine(hidden, mask, None)
+    assert torch.allclose(prediction, 1 + 4 * F.cosine_similarity(u, v))
+    labels = torch.tensor([5.0, 1.0])  # CosineSimilarityLoss: MSE(cos, label scaled to [0, 1])
+    assert torch.allclose(cosine.loss(prediction, {"labels": labels}), F.mse_loss(F.cosine_similarity(u, v),
+                                                                                  torch.tensor([1.0, 0.0])))
+    head = BiClassificationHead(6, 3, 0.0).eval()
+    expected = head.out(torch.cat([u, v, (u - v).abs()], -1))
+    assert torch.allclose(head(hidden, mask, None), expected)
+
+
+def test_bi_tasks_train_beside_a_cross_task_and_report_the_zero_shot_score(bi_run):
+    _, out, summary = bi_run
+    zero, tuned = summary["zero_shot"]["toy_sim"], summary["validation"]["toy_sim"]
+    assert set(summary["zero_shot"]) == {"toy_sim"}  # the softmax head needs training: no zero-shot score
+    assert json.loads((out / "zero_shot.json").read_text()) == summary["zero_shot"]
+    assert tuned["pearson"] > 0.8 and tuned["pearson"] > zero["pearson"] + 0.3  # the rule, learnt through cosines
+    assert summary["validation"]["toy_same"]["accuracy"] > 0.85
+    assert summary["validation"]["toy_sent"]["accuracy"] > 0.9
+
+
+def test_the_python_api_scores_pairs_of_a_bi_task_like_evaluate(bi_run):
+    from mtdnn import load_run
+
+    _, out, summary = bi_run
+    model = load_run(out, device="cpu")
+    same, other = model.predict("toy_sim", [("the cat", "a cat near"), ("the cat", "a boat near")])
+    assert same["prediction"] > 3 and other["prediction"] < 1
+    assert model.predict("toy_same", [("old dog", "the dog")])[0]["label"] == "yes"
+
+
+def test_the_sentence_transformers_export_embeds_like_the_run(bi_run, tmp_path):
+    from mtdnn.cli import load_run
+    from mtdnn.export import ExportConfig, export
+    from mtdnn.heads import pool
+
+    _, out, _ = bi_run
+    folder = export(ExportConfig(run_dir=str(out), task="toy_sim", out=str(tmp_path / "st"),
+                                 format="sentence-transformers"))
+    texts = ["the cat near the tree", "a big old boat", "dog"]
+    loaded = load_run(str(out), "best", torch.device("cpu"))
+    enc = loaded.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = loaded.model.encoder(**enc).last_hidden_state
+    ours = pool(hidden, enc["attention_mask"], "mean", None)
+    code = ("import sys, json\nsys.modules['mtdnn'] = None\n"
+            "from sentence_transformers import SentenceTransformer\n"
+            f"m = SentenceTransformer({str(folder)!r}, device='cpu')\n"
+            f"print(json.dumps(m.encode({texts!r}, convert_to_numpy=True).tolist()))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"} | dict(__import__("os").environ))
+    assert done.returncode == 0, done.stderr[-2000:]
+    theirs = torch.tensor(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert torch.allclose(theirs, ours, atol=1e-5)
+    card = (folder / "README.md").read_text()
+    assert "library_name: sentence-transformers" in card and "pipeline_tag: sentence-similarity" in card
+    with pytest.raises(MtdnnError, match="bi-encoder.*format=sentence-transformers"):
+        export(ExportConfig(run_dir=str(out), task="toy_sim", out=str(tmp_path / "hf")))
+
+
+def test_a_bi_student_distils_from_a_cross_encoder_teacher(tmp_path):
+    folder = write_toy_tasks(tmp_path / "tasks")
+    write_task(folder, "toy_sim", "regression", {"train": topic_pairs(200, 3), "validation": topic_pairs(60, 4)},
+               {"text": "a", "text_pair": "b", "label": "score"})
+    common = ["task=toy_sim", "trainer.max_steps=60", "trainer.eval_every=60", "predict_test=false"]
+    run(compose_train(tiny_overrides(folder, *common)), tmp_path / "teacher")
+    student = run(compose_train(tiny_overrides(folder, *common, "distill=ensemble",
+                                               f"distill.teachers=[{tmp_path / 'teacher'}]",
+                                               "+task_overrides.toy_sim.pair_encoding=bi",
+                                               "+task_overrides.toy_sim.label_range=[0,4]")), tmp_path / "student")
+    assert "toy_sim" in student["zero_shot"]
+    assert student["distillation"][0]["task"] == "toy_sim"
+    assert student["validation"]["toy_sim"]["pearson"] > student["zero_shot"]["toy_sim"]["pearson"]
+    with pytest.raises(MtdnnError, match="on_the_fly .* pair_encoding cross"):
+        run(compose_train(tiny_overrides(folder, *common, "distill=ensemble", "distill.soft_targets=on_the_fly",
+                                         f"distill.teachers=[{tmp_path / 'teacher'}]",
+                                         "+task_overrides.toy_sim.pair_encoding=bi")), tmp_path / "s2")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+task_overrides.toy_sent.pair_encoding=bi", "columns.text_pair: required with pair_encoding: bi"),
+    ("+task_overrides.toy_count.pair_encoding=both", "pair_encoding: must be cross or bi"),
+    ("+task_overrides.toy_count.label_range=[2,1]", "label_range: must be \\[low, high\\]"),
+])
+def test_bad_pair_settings_are_one_clear_line_each(toy_tasks, tmp_path, override, message):
+    with pytest.raises(MtdnnError, match=message):
+        run(compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", override)), tmp_path / "run")
