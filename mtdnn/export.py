@@ -82,10 +82,11 @@ def export(cfg: ExportConfig) -> Path:
     out = Path(cfg.out).expanduser()
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise MtdnnError(f"out: {out} already exists and is not empty; pass overwrite=true or another out=")
-    formats = ("sentence-transformers",) if is_bi(spec) else ("hf", "onnx", "sentence-transformers")
-    if cfg.format not in formats:
-        why = f"task {spec.name} is a bi-encoder (pair_encoding: bi)" if is_bi(spec) else "formats are"
-        raise MtdnnError(f"format: {why}: use format={' or '.join(formats)}, got '{cfg.format}'")
+    if cfg.format not in ("hf", "onnx", "sentence-transformers"):
+        raise MtdnnError(f"format: must be hf, onnx or sentence-transformers, got '{cfg.format}'")
+    if is_bi(spec) and cfg.format != "sentence-transformers":
+        raise MtdnnError(f"format: task {spec.name} is a bi-encoder (pair_encoding: bi): export it with "
+                         f"format=sentence-transformers, not {cfg.format}")
     if cfg.quantize not in (None, "int8") or (cfg.quantize and cfg.format != "onnx"):
         raise MtdnnError(f"quantize: only int8, and only with format=onnx (got quantize={cfg.quantize}, "
                          f"format={cfg.format})")
