@@ -230,6 +230,8 @@ def _semantic_problems(spec: TaskSpec, path: Path) -> list[str]:
 
 
 def _pair_encoding_problems(spec: TaskSpec, where: str) -> list[str]:
+    if spec.pair_encoding is None:  # not a string: already reported by the type check
+        return []
     if spec.pair_encoding not in ("cross", "bi"):
         return [f"{where}pair_encoding: must be cross or bi, got '{spec.pair_encoding}'"]
     if spec.pair_encoding != "bi" or spec.head not in kinds.available():
