@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 UNLABELED = -1  # label id of rows that carry no gold label (e.g. GLUE test sets)
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # the encoded columns the encoder reads
 SECOND = "_b"  # suffix of a bi-encoded pair's second-text columns (input_ids_b, ...; mtdnn/kinds/_bi.py)
 
 
@@ -39,12 +40,11 @@ class Collator:
         """A bi-encoded pair's two texts are padded to one width and stacked, [first texts; second texts]
         (2B rows, one label per pair): encoder, regularizers and data parallel see an ordinary batch."""
         width = self.width(rows)
-        inputs = {"input_ids": self.pad_id, "attention_mask": 0, "token_type_ids": 0}
         batch = {}
-        for name, value in inputs.items():
-            if name in rows:
-                sides = [rows[name], rows[name + SECOND]] if name + SECOND in rows else [rows[name]]
-                batch[name] = torch.cat([pad(side, width, value) for side in sides])
+        for name in (n for n in MODEL_INPUTS if n in rows):
+            value = self.pad_id if name == "input_ids" else 0
+            sides = [rows[name], rows[name + SECOND]] if name + SECOND in rows else [rows[name]]
+            batch[name] = torch.cat([pad(side, width, value) for side in sides])
         if self.label_pad is not None:
             batch["labels"] = pad(rows["labels"], width, self.label_pad)
         else:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mtdnn.collate import MODEL_INPUTS
 from mtdnn.errors import MtdnnError
 from mtdnn.file_faults import root_cause
 from mtdnn.rundir import write_json
@@ -30,7 +31,6 @@ from mtdnn.tasks import TaskSpec
 
 META = "onnx.json"
 FILES = {"onnx": "model.onnx", "onnx-int8": "model_int8.onnx"}
-INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class TaskGraph(nn.Module):
@@ -50,7 +50,7 @@ def export_onnx(run, spec: TaskSpec, staging: Path, quantize: str | None) -> Non
     """Write model.onnx (and model_int8.onnx) for `spec`'s task of `run` into `staging`."""
     sample = run.tokenizer(["a short example text", "and another, a little longer than the first one"],
                            ["a second text", "pair"], padding=True, return_tensors="pt")
-    inputs = [name for name in INPUTS if name in sample]
+    inputs = [name for name in MODEL_INPUTS if name in sample]
     graph = TaskGraph(run.model.cpu().eval(), spec.name).eval()
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     try:

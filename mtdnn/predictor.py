@@ -53,12 +53,12 @@ class Predictor:
             return []
         import datasets
 
-        with quiet_datasets():
+        with one_off_rows():
             return records_of(self.loaded, spec, SPLIT, datasets.Dataset.from_list(rows), batch_size, bf16)
 
 
 @contextmanager
-def quiet_datasets() -> Iterator[None]:
+def one_off_rows() -> Iterator[None]:
     """No 'tokenising' bar for each call (a notebook or a server calls predict() many times), and no hashing of
     the tokenizer to fingerprint rows used once (kinds.map_rows)."""
     import datasets

@@ -23,14 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtdnn.collate import SECOND
+from mtdnn.collate import MODEL_INPUTS, SECOND
 from mtdnn.heads import pool, symmetric_kl
 
 if TYPE_CHECKING:
     from mtdnn.tasks import TaskSpec
-
-INPUT_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
-
 
 def is_bi(spec: TaskSpec) -> bool:
     return getattr(spec, "pair_encoding", "cross") == "bi"
@@ -41,8 +38,8 @@ def encode_pair_texts(spec: TaskSpec, tokenizer, batch: dict[str, list]) -> dict
     cols = spec.columns
     first = tokenizer(batch[cols.text], truncation=True, max_length=spec.max_length)
     second = tokenizer(batch[cols.text_pair], truncation=True, max_length=spec.max_length)
-    out = {k: v for k, v in first.items() if k in INPUT_COLUMNS}
-    out.update({k + SECOND: v for k, v in second.items() if k in INPUT_COLUMNS})
+    out = {k: v for k, v in first.items() if k in MODEL_INPUTS}
+    out.update({k + SECOND: v for k, v in second.items() if k in MODEL_INPUTS})
     out["length"] = [max(len(a), len(b)) for a, b in zip(first["input_ids"], second["input_ids"])]
     return out
 
