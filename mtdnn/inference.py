@@ -39,8 +39,11 @@ def forward_rows(model: MultiTaskModel, spec: TaskSpec, dataset, collate, batch_
     so each batch pads little (an in-order batch of 128 reviews pads almost all of them to the longest)."""
     was_training = model.training
     model.eval()
-    order = np.argsort(row_lengths(dataset), kind="stable")
     kind = kinds.of(spec)
+    if (outputs := kind.forward_split(spec, model, dataset, collate, batch_size, device, bf16)) is not None:
+        model.train(was_training)  # every rank computes all rows here (bi ranking's embedding cache)
+        return outputs, [torch.tensor(labels) for labels in dataset["labels"]]
+    order = np.argsort(row_lengths(dataset), kind="stable")
     shard = inference_shard()  # under torchrun evaluation: this rank's every N-th row, gathered below
     if shard is not None:
         order = order[shard.rank::shard.world]

@@ -27,15 +27,24 @@ class MultiTaskModel(nn.Module):
                 token_type_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
                 hidden_states: bool = False, **_unused) -> torch.Tensor | tuple[torch.Tensor, tuple]:
         """Logits of `task`'s head. `inputs_embeds` lets regularizers feed perturbed embeddings;
-        `hidden_states=True` returns (logits, the embeddings output and every layer's output)."""
+        `hidden_states=True` returns (logits, the embeddings output and every layer's output). A head that
+        needs batch fields besides the encoder's inputs names them in `reads` (a bi ranking head: `group`)."""
+        out = self.encode(task, input_ids, attention_mask, token_type_ids, inputs_embeds, hidden_states)
+        head = self.heads[task]
+        extra = {name: _unused[name] for name in getattr(head, "reads", ())}
+        logits = head(out.last_hidden_state, attention_mask, getattr(out, "pooler_output", None), **extra)
+        return (logits, out.hidden_states) if hidden_states else logits
+
+    def encode(self, task: str, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+               token_type_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
+               hidden_states: bool = False):
+        """The encoder's output for `task` (its adapters applied), before any head."""
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         if self.adapters is not None:
             self.adapters.task = task  # the layer hooks apply this task's adapters
-        out = self.encoder(input_ids=None if inputs_embeds is not None else input_ids,
-                           inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                           output_hidden_states=hidden_states, **extra)
-        logits = self.heads[task](out.last_hidden_state, attention_mask, getattr(out, "pooler_output", None))
-        return (logits, out.hidden_states) if hidden_states else logits
+        return self.encoder(input_ids=None if inputs_embeds is not None else input_ids,
+                            inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                            output_hidden_states=hidden_states, **extra)
 
     def head(self, task: str) -> nn.Module:
         return self.heads[task]

@@ -5,7 +5,7 @@ sentence-transformers folder layout, so `SentenceTransformer(DIR)` embeds texts 
     modules.json                                    Transformer (this folder) -> Pooling (1_Pooling)
     sentence_bert_config.json                       max_seq_length = the task's max_length
     1_Pooling/config.json                           mean pooling (what the bi-encoder heads use)
-    config_sentence_transformers.json               similarity_fn_name: cosine
+    config_sentence_transformers.json               similarity_fn_name: cosine (a ranking task's bi_score: dot -> dot)
 
 The layout is the long-standing one (sentence-transformers 2.x to 6.x read it; the hub's all-MiniLM-L6-v2 uses it),
 written by hand so exporting needs no sentence-transformers install. A classification pair task's softmax head is
@@ -43,4 +43,9 @@ def export_sentence_transformers(encoder: nn.Module, tokenizer, spec: TaskSpec, 
     (staging / "1_Pooling").mkdir()
     write_json(staging / "1_Pooling" / "config.json", pooling_config(encoder.config.hidden_size))
     write_json(staging / "config_sentence_transformers.json",
-               {"prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"})
+               {"prompts": {}, "default_prompt_name": None, "similarity_fn_name": similarity(spec)})
+
+
+def similarity(spec: TaskSpec) -> str:
+    """How the task compares two embeddings: cosine, or the dot product for a ranking task scored by it."""
+    return "dot" if getattr(spec.options, "bi_score", None) == "dot" else "cosine"

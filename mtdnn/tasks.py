@@ -239,7 +239,8 @@ def _pair_encoding_problems(spec: TaskSpec, where: str) -> list[str]:
     if not kinds.get(spec.head).bi_encoding:
         takes = [k for k in kinds.available() if kinds.get(k).bi_encoding]
         return [f"{where}pair_encoding: bi is not available for {spec.head} tasks (it is for {', '.join(takes)})"]
-    if spec.columns is not None and not spec.columns.text_pair:
+    sentence_kind = "text" in kinds.get(spec.head).required_columns  # ranking pairs a query with candidates
+    if spec.columns is not None and sentence_kind and not spec.columns.text_pair:
         return [f"{where}columns.text_pair: required with pair_encoding: bi (the second text of each pair)"]
     return []
 

@@ -17,6 +17,7 @@ from conftest import compose_train, tiny_overrides, write_task, write_toy_tasks
 from mtdnn.collate import Collator
 from mtdnn.errors import MtdnnError
 from mtdnn.kinds._bi import BiClassificationHead, CosineHead
+from mtdnn.kinds.ranking import BiRankingHead, GroupCollator
 from mtdnn.train import run
 
 TOPICS = ["cat", "dog", "car", "tree", "boat", "lamp"]
@@ -41,6 +42,24 @@ def topic_pairs(n: int, seed: int) -> list[dict]:
     return rows
 
 
+def topic_text(rng: random.Random, topic: str) -> str:
+    words = rng.choices(FILLER, k=rng.randint(1, 3))
+    words.insert(rng.randint(0, len(words)), topic)
+    return " ".join(words)
+
+
+def topic_groups(n: int, seed: int, size: int = 4) -> list[dict]:
+    """A query about one topic and `size` candidate texts, exactly one about the same topic (the answer)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        topics = rng.sample(TOPICS, size)
+        answer = rng.randrange(size)
+        rows.append({"q": topic_text(rng, topics[answer]), "opts": [topic_text(rng, t) for t in topics],
+                     "ans": answer})
+    return rows
+
+
 def write_bi_tasks(folder):
     splits = {"train": topic_pairs(240, 1), "validation": topic_pairs(80, 2)}
     write_task(folder, "toy_sim", "regression", splits, {"text": "a", "text_pair": "b", "label": "score"},
@@ -58,6 +77,27 @@ def bi_run(tmp_path_factory):
                                                "trainer.eval_every=80", "predict_test=false",
                                                "regularizer=smart")), out)
     return folder, out, summary
+
+
+@pytest.fixture(scope="module")
+def find_run(tmp_path_factory):
+    """A bi-encoder ranking task (in-batch negatives) trained beside a cross-encoder task, SMART on."""
+    folder = write_toy_tasks(tmp_path_factory.mktemp("find") / "tasks")
+    write_task(folder, "toy_find", "ranking", {"train": topic_groups(160, 5), "validation": topic_groups(60, 6)},
+               {"query": "q", "candidates": "opts", "label": "ans"}, fmt="jsonl", pair_encoding="bi",
+               metrics=["accuracy", "mrr"])
+    out = folder.parent / "run"
+    summary = run(compose_train(tiny_overrides(folder, "task=[toy_find,toy_sent]", "trainer.max_steps=120",
+                                               "trainer.lr=3e-3", "trainer.eval_every=120", "predict_test=false",
+                                               "regularizer=smart")), out)
+    return out, summary
+
+
+def test_a_bi_ranking_task_learns_to_find_the_candidate_and_reports_its_zero_shot_score(find_run):
+    _, summary = find_run
+    found = summary["validation"]["toy_find"]["accuracy"]  # chance: 1 in 4
+    assert found > 0.9 and found > summary["zero_shot"]["toy_find"]["accuracy"] + 0.3
+    assert set(summary["zero_shot"]) == {"toy_find"}
 
 
 def test_the_collator_stacks_both_texts_of_each_pair_and_keeps_one_label_per_pair():
@@ -94,6 +134,64 @@ def test_bi_tasks_train_beside_a_cross_task_and_report_the_zero_shot_score(bi_ru
     assert tuned["pearson"] > 0.8 and tuned["pearson"] > zero["pearson"] + 0.3  # the rule, learnt through cosines
     assert summary["validation"]["toy_same"]["accuracy"] > 0.85
     assert summary["validation"]["toy_sent"]["accuracy"] > 0.9
+
+
+def bi_ranking_batch(dim: int = 6):
+    """Two queries (2 and 3 candidates; the answers: slot 1, slot 0) as the collator stacks them."""
+    torch.manual_seed(0)
+    rows = {"input_ids": [[2, 5, 3], [2, 6, 3]], "input_ids_b": [[[2, 7, 3], [2, 8, 8, 3]], [[2, 9, 3]] * 3],
+            "labels": [[0, 1], [1, 0, 0]]}
+    rows["attention_mask"] = [[1] * len(ids) for ids in rows["input_ids"]]
+    rows["attention_mask_b"] = [[[1] * len(ids) for ids in group] for group in rows["input_ids_b"]]
+    batch = GroupCollator(0, 4)(rows)
+    return batch, torch.randn(len(batch["input_ids"]), batch["input_ids"].shape[1], dim)
+
+
+def test_bi_ranking_batches_queries_then_candidates_and_its_loss_is_multiple_negatives_ranking():
+    batch, hidden = bi_ranking_batch()
+    assert batch["input_ids"].shape == (7, 4) and batch["group"].tolist() == [0, 0, 1, 1, 1]
+    assert batch["slot"].tolist() == [0, 1, 0, 1, 2] and batch["labels"].tolist() == [[0, 1, 0], [1, 0, 0]]
+    mask = batch["attention_mask"]
+    mean = F.normalize((hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True), dim=-1)
+    scores = 20 * mean[:2] @ mean[2:].T  # every query against every candidate of the batch
+    head = BiRankingHead("cosine", 20.0, in_batch_negatives=True)
+    out = head(hidden, mask, None, group=batch["group"])
+    assert torch.allclose(out, scores, atol=1e-5)
+    answers = torch.tensor([1, 2])  # flat indices of each query's correct candidate
+    assert torch.allclose(head.loss(out, batch), F.cross_entropy(scores, answers), atol=1e-5)
+    own = BiRankingHead("cosine", 20.0, in_batch_negatives=False)
+    expected = (F.cross_entropy(scores[:1, :2], torch.tensor([1])) + F.cross_entropy(scores[1:, 2:], torch.tensor([0]))) / 2
+    assert torch.allclose(own.loss(out, batch), expected, atol=1e-5)
+    assert head.divergence(out, out.flip(1), batch).shape == (2,) and head.divergence(out, out, batch).abs().max() < 1e-6
+
+
+def test_bi_ranking_inference_encodes_each_distinct_text_once_and_scores_like_embedding_each_alone(find_run):
+    from mtdnn import load_run
+    from mtdnn.heads import pool
+
+    out, _ = find_run
+    model = load_run(out, device="cpu")
+    pool_texts = ["a cat near", "the old boat", "big dog", "tree"]
+    queries = ["the cat", "a boat", "old dog", "the tree", "small lamp"]
+    seen = []
+    hook = model.loaded.model.encoder.register_forward_hook(lambda m, args, kwargs, o: seen.append(len(o[0])),
+                                                         with_kwargs=True)
+    try:
+        records = model.predict("toy_find", [{"q": q, "opts": pool_texts} for q in queries], batch_size=4)
+    finally:
+        hook.remove()
+    assert sum(seen) == len(queries) + len(pool_texts)  # not queries x candidates
+    assert [r["ranking"][0] for r in records[:4]] == [0, 1, 2, 3]
+    tok = model.loaded.tokenizer
+
+    def embed(text: str) -> torch.Tensor:
+        enc = tok([text], return_tensors="pt")
+        with torch.no_grad():
+            return F.normalize(pool(model.loaded.model.encoder(**enc).last_hidden_state, enc["attention_mask"], "mean",
+                                    None), dim=-1)[0]
+    alone = torch.stack([20 * embed(queries[0]) @ embed(c) for c in pool_texts])
+    got = torch.tensor(records[0]["scores"])[torch.argsort(torch.tensor(records[0]["ranking"]))]
+    assert torch.allclose(got, alone, atol=1e-4)
 
 
 def test_the_python_api_scores_pairs_of_a_bi_task_like_evaluate(bi_run):
@@ -162,3 +260,17 @@ def test_a_bi_student_distils_from_a_cross_encoder_teacher(tmp_path):
 def test_bad_pair_settings_are_one_clear_line_each(toy_tasks, tmp_path, override, message):
     with pytest.raises(MtdnnError, match=message):
         run(compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", override)), tmp_path / "run")
+
+
+def test_bad_bi_ranking_settings_are_reported_together(tmp_path):
+    from mtdnn.tasks import load_tasks
+
+    write_task(tmp_path, "find", "ranking", {"train": topic_groups(4, 1)}, {"query": "q", "candidates": "opts",
+                                                                           "label": "ans"},
+               fmt="jsonl", pair_encoding="bi", bi_score="euclid", bi_scale=-1, in_batch_negatives="yes")
+    with pytest.raises(MtdnnError) as err:
+        load_tasks(["find"], [str(tmp_path)])
+    text = str(err.value)
+    assert "bi_score: must be cosine or dot, got 'euclid'" in text and "bi_scale: must be a positive number" in text
+    assert "in_batch_negatives: expected bool" in text and "text_pair" not in text and text.count("in_batch") == 1
+    assert text.count("find.yaml") >= 3  # every line names the file

@@ -113,6 +113,12 @@ class Kind:
         return False
 
     # ---------------------------------------------------------------- results
+    def forward_split(self, spec: TaskSpec, model: nn.Module, encoded, collate, batch_size: int,
+                      device: torch.device, bf16: bool) -> list[torch.Tensor] | None:
+        """Every row's output computed the kind's own way (bi ranking: each distinct text encoded once), or
+        None for mtdnn.inference's batched path."""
+        return None
+
     def row_output(self, batch: dict, logits: torch.Tensor, j: int) -> torch.Tensor:
         """Row j's own output in a batch (a row, a group's candidate scores, a window's tokens)."""
         return logits[j]

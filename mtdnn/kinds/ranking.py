@@ -5,21 +5,29 @@ YAML: columns.query and either columns.candidates (a list of texts per row, or a
 each: multiple-choice sets such as SWAG or COPA) with columns.label (the correct index or indices), or one row
 per candidate with columns.group + columns.text + columns.label (0/1). columns.query may also be a list of
 columns, joined with a space (e.g. CosmosQA's context and question). Metrics from accuracy, mrr, map.
+
+pair_encoding: bi encodes the query and each candidate apart (a retrieval bi-encoder, sentence-transformers'
+MultipleNegativesRankingLoss): mean pooling, score = bi_scale * cosine (bi_score: cosine, the default) or the dot
+product (bi_score: dot); with in_batch_negatives (default true) every other candidate in the batch is a negative
+too. At inference each distinct text is encoded once, so a candidate pool shared by many queries costs its size.
 """
 
 from __future__ import annotations
 
 import collections
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from mtdnn.collate import Collator
-from mtdnn.heads import NEG, PooledLinear, symmetric_kl
+from mtdnn.collate import MODEL_INPUTS, SECOND, Collator
+from mtdnn.heads import NEG, PooledLinear, pool, symmetric_kl
 from mtdnn.kinds import BadRows, Kind, map_rows
+from mtdnn.kinds._bi import is_bi
 
 if TYPE_CHECKING:
     from mtdnn.tasks import TaskSpec
@@ -113,20 +121,40 @@ def encode(spec: TaskSpec, tokenizer, ds, hidden: bool):
             out["labels"].append([0] * len(candidates) if hidden else [max(r, 0) for r in relevance])
         return dict(out)
 
-    return map_rows(ds, pairs, f"tokenising {spec.name}")
+    def apart(batch: dict[str, list]) -> dict[str, list]:
+        """pair_encoding: bi: the query (input_ids ...) and its candidates (input_ids_b ...) tokenised apart."""
+        out = collections.defaultdict(list)
+        for query, candidates, relevance in zip(batch["query"], batch["candidates"], batch["relevance"]):
+            first = tokenizer(query, truncation=True, max_length=spec.max_length)
+            second = tokenizer(candidates, truncation=True, max_length=spec.max_length)
+            for key in (k for k in MODEL_INPUTS if k in first):
+                out[key].append(first[key])
+                out[key + SECOND].append(second[key])
+            out["length"].append(max(map(len, [first["input_ids"], *second["input_ids"]])))
+            out["labels"].append([0] * len(candidates) if hidden else [max(r, 0) for r in relevance])
+        return dict(out)
+
+    return map_rows(ds, apart if is_bi(spec) else pairs, f"tokenising {spec.name}")
 
 
 class GroupCollator:
-    """A batch of groups -> the candidates stacked (N, L), with each candidate's group and slot in the group."""
+    """A batch of groups -> the candidates stacked (N, L), with each candidate's group and slot in the group.
+    Bi-encoded groups: the queries first, then the candidates ([G queries; N candidates], L); `group` and
+    `slot` still describe the N candidates (the head takes the last N rows as candidates)."""
 
     def __init__(self, pad_id: int, multiple_of: int = 8):
         self.flat = Collator(pad_id, multiple_of)
 
     def __call__(self, rows: dict[str, list]) -> dict[str, torch.Tensor]:
-        sizes = [len(group) for group in rows["input_ids"]]
-        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in rows]
-        flat = {k: [seq for group in rows[k] for seq in group] for k in keys}
-        batch = self.flat({**flat, "labels": [0] * sum(sizes)})
+        apart = "input_ids" + SECOND in rows
+        candidates = rows["input_ids" + SECOND] if apart else rows["input_ids"]
+        sizes = [len(group) for group in candidates]
+        keys = [k for k in MODEL_INPUTS if k in rows]
+        if apart:
+            flat = {k: list(rows[k]) + [seq for group in rows[k + SECOND] for seq in group] for k in keys}
+        else:
+            flat = {k: [seq for group in rows[k] for seq in group] for k in keys}
+        batch = self.flat({**flat, "labels": [0] * len(flat["input_ids"])})
         batch["group"] = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
         batch["slot"] = torch.cat([torch.arange(n) for n in sizes])
         relevance = torch.zeros(len(sizes), max(sizes), dtype=torch.long)
@@ -200,8 +228,111 @@ class RankingHead(PooledLinear):
         return symmetric_kl(group_matrix(logits_a, batch), group_matrix(logits_b, batch))
 
 
+def own_scores(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Each candidate's score by its own query (N,): a cross-encoder's output as it is; from a bi-encoder's
+    (queries, candidates) matrix, the entries of each candidate's own group."""
+    if logits.dim() == 1:
+        return logits
+    return logits[batch["group"], torch.arange(logits.shape[1], device=logits.device)]
+
+
+class BiRankingHead(nn.Module):
+    """pair_encoding: bi. Rows [G queries; N candidates] are mean-pooled and every query scores every candidate
+    of the batch: bi_scale * cosine, or the dot product. Output: the (G, N) score matrix. The loss is softmax
+    cross-entropy over the batch's candidates (in_batch_negatives) or over the group's own only."""
+
+    reads = ("group",)  # batch fields MultiTaskModel passes on: which rows are candidates, and whose
+
+    def __init__(self, score: str, scale: float, in_batch_negatives: bool):
+        super().__init__()
+        self.cosine = score == "cosine"
+        self.scale = float(scale) if self.cosine else 1.0
+        self.in_batch_negatives = in_batch_negatives
+
+    def embed(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        pooled = pool(hidden.float(), mask, "mean", None)
+        return F.normalize(pooled, dim=-1) if self.cosine else pooled
+
+    def score(self, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        return self.scale * queries @ candidates.T
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None,
+                group: torch.Tensor) -> torch.Tensor:
+        embedded = self.embed(hidden, mask)
+        queries = len(embedded) - len(group)
+        return self.score(embedded[:queries], embedded[queries:])
+
+    def softmax_logits(self, scores: torch.Tensor, batch: dict) -> torch.Tensor:
+        """What the softmax runs over per query: every candidate of the batch, or its group's (masked)."""
+        return scores if self.in_batch_negatives else group_matrix(own_scores(scores, batch), batch)
+
+    def loss(self, scores: torch.Tensor, batch: dict) -> torch.Tensor:
+        relevant = batch["labels"] > 0  # (groups, most candidates)
+        if self.in_batch_negatives:  # query g's positives: its own group's correct candidates among all N
+            group = batch["group"]
+            mine = group.unsqueeze(0) == torch.arange(len(relevant), device=group.device).unsqueeze(1)
+            relevant = mine & relevant[group, batch["slot"]].unsqueeze(0)
+        log_p = F.log_softmax(self.softmax_logits(scores, batch), -1)
+        return -(log_p.masked_fill(~relevant, NEG).logsumexp(-1)).mean()
+
+    def divergence(self, scores_a: torch.Tensor, scores_b: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Per query: symmetric KL between the two distributions the loss's softmax makes."""
+        return symmetric_kl(self.softmax_logits(scores_a, batch), self.softmax_logits(scores_b, batch))
+
+
+@torch.no_grad()
+def bi_outputs(model, spec: TaskSpec, encoded, collate: GroupCollator, batch_size: int, device: torch.device,
+               bf16: bool) -> list[torch.Tensor]:
+    """Each group's candidate scores, every distinct text (query or candidate) encoded once: a candidate pool
+    shared by many queries is embedded once, not once per query."""
+    keys = [k for k in MODEL_INPUTS if k in encoded.column_names]
+    table: dict[tuple[int, ...], int] = {}  # token ids -> row of the embedding table
+    texts: list[dict[str, list[int]]] = []
+
+    def row_of(text: dict[str, list[int]]) -> int:
+        key = tuple(text["input_ids"])
+        if key not in table:
+            table[key] = len(texts)
+            texts.append(text)
+        return table[key]
+
+    groups = [(row_of({k: row[k] for k in keys}),
+               [row_of({k: row[k + SECOND][j] for k in keys}) for j in range(len(row["input_ids" + SECOND]))])
+              for row in encoded]
+    embedded = embed_texts(model, spec.name, texts, collate.flat, batch_size, device, bf16)
+    head = model.head(spec.name)
+    return [head.score(embedded[query: query + 1], embedded[candidates]).squeeze(0)
+            for query, candidates in groups]
+
+
+def embed_texts(model, task: str, texts: list[dict[str, list[int]]], collate: Collator, batch_size: int,
+                device: torch.device, bf16: bool) -> torch.Tensor:
+    """(texts, hidden) embeddings by the task's bi ranking head, shortest texts batched together."""
+    head = model.head(task)
+    order = np.argsort([len(text["input_ids"]) for text in texts], kind="stable")
+    parts = []
+    for start in range(0, len(order), batch_size):
+        rows = [texts[i] for i in order[start: start + batch_size]]
+        batch = collate({**{k: [r[k] for r in rows] for k in rows[0]}, "labels": [0] * len(rows)})
+        inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            hidden = model.encode(task, **inputs).last_hidden_state
+        parts.append(head.embed(hidden, inputs["attention_mask"]).float().cpu())
+    embedded = torch.cat(parts) if parts else torch.empty(0, 0)
+    return embedded[torch.as_tensor(np.argsort(order, kind="stable"))]  # back to the texts' order
+
+
+@dataclass
+class Options:
+    bi_score: str = "cosine"  # pair_encoding: bi only: cosine | dot
+    bi_scale: float = 20.0  # bi_score: cosine: the similarity is multiplied by this before the softmax
+    in_batch_negatives: bool = True  # pair_encoding: bi only: the batch's other candidates are negatives too
+
+
 class Ranking(Kind):
     name = "ranking"
+    bi_encoding = True
+    Options = Options
     summary = "scores (query, candidate) pairs; softmax over a group's candidates (answer selection, multiple choice)"
     metrics = ("accuracy", "mrr", "map")
     default_metrics = ("accuracy", "mrr", "map")
@@ -217,6 +348,11 @@ class Ranking(Kind):
             problems.append(f"{where}columns.text: one row per candidate needs the candidate text column")
         if isinstance(cols.candidates, list) and len(cols.candidates) < 2:
             problems.append(f"{where}columns.candidates: one column per candidate needs at least 2 columns")
+        options = spec.options
+        if options.bi_score not in ("cosine", "dot"):
+            problems.append(f"{where}bi_score: must be cosine or dot, got '{options.bi_score}'")
+        if options.bi_scale is not None and not 0 < options.bi_scale < math.inf:  # None: a type error, reported
+            problems.append(f"{where}bi_scale: must be a positive number, got {options.bi_scale}")
         return problems
 
     def regroup(self, spec: TaskSpec, ds):
@@ -241,21 +377,30 @@ class Ranking(Kind):
     def submission_value(self, spec: TaskSpec, record: dict) -> Any:
         return record["ranking"][0]  # the index of the top candidate (COPA's choice)
 
-    def head(self, hidden_size: int, spec: TaskSpec, pooling: str) -> RankingHead:
+    def head(self, hidden_size: int, spec: TaskSpec, pooling: str) -> RankingHead | BiRankingHead:
+        if is_bi(spec):
+            return BiRankingHead(spec.options.bi_score, spec.options.bi_scale, spec.options.in_batch_negatives)
         return RankingHead(hidden_size, 1, spec.dropout, pooling)
 
+    def scores_untrained(self, spec: TaskSpec) -> bool:
+        return is_bi(spec)
+
     def row_output(self, batch: dict, logits: torch.Tensor, j: int) -> torch.Tensor:
-        return logits[batch["group"] == j]
+        return own_scores(logits, batch)[batch["group"] == j]
+
+    def forward_split(self, spec: TaskSpec, model, encoded, collate, batch_size: int, device: torch.device,
+                      bf16: bool) -> list[torch.Tensor] | None:
+        return bi_outputs(model, spec, encoded, collate, batch_size, device, bf16) if is_bi(spec) else None
 
     def evaluate(self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]) -> tuple[list[dict], dict | None]:
         return group_records(spec, raw, [o.numpy() for o in outputs])
 
     # distillation: the teachers' distribution over each group's candidates
     def teacher_soft(self, logits: torch.Tensor, batch: dict, temperature: float) -> torch.Tensor:
-        return F.softmax(group_matrix(logits.float(), batch) / temperature, -1)
+        return F.softmax(group_matrix(own_scores(logits.float(), batch), batch) / temperature, -1)
 
     def kd_term(self, logits: torch.Tensor, soft: torch.Tensor, batch: dict, temperature: float) -> torch.Tensor:
-        log_p = F.log_softmax(group_matrix(logits.float(), batch) / temperature, -1)
+        log_p = F.log_softmax(group_matrix(own_scores(logits.float(), batch), batch) / temperature, -1)
         return F.kl_div(log_p, soft.float(), reduction="batchmean") * temperature**2
 
     def export_model(self, spec: TaskSpec, config, head, encoder, pooling: str):
