@@ -1,5 +1,5 @@
 """`python -m mtdnn.export run_dir=DIR task=NAME out=DIR [checkpoint=best] [overwrite=false]
-[format=hf|onnx|sentence-transformers] [quantize=int8]`
+[format=hf|onnx|sentence-transformers|peft] [quantize=int8]`
 (the run folder may also come first, without `run_dir=`).
 
 Writes one task of a run as a HuggingFace model folder (config.json, model.safetensors, tokenizer, and a
@@ -9,7 +9,8 @@ head maps (`export_model` in mtdnn/kinds/<kind>.py; the mappings are in mtdnn/hf
 AutoModelForQuestionAnswering, tagging -> AutoModelForTokenClassification, classification, regression and ranking
 (a cross-encoder score per pair) -> AutoModelForSequenceClassification (pooling=mean ships a 30-line modeling
 file beside the weights: trust_remote_code=True). A `pair_encoding: bi` task exports as a sentence-transformers
-folder (format=sentence-transformers, mtdnn/st_export.py).
+folder (format=sentence-transformers, mtdnn/st_export.py). A LoRA / IA3 run's task adapter alone exports as a
+peft adapter folder (format=peft: `PeftModel.from_pretrained(AutoModel.from_pretrained(base), DIR)`; no head).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from torch import nn
 
 from mtdnn import kinds
 from mtdnn.cli import argv, load_run, parse_args, select_tasks
+from mtdnn.config import AdapterConfig
 from mtdnn.errors import MtdnnError, cli_errors
 from mtdnn.export_modeling import MeanPooledForSequenceClassification  # also shipped as remote code
-from mtdnn.peft_adapters import SHARED, PeftAdapters, merged_encoder
+from mtdnn.peft_adapters import SHARED, PeftAdapters, merged_encoder, write_peft_folder
 from mtdnn.model_card import model_card
 from mtdnn.kinds._bi import is_bi
 from mtdnn.onnx_backend import copy_run_files, export_onnx
@@ -48,14 +50,20 @@ class ExportConfig:
     language: str = "en"  # the model card's language tag
     format: str = "hf"  # hf (a transformers model folder) | onnx (ONNX Runtime; see mtdnn/onnx_backend.py)
     #                     | sentence-transformers (a bi-encoder task's embedding model; mtdnn/st_export.py)
+    #                     | peft (a LoRA / IA3 run's task adapter as a peft adapter folder)
     quantize: Optional[str] = None  # with format=onnx: int8 also writes model_int8.onnx (dynamic quantization)
+
+
+def adapter_name(run, spec: TaskSpec) -> str:
+    """The name of `spec`'s peft adapter in the run's encoder."""
+    return spec.name if run.model.adapters.per_task else SHARED
 
 
 def plain_encoder(run, spec: TaskSpec) -> nn.Module:
     """The run's encoder as a plain transformers model for `spec`'s task (LoRA / IA3 merged in)."""
     encoder = run.model.encoder
     if isinstance(run.model.adapters, PeftAdapters):  # LoRA / IA3 merge into the weights: a plain model again
-        encoder = merged_encoder(encoder, spec.name if run.model.adapters.per_task else SHARED)
+        encoder = merged_encoder(encoder, adapter_name(run, spec))
     elif run.model.adapters is not None:
         raise MtdnnError("export: this run trained adapters (adapter.kind="
                          f"{run.config.adapter.kind}); standard HuggingFace classes have no place for them "
@@ -82,9 +90,12 @@ def export(cfg: ExportConfig) -> Path:
     out = Path(cfg.out).expanduser()
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise MtdnnError(f"out: {out} already exists and is not empty; pass overwrite=true or another out=")
-    if cfg.format not in ("hf", "onnx", "sentence-transformers"):
-        raise MtdnnError(f"format: must be hf, onnx or sentence-transformers, got '{cfg.format}'")
-    if is_bi(spec) and cfg.format != "sentence-transformers":
+    if cfg.format not in ("hf", "onnx", "sentence-transformers", "peft"):
+        raise MtdnnError(f"format: must be hf, onnx, sentence-transformers or peft, got '{cfg.format}'")
+    if cfg.format == "peft" and not isinstance(run.model.adapters, PeftAdapters):
+        raise MtdnnError("format: peft exports a LoRA / IA3 adapter, and this run trained "
+                         f"{'no adapter' if run.model.adapters is None else 'adapter.kind=' + run.config.adapter.kind}")
+    if is_bi(spec) and cfg.format not in ("sentence-transformers", "peft"):
         raise MtdnnError(f"format: task {spec.name} is a bi-encoder (pair_encoding: bi): export it with "
                          f"format=sentence-transformers, not {cfg.format}")
     if cfg.quantize not in (None, "int8") or (cfg.quantize and cfg.format != "onnx"):
@@ -97,6 +108,11 @@ def export(cfg: ExportConfig) -> Path:
         export_onnx(run, spec, staging, cfg.quantize)
         copy_run_files(run.run_dir, spec, staging, run.tokenizer)
         (staging / "README.md").write_text(model_card(run, spec, cfg.checkpoint, cfg.language), encoding="utf-8")
+        return _replace(staging, out)
+    if cfg.format == "peft":
+        staging.mkdir(parents=True)
+        write_peft_folder(run.model.encoder, adapter_name(run, spec), AdapterConfig(**run.config.adapter),
+                          run.config.encoder.name, staging)
         return _replace(staging, out)
     if cfg.format == "sentence-transformers":
         staging.mkdir(parents=True)

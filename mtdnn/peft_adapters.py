@@ -9,11 +9,13 @@ Either one shared by every task, or with `adapter.per_task=true` each task its o
 merges it for export. Target modules default to peft's per-architecture maps (BERT/RoBERTa LoRA: query, value;
 IA3: key, value, output.dense). The adapter weights train with trainer.head_lr, like the heads: new weights that
 start as the identity (LoRA's B = 0, IA3's scales = 1), so training starts from the unchanged encoder.
+`write_peft_folder` saves one task's adapter as peft saves its own (`PeftModel.from_pretrained(base, folder)`).
 """
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 from torch import nn
 
@@ -99,3 +101,18 @@ def merged_encoder(encoder: nn.Module, adapter_name: str) -> nn.Module:
             parent_name, _, child = name.rpartition(".")
             setattr(plain.get_submodule(parent_name) if parent_name else plain, child, module.get_base_layer())
     return plain
+
+
+def write_peft_folder(encoder: nn.Module, adapter_name: str, cfg: AdapterConfig, base_model: str, out: Path) -> None:
+    """`adapter_name`'s adapter as peft writes it (adapter_config.json, adapter_model.safetensors), so that
+    `PeftModel.from_pretrained(AutoModel.from_pretrained(base_model), out)` is the task's adapted encoder."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    config = peft_config(cfg, getattr(encoder.config, "model_type", ""))
+    config.base_model_name_or_path = base_model
+    config.save_pretrained(str(out))
+    state = get_peft_model_state_dict(encoder, adapter_name=adapter_name, save_embedding_layers=False)
+    # a PeftModel holds the encoder as base_model.model, and peft's files name the weights from there
+    save_file({f"base_model.model.{k}": v.contiguous() for k, v in state.items()}, str(out / "adapter_model.safetensors"),
+              metadata={"format": "pt"})

@@ -4,6 +4,8 @@
     tasks/<name>.yaml      resolved task specs (label maps included)
     tokenizer/             the tokenizer, saved
     encoder/config.json    the encoder architecture (weights live in checkpoints)
+    encoder/frozen.safetensors  adapter runs: the frozen encoder weights, written once; their checkpoints then
+                           hold only what trains (adapters, heads, LayerNorms) and name this file in their metadata
     checkpoints/step_N/    model.safetensors + trainer_state.pt (optimizer, scheduler, sampler, RNG,
                            regularizer state such as SMART's teacher); the last `keep_last` plus the best
     best.json              which checkpoint scored best, and its validation metrics
@@ -38,12 +40,15 @@ import torch
 import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import save as save_bytes
 
 from mtdnn.errors import MtdnnError, first_line
 from mtdnn.model import inference_state_dict, parametrized_modules
 from mtdnn.tasks import TaskSpec, spec_from_dict, spec_to_dict
 
 CHECKPOINTS = "checkpoints"
+FROZEN = Path("encoder") / "frozen.safetensors"  # an adapter run's frozen encoder weights, relative to the run
+FROZEN_KEY = "frozen_weights"  # checkpoint metadata: where its frozen weights are, relative to its folder
 log = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -148,7 +153,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, trainer_st
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        save_weights(model, staging / "model.safetensors")
+        save_weights(model, staging / "model.safetensors", run_dir / FROZEN)
         torch.save(trainer_state, staging / "trainer_state.pt")
         _fsync_tree(staging)
         _replace_dir(staging, final)
@@ -221,18 +226,54 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_weights(model: torch.nn.Module, path: Path) -> None:
-    """Plain weights: a reparametrized weight (R4F, Mixout) is stored at its inference value, under its usual name."""
-    if parametrized_modules(model):
+def save_weights(model: torch.nn.Module, path: Path, frozen_file: Path | None = None) -> None:
+    """Plain weights: a reparametrized weight (R4F, Mixout) is stored at its inference value, under its usual name.
+    With `frozen_file`, an adapter model's frozen weights go there once and `path` holds only the rest."""
+    frozen = frozen_names(model) if frozen_file is not None else set()
+    if frozen:
+        state = model.state_dict()
+        if not frozen_file.is_file():  # they never change: written once per run
+            write_atomic(frozen_file, save_bytes({k: state[k].contiguous() for k in sorted(frozen)}))
+        relative = os.path.relpath(frozen_file, path.parent)  # a staging folder sits beside its final place
+        save_file({k: v.contiguous() for k, v in state.items() if k not in frozen}, str(path),
+                  metadata={FROZEN_KEY: relative})
+    elif parametrized_modules(model):
         save_file({k: v.contiguous() for k, v in inference_state_dict(model).items()}, str(path))
     else:
         save_model(model, str(path))
 
 
+def frozen_names(model: torch.nn.Module) -> set[str]:
+    """Weights that never change in training: an adapter model's frozen encoder (none otherwise, or when a
+    regularizer reparametrized weights)."""
+    if getattr(model, "adapters", None) is None or parametrized_modules(model):
+        return set()
+    return {name for name, param in model.named_parameters() if not param.requires_grad}
+
+
+def frozen_weights_of(path: Path) -> str | None:
+    """Where an adapter-only checkpoint's frozen weights are, relative to its folder (None: a whole checkpoint)."""
+    with safe_open(str(path), "pt") as handle:
+        return (handle.metadata() or {}).get(FROZEN_KEY)
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights, an adapter-only checkpoint's frozen encoder weights merged in."""
+    frozen = frozen_weights_of(path)
+    weights = load_file(str(path))
+    if frozen is None:
+        return weights
+    base = (path.parent / frozen).resolve()
+    if not base.is_file():
+        raise MtdnnError(f"{path}: holds adapter weights only, and the frozen encoder weights it was trained on, "
+                         f"{base}, are missing (copy the whole run folder)")
+    return {**load_file(str(base)), **weights}
+
+
 def _load_into_parametrized(model: torch.nn.Module, path: Path) -> tuple[list[str], list[str]]:
     """Plain weights into a reparametrized model: `m.weight` goes to `m.parametrizations.weight.original`; the
     parametrizations' own state (power-iteration vectors, pretrained anchors) comes with the regularizer's."""
-    state = load_file(str(path))
+    state = read_weights(path)
     for name, module in parametrized_modules(model).items():
         prefix = f"{name}." if name else ""
         for tensor_name in module.parametrizations:
@@ -246,8 +287,12 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     try:
         if parametrized_modules(model):
             missing, unexpected = _load_into_parametrized(model, path)
-        else:
+        elif frozen_weights_of(path) is not None:
+            missing, unexpected = model.load_state_dict(read_weights(path), strict=False)
+        else:  # safetensors' loader restores tensors saved once for several names (tied weights)
             missing, unexpected = load_model(model, str(path), strict=False)
+    except MtdnnError:
+        raise
     except Exception as err:  # safetensors raises its own error types for truncated or foreign files
         raise MtdnnError(f"{path}: cannot read checkpoint weights: {type(err).__name__}: {err}") from None
     if missing or unexpected:

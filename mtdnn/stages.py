@@ -12,16 +12,14 @@ from omegaconf import DictConfig
 from mtdnn.distributed import Distributed
 from mtdnn.errors import MtdnnError, raise_if
 from mtdnn.model import MultiTaskModel
-from mtdnn.rundir import best_checkpoint, list_checkpoints, write_json
+from mtdnn.rundir import best_checkpoint, list_checkpoints, read_weights, write_json
 
 log = logging.getLogger("mtdnn")
 
 
 def init_from_run(model: MultiTaskModel, run_dir: Path, keep_heads: bool) -> dict[str, torch.Tensor]:
     """Load an earlier run's best encoder weights into `model`; return its head weights to keep (or none)."""
-    from safetensors.torch import load_file
-
-    weights = load_file(str(best_checkpoint(run_dir) / "model.safetensors"))
+    weights = read_weights(best_checkpoint(run_dir) / "model.safetensors")
     encoder = {k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("encoder.")}
     missing, unexpected = model.encoder.load_state_dict(encoder, strict=False)
     if missing or unexpected:

@@ -12,6 +12,7 @@ from conftest import compose_train, tiny_overrides
 from mtdnn.adapters import trainable_parameters
 from mtdnn.cli import load_run
 from mtdnn.config import AdapterConfig
+from mtdnn.errors import MtdnnError
 from mtdnn.model import MultiTaskModel
 from mtdnn.train import run
 from test_smart import _batch, _spec, _tiny_model
@@ -77,6 +78,48 @@ def test_peft_adapters_learn_with_a_frozen_encoder_and_export_merged(tmp_path, t
     enc = loaded.tokenizer(["the movie great", "plot awful awful", "a film"], padding=True, return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(plain(**enc).logits, loaded.model("toy_sent", **enc), atol=1e-5)
+    assert_adapter_only_checkpoints(tmp_path / "run", loaded.model)
+    peft_folder = export(ExportConfig(run_dir=str(tmp_path / "run"), task="toy_sent", out=str(tmp_path / "peft"),
+                                      format="peft"))
+    assert_peft_folder_adapts_the_base_like_the_run(peft_folder, tmp_path / "run", loaded, enc)
+
+
+def assert_adapter_only_checkpoints(run_dir, model):
+    """Checkpoints hold what trains (adapters, heads); the frozen encoder is written once beside them."""
+    from safetensors import safe_open
+
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    with safe_open(str(run_dir / "encoder" / "frozen.safetensors"), "pt") as handle:
+        assert set(handle.keys()) == frozen
+    for checkpoint in (run_dir / "checkpoints").glob("step_*"):
+        with safe_open(str(checkpoint / "model.safetensors"), "pt") as handle:
+            saved = set(handle.keys())
+        assert saved and not saved & frozen and saved | frozen >= {n for n, _ in model.named_parameters()}
+    (run_dir / "encoder" / "frozen.safetensors").rename(run_dir / "frozen.moved")
+    try:
+        with pytest.raises(MtdnnError, match="holds adapter weights only.*frozen.safetensors.*are missing"):
+            load_run(str(run_dir), "best", torch.device("cpu"))
+    finally:
+        (run_dir / "frozen.moved").rename(run_dir / "encoder" / "frozen.safetensors")
+
+
+def assert_peft_folder_adapts_the_base_like_the_run(folder, run_dir, loaded, enc):
+    """PeftModel.from_pretrained(base, folder) computes the run's adapted encoder (the base rebuilt here from the
+    run's frozen weights: the tiny test encoder is on no hub)."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModel
+
+    base = AutoModel.from_config(AutoConfig.from_pretrained(str(run_dir / "encoder")))
+    frozen = load_file(str(run_dir / "encoder" / "frozen.safetensors"))
+    missing, _ = base.load_state_dict({k.removeprefix("encoder.").replace(".base_layer.", "."): v
+                                       for k, v in frozen.items()}, strict=False)
+    assert not [k for k in missing if "position_ids" not in k]
+    adapted = PeftModel.from_pretrained(base, str(folder)).eval()
+    with torch.no_grad():
+        ours = loaded.model.encode("toy_sent", **enc).last_hidden_state
+        theirs = adapted(**enc).last_hidden_state
+    assert torch.allclose(theirs, ours, atol=1e-5)
 
 
 def test_per_task_lora_composes_with_smart_whose_teacher_copies_the_adapted_model(tmp_path, toy_tasks):
@@ -95,3 +138,25 @@ def test_per_task_lora_composes_with_smart_whose_teacher_copies_the_adapted_mode
     loaded = load_run(str(tmp_path / "run"), "best", torch.device("cpu"))
     names = [n for n, _ in loaded.model.named_parameters() if ".lora_A.toy_sent." in n]
     assert names and all(n.replace("toy_sent", "toy_count") in dict(loaded.model.named_parameters()) for n in names)
+
+
+def test_an_adapter_only_checkpoint_resumes_exactly(tmp_path, toy_tasks):
+    import json
+    import shutil
+
+    from safetensors.torch import load_file
+
+    base = tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "adapter=lora", "adapter.per_task=true",
+                          "regularizer=smart", "trainer.max_steps=8", "trainer.eval_every=4", "trainer.log_every=1",
+                          "trainer.keep_last=5", "predict_test=false")
+    run(compose_train(base), tmp_path / "straight")
+    run(compose_train(base), tmp_path / "cut")
+    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step_0000008")
+    assert run(compose_train(base + ["resume=auto"]), tmp_path / "cut")["resumed_at_step"] == 4
+    wa, wb = (load_file(str(tmp_path / d / "checkpoints" / "step_0000008" / "model.safetensors"))
+              for d in ("straight", "cut"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not any(".base_layer." in k or "embeddings" in k for k in wa)  # adapters and heads only
+    logs = [[json.loads(line) for line in (tmp_path / d / "train_log.jsonl").read_text().splitlines()]
+            for d in ("straight", "cut")]
+    assert [r.get("loss/toy_sent") for r in logs[0]] == [r.get("loss/toy_sent") for r in logs[1]]

@@ -7,10 +7,9 @@ import os
 import re
 from pathlib import Path
 
-from safetensors.torch import load_file
-
 from mtdnn.distill.targets import teacher_weights
 from mtdnn.errors import MtdnnError
+from mtdnn.rundir import read_weights
 
 log = logging.getLogger("mtdnn")
 
@@ -25,7 +24,7 @@ def shallow_student(teacher_dir: str, checkpoint: str, keep_every: int):
     kept = list(range(0, teacher_layers, keep_every))
     config.num_hidden_layers = len(kept)
     encoder = AutoModel.from_config(config)
-    weights = load_file(str(teacher_weights(teacher_dir, checkpoint)))
+    weights = read_weights(teacher_weights(teacher_dir, checkpoint))
     renumber = {old: new for new, old in enumerate(kept)}
     state, heads = {}, {}
     for key, tensor in weights.items():
