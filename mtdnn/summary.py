@@ -8,6 +8,8 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+
 from mtdnn import kinds
 from mtdnn.adapters import trainable_parameters
 from mtdnn.checkpoint import TrainState
@@ -83,6 +85,7 @@ def write_summary(cfg, model, tasks, collators, plan: Plan, state: TrainState, o
         "trainable_parameters": trainable_parameters(model),
         "seconds": round(time.time() - started, 1),
         "train_seconds": round(state.train_seconds, 2),  # in training steps only (no evaluation, no setup)
+        "peak_memory_mb": peak_memory_mb(device),
     }
     if (output_dir / ZERO_SHOT).is_file():  # bi-encoder tasks scored before training, beside the fine-tuned
         summary["zero_shot"] = json.loads((output_dir / ZERO_SHOT).read_text())
@@ -114,3 +117,13 @@ def format_summary(summary: dict) -> str:
             lines.append(f"  {task}: skipped bad rows {info['skipped_rows']} (on_bad_row: skip)")
     lines.append(f"  written to {summary['run_dir']}/summary.json")
     return "\n".join(lines)
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """The run's memory high-water mark: the accelerator's allocated peak, and the process's resident set."""
+    import resource
+
+    peak = {"process_rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # Linux: KiB
+    if device.type == "cuda":
+        peak["cuda_allocated"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return peak
