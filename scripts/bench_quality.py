@@ -66,9 +66,10 @@ def run_one(arm: Arm, args: argparse.Namespace, threads: int) -> str:
     return run_child(command(arm, args, out), out, out.parent / f"seed{arm.seed}.log", threads)
 
 
-def run_child(cmd: list[str], out: Path, log_file: Path, threads: int) -> str:
+def run_child(cmd: list[str], out: Path, log_file: Path, threads: int, keep_checkpoints: bool = False) -> str:
     """Run `cmd` (a training run writing into `out`) in a child process with `threads` threads, unless out's
-    summary.json exists; keep its output in `log_file`, drop its checkpoints. Returns a status line."""
+    summary.json exists; keep its output in `log_file`, drop its checkpoints (unless `keep_checkpoints`: a run
+    that is loaded again later). Returns a status line."""
     if (out / "summary.json").is_file():
         return f"done already: {out}"
     shutil.rmtree(out, ignore_errors=True)
@@ -78,7 +79,8 @@ def run_child(cmd: list[str], out: Path, log_file: Path, threads: int) -> str:
     started = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     log_file.write_text(done.stdout + done.stderr)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # ~260 MB a run; the summary and logs stay
+    if not keep_checkpoints:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # ~260 MB a run; the summary and logs stay
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         return f"FAILED ({done.returncode}) {out}: {tail[0]} (log: {log_file})"

@@ -163,6 +163,11 @@ def test_bi_ranking_batches_queries_then_candidates_and_its_loss_is_multiple_neg
     expected = (F.cross_entropy(scores[:1, :2], torch.tensor([1])) + F.cross_entropy(scores[1:, 2:], torch.tensor([0]))) / 2
     assert torch.allclose(own.loss(out, batch), expected, atol=1e-5)
     assert head.divergence(out, out.flip(1), batch).shape == (2,) and head.divergence(out, out, batch).abs().max() < 1e-6
+    # candidate 1 (query 0's answer) gets the text of query 1's answer: for query 1 that copy is left out rather
+    # than made a negative (a candidate pool shared by queries must not fight itself); for query 0 it stays its own
+    batch["input_ids"][3] = batch["input_ids"][4]
+    logits = head.softmax_logits(out, batch)
+    assert logits[1, 1] < -1e3 and logits[1, 0] == out[1, 0] and logits[0, 1] == out[0, 1]
 
 
 def test_bi_ranking_inference_encodes_each_distinct_text_once_and_scores_like_embedding_each_alone(find_run):
@@ -233,19 +238,24 @@ def test_the_sentence_transformers_export_embeds_like_the_run(bi_run, tmp_path):
         export(ExportConfig(run_dir=str(out), task="toy_sim", out=str(tmp_path / "hf")))
 
 
-def test_a_bi_student_distils_from_a_cross_encoder_teacher(tmp_path):
+def test_bi_students_distil_from_cross_encoder_teachers(tmp_path):
+    """Regression and ranking teachers read pairs jointly; the students read them apart (pair_encoding: bi)."""
     folder = write_toy_tasks(tmp_path / "tasks")
     write_task(folder, "toy_sim", "regression", {"train": topic_pairs(200, 3), "validation": topic_pairs(60, 4)},
                {"text": "a", "text_pair": "b", "label": "score"})
-    common = ["task=toy_sim", "trainer.max_steps=60", "trainer.eval_every=60", "predict_test=false"]
+    write_task(folder, "toy_find", "ranking", {"train": topic_groups(120, 7), "validation": topic_groups(60, 8)},
+               {"query": "q", "candidates": "opts", "label": "ans"}, fmt="jsonl", metrics=["accuracy"])
+    common = ["task=[toy_sim,toy_find]", "trainer.max_steps=100", "trainer.eval_every=100", "predict_test=false"]
     run(compose_train(tiny_overrides(folder, *common)), tmp_path / "teacher")
     student = run(compose_train(tiny_overrides(folder, *common, "distill=ensemble",
                                                f"distill.teachers=[{tmp_path / 'teacher'}]",
                                                "+task_overrides.toy_sim.pair_encoding=bi",
-                                               "+task_overrides.toy_sim.label_range=[0,4]")), tmp_path / "student")
-    assert "toy_sim" in student["zero_shot"]
-    assert student["distillation"][0]["task"] == "toy_sim"
-    assert student["validation"]["toy_sim"]["pearson"] > student["zero_shot"]["toy_sim"]["pearson"]
+                                               "+task_overrides.toy_sim.label_range=[0,4]",
+                                               "+task_overrides.toy_find.pair_encoding=bi")), tmp_path / "student")
+    assert set(student["zero_shot"]) == {"toy_sim", "toy_find"}
+    assert {r["task"] for r in student["distillation"]} == {"toy_sim", "toy_find"}
+    for task, metric in (("toy_sim", "pearson"), ("toy_find", "accuracy")):
+        assert student["validation"][task][metric] > student["zero_shot"][task][metric] + 0.2, task
     with pytest.raises(MtdnnError, match="on_the_fly .* pair_encoding cross"):
         run(compose_train(tiny_overrides(folder, *common, "distill=ensemble", "distill.soft_targets=on_the_fly",
                                          f"distill.teachers=[{tmp_path / 'teacher'}]",

@@ -263,16 +263,28 @@ class BiRankingHead(nn.Module):
         return self.score(embedded[:queries], embedded[queries:])
 
     def softmax_logits(self, scores: torch.Tensor, batch: dict) -> torch.Tensor:
-        """What the softmax runs over per query: every candidate of the batch, or its group's (masked)."""
-        return scores if self.in_batch_negatives else group_matrix(own_scores(scores, batch), batch)
+        """What the softmax runs over per query: every candidate of the batch, or its group's (masked). Another
+        group's candidate with the very text of one of the query's answers is left out, not made a negative."""
+        if not self.in_batch_negatives:
+            return group_matrix(own_scores(scores, batch), batch)
+        ids = batch["input_ids"][-scores.shape[1]:]  # the candidates' token ids
+        same_text = (ids.unsqueeze(0) == ids.unsqueeze(1)).all(-1).float()  # (N, N)
+        copies_of_answers = (self.positives(batch).float() @ same_text) > 0
+        return scores.masked_fill(copies_of_answers & ~self.own(batch), NEG)
+
+    @staticmethod
+    def own(batch: dict) -> torch.Tensor:
+        """(G, N): candidate n belongs to query g's group."""
+        group = batch["group"]
+        return group.unsqueeze(0) == torch.arange(len(batch["labels"]), device=group.device).unsqueeze(1)
+
+    def positives(self, batch: dict) -> torch.Tensor:
+        """(G, N): candidate n is a correct answer of query g."""
+        return self.own(batch) & (batch["labels"] > 0)[batch["group"], batch["slot"]].unsqueeze(0)
 
     def loss(self, scores: torch.Tensor, batch: dict) -> torch.Tensor:
-        relevant = batch["labels"] > 0  # (groups, most candidates)
-        if self.in_batch_negatives:  # query g's positives: its own group's correct candidates among all N
-            group = batch["group"]
-            mine = group.unsqueeze(0) == torch.arange(len(relevant), device=group.device).unsqueeze(1)
-            relevant = mine & relevant[group, batch["slot"]].unsqueeze(0)
         log_p = F.log_softmax(self.softmax_logits(scores, batch), -1)
+        relevant = self.positives(batch) if self.in_batch_negatives else batch["labels"] > 0
         return -(log_p.masked_fill(~relevant, NEG).logsumexp(-1)).mean()
 
     def divergence(self, scores_a: torch.Tensor, scores_b: torch.Tensor, batch: dict) -> torch.Tensor:
