@@ -48,7 +48,7 @@ class Predictor:
         if task not in self.loaded.specs:
             raise MtdnnError(f"task: '{task}' was not trained in {self.run_dir}; it has {', '.join(self.tasks)}")
         spec = self.loaded.specs[task].with_changes(file="predict() input", on_bad_row="error")
-        rows = [as_row(spec, item, i) for i, item in enumerate(inputs)]
+        rows = [with_id(spec, as_row(spec, item, i), i) for i, item in enumerate(inputs)]
         if not rows:
             return []
         import datasets
@@ -82,6 +82,12 @@ def records_of(run: LoadedRun, spec, split: str, rows, batch_size: int, bf16: bo
     records, _ = evaluate_split(run.model, spec, data.raw[split], data.encoded[split],
                                 collator_for(spec, run.tokenizer, 8), batch_size, model_device(run.model), bf16)
     return records
+
+
+def with_id(spec, row: dict[str, Any], index: int) -> dict[str, Any]:
+    """An input without the task's id column (columns.id) is numbered by its position."""
+    column = getattr(spec.columns, "id", None)
+    return {**row, column: index} if column and column not in row else row
 
 
 def as_row(spec, item: Any, index: int) -> dict[str, Any]:

@@ -107,3 +107,13 @@ def test_predict_draws_no_progress_bar_and_leaves_the_setting_as_it_was(trained,
     model.predict("toy_sent", ["a good film"])
     assert "tokenising" not in capsys.readouterr().err
     assert not datasets.are_progress_bars_disabled()
+
+
+def test_inputs_without_the_tasks_id_column_are_numbered_by_position():
+    from mtdnn.predictor import as_row, with_id
+    from mtdnn.tasks import ColumnsSpec, SourceSpec, TaskSpec
+
+    spec = TaskSpec(name="sim", head="regression", source=SourceSpec(kind="files"),
+                    columns=ColumnsSpec(text="a", text_pair="b", label="score", id="pair"))
+    assert with_id(spec, as_row(spec, ("x", "y"), 3), 3) == {"a": "x", "b": "y", "pair": 3}
+    assert with_id(spec, {"a": "x", "b": "y", "pair": "p7"}, 0)["pair"] == "p7"  # a given id is kept
