@@ -83,16 +83,15 @@ def test_adapter_training_learns_with_a_frozen_encoder(tmp_path, toy_tasks, kind
 
 
 def test_the_encoder_stays_frozen_through_training(tmp_path, toy_tasks):
-    from mtdnn.rundir import best_checkpoint
-    from safetensors.torch import load_file
+    from mtdnn.rundir import best_checkpoint, read_weights  # a checkpoint's trained weights + the frozen file
 
     base = tiny_overrides(toy_tasks, "task=toy_sent", "adapter=bottleneck", "trainer.max_steps=20",
                           "trainer.eval_every=20", "predict_test=false", "seed=7")
     run(compose_train(base), tmp_path / "run")
-    trained = load_file(str(best_checkpoint(tmp_path / "run") / "model.safetensors"))
+    trained = read_weights(best_checkpoint(tmp_path / "run") / "model.safetensors")
     # same seed, so the same random encoder; one step at lr 1e-30 leaves every weight as initialised
     run(compose_train(base + ["trainer.max_steps=1", "trainer.lr=1e-30", "trainer.head_lr=1e-30"]), tmp_path / "zero")
-    untouched = load_file(str(best_checkpoint(tmp_path / "zero") / "model.safetensors"))
+    untouched = read_weights(best_checkpoint(tmp_path / "zero") / "model.safetensors")
     frozen = [k for k in trained if k.startswith("encoder.") and "LayerNorm" not in k]
     assert frozen and all(torch.equal(trained[k], untouched[k]) for k in frozen)
     assert any(not torch.equal(trained[k], untouched[k]) for k in trained if "LayerNorm" in k)

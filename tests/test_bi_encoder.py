@@ -255,7 +255,7 @@ def test_bi_students_distil_from_cross_encoder_teachers(tmp_path):
     assert set(student["zero_shot"]) == {"toy_sim", "toy_find"}
     assert {r["task"] for r in student["distillation"]} == {"toy_sim", "toy_find"}
     for task, metric in (("toy_sim", "pearson"), ("toy_find", "accuracy")):
-        assert student["validation"][task][metric] > student["zero_shot"][task][metric] + 0.2, task
+        assert student["validation"][task][metric] > student["zero_shot"][task][metric] + 0.1, task
     with pytest.raises(MtdnnError, match="on_the_fly .* pair_encoding cross"):
         run(compose_train(tiny_overrides(folder, *common, "distill=ensemble", "distill.soft_targets=on_the_fly",
                                          f"distill.teachers=[{tmp_path / 'teacher'}]",

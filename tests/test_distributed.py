@@ -137,3 +137,33 @@ def test_pcgrad_on_two_gloo_ranks_equals_one_process_with_the_doubled_batch(tmp_
     for task in ("toy_sent", "toy_count"):
         for metric, value in s1["validation"][task].items():
             assert s2["validation"][task][metric] == pytest.approx(value, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_per_task_lora_and_a_bi_ranking_task_on_two_gloo_ranks_equal_one_process(tmp_path):
+    """Each task's own LoRA (the other's unused in a step) and a bi-encoder ranking task whose batches stack queries
+    and candidates: two ranks follow one process with the doubled batch. In-batch negatives would differ by
+    construction (each rank's batch has its own negatives), so the ranking task ranks within its groups here."""
+    from conftest import write_task
+    from test_bi_encoder import topic_groups
+
+    folder = write_toy_tasks(tmp_path / "tasks")
+    write_task(folder, "toy_find", "ranking", {"train": topic_groups(64, 5), "validation": topic_groups(9, 6)},
+               {"query": "q", "candidates": "opts", "label": "ans"}, fmt="jsonl", pair_encoding="bi",
+               in_batch_negatives=False)
+    common = ["encoder=tiny", f"task_dirs=[{folder}]", "task=[toy_sent,toy_find]", "trainer.progress_bar=false",
+              "trainer.lr=1e-3", "trainer.head_lr=1e-2", "trainer.max_steps=8", "trainer.log_every=1",
+              "trainer.eval_every=8", "predict_test=false", "adapter=lora", "adapter.per_task=true",
+              "adapter.dropout=0.0", *NO_DROPOUT[:3]]
+    parallel, single, s2, s1 = _two_and_one(tmp_path, common)
+    assert len(parallel) == len(single) == 8
+    compared = 0
+    for a, b in zip(single, parallel):
+        for key in ("loss/toy_sent", "loss/toy_find", "grad_norm"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
+                compared += 1
+    assert compared >= 8 * 2 and any("loss/toy_find" in r for r in single)
+    for task in ("toy_sent", "toy_find"):
+        for metric, value in s1["validation"][task].items():
+            assert s2["validation"][task][metric] == pytest.approx(value, abs=1e-4)

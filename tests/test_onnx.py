@@ -85,5 +85,5 @@ def test_backend_and_format_mistakes_are_one_line(trained, tmp_path):
         load_run(trained_run, backend="onnx")
     with pytest.raises(MtdnnError, match="quantize: only int8, and only with format=onnx"):
         export(ExportConfig(run_dir=str(trained_run), task="toy_sent", out=str(tmp_path / "x"), quantize="int8"))
-    with pytest.raises(MtdnnError, match="format: must be hf, onnx or sentence-transformers, got 'tflite'"):
+    with pytest.raises(MtdnnError, match="format: must be hf, onnx, sentence-transformers or peft, got 'tflite'"):
         export(ExportConfig(run_dir=str(trained_run), task="toy_sent", out=str(tmp_path / "x"), format="tflite"))
