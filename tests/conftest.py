@@ -124,3 +124,26 @@ def toy_tasks(tmp_path) -> Path:
 def tiny_overrides(folder: Path, *more: str) -> list[str]:
     return ["encoder=tiny", f"task_dirs=[{folder}]", "trainer.progress_bar=false", "trainer.lr=1e-3",
             "trainer.head_lr=1e-3", "trainer.batch_size=16", "trainer.warmup_ratio=0.05", *more]
+
+
+def straight_and_resumed(base: list[str], root: Path, steps: int, cut: int) -> tuple[list[dict], list[dict]]:
+    """Train `base` (trainer.max_steps=`steps`) straight through, and again with the last checkpoint removed so
+    that resume=auto continues from step `cut`; assert both end with the same weights, bit for bit. Returns the
+    two runs' train logs (straight, resumed) for the caller's own per-step comparisons."""
+    import json
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from mtdnn.train import run
+
+    run(compose_train(base), root / "straight")
+    run(compose_train(base), root / "cut")
+    last = Path("checkpoints") / f"step_{steps:07d}"
+    shutil.rmtree(root / "cut" / last)
+    assert run(compose_train(base + ["resume=auto"]), root / "cut")["resumed_at_step"] == cut
+    wa, wb = (load_file(str(root / d / last / "model.safetensors")) for d in ("straight", "cut"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    return tuple([json.loads(line) for line in (root / d / "train_log.jsonl").read_text().splitlines()]
+                 for d in ("straight", "cut"))

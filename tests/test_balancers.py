@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import compose_train, tiny_overrides
+from conftest import compose_train, straight_and_resumed, tiny_overrides
 from safetensors.torch import load_file
 
 from mtdnn.balancers import Setup, TaskGradients, available, balancer_problems, build_balancer
@@ -233,15 +232,7 @@ def test_resume_mid_run_with_a_balancer_is_exact(tmp_path, toy_tasks, name):
     base = tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", f"balancer={name}", "trainer.tasks_per_step=2",
                           "trainer.max_steps=12", "trainer.eval_every=6", "trainer.keep_last=5",
                           "trainer.log_every=1", "predict_test=false")
-    run(compose_train(base), tmp_path / "straight")
-    run(compose_train(base), tmp_path / "cut")
-    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step_0000012")
-    assert run(compose_train(base + ["resume=auto"]), tmp_path / "cut")["resumed_at_step"] == 6
-    wa, wb = (load_file(str(tmp_path / d / "checkpoints" / "step_0000012" / "model.safetensors"))
-              for d in ("straight", "cut"))
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    logs = [[json.loads(line) for line in (tmp_path / d / "train_log.jsonl").read_text().splitlines()]
-            for d in ("straight", "cut")]
+    logs = straight_and_resumed(base, tmp_path, steps=12, cut=6)
     assert [r["balancer_weight/toy_count"] for r in logs[0]] == [r["balancer_weight/toy_count"] for r in logs[1]]
 
 

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from conftest import compose_train, tiny_overrides
+from conftest import compose_train, straight_and_resumed, tiny_overrides
 from mtdnn.adapters import trainable_parameters
 from mtdnn.cli import load_run
 from mtdnn.config import AdapterConfig
@@ -141,22 +141,12 @@ def test_per_task_lora_composes_with_smart_whose_teacher_copies_the_adapted_mode
 
 
 def test_an_adapter_only_checkpoint_resumes_exactly(tmp_path, toy_tasks):
-    import json
-    import shutil
-
     from safetensors.torch import load_file
 
     base = tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "adapter=lora", "adapter.per_task=true",
                           "regularizer=smart", "trainer.max_steps=8", "trainer.eval_every=4", "trainer.log_every=1",
                           "trainer.keep_last=5", "predict_test=false")
-    run(compose_train(base), tmp_path / "straight")
-    run(compose_train(base), tmp_path / "cut")
-    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step_0000008")
-    assert run(compose_train(base + ["resume=auto"]), tmp_path / "cut")["resumed_at_step"] == 4
-    wa, wb = (load_file(str(tmp_path / d / "checkpoints" / "step_0000008" / "model.safetensors"))
-              for d in ("straight", "cut"))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert not any(".base_layer." in k or "embeddings" in k for k in wa)  # adapters and heads only
-    logs = [[json.loads(line) for line in (tmp_path / d / "train_log.jsonl").read_text().splitlines()]
-            for d in ("straight", "cut")]
-    assert [r.get("loss/toy_sent") for r in logs[0]] == [r.get("loss/toy_sent") for r in logs[1]]
+    straight, resumed = straight_and_resumed(base, tmp_path, steps=8, cut=4)
+    assert [r.get("loss/toy_sent") for r in straight] == [r.get("loss/toy_sent") for r in resumed]
+    saved = load_file(str(tmp_path / "cut" / "checkpoints" / "step_0000008" / "model.safetensors"))
+    assert not any(".base_layer." in k or "embeddings" in k for k in saved)  # adapters and heads only

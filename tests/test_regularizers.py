@@ -4,7 +4,6 @@ end, composition, exact resume, and plain checkpoints for the ones that reparame
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from safetensors.torch import load_file
 from mtdnn.regularizers import available, build_regularizers, regularizer_problems
 from mtdnn.regularizers import alice, child_tuning, freelb, l2_sp, lnsr, mixout, r4f
 from mtdnn.train import run
-from conftest import compose_train, tiny_overrides, write_toy_tasks
+from conftest import compose_train, straight_and_resumed, tiny_overrides, write_toy_tasks
 from test_heads import _rank_task, _span_task, _tag_task, ranking_rows, squad_rows, tagging_rows
 from test_smart import _batch, _context, _spec, _tiny_model
 
@@ -406,14 +405,5 @@ def test_resume_is_exact_with_model_changing_and_stateful_methods(tmp_path, toy_
                           "regularizer.mixout.p=0.5", "regularizer.child_tuning.fisher_batches=3",
                           "trainer.max_steps=12", "trainer.eval_every=6", "trainer.keep_last=5", "trainer.log_every=1",
                           "predict_test=false")
-    run(compose_train(base), tmp_path / "straight")
-    run(compose_train(base), tmp_path / "cut")
-    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step_0000012")
-    resumed = run(compose_train(base + ["resume=auto"]), tmp_path / "cut")
-    assert resumed["resumed_at_step"] == 6
-    wa = load_file(str(tmp_path / "straight" / "checkpoints" / "step_0000012" / "model.safetensors"))
-    wb = load_file(str(tmp_path / "cut" / "checkpoints" / "step_0000012" / "model.safetensors"))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    logs = [[json.loads(line) for line in (tmp_path / d / "train_log.jsonl").read_text().splitlines()]
-            for d in ("straight", "cut")]
+    logs = straight_and_resumed(base, tmp_path, steps=12, cut=6)
     assert [r["loss/toy_sent"] for r in logs[0]] == [r["loss/toy_sent"] for r in logs[1]]
