@@ -18,6 +18,7 @@ from mtdnn.collate import Collator
 from mtdnn.errors import MtdnnError
 from mtdnn.kinds._bi import BiClassificationHead, CosineHead
 from mtdnn.kinds.ranking import BiRankingHead, GroupCollator
+from mtdnn.kinds.regression import FeatureRegressionHead
 from mtdnn.train import run
 
 TOPICS = ["cat", "dog", "car", "tree", "boat", "lamp"]
@@ -124,6 +125,10 @@ def test_the_heads_compute_sbert_objectives_on_mean_pooled_halves():
     head = BiClassificationHead(6, 3, 0.0).eval()
     expected = head.out(torch.cat([u, v, (u - v).abs()], -1))
     assert torch.allclose(head(hidden, mask, None), expected)
+    features = FeatureRegressionHead(6, 0.0).eval()  # bi_score: features, trained as a RegressionHead
+    expected = features.out(torch.cat([u, v, (u - v).abs(), u * v], -1)).squeeze(-1)
+    assert torch.allclose(features(hidden, mask, None), expected)
+    assert torch.allclose(features.loss(expected, {"labels": labels}), F.mse_loss(expected, labels))
 
 
 def test_bi_tasks_train_beside_a_cross_task_and_report_the_zero_shot_score(bi_run):

@@ -10,7 +10,8 @@ one pair, and it returns one output per pair.
 Heads (Reimers & Gurevych 2019, Sentence-BERT):
   BiClassificationHead  softmax over a linear map of (u, v, |u - v|)              (SBERT's classification objective)
   CosineHead            lo + (hi - lo) * cos(u, v), MSE on the [0, 1] scale      (CosineSimilarityLoss)
-  FeatureRegressionHead linear map of (u, v, |u - v|, u * v) to one number       (a learned comparison)
+  FeatureRegressionHead linear map of (u, v, |u - v|, u * v) to one number       (regression.py: a RegressionHead)
+  BiRankingHead         scale * cos(query, candidate) over the batch's candidates (ranking.py: MNRL)
 Mean pooling always (what sentence-transformers' MiniLM/MPNet models use, and what the export's Pooling module
 says); the cosine head has no weights, so an untrained encoder already scores pairs: the zero-shot baseline.
 """
@@ -90,24 +91,3 @@ class CosineHead(nn.Module):
     def divergence(self, a: torch.Tensor, b: torch.Tensor, batch: dict) -> torch.Tensor:
         """Per pair: squared difference of the two cosines."""
         return ((a.float() - b.float()) / (self.hi - self.lo)).pow(2)
-
-
-class FeatureRegressionHead(nn.Module):
-    """dropout -> linear on (u, v, |u - v|, u * v) -> one number; mean squared error."""
-
-    def __init__(self, hidden_size: int, dropout: float):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(4 * hidden_size, 1)
-
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None) -> torch.Tensor:
-        u, v = halves(hidden, mask)
-        return self.out(self.dropout(torch.cat([u, v, (u - v).abs(), u * v], -1))).squeeze(-1)
-
-    @staticmethod
-    def loss(prediction: torch.Tensor, batch: dict) -> torch.Tensor:
-        return F.mse_loss(prediction.float(), batch["labels"].float())
-
-    @staticmethod
-    def divergence(a: torch.Tensor, b: torch.Tensor, batch: dict) -> torch.Tensor:
-        return (a.float() - b.float()).pow(2)

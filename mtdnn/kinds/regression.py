@@ -21,7 +21,7 @@ from mtdnn import metrics
 from mtdnn.collate import Collator
 from mtdnn.heads import PooledLinear
 from mtdnn.kinds import BadRows, Kind
-from mtdnn.kinds._bi import CosineHead, FeatureRegressionHead, is_bi
+from mtdnn.kinds._bi import CosineHead, halves, is_bi
 from mtdnn.kinds._sentence import column, encode_texts, nested_label_rows, record, records, text_bad_rows
 
 if TYPE_CHECKING:
@@ -50,6 +50,18 @@ class RegressionHead(PooledLinear):
     def predict(logits: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"prediction": logits.float(), "scores": logits.float().unsqueeze(-1)}
 
+
+
+class FeatureRegressionHead(RegressionHead):
+    """pair_encoding: bi, bi_score: features: dropout -> linear on the pair's (u, v, |u - v|, u * v) -> one
+    number; loss, divergence and predictions as RegressionHead's."""
+
+    def __init__(self, hidden_size: int, dropout: float):
+        super().__init__(4 * hidden_size, 1, dropout, "mean")
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None) -> torch.Tensor:
+        u, v = halves(hidden, mask)
+        return self.out(self.dropout(torch.cat([u, v, (u - v).abs(), u * v], -1))).squeeze(-1)
 
 @dataclass
 class Options:
