@@ -1,7 +1,7 @@
 """The quality protocol for regularizers: does a method make a low-resource fine-tune better, and at what cost?
 
     python scripts/bench_quality.py [--tasks rt_polarity vader_tweets] [--sizes 500 2000] [--epochs 3 1]
-        [--seeds 1 2 3 4 5] [--methods none smart ...] [--jobs 2] [--work bench_quality]
+        [--seeds 1 2 3 4 5] [--methods none smart ...] [--jobs 2] [--work bench_quality] [--record report.csv]
 
 Every run is the real command a user types (`python -m mtdnn.train ...` in a child process): MiniLM-L6, a fixed
 low-resource subset of the task's train split (`train_rows`, drawn once with seed 0, the same rows for every
@@ -14,9 +14,13 @@ checkpoints are deleted after each run.
 Writes into --work: report.md (the table), report.csv (one row per run), report.png (paired differences).
 Per task, size and method: mean and sample std of the main metric over seeds; the paired difference to `none`
 (same seed) with a 95% t interval; how many seeds it beat `none`; collapsed runs (classification:
-accuracy within 0.5 points of always answering the majority label; regression: Pearson below 0.05); the method's
-logged terms (summed; SMART: adversarial + proximal) relative to the task loss; and the step-time ratio to `none` (median over seeds of the
-seconds per optimizer step, training steps only).
+accuracy within 0.5 points of always answering the majority label; regression: Pearson below 0.05); each of the
+method's logged terms (SMART: smart_adv and smart_prox apart) relative to the task loss; and the step-time ratio to
+`none` (median over seeds of the seconds per optimizer step, training steps only).
+
+`--record docs/quality/report.csv` tabulates an earlier protocol's rows beside new runs: the runs of the README's
+table took several sessions and their folders are not kept. Delete a method's rows from the record to rerun it
+(after its defaults change).
 """
 
 from __future__ import annotations
@@ -111,31 +115,55 @@ def majority_rate(task: str, task_dirs: list[str]) -> float | None:
     return max(Counter(labels).values()) / len(labels)
 
 
-def read_run(arm: Arm, work: Path, metric: str) -> dict | None:
+def read_run(arm: Arm, work: Path, metric: str, record: dict | None = None) -> dict | None:
+    """The run's result from its folder, else from `record` (rows of an earlier report.csv, by arm)."""
     folder = arm.folder(work)
     if not (folder / "summary.json").is_file():
-        return None
+        return (record or {}).get(arm)
     summary = json.loads((folder / "summary.json").read_text())
     log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines() if line.strip()]
     value = summary["validation"][arm.task][metric]
+    terms = terms_to_loss(log, arm.task)
     return {"value": float("nan") if value is None else float(value),
             "step_s": summary.get("train_seconds", summary["seconds"]) / max(1, summary["steps"]),
-            "term_to_loss": term_to_loss(log, arm.task)}
+            "term_to_loss": sum(terms.values()) if terms else None,
+            "terms_to_loss": ";".join(f"{k}={v:.3g}" for k, v in terms.items())}
 
 
-def term_to_loss(log: list[dict], task: str) -> float | None:
-    """Mean of the method's logged terms over the mean task loss (None: the method logs no term)."""
+def terms_to_loss(log: list[dict], task: str) -> dict[str, float]:
+    """Each of the method's logged terms (mean over log rows) over the mean task loss; {} if it logs none."""
     suffix = f"/{task}"
-
-    def is_term(key: str) -> bool:
-        return key.endswith(suffix) and key != f"loss{suffix}" and not key.startswith("cost_s/")
-
-    terms = [sum(v for k, v in row.items() if is_term(k)) for row in log]
-    has_terms = any(is_term(k) for row in log for k in row)
+    names = sorted({k[:-len(suffix)] for row in log for k in row
+                    if k.endswith(suffix) and k != f"loss{suffix}" and not k.startswith("cost_s/")})
     losses = [row[f"loss{suffix}"] for row in log if f"loss{suffix}" in row]
-    if not has_terms or not losses:
-        return None
-    return statistics.fmean(terms) / max(statistics.fmean(losses), 1e-12)
+    if not names or not losses:
+        return {}
+    loss = max(statistics.fmean(losses), 1e-12)
+    return {n: statistics.fmean(row.get(n + suffix, 0.0) for row in log) / loss for n in names}
+
+
+def read_record(path: Path | None) -> dict:
+    """Rows of an earlier report.csv by arm: results of runs whose folders were not kept."""
+    if path is None:
+        return {}
+    record = {}
+    for row in csv.DictReader(path.open()):
+        arm = Arm(row["task"], int(row["size"]), row["method"], int(row["seed"]), float(row["epochs"]))
+        record[arm] = {"value": float(row["value"]), "step_s": float(row["step_s"]),
+                       "term_to_loss": float(row["term_to_loss"]) if row.get("term_to_loss") else None,
+                       "terms_to_loss": row.get("terms_to_loss") or ""}
+    return record
+
+
+def terms_cell(results: list[dict]) -> str:
+    """Each term's ratio to the loss, averaged over seeds ('smart_adv 4.1e-02, smart_prox 8.0e-02'); runs that
+    recorded only the sum (earlier reports) show the sum."""
+    split = [dict(kv.split("=") for kv in r["terms_to_loss"].split(";")) for r in results if r["terms_to_loss"]]
+    if split:
+        names = sorted({n for terms in split for n in terms})
+        return ", ".join(f"{n} {statistics.fmean(float(t.get(n, 0)) for t in split):.1e}" for n in names)
+    sums = [r["term_to_loss"] for r in results if r["term_to_loss"] is not None]
+    return f"{statistics.fmean(sums):.1e}" if sums else "–"
 
 
 # ---------------------------------------------------------------- statistics
@@ -163,13 +191,13 @@ def collapsed(value: float, head: str, majority: float | None) -> bool:
 
 
 def table(work: Path, tasks: list[str], budgets: list[tuple[int, float]], methods: list[str],
-          seeds: list[int], task_dirs: list[str]) -> tuple[str, list]:
+          seeds: list[int], task_dirs: list[str], record: dict | None = None) -> tuple[str, list]:
     lines, rows = [], []
     for task in tasks:
         metric, head = main_metric(task, task_dirs)
         majority = majority_rate(task, task_dirs)
         for size, epochs in budgets:
-            runs = {m: {s: r for s in seeds if (r := read_run(Arm(task, size, m, s, epochs), work, metric))}
+            runs = {m: {s: r for s in seeds if (r := read_run(Arm(task, size, m, s, epochs), work, metric, record))}
                     for m in methods}
             if not any(runs.values()):
                 continue  # this task was not run at this budget
@@ -178,7 +206,7 @@ def table(work: Path, tasks: list[str], budgets: list[tuple[int, float]], method
             lines += [f"\n**{task}, {size} training rows, {epochs:g} epochs** (validation {metric}; "
                       f"{'majority class ' + format(majority, '.3f') if majority else 'regression'})\n",
                       f"| method | n | {metric} mean ± std | Δ vs none [95% CI] | beats none | collapsed "
-                      "| term / loss | step time × none |", "|---|---|---|---|---|---|---|---|"]
+                      "| terms / loss | step time × none |", "|---|---|---|---|---|---|---|---|"]
             for method in methods:
                 done = runs[method]
                 values = [r["value"] for r in done.values()]
@@ -187,13 +215,12 @@ def table(work: Path, tasks: list[str], budgets: list[tuple[int, float]], method
                 std = statistics.stdev(values) if len(values) > 1 else math.nan
                 diff, half, wins, n = paired(done, base) if method != "none" else (math.nan, math.nan, 0, 0)
                 ratios = [done[s]["step_s"] / base_step[s] for s in done if s in base_step]
-                terms = [r["term_to_loss"] for r in done.values() if r["term_to_loss"] is not None]
                 stuck = sum(collapsed(v, head, majority) for v in values)
                 lines.append(
                     f"| {method} | {len(values)} | {statistics.fmean(values):.4f} ± {std:.4f} | "
                     f"{'–' if method == 'none' else f'{diff:+.4f} [{diff - half:+.4f}, {diff + half:+.4f}]'} | "
                     f"{'–' if method == 'none' else f'{wins}/{n}'} | {stuck}/{len(values)} | "
-                    f"{f'{statistics.fmean(terms):.1e}' if terms else '–'} | "
+                    f"{terms_cell(list(done.values()))} | "
                     f"{f'{statistics.median(ratios):.2f}' if ratios else '–'} |")
                 rows += [{"task": task, "size": size, "epochs": epochs, "method": method, "seed": s, "metric": metric, **r}
                          for s, r in done.items()]
@@ -237,7 +264,8 @@ def paired_plot(panels: list[tuple[str, dict[str, list[float]]]], path: Path) ->
 
 def write_reports(work: Path, text: str, rows: list[dict], command_line: str) -> None:
     write_table_files(work, text, rows, command_line,
-                      ["task", "size", "epochs", "method", "seed", "metric", "value", "step_s", "term_to_loss"])
+                      ["task", "size", "epochs", "method", "seed", "metric", "value", "step_s", "term_to_loss",
+                       "terms_to_loss"])
     plot(rows, work / "report.png")
 
 
@@ -265,6 +293,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--task-dirs", nargs="*", type=Path, default=[], help="folders of your own task YAMLs")
     parser.add_argument("--set", nargs="*", default=[], help="more overrides for every run, e.g. encoder=tiny")
     parser.add_argument("--report-only", action="store_true", help="tabulate what is there, run nothing")
+    parser.add_argument("--record", type=Path, default=None,
+                        help="an earlier report.csv: its rows stand for runs whose folders are not in --work "
+                             "(not rerun; a folder in --work wins)")
     return parser.parse_args()
 
 
@@ -278,12 +309,15 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     # seeds outermost: a protocol stopped half-way still has every method on its first seeds (paired)
     arms = [Arm(t, size, m, s, ep) for size, ep in budgets for s in args.seeds for t in args.tasks for m in args.methods]
+    record = read_record(args.record)
+    arms = [arm for arm in arms if arm not in record]  # recorded results are not rerun
     if not args.report_only:
         threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
         with ThreadPoolExecutor(args.jobs) as pool:
             for status in pool.map(lambda arm: run_one(arm, args, threads), arms):
                 print(status, flush=True)
-    text, rows = table(args.work, args.tasks, budgets, args.methods, args.seeds, [str(d) for d in args.task_dirs])
+    text, rows = table(args.work, args.tasks, budgets, args.methods, args.seeds, [str(d) for d in args.task_dirs],
+                       record)
     write_reports(args.work, text, rows, "python scripts/bench_quality.py " + " ".join(sys.argv[1:]))
     print(text)
     print(f"\nwritten: {args.work / 'report.md'}, report.csv, report.png")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,20 @@ def test_quality_protocol_runs_pairs_resumes_and_reports(tmp_path):
     table = (tmp_path / "work" / "report.md").read_text()
     smart_row = next(line for line in table.splitlines() if line.startswith("| smart |"))
     assert f"{diff:+.4f} [" in smart_row and "| 2 |" in smart_row
-    assert float(next(r for r in rows if r["method"] == "smart")["term_to_loss"]) > 0  # SMART's terms are logged
+    smart = next(r for r in rows if r["method"] == "smart")
+    terms = dict(kv.split("=") for kv in smart["terms_to_loss"].split(";"))
+    assert sorted(terms) == ["smart_adv", "smart_prox"] and float(terms["smart_adv"]) > 0  # each term apart
+    assert float(smart["term_to_loss"]) == pytest.approx(sum(map(float, terms.values())), rel=1e-2)
+    assert "smart_adv " in smart_row and "smart_prox " in smart_row
+    # an earlier report.csv stands for runs whose folders are gone: nothing reruns, the table is the same
+    (tmp_path / "work" / "report.csv").rename(tmp_path / "record.csv")
+    for folder in (tmp_path / "work").glob("toy_sent/*/none"):
+        shutil.rmtree(folder)
+    again = subprocess.run(cmd + ["--record", str(tmp_path / "record.csv")], capture_output=True, text=True,
+                           timeout=600, env=env, cwd=tmp_path)
+    assert again.returncode == 0 and "FAILED" not in again.stdout
+    assert not list((tmp_path / "work").glob("toy_sent/*/none"))  # recorded runs are not run again
+    assert next(line for line in (tmp_path / "work" / "report.md").read_text().splitlines()
+                if line.startswith("| smart |")) == smart_row
     assert (tmp_path / "work" / "report.png").stat().st_size > 1000
     assert "python scripts/bench_quality.py --tasks toy_sent" in table

@@ -285,6 +285,17 @@ def test_mixout_keeps_the_expectation_and_routes_gradients_to_kept_weights():
 
 # ---------------------------------------------------------------- L2-SP
 
+def test_l2_sp_says_once_when_its_pull_over_the_run_is_negligible(caplog):
+    model = _tiny_model(_spec("t"))
+    quiet, weak = l2_sp.L2SP(l2_sp.Config(weight=200.0), model), l2_sp.L2SP(l2_sp.Config(weight=0.01), model)
+    with caplog.at_level("WARNING", logger="mtdnn.regularizers.l2_sp"):
+        for step in range(1, 321):  # 320 steps at lr 5e-5: the protocol's 500-row run
+            quiet.after_step(model, step, 320, lr=5e-5)
+            weak.after_step(model, step, 320, lr=5e-5)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "weight=0.01 pulls back at most 1.6e-04" in said[0] and "= 62.5 acts" in said[0]
+
+
 def test_l2_sp_pulls_the_encoder_towards_pretrained_weights_by_lr_times_weight():
     model = _tiny_model(_spec("t"))
     reg = l2_sp.L2SP(l2_sp.Config(weight=0.5), model)
