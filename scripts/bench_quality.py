@@ -119,7 +119,8 @@ def read_run(arm: Arm, work: Path, metric: str, record: dict | None = None) -> d
     """The run's result from its folder, else from `record` (rows of an earlier report.csv, by arm)."""
     folder = arm.folder(work)
     if not (folder / "summary.json").is_file():
-        return (record or {}).get(arm)
+        recorded = (record or {}).get(arm)
+        return {**recorded, "recorded": True} if recorded else None
     summary = json.loads((folder / "summary.json").read_text())
     log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines() if line.strip()]
     value = summary["validation"][arm.task][metric]
@@ -127,7 +128,7 @@ def read_run(arm: Arm, work: Path, metric: str, record: dict | None = None) -> d
     return {"value": float("nan") if value is None else float(value),
             "step_s": summary.get("train_seconds", summary["seconds"]) / max(1, summary["steps"]),
             "term_to_loss": sum(terms.values()) if terms else None,
-            "terms_to_loss": ";".join(f"{k}={v:.3g}" for k, v in terms.items())}
+            "terms_to_loss": ";".join(f"{k}={v:.3g}" for k, v in terms.items()), "recorded": False}
 
 
 def terms_to_loss(log: list[dict], task: str) -> dict[str, float]:
@@ -202,7 +203,10 @@ def table(work: Path, tasks: list[str], budgets: list[tuple[int, float]], method
             if not any(runs.values()):
                 continue  # this task was not run at this budget
             base = runs.get("none", {})
-            base_step = {s: r["step_s"] for s, r in base.items()}
+            # step times compare within one source: recorded runs ran on another machine, in another session
+            base_step = {(s, False): r["step_s"] for s, r in base.items()}
+            base_step |= {(s, True): r["step_s"] for s in seeds
+                          if (r := (record or {}).get(Arm(task, size, "none", s, epochs)))}
             lines += [f"\n**{task}, {size} training rows, {epochs:g} epochs** (validation {metric}; "
                       f"{'majority class ' + format(majority, '.3f') if majority else 'regression'})\n",
                       f"| method | n | {metric} mean ± std | Δ vs none [95% CI] | beats none | collapsed "
@@ -214,7 +218,8 @@ def table(work: Path, tasks: list[str], budgets: list[tuple[int, float]], method
                     continue  # not run at this budget
                 std = statistics.stdev(values) if len(values) > 1 else math.nan
                 diff, half, wins, n = paired(done, base) if method != "none" else (math.nan, math.nan, 0, 0)
-                ratios = [done[s]["step_s"] / base_step[s] for s in done if s in base_step]
+                ratios = [r["step_s"] / base_step[s, r["recorded"]] for s, r in done.items()
+                          if (s, r["recorded"]) in base_step]
                 stuck = sum(collapsed(v, head, majority) for v in values)
                 lines.append(
                     f"| {method} | {len(values)} | {statistics.fmean(values):.4f} ± {std:.4f} | "
@@ -222,8 +227,8 @@ def table(work: Path, tasks: list[str], budgets: list[tuple[int, float]], method
                     f"{'–' if method == 'none' else f'{wins}/{n}'} | {stuck}/{len(values)} | "
                     f"{terms_cell(list(done.values()))} | "
                     f"{f'{statistics.median(ratios):.2f}' if ratios else '–'} |")
-                rows += [{"task": task, "size": size, "epochs": epochs, "method": method, "seed": s, "metric": metric, **r}
-                         for s, r in done.items()]
+                rows += [{"task": task, "size": size, "epochs": epochs, "method": method, "seed": s, "metric": metric,
+                          **{k: v for k, v in r.items() if k != "recorded"}} for s, r in done.items()]
     return "\n".join(lines), rows
 
 
