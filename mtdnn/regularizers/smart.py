@@ -53,7 +53,7 @@ SCALES = ("token", "absolute", "reference")
 
 @dataclass
 class Config:
-    lambda_s: float = 3.0  # weight of the adversarial smoothness term (the paper searches {1, 3, 5}); 0 = off
+    lambda_s: float = 1.0  # weight of the adversarial smoothness term (the paper searches {1, 3, 5}); 0 = off
     mu: float = 1.0  # weight of the proximal (momentum teacher) term; 0 = off, and no teacher is kept
     teacher_memory: Optional[float] = 0.1  # fraction of the run the teacher averages over; null: beta schedule
     beta: float = 0.99  # with teacher_memory null: teacher momentum for the first beta_switch of training ...
