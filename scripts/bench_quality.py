@@ -57,8 +57,9 @@ class Arm:
 
 
 def command(arm: Arm, args: argparse.Namespace, out: Path) -> list[str]:
+    regularizer, *variant = args.variants.get(arm.method, [arm.method])
     return [sys.executable, "-m", "mtdnn.train", f"task={arm.task}", f"+task_overrides.{arm.task}.train_rows={arm.size}",
-            f"regularizer={arm.method}", f"seed={arm.seed}", f"trainer.epochs={arm.epochs:g}",
+            f"regularizer={regularizer}", *variant, f"seed={arm.seed}", f"trainer.epochs={arm.epochs:g}",
             f"trainer.batch_size={args.batch_size}", "trainer.eval_every=1000000", "trainer.log_every=5",
             "trainer.progress_bar=false", "predict_test=false", f"output_dir={out}",
             *([f"task_dirs=[{','.join(str(d) for d in args.task_dirs)}]"] if args.task_dirs else []), *args.set]
@@ -289,7 +290,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--tasks", nargs="+", default=["rt_polarity", "vader_tweets"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[500, 2000])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
-    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--methods", nargs="+", default=METHODS, help="methods and --variant names")
     parser.add_argument("--epochs", nargs="+", type=float, default=[3, 1], help="one value, or one per size")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each gets cores/jobs threads)")
@@ -297,6 +298,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=Path("bench_quality"))
     parser.add_argument("--task-dirs", nargs="*", type=Path, default=[], help="folders of your own task YAMLs")
     parser.add_argument("--set", nargs="*", default=[], help="more overrides for every run, e.g. encoder=tiny")
+    parser.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME=METHOD [OVERRIDE]",
+                        help="a method at other settings, named as an arm of its own: "
+                             "--variant smart_lambda3=smart regularizer.smart.lambda_s=3 (then --methods ... smart_lambda3)")
     parser.add_argument("--report-only", action="store_true", help="tabulate what is there, run nothing")
     parser.add_argument("--record", type=Path, default=None,
                         help="an earlier report.csv: its rows stand for runs whose folders are not in --work "
@@ -304,8 +308,20 @@ def parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def variants(given: list[list[str]]) -> dict[str, list[str]]:
+    """{'smart_lambda3': ['smart', 'regularizer.smart.lambda_s=3']} from --variant smart_lambda3=smart ..."""
+    found = {}
+    for name_method, *overrides in given:
+        name, _, method = name_method.partition("=")
+        if not name or method not in METHODS:
+            sys.exit(f"error: --variant {name_method}: write NAME=METHOD, METHOD one of {', '.join(METHODS)}")
+        found[name] = [method, *overrides]
+    return found
+
+
 def main() -> None:
     args = parse()
+    args.variants = variants(args.variant)
     if len(args.epochs) not in (1, len(args.sizes)):
         sys.exit(f"error: --epochs: give one value or one per size ({len(args.sizes)}), got {len(args.epochs)}")
     budgets = list(zip(args.sizes, args.epochs * len(args.sizes) if len(args.epochs) == 1 else args.epochs))

@@ -80,3 +80,22 @@ def test_quality_protocol_runs_pairs_resumes_and_reports(tmp_path):
                 if line.startswith("| smart |")) == smart_row
     assert (tmp_path / "work" / "report.png").stat().st_size > 1000
     assert "python scripts/bench_quality.py --tasks toy_sent" in table
+
+
+def test_a_variant_is_its_method_at_other_settings_in_an_arm_of_its_own(tmp_path):
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT.parent / "bench_quality.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_quality"] = bench  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(variants=bench.variants([["smart_lambda3=smart", "regularizer.smart.lambda_s=3"]]),
+                              batch_size=16, task_dirs=[], set=[])
+    arm = bench.Arm("rt_polarity", 500, "smart_lambda3", 1, 10.0)
+    cmd = bench.command(arm, args, tmp_path)
+    assert cmd[cmd.index("regularizer=smart") + 1] == "regularizer.smart.lambda_s=3"
+    assert "regularizer=smart_lambda3" not in cmd and arm.folder(tmp_path).parts[-2] == "smart_lambda3"
+    assert "regularizer=r3f" in bench.command(bench.Arm("rt_polarity", 500, "r3f", 1, 10.0), args, tmp_path)
+    with pytest.raises(SystemExit, match="write NAME=METHOD"):
+        bench.variants([["smart_lambda3=smrt"]])
