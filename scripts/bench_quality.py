@@ -205,7 +205,7 @@ def table(work: Path, tasks: list[str], budgets: list[tuple[int, float]], method
                 continue  # this task was not run at this budget
             base = runs.get("none", {})
             # step times compare within one source: recorded runs ran on another machine, in another session
-            base_step = {(s, False): r["step_s"] for s, r in base.items()}
+            base_step = {(s, r["recorded"]): r["step_s"] for s, r in base.items()}
             base_step |= {(s, True): r["step_s"] for s in seeds
                           if (r := (record or {}).get(Arm(task, size, "none", s, epochs)))}
             lines += [f"\n**{task}, {size} training rows, {epochs:g} epochs** (validation {metric}; "
