@@ -19,7 +19,8 @@ method's logged terms (SMART: smart_adv and smart_prox apart) relative to the ta
 `none` (median over seeds of the seconds per optimizer step, training steps only).
 
 `--record docs/quality/report.csv` tabulates an earlier protocol's rows beside new runs: the runs of the README's
-table took several sessions and their folders are not kept. Delete a method's rows from the record to rerun it
+table took several sessions and their folders are not kept. Each row keeps its step-time ratio to `none` as
+measured in its own session (`step_x_none`), since sessions ran on machines of different speeds. Delete a method's rows from the record to rerun it
 (after its defaults change).
 """
 
@@ -153,7 +154,8 @@ def read_record(path: Path | None) -> dict:
         arm = Arm(row["task"], int(row["size"]), row["method"], int(row["seed"]), float(row["epochs"]))
         record[arm] = {"value": float(row["value"]), "step_s": float(row["step_s"]),
                        "term_to_loss": float(row["term_to_loss"]) if row.get("term_to_loss") else None,
-                       "terms_to_loss": row.get("terms_to_loss") or ""}
+                       "terms_to_loss": row.get("terms_to_loss") or "",
+                       "step_x_none": float(row["step_x_none"]) if row.get("step_x_none") else None}
     return record
 
 
@@ -219,8 +221,13 @@ def table(work: Path, tasks: list[str], budgets: list[tuple[int, float]], method
                     continue  # not run at this budget
                 std = statistics.stdev(values) if len(values) > 1 else math.nan
                 diff, half, wins, n = paired(done, base) if method != "none" else (math.nan, math.nan, 0, 0)
-                ratios = [r["step_s"] / base_step[s, r["recorded"]] for s, r in done.items()
-                          if (s, r["recorded"]) in base_step]
+                for s, r in done.items():  # a recorded ratio was taken in its own session: kept as it is
+                    if r.get("step_x_none") is None and (s, r["recorded"]) in base_step:
+                        r["step_x_none"] = r["step_s"] / base_step[s, r["recorded"]]
+                    r.setdefault("step_x_none", None)
+                    if r["step_x_none"] is None:  # no `none` run of its own session on this seed: no ratio, ever
+                        r["step_x_none"] = math.nan
+                ratios = [r["step_x_none"] for r in done.values() if not math.isnan(r["step_x_none"])]
                 stuck = sum(collapsed(v, head, majority) for v in values)
                 lines.append(
                     f"| {method} | {len(values)} | {statistics.fmean(values):.4f} ± {std:.4f} | "
@@ -270,8 +277,8 @@ def paired_plot(panels: list[tuple[str, dict[str, list[float]]]], path: Path) ->
 
 def write_reports(work: Path, text: str, rows: list[dict], command_line: str) -> None:
     write_table_files(work, text, rows, command_line,
-                      ["task", "size", "epochs", "method", "seed", "metric", "value", "step_s", "term_to_loss",
-                       "terms_to_loss"])
+                      ["task", "size", "epochs", "method", "seed", "metric", "value", "step_s", "step_x_none",
+                       "term_to_loss", "terms_to_loss"])
     plot(rows, work / "report.png")
 
 

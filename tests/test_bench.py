@@ -68,14 +68,15 @@ def test_quality_protocol_runs_pairs_resumes_and_reports(tmp_path):
     assert sorted(terms) == ["smart_adv", "smart_prox"] and float(terms["smart_adv"]) > 0  # each term apart
     assert float(smart["term_to_loss"]) == pytest.approx(sum(map(float, terms.values())), rel=1e-2)
     assert "smart_adv " in smart_row and "smart_prox " in smart_row
-    # an earlier report.csv stands for runs whose folders are gone: nothing reruns, the table is the same
+    # an earlier report.csv stands for runs whose folders are gone: nothing reruns, the table is the same (the
+    # recorded step-time ratio too: it was measured against `none` of its own session)
     (tmp_path / "work" / "report.csv").rename(tmp_path / "record.csv")
-    for folder in (tmp_path / "work").glob("toy_sent/*/none"):
+    for folder in (tmp_path / "work").glob("toy_sent/*/smart"):
         shutil.rmtree(folder)
     again = subprocess.run(cmd + ["--record", str(tmp_path / "record.csv")], capture_output=True, text=True,
                            timeout=600, env=env, cwd=tmp_path, check=False)
     assert again.returncode == 0 and "FAILED" not in again.stdout
-    assert not list((tmp_path / "work").glob("toy_sent/*/none"))  # recorded runs are not run again
+    assert not list((tmp_path / "work").glob("toy_sent/*/smart"))  # recorded runs are not run again
     assert next(line for line in (tmp_path / "work" / "report.md").read_text().splitlines()
                 if line.startswith("| smart |")) == smart_row
     assert (tmp_path / "work" / "report.png").stat().st_size > 1000
