@@ -20,8 +20,8 @@ method's logged terms (SMART: smart_adv and smart_prox apart) relative to the ta
 
 `--record docs/quality/report.csv` tabulates an earlier protocol's rows beside new runs: the runs of the README's
 table took several sessions and their folders are not kept. Each row keeps its step-time ratio to `none` as
-measured in its own session (`step_x_none`), since sessions ran on machines of different speeds. Delete a method's rows from the record to rerun it
-(after its defaults change).
+measured in its own session (`step_x_none`), since sessions ran on machines of different speeds. Delete a
+method's rows from the record to rerun it (after its defaults change).
 """
 
 from __future__ import annotations
@@ -222,11 +222,9 @@ def table(work: Path, tasks: list[str], budgets: list[tuple[int, float]], method
                 std = statistics.stdev(values) if len(values) > 1 else math.nan
                 diff, half, wins, n = paired(done, base) if method != "none" else (math.nan, math.nan, 0, 0)
                 for s, r in done.items():  # a recorded ratio was taken in its own session: kept as it is
-                    if r.get("step_x_none") is None and (s, r["recorded"]) in base_step:
-                        r["step_x_none"] = r["step_s"] / base_step[s, r["recorded"]]
-                    r.setdefault("step_x_none", None)
-                    if r["step_x_none"] is None:  # no `none` run of its own session on this seed: no ratio, ever
-                        r["step_x_none"] = math.nan
+                    if r.get("step_x_none") is None:  # nan: no `none` of its own session on this seed, no ratio
+                        key = (s, r["recorded"])
+                        r["step_x_none"] = r["step_s"] / base_step[key] if key in base_step else math.nan
                 ratios = [r["step_x_none"] for r in done.values() if not math.isnan(r["step_x_none"])]
                 stuck = sum(collapsed(v, head, majority) for v in values)
                 lines.append(
