@@ -130,7 +130,7 @@ def read_run(arm: Arm, work: Path, metric: str, record: dict | None = None) -> d
     return {"value": float("nan") if value is None else float(value),
             "step_s": summary.get("train_seconds", summary["seconds"]) / max(1, summary["steps"]),
             "term_to_loss": sum(terms.values()) if terms else None,
-            "terms_to_loss": ";".join(f"{k}={v:.3g}" for k, v in terms.items()), "recorded": False}
+            "terms_to_loss": terms, "recorded": False}
 
 
 def terms_to_loss(log: list[dict], task: str) -> dict[str, float]:
@@ -154,7 +154,8 @@ def read_record(path: Path | None) -> dict:
         arm = Arm(row["task"], int(row["size"]), row["method"], int(row["seed"]), float(row["epochs"]))
         record[arm] = {"value": float(row["value"]), "step_s": float(row["step_s"]),
                        "term_to_loss": float(row["term_to_loss"]) if row.get("term_to_loss") else None,
-                       "terms_to_loss": row.get("terms_to_loss") or "",
+                       "terms_to_loss": {k: float(v) for k, v in (kv.split("=") for kv in
+                                                                 (row.get("terms_to_loss") or "").split(";") if kv)},
                        "step_x_none": float(row["step_x_none"]) if row.get("step_x_none") else None}
     return record
 
@@ -162,10 +163,10 @@ def read_record(path: Path | None) -> dict:
 def terms_cell(results: list[dict]) -> str:
     """Each term's ratio to the loss, averaged over seeds ('smart_adv 4.1e-02, smart_prox 8.0e-02'); runs that
     recorded only the sum (earlier reports) show the sum."""
-    split = [dict(kv.split("=") for kv in r["terms_to_loss"].split(";")) for r in results if r["terms_to_loss"]]
+    split = [r["terms_to_loss"] for r in results if r["terms_to_loss"]]
     if split:
         names = sorted({n for terms in split for n in terms})
-        return ", ".join(f"{n} {statistics.fmean(float(t.get(n, 0)) for t in split):.1e}" for n in names)
+        return ", ".join(f"{n} {statistics.fmean(t.get(n, 0.0) for t in split):.1e}" for n in names)
     sums = [r["term_to_loss"] for r in results if r["term_to_loss"] is not None]
     return f"{statistics.fmean(sums):.1e}" if sums else "–"
 
@@ -234,7 +235,9 @@ def table(work: Path, tasks: list[str], budgets: list[tuple[int, float]], method
                     f"{terms_cell(list(done.values()))} | "
                     f"{f'{statistics.median(ratios):.2f}' if ratios else '–'} |")
                 rows += [{"task": task, "size": size, "epochs": epochs, "method": method, "seed": s, "metric": metric,
-                          **{k: v for k, v in r.items() if k != "recorded"}} for s, r in done.items()]
+                          **{k: v for k, v in r.items() if k != "recorded"},
+                          "terms_to_loss": ";".join(f"{k}={v:.3g}" for k, v in r["terms_to_loss"].items())}
+                         for s, r in done.items()]
     return "\n".join(lines), rows
 
 

@@ -83,13 +83,13 @@ def test_quality_protocol_runs_pairs_resumes_and_reports(tmp_path):
     assert "python scripts/bench_quality.py --tasks toy_sent" in table
 
 
-def test_a_variant_is_its_method_at_other_settings_in_an_arm_of_its_own(tmp_path):
+def test_a_variant_is_its_method_at_other_settings_in_an_arm_of_its_own(tmp_path, monkeypatch):
     import argparse
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT.parent / "bench_quality.py")
     bench = importlib.util.module_from_spec(spec)
-    sys.modules["bench_quality"] = bench  # dataclasses look their module up there
+    monkeypatch.setitem(sys.modules, "bench_quality", bench)  # dataclasses look their module up there
     spec.loader.exec_module(bench)
     args = argparse.Namespace(variants=bench.variants([["smart_lambda3=smart", "regularizer.smart.lambda_s=3"]]),
                               batch_size=16, task_dirs=[], set=[])
