@@ -195,6 +195,15 @@ def collapsed(value: float, head: str, majority: float | None) -> bool:
     return not value > 0.05  # regression: no correlation left (NaN counts too)
 
 
+def step_ratio(seed: int, run: dict, base_step: dict) -> float:
+    """The run's step time over `none`'s on its seed in its own session; a recorded ratio was taken in its own
+    session and stands as it is; nan where its session ran no `none` on that seed."""
+    if run.get("step_x_none") is not None:
+        return run["step_x_none"]
+    key = (seed, run["recorded"])
+    return run["step_s"] / base_step[key] if key in base_step else math.nan
+
+
 def table(work: Path, tasks: list[str], budgets: list[tuple[int, float]], methods: list[str],
           seeds: list[int], task_dirs: list[str], record: dict | None = None) -> tuple[str, list]:
     lines, rows = [], []
@@ -222,11 +231,8 @@ def table(work: Path, tasks: list[str], budgets: list[tuple[int, float]], method
                     continue  # not run at this budget
                 std = statistics.stdev(values) if len(values) > 1 else math.nan
                 diff, half, wins, n = paired(done, base) if method != "none" else (math.nan, math.nan, 0, 0)
-                for s, r in done.items():  # a recorded ratio was taken in its own session: kept as it is
-                    if r.get("step_x_none") is None:  # nan: no `none` of its own session on this seed, no ratio
-                        key = (s, r["recorded"])
-                        r["step_x_none"] = r["step_s"] / base_step[key] if key in base_step else math.nan
-                ratios = [r["step_x_none"] for r in done.values() if not math.isnan(r["step_x_none"])]
+                step_x_none = {s: step_ratio(s, r, base_step) for s, r in done.items()}
+                ratios = [x for x in step_x_none.values() if not math.isnan(x)]
                 stuck = sum(collapsed(v, head, majority) for v in values)
                 lines.append(
                     f"| {method} | {len(values)} | {statistics.fmean(values):.4f} ± {std:.4f} | "
@@ -235,7 +241,7 @@ def table(work: Path, tasks: list[str], budgets: list[tuple[int, float]], method
                     f"{terms_cell(list(done.values()))} | "
                     f"{f'{statistics.median(ratios):.2f}' if ratios else '–'} |")
                 rows += [{"task": task, "size": size, "epochs": epochs, "method": method, "seed": s, "metric": metric,
-                          **{k: v for k, v in r.items() if k != "recorded"},
+                          **{k: v for k, v in r.items() if k != "recorded"}, "step_x_none": step_x_none[s],
                           "terms_to_loss": ";".join(f"{k}={v:.3g}" for k, v in r["terms_to_loss"].items())}
                          for s, r in done.items()]
     return "\n".join(lines), rows
