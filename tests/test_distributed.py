@@ -92,7 +92,7 @@ def test_smart_teacher_and_child_tuning_masks_agree_across_ranks_through_an_unev
               "trainer.lr=1e-3", "trainer.head_lr=1e-3", "trainer.max_steps=28", "trainer.log_every=1",
               "trainer.eval_every=14", "predict_test=false", "regularizer=[smart,child_tuning]",
               "regularizer.child_tuning.mode=F", "regularizer.smart.scale=absolute", "regularizer.smart.epsilon=1e-7",
-              "regularizer.smart.noise_std=1e-7", *NO_DROPOUT[:3]]
+              "regularizer.smart.noise_std=1e-7", "regularizer.smart.mu=1", *NO_DROPOUT[:3]]
     parallel, single, s2, s1 = _two_and_one(tmp_path, common)
     assert len(parallel) == len(single) == 28
     for a, b in zip(single, parallel):

@@ -307,7 +307,8 @@ def test_smart_on_span_ranking_and_tagging(tmp_path):
     _tag_task(folder, tagging_rows(40, 5), tagging_rows(10, 6))
     cfg = compose_train(tiny_overrides(folder, "task=[toy_squad,toy_rank,toy_ner]", "regularizer=smart",
                                        "trainer.max_steps=24", "trainer.log_every=1", "predict_test=false",
-                                       "regularizer.smart.epsilon=1e-3", "regularizer.smart.noise_std=1e-3"))
+                                       "regularizer.smart.epsilon=1e-3", "regularizer.smart.noise_std=1e-3",
+                                       "regularizer.smart.mu=1"))
     run(cfg, tmp_path / "run")
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     for task in ("toy_squad", "toy_rank", "toy_ner"):

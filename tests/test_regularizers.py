@@ -352,7 +352,7 @@ def test_config_problems_of_every_new_method_are_reported_at_once():
 
 def test_model_changing_methods_are_built_first():
     model = _tiny_model(_spec("t"))
-    built = build_regularizers({"smart": {}, "mixout": {"p": 0.5}}, model, [_spec("t")])
+    built = build_regularizers({"smart": {"mu": 1.0}, "mixout": {"p": 0.5}}, model, [_spec("t")])
     assert list(built) == ["mixout", "smart"]
     teacher = built["smart"].teacher  # copied after mixout: same structure, so the EMA pairs line up
     assert [n for n, _ in teacher.named_parameters()] == [n for n, _ in model.named_parameters()]

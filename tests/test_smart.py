@@ -112,7 +112,7 @@ def test_ascent_step_increases_the_divergence_and_stays_in_the_ball(norm):
 
 def test_teacher_is_the_ema_of_the_parameters():
     model = _tiny_model(_spec("t"))
-    smart = Smart(Config(teacher_memory=None, beta=0.9, beta_late=0.5, beta_switch=0.5), model, [_spec("t")])
+    smart = Smart(Config(mu=1.0, teacher_memory=None, beta=0.9, beta_late=0.5, beta_switch=0.5), model, [_spec("t")])
     weight = model.heads["t"].out.weight
     teacher_weight = smart.teacher.heads["t"].out.weight
     expected = weight.detach().clone()
@@ -284,7 +284,7 @@ def test_padding_positions_receive_no_noise_and_dropout_is_replayed():
 
 def test_proximal_term_is_zero_for_an_unchanged_model_and_positive_after_a_change():
     model = _tiny_model(_spec("t")).train()
-    smart = Smart(Config(lambda_s=0), model, [_spec("t")])
+    smart = Smart(Config(lambda_s=0, mu=1.0), model, [_spec("t")])
     assert smart.penalty(_context(model, "t", _batch()))["smart_prox"].item() == pytest.approx(0.0, abs=1e-9)
     with torch.no_grad():
         model.heads["t"].out.weight.add_(0.5)
@@ -305,7 +305,7 @@ def test_nan_in_the_ascent_step_skips_the_term_and_is_counted(monkeypatch):
 def test_each_part_switches_off_alone_and_per_task_overrides_apply():
     model = _tiny_model(_spec("a"), _spec("r", "regression"))
     specs = [_spec("a"), _spec("r", "regression")]
-    smart = Smart(Config(tasks={"r": {"lambda_s": 0.0}, "a": {"mu": 0.0}}), model, specs)
+    smart = Smart(Config(mu=1.0, tasks={"r": {"lambda_s": 0.0}, "a": {"mu": 0.0}}), model, specs)
     assert set(smart.penalty(_context(model, "a", _batch()))) == {"smart_adv"}
     batch = dict(_batch(), labels=torch.tensor([0.5, 1.5]))
     assert set(smart.penalty(_context(model, "r", batch))) == {"smart_prox"}
@@ -341,7 +341,7 @@ def test_smart_trains_classification_and_regression_together(tmp_path, toy_tasks
     cfg = compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "regularizer=smart",
                                        "trainer.max_steps=120", "trainer.eval_every=60", "trainer.grad_accum=2",
                                        "trainer.log_every=5", "predict_test=false", "regularizer.smart.epsilon=5e-2",
-                                       "regularizer.smart.noise_std=5e-2"))
+                                       "regularizer.smart.noise_std=5e-2", "regularizer.smart.mu=1"))
     summary = run(cfg, tmp_path / "run")
     assert summary["validation"]["toy_sent"]["accuracy"] > 0.85
     assert summary["validation"]["toy_count"]["pearson"] > 0.6
@@ -366,7 +366,7 @@ def test_smart_runs_under_bf16_autocast(tmp_path, toy_tasks, caplog):
 
 
 def test_resume_with_smart_restores_the_teacher_exactly(tmp_path, toy_tasks):
-    base = tiny_overrides(toy_tasks, "task=toy_sent", "regularizer=smart", "trainer.max_steps=12",
+    base = tiny_overrides(toy_tasks, "task=toy_sent", "regularizer=smart", "regularizer.smart.mu=1", "trainer.max_steps=12",
                           "trainer.eval_every=6", "trainer.keep_last=5", "predict_test=false")
     run(compose_train(base), tmp_path / "straight")
     run(compose_train(base), tmp_path / "cut")

@@ -54,7 +54,7 @@ SCALES = ("token", "absolute", "reference")
 @dataclass
 class Config:
     lambda_s: float = 1.0  # weight of the adversarial smoothness term (the paper searches {1, 3, 5}); 0 = off
-    mu: float = 1.0  # weight of the proximal (momentum teacher) term; 0 = off, and no teacher is kept
+    mu: float = 0.0  # weight of the proximal (momentum teacher) term; 0 = off, no teacher kept (the paper: 1)
     teacher_memory: Optional[float] = 0.1  # fraction of the run the teacher averages over; null: beta schedule
     beta: float = 0.99  # with teacher_memory null: teacher momentum for the first beta_switch of training ...
     beta_late: float = 0.999  # ... and after it (the paper's values)
