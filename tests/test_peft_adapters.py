@@ -127,7 +127,8 @@ def test_per_task_lora_composes_with_smart_whose_teacher_copies_the_adapted_mode
 
     cfg = compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "adapter=lora", "adapter.per_task=true",
                                        "regularizer=smart", "regularizer.smart.epsilon=5e-2",
-                                       "regularizer.smart.noise_std=5e-2", "regularizer.smart.teacher_memory=null", "regularizer.smart.mu=1",  # beta 0.99: a teacher that lags
+                                       "regularizer.smart.noise_std=5e-2", "regularizer.smart.mu=1",
+                                       "regularizer.smart.teacher_memory=null",  # beta 0.99: a teacher that lags
                                        "trainer.max_steps=8", "trainer.log_every=1",
                                        "trainer.eval_every=8", "predict_test=false"))
     run(cfg, tmp_path / "run")

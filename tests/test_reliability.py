@@ -29,7 +29,8 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONU
 
 def _cli(folder: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "mtdnn.train", *tiny_overrides(folder), "task=[toy_sent,toy_count]",
-            "regularizer=smart", "regularizer.smart.mu=1", "trainer.max_steps=60", "trainer.eval_every=7", "trainer.log_every=1",
+            "regularizer=smart", "regularizer.smart.mu=1", "trainer.max_steps=60", "trainer.eval_every=7",
+            "trainer.log_every=1",
             "trainer.grad_accum=2", "trainer.keep_last=3", "predict_test=false", f"output_dir={out}", *extra]
 
 

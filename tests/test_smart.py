@@ -219,6 +219,17 @@ def test_at_the_shipped_defaults_the_found_delta_is_adversarial_and_larger_than_
     assert found > 10 * _divergence_at(ctx, tiny) > 0
 
 
+def test_the_shipped_default_is_smoothness_only_and_keeps_no_teacher():
+    """mu 0 by default (README, "How the defaults were chosen"): the YAML and Config agree, no teacher pass is paid
+    for, and the penalty is the adversarial term alone."""
+    cfg = _shipped_config()
+    assert cfg.mu == Config().mu == 0.0 and cfg.lambda_s == 1.0
+    model = _tiny_model(_spec("t")).train()
+    smart = Smart(cfg, model, [_spec("t")])
+    assert smart.teacher is None
+    assert set(smart.penalty(_context(model, "t", _batch()))) == {"smart_adv"}
+
+
 @pytest.mark.slow
 def test_smart_term_is_active_on_minilm_at_the_shipped_defaults(tmp_path):
     """The real encoder on real data: the adversarial term passes 1e-3 of the task loss within 60 steps."""
