@@ -49,7 +49,7 @@ def test_quality_protocol_runs_pairs_resumes_and_reports(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     cmd = [sys.executable, str(script), "--tasks", "toy_sent", "--sizes", "64", "--epochs", "2", "--seeds", "1", "2",
            "--methods", "none", "smart", "--task-dirs", str(tasks), "--work", str(tmp_path / "work"),
-           "--variant", "smart=smart", "regularizer.smart.mu=1",  # the teacher on: both of SMART's terms, apart
+           "--variant", "smart=smart", "regularizer.smart.mu=1",  # the teacher on: both terms, apart
            "--set", "encoder=tiny", "trainer.lr=1e-3"]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]

@@ -112,7 +112,8 @@ def test_ascent_step_increases_the_divergence_and_stays_in_the_ball(norm):
 
 def test_teacher_is_the_ema_of_the_parameters():
     model = _tiny_model(_spec("t"))
-    smart = Smart(Config(mu=1.0, teacher_memory=None, beta=0.9, beta_late=0.5, beta_switch=0.5), model, [_spec("t")])
+    cfg = Config(mu=1.0, teacher_memory=None, beta=0.9, beta_late=0.5, beta_switch=0.5)
+    smart = Smart(cfg, model, [_spec("t")])
     weight = model.heads["t"].out.weight
     teacher_weight = smart.teacher.heads["t"].out.weight
     expected = weight.detach().clone()
@@ -220,8 +221,8 @@ def test_at_the_shipped_defaults_the_found_delta_is_adversarial_and_larger_than_
 
 
 def test_the_shipped_default_is_smoothness_only_and_keeps_no_teacher():
-    """mu 0 by default (README, "How the defaults were chosen"): the YAML and Config agree, no teacher pass is paid
-    for, and the penalty is the adversarial term alone."""
+    """mu 0 by default (README, "How the defaults were chosen"): the YAML and Config agree, no teacher pass
+    is paid for, and the penalty is the adversarial term alone."""
     cfg = _shipped_config()
     assert cfg.mu == Config().mu == 0.0 and cfg.lambda_s == 1.0
     model = _tiny_model(_spec("t")).train()
@@ -377,8 +378,8 @@ def test_smart_runs_under_bf16_autocast(tmp_path, toy_tasks, caplog):
 
 
 def test_resume_with_smart_restores_the_teacher_exactly(tmp_path, toy_tasks):
-    base = tiny_overrides(toy_tasks, "task=toy_sent", "regularizer=smart", "regularizer.smart.mu=1", "trainer.max_steps=12",
-                          "trainer.eval_every=6", "trainer.keep_last=5", "predict_test=false")
+    base = tiny_overrides(toy_tasks, "task=toy_sent", "regularizer=smart", "regularizer.smart.mu=1",
+                          "trainer.max_steps=12", "trainer.eval_every=6", "trainer.keep_last=5", "predict_test=false")
     run(compose_train(base), tmp_path / "straight")
     run(compose_train(base), tmp_path / "cut")
     import shutil
