@@ -12,10 +12,17 @@ import math
 from typing import Callable
 
 import torch
-import torchmetrics.functional as tmf
 
 MetricFn = Callable[[dict[str, torch.Tensor], torch.Tensor, int], float]
 UNDEFINED = float("nan")
+
+
+def torchmetrics_functional():
+    """torchmetrics.functional, imported on first use: importing it pulls in scipy, matplotlib and transformers
+    (~4 s on 2 cores), which a command that stops at a config or data error never needs."""
+    import torchmetrics.functional
+
+    return torchmetrics.functional
 
 
 def is_undefined(value: float | None) -> bool:
@@ -36,7 +43,7 @@ def _constant(values: torch.Tensor) -> bool:
 
 
 def _accuracy(pred: dict, gold: torch.Tensor, k: int) -> float:
-    return tmf.accuracy(pred["prediction"], gold, task="multiclass", num_classes=k).item()
+    return torchmetrics_functional().accuracy(pred["prediction"], gold, task="multiclass", num_classes=k).item()
 
 
 def _f1(pred: dict, gold: torch.Tensor, k: int) -> float:
@@ -44,44 +51,44 @@ def _f1(pred: dict, gold: torch.Tensor, k: int) -> float:
     if k == 2:
         if not bool((gold == 1).any()):
             return UNDEFINED
-        return tmf.f1_score(pred["prediction"], gold, task="binary").item()
-    return tmf.f1_score(pred["prediction"], gold, task="multiclass", num_classes=k, average="macro").item()
+        return torchmetrics_functional().f1_score(pred["prediction"], gold, task="binary").item()
+    return torchmetrics_functional().f1_score(pred["prediction"], gold, task="multiclass", num_classes=k, average="macro").item()
 
 
 def _f1_macro(pred: dict, gold: torch.Tensor, k: int) -> float:
-    return tmf.f1_score(pred["prediction"], gold, task="multiclass", num_classes=k, average="macro").item()
+    return torchmetrics_functional().f1_score(pred["prediction"], gold, task="multiclass", num_classes=k, average="macro").item()
 
 
 def _mcc(pred: dict, gold: torch.Tensor, k: int) -> float:
     if _one_class(gold):
         return UNDEFINED
-    return tmf.matthews_corrcoef(pred["prediction"], gold, task="multiclass", num_classes=k).item()
+    return torchmetrics_functional().matthews_corrcoef(pred["prediction"], gold, task="multiclass", num_classes=k).item()
 
 
 def _auc(pred: dict, gold: torch.Tensor, k: int) -> float:
     if _one_class(gold):
         return UNDEFINED
-    return tmf.auroc(pred["scores"][:, 1], gold, task="binary").item()
+    return torchmetrics_functional().auroc(pred["scores"][:, 1], gold, task="binary").item()
 
 
 def _pearson(pred: dict, gold: torch.Tensor, k: int) -> float:
     if _constant(gold) or _constant(pred["prediction"]):
         return UNDEFINED
-    return tmf.pearson_corrcoef(pred["prediction"].double(), gold.double()).item()
+    return torchmetrics_functional().pearson_corrcoef(pred["prediction"].double(), gold.double()).item()
 
 
 def _spearman(pred: dict, gold: torch.Tensor, k: int) -> float:
     if _constant(gold) or _constant(pred["prediction"]):
         return UNDEFINED
-    return tmf.spearman_corrcoef(pred["prediction"].double(), gold.double()).item()
+    return torchmetrics_functional().spearman_corrcoef(pred["prediction"].double(), gold.double()).item()
 
 
 def _mse(pred: dict, gold: torch.Tensor, k: int) -> float:
-    return tmf.mean_squared_error(pred["prediction"], gold.float()).item()
+    return torchmetrics_functional().mean_squared_error(pred["prediction"], gold.float()).item()
 
 
 def _mae(pred: dict, gold: torch.Tensor, k: int) -> float:
-    return tmf.mean_absolute_error(pred["prediction"], gold.float()).item()
+    return torchmetrics_functional().mean_absolute_error(pred["prediction"], gold.float()).item()
 
 
 METRICS: dict[str, MetricFn] = {

@@ -126,3 +126,15 @@ def test_every_script_imports():
                 del sys.modules[spec.name]
     finally:
         sys.path.remove(str(folder))
+
+
+def test_the_train_command_reaches_its_config_checks_without_the_heavy_libraries():
+    """`python -m mtdnn.train task=typo` should answer in seconds: torchmetrics (which pulls in scipy, matplotlib
+    and transformers), transformers, datasets and peft load on first use, not when the command starts."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, mtdnn.train; heavy = ('torchmetrics', 'transformers', 'datasets', 'peft', 'scipy', "
+             "'matplotlib'); print(sorted(m for m in heavy if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

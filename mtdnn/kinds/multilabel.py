@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchmetrics.functional as tmf
 
 from mtdnn.collate import Collator
 from mtdnn.heads import PooledLinear
 from mtdnn.kinds import BadRows, Kind
 from mtdnn.kinds._labels import label_list_problems, smoothing_problems
 from mtdnn.kinds._sentence import encode_texts, label_lookup, records, text_bad_rows
+from mtdnn.metrics import torchmetrics_functional
 
 if TYPE_CHECKING:
     from mtdnn.tasks import TaskSpec
@@ -162,7 +162,7 @@ class Multilabel(Kind):
 
     @staticmethod
     def _metrics(spec: TaskSpec, predicted: torch.Tensor, gold: torch.Tensor) -> dict[str, float]:
-        k = len(spec.labels)
+        k, tmf = len(spec.labels), torchmetrics_functional()
         found = {
             "f1_micro": lambda: tmf.f1_score(predicted, gold, task="multilabel", num_labels=k, average="micro"),
             "f1_macro": lambda: tmf.f1_score(predicted, gold, task="multilabel", num_labels=k, average="macro"),
