@@ -13,17 +13,42 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two test processes share the cores: one thread each, or they fight
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 if os.environ.get("MTDNN_TEST_GPU") != "1":  # the suite runs on the CPU (exact-equality checks assume one device);
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # GPU tests: MTDNN_TEST_GPU=1 pytest -m gpu
 
 
-def pytest_terminal_summary(terminalreporter):
-    """How many generated cases the fuzz tests ran (the issue asks for the number, fast and long profiles)."""
+_WORKER_FUZZ_COUNTS: dict[str, int] = {}  # under pytest-xdist: the workers' counts, summed on the controller
+
+
+def _fuzz_counts() -> dict[str, int]:
     import sys
 
     fuzz = sys.modules.get("test_fuzz")
-    if fuzz is not None and fuzz.COUNTS:
-        terminalreporter.write_line("fuzz cases run: " + "; ".join(f"{k}: {v}" for k, v in sorted(fuzz.COUNTS.items())))
+    return dict(fuzz.COUNTS) if fuzz is not None else {}
+
+
+def pytest_sessionfinish(session):
+    """An xdist worker hands its fuzz counts to the controller, which prints the sum."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["fuzz_counts"] = _fuzz_counts()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    for outcome, n in getattr(node, "workeroutput", {}).get("fuzz_counts", {}).items():
+        _WORKER_FUZZ_COUNTS[outcome] = _WORKER_FUZZ_COUNTS.get(outcome, 0) + n
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many generated cases the fuzz tests ran (the issue asks for the number, fast and long profiles)."""
+    counts = _fuzz_counts()
+    for outcome, n in _WORKER_FUZZ_COUNTS.items():
+        counts[outcome] = counts.get(outcome, 0) + n
+    if counts:
+        terminalreporter.write_line("fuzz cases run: " + "; ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
 
 
 @pytest.fixture(autouse=True)
