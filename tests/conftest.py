@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +21,7 @@ if os.environ.get("MTDNN_TEST_GPU") != "1":  # the suite runs on the CPU (exact-
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # GPU tests: MTDNN_TEST_GPU=1 pytest -m gpu
 
 
-_WORKER_FUZZ_COUNTS: dict[str, int] = {}  # under pytest-xdist: the workers' counts, summed on the controller
+_WORKER_FUZZ_COUNTS: Counter[str] = Counter()  # under pytest-xdist: the workers' counts, summed on the controller
 
 
 def _fuzz_counts() -> dict[str, int]:
@@ -38,15 +39,12 @@ def pytest_sessionfinish(session):
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error):
-    for outcome, n in getattr(node, "workeroutput", {}).get("fuzz_counts", {}).items():
-        _WORKER_FUZZ_COUNTS[outcome] = _WORKER_FUZZ_COUNTS.get(outcome, 0) + n
+    _WORKER_FUZZ_COUNTS.update(getattr(node, "workeroutput", {}).get("fuzz_counts", {}))
 
 
 def pytest_terminal_summary(terminalreporter):
     """How many generated cases the fuzz tests ran (the issue asks for the number, fast and long profiles)."""
-    counts = _fuzz_counts()
-    for outcome, n in _WORKER_FUZZ_COUNTS.items():
-        counts[outcome] = counts.get(outcome, 0) + n
+    counts = Counter(_fuzz_counts()) + _WORKER_FUZZ_COUNTS
     if counts:
         terminalreporter.write_line("fuzz cases run: " + "; ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
 
