@@ -7,7 +7,9 @@ import errno
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from mtdnn.paths import cache_dir
@@ -86,6 +88,57 @@ def want_traceback() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("MTDNN_DEBUG") == "1"
 
 
+class _Interrupts:
+    seen = False  # set by our SIGINT handler (a plain flag: a handler must take no lock); read when an error surfaces
+
+
+def _note_interrupt(signum: int, frame) -> None:
+    _Interrupts.seen = True
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _noting_interrupts() -> Iterator[None]:
+    """Remember each Ctrl-C: code that catches the KeyboardInterrupt mid-call (torch reading a sequence, a worker
+    pool) hands back some other error, which must still read as an interrupt. Leaves others' handlers alone."""
+    ours = threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if ours:
+        _Interrupts.seen = False
+        signal.signal(signal.SIGINT, _note_interrupt)
+    try:
+        yield
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold a Ctrl-C until the block ends, then raise it. For calls into threaded library code that a
+    KeyboardInterrupt mid-call leaves inconsistent: one in `Condition.notify` between its release and its remove
+    loses TensorBoard's writer its next wake-up, and closing the writer then waits out its 120 s flush timer."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held and callable(previous):
+        previous(signal.SIGINT, None)
+    elif held and previous == signal.SIG_DFL:
+        signal.raise_signal(signal.SIGINT)
+
+
+def _exit_interrupted() -> None:
+    print("error: interrupted; every checkpoint written so far is intact: run the same command with "
+          "resume=auto to continue", file=sys.stderr)
+    sys.exit(130)
+
+
 def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
     """Turn MtdnnError into 'error: ...' on stderr and exit code 2, Ctrl-C into one line and exit code 130
     (tracebacks only when debugging)."""
@@ -93,23 +146,21 @@ def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
-        except MtdnnError as err:
-            if want_traceback():
-                raise
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-        except Exception as err:  # noqa: BLE001  (a full disk or read-only folder is one line; bugs re-raise)
-            fault = environment_fault(err)
-            if fault is None or want_traceback():
-                raise
-            print(f"error: {fault}", file=sys.stderr)
-            sys.exit(2)
+            with _noting_interrupts():
+                return fn(*args, **kwargs)
         except KeyboardInterrupt:
             if want_traceback():
                 raise
-            print("error: interrupted; every checkpoint written so far is intact: run the same command with "
-                  "resume=auto to continue", file=sys.stderr)
-            sys.exit(130)
+            _exit_interrupted()
+        except Exception as err:  # noqa: BLE001  (a full disk or read-only folder is one line; bugs re-raise)
+            if want_traceback():
+                raise
+            if _Interrupts.seen:  # a Ctrl-C that came back as another error
+                _exit_interrupted()
+            line = str(err) if isinstance(err, MtdnnError) else environment_fault(err)
+            if line is None:
+                raise
+            print(f"error: {line}", file=sys.stderr)
+            sys.exit(2)
 
     return wrapper

@@ -232,10 +232,57 @@ def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path, toy_tasks):
                                                                 f"output_dir={tmp_path / 'run'}")]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     log_file, deadline = tmp_path / "run" / "train_log.jsonl", time.time() + 300
-    while time.time() < deadline and not (log_file.is_file() and len(log_file.read_text().splitlines()) >= 6):
+    while proc.poll() is None and time.time() < deadline and \
+            not (log_file.is_file() and len(log_file.read_text().splitlines()) >= 6):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("error: interrupted; every checkpoint written so far is intact")
     assert list_checkpoints(tmp_path / "run")  # step 5's checkpoint is there to resume from
+
+
+@pytest.mark.parametrize("turned_into", ["ValueError('could not determine the shape')", "MtdnnError('bad row')"])
+def test_ctrl_c_that_a_library_turns_into_another_error_still_exits_as_an_interrupt(tmp_path, turned_into):
+    # torch.tensor(datasets.Column) answered a Ctrl-C mid-read with a ValueError: any such swallow must read as Ctrl-C
+    script = textwrap.dedent(f"""
+        import os, signal
+        from mtdnn.errors import MtdnnError, cli_errors
+
+        @cli_errors
+        def main():
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+            except KeyboardInterrupt:
+                raise {turned_into}
+
+        main()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().startswith("error: interrupted; every checkpoint written so far is intact")
+
+
+def test_an_error_with_no_ctrl_c_before_it_is_not_called_an_interrupt(tmp_path):
+    script = "from mtdnn.errors import MtdnnError, cli_errors\ncli_errors(lambda: (_ for _ in ()).throw(" \
+             "MtdnnError('tasks/x.yaml: labels: row 3 is empty')))()\n"
+    done = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr.strip()) == (2, "error: tasks/x.yaml: labels: row 3 is empty")
+
+
+def test_a_ctrl_c_in_a_held_block_lets_the_block_finish_then_interrupts():
+    # what the Tracker's calls into TensorBoard and tqdm run under (a Ctrl-C mid-notify hung a run's close for 120 s)
+    script = textwrap.dedent("""
+        import os, signal
+        from mtdnn.errors import interrupts_held
+        steps = []
+        try:
+            with interrupts_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                steps.append("the block ran to its end")
+        except KeyboardInterrupt:
+            steps.append("then the interrupt")
+        print(steps, signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "['the block ran to its end', 'then the interrupt'] True", done.stderr

@@ -19,7 +19,7 @@ from mtdnn.collate import UNLABELED
 from mtdnn.heads import PooledLinear, symmetric_kl
 from mtdnn.kinds import BadRows, Kind
 from mtdnn.kinds._bi import BiClassificationHead, is_bi
-from mtdnn.kinds._labels import label_list_problems, smoothing_problems
+from mtdnn.kinds._labels import gold_labels, label_list_problems, smoothing_problems
 from mtdnn.kinds._sentence import (column, encode_texts, label_lookup, nested_label_rows, record, records,
                                    text_bad_rows)
 
@@ -113,7 +113,7 @@ class Classification(Kind):
 
     def evaluate(self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]) -> tuple[list[dict], dict | None]:
         pred = ClassificationHead.predict(torch.stack(outputs))
-        gold = torch.tensor(encoded["labels"], dtype=torch.long)
+        gold = gold_labels(encoded, torch.long)
 
         def fill(i: int, rec: dict) -> None:
             rec["label"] = spec.labels[int(pred["prediction"][i])]

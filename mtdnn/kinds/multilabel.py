@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from mtdnn.collate import Collator
 from mtdnn.heads import PooledLinear
 from mtdnn.kinds import BadRows, Kind
-from mtdnn.kinds._labels import label_list_problems, smoothing_problems
+from mtdnn.kinds._labels import gold_labels, label_list_problems, smoothing_problems
 from mtdnn.kinds._sentence import encode_texts, label_lookup, records, text_bad_rows
 from mtdnn.metrics import torchmetrics_functional
 
@@ -150,7 +150,7 @@ class Multilabel(Kind):
     def evaluate(self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]) -> tuple[list[dict], dict | None]:
         probs = torch.stack(outputs).float().sigmoid()
         predicted = (probs >= thresholds(spec)).long()
-        gold = torch.tensor(encoded["labels"], dtype=torch.float32)
+        gold = gold_labels(encoded, torch.float32)
 
         def fill(i: int, rec: dict) -> None:
             rec["labels"] = [name for name, on in zip(spec.labels, predicted[i].tolist()) if on]

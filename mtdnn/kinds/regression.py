@@ -22,6 +22,7 @@ from mtdnn.collate import Collator
 from mtdnn.heads import PooledLinear
 from mtdnn.kinds import BadRows, Kind
 from mtdnn.kinds._bi import CosineHead, halves, is_bi
+from mtdnn.kinds._labels import gold_labels
 from mtdnn.kinds._sentence import column, encode_texts, nested_label_rows, record, records, text_bad_rows
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ class Regression(Kind):
 
     def evaluate(self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]) -> tuple[list[dict], dict | None]:
         pred = RegressionHead.predict(torch.stack(outputs))
-        gold = torch.tensor(encoded["labels"], dtype=torch.float32)
+        gold = gold_labels(encoded, torch.float32)
 
         def fill(i: int, rec: dict) -> None:
             rec["prediction"] = float(pred["prediction"][i])
