@@ -92,6 +92,11 @@ class _Interrupts:
     seen = False  # set by our SIGINT handler (a plain flag: a handler must take no lock); read when an error surfaces
 
 
+def interrupted() -> bool:
+    """Whether a Ctrl-C came since the CLI started: an error raised after one may be that Ctrl-C, swallowed."""
+    return _Interrupts.seen
+
+
 def _note_interrupt(signum: int, frame) -> None:
     _Interrupts.seen = True
     raise KeyboardInterrupt
@@ -155,7 +160,7 @@ def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
         except Exception as err:  # noqa: BLE001  (a full disk or read-only folder is one line; bugs re-raise)
             if want_traceback():
                 raise
-            if _Interrupts.seen:  # a Ctrl-C that came back as another error
+            if interrupted():  # a Ctrl-C that came back as another error
                 _exit_interrupted()
             line = str(err) if isinstance(err, MtdnnError) else environment_fault(err)
             if line is None:

@@ -17,7 +17,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mtdnn.errors import MtdnnError, environment_fault
+from mtdnn.errors import MtdnnError, environment_fault, interrupted
 from mtdnn.rundir import checkpoint_problem, list_checkpoints, write_json
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ def run_job(job: Callable[[DictConfig], dict], cfg: DictConfig) -> float:
     try:
         summary = job(cfg)
     except Exception as err:  # noqa: BLE001  (only input and environment faults are reported; bugs re-raise)
+        if interrupted():  # a Ctrl-C that came back as an error: the sweep stops (Hydra passes this through)
+            raise KeyboardInterrupt from err
         message = str(err) if isinstance(err, MtdnnError) else environment_fault(err)
         if message is None:
             raise

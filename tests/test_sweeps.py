@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 from conftest import sentiment_rows, tiny_overrides, write_task, write_toy_tasks
@@ -105,3 +106,29 @@ def test_an_optuna_search_returns_each_trials_score_and_the_report_names_the_bes
     assert [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| ") and "trial" not in line] \
         == ["| 0", "| 1", "| 2"]
     assert (sweep / "report" / "trials.png").stat().st_size > 0
+
+
+def test_a_ctrl_c_that_a_job_turns_into_an_error_stops_the_sweep_instead_of_failing_the_job(tmp_path):
+    # the job catches the KeyboardInterrupt and raises an input error, as library code can: not a failed job
+    tasks, sweep = write_toy_tasks(tmp_path / "tasks"), tmp_path / "sweep"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        import mtdnn.train
+        from mtdnn.errors import MtdnnError
+
+        def job(cfg):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+            except KeyboardInterrupt:
+                raise MtdnnError("toy_sent.yaml: columns.label: row 1 is not a label")
+
+        mtdnn.train._main = job
+        sys.argv = ["mtdnn.train", "-m", *{tiny_overrides(tasks)!r}, "task=toy_sent,toy_count",
+                    "hydra.sweep.dir={sweep}"]
+        mtdnn.train.main()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("error: interrupted; every checkpoint written so far")
+    assert not (sweep / "0" / "failed.json").exists() and not (sweep / "1").exists()  # the sweep stopped at job 0
