@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from mtdnn.errors import interrupts_held
-from mtdnn.rundir import write_atomic, write_json
 from mtdnn.metrics import show
+from mtdnn.rundir import write_atomic, write_json
 
 log = logging.getLogger("mtdnn")
 
