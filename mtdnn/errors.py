@@ -89,16 +89,21 @@ def want_traceback() -> bool:
 
 
 class _Interrupts:
-    seen = False  # set by our SIGINT handler (a plain flag: a handler must take no lock); read when an error surfaces
+    # set by our SIGINT handler (plain flags: a handler must take no lock)
+    seen = False  # a Ctrl-C came: read at safe points and when an error surfaces (it may be that Ctrl-C, swallowed)
+    held = False  # inside `interrupts_at_safe_points`: the first Ctrl-C waits for the next `stop_if_interrupted`
 
 
 def interrupted() -> bool:
-    """Whether a Ctrl-C came since the CLI started: an error raised after one may be that Ctrl-C, swallowed."""
+    """Whether a Ctrl-C came since the CLI started (only the CLI installs the handler that notes it)."""
     return _Interrupts.seen
 
 
 def _note_interrupt(signum: int, frame) -> None:
+    again = _Interrupts.seen
     _Interrupts.seen = True
+    if _Interrupts.held and not again:
+        return
     raise KeyboardInterrupt
 
 
@@ -119,23 +124,24 @@ def _noting_interrupts() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def interrupts_held() -> Iterator[None]:
-    """Hold a Ctrl-C until the block ends, then raise it. For calls into threaded library code that a
-    KeyboardInterrupt mid-call leaves inconsistent: one in `Condition.notify` between its release and its remove
-    loses TensorBoard's writer its next wake-up, and closing the writer then waits out its 120 s flush timer."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+def interrupts_at_safe_points() -> Iterator[None]:
+    """Inside the block (the training loop) a first Ctrl-C stops the run at the next `stop_if_interrupted()`, a
+    second one at once. Raised anywhere, a KeyboardInterrupt lands in library code that it can leave inconsistent:
+    one inside `Condition.notify` lost TensorBoard's writer thread a wake-up (closing it then waited out a 120 s
+    timer), torch answered one with a ValueError, and Python ignores one raised in a `__del__` and runs on."""
+    before = _Interrupts.held
+    _Interrupts.held = True
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if held and callable(previous):
-        previous(signal.SIGINT, None)
-    elif held and previous == signal.SIG_DFL:
-        signal.raise_signal(signal.SIGINT)
+        _Interrupts.held = before
+    stop_if_interrupted()  # one that came after the block's last safe point
+
+
+def stop_if_interrupted() -> None:
+    """A safe point: raise the Ctrl-C held since the last one."""
+    if _Interrupts.seen:
+        raise KeyboardInterrupt
 
 
 def _exit_interrupted() -> None:

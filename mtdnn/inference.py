@@ -14,6 +14,7 @@ from mtdnn import kinds
 from mtdnn.collate import Collator
 from mtdnn.data import TaskData, row_lengths
 from mtdnn.distributed import inference_shard
+from mtdnn.errors import stop_if_interrupted
 from mtdnn.model import MultiTaskModel
 from mtdnn.rundir import write_atomic
 from mtdnn.tasks import TaskSpec
@@ -49,6 +50,7 @@ def forward_rows(model: MultiTaskModel, spec: TaskSpec, dataset, collate, batch_
         order = order[shard.rank::shard.world]
     found: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for start in range(0, len(order), batch_size):
+        stop_if_interrupted()
         rows = order[start: start + batch_size]
         batch = collate(dataset[rows.tolist()])
         on_device = {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -19,7 +19,7 @@ from mtdnn.distributed import Distributed
 from mtdnn.inference import autocast, evaluate_tasks, main_score
 from mtdnn.model import MultiTaskModel
 from mtdnn.regularizers import DropoutReplay, Regularizer, StepContext
-from mtdnn.errors import MtdnnError
+from mtdnn.errors import MtdnnError, stop_if_interrupted
 from mtdnn.rundir import rotate_checkpoints, save_best, save_checkpoint
 from mtdnn.tracking import LossMeter, Tracker
 
@@ -134,6 +134,7 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], collators: dict[str
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     task_grads = TaskGradients(named, balancer.patterns) if balancer.combines else None
     for step in range(state.step + 1, plan.total_steps + 1):
+        stop_if_interrupted()
         step_started = time.perf_counter()
         # 1. forward and backward over grad_accum micro-batches, each from one sampled task; with tasks_per_step >= 2
         #    several different tasks, grad_accum micro-batches each, whose gradients the balancer may combine

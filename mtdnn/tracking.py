@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 
-from mtdnn.errors import interrupts_held
 from mtdnn.metrics import show
 from mtdnn.rundir import write_atomic, write_json
 
@@ -35,10 +34,6 @@ class LossMeter:
 
 
 class Tracker:
-    """Its methods hold a Ctrl-C until they return: TensorBoard's writer thread and tqdm's locks are not safe to
-    interrupt mid-call (see `interrupts_held`)."""
-
-    @interrupts_held()
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, progress_bar: bool):
         from torch.utils.tensorboard import SummaryWriter
         from tqdm.auto import tqdm
@@ -60,11 +55,9 @@ class Tracker:
                  if line.strip() and json.loads(line)["step"] <= start_step]
         write_atomic(self.log_path, "".join(line + "\n" for line in lines))
 
-    @interrupts_held()
     def step(self, n: int = 1) -> None:
         self.bar.update(n)
 
-    @interrupts_held()
     def train_scalars(self, step: int, terms: dict[str, float], lr: float, grad_norm: float,
                       stats: dict[str, float]) -> None:
         """`terms` are '<term>/<task>' means (loss/<task>, smart_adv/<task>, ...); `stats` run-wide counters."""
@@ -77,7 +70,6 @@ class Tracker:
         losses = [v for k, v in terms.items() if k.startswith("loss/")]
         self.bar.set_postfix({"loss": f"{sum(losses) / max(1, len(losses)):.4f}", "lr": f"{lr:.2e}"})
 
-    @interrupts_held()
     def evaluation(self, step: int, epoch: float, split: str, results: dict[str, dict[str, float]]) -> None:
         # a resumed run re-evaluates steps after its checkpoint: keep one record per (step, split)
         self.evaluations = [e for e in self.evaluations if (e["step"], e["split"]) != (step, split)]
@@ -89,7 +81,6 @@ class Tracker:
         text = "  ".join(f"{t}: " + ", ".join(f"{m}={show(v)}" for m, v in s.items()) for t, s in results.items())
         self.bar.write(f"step {step} (epoch {epoch:.2f}) {split}  {text}")
 
-    @interrupts_held()
     def close(self) -> None:
         self.bar.close()
         self.tb.close()

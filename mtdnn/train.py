@@ -22,7 +22,7 @@ from mtdnn.data import TaskBatches, encode_splits, length_problems, one_pass_in_
 from mtdnn.distill import Distiller
 from mtdnn.distributed import Distributed
 from mtdnn.encoders import max_length_problems
-from mtdnn.errors import MtdnnError, cli_errors, first_line, raise_if
+from mtdnn.errors import MtdnnError, cli_errors, first_line, interrupts_at_safe_points, raise_if
 from mtdnn.inference import collator_for
 from mtdnn.loop import make_plan, train
 from mtdnn.model import MultiTaskModel, bake_parametrizations
@@ -134,7 +134,8 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
         tracker = Tracker(output_dir, plan.total_steps, first_step, cfg.trainer.progress_bar) if dist.is_main \
             else SilentTracker()
         try:
-            state = train(model, tasks, collators, resumable, cfg.trainer, plan, tracker, device, distiller, dist)
+            with interrupts_at_safe_points():  # Ctrl-C stops the run between steps (or evaluation batches)
+                state = train(model, tasks, collators, resumable, cfg.trainer, plan, tracker, device, distiller, dist)
         finally:
             tracker.close()
 

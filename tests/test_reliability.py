@@ -270,19 +270,46 @@ def test_an_error_with_no_ctrl_c_before_it_is_not_called_an_interrupt(tmp_path):
     assert (done.returncode, done.stderr.strip()) == (2, "error: tasks/x.yaml: labels: row 3 is empty")
 
 
-def test_a_ctrl_c_in_a_held_block_lets_the_block_finish_then_interrupts():
-    # what the Tracker's calls into TensorBoard and tqdm run under (a Ctrl-C mid-notify hung a run's close for 120 s)
+SAFE_POINT_BODIES = {  # what runs under the CLI's handler, and the steps that must have run
+    "the step in hand finishes, the next safe point stops": ("""
+        for step in range(3):
+            stop_if_interrupted()
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append(step)
+    """, [0]),
+    "a second Ctrl-C stops at once": ("""
+        os.kill(os.getpid(), signal.SIGINT)
+        steps.append("first held")
+        os.kill(os.getpid(), signal.SIGINT)
+        steps.append("never")
+    """, ["first held"]),
+    "one after the last safe point stops on leaving the block": ("""
+        os.kill(os.getpid(), signal.SIGINT)
+        steps.append("last step")
+    """, ["last step"]),
+}
+
+
+@pytest.mark.parametrize("case", SAFE_POINT_BODIES)
+def test_in_the_training_loop_ctrl_c_waits_for_a_safe_point(case):
+    # what the loop runs under: raised anywhere, a Ctrl-C mid-notify hung TensorBoard's close for 120 s
+    body, expected = SAFE_POINT_BODIES[case]
     script = textwrap.dedent("""
         import os, signal
-        from mtdnn.errors import interrupts_held
+        from mtdnn.errors import cli_errors, interrupts_at_safe_points, stop_if_interrupted
         steps = []
+
+        @cli_errors
+        def main():
+            with interrupts_at_safe_points():
+        {body}
+            steps.append("after the block")
+
         try:
-            with interrupts_held():
-                os.kill(os.getpid(), signal.SIGINT)
-                steps.append("the block ran to its end")
-        except KeyboardInterrupt:
-            steps.append("then the interrupt")
-        print(steps, signal.getsignal(signal.SIGINT) is signal.default_int_handler)
-    """)
+            main()
+        finally:
+            print(steps, flush=True)
+    """).format(body=textwrap.indent(textwrap.dedent(body), " " * 8).rstrip())
     done = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == "['the block ran to its end', 'then the interrupt'] True", done.stderr
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout.strip() == str(expected)
