@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import subprocess
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -142,6 +145,18 @@ def write_toy_tasks(folder: Path) -> Path:
 @pytest.fixture
 def toy_tasks(tmp_path) -> Path:
     return write_toy_tasks(tmp_path / "my_tasks")
+
+
+@contextlib.contextmanager
+def reaped(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """A test's subprocess, killed if the test ends (an assertion, pytest-timeout) while it still runs: an
+    orphaned 100,000-step training run once took a core for the rest of the session."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def tiny_overrides(folder: Path, *more: str) -> list[str]:

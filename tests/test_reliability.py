@@ -22,7 +22,7 @@ from mtdnn.errors import MtdnnError
 from mtdnn.kinds.classification import ClassificationHead
 from mtdnn.rundir import checkpoint_problem, list_checkpoints, load_trainer_state, resolve_resume, save_checkpoint
 from mtdnn.train import run
-from conftest import compose_train, tiny_overrides
+from conftest import compose_train, reaped, tiny_overrides
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -46,16 +46,16 @@ def test_sigkill_at_a_random_step_then_resume_reproduces_every_loss_exactly(tmp_
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     subprocess.run(_cli(toy_tasks, straight), cwd=tmp_path, env=ENV, check=True, capture_output=True, timeout=600)
     kill_after = 27  # log lines (steps) before the kill: mid-run, between two checkpoints; fixed, so reproducible
-    proc = subprocess.Popen(_cli(toy_tasks, crashed), cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
     log_file = crashed / "train_log.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if log_file.is_file() and len(log_file.read_text().splitlines()) >= kill_after:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.002)
-    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run finished before it could be killed"
+    with reaped(subprocess.Popen(_cli(toy_tasks, crashed), cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)) as proc:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if log_file.is_file() and len(log_file.read_text().splitlines()) >= kill_after:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.002)
+        assert proc.wait(timeout=60) == -signal.SIGKILL, "the run finished before it could be killed"
     last_checkpoint = int(list_checkpoints(crashed)[-1].name.split("_")[1])
     done = subprocess.run(_cli(toy_tasks, crashed, "resume=auto"), cwd=tmp_path, env=ENV, capture_output=True,
                           text=True, timeout=600)
@@ -105,13 +105,13 @@ def test_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_pat
         rundir.save_best(RUN, 1, {{"score": 0.5}})
     """).format(run=str(tmp_path / "run"), mark=str(mark)) + textwrap.dedent(CRASH_POINTS[moment]) + \
         "rundir.save_checkpoint(RUN, 2, model, {'train': {'step': 2}})\n"
-    proc = subprocess.Popen([sys.executable, "-c", script], env=ENV)
-    deadline = time.time() + 120
-    while not mark.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    assert mark.exists(), "the writer never reached the crash point"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    with reaped(subprocess.Popen([sys.executable, "-c", script], env=ENV)) as proc:
+        deadline = time.time() + 120
+        while not mark.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        assert mark.exists(), "the writer never reached the crash point"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
     run_dir = tmp_path / "run"
     assert list_checkpoints(run_dir) == [run_dir / "checkpoints" / "step_0000001"]
     good = resolve_resume("auto", run_dir)
@@ -214,15 +214,16 @@ def test_a_second_run_into_a_folder_in_use_stops_at_once_and_the_lock_dies_with_
         with pytest.raises(MtdnnError, match=r"output_dir: .* is in use by another run \(pid \d+\)"):
             run(cfg, folder)
     assert sorted(p.name for p in folder.iterdir()) == [".lock"]  # the refused run wrote nothing
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
-                               "from mtdnn.rundir import run_lock; from pathlib import Path\n"
-                               "with run_lock(Path(sys.argv[2])):\n    print('held', flush=True); time.sleep(600)",
-                               str(Path(__file__).parent.parent), str(folder)], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(MtdnnError, match="is in use by another run"):
-        run(cfg, folder)
-    holder.kill()  # SIGKILL: no chance to unlock; the OS releases the lock with the process
-    holder.wait()
+    with reaped(subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
+                                  "from mtdnn.rundir import run_lock; from pathlib import Path\n"
+                                  "with run_lock(Path(sys.argv[2])):\n    print('held', flush=True); time.sleep(600)",
+                                  str(Path(__file__).parent.parent), str(folder)], stdout=subprocess.PIPE,
+                                 text=True)) as holder:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(MtdnnError, match="is in use by another run"):
+            run(cfg, folder)
+        holder.kill()  # SIGKILL: no chance to unlock; the OS releases the lock with the process
+        holder.wait()
     assert run(cfg, folder)["steps"] == 2
 
 
@@ -230,13 +231,14 @@ def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path, toy_tasks):
     cmd = [sys.executable, "-m", "mtdnn.train", *tiny_overrides(toy_tasks, "task=toy_sent", "trainer.max_steps=100000",
                                                                 "trainer.log_every=1", "trainer.eval_every=5",
                                                                 f"output_dir={tmp_path / 'run'}")]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     log_file, deadline = tmp_path / "run" / "train_log.jsonl", time.time() + 300
-    while proc.poll() is None and time.time() < deadline and \
-            not (log_file.is_file() and len(log_file.read_text().splitlines()) >= 6):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    with reaped(subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 text=True)) as proc:
+        while proc.poll() is None and time.time() < deadline and \
+                not (log_file.is_file() and len(log_file.read_text().splitlines()) >= 6):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("error: interrupted; every checkpoint written so far is intact")
     assert list_checkpoints(tmp_path / "run")  # step 5's checkpoint is there to resume from
