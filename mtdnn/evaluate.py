@@ -10,12 +10,14 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from mtdnn.cli import argv, load_run, parse_args, pick_device, select_tasks
-from mtdnn.data import TaskData, check_columns, check_rows, encode_splits, load_raw
-from mtdnn.errors import cli_errors, raise_if
-from mtdnn.inference import collator_for, evaluate_split, model_device
-from mtdnn.rundir import write_json
-from mtdnn.metrics import show
+from mtdnn.core.atomic import write_json
+from mtdnn.core.commands import argv, cli_errors, parse_args
+from mtdnn.core.distributed import pick_device
+from mtdnn.core.errors import raise_if
+from mtdnn.data.loading import TaskData, check_columns, check_rows, encode_splits, load_raw
+from mtdnn.evaluation.engine import collator_for, evaluate_split, model_device
+from mtdnn.kinds.metrics import show
+from mtdnn.serving.loading import load_run, select_tasks
 
 
 @dataclass

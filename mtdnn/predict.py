@@ -15,13 +15,15 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from mtdnn.cli import argv, load_run, parse_args, pick_device, select_tasks
-from mtdnn.data import load_raw
-from mtdnn.errors import MtdnnError, cli_errors, raise_if
-from mtdnn.inference import write_records
-from mtdnn.predictor import records_of
-from mtdnn.submission import FORMATS, submission_problems, write_submission
-from mtdnn.tasks import SourceSpec, TaskSpec
+from mtdnn.core.commands import argv, cli_errors, parse_args
+from mtdnn.core.distributed import pick_device
+from mtdnn.core.errors import MtdnnError, raise_if
+from mtdnn.data.loading import load_raw
+from mtdnn.data.tasks import SourceSpec, TaskSpec
+from mtdnn.evaluation.engine import write_records
+from mtdnn.serving.loading import load_run, select_tasks
+from mtdnn.serving.predictor import records_of
+from mtdnn.serving.submission import FORMATS, submission_problems, write_submission
 
 
 @dataclass

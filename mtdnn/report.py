@@ -27,10 +27,10 @@ from pathlib import Path
 import yaml
 from omegaconf import MISSING
 
-from mtdnn.cli import argv, parse_args
-from mtdnn.errors import MtdnnError, cli_errors
-from mtdnn.rundir import write_atomic
-from mtdnn.sweeps import FAILED, planned_jobs
+from mtdnn.core.atomic import write_atomic
+from mtdnn.core.commands import argv, cli_errors, parse_args
+from mtdnn.core.errors import MtdnnError
+from mtdnn.training.sweeps import FAILED, planned_jobs
 
 SEED_KEYS = ("seed",)  # overrides that distinguish repetitions, not configurations
 RUN_KEYS = ("resume",)  # overrides of how a job was run (continued), not of what it computes

@@ -12,31 +12,39 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from mtdnn import config as _config  # noqa: F401  (registers the typed schemas with Hydra)
 from mtdnn.balancers import Setup, build_balancer
-from mtdnn.build import prepare_data, prepare_output_dir, quiet_library_progress_bars, tokenizer_and_encoder
-from mtdnn.checkpoint import Resumable, TrainState, check_resume_config
-from mtdnn.cli import pick_device
-from mtdnn.command_line import check_overrides, check_sweep
-from mtdnn.data import TaskBatches, encode_splits, length_problems, one_pass_in_turn, task_seed
+from mtdnn.core import config as _config  # noqa: F401  (registers the typed schemas with Hydra)
+from mtdnn.core.commands import cli_errors
+from mtdnn.core.distributed import Distributed, pick_device
+from mtdnn.core.errors import MtdnnError, first_line, raise_if
+from mtdnn.core.interrupts import interrupts_at_safe_points
+from mtdnn.core.paths import conf_dir
+from mtdnn.data.loading import TaskBatches, encode_splits, length_problems, one_pass_in_turn, task_seed
+from mtdnn.data.sampler import TaskSampler
+from mtdnn.data.tasks import load_tasks
 from mtdnn.distill import Distiller
-from mtdnn.distributed import Distributed
-from mtdnn.encoders import max_length_problems
-from mtdnn.errors import MtdnnError, cli_errors, first_line, interrupts_at_safe_points, raise_if
-from mtdnn.inference import collator_for
-from mtdnn.loop import make_plan, train
-from mtdnn.model import MultiTaskModel, bake_parametrizations
-from mtdnn.optim import build_optimizer, build_scheduler
-from mtdnn.paths import conf_dir
+from mtdnn.evaluation.engine import collator_for
+from mtdnn.model.encoders import max_length_problems
+from mtdnn.model.multitask import MultiTaskModel, bake_parametrizations
 from mtdnn.regularizers import build_regularizers
-from mtdnn.rundir import record_resume, remove_staging, resolve_resume, run_lock, save_run_files, seed_everything
-from mtdnn.sampler import TaskSampler
-from mtdnn.stages import init_from_run, run_stages
-from mtdnn.summary import log_plan, record_zero_shot, write_summary
-from mtdnn.sweeps import in_sweep, run_job, score
-from mtdnn.tasks import load_tasks
-from mtdnn.tracking import SilentTracker, Tracker
-from mtdnn.validate import run_problems
+from mtdnn.runs.checkpoints import remove_staging
+from mtdnn.runs.folder import record_resume, resolve_resume, run_lock, save_run_files
+from mtdnn.runs.rng import seed_everything
+from mtdnn.training.build import (
+    prepare_data,
+    prepare_output_dir,
+    quiet_library_progress_bars,
+    tokenizer_and_encoder,
+)
+from mtdnn.training.checks import run_problems
+from mtdnn.training.command_line import check_overrides, check_sweep
+from mtdnn.training.loop import make_plan, train
+from mtdnn.training.optim import build_optimizer, build_scheduler
+from mtdnn.training.resume import Resumable, TrainState, check_resume_config
+from mtdnn.training.stages import init_from_run, run_stages
+from mtdnn.training.summary import log_plan, record_zero_shot, write_summary
+from mtdnn.training.sweeps import in_sweep, run_job, score
+from mtdnn.training.tracking import SilentTracker, Tracker
 
 log = logging.getLogger("mtdnn")
 
@@ -190,7 +198,7 @@ def hydra_main(cfg: DictConfig) -> float:
 def main() -> None:
     import sys
 
-    from mtdnn.errors import want_traceback
+    from mtdnn.core.commands import want_traceback
 
     args = sys.argv[1:]
     flags = {a for a in args if a.startswith("-")}

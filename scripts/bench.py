@@ -33,16 +33,16 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from mtdnn.config import EncoderConfig, TrainerConfig
-from mtdnn.data import Collator, TaskBatches, encode_splits, task_seed
-from mtdnn.encoders import build_encoder, build_tokenizer, pretrained_source
-from mtdnn.inference import collator_for, evaluate_split
-from mtdnn.loop import forward_backward
-from mtdnn.model import MultiTaskModel
-from mtdnn.optim import build_optimizer, build_scheduler
-from mtdnn.paths import conf_dir
-from mtdnn.tasks import load_tasks
-from mtdnn.build import prepare_data, train_texts
+from mtdnn.core.config import EncoderConfig, TrainerConfig
+from mtdnn.core.paths import conf_dir
+from mtdnn.data.loading import Collator, TaskBatches, encode_splits, task_seed
+from mtdnn.data.tasks import load_tasks
+from mtdnn.evaluation.engine import collator_for, evaluate_split
+from mtdnn.model.encoders import build_encoder, build_tokenizer, pretrained_source
+from mtdnn.model.multitask import MultiTaskModel
+from mtdnn.training.build import prepare_data, train_texts
+from mtdnn.training.loop import forward_backward
+from mtdnn.training.optim import build_optimizer, build_scheduler
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -109,7 +109,7 @@ def encoder_config(name: str) -> EncoderConfig:
 # ---------------------------------------------------------------- 1. toolkit step vs plain loop
 
 def train_step(model, task: str, batch: dict, optimizer, scheduler, cfg: TrainerConfig, bf16: bool) -> None:
-    """The body of mtdnn.loop.train for one micro-batch without regularizers: what the toolkit runs."""
+    """The body of mtdnn.training.loop.train for one micro-batch without regularizers: what the toolkit runs."""
     forward_backward(model, task, batch, {}, 1.0, DEVICE, bf16)
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
     optimizer.step()
@@ -237,8 +237,8 @@ def train_and_score(spec, data, tokenizer, encoder, pooling, steps: int, bucket:
 STARTUP = """
 import sys, time, json
 from bench import demo_task
-from mtdnn.data import TaskBatches
-from mtdnn.inference import collator_for
+from mtdnn.data.loading import TaskBatches
+from mtdnn.evaluation.engine import collator_for
 start = time.perf_counter()  # after the imports: what differs between the runs is the data work
 spec, data, tokenizer, encoder, pooling = demo_task({quick})
 batch = TaskBatches(data.encoded['train'], 32, 0, collator_for(spec, tokenizer, 8)).next()

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from mtdnn.cli import load_run
-from mtdnn.data import TaskData, encode_splits, load_raw
-from mtdnn.inference import collator_for, forward_rows
-from mtdnn.tasks import load_tasks
+from mtdnn.data.loading import TaskData, encode_splits, load_raw
+from mtdnn.data.tasks import load_tasks
+from mtdnn.evaluation.engine import collator_for, forward_rows
+from mtdnn.serving.loading import load_run
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 

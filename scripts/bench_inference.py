@@ -68,7 +68,7 @@ def rss_mb() -> float:
 
 
 def validation_rows(spec) -> list[dict]:
-    from mtdnn.data import load_raw
+    from mtdnn.data.loading import load_raw
 
     raw = load_raw(spec)["validation"]
     return [{"text": text} for text in raw[spec.columns.text]], list(raw[spec.columns.label])
@@ -120,7 +120,7 @@ def main() -> None:
     folders = train_models(work, args.rows)
     onnx = {name: export(run, work / f"{name}_onnx") for name, run in folders.items()}
 
-    from mtdnn.tasks import load_tasks
+    from mtdnn.data.tasks import load_tasks
 
     texts, gold = validation_rows(load_tasks([TASK], [])[0])
     entries = []

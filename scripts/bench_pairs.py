@@ -40,7 +40,7 @@ TRAIN_DOCS = 38
 
 
 def lee_pairs() -> tuple[list[dict], list[dict]]:
-    from mtdnn.artifacts import fetch_member
+    from mtdnn.core.artifacts import fetch_member
 
     docs = fetch_member("gensim/test/test_data/lee.cor", **GENSIM).read_text(encoding="latin-1").splitlines()
     matrix = [line.split() for line in

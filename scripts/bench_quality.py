@@ -97,7 +97,7 @@ def run_child(cmd: list[str], out: Path, log_file: Path, threads: int, keep_chec
 
 def main_metric(task: str, task_dirs: list[str]) -> tuple[str, str]:
     """(main metric, head) from the task's YAML."""
-    from mtdnn.tasks import load_tasks
+    from mtdnn.data.tasks import load_tasks
 
     spec = load_tasks([task], task_dirs)[0]
     return spec.metrics[0], spec.head
@@ -107,8 +107,8 @@ def majority_rate(task: str, task_dirs: list[str]) -> float | None:
     """Accuracy of always answering the validation split's most frequent label (classification only)."""
     from collections import Counter
 
-    from mtdnn.data import load_raw
-    from mtdnn.tasks import load_tasks
+    from mtdnn.data.loading import load_raw
+    from mtdnn.data.tasks import load_tasks
 
     spec = load_tasks([task], task_dirs)[0]
     if spec.head != "classification":

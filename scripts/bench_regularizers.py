@@ -27,16 +27,16 @@ import time
 from pathlib import Path
 
 import torch
+from bench_smart import load_encoder, random_batch  # scripts/ is on sys.path when run as a script
 from omegaconf import OmegaConf
 
-from bench_smart import load_encoder, random_batch  # scripts/ is on sys.path when run as a script
-from mtdnn.config import TrainerConfig
-from mtdnn.loop import forward_backward
-from mtdnn.model import MultiTaskModel
-from mtdnn.optim import build_optimizer
-from mtdnn.paths import conf_dir
+from mtdnn.core.config import TrainerConfig
+from mtdnn.core.paths import conf_dir
+from mtdnn.data.tasks import ColumnsSpec, SourceSpec, TaskSpec
+from mtdnn.model.multitask import MultiTaskModel
 from mtdnn.regularizers import available, build_regularizers
-from mtdnn.tasks import ColumnsSpec, SourceSpec, TaskSpec
+from mtdnn.training.loop import forward_backward
+from mtdnn.training.optim import build_optimizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

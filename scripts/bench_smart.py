@@ -3,7 +3,7 @@
     python scripts/bench_smart.py [--reps 7] [--encoder minilm|tiny] [--json out.json]
 
 For each shape (batch x tokens) it times three variants of the toolkit's real training step
-(mtdnn.loop.forward_backward + gradient clipping + AdamW step + regularizer after_step) on the same model:
+(mtdnn.training.loop.forward_backward + gradient clipping + AdamW step + regularizer after_step) on the same model:
 vanilla, SMART without the teacher (mu=0: the smoothness term alone) and full SMART (with the momentum
 teacher). The variants take turns within every repetition (interleaved, order rotated), and the table
 reports median step times, their spread (min-max) and the ratios of medians.
@@ -28,16 +28,15 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from mtdnn.config import EncoderConfig
-from mtdnn.encoders import build_encoder, pretrained_source
-from mtdnn.loop import forward_backward
-from mtdnn.model import MultiTaskModel
-from mtdnn.optim import build_optimizer
-from mtdnn.config import TrainerConfig
-from mtdnn.paths import conf_dir
-from mtdnn.heads import symmetric_kl
+from mtdnn.core.config import EncoderConfig, TrainerConfig
+from mtdnn.core.paths import conf_dir
+from mtdnn.data.tasks import ColumnsSpec, SourceSpec, TaskSpec
+from mtdnn.kinds.heads import symmetric_kl
+from mtdnn.model.encoders import build_encoder, pretrained_source
+from mtdnn.model.multitask import MultiTaskModel
 from mtdnn.regularizers.smart import Config, Smart
-from mtdnn.tasks import ColumnsSpec, SourceSpec, TaskSpec
+from mtdnn.training.loop import forward_backward
+from mtdnn.training.optim import build_optimizer
 
 SHAPES = [(16, 64), (32, 128)]
 MTDNN_ANCHOR = {(16, 64): 2.43, (32, 128): 2.01}

@@ -70,8 +70,7 @@ def compose_train(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    import mtdnn.config  # noqa: F401  (registers the typed schemas the YAML defaults name)
-    from mtdnn.paths import conf_dir
+    from mtdnn.core.paths import conf_dir
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):

@@ -6,15 +6,15 @@ import copy
 
 import pytest
 import torch
-
-from mtdnn.adapters import trainable_parameters
-from mtdnn.config import AdapterConfig
-from mtdnn.cli import load_run
-from mtdnn.evaluate import EvaluateConfig, evaluate
-from mtdnn.model import MultiTaskModel
-from mtdnn.train import run
 from conftest import compose_train, tiny_overrides
 from test_smart import _batch, _spec, _tiny_model
+
+from mtdnn.core.config import AdapterConfig
+from mtdnn.evaluate import EvaluateConfig, evaluate
+from mtdnn.model.adapters import trainable_parameters
+from mtdnn.model.multitask import MultiTaskModel
+from mtdnn.serving.loading import load_run
+from mtdnn.train import run
 
 
 def _pair(kind: str) -> tuple[MultiTaskModel, MultiTaskModel]:
@@ -83,7 +83,10 @@ def test_adapter_training_learns_with_a_frozen_encoder(tmp_path, toy_tasks, kind
 
 
 def test_the_encoder_stays_frozen_through_training(tmp_path, toy_tasks):
-    from mtdnn.rundir import best_checkpoint, read_weights  # a checkpoint's trained weights + the frozen file
+    from mtdnn.runs.checkpoints import (  # a checkpoint's trained weights + the frozen file
+        best_checkpoint,
+        read_weights,
+    )
 
     base = tiny_overrides(toy_tasks, "task=toy_sent", "adapter=bottleneck", "trainer.max_steps=20",
                           "trainer.eval_every=20", "predict_test=false", "seed=7")
@@ -100,8 +103,8 @@ def test_the_encoder_stays_frozen_through_training(tmp_path, toy_tasks):
 def test_an_encoder_without_a_layer_list_is_a_clear_error():
     from types import SimpleNamespace
 
-    from mtdnn.adapters import Adapters
-    from mtdnn.errors import MtdnnError
+    from mtdnn.core.errors import MtdnnError
+    from mtdnn.model.adapters import Adapters
 
     class Flat(torch.nn.Module):  # layers kept as separate attributes: no ModuleList to hook
         config = SimpleNamespace(num_hidden_layers=2, hidden_size=8)

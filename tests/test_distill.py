@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import WORDS, compose_train, tiny_overrides, write_task
 from safetensors.torch import load_file, save_file
 
 from mtdnn import kinds
+from mtdnn.core.errors import MtdnnError
 from mtdnn.distill.targets import soft_targets
-from mtdnn.errors import MtdnnError
 from mtdnn.train import run
-from conftest import WORDS, compose_train, tiny_overrides, write_task
 
 
 def noisy_rows(n: int, seed: int, noise: float) -> list[dict]:
@@ -164,10 +164,10 @@ def test_teachers_with_another_tokenizer_and_the_comparison_table(teachers, tmp_
 
 def _agreement(run_dir, teachers_, folder) -> float:
     """Share of validation examples where the run predicts what the teacher ensemble predicts."""
-    from mtdnn.cli import load_run
-    from mtdnn.data import TaskData, encode_splits, load_raw
-    from mtdnn.inference import collator_for, forward_rows
-    from mtdnn.tasks import load_tasks
+    from mtdnn.data.loading import TaskData, encode_splits, load_raw
+    from mtdnn.data.tasks import load_tasks
+    from mtdnn.evaluation.engine import collator_for, forward_rows
+    from mtdnn.serving.loading import load_run
 
     (spec,) = load_tasks(["toy_sent"], [str(folder)])
     raw = load_raw(spec)["validation"]
@@ -227,10 +227,10 @@ def test_span_and_tagging_distil_from_teachers_sharing_the_tokenizer(tmp_path):
     assert targets.shape == (int(sizes.sum()), 2)  # one (start, end) probability per token of every window
     first = targets[: int(sizes[0])]
     assert torch.allclose(first.sum(0), torch.ones(2), atol=1e-4)  # distributions over the window's tokens
-    from mtdnn.build import prepare_data
-    from mtdnn.cli import load_run
-    from mtdnn.data import encode_splits
-    from mtdnn.tasks import load_tasks
+    from mtdnn.data.loading import encode_splits
+    from mtdnn.data.tasks import load_tasks
+    from mtdnn.serving.loading import load_run
+    from mtdnn.training.build import prepare_data
 
     teacher = load_run(str(tmp_path / "teacher"), "best", torch.device("cpu"))  # the first window, recomputed
     data = prepare_data(load_tasks(["toy_squad"], [str(folder)]))["toy_squad"]
@@ -334,11 +334,11 @@ def test_ranking_and_regression_distil_end_to_end(tmp_path):
     for task, metric in (("toy_rank", "accuracy"), ("toy_count", "pearson")):
         assert teacher["validation"][task][metric] > 0.8, (task, teacher["validation"][task])
         assert student["validation"][task][metric] > 0.8, (task, student["validation"][task])
-    from mtdnn.build import prepare_data
-    from mtdnn.cli import load_run
-    from mtdnn.data import encode_splits
-    from mtdnn.inference import collator_for, forward_rows
-    from mtdnn.tasks import load_tasks
+    from mtdnn.data.loading import encode_splits
+    from mtdnn.data.tasks import load_tasks
+    from mtdnn.evaluation.engine import collator_for, forward_rows
+    from mtdnn.serving.loading import load_run
+    from mtdnn.training.build import prepare_data
 
     loaded = load_run(str(tmp_path / "teacher"), "best", torch.device("cpu"))
     data = prepare_data(load_tasks(["toy_count"], [str(folder)]))["toy_count"]

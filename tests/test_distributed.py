@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import write_toy_tasks
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

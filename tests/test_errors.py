@@ -7,11 +7,11 @@ import sys
 
 import pytest
 import yaml
-
-from mtdnn.errors import MtdnnError
-from mtdnn.tasks import load_tasks
-from mtdnn.build import prepare_data
 from conftest import sentiment_rows, write_task
+
+from mtdnn.core.errors import MtdnnError
+from mtdnn.data.tasks import load_tasks
+from mtdnn.training.build import prepare_data
 
 
 def _task(folder, name="t", **changes):
@@ -130,7 +130,7 @@ def test_cli_prints_one_line_without_traceback(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
-    from mtdnn.tasks import known_tasks
+    from mtdnn.data.tasks import known_tasks
 
     assert done.stderr.strip() == ("error: task=rt_polarty: unknown task (did you mean 'rt_polarity'?); known: "
                                    + ", ".join(known_tasks([])))
@@ -155,6 +155,7 @@ def test_hub_source_offline_gives_a_clear_error():
 
 def test_encoder_path_that_does_not_exist(tmp_path):
     from conftest import compose_train
+
     from mtdnn.train import run
 
     cfg = compose_train(["encoder=bert-base-uncased", f"encoder.name={tmp_path}/no_such_model", "task=rt_polarity",

@@ -8,13 +8,13 @@ import sys
 
 import pytest
 import torch
-
-from mtdnn.cli import load_run
-from mtdnn.errors import MtdnnError
-from mtdnn.export import ExportConfig, export
-from mtdnn.train import run
 from conftest import compose_train, tiny_overrides, write_toy_tasks
 from test_heads import _rank_task, _span_task, _tag_task, ranking_rows, squad_rows, tagging_rows
+
+from mtdnn.core.errors import MtdnnError
+from mtdnn.export import ExportConfig, export
+from mtdnn.serving.loading import load_run
+from mtdnn.train import run
 
 SENTENCES = ["the movie great", "plot awful awful", "a film", "the cast great but the ending awful"]
 NO_MTDNN = "import sys, json; sys.modules['mtdnn'] = None\n"  # any import of mtdnn in the child fails

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from mtdnn.data import _load_file
-from mtdnn.errors import MtdnnError
+from mtdnn.core.errors import MtdnnError
+from mtdnn.data.loading import _load_file
 
 CSV = "text,label\n" + "".join(f"row {i},{i % 2}\n" for i in range(400))
 

@@ -25,10 +25,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import sentiment_rows, write_task
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import sentiment_rows, write_task
 from test_bad_input import _digest, world  # noqa: F401  (the module fixture: a finished run no case may change)
 
 FAST = settings(max_examples=15, deadline=None, derandomize=True, database=None, print_blob=True,

@@ -8,18 +8,18 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import WORDS, compose_train, tiny_overrides, write_task
 
+from mtdnn.core.errors import MtdnnError
+from mtdnn.data.loading import encode_splits
+from mtdnn.data.tasks import load_tasks
 from mtdnn.kinds import ranking, span, tagging
-from mtdnn.data import encode_splits
-from mtdnn.encoders import train_wordpiece
-from mtdnn.errors import MtdnnError
 from mtdnn.kinds.ranking import RankingHead
 from mtdnn.kinds.span import SpanHead
 from mtdnn.kinds.tagging import TaggingHead
-from mtdnn.tasks import load_tasks
-from mtdnn.build import prepare_data
+from mtdnn.model.encoders import train_wordpiece
 from mtdnn.train import run
-from conftest import WORDS, compose_train, tiny_overrides, write_task
+from mtdnn.training.build import prepare_data
 
 COLORS = ["red", "blue", "green", "yellow", "purple", "orange"]
 
@@ -326,7 +326,7 @@ def test_smart_on_span_ranking_and_tagging(tmp_path):
 def test_v2_decoding_answers_only_when_the_span_beats_no_answer_by_the_threshold(threshold, null_score, expected):
     import datasets
 
-    from mtdnn.tasks import ColumnsSpec, SourceSpec, TaskSpec
+    from mtdnn.data.tasks import ColumnsSpec, SourceSpec, TaskSpec
 
     spec = TaskSpec(name="q", head="span", source=SourceSpec(kind="files"),
                     columns=ColumnsSpec(question="question", context="context", answers="answers"))

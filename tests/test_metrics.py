@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-
-from mtdnn import metrics
-from mtdnn.inference import main_score
 from test_smart import _spec
+
+from mtdnn.evaluation.engine import main_score
+from mtdnn.kinds import metrics
 
 
 def f1_of(pred: np.ndarray, gold: np.ndarray, label: int) -> float:
@@ -93,8 +93,8 @@ def test_metrics_the_data_cannot_define_are_undefined_not_zero():
 
 
 def test_an_undefined_score_never_becomes_the_best_unless_nothing_else_was_defined():
-    from mtdnn.checkpoint import TrainState
-    from mtdnn.loop import is_better
+    from mtdnn.training.loop import is_better
+    from mtdnn.training.resume import TrainState
 
     state = TrainState()
     assert not is_better(float("nan"), state, last=False)  # first evaluation undefined: no best yet
@@ -113,6 +113,7 @@ def test_a_run_whose_validation_cannot_define_its_main_metric_says_so(tmp_path, 
     import json
 
     from conftest import compose_train, sentiment_rows, tiny_overrides, write_task
+
     from mtdnn.train import run
 
     one_class = [r for r in sentiment_rows(60, 2) if r["label"] == "pos"]

@@ -9,12 +9,12 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import WORDS, compose_train, tiny_overrides, write_task
 
 from mtdnn import kinds
-from mtdnn.errors import MtdnnError
-from mtdnn.tasks import load_tasks
+from mtdnn.core.errors import MtdnnError
+from mtdnn.data.tasks import load_tasks
 from mtdnn.train import run
-from conftest import WORDS, compose_train, tiny_overrides, write_task
 
 COLOURS = ["red", "green", "blue"]
 
@@ -50,7 +50,7 @@ def test_yaml_problems_are_reported_together(tmp_path):
 
 
 def test_bad_label_rows_name_the_row(tmp_path):
-    from mtdnn.build import prepare_data
+    from mtdnn.training.build import prepare_data
 
     rows = colour_rows(20, 1)
     rows[6]["tags"] = ["red", "purple"]
@@ -122,8 +122,8 @@ def test_trains_predicts_and_leaves_unlabelled_test_rows_unscored(tmp_path):
 
 
 def test_distills_and_exports(tmp_path):
-    from mtdnn.cli import load_run
     from mtdnn.export import ExportConfig, export
+    from mtdnn.serving.loading import load_run
 
     folder = tmp_path / "tasks"
     _task(folder)

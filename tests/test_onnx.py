@@ -7,25 +7,25 @@ import json
 
 import pytest
 import torch
-
 from conftest import compose_train, tiny_overrides
-from mtdnn import load_run
-from mtdnn.cli import load_run as load_run_folder
-from mtdnn.errors import MtdnnError
-from mtdnn.export import ExportConfig, export
-from mtdnn.inference import collator_for
-from mtdnn.train import run
 from test_predictor import TASKS, _rows, trained  # noqa: F401  (its module fixture: a run of every kind)
+
+from mtdnn import load_run
+from mtdnn.core.errors import MtdnnError
+from mtdnn.evaluation.engine import collator_for
+from mtdnn.export import ExportConfig, export
+from mtdnn.serving.loading import load_run as load_run_folder
+from mtdnn.train import run
 
 
 def _batch(loaded, task: str, rows: list[dict]) -> dict:
-    from mtdnn.data import TaskData, encode_splits
-
     import datasets
+
+    from mtdnn.data.loading import TaskData, encode_splits
 
     spec = loaded.specs[task]
     data = TaskData(spec, {"test": datasets.Dataset.from_list(rows)})
-    from mtdnn.data import check_rows
+    from mtdnn.data.loading import check_rows
 
     check_rows(data)
     encode_splits(data, loaded.tokenizer)

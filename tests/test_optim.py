@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from mtdnn.config import TrainerConfig
-from mtdnn.loop import forward_backward, make_plan
-from mtdnn.optim import build_optimizer, build_scheduler, param_groups
 from test_smart import _batch, _spec, _tiny_model
+
+from mtdnn.core.config import TrainerConfig
+from mtdnn.training.loop import forward_backward, make_plan
+from mtdnn.training.optim import build_optimizer, build_scheduler, param_groups
 
 
 def test_no_decay_for_1d_parameters_and_head_lr_for_heads_and_adapters():
@@ -74,9 +74,10 @@ def test_epoch_based_plan_counts_every_tasks_batches():
 
 
 def test_the_loop_scales_each_tasks_loss_by_its_weight_over_grad_accum(tmp_path, toy_tasks, monkeypatch):
-    import mtdnn.loop as loop
-    from mtdnn.train import run
     from conftest import compose_train, tiny_overrides
+
+    import mtdnn.training.loop as loop
+    from mtdnn.train import run
 
     seen: dict[str, set] = {}
     real = loop.forward_backward

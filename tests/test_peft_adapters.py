@@ -7,15 +7,15 @@ import copy
 
 import pytest
 import torch
-
 from conftest import compose_train, straight_and_resumed, tiny_overrides
-from mtdnn.adapters import trainable_parameters
-from mtdnn.cli import load_run
-from mtdnn.config import AdapterConfig
-from mtdnn.errors import MtdnnError
-from mtdnn.model import MultiTaskModel
-from mtdnn.train import run
 from test_smart import _batch, _spec, _tiny_model
+
+from mtdnn.core.config import AdapterConfig
+from mtdnn.core.errors import MtdnnError
+from mtdnn.model.adapters import trainable_parameters
+from mtdnn.model.multitask import MultiTaskModel
+from mtdnn.serving.loading import load_run
+from mtdnn.train import run
 
 
 def _pair(per_task: bool, kind: str = "lora") -> tuple[MultiTaskModel, MultiTaskModel]:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import compose_train, tiny_overrides, write_toy_tasks
-from mtdnn.errors import MtdnnError
-from mtdnn.train import run
 from test_heads import _rank_task, _span_task, _tag_task, ranking_rows, squad_rows, tagging_rows
+
+from mtdnn.core.errors import MtdnnError
+from mtdnn.train import run
 
 TASKS = ["toy_sent", "toy_count", "toy_squad", "toy_rank", "toy_ner"]
 
@@ -110,8 +110,8 @@ def test_predict_draws_no_progress_bar_and_leaves_the_setting_as_it_was(trained,
 
 
 def test_inputs_without_the_tasks_id_column_are_numbered_by_position():
-    from mtdnn.predictor import as_row, with_id
-    from mtdnn.tasks import ColumnsSpec, SourceSpec, TaskSpec
+    from mtdnn.data.tasks import ColumnsSpec, SourceSpec, TaskSpec
+    from mtdnn.serving.predictor import as_row, with_id
 
     spec = TaskSpec(name="sim", head="regression", source=SourceSpec(kind="files"),
                     columns=ColumnsSpec(text="a", text_pair="b", label="score", id="pair"))

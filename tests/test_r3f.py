@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
+from conftest import compose_train, tiny_overrides
+from test_smart import _batch, _spec, _tiny_model
 
 from mtdnn.regularizers import DropoutReplay, StepContext, regularizer_problems
 from mtdnn.regularizers.r3f import R3F, Config, sample_noise
 from mtdnn.train import run
-from conftest import compose_train, tiny_overrides
-from test_smart import _batch, _spec, _tiny_model
 
 
 def test_noise_is_bounded_and_never_on_padding():

@@ -8,14 +8,24 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
-
-from mtdnn.regularizers import available, build_regularizers, regularizer_problems
-from mtdnn.regularizers import alice, child_tuning, freelb, l2_sp, lnsr, mixout, r4f
-from mtdnn.train import run
 from conftest import compose_train, straight_and_resumed, tiny_overrides, write_toy_tasks
+from safetensors.torch import load_file
 from test_heads import _rank_task, _span_task, _tag_task, ranking_rows, squad_rows, tagging_rows
 from test_smart import _batch, _context, _spec, _tiny_model
+
+from mtdnn.regularizers import (
+    alice,
+    available,
+    build_regularizers,
+    child_tuning,
+    freelb,
+    l2_sp,
+    lnsr,
+    mixout,
+    r4f,
+    regularizer_problems,
+)
+from mtdnn.train import run
 
 NEW = ["alice", "r4f", "freelb", "child_tuning", "lnsr", "mixout", "l2_sp"]
 
@@ -127,8 +137,8 @@ def test_freelb_trains_on_the_batch_training_loss_it_is_given():
 
 
 def test_methods_that_need_a_trainable_encoder_warn_once_under_adapters(caplog):
-    from mtdnn.config import AdapterConfig
-    from mtdnn.model import MultiTaskModel
+    from mtdnn.core.config import AdapterConfig
+    from mtdnn.model.multitask import MultiTaskModel
 
     base = _tiny_model(_spec("t"))
     model = MultiTaskModel(base.encoder, [_spec("t")], "mean", AdapterConfig(kind="bottleneck", bottleneck=4))
@@ -256,7 +266,7 @@ def test_lnsr_noise_comes_from_the_main_stream_not_the_replayed_one():
 
 
 def test_lnsr_layer_beyond_the_encoder_is_an_error():
-    from mtdnn.errors import MtdnnError
+    from mtdnn.core.errors import MtdnnError
 
     with pytest.raises(MtdnnError, match="regularizer.lnsr.layer: must be below 2"):
         lnsr.LNSR(lnsr.Config(layer=2), _tiny_model(_spec("t")))

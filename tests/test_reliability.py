@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
+from conftest import compose_train, reaped, tiny_overrides
 from safetensors.torch import load_file
 
-from mtdnn import rundir
-from mtdnn.errors import MtdnnError
+from mtdnn.core.errors import MtdnnError
 from mtdnn.kinds.classification import ClassificationHead
-from mtdnn.rundir import checkpoint_problem, list_checkpoints, load_trainer_state, resolve_resume, save_checkpoint
+from mtdnn.runs import folder as rundir
+from mtdnn.runs.checkpoints import checkpoint_problem, list_checkpoints, load_trainer_state, save_checkpoint
+from mtdnn.runs.folder import resolve_resume
 from mtdnn.train import run
-from conftest import compose_train, reaped, tiny_overrides
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -192,7 +192,7 @@ def test_too_many_nan_steps_in_a_row_stop_with_the_last_checkpoint_intact(tmp_pa
 def test_loading_is_safe_by_construction():
     """No pickle of untrusted files: torch.load only with weights_only=True, YAML only safe_load,
     trust_remote_code off unless set."""
-    from mtdnn.config import EncoderConfig
+    from mtdnn.core.config import EncoderConfig
 
     sources = {p: p.read_text() for p in Path(rundir.__file__).parent.rglob("*.py")}
     for path, text in sources.items():
@@ -204,8 +204,8 @@ def test_loading_is_safe_by_construction():
 
 
 def test_a_second_run_into_a_folder_in_use_stops_at_once_and_the_lock_dies_with_its_holder(tmp_path, toy_tasks):
-    from mtdnn.errors import MtdnnError
-    from mtdnn.rundir import run_lock
+    from mtdnn.core.errors import MtdnnError
+    from mtdnn.runs.folder import run_lock
 
     folder = tmp_path / "run"
     folder.mkdir()
@@ -215,7 +215,7 @@ def test_a_second_run_into_a_folder_in_use_stops_at_once_and_the_lock_dies_with_
             run(cfg, folder)
     assert sorted(p.name for p in folder.iterdir()) == [".lock"]  # the refused run wrote nothing
     with reaped(subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
-                                  "from mtdnn.rundir import run_lock; from pathlib import Path\n"
+                                  "from mtdnn.runs.folder import run_lock; from pathlib import Path\n"
                                   "with run_lock(Path(sys.argv[2])):\n    print('held', flush=True); time.sleep(600)",
                                   str(Path(__file__).parent.parent), str(folder)], stdout=subprocess.PIPE,
                                  text=True)) as holder:
@@ -254,7 +254,7 @@ def test_ctrl_c_that_a_library_turns_into_another_error_still_exits_as_an_interr
     # torch.tensor(datasets.Column) answered a Ctrl-C mid-read with a ValueError: any such swallow must read as Ctrl-C
     script = textwrap.dedent(f"""
         import os, signal
-        from mtdnn.errors import MtdnnError, cli_errors
+        from mtdnn.core.errors import MtdnnError, cli_errors
 
         @cli_errors
         def main():
@@ -272,7 +272,7 @@ def test_ctrl_c_that_a_library_turns_into_another_error_still_exits_as_an_interr
 
 def test_an_error_with_no_ctrl_c_before_it_is_not_called_an_interrupt():
     script = textwrap.dedent("""
-        from mtdnn.errors import MtdnnError, cli_errors
+        from mtdnn.core.errors import MtdnnError, cli_errors
 
         @cli_errors
         def main():
@@ -310,7 +310,7 @@ def test_in_the_training_loop_ctrl_c_waits_for_a_safe_point(case):
     body, expected = SAFE_POINT_BODIES[case]
     script = textwrap.dedent("""
         import os, signal
-        from mtdnn.errors import cli_errors, interrupts_at_safe_points, stop_if_interrupted
+        from mtdnn.core.errors import cli_errors, interrupts_at_safe_points, stop_if_interrupted
         steps = []
 
         @cli_errors

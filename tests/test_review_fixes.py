@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import datasets
-
 import pytest
 import torch
+from conftest import compose_train, tiny_overrides
 from safetensors.torch import load_file
+from test_smart import _batch, _spec, _tiny_model
 
 from mtdnn import kinds
-from mtdnn.config import TrainerConfig
-from mtdnn.errors import MtdnnError
+from mtdnn.core.config import TrainerConfig
+from mtdnn.core.errors import MtdnnError
 from mtdnn.regularizers import build_regularizers, child_tuning
 from mtdnn.train import run
-from conftest import compose_train, tiny_overrides
-from test_smart import _batch, _spec, _tiny_model
+
 
 def GPU(test):  # noqa: N802  (a decorator: marked for -m gpu, skipped without a visible GPU)
     return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
@@ -33,7 +33,7 @@ def test_max_grad_norm_zero_means_no_clipping_not_zero_gradients(tmp_path, toy_t
 
 
 def test_head_lr_zero_is_a_rate_and_a_negative_one_an_error(toy_tasks):
-    from mtdnn.optim import param_groups
+    from mtdnn.training.optim import param_groups
 
     model = _tiny_model(_spec("t"))
     groups = param_groups(model, TrainerConfig(lr=1e-3, head_lr=0.0))
@@ -45,7 +45,7 @@ def test_head_lr_zero_is_a_rate_and_a_negative_one_an_error(toy_tasks):
 
 
 def _micro_batch(regularizer: dict, monkeypatch, timed: bool = False) -> tuple[int, dict]:
-    import mtdnn.loop as loop
+    import mtdnn.training.loop as loop
 
     made = []
     real = loop.DropoutReplay
@@ -83,8 +83,8 @@ def test_child_tuning_f_masks_depend_on_the_run_seed():
 
 
 def test_the_fisher_pass_sees_every_task_even_with_a_batch_limit():
-    from mtdnn.collate import Collator
-    from mtdnn.data import TaskBatches, one_pass_in_turn
+    from mtdnn.data.loading import TaskBatches, one_pass_in_turn
+    from mtdnn.kinds.collate import Collator
 
     def rows(n):
         return datasets.Dataset.from_dict({"input_ids": [[2, 5, 3]] * n, "attention_mask": [[1, 1, 1]] * n,
@@ -128,9 +128,10 @@ def test_span_rows_without_gold_answers_are_unlabelled_outside_v2():
 
 
 def test_a_missing_ranking_label_is_unlabelled_not_wrong(tmp_path):
-    from mtdnn.build import prepare_data
-    from mtdnn.tasks import load_tasks
     from conftest import write_task
+
+    from mtdnn.data.tasks import load_tasks
+    from mtdnn.training.build import prepare_data
 
     nan = float("nan")
     train = [{"q": "q1", "g": 1, "c": "a", "y": 1}, {"q": "q1", "g": 1, "c": "b", "y": 0},
@@ -223,7 +224,8 @@ def test_cached_target_teachers_wait_on_the_cpu(tmp_path, toy_tasks):
 
 def test_label_smoothing_is_cross_entropy_against_smoothed_targets(tmp_path):
     from conftest import write_task
-    from mtdnn.tasks import load_tasks
+
+    from mtdnn.data.tasks import load_tasks
 
     write_task(tmp_path, "s", "classification", {"train": [{"t": "x", "y": "a"}]}, {"text": "t", "label": "y"},
                labels=["a", "b", "c"], label_smoothing=0.3)
@@ -242,7 +244,7 @@ def test_label_smoothing_is_cross_entropy_against_smoothed_targets(tmp_path):
 
 
 def test_a_saved_spec_holds_each_field_once_and_reads_back(tmp_path):
-    from mtdnn.tasks import load_tasks, spec_from_dict, spec_to_dict
+    from mtdnn.data.tasks import load_tasks, spec_from_dict, spec_to_dict
 
     (spec,) = load_tasks(["squad_v2"])
     saved = spec_to_dict(spec)

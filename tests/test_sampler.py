@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mtdnn.config import SamplerConfig
-from mtdnn.sampler import TaskSampler, sampler_problems, task_probabilities
+from mtdnn.core.config import SamplerConfig
+from mtdnn.data.sampler import TaskSampler, sampler_problems, task_probabilities
 
 SIZES = {"big": 9000, "mid": 900, "small": 100}
 
@@ -109,8 +109,8 @@ def test_annealed_sampler_resumes_mid_schedule_with_the_same_draws():
 def test_a_task_smaller_than_one_batch_still_serves_whole_epochs():
     import datasets
 
-    from mtdnn.collate import Collator
-    from mtdnn.data import TaskBatches
+    from mtdnn.data.loading import TaskBatches
+    from mtdnn.kinds.collate import Collator
 
     rows = datasets.Dataset.from_dict({"input_ids": [[2, i, 3] for i in range(3)], "attention_mask": [[1] * 3] * 3,
                                        "labels": [0, 1, 0]})

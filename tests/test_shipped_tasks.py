@@ -8,12 +8,12 @@ import random
 
 import datasets
 import pytest
+from conftest import WORDS, compose_train, tiny_overrides
 
 from mtdnn import kinds
-from mtdnn.tasks import load_tasks
-from mtdnn.build import prepare_data
+from mtdnn.data.tasks import load_tasks
 from mtdnn.train import run
-from conftest import WORDS, compose_train, tiny_overrides
+from mtdnn.training.build import prepare_data
 
 
 def _words(rng: random.Random, k: int = 4) -> str:

@@ -8,19 +8,27 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import compose_train, tiny_overrides
 from safetensors.torch import load_file
 from transformers import BertConfig, BertModel
 
-from mtdnn.heads import symmetric_kl
+from mtdnn.data.tasks import ColumnsSpec, SourceSpec, TaskSpec
 from mtdnn.kinds.classification import ClassificationHead
+from mtdnn.kinds.heads import symmetric_kl
 from mtdnn.kinds.regression import RegressionHead
-from mtdnn.model import MultiTaskModel
+from mtdnn.model.multitask import MultiTaskModel
 from mtdnn.regularizers import DropoutReplay, StepContext, TermActivity, regularizer_problems
-from mtdnn.regularizers.smart import (Ball, Config, Smart, adversarial_perturbation, per_example_norm, project,
-                                      row_norm, teacher_beta)
-from mtdnn.tasks import ColumnsSpec, SourceSpec, TaskSpec
+from mtdnn.regularizers.smart import (
+    Ball,
+    Config,
+    Smart,
+    adversarial_perturbation,
+    per_example_norm,
+    project,
+    row_norm,
+    teacher_beta,
+)
 from mtdnn.train import run
-from conftest import compose_train, tiny_overrides
 
 
 def _spec(name: str, head: str = "classification") -> TaskSpec:
@@ -143,7 +151,7 @@ def test_teacher_memory_sets_beta_from_the_length_of_the_run():
 def _shipped_config() -> Config:
     from omegaconf import OmegaConf
 
-    from mtdnn.paths import conf_dir
+    from mtdnn.core.paths import conf_dir
 
     return Config(**OmegaConf.to_container(OmegaConf.load(conf_dir() / "regularizer" / "smart.yaml"))["smart"])
 
@@ -397,10 +405,10 @@ def test_resume_with_smart_restores_the_teacher_exactly(tmp_path, toy_tasks):
 
 def _output_change(run_dir, toy_tasks, radius: float = 0.05) -> float:
     """Mean symmetric KL between clean and randomly perturbed predictions (l2 radius per example)."""
-    from mtdnn.cli import load_run
-    from mtdnn.data import TaskData, encode_splits, load_raw
-    from mtdnn.inference import collator_for
-    from mtdnn.tasks import load_tasks
+    from mtdnn.data.loading import TaskData, encode_splits, load_raw
+    from mtdnn.data.tasks import load_tasks
+    from mtdnn.evaluation.engine import collator_for
+    from mtdnn.serving.loading import load_run
 
     loaded = load_run(str(run_dir), "last", torch.device("cpu"))
     (spec,) = load_tasks(["toy_sent"], [str(toy_tasks)])

@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import torch
+from conftest import write_toy_tasks
 from safetensors.torch import load_file
 
-from mtdnn.rundir import best_checkpoint
-from conftest import write_toy_tasks
+from mtdnn.runs.checkpoints import best_checkpoint
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 FROZEN = "'trainer.lr=1e-12','trainer.head_lr=1e-12'"  # a stage that (numerically) does not move the weights

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import compose_train, sentiment_rows, tiny_overrides, write_task
-from mtdnn.errors import MtdnnError
+from test_heads import _rank_task, ranking_rows
+
+from mtdnn.core.errors import MtdnnError
 from mtdnn.predict import PredictConfig, predict
 from mtdnn.train import run
-from test_heads import _rank_task, ranking_rows
 
 
 def test_glue_and_superglue_files_hold_the_servers_labels_in_id_order(tmp_path):
@@ -51,7 +51,7 @@ def test_glue_and_superglue_files_hold_the_servers_labels_in_id_order(tmp_path):
 
 
 def test_shipped_glue_tasks_name_the_servers_files():
-    from mtdnn.tasks import load_tasks
+    from mtdnn.data.tasks import load_tasks
 
     files = {s.name: s.submission.file for s in load_tasks(["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli",
                                                              "rte", "wnli"])}
@@ -63,7 +63,7 @@ def test_shipped_glue_tasks_name_the_servers_files():
 def test_a_submission_label_list_of_the_wrong_length_is_a_task_yaml_problem(tmp_path):
     from pathlib import Path
 
-    from mtdnn.tasks import parse_task
+    from mtdnn.data.tasks import parse_task
 
     data = {"name": "t", "head": "classification", "labels": ["neg", "pos"], "columns": {"text": "s", "label": "y"},
             "source": {"kind": "files", "splits": {"train": "t.csv"}},

@@ -114,7 +114,7 @@ def test_a_ctrl_c_that_a_job_turns_into_an_error_stops_the_sweep_instead_of_fail
     script = textwrap.dedent(f"""
         import os, signal, sys
         import mtdnn.train
-        from mtdnn.errors import MtdnnError
+        from mtdnn.core.errors import MtdnnError
 
         def job(cfg):
             try:

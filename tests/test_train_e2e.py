@@ -9,14 +9,14 @@ import sys
 
 import pytest
 import torch
+from conftest import compose_train, sentiment_rows, tiny_overrides, write_task, write_toy_tasks
 from safetensors.torch import load_file
 
-from mtdnn.cli import load_run
-from mtdnn.errors import MtdnnError
+from mtdnn.core.errors import MtdnnError
 from mtdnn.evaluate import EvaluateConfig, evaluate
 from mtdnn.predict import PredictConfig, predict
+from mtdnn.serving.loading import load_run
 from mtdnn.train import run
-from conftest import compose_train, sentiment_rows, tiny_overrides, write_task, write_toy_tasks
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_run_folder_is_complete(trained):
         evaluations = json.loads((out / "metrics.json").read_text())
         main = "accuracy" if task == "toy_sent" else "pearson"
         assert record["validation"][task][main] == max(e["metrics"][task][main] for e in evaluations)
-    from mtdnn.rundir import run_checkpoint  # checkpoint=best_<task> in evaluate, predict, export
+    from mtdnn.runs.checkpoints import run_checkpoint  # checkpoint=best_<task> in evaluate, predict, export
 
     assert run_checkpoint(out, "best_toy_sent") == out / task_best["toy_sent"]["checkpoint"] / "model.safetensors"
     kept = {"step_0000100", "step_0000150", f"step_{best['step']:07d}",  # keep_last=2 plus the best ones
@@ -187,10 +187,11 @@ def test_user_task_in_own_folder_trains_from_the_command_line(tmp_path):
 def test_hub_kind_source_reads_split_names_through_datasets(tmp_path):
     """kind: hub goes through datasets.load_dataset(path, name, split=...); a local data set folder takes
     the same path as a hub id, so the code path is exercised offline."""
-    from mtdnn.tasks import load_tasks
-    from mtdnn.build import prepare_data
     import pandas as pd
     import yaml
+
+    from mtdnn.data.tasks import load_tasks
+    from mtdnn.training.build import prepare_data
 
     repo = tmp_path / "hub_repo"
     repo.mkdir()
@@ -221,7 +222,7 @@ def test_resume_auto_picks_the_newest_checkpoint(tmp_path, toy_tasks):
 
 
 def test_every_micro_batch_comes_from_one_task(tmp_path, toy_tasks, monkeypatch):
-    import mtdnn.loop as loop
+    import mtdnn.training.loop as loop
 
     seen = []
     real = loop.forward_backward

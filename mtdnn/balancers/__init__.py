@@ -28,9 +28,9 @@ from typing import Any, Protocol
 
 import torch
 
-from mtdnn.errors import raise_if
-from mtdnn.schema import build as build_dataclass
-from mtdnn.schema import suggest
+from mtdnn.core.errors import raise_if
+from mtdnn.core.typed import build as build_dataclass
+from mtdnn.core.typed import suggest
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mtdnn.balancers import Base, Setup
-from mtdnn.schema import suggest
+from mtdnn.core.typed import suggest
 
 
 @dataclass

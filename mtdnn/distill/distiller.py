@@ -13,12 +13,12 @@ import numpy as np
 import torch
 
 from mtdnn import kinds
-from mtdnn.artifacts import sha256_of
-from mtdnn.config import DistillConfig
+from mtdnn.core.artifacts import sha256_of
+from mtdnn.core.config import DistillConfig
+from mtdnn.core.errors import MtdnnError
+from mtdnn.core.paths import cache_dir
+from mtdnn.data.tasks import TaskSpec
 from mtdnn.distill.targets import SoftTargetFile, soft_targets, teacher_outputs, teacher_weights
-from mtdnn.errors import MtdnnError
-from mtdnn.paths import cache_dir
-from mtdnn.tasks import TaskSpec
 
 log = logging.getLogger("mtdnn")
 
@@ -31,7 +31,7 @@ def distill_problems(cfg: DistillConfig, specs: list[TaskSpec]) -> list[str]:
             if cfg.teachers else []
     if not cfg.teachers:
         return ["distill.teachers: required with distill=ensemble (distill.teachers=[run_a,run_b,...])"]
-    from mtdnn.rundir import load_run_specs
+    from mtdnn.runs.folder import load_run_specs
 
     problems = []
     if not 0 <= cfg.alpha <= 1:
@@ -63,7 +63,7 @@ def distill_problems(cfg: DistillConfig, specs: list[TaskSpec]) -> list[str]:
 
 class Distiller:
     def __init__(self, cfg: DistillConfig, specs: list[TaskSpec], device: torch.device):
-        from mtdnn.cli import load_run
+        from mtdnn.serving.loading import load_run
 
         self.cfg = cfg
         self.device = device
@@ -170,8 +170,8 @@ def _own_rng(device: torch.device):
 
 
 def _measure(model, data, collate, batch_size: int, device: torch.device, teacher=None) -> dict:
-    from mtdnn.data import TaskData, encode_splits
-    from mtdnn.inference import collator_for, evaluate_split
+    from mtdnn.data.loading import TaskData, encode_splits
+    from mtdnn.evaluation.engine import collator_for, evaluate_split
 
     spec = data.spec
     encoded, raw = data.encoded["validation"], data.raw["validation"]

@@ -7,9 +7,9 @@ import os
 import re
 from pathlib import Path
 
+from mtdnn.core.errors import MtdnnError
 from mtdnn.distill.targets import teacher_weights
-from mtdnn.errors import MtdnnError
-from mtdnn.rundir import read_weights
+from mtdnn.runs.checkpoints import read_weights
 
 log = logging.getLogger("mtdnn")
 

@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mtdnn import kinds
-from mtdnn.config import DistillConfig
-from mtdnn.rundir import best_checkpoint, list_checkpoints
-from mtdnn.tasks import TaskSpec
+from mtdnn.core.config import DistillConfig
+from mtdnn.data.tasks import TaskSpec
+from mtdnn.runs.checkpoints import best_checkpoint, list_checkpoints
 
 FORMAT = "mtdnn-soft-targets/1"
 
@@ -29,8 +29,8 @@ def soft_targets(kind: kinds.Kind, outputs: list[list[np.ndarray]], temperature:
 def teacher_outputs(teacher, spec: TaskSpec, data, device: torch.device, batch_size: int) -> list[np.ndarray]:
     """One teacher's raw output per training row: sentence-level kinds read the data the teacher's own way;
     token-level kinds read the student's rows (same tokenizer), one (tokens x width) array per row."""
-    from mtdnn.data import TaskData, encode_splits
-    from mtdnn.inference import collator_for, forward_rows
+    from mtdnn.data.loading import TaskData, encode_splits
+    from mtdnn.evaluation.engine import collator_for, forward_rows
 
     if kinds.of(spec).token_level:
         encoded, own = data.encoded["train"], spec

@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtdnn.collate import Collator
-from mtdnn.errors import MtdnnError
+from mtdnn.core.errors import MtdnnError
+from mtdnn.kinds.collate import Collator
 
 if TYPE_CHECKING:
-    from mtdnn.tasks import TaskSpec
+    from mtdnn.data.tasks import TaskSpec
 
 BadRows = dict[tuple[str, str], list[int]]  # (column role, reason) -> row indices
 
@@ -116,7 +116,7 @@ class Kind:
     def forward_split(self, spec: TaskSpec, model: nn.Module, encoded, collate, batch_size: int,
                       device: torch.device, bf16: bool) -> list[torch.Tensor] | None:
         """Every row's output computed the kind's own way (bi ranking: each distinct text encoded once), or
-        None for mtdnn.inference's batched path."""
+        None for mtdnn.evaluation.engine's batched path."""
         return None
 
     def row_output(self, batch: dict, logits: torch.Tensor, j: int) -> torch.Tensor:

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtdnn.collate import MODEL_INPUTS, SECOND
-from mtdnn.heads import pool, symmetric_kl
+from mtdnn.kinds.collate import MODEL_INPUTS, SECOND
+from mtdnn.kinds.heads import pool, symmetric_kl
 
 if TYPE_CHECKING:
-    from mtdnn.tasks import TaskSpec
+    from mtdnn.data.tasks import TaskSpec
 
 def is_bi(spec: TaskSpec) -> bool:
     return getattr(spec, "pair_encoding", "cross") == "bi"

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import pandas as pd
 
-from mtdnn.collate import UNLABELED
 from mtdnn.kinds import map_rows
 from mtdnn.kinds._bi import encode_pair_texts, is_bi
+from mtdnn.kinds.collate import UNLABELED
 
 if TYPE_CHECKING:
+    from mtdnn.data.tasks import TaskSpec
     from mtdnn.kinds import BadRows
-    from mtdnn.tasks import TaskSpec
 
 
 def record(bad: BadRows, role: str, reason: str, mask: pd.Series) -> None:

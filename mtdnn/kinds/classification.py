@@ -14,17 +14,23 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from mtdnn import metrics
-from mtdnn.collate import UNLABELED
-from mtdnn.heads import PooledLinear, symmetric_kl
-from mtdnn.kinds import BadRows, Kind
+from mtdnn.kinds import BadRows, Kind, metrics
 from mtdnn.kinds._bi import BiClassificationHead, is_bi
 from mtdnn.kinds._labels import gold_labels, label_list_problems, smoothing_problems
-from mtdnn.kinds._sentence import (column, encode_texts, label_lookup, nested_label_rows, record, records,
-                                   text_bad_rows)
+from mtdnn.kinds._sentence import (
+    column,
+    encode_texts,
+    label_lookup,
+    nested_label_rows,
+    record,
+    records,
+    text_bad_rows,
+)
+from mtdnn.kinds.collate import UNLABELED
+from mtdnn.kinds.heads import PooledLinear, symmetric_kl
 
 if TYPE_CHECKING:
-    from mtdnn.tasks import TaskSpec
+    from mtdnn.data.tasks import TaskSpec
 
 
 class ClassificationHead(PooledLinear):
@@ -125,7 +131,7 @@ class Classification(Kind):
         return records(spec, raw, fill), scores
 
     def export_model(self, spec: TaskSpec, config, head, encoder, pooling: str):
-        from mtdnn.hf_mapping import sequence_model
+        from mtdnn.kinds.hf_mapping import sequence_model
 
         config.id2label = dict(enumerate(spec.labels))
         config.label2id = {label: i for i, label in enumerate(spec.labels)}

@@ -25,15 +25,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mtdnn.collate import Collator
-from mtdnn.heads import PooledLinear
 from mtdnn.kinds import BadRows, Kind
 from mtdnn.kinds._labels import gold_labels, label_list_problems, smoothing_problems
 from mtdnn.kinds._sentence import encode_texts, label_lookup, records, text_bad_rows
-from mtdnn.metrics import torchmetrics_functional
+from mtdnn.kinds.collate import Collator
+from mtdnn.kinds.heads import PooledLinear
+from mtdnn.kinds.metrics import torchmetrics_functional
 
 if TYPE_CHECKING:
-    from mtdnn.tasks import TaskSpec
+    from mtdnn.data.tasks import TaskSpec
 
 
 class MultilabelHead(PooledLinear):
@@ -184,7 +184,7 @@ class Multilabel(Kind):
         return F.binary_cross_entropy_with_logits(logits.float() / temperature, soft.float()) * temperature**2
 
     def export_model(self, spec: TaskSpec, config, head, encoder, pooling: str):
-        from mtdnn.hf_mapping import sequence_model
+        from mtdnn.kinds.hf_mapping import sequence_model
 
         config.id2label = dict(enumerate(spec.labels))
         config.label2id = {label: i for i, label in enumerate(spec.labels)}

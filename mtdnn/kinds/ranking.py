@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtdnn.collate import MODEL_INPUTS, SECOND, Collator
-from mtdnn.heads import NEG, PooledLinear, pool, symmetric_kl
 from mtdnn.kinds import BadRows, Kind, map_rows
 from mtdnn.kinds._bi import is_bi
+from mtdnn.kinds.collate import MODEL_INPUTS, SECOND, Collator
+from mtdnn.kinds.heads import NEG, PooledLinear, pool, symmetric_kl
 
 if TYPE_CHECKING:
-    from mtdnn.tasks import TaskSpec
+    from mtdnn.data.tasks import TaskSpec
 
 GROUPED = ("query", "candidates", "relevance", "id")  # the internal layout, one row per group
 
@@ -416,7 +416,7 @@ class Ranking(Kind):
         return F.kl_div(log_p, soft.float(), reduction="batchmean") * temperature**2
 
     def export_model(self, spec: TaskSpec, config, head, encoder, pooling: str):
-        from mtdnn.hf_mapping import sequence_model  # one score per (query, candidate) pair
+        from mtdnn.kinds.hf_mapping import sequence_model  # one score per (query, candidate) pair
 
         config.num_labels = 1
         config.problem_type = "regression"

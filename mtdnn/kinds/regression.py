@@ -17,16 +17,15 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from mtdnn import metrics
-from mtdnn.collate import Collator
-from mtdnn.heads import PooledLinear
-from mtdnn.kinds import BadRows, Kind
+from mtdnn.kinds import BadRows, Kind, metrics
 from mtdnn.kinds._bi import CosineHead, halves, is_bi
 from mtdnn.kinds._labels import gold_labels
 from mtdnn.kinds._sentence import column, encode_texts, nested_label_rows, record, records, text_bad_rows
+from mtdnn.kinds.collate import Collator
+from mtdnn.kinds.heads import PooledLinear
 
 if TYPE_CHECKING:
-    from mtdnn.tasks import TaskSpec
+    from mtdnn.data.tasks import TaskSpec
 
 
 class RegressionHead(PooledLinear):
@@ -152,7 +151,7 @@ class Regression(Kind):
         return F.mse_loss(logits.float(), soft.float().view_as(logits))
 
     def export_model(self, spec: TaskSpec, config, head, encoder, pooling: str):
-        from mtdnn.hf_mapping import sequence_model
+        from mtdnn.kinds.hf_mapping import sequence_model
 
         config.num_labels = 1
         config.problem_type = "regression"

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mtdnn.heads import NEG, TokenLinear, symmetric_kl
+from mtdnn.core.atomic import write_atomic
 from mtdnn.kinds import BadRows, Kind, map_rows
-from mtdnn.rundir import write_atomic
+from mtdnn.kinds.heads import NEG, TokenLinear, symmetric_kl
 
 if TYPE_CHECKING:
-    from mtdnn.tasks import TaskSpec
+    from mtdnn.data.tasks import TaskSpec
 
 NO_OFFSET = (-1, -1)  # tokens outside the context (question, special tokens, padding)
 
@@ -313,7 +313,7 @@ class Span(Kind):
     def export_model(self, spec: TaskSpec, config, head, encoder, pooling: str):
         from transformers import AutoModelForQuestionAnswering
 
-        from mtdnn.hf_mapping import token_model
+        from mtdnn.kinds.hf_mapping import token_model
 
         return token_model(AutoModelForQuestionAnswering, config, head.out, encoder, "qa_outputs")
 

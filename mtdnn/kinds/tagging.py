@@ -16,13 +16,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mtdnn.collate import Collator
-from mtdnn.heads import IGNORE, TokenLinear, symmetric_kl
 from mtdnn.kinds import BadRows, Kind, map_rows
 from mtdnn.kinds._labels import label_list_problems, smoothing_problems
+from mtdnn.kinds.collate import Collator
+from mtdnn.kinds.heads import IGNORE, TokenLinear, symmetric_kl
 
 if TYPE_CHECKING:
-    from mtdnn.tasks import TaskSpec
+    from mtdnn.data.tasks import TaskSpec
 
 
 def bad_rows(spec: TaskSpec, split: str, ds) -> BadRows:
@@ -199,7 +199,7 @@ class Tagging(Kind):
     def export_model(self, spec: TaskSpec, config, head, encoder, pooling: str):
         from transformers import AutoModelForTokenClassification
 
-        from mtdnn.hf_mapping import token_model
+        from mtdnn.kinds.hf_mapping import token_model
 
         config.id2label = dict(enumerate(spec.labels))
         config.label2id = {label: i for i, label in enumerate(spec.labels)}

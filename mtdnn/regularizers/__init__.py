@@ -28,12 +28,11 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Protocol
 
 import torch
-
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mtdnn.errors import raise_if
-from mtdnn.schema import build as build_dataclass
-from mtdnn.schema import suggest
+from mtdnn.core.errors import raise_if
+from mtdnn.core.typed import build as build_dataclass
+from mtdnn.core.typed import suggest
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Iterable
 
 import torch
 
-from mtdnn.encoders import encoder_layers
+from mtdnn.model.encoders import encoder_layers
 from mtdnn.regularizers import Base
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mtdnn.errors import MtdnnError
-from mtdnn.encoders import encoder_layers
+from mtdnn.core.errors import MtdnnError
+from mtdnn.model.encoders import encoder_layers
 from mtdnn.regularizers import Base, StepContext
 
 

@@ -43,8 +43,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from mtdnn.core.typed import build as build_dataclass
 from mtdnn.regularizers import Base, StepContext, TermActivity
-from mtdnn.schema import build as build_dataclass
 
 log = logging.getLogger(__name__)
 NORMS = ("inf", "l2", "l1")

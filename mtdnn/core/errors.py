@@ -1,0 +1,95 @@
+"""One error type for everything a user can get wrong, and the CLI wrapper that prints it cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+from typing import Iterable, Iterator
+
+from mtdnn.core.paths import cache_dir
+
+
+class MtdnnError(Exception):
+    """A problem with the user's input: printed as plain lines, never as a traceback."""
+
+    def __init__(self, problems: str | Iterable[str]):
+        given = [problems] if isinstance(problems, str) else list(problems)
+        self.problems = [_one_line(p) for p in given]
+        super().__init__("\n".join(self.problems))
+
+
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines (and a terminal) breaks on
+
+
+def _one_line(problem: str) -> str:
+    """A problem quotes the user's values, which may hold line breaks: escape them, so it stays one line."""
+    return "".join(c.encode("unicode_escape").decode() if c in _LINE_BREAKS else c for c in problem)
+
+
+def raise_if(problems: list[str], headline: str) -> None:
+    """Report every collected problem at once, so the user fixes them in one pass."""
+    if len(problems) == 1:
+        raise MtdnnError(problems)
+    if problems:
+        raise MtdnnError([f"{headline} ({len(problems)} problems):"] + [f"  - {p}" for p in problems])
+
+
+def first_line(err: BaseException) -> str:
+    """The headline of a library's exception (their messages often run to many lines)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def config_error_line(err: BaseException) -> str:
+    """An OmegaConf error as 'dotted.key: first line of the message'."""
+    key = getattr(err, "full_key", None)
+    return f"{key + ': ' if key else ''}{first_line(err)}"
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str) -> Iterator[None]:
+    """Silence a library's logger for a block whose failures we report ourselves."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+_ENVIRONMENT = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on device",
+                errno.EDQUOT: "disk quota exceeded", errno.ENOTDIR: "a path component is a file, not a folder"}
+
+
+def environment_fault(err: BaseException) -> str | None:
+    """'cannot write <file>: <cause>' when `err` (or an exception it wraps) is a file system refusing a write
+    (permissions, read-only, full disk): a fault of the machine, not of the code, so one line, not a traceback."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in _ENVIRONMENT:
+            where = f" {err.filename}" if err.filename else ""
+            hint = "; set MTDNN_CACHE to a writable folder with free space" if err.filename and \
+                str(err.filename).startswith(str(cache_dir())) else ""
+            return f"cannot write{where}: {_ENVIRONMENT[err.errno]}{hint}"
+        err = err.__cause__ or err.__context__
+    return None
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+

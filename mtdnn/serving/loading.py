@@ -1,0 +1,79 @@
+"""Shared pieces of the run-folder commands (evaluate, predict): key=value arguments and loading a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from omegaconf import OmegaConf
+
+from mtdnn.core.config import AdapterConfig
+from mtdnn.core.errors import MtdnnError
+from mtdnn.data.tasks import TaskSpec
+from mtdnn.model.encoders import saved_tokenizer_and_encoder
+from mtdnn.model.multitask import MultiTaskModel
+from mtdnn.runs.checkpoints import load_weights, run_checkpoint
+from mtdnn.runs.folder import load_run_specs
+
+T = TypeVar("T")
+
+
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    model: MultiTaskModel
+    tokenizer: object
+    specs: dict[str, TaskSpec]
+    config: object
+
+
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+
+
+def load_run(run_dir: str, checkpoint: str, device: torch.device, backend: str = "auto") -> LoadedRun:
+    """Rebuild a trained model from its run folder alone: no hub, no original config files. A folder written by
+    `mtdnn.export format=onnx` runs on ONNX Runtime (backend onnx, or onnx-int8 for its quantized graph)."""
+    from mtdnn.serving.onnx import is_onnx_folder, load_onnx_model
+
+    folder = Path(run_dir).expanduser().resolve()
+    if backend not in BACKENDS:
+        raise MtdnnError(f"backend: must be one of {', '.join(BACKENDS)}, got '{backend}'")
+    if not (folder / "config.yaml").is_file():
+        raise MtdnnError(f"run_dir: {folder} is not an mtdnn run folder (no config.yaml)")
+    config = OmegaConf.load(folder / "config.yaml")
+    specs = load_run_specs(folder)
+    if is_onnx_folder(folder):
+        if backend == "torch":
+            raise MtdnnError(f"backend: {folder} is an ONNX export; use backend=onnx or onnx-int8")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+        return LoadedRun(folder, load_onnx_model(folder, backend), tokenizer, {s.name: s for s in specs}, config)
+    if backend.startswith("onnx"):
+        raise MtdnnError(f"backend: {folder} is a training run; export it first: python -m mtdnn.export {folder} "
+                         "task=... out=... format=onnx")
+    weights = run_checkpoint(folder, checkpoint)
+    tokenizer, encoder = saved_tokenizer_and_encoder(folder)
+    adapter = OmegaConf.select(config, "adapter")  # runs from before adapters existed have none
+    model = MultiTaskModel(encoder, specs, config.encoder.pooling,
+                           AdapterConfig(**adapter) if adapter is not None else None)
+    load_weights(model, weights)
+    return LoadedRun(folder, model.to(device).eval(), tokenizer, {s.name: s for s in specs}, config)
+
+
+
+
+def select_tasks(run: LoadedRun, task: str | None) -> list[TaskSpec]:
+    if task is None:
+        return list(run.specs.values())
+    names = [t.strip() for t in task.split(",")]
+    unknown = [n for n in names if n not in run.specs]
+    if unknown:
+        raise MtdnnError(f"task: {', '.join(unknown)} not trained in this run; it has {', '.join(run.specs)}")
+    return [run.specs[n] for n in names]
+
+

@@ -1,0 +1,116 @@
+"""The Python API: a trained run as an object that predicts from raw inputs, without Hydra or files.
+
+    from mtdnn import load_run
+
+    run = load_run("outputs/my_run")                                   # best checkpoint; GPU if there is one
+    run.predict("rt_polarity", ["a gripping film", "dull and long"])  # texts
+    run.predict("stsb", [("a man plays", "someone is playing")])      # text pairs
+    run.predict("squad", [{"question": "who?", "context": "..."}])    # rows with the task's own columns
+    run.predict("conll2003", ["EU rejects German call"])              # tagging: words split on spaces
+
+Each call returns the records `python -m mtdnn.predict` writes (one dict per input, in input order), with the
+same checks of every row first; rows are batched shortest first so batches pad little.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+
+from mtdnn.core.distributed import pick_device
+from mtdnn.core.errors import MtdnnError, raise_if
+from mtdnn.data.loading import TaskData, check_columns, check_rows, encode_splits
+from mtdnn.evaluation.engine import collator_for, evaluate_split, model_device
+from mtdnn.kinds import ONE_OFF_ROWS
+from mtdnn.serving.loading import LoadedRun
+from mtdnn.serving.loading import load_run as load_run_folder
+
+SPLIT = "test"  # inputs are read as a test split: gold columns are optional
+
+
+class Predictor:
+    """A loaded run (model in eval mode on `device`, its tokenizer and task specs)."""
+
+    def __init__(self, loaded: LoadedRun):
+        self.loaded = loaded
+        self.device = model_device(loaded.model)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.loaded.specs)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.loaded.run_dir
+
+    def predict(self, task: str, inputs: Iterable[Any], batch_size: int = 64, bf16: bool = False) -> list[dict]:
+        if task not in self.loaded.specs:
+            raise MtdnnError(f"task: '{task}' was not trained in {self.run_dir}; it has {', '.join(self.tasks)}")
+        spec = self.loaded.specs[task].with_changes(file="predict() input", on_bad_row="error")
+        rows = [with_id(spec, as_row(spec, item, i), i) for i, item in enumerate(inputs)]
+        if not rows:
+            return []
+        import datasets
+
+        with one_off_rows():
+            return records_of(self.loaded, spec, SPLIT, datasets.Dataset.from_list(rows), batch_size, bf16)
+
+
+@contextmanager
+def one_off_rows() -> Iterator[None]:
+    """No 'tokenising' bar for each call (a notebook or a server calls predict() many times), and no hashing of
+    the tokenizer to fingerprint rows used once (kinds.map_rows)."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    one_off = ONE_OFF_ROWS.set(True)
+    try:
+        yield
+    finally:
+        ONE_OFF_ROWS.reset(one_off)
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
+def records_of(run: LoadedRun, spec, split: str, rows, batch_size: int, bf16: bool = False) -> list[dict]:
+    """Check, tokenise and predict one split of raw rows (a `datasets.Dataset`): the records, in row order."""
+    data = TaskData(spec, {split: rows})
+    raise_if(check_columns(spec, data.raw) or check_rows(data), "the input has problems")
+    encode_splits(data, run.tokenizer)
+    records, _ = evaluate_split(run.model, spec, data.raw[split], data.encoded[split],
+                                collator_for(spec, run.tokenizer, 8), batch_size, model_device(run.model), bf16)
+    return records
+
+
+def with_id(spec, row: dict[str, Any], index: int) -> dict[str, Any]:
+    """An input without the task's id column (columns.id) is numbered by its position."""
+    column = getattr(spec.columns, "id", None)
+    return {**row, column: index} if column and column not in row else row
+
+
+def as_row(spec, item: Any, index: int) -> dict[str, Any]:
+    """One input as a row with the task's column names: a dict as given, a text, or a (text, text_pair) pair."""
+    cols = spec.columns
+    if isinstance(item, dict):
+        return item
+    if isinstance(item, str) and getattr(cols, "tokens", None):  # tagging: a sentence of space-separated words
+        return {cols.tokens: item.split()}
+    if isinstance(item, str) and cols.text and not cols.text_pair:
+        return {cols.text: item}
+    if isinstance(item, (tuple, list)) and len(item) == 2 and cols.text and cols.text_pair:
+        return {cols.text: item[0], cols.text_pair: item[1]}
+    wanted = "a (text, text_pair) pair" if cols.text_pair else "a text" if cols.text else "a dict of its columns"
+    raise MtdnnError(f"inputs[{index}]: task {spec.name} ({spec.head}) takes {wanted} or a dict of its columns "
+                     f"per input, got {type(item).__name__}")
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "auto",
+             backend: str = "auto") -> Predictor:
+    """A run folder (best checkpoint by default; 'last' or a checkpoint folder) as a Predictor; an ONNX export
+    folder runs on ONNX Runtime (backend='onnx', or 'onnx-int8' for its quantized graph)."""
+    target = device if isinstance(device, torch.device) else pick_device(str(device))
+    return Predictor(load_run_folder(str(run_dir), checkpoint, target, backend))

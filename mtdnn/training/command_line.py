@@ -1,0 +1,72 @@
+"""The training command line, checked before Hydra sees it: a bad override, or a bad value anywhere in a sweep,
+is one clear line naming the override instead of Hydra's multi-line report."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from mtdnn.core.commands import cli_errors
+from mtdnn.core.errors import MtdnnError, config_error_line
+from mtdnn.core.paths import conf_dir
+from mtdnn.core.typed import suggest
+from mtdnn.training.sweeps import covering_jobs, expand
+
+
+@cli_errors
+def check_overrides(overrides: list[str]) -> None:
+    """Compose once before Hydra does, so a bad override is one clear line instead of Hydra's report."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    def problem(given: list[str]) -> str | None:
+        try:
+            with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+                compose("train", overrides=given, return_hydra_config=True)
+        except Exception as err:  # Hydra and OmegaConf raise many types; all mean "this override is wrong"
+            return one_line(err)
+        finally:
+            GlobalHydra.instance().clear()
+        return None
+
+    raise_naming_culprit(overrides, problem)
+
+
+@cli_errors
+def check_sweep(command_line: list[str]) -> None:
+    """A sweep's jobs are checked as a single run's overrides are (a few jobs that hold every value between them),
+    so a bad value is one line before any job runs."""
+    def grammar_problem(given: list[str]) -> str | None:
+        try:
+            expand(given)
+        except Exception as err:  # noqa: BLE001  (Hydra's override grammar: a malformed sweep)
+            return one_line(err)
+        return None
+
+    raise_naming_culprit(command_line, grammar_problem)
+    for job in covering_jobs(expand(command_line)):
+        check_overrides(job)
+
+
+def raise_naming_culprit(overrides: list[str], problem: Callable[[list[str]], str | None]) -> None:
+    """Raise `problem(overrides)` if there is one, naming the override at fault: Hydra's messages do not always
+    name it ("must be a string or a list", "mismatched input"), so each override is tried alone."""
+    message = problem(overrides)
+    if message is None:
+        return
+    culprit = next((o for o in overrides if problem([o]) is not None), None)
+    name = culprit.split("=", 1)[0].lstrip("+~") if culprit else None
+    raise MtdnnError(message if name is None or name in message else f"{culprit}: {message}")
+
+
+def one_line(err: Exception) -> str:
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    cause = err.__cause__
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and err.options is not None:
+        group, _, name = err.missing_cfg_file.rpartition("/")
+        options = [o for o in err.options if not o.endswith("_schema")]
+        return f"{group}={name}: no such option{suggest(name, options)}; available: {', '.join(options)}"
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        return config_error_line(cause)
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
