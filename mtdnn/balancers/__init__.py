@@ -21,13 +21,12 @@ parameters beyond single-task training; `balancer.params` narrows the balanced p
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
+from mtdnn.core import plugins
 from mtdnn.core.errors import raise_if
 from mtdnn.core.typed import build as build_dataclass
 from mtdnn.core.typed import suggest
@@ -111,11 +110,11 @@ class Base:
 
 
 def available() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return list(plugins.names(__name__, "build"))
 
 
 def _module(name: str):
-    return importlib.import_module(f"{__name__}.{name}")
+    return plugins.load(__name__, "build", name)
 
 
 @dataclass

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import importlib
-import pkgutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtdnn.core import plugins
 from mtdnn.core.errors import MtdnnError
 from mtdnn.kinds.collate import Collator
 
@@ -162,15 +161,13 @@ class Kind:
 
 
 def available() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return list(plugins.names(__name__, "KIND"))
 
 
 @functools.cache
 def get(name: str) -> Kind:
     """The kind called `name` (a module of this package); raises KeyError for an unknown name."""
-    if name not in available():
-        raise KeyError(name)
-    return importlib.import_module(f"{__name__}.{name}").KIND
+    return plugins.load(__name__, "KIND", name).KIND
 
 
 def of(spec: TaskSpec) -> Kind:

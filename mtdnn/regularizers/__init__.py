@@ -20,9 +20,7 @@ and `conf/regularizer/<name>.yaml` nests its settings under its own name, so sev
 
 from __future__ import annotations
 
-import importlib
 import logging
-import pkgutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable, Protocol
@@ -30,6 +28,7 @@ from typing import Any, Iterable, Protocol
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from mtdnn.core import plugins
 from mtdnn.core.errors import raise_if
 from mtdnn.core.typed import build as build_dataclass
 from mtdnn.core.typed import suggest
@@ -245,11 +244,11 @@ class DropoutReplay:
 
 
 def available() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return list(plugins.names(__name__, "build"))
 
 
 def _module(name: str):
-    return importlib.import_module(f"{__name__}.{name}")
+    return plugins.load(__name__, "build", name)
 
 
 def regularizer_problems(cfg: dict[str, Any], specs: list) -> list[str]:
