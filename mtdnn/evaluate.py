@@ -44,14 +44,26 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, dict[str, float]]:
         raise_if(check_columns(spec, data.raw) or check_rows(data), "the data has problems")
         encode_splits(data, run.tokenizer)
         collate = collator_for(spec, run.tokenizer, 8)
-        _, scores = evaluate_split(run.model, spec, data.raw[cfg.split], data.encoded[cfg.split], collate,
-                                   cfg.batch_size, device, cfg.bf16)
+        _, scores = evaluate_split(
+            run.model,
+            spec,
+            data.raw[cfg.split],
+            data.encoded[cfg.split],
+            collate,
+            cfg.batch_size,
+            device,
+            cfg.bf16,
+        )
         if scores is None:
             problems.append(f"split: task {spec.name}'s '{cfg.split}' split has no labels; use mtdnn.predict")
             continue
         results[spec.name] = scores
     raise_if(problems, "cannot evaluate")
-    label = cfg.checkpoint if cfg.checkpoint in ("best", "last") or cfg.checkpoint.startswith("best_") else "custom"
+    label = (
+        cfg.checkpoint
+        if cfg.checkpoint in ("best", "last") or cfg.checkpoint.startswith("best_")
+        else "custom"
+    )
     write_json(run.run_dir / "eval" / f"{label}_{cfg.split}.json", results)
     return results
 

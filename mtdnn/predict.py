@@ -1,4 +1,5 @@
-"""`python -m mtdnn.predict run_dir=DIR task=NAME [split=test | input=FILE] [out=FILE.jsonl] [format=jsonl|glue|superglue]`
+"""`python -m mtdnn.predict run_dir=DIR task=NAME [split=test | input=FILE] [out=FILE.jsonl]
+[format=jsonl|glue|superglue]`
 
 Writes one JSON line per input row: id, the input text(s), the predicted label name (classification) or
 value (regression), and the scores. `input` may be any csv/tsv/json/jsonl/parquet file with the task's
@@ -45,8 +46,9 @@ class PredictConfig:
 def input_spec(spec: TaskSpec, path: str) -> TaskSpec:
     """The task with its source swapped for one local file, read as the task's test split."""
     file = Path(path).expanduser().resolve()
-    return spec.with_changes(source=SourceSpec(kind="files", splits={"test": str(file)}), file=str(file),
-                               on_bad_row="error")
+    return spec.with_changes(
+        source=SourceSpec(kind="files", splits={"test": str(file)}), file=str(file), on_bad_row="error"
+    )
 
 
 def predict(cfg: PredictConfig) -> Path:
@@ -61,8 +63,11 @@ def predict(cfg: PredictConfig) -> Path:
     spec = input_spec(tasks[0], cfg.input) if cfg.input else tasks[0]
     split = "test" if cfg.input else cfg.split
     stem = Path(cfg.input).stem if cfg.input else split
-    default = run.run_dir / "submission" / spec.submission.file if cfg.format != "jsonl" else \
-        run.run_dir / "predictions" / f"{spec.name}_{stem}.jsonl"
+    default = (
+        run.run_dir / "submission" / spec.submission.file
+        if cfg.format != "jsonl"
+        else run.run_dir / "predictions" / f"{spec.name}_{stem}.jsonl"
+    )
     out = Path(cfg.out).expanduser() if cfg.out else default
     if out.exists() and not cfg.overwrite:
         raise MtdnnError(f"out: {out} already exists; pass overwrite=true or another out=")

@@ -1,7 +1,8 @@
 """`python -m mtdnn.report SWEEP_DIR [out=DIR] [split=validation]`
 
 Collects every job of a Hydra multirun (`python -m mtdnn.train -m regularizer=none,smart,r3f seed=1,2,3`):
-each job's command-line overrides (`.hydra/overrides.yaml`) and final metrics (`summary.json`). Jobs that differ
+each job's command-line overrides (`.hydra/overrides.yaml`) and final metrics (`summary.json`). Jobs that
+differ
 only in `seed` form one group; each group gets mean +- sample std over its seeds for every task and metric.
 Writes into `out` (default SWEEP_DIR/report):
 
@@ -57,7 +58,15 @@ class Job:
 
     @property
     def state(self) -> str:
-        return "done" if self.metrics else "failed" if self.error else "unfinished" if self.folder else "never ran"
+        return (
+            "done"
+            if self.metrics
+            else "failed"
+            if self.error
+            else "unfinished"
+            if self.folder
+            else "never ran"
+        )
 
 
 @dataclass
@@ -80,15 +89,22 @@ def read_jobs(sweep: Path, split: str) -> list[Job]:
         best = yaml.safe_load(summary.read_text()).get("best_score") if summary.is_file() else None
         jobs.append(Job(folder, _what(yaml.safe_load(overrides_file.read_text())), metrics, error, best))
     seen = {tuple(j.overrides) for j in jobs}
-    jobs += [Job(None, _what(planned), None) for planned in planned_jobs(sweep) if tuple(_what(planned)) not in seen]
+    jobs += [
+        Job(None, _what(planned), None)
+        for planned in planned_jobs(sweep)
+        if tuple(_what(planned)) not in seen
+    ]
     if not jobs:
-        raise MtdnnError(f"sweep_dir: {sweep} holds no Hydra jobs (no */.hydra/overrides.yaml); "
-                         "pass the folder of a `python -m mtdnn.train -m ...` sweep")
+        raise MtdnnError(
+            f"sweep_dir: {sweep} holds no Hydra jobs (no */.hydra/overrides.yaml); "
+            "pass the folder of a `python -m mtdnn.train -m ...` sweep"
+        )
     return jobs
 
 
 def group_jobs(jobs: list[Job]) -> list[Group]:
     """Group by the overrides other than the seed; label a group by what varies between groups."""
+
     def config_of(job: Job) -> tuple[str, ...]:
         return tuple(o for o in job.overrides if o.split("=", 1)[0].lstrip("+~") not in SEED_KEYS)
 
@@ -115,22 +131,30 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def markdown(groups: list[Group], cols: list[tuple[str, str]], missing: list[Job], shared: str) -> str:
-    lines = [f"# Sweep report\n\nCommon to every job: `{shared or '-'}`\n",
-             "| group | " + " | ".join(f"{t}/{m}" for t, m in cols) + " |",
-             "|---" * (len(cols) + 1) + "|"]
+    lines = [
+        f"# Sweep report\n\nCommon to every job: `{shared or '-'}`\n",
+        "| group | " + " | ".join(f"{t}/{m}" for t, m in cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
     for group in groups:
         cells = []
         for task, metric in cols:
             values = group.values(task, metric)
             cells.append("-" if not values else "{:.4f} ± {:.4f} ({})".format(*mean_std(values), len(values)))
         lines.append(f"| {group.label} | " + " | ".join(cells) + " |")
-    for state, title in (("failed", "Jobs that failed"), ("unfinished", "Jobs without a summary (unfinished or "
-                                                                      "killed)"), ("never ran", "Jobs that never ran")):
+    for state, title in (
+        ("failed", "Jobs that failed"),
+        ("unfinished", "Jobs without a summary (unfinished or killed)"),
+        ("never ran", "Jobs that never ran"),
+    ):
         listed = [job for job in missing if job.state == state]
         if listed:
             lines += ["", f"{title} ({len(listed)}):"]
-            lines += [f"- `{job.folder or '-'}` ({' '.join(job.overrides)})" + (f": {job.error}" if job.error else "")
-                      for job in listed]
+            lines += [
+                f"- `{job.folder or '-'}` ({' '.join(job.overrides)})"
+                + (f": {job.error}" if job.error else "")
+                for job in listed
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -142,8 +166,16 @@ def csv_text(groups: list[Group], cols: list[tuple[str, str]]) -> str:
         for task, metric in cols:
             values = group.values(task, metric)
             if values:
-                writer.writerow([group.label, task, metric, *mean_std(values), len(values),
-                                 " ".join(repr(v) for v in values)])
+                writer.writerow(
+                    [
+                        group.label,
+                        task,
+                        metric,
+                        *mean_std(values),
+                        len(values),
+                        " ".join(repr(v) for v in values),
+                    ]
+                )
     return buffer.getvalue()
 
 
@@ -153,11 +185,15 @@ def plot(groups: list[Group], cols: list[tuple[str, str]], path: Path) -> None:
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    main = list({task: (task, metric) for task, metric in reversed(cols)}.values())[::-1]  # first metric per task
+    main = list({task: (task, metric) for task, metric in reversed(cols)}.values())[
+        ::-1
+    ]  # first metric per task
     fig, axes = plt.subplots(1, len(main), figsize=(max(4, 1.2 * len(groups)) * len(main), 4), squeeze=False)
     for ax, (task, metric) in zip(axes[0], main):
         stats = [mean_std(v) if (v := g.values(task, metric)) else (float("nan"), 0.0) for g in groups]
-        ax.bar(range(len(groups)), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4, color="#4c72b0")
+        ax.bar(
+            range(len(groups)), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4, color="#4c72b0"
+        )
         ax.set_xticks(range(len(groups)), [g.label for g in groups], rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{task}: {metric}")
     fig.tight_layout()
@@ -174,8 +210,10 @@ def report(cfg: ReportConfig) -> Path:
     jobs = read_jobs(sweep, cfg.split)
     done = [j for j in jobs if j.metrics]
     if not done:
-        raise MtdnnError(f"sweep_dir: none of the {len(jobs)} jobs in {sweep} has a summary.json with "
-                         f"'{cfg.split}' metrics yet")
+        raise MtdnnError(
+            f"sweep_dir: none of the {len(jobs)} jobs in {sweep} has a summary.json with "
+            f"'{cfg.split}' metrics yet"
+        )
     groups = group_jobs(done)
     shared = " ".join(sorted(set.intersection(*(set(j.overrides) for j in done))))
     cols = columns(groups)
@@ -194,10 +232,19 @@ def report(cfg: ReportConfig) -> Path:
 
 def search_section(results: dict, done: list[Job]) -> str:
     params = " ".join(f"{k}={v}" for k, v in (results.get("best_params") or {}).items())
-    lines = ["", "## Search (Optuna)", "", f"Best trial: score {results.get('best_value')} with `{params}`", "",
-             "| trial | score | overrides |", "|---|---|---|"]
-    lines += [f"| {job.folder.name} | {job.score if job.score is not None else '-'} | `{' '.join(job.overrides)}` |"
-              for job in sorted(done, key=_trial_number)]
+    lines = [
+        "",
+        "## Search (Optuna)",
+        "",
+        f"Best trial: score {results.get('best_value')} with `{params}`",
+        "",
+        "| trial | score | overrides |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {job.folder.name} | {job.score if job.score is not None else '-'} | `{' '.join(job.overrides)}` |"
+        for job in sorted(done, key=_trial_number)
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -215,8 +262,12 @@ def plot_trials(done: list[Job], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     scores = [j.score for j in trials]
     ax.plot([_trial_number(j) for j in trials], scores, "o", label="trial")
-    ax.plot([_trial_number(j) for j in trials], [max(scores[: i + 1]) for i in range(len(scores))], "-",
-            label="best so far")
+    ax.plot(
+        [_trial_number(j) for j in trials],
+        [max(scores[: i + 1]) for i in range(len(scores))],
+        "-",
+        label="best so far",
+    )
     ax.set_xlabel("trial")
     ax.set_ylabel("best validation score")
     ax.legend()

@@ -1,4 +1,5 @@
-"""`python -m mtdnn.train task=[...] encoder=... sampler=...`: compose -> validate -> build -> loop -> report."""
+"""`python -m mtdnn.train task=[...] encoder=... sampler=...`: compose -> validate -> build -> loop ->
+report."""
 
 from __future__ import annotations
 
@@ -62,17 +63,23 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
     calls this; rank 0 alone writes the run folder."""
     started = time.time()
     dist = dist or Distributed()
-    # 1. validate the configuration (tasks, encoder, sampler, trainer, a resumed run's settings) before any data
-    raise_if([f"{key}: required, but not given (e.g. {key}=...)" for key in sorted(OmegaConf.missing_keys(cfg))],
-             "the run configuration is incomplete")
-    specs = load_tasks(task_names(cfg.task), list(cfg.task_dirs),
-                       OmegaConf.to_container(cfg.task_overrides, resolve=True))
+    # 1. validate the configuration (tasks, encoder, sampler, trainer, a resumed run's settings) before any
+    # data
+    raise_if(
+        [f"{key}: required, but not given (e.g. {key}=...)" for key in sorted(OmegaConf.missing_keys(cfg))],
+        "the run configuration is incomplete",
+    )
+    specs = load_tasks(
+        task_names(cfg.task), list(cfg.task_dirs), OmegaConf.to_container(cfg.task_overrides, resolve=True)
+    )
     raise_if(run_problems(cfg, specs), "the run configuration has problems")
     checkpoint = resolve_resume(cfg.resume, output_dir) if cfg.resume else None
     changes: list[str] = []  # settings a resumed run changes (resume_allow_changes=true)
     if checkpoint is not None:
         output_dir = checkpoint.parent.parent
-        changes = check_resume_config(output_dir, OmegaConf.to_container(cfg, resolve=True), cfg.resume_allow_changes)
+        changes = check_resume_config(
+            output_dir, OmegaConf.to_container(cfg, resolve=True), cfg.resume_allow_changes
+        )
         for change in changes:
             log.warning("resume_allow_changes: %s", change)
     with ExitStack() as held:  # rank 0 holds the run folder's lock until the run ends, however it ends
@@ -89,15 +96,25 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
 
         # 2. data: load and check every row, then tokenise (cached); soft targets when distilling
         tasks = prepare_data(specs)
-        saved_run = output_dir if checkpoint is not None else Path(cfg.init_from).expanduser() if cfg.init_from else None
+        saved_run = (
+            output_dir
+            if checkpoint is not None
+            else Path(cfg.init_from).expanduser()
+            if cfg.init_from
+            else None
+        )
         tokenizer, encoder, head_weights = tokenizer_and_encoder(cfg, tasks, saved_run)
-        raise_if(max_length_problems(specs, encoder, tokenizer) + length_problems(tasks, tokenizer),
-                 "the task configuration has problems")
+        raise_if(
+            max_length_problems(specs, encoder, tokenizer) + length_problems(tasks, tokenizer),
+            "the task configuration has problems",
+        )
         for data in tasks.values():
             encode_splits(data, tokenizer)
         distiller = Distiller(cfg.distill, specs, device) if cfg.distill.mode == "ensemble" else None
         if distiller is not None:
-            for name, origin in distiller.attach_soft_targets(tasks, tokenizer, cfg.trainer.eval_batch_size).items():
+            for name, origin in distiller.attach_soft_targets(
+                tasks, tokenizer, cfg.trainer.eval_batch_size
+            ).items():
                 log.info("soft targets for %s: %s", name, origin)
 
         # 3. model, optimizer, schedule, sampler, regularizers (or all of them as the checkpoint left them)
@@ -106,28 +123,43 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
             head_weights = init_from_run(model, Path(cfg.init_from).expanduser(), cfg.init_heads)
         if head_weights:  # the student starts from the teacher's heads too (where they fit: a cross-encoder
             own = model.heads.state_dict()  # teacher's head does not fit a bi-encoder student's)
-            model.heads.load_state_dict({k: v for k, v in head_weights.items()
-                                         if k in own and own[k].shape == v.shape}, strict=False)
+            model.heads.load_state_dict(
+                {k: v for k, v in head_weights.items() if k in own and own[k].shape == v.shape}, strict=False
+            )
         if checkpoint is None and dist.is_main:
             save_run_files(output_dir, OmegaConf.to_yaml(cfg, resolve=True), specs, tokenizer, encoder.config)
         elif dist.is_main:  # config.yaml says what the run continues with (max_steps, or the changes allowed)
             record_resume(output_dir, OmegaConf.to_yaml(cfg, resolve=True), checkpoint, changes)
         collators = {s.name: collator_for(s, tokenizer, cfg.trainer.pad_to_multiple_of) for s in specs}
         # data parallel: each task's batches are planned at the job's batch size; every rank takes its share
-        batches = {s.name: TaskBatches(tasks[s.name].encoded["train"], cfg.trainer.batch_size * dist.world,
-                                       task_seed(cfg.seed, s.name), collators[s.name], cfg.trainer.bucket_batches,
-                                       dist.shard if dist.active else None)
-                   for s in specs}
+        batches = {
+            s.name: TaskBatches(
+                tasks[s.name].encoded["train"],
+                cfg.trainer.batch_size * dist.world,
+                task_seed(cfg.seed, s.name),
+                collators[s.name],
+                cfg.trainer.bucket_batches,
+                dist.shard if dist.active else None,
+            )
+            for s in specs
+        }
         plan = make_plan(cfg.trainer, batches)
         optimizer = build_optimizer(model, cfg.trainer, {s.name: s.head_lr for s in specs})
         sizes = {s.name: len(tasks[s.name].encoded["train"]) for s in specs}
         draws = plan.total_steps * cfg.trainer.grad_accum * min(cfg.trainer.tasks_per_step, len(specs))
-        balancer = build_balancer(OmegaConf.to_container(cfg.balancer, resolve=True),
-                                  Setup({s.name: s for s in specs}, plan.steps_per_epoch, plan.total_steps, cfg.seed))
-        resumable = Resumable(optimizer, build_scheduler(optimizer, cfg.trainer, plan.total_steps),
-                              TaskSampler(cfg.sampler, sizes, draws, cfg.seed),
-                              batches, build_regularizers(OmegaConf.to_container(cfg.regularizer, resolve=True), model,
-                                                          specs), balancer, TrainState())
+        balancer = build_balancer(
+            OmegaConf.to_container(cfg.balancer, resolve=True),
+            Setup({s.name: s for s in specs}, plan.steps_per_epoch, plan.total_steps, cfg.seed),
+        )
+        resumable = Resumable(
+            optimizer,
+            build_scheduler(optimizer, cfg.trainer, plan.total_steps),
+            TaskSampler(cfg.sampler, sizes, draws, cfg.seed),
+            batches,
+            build_regularizers(OmegaConf.to_container(cfg.regularizer, resolve=True), model, specs),
+            balancer,
+            TrainState(),
+        )
         if checkpoint is None:  # e.g. Child-Tuning's Fisher pass (a resumed run restores its result instead)
             for reg in resumable.regularizers.values():
                 reg.prepare(model, one_pass_in_turn(batches), device)
@@ -139,11 +171,16 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
         first_step = resumable.state.step
 
         # 4. train
-        tracker = Tracker(output_dir, plan.total_steps, first_step, cfg.trainer.progress_bar) if dist.is_main \
+        tracker = (
+            Tracker(output_dir, plan.total_steps, first_step, cfg.trainer.progress_bar)
+            if dist.is_main
             else SilentTracker()
+        )
         try:
             with interrupts_at_safe_points():  # Ctrl-C stops the run between steps (or evaluation batches)
-                state = train(model, tasks, collators, resumable, cfg.trainer, plan, tracker, device, distiller, dist)
+                state = train(
+                    model, tasks, collators, resumable, cfg.trainer, plan, tracker, device, distiller, dist
+                )
         finally:
             tracker.close()
 
@@ -153,23 +190,38 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
 
         # 5. report with the best checkpoint (reparametrized weights, e.g. R4F's, back to plain ones first)
         bake_parametrizations(model)
-        summary = write_summary(cfg, model, tasks, collators, plan, state, output_dir, device, sizes, started,
-                                resumed_at_step=first_step if checkpoint is not None else None, distiller=distiller)
+        summary = write_summary(
+            cfg,
+            model,
+            tasks,
+            collators,
+            plan,
+            state,
+            output_dir,
+            device,
+            sizes,
+            started,
+            resumed_at_step=first_step if checkpoint is not None else None,
+            distiller=distiller,
+        )
         del model, optimizer, batches, resumable  # multirun jobs share one process: free memory between jobs
         gc.collect()
         return summary
 
 
 def restore(resumable: Resumable, checkpoint: Path, model: MultiTaskModel, changes: list[str]) -> None:
-    """A change allowed on resume that alters what the checkpoint must fit (another regularizer, adapter, head)
+    """A change allowed on resume that alters what the checkpoint must fit (another regularizer, adapter,
+    head)
     is one clear error; without changes a failure here is a bug and raises as one."""
     try:
         resumable.restore(checkpoint, model)
     except (ValueError, KeyError, RuntimeError) as err:
         if not changes:
             raise
-        raise MtdnnError(f"resume: {checkpoint} cannot continue with the changed settings "
-                         f"({'; '.join(changes)}): {type(err).__name__}: {first_line(err)}") from None
+        raise MtdnnError(
+            f"resume: {checkpoint} cannot continue with the changed settings "
+            f"({'; '.join(changes)}): {type(err).__name__}: {first_line(err)}"
+        ) from None
 
 
 def _main(cfg: DictConfig) -> dict:
@@ -180,8 +232,13 @@ def _main(cfg: DictConfig) -> dict:
         output_dir = dist.broadcast(Path(cfg.output_dir or HydraConfig.get().runtime.output_dir).resolve())
         if cfg.stages:
             command_line = list(HydraConfig.get().overrides.task)
-            return run_stages(cfg, output_dir, lambda extra: hydra.compose("train", overrides=[*command_line, *extra]),
-                              run, dist)
+            return run_stages(
+                cfg,
+                output_dir,
+                lambda extra: hydra.compose("train", overrides=[*command_line, *extra]),
+                run,
+                dist,
+            )
         return run(cfg, output_dir, dist)
     finally:
         dist.close()
@@ -206,8 +263,12 @@ def main() -> None:
     # other flags (--help, --cfg, ...) go to Hydra untouched
     if overrides and not want_traceback() and not flags:
         check_overrides(overrides)
-    elif overrides and not want_traceback() and flags <= {"-m", "--multirun"} and \
-            not any(o.startswith("hydra/sweeper=") for o in overrides):  # a search sweeper expands its own way
+    elif (
+        overrides
+        and not want_traceback()
+        and flags <= {"-m", "--multirun"}
+        and not any(o.startswith("hydra/sweeper=") for o in overrides)
+    ):  # a search sweeper expands its own way
         check_sweep(overrides)
     hydra_main()
 

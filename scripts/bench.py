@@ -5,7 +5,8 @@
   1. step      toolkit train step vs a minimal hand-written PyTorch + transformers loop (same encoder, batch,
                sequence length, initial weights): MiniLM-L6 and the tiny encoder
   2. batching  time per epoch on the demo task with the toolkit's batching (length buckets + padding to a
-               multiple of 8) vs padding every batch to max_length, plus validation accuracy after the same steps
+               multiple of 8) vs padding every batch to max_length, plus validation accuracy after the same
+               steps
   3. mfu       encoder matmul FLOP/s of a training step / FLOP/s of a large matmul measured in the same run
   4. bf16      bf16 autocast vs fp32 step time, and the accuracy difference after the same short training
   5. memory    peak RSS (and CUDA memory on a GPU) per configuration
@@ -49,6 +50,7 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 # ---------------------------------------------------------------- helpers
 
+
 def sync() -> None:
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()
@@ -73,7 +75,7 @@ def interleaved(fns: dict[str, callable], reps: int, warmup: int = 2) -> dict[st
             fn()
     names, times = list(fns), {n: [] for n in fns}
     for rep in range(reps):
-        for name in names[rep % len(names):] + names[: rep % len(names)]:
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
             times[name].append(timed(fns[name]))
     return times
 
@@ -108,8 +110,10 @@ def encoder_config(name: str) -> EncoderConfig:
 
 # ---------------------------------------------------------------- 1. toolkit step vs plain loop
 
+
 def train_step(model, task: str, batch: dict, optimizer, scheduler, cfg: TrainerConfig, bf16: bool) -> None:
-    """The body of mtdnn.training.loop.train for one micro-batch without regularizers: what the toolkit runs."""
+    """The body of mtdnn.training.loop.train for one micro-batch without regularizers: what the toolkit
+    runs."""
     forward_backward(model, task, batch, {}, 1.0, DEVICE, bf16)
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
     optimizer.step()
@@ -127,17 +131,24 @@ class PlainModel(nn.Module):
         self.out = nn.Linear(encoder.config.hidden_size, labels)
 
     def forward(self, input_ids, attention_mask, token_type_ids):
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).last_hidden_state
+        hidden = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
         return self.out(self.dropout(hidden[:, 0]))
 
 
 def random_batch(batch: int, tokens: int, vocab: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(batch * tokens)
     ids = torch.randint(5, vocab, (batch, tokens), generator=gen)
-    return {k: v.to(DEVICE) for k, v in {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                                         "token_type_ids": torch.zeros_like(ids),
-                                         "labels": torch.randint(0, 2, (batch,), generator=gen)}.items()}
+    return {
+        k: v.to(DEVICE)
+        for k, v in {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "token_type_ids": torch.zeros_like(ids),
+            "labels": torch.randint(0, 2, (batch,), generator=gen),
+        }.items()
+    }
 
 
 def step_vs_plain(spec, encoder: nn.Module, shape: tuple[int, int], reps: int) -> dict:
@@ -168,6 +179,7 @@ def step_vs_plain(spec, encoder: nn.Module, shape: tuple[int, int], reps: int) -
 
 # ---------------------------------------------------------------- 3. model FLOPs utilisation
 
+
 def encoder_train_flops(config, batch: int, tokens: int) -> float:
     """Matmul FLOPs of one training step (forward x 3): projections, feed-forward and attention scores."""
     hidden, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
@@ -183,6 +195,7 @@ def matmul_peak(size: int, reps: int) -> float:
 
 # ---------------------------------------------------------------- 2 & 4. training on the demo task
 
+
 def demo_task(quick: bool):
     """(spec, TaskData, tokenizer, encoder) for the batching and precision comparisons."""
     if quick:
@@ -191,9 +204,15 @@ def demo_task(quick: bool):
             sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
             from conftest import sentiment_rows, write_task
 
-            write_task(folder, "toy", "classification", {"train": sentiment_rows(1024, 1), "validation":
-                                                         sentiment_rows(256, 2)}, {"text": "sentence", "label": "label"},
-                       labels=["neg", "pos"], max_length=64)
+            write_task(
+                folder,
+                "toy",
+                "classification",
+                {"train": sentiment_rows(1024, 1), "validation": sentiment_rows(256, 2)},
+                {"text": "sentence", "label": "label"},
+                labels=["neg", "pos"],
+                max_length=64,
+            )
         (spec,) = load_tasks(["toy"], [str(folder)])
         encoder_name = "tiny"
     else:
@@ -209,8 +228,9 @@ def demo_task(quick: bool):
     return spec, data, tokenizer, encoder, enc_cfg.pooling
 
 
-def train_and_score(spec, data, tokenizer, encoder, pooling, steps: int, bucket: int, multiple: int,
-                    bf16: bool) -> dict:
+def train_and_score(
+    spec, data, tokenizer, encoder, pooling, steps: int, bucket: int, multiple: int, bf16: bool
+) -> dict:
     """Train `steps` batches from the same initial weights and data order seed; time, memory, accuracy."""
     torch.manual_seed(0)
     model = MultiTaskModel(copy.deepcopy(encoder), [spec], pooling).to(DEVICE).train()
@@ -226,10 +246,24 @@ def train_and_score(spec, data, tokenizer, encoder, pooling, steps: int, bucket:
 
         step_times.append(timed(lambda: train_step(model, spec.name, batch, optimizer, scheduler, cfg, bf16)))
     memory = peak_memory_mb()
-    _, scores = evaluate_split(model, spec, data.raw["validation"], data.encoded["validation"],
-                               collator_for(spec, tokenizer, 8), 128, DEVICE, bf16)
-    return {"steps": steps, "seconds": sum(step_times), "step": summary(step_times),
-            "epoch_seconds": sum(step_times) / steps * len(batches), "accuracy": scores["accuracy"], **memory}
+    _, scores = evaluate_split(
+        model,
+        spec,
+        data.raw["validation"],
+        data.encoded["validation"],
+        collator_for(spec, tokenizer, 8),
+        128,
+        DEVICE,
+        bf16,
+    )
+    return {
+        "steps": steps,
+        "seconds": sum(step_times),
+        "step": summary(step_times),
+        "epoch_seconds": sum(step_times) / steps * len(batches),
+        "accuracy": scores["accuracy"],
+        **memory,
+    }
 
 
 # ---------------------------------------------------------------- 6. cold vs warm start
@@ -251,25 +285,39 @@ def startup(quick: bool) -> dict:
     env = {**os.environ, "HF_DATASETS_CACHE": cache, "PYTHONPATH": str(Path(__file__).parent)}
     runs = []
     for _ in range(2):
-        out = subprocess.run([sys.executable, "-c", STARTUP.format(quick=quick)], env=env, capture_output=True,
-                             text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", STARTUP.format(quick=quick)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         runs.append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
     return {"cold_seconds": runs[0], "warm_seconds": runs[1], "ratio": runs[1] / runs[0]}
 
 
 # ---------------------------------------------------------------- main
 
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny encoder and toy data: seconds, no download")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny encoder and toy data: seconds, no download"
+    )
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None, help="training steps per batching/precision run")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     reps = args.reps or (3 if args.quick else 7)
     steps = args.steps or (20 if args.quick else 80)
-    report = {"device": str(DEVICE), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "quick": args.quick}
+    report = {
+        "device": str(DEVICE),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "quick": args.quick,
+    }
 
     spec, data, tokenizer, encoder, pooling = demo_task(args.quick)
     encoders = {"tiny" if args.quick else "minilm": encoder}
@@ -284,30 +332,52 @@ def main() -> None:
     flops = encoder_train_flops(encoders[main_name].config, *shape)
     peak = matmul_peak(1024 if args.quick else 4096, reps)
     achieved = flops / report["step"][main_name]["toolkit"]["median"]
-    report["mfu"] = {"encoder": main_name, "shape": list(shape), "train_flops": flops, "achieved_flops": achieved,
-                     "matmul_peak_flops": peak, "mfu": achieved / peak}
-    print(f"\nMFU ({main_name}, {shape[0]}x{shape[1]}): {achieved / 1e9:.1f} GFLOP/s of a "
-          f"{peak / 1e9:.1f} GFLOP/s matmul peak = {achieved / peak:.1%}")
+    report["mfu"] = {
+        "encoder": main_name,
+        "shape": list(shape),
+        "train_flops": flops,
+        "achieved_flops": achieved,
+        "matmul_peak_flops": peak,
+        "mfu": achieved / peak,
+    }
+    print(
+        f"\nMFU ({main_name}, {shape[0]}x{shape[1]}): {achieved / 1e9:.1f} GFLOP/s of a "
+        f"{peak / 1e9:.1f} GFLOP/s matmul peak = {achieved / peak:.1%}"
+    )
 
-    runs = {"toolkit batching": dict(bucket=50, multiple=8, bf16=False),
-            "pad to max_length": dict(bucket=1, multiple=spec.max_length, bf16=False),
-            "toolkit batching, bf16": dict(bucket=50, multiple=8, bf16=True)}
-    results = {name: train_and_score(spec, data, tokenizer, encoder, pooling, steps, **kw) for name, kw in runs.items()}
+    runs = {
+        "toolkit batching": dict(bucket=50, multiple=8, bf16=False),
+        "pad to max_length": dict(bucket=1, multiple=spec.max_length, bf16=False),
+        "toolkit batching, bf16": dict(bucket=50, multiple=8, bf16=True),
+    }
+    results = {
+        name: train_and_score(spec, data, tokenizer, encoder, pooling, steps, **kw)
+        for name, kw in runs.items()
+    }
     report["training"] = results
     base, padded, bf16 = (results[k] for k in runs)
-    report["batching"] = {"epoch_speedup": padded["epoch_seconds"] / base["epoch_seconds"],
-                          "accuracy_difference": base["accuracy"] - padded["accuracy"]}
-    report["bf16"] = {"step_speedup": base["step"]["median"] / bf16["step"]["median"],
-                      "accuracy_difference": bf16["accuracy"] - base["accuracy"]}
+    report["batching"] = {
+        "epoch_speedup": padded["epoch_seconds"] / base["epoch_seconds"],
+        "accuracy_difference": base["accuracy"] - padded["accuracy"],
+    }
+    report["bf16"] = {
+        "step_speedup": base["step"]["median"] / bf16["step"]["median"],
+        "accuracy_difference": bf16["accuracy"] - base["accuracy"],
+    }
     print_training(results, steps)
-    print(f"default batching vs pad-to-max: {report['batching']['epoch_speedup']:.2f}x faster per epoch, accuracy "
-          f"{report['batching']['accuracy_difference']:+.4f}; bf16 vs fp32: "
-          f"{report['bf16']['step_speedup']:.2f}x, accuracy {report['bf16']['accuracy_difference']:+.4f}")
+    print(
+        f"default batching vs pad-to-max: {report['batching']['epoch_speedup']:.2f}x faster per epoch, "
+        "accuracy "
+        f"{report['batching']['accuracy_difference']:+.4f}; bf16 vs fp32: "
+        f"{report['bf16']['step_speedup']:.2f}x, accuracy {report['bf16']['accuracy_difference']:+.4f}"
+    )
 
     report["startup"] = startup(args.quick)
     s = report["startup"]
-    print(f"time to the first batch: cold cache {s['cold_seconds']:.1f}s, warm {s['warm_seconds']:.1f}s "
-          f"({s['ratio']:.2f}x)")
+    print(
+        f"time to the first batch: cold cache {s['cold_seconds']:.1f}s, warm {s['warm_seconds']:.1f}s "
+        f"({s['ratio']:.2f}x)"
+    )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 
@@ -316,16 +386,21 @@ def print_step(step: dict, shape) -> None:
     print(f"train step, batch {shape[0]} x {shape[1]} tokens ({DEVICE}, {torch.get_num_threads()} threads)")
     print(f"  {'encoder':<8} {'toolkit s':>10} {'plain s':>10} {'ratio':>7}   spread (min-max)")
     for name, r in step.items():
-        print(f"  {name:<8} {r['toolkit']['median']:>10.4f} {r['plain']['median']:>10.4f} {r['ratio']:>7.3f}   "
-              f"{r['toolkit']['min']:.4f}-{r['toolkit']['max']:.4f} / {r['plain']['min']:.4f}-{r['plain']['max']:.4f}")
+        print(
+            f"  {name:<8} {r['toolkit']['median']:>10.4f} {r['plain']['median']:>10.4f} {r['ratio']:>7.3f}   "
+            f"{r['toolkit']['min']:.4f}-{r['toolkit']['max']:.4f} / "
+            f"{r['plain']['min']:.4f}-{r['plain']['max']:.4f}"
+        )
 
 
 def print_training(results: dict, steps: int) -> None:
     print(f"\n{steps} training steps on the demo task, batch 32, same initial weights")
     print(f"  {'configuration':<24} {'median step s':>13} {'epoch s':>9} {'accuracy':>9} {'peak RSS MB':>12}")
     for name, r in results.items():
-        print(f"  {name:<24} {r['step']['median']:>13.4f} {r['epoch_seconds']:>9.1f} {r['accuracy']:>9.4f} "
-              f"{r.get('peak_rss_mb', float('nan')):>12.0f}")
+        print(
+            f"  {name:<24} {r['step']['median']:>13.4f} {r['epoch_seconds']:>9.1f} {r['accuracy']:>9.4f} "
+            f"{r.get('peak_rss_mb', float('nan')):>12.0f}"
+        )
 
 
 if __name__ == "__main__":

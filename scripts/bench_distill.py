@@ -41,7 +41,9 @@ def validation_probs(run_dir: Path, spec, raw) -> tuple[torch.Tensor, torch.Tens
     collate = collator_for(spec, loaded.tokenizer, 8)
 
     def predict():  # validation probabilities and gold labels, in row order
-        logits, gold = forward_rows(loaded.model, spec, data.encoded["validation"], collate, 128, torch.device("cpu"))
+        logits, gold = forward_rows(
+            loaded.model, spec, data.encoded["validation"], collate, 128, torch.device("cpu")
+        )
         return torch.stack(logits).softmax(-1), torch.stack(gold)
 
     probs, gold = predict()
@@ -49,7 +51,9 @@ def validation_probs(run_dir: Path, spec, raw) -> tuple[torch.Tensor, torch.Tens
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--teachers", nargs="*", type=Path)
     parser.add_argument("--work", type=Path, default=Path("outputs/bench_distill"))
     parser.add_argument("--epochs", type=float, default=1.0)
@@ -66,9 +70,17 @@ def main() -> None:
             teachers.append(folder)
     student = args.work / "student"
     started = time.time()
-    train(["mtdnn.distill", f"distill.teachers=[{','.join(str(t) for t in teachers)}]",
-           "distill.student_from_teacher=true", "distill.keep_every=2", f"trainer.epochs={args.epochs}",
-           f"output_dir={student}", "predict_test=false"])
+    train(
+        [
+            "mtdnn.distill",
+            f"distill.teachers=[{','.join(str(t) for t in teachers)}]",
+            "distill.student_from_teacher=true",
+            "distill.keep_every=2",
+            f"trainer.epochs={args.epochs}",
+            f"output_dir={student}",
+            "predict_test=false",
+        ]
+    )
     distill_seconds = time.time() - started
 
     (spec,) = load_tasks(["rt_polarity"])
@@ -79,13 +91,16 @@ def main() -> None:
         teacher_probs.append(probs)
         teacher_predict = teacher_predict or predict
     student_probs, _, student_predict = validation_probs(student, spec, raw)
-    accuracy = {f"teacher {t.name}": (p.argmax(-1) == gold).float().mean().item() for t, p in zip(teachers, teacher_probs)}
+    accuracy = {
+        f"teacher {t.name}": (p.argmax(-1) == gold).float().mean().item()
+        for t, p in zip(teachers, teacher_probs)
+    }
     ensemble = (torch.stack(teacher_probs).mean(0).argmax(-1) == gold).float().mean().item()
     student_acc = (student_probs.argmax(-1) == gold).float().mean().item()
 
     times = {"teacher": [], "student": []}
     for rep in range(args.reps):  # interleaved, order alternating
-        for name in (("teacher", "student") if rep % 2 == 0 else ("student", "teacher")):
+        for name in ("teacher", "student") if rep % 2 == 0 else ("student", "teacher"):
             fn = teacher_predict if name == "teacher" else student_predict
             start = time.perf_counter()
             fn()
@@ -96,16 +111,30 @@ def main() -> None:
     for name, value in accuracy.items():
         print(f"  {name:<28} {value:.4f}")
     print(f"  {'teacher ensemble (3)':<28} {ensemble:.4f}")
-    print(f"  {'student (3 layers)':<28} {student_acc:.4f}   = {student_acc / ensemble:.1%} of the ensemble "
-          f"(target >= 97%)")
-    print(f"inference: teacher {speed['teacher']:.0f} examples/s, student {speed['student']:.0f} examples/s "
-          f"= {speed['student'] / speed['teacher']:.2f}x faster (target >= 1.8x); distillation took "
-          f"{distill_seconds:.0f}s")
+    print(
+        f"  {'student (3 layers)':<28} {student_acc:.4f}   = {student_acc / ensemble:.1%} of the ensemble "
+        f"(target >= 97%)"
+    )
+    print(
+        f"inference: teacher {speed['teacher']:.0f} examples/s, student {speed['student']:.0f} examples/s "
+        f"= {speed['student'] / speed['teacher']:.2f}x faster (target >= 1.8x); distillation took "
+        f"{distill_seconds:.0f}s"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"teachers": accuracy, "ensemble": ensemble, "student": student_acc,
-                                         "student_share_of_ensemble": student_acc / ensemble,
-                                         "examples_per_s": speed, "speedup": speed["student"] / speed["teacher"],
-                                         "distill_seconds": distill_seconds}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "teachers": accuracy,
+                    "ensemble": ensemble,
+                    "student": student_acc,
+                    "student_share_of_ensemble": student_acc / ensemble,
+                    "examples_per_s": speed,
+                    "speedup": speed["student"] / speed["teacher"],
+                    "distill_seconds": distill_seconds,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

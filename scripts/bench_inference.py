@@ -4,8 +4,10 @@
     python scripts/bench_inference.py [--work bench_inference] [--rows 2000] [--threads 2] [--repeats 5]
         [--json out.json]
 
-It trains what `--work` does not hold yet: the teacher on `--rows` training rows for 2 epochs, and two students
-distilled from the teacher's soft targets on the same rows (distill.student_from_teacher): `student` keeps layers
+It trains what `--work` does not hold yet: the teacher on `--rows` training rows for 2 epochs, and two
+students
+distilled from the teacher's soft targets on the same rows (distill.student_from_teacher): `student` keeps
+layers
 0, 2, 4 of the teacher (keep_every=2), `student-2l` layers 0, 3 (keep_every=3). Each run is exported with
 `python -m mtdnn.export ... format=onnx quantize=int8`. Then, for each (model, backend) pair, on the full
 validation split (1,281 reviews), with `--threads` intra-op threads:
@@ -45,26 +47,46 @@ def command(*args: str) -> None:
 def train_models(work: Path, rows: int) -> dict[str, Path]:
     """The teacher and the students (trained unless `work` holds them already), by name."""
     teacher = work / "teacher"
-    common = [f"task={TASK}", f"+task_overrides.{TASK}.train_rows={rows}", "trainer.epochs=2",
-              "trainer.batch_size=16", "trainer.progress_bar=false", "predict_test=false", "seed=1"]
+    common = [
+        f"task={TASK}",
+        f"+task_overrides.{TASK}.train_rows={rows}",
+        "trainer.epochs=2",
+        "trainer.batch_size=16",
+        "trainer.progress_bar=false",
+        "predict_test=false",
+        "seed=1",
+    ]
     if not (teacher / "summary.json").is_file():
         command("mtdnn.train", *common, f"output_dir={teacher}")
     for name, keep_every in STUDENTS.items():
         if not (work / name / "summary.json").is_file():
-            command("mtdnn.distill", *common, f"distill.teachers=[{teacher}]", "distill.student_from_teacher=true",
-                    f"distill.keep_every={keep_every}", f"output_dir={work / name}")
+            command(
+                "mtdnn.distill",
+                *common,
+                f"distill.teachers=[{teacher}]",
+                "distill.student_from_teacher=true",
+                f"distill.keep_every={keep_every}",
+                f"output_dir={work / name}",
+            )
     return {"teacher": teacher, **{name: work / name for name in STUDENTS}}
 
 
 def export(run_dir: Path, out: Path) -> Path:
     if not (out / "model_int8.onnx").is_file():
-        command("mtdnn.export", str(run_dir), f"task={TASK}", f"out={out}", "format=onnx", "quantize=int8",
-                "overwrite=true")
+        command(
+            "mtdnn.export",
+            str(run_dir),
+            f"task={TASK}",
+            f"out={out}",
+            "format=onnx",
+            "quantize=int8",
+            "overwrite=true",
+        )
     return out
 
 
 def rss_mb() -> float:
-    return psutil.Process().memory_info().rss / 2 ** 20
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def validation_rows(spec) -> list[dict]:
@@ -82,8 +104,14 @@ def measure(name: str, folder: Path, backend: str, texts: list[dict], args) -> d
     predictor = load_run(folder, backend=backend, device="cpu")
     predictor.predict(TASK, texts[:32], batch_size=32)  # warm-up: graph optimisation, allocator
     memory = rss_mb() - before
-    return {"name": name, "backend": backend, "predictor": predictor, "memory_mb": memory, "passes": [],
-            "latency_ms": []}
+    return {
+        "name": name,
+        "backend": backend,
+        "predictor": predictor,
+        "memory_mb": memory,
+        "passes": [],
+        "latency_ms": [],
+    }
 
 
 def one_pass(entry: dict, texts: list[dict]) -> list[str]:
@@ -125,9 +153,11 @@ def main() -> None:
     texts, gold = validation_rows(load_tasks([TASK], [])[0])
     entries = []
     for name in folders:
-        entries += [measure(name, folders[name], "torch", texts, args),
-                    measure(name, onnx[name], "onnx", texts, args),
-                    measure(name, onnx[name], "onnx-int8", texts, args)]
+        entries += [
+            measure(name, folders[name], "torch", texts, args),
+            measure(name, onnx[name], "onnx", texts, args),
+            measure(name, onnx[name], "onnx-int8", texts, args),
+        ]
     labels = {}
     for _ in range(args.repeats):  # interleaved: machine noise falls on every pair alike
         for entry in entries:
@@ -139,30 +169,42 @@ def main() -> None:
     results = []
     for entry in entries:
         predicted = labels[(entry["name"], entry["backend"])]
-        results.append({
-            "model": entry["name"], "backend": entry["backend"],
-            "examples_per_s": round(statistics.median(entry["passes"]), 1),
-            "speedup_vs_teacher_torch": round(statistics.median(entry["passes"]) / base, 2),
-            "latency_p50_ms": round(percentile(entry["latency_ms"], 0.5), 2),
-            "latency_p95_ms": round(percentile(entry["latency_ms"], 0.95), 2),
-            "memory_mb": round(entry["memory_mb"], 1),
-            "accuracy": round(sum(p == g for p, g in zip(predicted, gold)) / len(gold), 4),
-            "agrees_with_teacher": round(sum(p == r for p, r in zip(predicted, reference)) / len(gold), 4),
-        })
+        results.append(
+            {
+                "model": entry["name"],
+                "backend": entry["backend"],
+                "examples_per_s": round(statistics.median(entry["passes"]), 1),
+                "speedup_vs_teacher_torch": round(statistics.median(entry["passes"]) / base, 2),
+                "latency_p50_ms": round(percentile(entry["latency_ms"], 0.5), 2),
+                "latency_p95_ms": round(percentile(entry["latency_ms"], 0.95), 2),
+                "memory_mb": round(entry["memory_mb"], 1),
+                "accuracy": round(sum(p == g for p, g in zip(predicted, gold)) / len(gold), 4),
+                "agrees_with_teacher": round(
+                    sum(p == r for p, r in zip(predicted, reference)) / len(gold), 4
+                ),
+            }
+        )
     teacher_accuracy = results[0]["accuracy"]
     print(f"rt_polarity validation ({len(texts)} reviews), {args.threads} threads, batch 32 for throughput\n")
-    print("| model | backend | examples/s | × teacher (torch) | p50 ms | p95 ms | memory MB | accuracy | "
-          "of teacher's | same label as teacher |")
+    print(
+        "| model | backend | examples/s | × teacher (torch) | p50 ms | p95 ms | memory MB | accuracy | "
+        "of teacher's | same label as teacher |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['model']} | {r['backend']} | {r['examples_per_s']} | {r['speedup_vs_teacher_torch']:.2f} | "
-              f"{r['latency_p50_ms']} | {r['latency_p95_ms']} | {r['memory_mb']} | {r['accuracy']:.4f} | "
-              f"{100 * r['accuracy'] / teacher_accuracy:.1f}% | {100 * r['agrees_with_teacher']:.1f}% |")
+        print(
+            f"| {r['model']} | {r['backend']} | {r['examples_per_s']} | {r['speedup_vs_teacher_torch']:.2f} "
+            "| "
+            f"{r['latency_p50_ms']} | {r['latency_p95_ms']} | {r['memory_mb']} | {r['accuracy']:.4f} | "
+            f"{100 * r['accuracy'] / teacher_accuracy:.1f}% | {100 * r['agrees_with_teacher']:.1f}% |"
+        )
     for goal in (r for r in results if r["model"] in STUDENTS and r["backend"] == "onnx-int8"):
         met = goal["speedup_vs_teacher_torch"] >= 4 and goal["accuracy"] >= 0.97 * teacher_accuracy
-        print(f"goal ({goal['model']}): int8 >= 4x the teacher's throughput at >= 97% of its accuracy: "
-              f"{goal['speedup_vs_teacher_torch']:.2f}x at {100 * goal['accuracy'] / teacher_accuracy:.1f}% -> "
-              f"{'met' if met else 'not met'}")
+        print(
+            f"goal ({goal['model']}): int8 >= 4x the teacher's throughput at >= 97% of its accuracy: "
+            f"{goal['speedup_vs_teacher_torch']:.2f}x at {100 * goal['accuracy'] / teacher_accuracy:.1f}% -> "
+            f"{'met' if met else 'not met'}"
+        )
     if args.json:
         args.json.write_text(json.dumps({"threads": args.threads, "results": results}, indent=2))
 

@@ -1,24 +1,31 @@
-"""The quality protocol for regularizers: does a method make a low-resource fine-tune better, and at what cost?
+"""The quality protocol for regularizers: does a method make a low-resource fine-tune better, and at what
+cost?
 
     python scripts/bench_quality.py [--tasks rt_polarity vader_tweets] [--sizes 500 2000] [--epochs 3 1]
         [--seeds 1 2 3 4 5] [--methods none smart ...] [--jobs 2] [--work bench_quality] [--record report.csv]
 
-Every run is the real command a user types (`python -m mtdnn.train ...` in a child process): MiniLM-L6, a fixed
+Every run is the real command a user types (`python -m mtdnn.train ...` in a child process): MiniLM-L6, a
+fixed
 low-resource subset of the task's train split (`train_rows`, drawn once with seed 0, the same rows for every
-method and seed), batch 16, lr 5e-5 / head 1e-3, `--epochs` epochs (one value, or one per size), each method at
+method and seed), batch 16, lr 5e-5 / head 1e-3, `--epochs` epochs (one value, or one per size), each method
+at
 its YAML defaults, evaluated
 once at the end on the full validation split (no checkpoint selection, so no selection on the reported split).
-Every method gets the same seeds. Rerunning skips finished runs (a run is finished when its summary.json exists);
+Every method gets the same seeds. Rerunning skips finished runs (a run is finished when its summary.json
+exists);
 checkpoints are deleted after each run.
 
 Writes into --work: report.md (the table), report.csv (one row per run), report.png (paired differences).
 Per task, size and method: mean and sample std of the main metric over seeds; the paired difference to `none`
 (same seed) with a 95% t interval; how many seeds it beat `none`; collapsed runs (classification:
-accuracy within 0.5 points of always answering the majority label; regression: Pearson below 0.05); each of the
-method's logged terms (SMART: smart_adv and smart_prox apart) relative to the task loss; and the step-time ratio to
+accuracy within 0.5 points of always answering the majority label; regression: Pearson below 0.05); each of
+the
+method's logged terms (SMART: smart_adv and smart_prox apart) relative to the task loss; and the step-time
+ratio to
 `none` (median over seeds of the seconds per optimizer step, training steps only).
 
-`--record docs/quality/report.csv` tabulates an earlier protocol's rows beside new runs: the runs of the README's
+`--record docs/quality/report.csv` tabulates an earlier protocol's rows beside new runs: the runs of the
+README's
 table took several sessions and their folders are not kept. Each row keeps its step-time ratio to `none` as
 measured in its own session (`step_x_none`), since sessions ran on machines of different speeds. Delete a
 method's rows from the record to rerun it (after its defaults change).
@@ -59,11 +66,25 @@ class Arm:
 
 def command(arm: Arm, args: argparse.Namespace, out: Path) -> list[str]:
     regularizer, *variant = args.variants.get(arm.method, [arm.method])
-    return [sys.executable, "-m", "mtdnn.train", f"task={arm.task}", f"+task_overrides.{arm.task}.train_rows={arm.size}",
-            f"regularizer={regularizer}", *variant, f"seed={arm.seed}", f"trainer.epochs={arm.epochs:g}",
-            f"trainer.batch_size={args.batch_size}", "trainer.eval_every=1000000", "trainer.log_every=5",
-            "trainer.progress_bar=false", "predict_test=false", f"output_dir={out}",
-            *([f"task_dirs=[{','.join(str(d) for d in args.task_dirs)}]"] if args.task_dirs else []), *args.set]
+    return [
+        sys.executable,
+        "-m",
+        "mtdnn.train",
+        f"task={arm.task}",
+        f"+task_overrides.{arm.task}.train_rows={arm.size}",
+        f"regularizer={regularizer}",
+        *variant,
+        f"seed={arm.seed}",
+        f"trainer.epochs={arm.epochs:g}",
+        f"trainer.batch_size={args.batch_size}",
+        "trainer.eval_every=1000000",
+        "trainer.log_every=5",
+        "trainer.progress_bar=false",
+        "predict_test=false",
+        f"output_dir={out}",
+        *([f"task_dirs=[{','.join(str(d) for d in args.task_dirs)}]"] if args.task_dirs else []),
+        *args.set,
+    ]
 
 
 def run_one(arm: Arm, args: argparse.Namespace, threads: int) -> str:
@@ -80,8 +101,14 @@ def run_child(cmd: list[str], out: Path, log_file: Path, threads: int, keep_chec
         return f"done already: {out}"
     shutil.rmtree(out, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": str(threads),
-           "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     started = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     log_file.write_text(done.stdout + done.stderr)
@@ -94,6 +121,7 @@ def run_child(cmd: list[str], out: Path, log_file: Path, threads: int, keep_chec
 
 
 # ---------------------------------------------------------------- reading the runs back
+
 
 def main_metric(task: str, task_dirs: list[str]) -> tuple[str, str]:
     """(main metric, head) from the task's YAML."""
@@ -127,17 +155,26 @@ def read_run(arm: Arm, work: Path, metric: str, record: dict | None = None) -> d
     log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines() if line.strip()]
     value = summary["validation"][arm.task][metric]
     terms = terms_to_loss(log, arm.task)
-    return {"value": float("nan") if value is None else float(value),
-            "step_s": summary.get("train_seconds", summary["seconds"]) / max(1, summary["steps"]),
-            "term_to_loss": sum(terms.values()) if terms else None,
-            "terms_to_loss": terms, "recorded": False}
+    return {
+        "value": float("nan") if value is None else float(value),
+        "step_s": summary.get("train_seconds", summary["seconds"]) / max(1, summary["steps"]),
+        "term_to_loss": sum(terms.values()) if terms else None,
+        "terms_to_loss": terms,
+        "recorded": False,
+    }
 
 
 def terms_to_loss(log: list[dict], task: str) -> dict[str, float]:
     """Each of the method's logged terms (mean over log rows) over the mean task loss; {} if it logs none."""
     suffix = f"/{task}"
-    names = sorted({k[:-len(suffix)] for row in log for k in row
-                    if k.endswith(suffix) and k != f"loss{suffix}" and not k.startswith("cost_s/")})
+    names = sorted(
+        {
+            k[: -len(suffix)]
+            for row in log
+            for k in row
+            if k.endswith(suffix) and k != f"loss{suffix}" and not k.startswith("cost_s/")
+        }
+    )
     losses = [row[f"loss{suffix}"] for row in log if f"loss{suffix}" in row]
     if not names or not losses:
         return {}
@@ -152,11 +189,16 @@ def read_record(path: Path | None) -> dict:
     record = {}
     for row in csv.DictReader(path.open()):
         arm = Arm(row["task"], int(row["size"]), row["method"], int(row["seed"]), float(row["epochs"]))
-        record[arm] = {"value": float(row["value"]), "step_s": float(row["step_s"]),
-                       "term_to_loss": float(row["term_to_loss"]) if row.get("term_to_loss") else None,
-                       "terms_to_loss": {k: float(v) for k, v in (kv.split("=") for kv in
-                                                                 (row.get("terms_to_loss") or "").split(";") if kv)},
-                       "step_x_none": float(row["step_x_none"]) if row.get("step_x_none") else None}
+        record[arm] = {
+            "value": float(row["value"]),
+            "step_s": float(row["step_s"]),
+            "term_to_loss": float(row["term_to_loss"]) if row.get("term_to_loss") else None,
+            "terms_to_loss": {
+                k: float(v)
+                for k, v in (kv.split("=") for kv in (row.get("terms_to_loss") or "").split(";") if kv)
+            },
+            "step_x_none": float(row["step_x_none"]) if row.get("step_x_none") else None,
+        }
     return record
 
 
@@ -173,6 +215,7 @@ def terms_cell(results: list[dict]) -> str:
 
 # ---------------------------------------------------------------- statistics
 
+
 def t_quantile(n: int) -> float:
     from scipy import stats
 
@@ -185,7 +228,11 @@ def paired(method: dict[int, dict], base: dict[int, dict]) -> tuple[float, float
     diffs = [method[s]["value"] - base[s]["value"] for s in seeds]
     if not diffs:
         return math.nan, math.nan, 0, 0
-    half = t_quantile(len(diffs)) * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.inf
+    half = (
+        t_quantile(len(diffs)) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+        if len(diffs) > 1
+        else math.inf
+    )
     return statistics.fmean(diffs), half, sum(d > 0 for d in diffs), len(diffs)
 
 
@@ -204,26 +251,45 @@ def step_ratio(seed: int, run: dict, base_step: dict) -> float:
     return run["step_s"] / base_step[key] if key in base_step else math.nan
 
 
-def table(work: Path, tasks: list[str], budgets: list[tuple[int, float]], methods: list[str],
-          seeds: list[int], task_dirs: list[str], record: dict | None = None) -> tuple[str, list]:
+def table(
+    work: Path,
+    tasks: list[str],
+    budgets: list[tuple[int, float]],
+    methods: list[str],
+    seeds: list[int],
+    task_dirs: list[str],
+    record: dict | None = None,
+) -> tuple[str, list]:
     lines, rows = [], []
     for task in tasks:
         metric, head = main_metric(task, task_dirs)
         majority = majority_rate(task, task_dirs)
         for size, epochs in budgets:
-            runs = {m: {s: r for s in seeds if (r := read_run(Arm(task, size, m, s, epochs), work, metric, record))}
-                    for m in methods}
+            runs = {
+                m: {
+                    s: r
+                    for s in seeds
+                    if (r := read_run(Arm(task, size, m, s, epochs), work, metric, record))
+                }
+                for m in methods
+            }
             if not any(runs.values()):
                 continue  # this task was not run at this budget
             base = runs.get("none", {})
             # step times compare within one source: recorded runs ran on another machine, in another session
             base_step = {(s, r["recorded"]): r["step_s"] for s, r in base.items()}
-            base_step |= {(s, True): r["step_s"] for s in seeds
-                          if (r := (record or {}).get(Arm(task, size, "none", s, epochs)))}
-            lines += [f"\n**{task}, {size} training rows, {epochs:g} epochs** (validation {metric}; "
-                      f"{'majority class ' + format(majority, '.3f') if majority else 'regression'})\n",
-                      f"| method | n | {metric} mean ± std | Δ vs none [95% CI] | beats none | collapsed "
-                      "| terms / loss | step time × none |", "|---|---|---|---|---|---|---|---|"]
+            base_step |= {
+                (s, True): r["step_s"]
+                for s in seeds
+                if (r := (record or {}).get(Arm(task, size, "none", s, epochs)))
+            }
+            lines += [
+                f"\n**{task}, {size} training rows, {epochs:g} epochs** (validation {metric}; "
+                f"{'majority class ' + format(majority, '.3f') if majority else 'regression'})\n",
+                f"| method | n | {metric} mean ± std | Δ vs none [95% CI] | beats none | collapsed "
+                "| terms / loss | step time × none |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
             for method in methods:
                 done = runs[method]
                 values = [r["value"] for r in done.values()]
@@ -236,25 +302,41 @@ def table(work: Path, tasks: list[str], budgets: list[tuple[int, float]], method
                 stuck = sum(collapsed(v, head, majority) for v in values)
                 lines.append(
                     f"| {method} | {len(values)} | {statistics.fmean(values):.4f} ± {std:.4f} | "
-                    f"{'–' if method == 'none' else f'{diff:+.4f} [{diff - half:+.4f}, {diff + half:+.4f}]'} | "
+                    + ("–" if method == "none" else f"{diff:+.4f} [{diff - half:+.4f}, {diff + half:+.4f}]")
+                    + " | "
                     f"{'–' if method == 'none' else f'{wins}/{n}'} | {stuck}/{len(values)} | "
                     f"{terms_cell(list(done.values()))} | "
-                    f"{f'{statistics.median(ratios):.2f}' if ratios else '–'} |")
-                rows += [{"task": task, "size": size, "epochs": epochs, "method": method, "seed": s, "metric": metric,
-                          **{k: v for k, v in r.items() if k != "recorded"}, "step_x_none": step_x_none[s],
-                          "terms_to_loss": ";".join(f"{k}={v:.3g}" for k, v in r["terms_to_loss"].items())}
-                         for s, r in done.items()]
+                    f"{f'{statistics.median(ratios):.2f}' if ratios else '–'} |"
+                )
+                rows += [
+                    {
+                        "task": task,
+                        "size": size,
+                        "epochs": epochs,
+                        "method": method,
+                        "seed": s,
+                        "metric": metric,
+                        **{k: v for k, v in r.items() if k != "recorded"},
+                        "step_x_none": step_x_none[s],
+                        "terms_to_loss": ";".join(f"{k}={v:.3g}" for k, v in r["terms_to_loss"].items()),
+                    }
+                    for s, r in done.items()
+                ]
     return "\n".join(lines), rows
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """One panel per task and size: each method's paired differences to `none`, seeds as dots, mean as a bar."""
+    """One panel per task and size: each method's paired differences to `none`, seeds as dots, mean as a
+    bar."""
     panels = []
     for task, size, epochs in sorted({(r["task"], r["size"], r["epochs"]) for r in rows}):
         mine = [r for r in rows if (r["task"], r["size"], r["epochs"]) == (task, size, epochs)]
         base = {r["seed"]: r["value"] for r in mine if r["method"] == "none"}
-        diffs = {m: [r["value"] - base[r["seed"]] for r in mine if r["method"] == m and r["seed"] in base]
-                 for m in dict.fromkeys(r["method"] for r in mine) if m != "none"}
+        diffs = {
+            m: [r["value"] - base[r["seed"]] for r in mine if r["method"] == m and r["seed"] in base]
+            for m in dict.fromkeys(r["method"] for r in mine)
+            if m != "none"
+        }
         panels.append((f"{task}, {size} rows x {epochs:g} ep: {mine[0]['metric']} − none", diffs))
     paired_plot(panels, path)
 
@@ -283,9 +365,25 @@ def paired_plot(panels: list[tuple[str, dict[str, list[float]]]], path: Path) ->
 
 
 def write_reports(work: Path, text: str, rows: list[dict], command_line: str) -> None:
-    write_table_files(work, text, rows, command_line,
-                      ["task", "size", "epochs", "method", "seed", "metric", "value", "step_s", "step_x_none",
-                       "term_to_loss", "terms_to_loss"])
+    write_table_files(
+        work,
+        text,
+        rows,
+        command_line,
+        [
+            "task",
+            "size",
+            "epochs",
+            "method",
+            "seed",
+            "metric",
+            "value",
+            "step_s",
+            "step_x_none",
+            "term_to_loss",
+            "terms_to_loss",
+        ],
+    )
     plot(rows, work / "report.png")
 
 
@@ -310,15 +408,29 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each gets cores/jobs threads)")
     parser.add_argument("--threads", type=int, default=None, help="threads per run (default: cores/jobs)")
     parser.add_argument("--work", type=Path, default=Path("bench_quality"))
-    parser.add_argument("--task-dirs", nargs="*", type=Path, default=[], help="folders of your own task YAMLs")
-    parser.add_argument("--set", nargs="*", default=[], help="more overrides for every run, e.g. encoder=tiny")
-    parser.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME=METHOD [OVERRIDE]",
-                        help="a method at other settings, named as an arm of its own: "
-                             "--variant smart_lambda3=smart regularizer.smart.lambda_s=3 (then --methods ... smart_lambda3)")
+    parser.add_argument(
+        "--task-dirs", nargs="*", type=Path, default=[], help="folders of your own task YAMLs"
+    )
+    parser.add_argument(
+        "--set", nargs="*", default=[], help="more overrides for every run, e.g. encoder=tiny"
+    )
+    parser.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="NAME=METHOD [OVERRIDE]",
+        help="a method at other settings, named as an arm of its own: "
+        "--variant smart_lambda3=smart regularizer.smart.lambda_s=3 (then --methods ... smart_lambda3)",
+    )
     parser.add_argument("--report-only", action="store_true", help="tabulate what is there, run nothing")
-    parser.add_argument("--record", type=Path, default=None,
-                        help="an earlier report.csv: its rows stand for runs whose folders are not in --work "
-                             "(not rerun; a folder in --work wins)")
+    parser.add_argument(
+        "--record",
+        type=Path,
+        default=None,
+        help="an earlier report.csv: its rows stand for runs whose folders are not in --work "
+        "(not rerun; a folder in --work wins)",
+    )
     return parser.parse_args()
 
 
@@ -337,13 +449,21 @@ def main() -> None:
     args = parse()
     args.variants = variants(args.variant)
     if len(args.epochs) not in (1, len(args.sizes)):
-        sys.exit(f"error: --epochs: give one value or one per size ({len(args.sizes)}), got {len(args.epochs)}")
+        sys.exit(
+            f"error: --epochs: give one value or one per size ({len(args.sizes)}), got {len(args.epochs)}"
+        )
     budgets = list(zip(args.sizes, args.epochs * len(args.sizes) if len(args.epochs) == 1 else args.epochs))
     args.work = args.work.resolve()
     args.task_dirs = [d.resolve() for d in args.task_dirs]
     args.work.mkdir(parents=True, exist_ok=True)
     # seeds outermost: a protocol stopped half-way still has every method on its first seeds (paired)
-    arms = [Arm(t, size, m, s, ep) for size, ep in budgets for s in args.seeds for t in args.tasks for m in args.methods]
+    arms = [
+        Arm(t, size, m, s, ep)
+        for size, ep in budgets
+        for s in args.seeds
+        for t in args.tasks
+        for m in args.methods
+    ]
     record = read_record(args.record)
     arms = [arm for arm in arms if arm not in record]  # recorded results are not rerun
     if not args.report_only:
@@ -351,8 +471,9 @@ def main() -> None:
         with ThreadPoolExecutor(args.jobs) as pool:
             for status in pool.map(lambda arm: run_one(arm, args, threads), arms):
                 print(status, flush=True)
-    text, rows = table(args.work, args.tasks, budgets, args.methods, args.seeds, [str(d) for d in args.task_dirs],
-                       record)
+    text, rows = table(
+        args.work, args.tasks, budgets, args.methods, args.seeds, [str(d) for d in args.task_dirs], record
+    )
     write_reports(args.work, text, rows, "python scripts/bench_quality.py " + " ".join(sys.argv[1:]))
     print(text)
     print(f"\nwritten: {args.work / 'report.md'}, report.csv, report.png")

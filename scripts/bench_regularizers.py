@@ -3,10 +3,12 @@ validation accuracy each reaches and its training-step time relative to no regul
 
     python scripts/bench_regularizers.py [--steps 150] [--reps 5] [--only smart r3f ...] [--json out.json]
 
-1. Quality: `python -m mtdnn.train` with each `regularizer=<name>` at its YAML defaults (one seed: a smoke check;
+1. Quality: `python -m mtdnn.train` with each `regularizer=<name>` at its YAML defaults (one seed: a smoke
+check;
    scripts/bench_quality.py is the multi-seed quality protocol),
    seed 42, `trainer.max_steps=--steps`, batch 32, lr 5e-5, evaluated at the end; accuracy on the 1,281-row
-   validation split (standard error ~0.011: differences under ~0.02 are noise at one seed). The run's wall time
+   validation split (standard error ~0.011: differences under ~0.02 are noise at one seed). The run's wall
+   time
    includes setup (Child-Tuning D's Fisher pass over the whole training split).
 2. Speed: one full training step (forward, regularizer passes, backward, clip, optimizer, hooks) on a 32 x 128
    batch, each method on its own copy of the model, repetitions interleaved across methods, medians.
@@ -40,8 +42,19 @@ from mtdnn.training.optim import build_optimizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-METHODS = ["none", "smart", "r3f", "r4f", "alice", "freelb", "child_tuning", "child_tuning_f", "lnsr", "mixout",
-           "l2_sp"]
+METHODS = [
+    "none",
+    "smart",
+    "r3f",
+    "r4f",
+    "alice",
+    "freelb",
+    "child_tuning",
+    "child_tuning_f",
+    "lnsr",
+    "mixout",
+    "l2_sp",
+]
 
 
 def overrides(method: str) -> list[str]:
@@ -67,15 +80,29 @@ def quality(method: str, steps: int, work: Path) -> dict:
     if not (out / "summary.json").is_file():
         shutil.rmtree(out, ignore_errors=True)
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "mtdnn.train", *overrides(method), f"trainer.max_steps={steps}",
-                        "trainer.evals_per_epoch=1", "trainer.progress_bar=false", "predict_test=false",
-                        f"output_dir={out}"], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1",
-                                                               "HF_DATASETS_OFFLINE": "1"})
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mtdnn.train",
+                *overrides(method),
+                f"trainer.max_steps={steps}",
+                "trainer.evals_per_epoch=1",
+                "trainer.progress_bar=false",
+                "predict_test=false",
+                f"output_dir={out}",
+            ],
+            check=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+        )
         (out / "wall_s").write_text(str(time.perf_counter() - started))
     summary = json.loads((out / "summary.json").read_text())
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    return {"accuracy": summary["validation"]["rt_polarity"]["accuracy"],
-            "wall_s": float((out / "wall_s").read_text()), "final_loss": log[-1]["loss/rt_polarity"]}
+    return {
+        "accuracy": summary["validation"]["rt_polarity"]["accuracy"],
+        "wall_s": float((out / "wall_s").read_text()),
+        "final_loss": log[-1]["loss/rt_polarity"],
+    }
 
 
 class Trainee:
@@ -106,8 +133,13 @@ class Trainee:
 
 def speed(methods: list[str], reps: int, shape: tuple[int, int]) -> dict[str, list[float]]:
     torch.manual_seed(0)
-    spec = TaskSpec(name="bench", head="classification", source=SourceSpec(kind="files"),
-                    columns=ColumnsSpec(text="t", label="y"), labels=["a", "b"])
+    spec = TaskSpec(
+        name="bench",
+        head="classification",
+        source=SourceSpec(kind="files"),
+        columns=ColumnsSpec(text="t", label="y"),
+        labels=["a", "b"],
+    )
     base = MultiTaskModel(load_encoder("minilm"), [spec], pooling="cls")
     batch = random_batch(*shape, base.encoder.config.vocab_size)
     trainees = {m: Trainee(m, base, spec, batch) for m in methods}
@@ -115,14 +147,16 @@ def speed(methods: list[str], reps: int, shape: tuple[int, int]) -> dict[str, li
         trainee.step(), trainee.step()
     times: dict[str, list[float]] = {m: [] for m in methods}
     for rep in range(reps):
-        order = methods[rep % len(methods):] + methods[: rep % len(methods)]  # rotate who goes first
+        order = methods[rep % len(methods) :] + methods[: rep % len(methods)]  # rotate who goes first
         for method in order:
             times[method].append(trainees[method].step())
     return times
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--only", nargs="*", default=None)
@@ -138,16 +172,24 @@ def main() -> None:
 
     times = speed(methods, args.reps, (32, 128))
     base_s = statistics.median(times["none"])
-    rows = {m: {"step_s": statistics.median(t), "step_ratio": statistics.median(t) / base_s} for m, t in times.items()}
+    rows = {
+        m: {"step_s": statistics.median(t), "step_ratio": statistics.median(t) / base_s}
+        for m, t in times.items()
+    }
     if not args.skip_quality:
         work = args.work or Path(tempfile.mkdtemp(prefix="bench_regularizers."))
         for method in methods:
             rows[method].update(quality(method, args.steps, work))
             print(f"{method}: {rows[method]}", flush=True)
 
-    print(f"\nrt_polarity, MiniLM-L6, seed 42, {args.steps} steps x 32; step time: 32x128 batch, median of "
-          f"{args.reps} interleaved reps, {torch.get_num_threads()} threads")
-    print(f"{'regularizer':<16} {'val acc':>8} {'final loss':>11} {'step s':>8} {'x none':>7} {'run wall s':>11}")
+    print(
+        f"\nrt_polarity, MiniLM-L6, seed 42, {args.steps} steps x 32; step time: 32x128 batch, median of "
+        f"{args.reps} interleaved reps, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"{'regularizer':<16} {'val acc':>8} {'final loss':>11} {'step s':>8} {'x none':>7} "
+        f"{'run wall s':>11}"
+    )
     for method, row in rows.items():
         acc = f"{row['accuracy']:.4f}" if "accuracy" in row else "-"
         loss = f"{row['final_loss']:.4f}" if "final_loss" in row else "-"

@@ -17,14 +17,20 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-if os.environ.get("PYTEST_XDIST_WORKER"):  # two test processes share the cores: one thread each, or they fight
+if os.environ.get(
+    "PYTEST_XDIST_WORKER"
+):  # two test processes share the cores: one thread each, or they fight
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
-if os.environ.get("MTDNN_TEST_GPU") != "1":  # the suite runs on the CPU (exact-equality checks assume one device);
+if (
+    os.environ.get("MTDNN_TEST_GPU") != "1"
+):  # the suite runs on the CPU (exact-equality checks assume one device);
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # GPU tests: MTDNN_TEST_GPU=1 pytest -m gpu
 
 
-_WORKER_FUZZ_COUNTS: Counter[str] = Counter()  # under pytest-xdist: the workers' counts, summed on the controller
+_WORKER_FUZZ_COUNTS: Counter[str] = (
+    Counter()
+)  # under pytest-xdist: the workers' counts, summed on the controller
 
 
 def _fuzz_counts() -> dict[str, int]:
@@ -49,7 +55,9 @@ def pytest_terminal_summary(terminalreporter):
     """How many generated cases the fuzz tests ran (the issue asks for the number, fast and long profiles)."""
     counts = Counter(_fuzz_counts()) + _WORKER_FUZZ_COUNTS
     if counts:
-        terminalreporter.write_line("fuzz cases run: " + "; ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+        terminalreporter.write_line(
+            "fuzz cases run: " + "; ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -104,8 +112,15 @@ def count_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
-def write_task(folder: Path, name: str, head: str, splits: dict[str, list[dict]], columns: dict,
-               fmt: str = "csv", **extra) -> Path:
+def write_task(
+    folder: Path,
+    name: str,
+    head: str,
+    splits: dict[str, list[dict]],
+    columns: dict,
+    fmt: str = "csv",
+    **extra,
+) -> Path:
     """Write each split as a data file plus the task YAML pointing at them (paths relative to the YAML)."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -123,8 +138,14 @@ def write_task(folder: Path, name: str, head: str, splits: dict[str, list[dict]]
         elif fmt == "parquet":
             frame.to_parquet(path)
         files[split] = path.name
-    spec = {"name": name, "head": head, "source": {"kind": "files", "splits": files}, "columns": columns,
-            "max_length": 32, **extra}
+    spec = {
+        "name": name,
+        "head": head,
+        "source": {"kind": "files", "splits": files},
+        "columns": columns,
+        "max_length": 32,
+        **extra,
+    }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -132,12 +153,27 @@ def write_task(folder: Path, name: str, head: str, splits: dict[str, list[dict]]
 
 def write_toy_tasks(folder: Path) -> Path:
     """Two toy tasks in a user folder: sentiment classification and pair regression."""
-    write_task(folder, "toy_sent", "classification",
-               {"train": sentiment_rows(400, 1), "validation": sentiment_rows(100, 2), "test": sentiment_rows(50, 3)},
-               {"text": "sentence", "label": "label"}, labels=["neg", "pos"], metrics=["accuracy", "f1"])
-    write_task(folder, "toy_count", "regression",
-               {"train": count_rows(400, 4), "validation": count_rows(100, 5)},
-               {"text": "a", "text_pair": "b", "label": "score"}, fmt="jsonl")
+    write_task(
+        folder,
+        "toy_sent",
+        "classification",
+        {
+            "train": sentiment_rows(400, 1),
+            "validation": sentiment_rows(100, 2),
+            "test": sentiment_rows(50, 3),
+        },
+        {"text": "sentence", "label": "label"},
+        labels=["neg", "pos"],
+        metrics=["accuracy", "f1"],
+    )
+    write_task(
+        folder,
+        "toy_count",
+        "regression",
+        {"train": count_rows(400, 4), "validation": count_rows(100, 5)},
+        {"text": "a", "text_pair": "b", "label": "score"},
+        fmt="jsonl",
+    )
     return folder
 
 
@@ -159,13 +195,23 @@ def reaped(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
 
 
 def tiny_overrides(folder: Path, *more: str) -> list[str]:
-    return ["encoder=tiny", f"task_dirs=[{folder}]", "trainer.progress_bar=false", "trainer.lr=1e-3",
-            "trainer.head_lr=1e-3", "trainer.batch_size=16", "trainer.warmup_ratio=0.05", *more]
+    return [
+        "encoder=tiny",
+        f"task_dirs=[{folder}]",
+        "trainer.progress_bar=false",
+        "trainer.lr=1e-3",
+        "trainer.head_lr=1e-3",
+        "trainer.batch_size=16",
+        "trainer.warmup_ratio=0.05",
+        *more,
+    ]
 
 
 def straight_and_resumed(base: list[str], root: Path, steps: int, cut: int) -> tuple[list[dict], list[dict]]:
-    """Train `base` (trainer.max_steps=`steps`) straight through, and again with the last checkpoint removed so
-    that resume=auto continues from step `cut`; assert both end with the same weights, bit for bit. Returns the
+    """Train `base` (trainer.max_steps=`steps`) straight through, and again with the last checkpoint removed
+    so
+    that resume=auto continues from step `cut`; assert both end with the same weights, bit for bit. Returns
+    the
     two runs' train logs (straight, resumed) for the caller's own per-step comparisons."""
     import json
     import shutil
@@ -182,5 +228,7 @@ def straight_and_resumed(base: list[str], root: Path, steps: int, cut: int) -> t
     assert run(compose_train(base + ["resume=auto"]), root / "cut")["resumed_at_step"] == cut
     wa, wb = (load_file(str(root / d / last / "model.safetensors")) for d in ("straight", "cut"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    return tuple([json.loads(line) for line in (root / d / "train_log.jsonl").read_text().splitlines()]
-                 for d in ("straight", "cut"))
+    return tuple(
+        [json.loads(line) for line in (root / d / "train_log.jsonl").read_text().splitlines()]
+        for d in ("straight", "cut")
+    )

@@ -19,8 +19,12 @@ from mtdnn.train import run
 
 def _pair(kind: str) -> tuple[MultiTaskModel, MultiTaskModel]:
     plain = _tiny_model(_spec("a"), _spec("b"))
-    adapted = MultiTaskModel(copy.deepcopy(plain.encoder), [_spec("a"), _spec("b")], "mean",
-                             AdapterConfig(kind=kind, bottleneck=8, task_dim=4, layer_dim=4, hyper_dim=8))
+    adapted = MultiTaskModel(
+        copy.deepcopy(plain.encoder),
+        [_spec("a"), _spec("b")],
+        "mean",
+        AdapterConfig(kind=kind, bottleneck=8, task_dim=4, layer_dim=4, hyper_dim=8),
+    )
     adapted.heads.load_state_dict(plain.heads.state_dict())
     return plain.eval(), adapted.eval()
 
@@ -32,7 +36,9 @@ def test_adapters_start_as_the_identity_and_freeze_all_but_layer_norms(kind):
     assert torch.equal(plain("a", **batch), adapted("a", **batch))
     trainable = {n for n, p in adapted.named_parameters() if p.requires_grad}
     assert all("LayerNorm" in n for n in trainable if n.startswith("encoder."))
-    assert any(n.startswith("adapters.") for n in trainable) and any(n.startswith("heads.") for n in trainable)
+    assert any(n.startswith("adapters.") for n in trainable) and any(
+        n.startswith("heads.") for n in trainable
+    )
 
 
 def test_parameter_counts_by_hand():
@@ -51,7 +57,8 @@ def test_parameter_counts_by_hand():
 
 
 def test_a_copy_applies_its_own_adapters():
-    """SMART's teacher is a deepcopy: its layer hooks must use the copy's adapter weights, not the original's."""
+    """SMART's teacher is a deepcopy: its layer hooks must use the copy's adapter weights, not the
+    original's."""
     _, adapted = _pair("bottleneck")
     teacher = copy.deepcopy(adapted)
     with torch.no_grad():
@@ -66,19 +73,34 @@ def test_a_copy_applies_its_own_adapters():
 @pytest.mark.parametrize("kind", ["bottleneck", "hyper"])
 def test_adapter_training_learns_with_a_frozen_encoder(tmp_path, toy_tasks, kind):
     # mean pooling: a frozen *random* tiny encoder's first token carries little of the sentence
-    cfg = compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", f"adapter={kind}",
-                                       "adapter.bottleneck=16", "encoder.pooling=mean", "trainer.head_lr=1e-2",
-                                       "trainer.max_steps=150", "predict_test=false"))
+    cfg = compose_train(
+        tiny_overrides(
+            toy_tasks,
+            "task=[toy_sent,toy_count]",
+            f"adapter={kind}",
+            "adapter.bottleneck=16",
+            "encoder.pooling=mean",
+            "trainer.head_lr=1e-2",
+            "trainer.max_steps=150",
+            "predict_test=false",
+        )
+    )
     summary = run(cfg, tmp_path / "run")
     loaded = load_run(str(tmp_path / "run"), "best", torch.device("cpu"))
     assert summary["validation"]["toy_sent"]["accuracy"] > 0.8
     assert summary["trainable_parameters"]["frozen"] > 0
-    again = evaluate(EvaluateConfig(run_dir=str(tmp_path / "run"), split="validation"))  # run folder rebuilds them
+    again = evaluate(
+        EvaluateConfig(run_dir=str(tmp_path / "run"), split="validation")
+    )  # run folder rebuilds them
     assert again["toy_sent"]["accuracy"] == pytest.approx(summary["validation"]["toy_sent"]["accuracy"])
     if kind == "hyper":  # one hypernetwork, different weights per task and per layer
         gen = loaded.model.adapters.weights
         with torch.no_grad():
-            a0, a1, c0 = gen.generate("toy_sent", 0), gen.generate("toy_sent", 1), gen.generate("toy_count", 0)
+            a0, a1, c0 = (
+                gen.generate("toy_sent", 0),
+                gen.generate("toy_sent", 1),
+                gen.generate("toy_count", 0),
+            )
         assert not torch.allclose(a0[2], c0[2]) and not torch.allclose(a0[2], a1[2])
 
 
@@ -88,12 +110,22 @@ def test_the_encoder_stays_frozen_through_training(tmp_path, toy_tasks):
         read_weights,
     )
 
-    base = tiny_overrides(toy_tasks, "task=toy_sent", "adapter=bottleneck", "trainer.max_steps=20",
-                          "trainer.eval_every=20", "predict_test=false", "seed=7")
+    base = tiny_overrides(
+        toy_tasks,
+        "task=toy_sent",
+        "adapter=bottleneck",
+        "trainer.max_steps=20",
+        "trainer.eval_every=20",
+        "predict_test=false",
+        "seed=7",
+    )
     run(compose_train(base), tmp_path / "run")
     trained = read_weights(best_checkpoint(tmp_path / "run") / "model.safetensors")
     # same seed, so the same random encoder; one step at lr 1e-30 leaves every weight as initialised
-    run(compose_train(base + ["trainer.max_steps=1", "trainer.lr=1e-30", "trainer.head_lr=1e-30"]), tmp_path / "zero")
+    run(
+        compose_train(base + ["trainer.max_steps=1", "trainer.lr=1e-30", "trainer.head_lr=1e-30"]),
+        tmp_path / "zero",
+    )
     untouched = read_weights(best_checkpoint(tmp_path / "zero") / "model.safetensors")
     frozen = [k for k in trained if k.startswith("encoder.") and "LayerNorm" not in k]
     assert frozen and all(torch.equal(trained[k], untouched[k]) for k in frozen)

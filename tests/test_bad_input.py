@@ -8,8 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import yaml
@@ -23,8 +23,11 @@ ENV.pop("MTDNN_DEBUG", None)
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -32,21 +35,38 @@ def world(tmp_path_factory):
     """A folder of good toy tasks and one finished run whose files must never change."""
     root = tmp_path_factory.mktemp("bad_input")
     good = root / "good"
-    write_task(good, "toy_sent", "classification", {"train": sentiment_rows(60, 1), "validation": sentiment_rows(20, 2)},
-               {"text": "sentence", "label": "label"}, labels=["neg", "pos"])
-    run(compose_train(tiny_overrides(good, "task=toy_sent", "trainer.max_steps=6", "trainer.eval_every=3")),
-        root / "precious")
+    write_task(
+        good,
+        "toy_sent",
+        "classification",
+        {"train": sentiment_rows(60, 1), "validation": sentiment_rows(20, 2)},
+        {"text": "sentence", "label": "label"},
+        labels=["neg", "pos"],
+    )
+    run(
+        compose_train(tiny_overrides(good, "task=toy_sent", "trainer.max_steps=6", "trainer.eval_every=3")),
+        root / "precious",
+    )
     return {"root": root, "good": good, "precious": root / "precious", "digest": _digest(root / "precious")}
 
 
-def _variant(case: Path, edit: dict | None = None, rows: list[dict] | None = None, head: str = "classification",
-             validation: bool = False, **kwargs) -> list[str]:
+def _variant(
+    case: Path,
+    edit: dict | None = None,
+    rows: list[dict] | None = None,
+    head: str = "classification",
+    validation: bool = False,
+    **kwargs,
+) -> list[str]:
     """A one-task folder `case/tasks` with task `t` (a train split, and a clean validation split if asked),
     optionally with edited YAML fields or rows: each case then has exactly one problem."""
     folder = case / "tasks"
     rows = rows if rows is not None else sentiment_rows(30, 3)
-    columns = {"text": "sentence", "label": "label"} if head == "classification" else \
-        {"text": "a", "text_pair": "b", "label": "score"}
+    columns = (
+        {"text": "sentence", "label": "label"}
+        if head == "classification"
+        else {"text": "a", "text_pair": "b", "label": "score"}
+    )
     extra = {"labels": ["neg", "pos"]} if head == "classification" else {}
     splits = {"train": rows, **({"validation": sentiment_rows(10, 9)} if validation else {})}
     path = write_task(folder, "t", head, splits, columns, **extra, **kwargs)
@@ -84,6 +104,7 @@ def _regression(rows_change: Callable[[list[dict]], None]):
         rows = count_rows(30, 4)
         rows_change(rows)
         return _variant(case, rows=rows, head="regression")
+
     return make
 
 
@@ -109,35 +130,69 @@ def _artifact_sha(case: Path, world) -> list[str]:
     folder.mkdir(parents=True)
     with zipfile.ZipFile(folder / "pkg-1.0-py3-none-any.whl", "w") as zf:
         zf.writestr("pkg/data.csv", "text,label\na,neg\nb,pos\n")
-    spec = {"name": "t", "head": "classification", "labels": ["neg", "pos"],
-            "columns": {"text": "text", "label": "label"},
-            "source": {"kind": "artifact", "archive": "pkg-1.0-py3-none-any.whl", "sha256": "ab" * 32,
-                       "file": "pkg/data.csv", "split_fractions": {"train": 0.5, "validation": 0.5}}}
+    spec = {
+        "name": "t",
+        "head": "classification",
+        "labels": ["neg", "pos"],
+        "columns": {"text": "text", "label": "label"},
+        "source": {
+            "kind": "artifact",
+            "archive": "pkg-1.0-py3-none-any.whl",
+            "sha256": "ab" * 32,
+            "file": "pkg/data.csv",
+            "split_fractions": {"train": 0.5, "validation": 0.5},
+        },
+    }
     (folder / "t.yaml").write_text(yaml.safe_dump(spec))
     return ["task=t", f"task_dirs=[{folder}]"]
 
 
 def _span_mismatch(case: Path, world) -> list[str]:
-    rows = [{"q": "what", "c": "a film about paris", "a": {"text": ["paris"], "answer_start": [13]}},
-            {"q": "what", "c": "a film about rome", "a": {"text": ["zebra"], "answer_start": [0]}}]
+    rows = [
+        {"q": "what", "c": "a film about paris", "a": {"text": ["paris"], "answer_start": [13]}},
+        {"q": "what", "c": "a film about rome", "a": {"text": ["zebra"], "answer_start": [0]}},
+    ]
     folder = case / "tasks"
-    write_task(folder, "t", "span", {"train": rows}, {"question": "q", "context": "c", "answers": "a"}, fmt="jsonl",
-               doc_stride=8)
+    write_task(
+        folder,
+        "t",
+        "span",
+        {"train": rows},
+        {"question": "q", "context": "c", "answers": "a"},
+        fmt="jsonl",
+        doc_stride=8,
+    )
     return ["task=t", f"task_dirs=[{folder}]"]
 
 
 def _ranking_no_answer(case: Path, world) -> list[str]:
-    rows = [{"q": "which", "opts": ["x y", "z w"], "ans": []}, {"q": "which", "opts": ["x y", "z w"], "ans": 1}]
+    rows = [
+        {"q": "which", "opts": ["x y", "z w"], "ans": []},
+        {"q": "which", "opts": ["x y", "z w"], "ans": 1},
+    ]
     folder = case / "tasks"
-    write_task(folder, "t", "ranking", {"train": rows}, {"query": "q", "candidates": "opts", "label": "ans"},
-               fmt="jsonl")
+    write_task(
+        folder,
+        "t",
+        "ranking",
+        {"train": rows},
+        {"query": "q", "candidates": "opts", "label": "ans"},
+        fmt="jsonl",
+    )
     return ["task=t", f"task_dirs=[{folder}]"]
 
 
 def _span_rows(case: Path, rows: list[dict]) -> list[str]:
     folder = case / "tasks"
-    write_task(folder, "t", "span", {"train": rows}, {"question": "q", "context": "c", "answers": "a"}, fmt="jsonl",
-               doc_stride=8)
+    write_task(
+        folder,
+        "t",
+        "span",
+        {"train": rows},
+        {"question": "q", "context": "c", "answers": "a"},
+        fmt="jsonl",
+        doc_stride=8,
+    )
     return ["task=t", f"task_dirs=[{folder}]"]
 
 
@@ -147,8 +202,14 @@ GOOD_SPAN = {"q": "what", "c": "a film about paris", "a": {"text": ["paris"], "a
 def _single_candidates(case: Path, world) -> list[str]:
     rows = [{"q": f"query {i}", "opts": [f"only {i}"], "ans": 0} for i in range(6)]
     folder = case / "tasks"
-    write_task(folder, "t", "ranking", {"train": rows}, {"query": "q", "candidates": "opts", "label": "ans"},
-               fmt="jsonl")
+    write_task(
+        folder,
+        "t",
+        "ranking",
+        {"train": rows},
+        {"query": "q", "candidates": "opts", "label": "ans"},
+        fmt="jsonl",
+    )
     return ["task=t", f"task_dirs=[{folder}]"]
 
 
@@ -156,59 +217,120 @@ GOOD = ["task=toy_sent"]  # with task_dirs added below
 
 CASES: dict[str, tuple[Callable[[Path, dict], list[str]], str]] = {
     "malformed yaml": (_malformed, "t.yaml: line 3: malformed YAML"),
-    "unknown task": (lambda c, w: ["task=rt_polarty"], "task=rt_polarty: unknown task (did you mean 'rt_polarity'?)"),
-    "unknown head type": (lambda c, w: _variant(c, {"head": "clasification"}),
-                          "t.yaml: head: unknown head type 'clasification' (did you mean 'classification'?)"),
-    "unknown yaml field": (lambda c, w: _variant(c, {"max_lenght": 64}),
-                           "t.yaml: max_lenght: unknown field (did you mean 'max_length'"),
-    "missing column": (lambda c, w: _variant(c, {"columns.text": "sentense"}),
-                       "t.yaml: columns.text: column 'sentense' not found in split 'train' (did you mean 'sentence'?)"),
-    "label not in list": (lambda c, w: _variant(c, rows=_rows_with(4, label="neutral")),
-                          "t.yaml: columns.label: split 'train' row 5: label 'neutral' is not in labels ['neg', 'pos']"),
+    "unknown task": (
+        lambda c, w: ["task=rt_polarty"],
+        "task=rt_polarty: unknown task (did you mean 'rt_polarity'?)",
+    ),
+    "unknown head type": (
+        lambda c, w: _variant(c, {"head": "clasification"}),
+        "t.yaml: head: unknown head type 'clasification' (did you mean 'classification'?)",
+    ),
+    "unknown yaml field": (
+        lambda c, w: _variant(c, {"max_lenght": 64}),
+        "t.yaml: max_lenght: unknown field (did you mean 'max_length'",
+    ),
+    "missing column": (
+        lambda c, w: _variant(c, {"columns.text": "sentense"}),
+        "t.yaml: columns.text: column 'sentense' not found in split 'train' (did you mean 'sentence'?)",
+    ),
+    "label not in list": (
+        lambda c, w: _variant(c, rows=_rows_with(4, label="neutral")),
+        "t.yaml: columns.label: split 'train' row 5: label 'neutral' is not in labels ['neg', 'pos']",
+    ),
     "empty data file": (_empty_file, "t.yaml: source.splits.validation: data file is empty"),
-    "nan regression target": (_regression(lambda r: r[1].update(score=float("nan"))),
-                              "t.yaml: columns.label: split 'train' row 2: regression target is not a finite number"),
-    "non-numeric regression target": (_regression(lambda r: r[2].update(score="high")),
-                                      "t.yaml: columns.label: split 'train' row 3: regression target is not a finite"),
-    "empty text in a row": (lambda c, w: _variant(c, rows=_rows_with(6, sentence="   ")),
-                            "t.yaml: columns.text: split 'train' row 7: text is empty"),
-    "span answer does not match its context": (_span_mismatch,
-                                               "t.yaml: columns.answers: split 'train' row 2: answer 'zebra' "
-                                               "does not match the context at offset 0 (found 'a fil')"),
-    "ranking group without a correct candidate": (_ranking_no_answer,
-                                                  "t.yaml: columns.label: split 'train' row 1: group '0' has no "
-                                                  "correct candidate"),
+    "nan regression target": (
+        _regression(lambda r: r[1].update(score=float("nan"))),
+        "t.yaml: columns.label: split 'train' row 2: regression target is not a finite number",
+    ),
+    "non-numeric regression target": (
+        _regression(lambda r: r[2].update(score="high")),
+        "t.yaml: columns.label: split 'train' row 3: regression target is not a finite",
+    ),
+    "empty text in a row": (
+        lambda c, w: _variant(c, rows=_rows_with(6, sentence="   ")),
+        "t.yaml: columns.text: split 'train' row 7: text is empty",
+    ),
+    "span answer does not match its context": (
+        _span_mismatch,
+        "t.yaml: columns.answers: split 'train' row 2: answer 'zebra' "
+        "does not match the context at offset 0 (found 'a fil')",
+    ),
+    "ranking group without a correct candidate": (
+        _ranking_no_answer,
+        "t.yaml: columns.label: split 'train' row 1: group '0' has no correct candidate",
+    ),
     "span answers and starts of different lengths": (
-        lambda c, w: _span_rows(c, [GOOD_SPAN, {**GOOD_SPAN, "a": {"text": ["paris", "film"], "answer_start": [13]}}]),
-        "t.yaml: columns.answers: split 'train' row 2: 2 answer texts but 1 answer_start offsets"),
+        lambda c, w: _span_rows(
+            c, [GOOD_SPAN, {**GOOD_SPAN, "a": {"text": ["paris", "film"], "answer_start": [13]}}]
+        ),
+        "t.yaml: columns.answers: split 'train' row 2: 2 answer texts but 1 answer_start offsets",
+    ),
     "span question longer than max_length": (
         lambda c, w: _span_rows(c, [GOOD_SPAN, {**GOOD_SPAN, "q": " ".join(["why"] * 60)}]),
-        "t.yaml: columns.question: split 'train' row 2: the question is 60 tokens, leaving no room for the context "
-        "within max_length 32"),
-    "ranking with one candidate per group": (_single_candidates,
-                                             "t.yaml: columns.candidates: split 'train' row 1: every group has a "
-                                             "single candidate, so there is nothing to rank"),
+        "t.yaml: columns.question: split 'train' row 2: the question is 60 tokens, leaving no room for the "
+        "context "
+        "within max_length 32",
+    ),
+    "ranking with one candidate per group": (
+        _single_candidates,
+        "t.yaml: columns.candidates: split 'train' row 1: every group has a "
+        "single candidate, so there is nothing to rank",
+    ),
     "a fraction that leaves its split empty": (
-        lambda c, w: _variant(c, {"source.splits": {}, "source.file": "t_train.csv",
-                                  "source.split_fractions": {"train": 0.99, "validation": 0.01}}),
-        "t.yaml: source.split_fractions.validation: split 'validation' gets no rows (0.01 of 30 rows)"),
-    "fractions do not sum to 1": (lambda c, w: _variant(c, {"source.splits": {}, "source.file": "t_train.csv",
-                                                            "source.split_fractions": {"train": 0.8, "test": 0.1}}),
-                                  "t.yaml: source.split_fractions: fractions must be positive and sum to 1"),
-    "artifact checksum mismatch": (_artifact_sha, "t.yaml: source.sha256: pkg-1.0-py3-none-any.whl has sha256"),
-    "override of wrong type": (lambda c, w: GOOD + ["trainer.lr=fast"],
-                               "trainer.lr: Value 'fast' of type 'str' could not be converted to Float"),
-    "unknown added setting": (lambda c, w: GOOD + ["+trainer.learning_rate=1e-3"],
-                              "trainer.learning_rate: unknown setting"),
-    "unknown config option": (lambda c, w: GOOD + ["encoder=minlm"], "encoder=minlm: no such option (did you mean"),
-    "bad regularizer setting": (lambda c, w: GOOD + ["regularizer=smart", "regularizer.smart.norm=l3"],
-                                "regularizer.smart.norm: must be one of inf, l2, l1, got 'l3'"),
-    "encoder path does not exist": (lambda c, w: GOOD + ["encoder=bert-base-uncased", f"encoder.name={c}/nope"],
-                                    "encoder.name: local path does not exist:"),
+        lambda c, w: _variant(
+            c,
+            {
+                "source.splits": {},
+                "source.file": "t_train.csv",
+                "source.split_fractions": {"train": 0.99, "validation": 0.01},
+            },
+        ),
+        "t.yaml: source.split_fractions.validation: split 'validation' gets no rows (0.01 of 30 rows)",
+    ),
+    "fractions do not sum to 1": (
+        lambda c, w: _variant(
+            c,
+            {
+                "source.splits": {},
+                "source.file": "t_train.csv",
+                "source.split_fractions": {"train": 0.8, "test": 0.1},
+            },
+        ),
+        "t.yaml: source.split_fractions: fractions must be positive and sum to 1",
+    ),
+    "artifact checksum mismatch": (
+        _artifact_sha,
+        "t.yaml: source.sha256: pkg-1.0-py3-none-any.whl has sha256",
+    ),
+    "override of wrong type": (
+        lambda c, w: GOOD + ["trainer.lr=fast"],
+        "trainer.lr: Value 'fast' of type 'str' could not be converted to Float",
+    ),
+    "unknown added setting": (
+        lambda c, w: GOOD + ["+trainer.learning_rate=1e-3"],
+        "trainer.learning_rate: unknown setting",
+    ),
+    "unknown config option": (
+        lambda c, w: GOOD + ["encoder=minlm"],
+        "encoder=minlm: no such option (did you mean",
+    ),
+    "bad regularizer setting": (
+        lambda c, w: GOOD + ["regularizer=smart", "regularizer.smart.norm=l3"],
+        "regularizer.smart.norm: must be one of inf, l2, l1, got 'l3'",
+    ),
+    "encoder path does not exist": (
+        lambda c, w: GOOD + ["encoder=bert-base-uncased", f"encoder.name={c}/nope"],
+        "encoder.name: local path does not exist:",
+    ),
     "output dir not writable": (_not_writable, "output_dir: cannot write to"),
-    "output dir holds a run": (lambda c, w: GOOD + [f"output_dir={w['precious']}"],
-                               "already holds a run; pass resume=auto to continue it"),
-    "resume from nowhere": (lambda c, w: GOOD + [f"resume={c}/missing"], "resume: no such checkpoint or run folder"),
+    "output dir holds a run": (
+        lambda c, w: GOOD + [f"output_dir={w['precious']}"],
+        "already holds a run; pass resume=auto to continue it",
+    ),
+    "resume from nowhere": (
+        lambda c, w: GOOD + [f"resume={c}/missing"],
+        "resume: no such checkpoint or run folder",
+    ),
     "corrupted checkpoint on resume": (_corrupted_checkpoint, "/model.safetensors: corrupted"),
 }
 
@@ -234,8 +356,14 @@ def _assert_one_clear_line(done: subprocess.CompletedProcess, expected: str) -> 
 def test_bad_input_gives_one_clear_line_and_loses_nothing(name, world, tmp_path):
     make, expected = CASES[name]
     args = make(tmp_path / "case", world)
-    done = subprocess.run(_command(args, world, tmp_path / "case"), cwd=tmp_path, env=ENV, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        _command(args, world, tmp_path / "case"),
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     _assert_one_clear_line(done, expected)
     assert _digest(world["precious"]) == world["digest"]
 
@@ -243,8 +371,14 @@ def test_bad_input_gives_one_clear_line_and_loses_nothing(name, world, tmp_path)
 def test_disk_full_during_a_checkpoint_write(world, tmp_path):
     """ENOSPC on the second checkpoint write, simulated in the training process itself."""
     out = tmp_path / "run"
-    argv = ["mtdnn.train", *_command(["task=toy_sent", "trainer.max_steps=10", "trainer.eval_every=5",
-                                      f"output_dir={out}"], world, tmp_path)[3:]]
+    argv = [
+        "mtdnn.train",
+        *_command(
+            ["task=toy_sent", "trainer.max_steps=10", "trainer.eval_every=5", f"output_dir={out}"],
+            world,
+            tmp_path,
+        )[3:],
+    ]
     harness = (
         "import errno, sys\n"
         "from mtdnn.runs import checkpoints as rundir\n"
@@ -257,11 +391,14 @@ def test_disk_full_during_a_checkpoint_write(world, tmp_path):
         "rundir.torch.save = save\n"
         f"sys.argv = {argv!r}\n"
         "from mtdnn.train import main\n"
-        "main()\n")
-    done = subprocess.run([sys.executable, "-c", harness], cwd=tmp_path, env=ENV, capture_output=True, text=True,
-                          timeout=300)
-    _assert_one_clear_line(done, "step_0000010: cannot write checkpoint: No space left on device; "
-                                 "the previous checkpoint")
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", harness], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300
+    )
+    _assert_one_clear_line(
+        done, "step_0000010: cannot write checkpoint: No space left on device; the previous checkpoint"
+    )
     from mtdnn.runs.checkpoints import checkpoint_problem, list_checkpoints
 
     kept = list_checkpoints(out)
@@ -271,13 +408,16 @@ def test_disk_full_during_a_checkpoint_write(world, tmp_path):
 
 def test_full_traceback_only_when_asked(world, tmp_path):
     args = _command(_variant(tmp_path / "case", {"head": "clasification"}), world, tmp_path / "case")
-    done = subprocess.run(args, cwd=tmp_path, env={**ENV, "HYDRA_FULL_ERROR": "1"}, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        args, cwd=tmp_path, env={**ENV, "HYDRA_FULL_ERROR": "1"}, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode != 0 and "Traceback" in done.stderr and "unknown head type" in done.stderr
 
 
-@pytest.mark.parametrize("value, holds", [(1999, "int64"), (3.5, "float64"), (["a", "list"], "lists"),
-                                          ({"a": "struct"}, "structs")])
+@pytest.mark.parametrize(
+    "value, holds",
+    [(1999, "int64"), (3.5, "float64"), (["a", "list"], "lists"), ({"a": "struct"}, "structs")],
+)
 def test_a_text_column_that_is_not_text_names_column_and_row(tmp_path, value, holds):
     from conftest import write_task
 
@@ -286,12 +426,21 @@ def test_a_text_column_that_is_not_text_names_column_and_row(tmp_path, value, ho
     from mtdnn.training.build import prepare_data
 
     rows = [{"s": value, "p": "fine", "y": "pos"}] * 3 + [{"s": value, "p": "also fine", "y": "neg"}]
-    write_task(tmp_path, "t", "classification", {"train": rows}, {"text": "s", "text_pair": "p", "label": "y"},
-               fmt="jsonl", labels=["neg", "pos"])
+    write_task(
+        tmp_path,
+        "t",
+        "classification",
+        {"train": rows},
+        {"text": "s", "text_pair": "p", "label": "y"},
+        fmt="jsonl",
+        labels=["neg", "pos"],
+    )
     with pytest.raises(MtdnnError) as info:
         prepare_data(load_tasks(["t"], [str(tmp_path)]))
-    assert f"t.yaml: columns.text: split 'train' row 1: text must be a string; column 's' holds {holds} " \
-           "(and 3 more rows)" in str(info.value)
+    assert (
+        f"t.yaml: columns.text: split 'train' row 1: text must be a string; column 's' holds {holds} "
+        "(and 3 more rows)" in str(info.value)
+    )
 
 
 def test_max_length_above_the_encoders_positions_is_refused_before_training(tmp_path, toy_tasks):
@@ -300,8 +449,15 @@ def test_max_length_above_the_encoders_positions_is_refused_before_training(tmp_
     from mtdnn.core.errors import MtdnnError
     from mtdnn.train import run
 
-    cfg = compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "+task_overrides.toy_sent.max_length=100000",
-                                       "+task_overrides.toy_count.max_length=513", "trainer.max_steps=2"))
+    cfg = compose_train(
+        tiny_overrides(
+            toy_tasks,
+            "task=[toy_sent,toy_count]",
+            "+task_overrides.toy_sent.max_length=100000",
+            "+task_overrides.toy_count.max_length=513",
+            "trainer.max_steps=2",
+        )
+    )
     with pytest.raises(MtdnnError) as info:
         run(cfg, tmp_path / "run")
     text = str(info.value)  # the tiny encoder has 512 positions; both tasks are named at once
@@ -312,8 +468,17 @@ def test_max_length_above_the_encoders_positions_is_refused_before_training(tmp_
 
     from mtdnn.model.encoders import position_limit
 
-    roberta = RobertaModel(RobertaConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
-                                         intermediate_size=8, max_position_embeddings=514, pad_token_id=1))
+    roberta = RobertaModel(
+        RobertaConfig(
+            vocab_size=20,
+            hidden_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=1,
+            intermediate_size=8,
+            max_position_embeddings=514,
+            pad_token_id=1,
+        )
+    )
     assert position_limit(roberta, None) == 512  # RoBERTa's positions start after the padding id
 
 
@@ -325,11 +490,23 @@ def _artifact_task(folder: Path) -> list[str]:
     folder.mkdir(parents=True)
     wheel = folder / "pkg-1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
-        zf.writestr("pkg/data.csv", "text,label\n" + "".join(f"row {i},{'neg' if i % 2 else 'pos'}\n" for i in range(20)))
-    spec = {"name": "t", "head": "classification", "labels": ["neg", "pos"],
-            "columns": {"text": "text", "label": "label"},
-            "source": {"kind": "artifact", "archive": wheel.name, "sha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
-                       "file": "pkg/data.csv", "split_fractions": {"train": 0.5, "validation": 0.5}}}
+        zf.writestr(
+            "pkg/data.csv",
+            "text,label\n" + "".join(f"row {i},{'neg' if i % 2 else 'pos'}\n" for i in range(20)),
+        )
+    spec = {
+        "name": "t",
+        "head": "classification",
+        "labels": ["neg", "pos"],
+        "columns": {"text": "text", "label": "label"},
+        "source": {
+            "kind": "artifact",
+            "archive": wheel.name,
+            "sha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
+            "file": "pkg/data.csv",
+            "split_fractions": {"train": 0.5, "validation": 0.5},
+        },
+    }
     (folder / "t.yaml").write_text(yaml.safe_dump(spec))
     return ["task=t", f"task_dirs=[{folder}]"]
 
@@ -339,10 +516,18 @@ def test_a_cache_that_cannot_be_written_is_one_line_naming_it(world, tmp_path):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("")
     args = _command(_artifact_task(tmp_path / "case" / "tasks"), world, tmp_path / "case")
-    done = subprocess.run(args, cwd=tmp_path, env={**ENV, "MTDNN_CACHE": str(blocker / "cache")}, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        args,
+        cwd=tmp_path,
+        env={**ENV, "MTDNN_CACHE": str(blocker / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     _assert_one_clear_line(done, f"error: cannot write {blocker / 'cache'}")
     assert done.returncode == 2
-    assert "a path component is a file, not a folder; set MTDNN_CACHE to a writable folder with free space" \
+    assert (
+        "a path component is a file, not a folder; set MTDNN_CACHE to a writable folder with free space"
         in done.stderr
+    )
     assert _digest(world["precious"]) == world["digest"]

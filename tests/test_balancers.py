@@ -30,7 +30,8 @@ def _setup(*heads: str, steps_per_epoch: float = 10) -> Setup:
 
 
 def _combined(name: str, task_grads: list[list[float]], losses: dict[str, float] | None = None, **settings):
-    """Run one multi-task step's gradient combination on a single shared parameter: returns (its new .grad, the
+    """Run one multi-task step's gradient combination on a single shared parameter: returns (its new .grad,
+    the
     balancer)."""
     tasks = [f"t{i}" for i in range(len(task_grads))]
     balancer = build_balancer({"name": name, **settings}, _setup(*["classification"] * len(tasks)))
@@ -48,7 +49,17 @@ def test_every_balancer_has_a_yaml_and_none_is_the_default():
 
     from mtdnn.core.paths import conf_dir
 
-    assert set(available()) == {"none", "static", "uncertainty", "dwa", "rlw", "gradnorm", "pcgrad", "cagrad", "famo"}
+    assert set(available()) == {
+        "none",
+        "static",
+        "uncertainty",
+        "dwa",
+        "rlw",
+        "gradnorm",
+        "pcgrad",
+        "cagrad",
+        "famo",
+    }
     assert {p.stem for p in (Path(conf_dir()) / "balancer").glob("*.yaml")} == set(available())
     assert compose_train(["task=rt_polarity"]).balancer.name == "none"
 
@@ -115,7 +126,7 @@ def test_gradnorm_targets_follow_the_relative_training_rates():
     norms, weights = torch.tensor([1.0, 3.0]), torch.tensor([1.0, 1.0])
     direction, targets = gradnorm_direction(norms, weights, torch.tensor([1.0, 0.5]), alpha=1.5)
     rates = np.array([1 / 0.75, 0.5 / 0.75])  # (L_i / L_i(0)) / mean
-    assert targets.numpy() == pytest.approx(2.0 * rates ** 1.5)
+    assert targets.numpy() == pytest.approx(2.0 * rates**1.5)
     # task 0 trains slowest: its norm (1) is below its target (3.08), so its weight must grow; task 1's shrink
     assert direction.tolist() == pytest.approx([-1.0, 3.0])
     balancer = build_balancer({"name": "gradnorm"}, _setup("classification", "classification"))
@@ -138,7 +149,9 @@ def test_famo_weights_and_logit_update_match_the_papers_formulas():
     before, after = torch.tensor([1.0, 2.0]), torch.tensor([0.5, 1.8])
     delta = torch.log(before) - torch.log(after)
     (torch.softmax(logits, 0) @ delta).backward()  # what the direction is the gradient of
-    assert logit_direction(logits.detach(), before, after).tolist() == pytest.approx(logits.grad.tolist(), abs=1e-6)
+    assert logit_direction(logits.detach(), before, after).tolist() == pytest.approx(
+        logits.grad.tolist(), abs=1e-6
+    )
     grad, balancer = _combined("famo", [[1.0, 0.0], [0.0, 1.0]], {"t0": 1.0, "t1": 2.0})
     assert grad.tolist() == pytest.approx([4 / 3, 2 / 3])
     balancer.after_step_losses({"t0": 0.5, "t1": 1.8})  # task 0 improved more: it loses weight
@@ -178,11 +191,19 @@ def test_private_parameters_keep_their_tasks_gradient_and_unbalanced_ones_are_su
     shared = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
     head0, head1 = (torch.nn.Parameter(torch.zeros(1, dtype=torch.float64)) for _ in range(2))
     other = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
-    named = [("encoder.layer.0.w", shared), ("heads.t0.w", head0), ("heads.t1.w", head1), ("encoder.pooler.w", other)]
+    named = [
+        ("encoder.layer.0.w", shared),
+        ("heads.t0.w", head0),
+        ("heads.t1.w", head1),
+        ("encoder.pooler.w", other),
+    ]
     grads = TaskGradients(named, ["layer.0", "heads."])
     assert grads.others == [other]
     for g, head in (([1.0, 0.0], head0), ([-1.0, 1.0], head1)):
-        shared.grad, head.grad = torch.tensor(g, dtype=torch.float64), torch.tensor([5.0], dtype=torch.float64)
+        shared.grad, head.grad = (
+            torch.tensor(g, dtype=torch.float64),
+            torch.tensor([5.0], dtype=torch.float64),
+        )
         other.grad = (other.grad if other.grad is not None else 0) + torch.tensor([1.0], dtype=torch.float64)
         grads.take()
     balancer = build_balancer({"name": "pcgrad"}, _setup("classification", "classification"))
@@ -197,28 +218,56 @@ def test_settings_are_checked_before_anything_loads():
     assert "tasks_per_step=2" in balancer_problems({"name": "pcgrad"}, tasks, 1)[0]
     assert "did you mean 'famo'" in balancer_problems({"name": "famoo"}, tasks, 2)[0]
     assert balancer_problems({"name": "static", "weights": {"c": 1.0}}, tasks, 1) == [
-        "balancer.weights.c: not a selected task"]
+        "balancer.weights.c: not a selected task"
+    ]
     assert "balancer.alpha: must be >= 0" in balancer_problems({"name": "gradnorm", "alpha": -1}, tasks, 2)[0]
-    assert "balancer.temprature: unknown field" in balancer_problems({"name": "dwa", "temprature": 2}, tasks, 1)[0]
+    assert (
+        "balancer.temprature: unknown field"
+        in balancer_problems({"name": "dwa", "temprature": 2}, tasks, 1)[0]
+    )
     assert balancer_problems({"name": "cagrad", "c": 0.4, "params": ["layer.5"]}, tasks, 2) == []
 
 
 def test_command_line_refuses_a_gradient_balancer_without_several_tasks_per_step(tmp_path, toy_tasks):
-    done = subprocess.run([sys.executable, "-m", "mtdnn.train", *tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]",
-                                                                                "balancer=pcgrad",
-                                                                                "trainer.tasks_per_step=3"),
-                           f"output_dir={tmp_path / 'r'}"], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mtdnn.train",
+            *tiny_overrides(
+                toy_tasks, "task=[toy_sent,toy_count]", "balancer=pcgrad", "trainer.tasks_per_step=3"
+            ),
+            f"output_dir={tmp_path / 'r'}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "trainer.tasks_per_step: must be between 1 and the number of tasks (2), got 3" in done.stderr
 
 
-@pytest.mark.parametrize("name", ["none", "static", "uncertainty", "dwa", "rlw", "gradnorm", "pcgrad", "cagrad",
-                                  "famo"])
+@pytest.mark.parametrize(
+    "name", ["none", "static", "uncertainty", "dwa", "rlw", "gradnorm", "pcgrad", "cagrad", "famo"]
+)
 def test_every_balancer_trains_a_toy_two_task_rule(tmp_path, toy_tasks, name):
-    summary = run(compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", f"balancer={name}",
-                                               "trainer.tasks_per_step=2", "trainer.max_steps=90",
-                                               "trainer.eval_every=90", "trainer.log_every=10", "predict_test=false",
-                                               "trainer.lr=2e-3", "trainer.head_lr=2e-3")), tmp_path / "run")
+    summary = run(
+        compose_train(
+            tiny_overrides(
+                toy_tasks,
+                "task=[toy_sent,toy_count]",
+                f"balancer={name}",
+                "trainer.tasks_per_step=2",
+                "trainer.max_steps=90",
+                "trainer.eval_every=90",
+                "trainer.log_every=10",
+                "predict_test=false",
+                "trainer.lr=2e-3",
+                "trainer.head_lr=2e-3",
+            )
+        ),
+        tmp_path / "run",
+    )
     assert summary["validation"]["toy_sent"]["accuracy"] > 0.8
     assert summary["validation"]["toy_count"]["pearson"] > 0.7
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
@@ -229,21 +278,38 @@ def test_every_balancer_trains_a_toy_two_task_rule(tmp_path, toy_tasks, name):
 
 @pytest.mark.parametrize("name", ["famo", "pcgrad"])
 def test_resume_mid_run_with_a_balancer_is_exact(tmp_path, toy_tasks, name):
-    base = tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", f"balancer={name}", "trainer.tasks_per_step=2",
-                          "trainer.max_steps=12", "trainer.eval_every=6", "trainer.keep_last=5",
-                          "trainer.log_every=1", "predict_test=false")
+    base = tiny_overrides(
+        toy_tasks,
+        "task=[toy_sent,toy_count]",
+        f"balancer={name}",
+        "trainer.tasks_per_step=2",
+        "trainer.max_steps=12",
+        "trainer.eval_every=6",
+        "trainer.keep_last=5",
+        "trainer.log_every=1",
+        "predict_test=false",
+    )
     logs = straight_and_resumed(base, tmp_path, steps=12, cut=6)
-    assert [r["balancer_weight/toy_count"] for r in logs[0]] == [r["balancer_weight/toy_count"] for r in logs[1]]
+    assert [r["balancer_weight/toy_count"] for r in logs[0]] == [
+        r["balancer_weight/toy_count"] for r in logs[1]
+    ]
 
 
 def test_balancer_none_with_one_task_per_step_is_the_run_without_balancers(tmp_path, toy_tasks):
     """The default path multiplies each loss by exactly 1.0: the same weights as a static balancer of ones."""
-    common = tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "trainer.max_steps=8", "trainer.eval_every=8",
-                            "predict_test=false")
+    common = tiny_overrides(
+        toy_tasks,
+        "task=[toy_sent,toy_count]",
+        "trainer.max_steps=8",
+        "trainer.eval_every=8",
+        "predict_test=false",
+    )
     run(compose_train(common), tmp_path / "none")
     run(compose_train(common + ["balancer=static"]), tmp_path / "static")
-    wa, wb = (load_file(str(tmp_path / d / "checkpoints" / "step_0000008" / "model.safetensors"))
-              for d in ("none", "static"))
+    wa, wb = (
+        load_file(str(tmp_path / d / "checkpoints" / "step_0000008" / "model.safetensors"))
+        for d in ("none", "static")
+    )
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
@@ -256,8 +322,14 @@ def test_two_tasks_per_step_with_none_sums_the_two_tasks_gradients(tmp_path, toy
         self.draws += 1
         return self.names[(self.draws - 1) % 2]
 
-    common = tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "trainer.max_steps=1", "trainer.eval_every=1",
-                            "predict_test=false", "trainer.warmup_ratio=0")
+    common = tiny_overrides(
+        toy_tasks,
+        "task=[toy_sent,toy_count]",
+        "trainer.max_steps=1",
+        "trainer.eval_every=1",
+        "predict_test=false",
+        "trainer.warmup_ratio=0",
+    )
     run(compose_train(common + ["trainer.tasks_per_step=2"]), tmp_path / "k2")
     original = TaskSampler.next
     TaskSampler.next = draw_both
@@ -265,21 +337,38 @@ def test_two_tasks_per_step_with_none_sums_the_two_tasks_gradients(tmp_path, toy
         run(compose_train(common + ["trainer.grad_accum=2"]), tmp_path / "accum")
     finally:
         TaskSampler.next = original
-    wa, wb = (load_file(str(tmp_path / d / "checkpoints" / "step_0000001" / "model.safetensors"))
-              for d in ("k2", "accum"))
+    wa, wb = (
+        load_file(str(tmp_path / d / "checkpoints" / "step_0000001" / "model.safetensors"))
+        for d in ("k2", "accum")
+    )
     # grad_accum=2 halves each loss; Adam's first step is scale-free (m / sqrt(v)), so the weights agree
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
 def test_a_gradient_balancer_composes_with_a_regularizer_and_per_task_lora(tmp_path, toy_tasks):
-    """SMART's terms are part of each task's gradient the balancer sees; each task's own LoRA weights are private
+    """SMART's terms are part of each task's gradient the balancer sees; each task's own LoRA weights are
+    private
     parameters (one task reaches them) and keep that task's gradient."""
-    summary = run(compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "balancer=cagrad",
-                                               "trainer.tasks_per_step=2", "regularizer=smart", "adapter=lora",
-                                               "adapter.per_task=true", "trainer.max_steps=30",
-                                               "trainer.eval_every=30", "trainer.log_every=10",
-                                               "predict_test=false", "trainer.lr=3e-3", "trainer.head_lr=3e-3")),
-                  tmp_path / "run")
+    summary = run(
+        compose_train(
+            tiny_overrides(
+                toy_tasks,
+                "task=[toy_sent,toy_count]",
+                "balancer=cagrad",
+                "trainer.tasks_per_step=2",
+                "regularizer=smart",
+                "adapter=lora",
+                "adapter.per_task=true",
+                "trainer.max_steps=30",
+                "trainer.eval_every=30",
+                "trainer.log_every=10",
+                "predict_test=false",
+                "trainer.lr=3e-3",
+                "trainer.head_lr=3e-3",
+            )
+        ),
+        tmp_path / "run",
+    )
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert all("smart_adv/toy_sent" in r and "balancer_weight/toy_count" in r for r in log)
     assert log[-1]["loss/toy_count"] < log[0]["loss/toy_count"]

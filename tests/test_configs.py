@@ -63,8 +63,9 @@ def test_multi_task_selection_composes():
     assert [s.head for s in specs] == ["classification", "classification", "regression"]
 
 
-@pytest.mark.parametrize("override", ["trainer.lr=fast", "trainer.batch_size=big", "trainer.nonsense=1",
-                                      "seed=abc"])
+@pytest.mark.parametrize(
+    "override", ["trainer.lr=fast", "trainer.batch_size=big", "trainer.nonsense=1", "seed=abc"]
+)
 def test_bad_typed_overrides_fail_at_compose_time(override: str):
     with pytest.raises(Exception) as info:
         compose_train([override])
@@ -103,11 +104,19 @@ def test_installed_package_layout_finds_its_configs(tmp_path):
     shutil.copytree(conf_dir(), site / "mtdnn" / "conf")
     shutil.copytree(tasks_dir(), site / "mtdnn" / "tasks")
     code = "from mtdnn.core.paths import conf_dir, tasks_dir; print(conf_dir()); print(tasks_dir())"
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+        check=True,
+    )
     assert done.stdout.split() == [str(site / "mtdnn" / "conf"), str(site / "mtdnn" / "tasks")]
 
 
 def test_tokenizer_vocab_size_is_refused_for_pretrained_encoders():
     cfg = compose_train(["encoder=minilm", "encoder.tokenizer_vocab_size=100"])
-    assert any("encoder.tokenizer_vocab_size: only for random-init" in p for p in encoder_problems(cfg.encoder))
+    assert any(
+        "encoder.tokenizer_vocab_size: only for random-init" in p for p in encoder_problems(cfg.encoder)
+    )

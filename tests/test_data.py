@@ -41,11 +41,23 @@ def _artifact_rows(n: int) -> list[dict]:
 
 
 def _artifact_task(folder, wheel, sha, **extra):
-    spec = {"name": "reviews", "head": "classification", "labels": ["rotten", "fresh"],
-            "source": {"kind": "artifact", "archive": wheel.name, "sha256": sha,
-                       "file": "fakepkg/data/reviews.csv.bz2", "format": "csv", "exclude": {"category": ["plot"]},
-                       "split_fractions": {"train": 0.8, "validation": 0.1, "test": 0.1}, "split_seed": 13},
-            "columns": {"text": "text", "label": "category"}, **extra}
+    spec = {
+        "name": "reviews",
+        "head": "classification",
+        "labels": ["rotten", "fresh"],
+        "source": {
+            "kind": "artifact",
+            "archive": wheel.name,
+            "sha256": sha,
+            "file": "fakepkg/data/reviews.csv.bz2",
+            "format": "csv",
+            "exclude": {"category": ["plot"]},
+            "split_fractions": {"train": 0.8, "validation": 0.1, "test": 0.1},
+            "split_seed": 13,
+        },
+        "columns": {"text": "text", "label": "category"},
+        **extra,
+    }
     (folder / "reviews.yaml").write_text(yaml.safe_dump(spec))
 
 
@@ -67,7 +79,9 @@ def test_artifact_with_wrong_sha256_is_refused(tmp_path):
     _artifact_task(tmp_path, wheel, "0" * 64)
     with pytest.raises(MtdnnError) as info:
         prepare_data(load_tasks(["reviews"], [str(tmp_path)]))
-    assert f"reviews.yaml: source.sha256: {wheel.name} has sha256 {sha}, expected {'0' * 64}" in str(info.value)
+    assert f"reviews.yaml: source.sha256: {wheel.name} has sha256 {sha}, expected {'0' * 64}" in str(
+        info.value
+    )
 
 
 def test_artifact_missing_member_is_named(tmp_path):
@@ -101,7 +115,9 @@ def test_a_folder_extracted_meanwhile_by_another_run_is_used(tmp_path, monkeypat
     monkeypatch.setattr(artifacts, "_copy_members", racing)
     target = fetch_member("fakepkg/data", sha, archive=str(wheel))
     assert (target / "reviews.csv.bz2").is_file()
-    assert not [p for p in target.parent.iterdir() if p.name.startswith(".extract-")]  # no staging left behind
+    assert not [
+        p for p in target.parent.iterdir() if p.name.startswith(".extract-")
+    ]  # no staging left behind
 
 
 def test_pip_download_failure_is_reported_clearly(monkeypatch):
@@ -127,10 +143,20 @@ def test_split_fractions_are_fixed_by_the_seed():
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "json", "parquet"])
 def test_every_local_format_loads(tmp_path, fmt):
-    write_task(tmp_path, "t", "classification", {"train": sentiment_rows(12, 0)}, {"text": "sentence", "label": "label"},
-               fmt=fmt, labels=["neg", "pos"])
+    write_task(
+        tmp_path,
+        "t",
+        "classification",
+        {"train": sentiment_rows(12, 0)},
+        {"text": "sentence", "label": "label"},
+        fmt=fmt,
+        labels=["neg", "pos"],
+    )
     data = prepare_data(load_tasks(["t"], [str(tmp_path)]))["t"]
-    assert len(data.raw["train"]) == 12 and data.raw["train"]["sentence"][0] == sentiment_rows(12, 0)[0]["sentence"]
+    assert (
+        len(data.raw["train"]) == 12
+        and data.raw["train"]["sentence"][0] == sentiment_rows(12, 0)[0]["sentence"]
+    )
 
 
 def test_integer_labels_map_through_classlabel_names_or_positions():
@@ -147,25 +173,50 @@ def test_integer_labels_map_through_classlabel_names_or_positions():
     assert [to_id(0), to_id(1)] == [1, 0]  # by name, not by position: the YAML order wins
     plain = datasets.Dataset.from_dict({"label": [0, 1]})
     to_id = label_lookup(Spec, plain)
-    assert [to_id(0), to_id(1), to_id(2), to_id(-1), to_id("neutral"), to_id("other")] == [0, 1, None, UNLABELED, 1, None]
+    assert [to_id(0), to_id(1), to_id(2), to_id(-1), to_id("neutral"), to_id("other")] == [
+        0,
+        1,
+        None,
+        UNLABELED,
+        1,
+        None,
+    ]
 
 
 def test_hidden_test_labels_are_allowed_only_in_test(tmp_path):
     rows = [dict(r, label=-1) for r in sentiment_rows(10, 0)]
-    write_task(tmp_path, "t", "classification", {"train": sentiment_rows(10, 1), "test": rows},
-               {"text": "sentence", "label": "label"}, labels=["neg", "pos"])
+    write_task(
+        tmp_path,
+        "t",
+        "classification",
+        {"train": sentiment_rows(10, 1), "test": rows},
+        {"text": "sentence", "label": "label"},
+        labels=["neg", "pos"],
+    )
     data = prepare_data(load_tasks(["t"], [str(tmp_path)]))["t"]
     encode_splits(data, train_wordpiece(["a b"], 20))
     assert set(data.encoded["test"]["labels"]) == {UNLABELED}
-    write_task(tmp_path, "u", "classification", {"train": rows}, {"text": "sentence", "label": "label"},
-               labels=["neg", "pos"])
+    write_task(
+        tmp_path,
+        "u",
+        "classification",
+        {"train": rows},
+        {"text": "sentence", "label": "label"},
+        labels=["neg", "pos"],
+    )
     with pytest.raises(MtdnnError, match="split 'train' row 1: label -1 is not in labels"):
         prepare_data(load_tasks(["u"], [str(tmp_path)]))
 
 
 def test_pairs_get_segment_ids_and_truncation(tmp_path):
-    write_task(tmp_path, "p", "regression", {"train": [{"a": "one two " * 30, "b": "three four", "y": 1.5}]},
-               {"text": "a", "text_pair": "b", "label": "y"}, max_length=16)
+    write_task(
+        tmp_path,
+        "p",
+        "regression",
+        {"train": [{"a": "one two " * 30, "b": "three four", "y": 1.5}]},
+        {"text": "a", "text_pair": "b", "label": "y"},
+        max_length=16,
+    )
     data = prepare_data(load_tasks(["p"], [str(tmp_path)]))["p"]
     encode_splits(data, train_wordpiece(["one two three four"], 30))
     row = data.encoded["train"][0]
@@ -175,16 +226,23 @@ def test_pairs_get_segment_ids_and_truncation(tmp_path):
 
 def test_collator_pads_to_a_multiple_of_8():
     collate = Collator(pad_id=0, multiple_of=8)
-    batch = collate({"input_ids": [[5, 6, 7], [5] * 10], "attention_mask": [[1] * 3, [1] * 10],
-                     "token_type_ids": [[0] * 3, [0] * 10], "labels": [1, 0]})
+    batch = collate(
+        {
+            "input_ids": [[5, 6, 7], [5] * 10],
+            "attention_mask": [[1] * 3, [1] * 10],
+            "token_type_ids": [[0] * 3, [0] * 10],
+            "labels": [1, 0],
+        }
+    )
     assert batch["input_ids"].shape == (2, 16)
     assert batch["attention_mask"].sum().item() == 13 and batch["input_ids"][0, 3:].eq(0).all()
     assert batch["labels"].dtype == torch.long
 
 
 def test_task_batches_visit_every_row_once_per_epoch_and_resume():
-    ds = datasets.Dataset.from_dict({"input_ids": [[i] for i in range(10)], "attention_mask": [[1]] * 10,
-                                     "labels": list(range(10))})
+    ds = datasets.Dataset.from_dict(
+        {"input_ids": [[i] for i in range(10)], "attention_mask": [[1]] * 10, "labels": list(range(10))}
+    )
     batches = TaskBatches(ds, 4, seed=3, collate=Collator(0, 1))
     assert len(batches) == 3
     epoch0 = [batches.next()["labels"].tolist() for _ in range(3)]
@@ -199,11 +257,15 @@ def test_task_batches_visit_every_row_once_per_epoch_and_resume():
 
 
 def test_tiny_tokenizer_is_identical_across_processes():
-    code = ("from mtdnn.model.encoders import train_wordpiece;"
-            "t=train_wordpiece(['the good movie', 'an awful film', 'good good plot'] * 3, 40);"
-            "print(t.backend_tokenizer.to_str())")
-    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-            for _ in range(3)}
+    code = (
+        "from mtdnn.model.encoders import train_wordpiece;"
+        "t=train_wordpiece(['the good movie', 'an awful film', 'good good plot'] * 3, 40);"
+        "print(t.backend_tokenizer.to_str())"
+    )
+    outs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        for _ in range(3)
+    }
     assert len(outs) == 1
 
 
@@ -219,21 +281,34 @@ def test_glue_style_hidden_regression_test_labels_are_not_scored(tmp_path):
     from mtdnn import kinds
 
     test_rows = [{"a": f"x {i}", "y": -1.0} for i in range(4)]
-    write_task(tmp_path, "r", "regression", {"train": [{"a": "x 1", "y": 2.0}], "test": test_rows},
-               {"text": "a", "label": "y"})
+    write_task(
+        tmp_path,
+        "r",
+        "regression",
+        {"train": [{"a": "x 1", "y": 2.0}], "test": test_rows},
+        {"text": "a", "label": "y"},
+    )
     data = prepare_data(load_tasks(["r"], [str(tmp_path)]))["r"]
     encode_splits(data, train_wordpiece(["x"], 20))
     gold = torch.tensor(list(data.encoded["test"]["labels"]))
     assert torch.isnan(gold).all()
-    _, scores = kinds.get("regression").evaluate(data.spec, data.raw["test"], data.encoded["test"], list(torch.zeros(4)))
+    _, scores = kinds.get("regression").evaluate(
+        data.spec, data.raw["test"], data.encoded["test"], list(torch.zeros(4))
+    )
     assert scores is None
 
 
 def test_length_bucketing_visits_every_row_once_and_cuts_padding():
     rng = np.random.default_rng(0)
     lengths = rng.integers(2, 60, size=500)
-    ds = datasets.Dataset.from_dict({"input_ids": [[1] * int(n) for n in lengths], "attention_mask": [[1] * int(n)
-                                     for n in lengths], "labels": list(range(500)), "length": lengths.tolist()})
+    ds = datasets.Dataset.from_dict(
+        {
+            "input_ids": [[1] * int(n) for n in lengths],
+            "attention_mask": [[1] * int(n) for n in lengths],
+            "labels": list(range(500)),
+            "length": lengths.tolist(),
+        }
+    )
 
     def epoch(batches):
         served = [batches.next() for _ in range(len(batches))]
@@ -256,8 +331,14 @@ def test_length_bucketing_visits_every_row_once_and_cuts_padding():
 
 
 def test_tokenisation_cache_is_keyed_on_tokenizer_and_max_length(tmp_path):
-    write_task(tmp_path, "t", "classification", {"train": sentiment_rows(40, 0)}, {"text": "sentence", "label": "label"},
-               labels=["neg", "pos"])
+    write_task(
+        tmp_path,
+        "t",
+        "classification",
+        {"train": sentiment_rows(40, 0)},
+        {"text": "sentence", "label": "label"},
+        labels=["neg", "pos"],
+    )
 
     def encoded(tokenizer, max_length):
         (spec,) = load_tasks(["t"], [str(tmp_path)], {"t": {"max_length": max_length}})
@@ -277,7 +358,8 @@ def test_tokenisation_cache_is_keyed_on_tokenizer_and_max_length(tmp_path):
 
 
 def _fake_sdist_with_inner_archive(folder, rows: list[dict]) -> tuple:
-    """An sdist-shaped tar.gz whose data sits in a tar.gz inside it, headerless and tab-separated (VADER's)."""
+    """An sdist-shaped tar.gz whose data sits in a tar.gz inside it, headerless and tab-separated
+    (VADER's)."""
     import io
     import tarfile
 
@@ -300,12 +382,20 @@ def _fake_sdist_with_inner_archive(folder, rows: list[dict]) -> tuple:
 def test_a_member_inside_an_archive_inside_the_sdist_is_read(tmp_path):
     rows = [{"score": round(i / 10 - 2, 1), "text": f'tweet "{i}" with quotes'} for i in range(40)]
     sdist, sha = _fake_sdist_with_inner_archive(tmp_path, rows)
-    spec = {"name": "scores", "head": "regression",
-            "source": {"kind": "artifact", "archive": sdist.name, "sha256": sha, "format": "tsv",
-                       "file": "extra/corpus.tar.gz/corpus/scores.txt",
-                       "read_options": {"column_names": ["id", "score", "text"], "quoting": 3},
-                       "split_fractions": {"train": 0.5, "validation": 0.5}},
-            "columns": {"id": "id", "text": "text", "label": "score"}}
+    spec = {
+        "name": "scores",
+        "head": "regression",
+        "source": {
+            "kind": "artifact",
+            "archive": sdist.name,
+            "sha256": sha,
+            "format": "tsv",
+            "file": "extra/corpus.tar.gz/corpus/scores.txt",
+            "read_options": {"column_names": ["id", "score", "text"], "quoting": 3},
+            "split_fractions": {"train": 0.5, "validation": 0.5},
+        },
+        "columns": {"id": "id", "text": "text", "label": "score"},
+    }
     (tmp_path / "scores.yaml").write_text(yaml.safe_dump(spec))
     data = prepare_data(load_tasks(["scores"], [str(tmp_path)]))["scores"]
     train = data.raw["train"]
@@ -332,8 +422,14 @@ def test_sdist_flag_asks_pip_for_the_source_distribution(monkeypatch, tmp_path):
 
 
 def test_train_rows_keeps_a_fixed_subset_whatever_the_run(tmp_path):
-    write_task(tmp_path, "sent", "classification", {"train": sentiment_rows(100, 1), "validation": sentiment_rows(20, 2)},
-               {"text": "sentence", "label": "label"}, labels=["neg", "pos"])
+    write_task(
+        tmp_path,
+        "sent",
+        "classification",
+        {"train": sentiment_rows(100, 1), "validation": sentiment_rows(20, 2)},
+        {"text": "sentence", "label": "label"},
+        labels=["neg", "pos"],
+    )
     pick = lambda **o: prepare_data(load_tasks(["sent"], [str(tmp_path)], {"sent": o}))["sent"].raw  # noqa: E731
     a, b = pick(train_rows=30), pick(train_rows=30)
     assert len(a["train"]) == 30 and len(a["validation"]) == 20  # only train is cut
@@ -351,7 +447,8 @@ def test_train_rows_keeps_a_fixed_subset_whatever_the_run(tmp_path):
 
 @pytest.mark.parametrize("kind", ["wheel", "sdist"])
 def test_archive_members_that_escape_the_extraction_folder_are_refused(tmp_path, kind):
-    """A crafted wheel (zip) or sdist (tar.gz) whose member under the requested folder climbs out with '../'."""
+    """A crafted wheel (zip) or sdist (tar.gz) whose member under the requested folder climbs out with
+    '../'."""
     import io
     import tarfile
     import zipfile

@@ -36,24 +36,44 @@ def noisy_rows(n: int, seed: int, noise: float) -> list[dict]:
 def teachers(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
     folder = root / "tasks"
-    write_task(folder, "toy_sent", "classification", {"train": noisy_rows(400, 1, 0.25),
-                                                      "validation": noisy_rows(200, 2, 0.0)},
-               {"text": "sentence", "label": "label"}, labels=["neg", "pos"])
+    write_task(
+        folder,
+        "toy_sent",
+        "classification",
+        {"train": noisy_rows(400, 1, 0.25), "validation": noisy_rows(200, 2, 0.0)},
+        {"text": "sentence", "label": "label"},
+        labels=["neg", "pos"],
+    )
     runs = []
     for seed in (1, 2):
-        run(compose_train(tiny_overrides(folder, "task=toy_sent", f"seed={seed}", "trainer.max_steps=80",
-                                         "predict_test=false")), root / f"teacher{seed}")
+        run(
+            compose_train(
+                tiny_overrides(
+                    folder, "task=toy_sent", f"seed={seed}", "trainer.max_steps=80", "predict_test=false"
+                )
+            ),
+            root / f"teacher{seed}",
+        )
         runs.append(root / f"teacher{seed}")
     return root, folder, runs
 
 
 def _student(folder, teachers_, *extra):
-    return compose_train(tiny_overrides(folder, "task=toy_sent", "distill=ensemble",
-                                        f"distill.teachers=[{','.join(map(str, teachers_))}]",
-                                        "trainer.max_steps=40", "predict_test=false", *extra))
+    return compose_train(
+        tiny_overrides(
+            folder,
+            "task=toy_sent",
+            "distill=ensemble",
+            f"distill.teachers=[{','.join(map(str, teachers_))}]",
+            "trainer.max_steps=40",
+            "predict_test=false",
+            *extra,
+        )
+    )
 
 
 # ---------------------------------------------------------------- formulas
+
 
 def test_soft_targets_average_tempered_probabilities_and_values():
     a, b = np.array([[2.0, 0.0]]), np.array([[0.0, 1.0]])
@@ -61,8 +81,12 @@ def test_soft_targets_average_tempered_probabilities_and_values():
     expected = (np.exp(a / t) / np.exp(a / t).sum() + np.exp(b / t) / np.exp(b / t).sum()) / 2
     got = soft_targets(kinds.get("classification"), [[a[0]], [b[0]]], t)
     assert np.allclose(got[0], expected[0], atol=1e-6) and got[0].sum() == pytest.approx(1.0)
-    assert soft_targets(kinds.get("regression"), [[np.array(1.0)], [np.array(3.0)]], 5.0)[0] == pytest.approx(2.0)
-    groups = soft_targets(kinds.get("ranking"), [[np.array([0.0, 0.0, 0.0])], [np.array([10.0, 0.0, 0.0])]], 1.0)
+    assert soft_targets(kinds.get("regression"), [[np.array(1.0)], [np.array(3.0)]], 5.0)[0] == pytest.approx(
+        2.0
+    )
+    groups = soft_targets(
+        kinds.get("ranking"), [[np.array([0.0, 0.0, 0.0])], [np.array([10.0, 0.0, 0.0])]], 1.0
+    )
     assert groups[0].shape == (3,) and groups[0][0] > 0.6 and groups[0].sum() == pytest.approx(1.0)
 
 
@@ -72,19 +96,33 @@ def test_kd_term_is_t_squared_kl_of_teacher_to_tempered_student():
     t = 3.0
     student = F.softmax(logits / t, -1)
     expected = t**2 * (teacher * (teacher.log() - student.log())).sum()
-    assert kinds.get("classification").kd_term(logits, teacher, {}, t).item() == pytest.approx(expected.item(), rel=1e-5)
-    assert kinds.get("regression").kd_term(torch.tensor([1.0, 2.0]), torch.tensor([1.5, 2.0]), {}, 9.0).item() == \
-        pytest.approx(0.125)
+    assert kinds.get("classification").kd_term(logits, teacher, {}, t).item() == pytest.approx(
+        expected.item(), rel=1e-5
+    )
+    assert kinds.get("regression").kd_term(
+        torch.tensor([1.0, 2.0]), torch.tensor([1.5, 2.0]), {}, 9.0
+    ).item() == pytest.approx(0.125)
 
 
 # ---------------------------------------------------------------- the stage end to end
+
 
 def test_alpha_one_and_temperature_one_is_plain_training(teachers, tmp_path):
     root, folder, runs = teachers
     base = tiny_overrides(folder, "task=toy_sent", "trainer.max_steps=15", "predict_test=false")
     run(compose_train(base), tmp_path / "plain")
-    run(compose_train(base + ["distill=ensemble", f"distill.teachers=[{runs[0]}]", "distill.alpha=1.0",
-                              "distill.temperature=1.0"]), tmp_path / "kd")
+    run(
+        compose_train(
+            base
+            + [
+                "distill=ensemble",
+                f"distill.teachers=[{runs[0]}]",
+                "distill.alpha=1.0",
+                "distill.temperature=1.0",
+            ]
+        ),
+        tmp_path / "kd",
+    )
     a = load_file(str(tmp_path / "plain" / "checkpoints" / "step_0000015" / "model.safetensors"))
     b = load_file(str(tmp_path / "kd" / "checkpoints" / "step_0000015" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -96,7 +134,9 @@ def test_soft_targets_are_stored_reused_and_stale_files_rebuilt_or_refused(teach
     caplog.set_level(logging.INFO, logger="mtdnn")
     root, folder, runs = teachers
     store = tmp_path / "soft"
-    first = run(_student(folder, runs, f"distill.soft_targets_dir={store}", "trainer.max_steps=2"), tmp_path / "a")
+    first = run(
+        _student(folder, runs, f"distill.soft_targets_dir={store}", "trainer.max_steps=2"), tmp_path / "a"
+    )
     files = list(store.glob("toy_sent-*.safetensors"))
     assert len(files) == 1
     meta = json.loads(json.dumps(__import__("safetensors").safe_open(str(files[0]), "pt").metadata()))
@@ -112,10 +152,16 @@ def test_soft_targets_are_stored_reused_and_stale_files_rebuilt_or_refused(teach
     weights = {k: v + 0.01 if k.startswith("heads.") else v for k, v in weights.items()}
     try:
         save_file(weights, str(best))
-        with pytest.raises(MtdnnError, match=r"stale soft targets: its teachers differs \(teachers changed\)"):
-            run(_student(folder, runs, f"distill.soft_targets_dir={store}", "distill.rebuild_stale=false"),
-                tmp_path / "c")
-        run(_student(folder, runs, f"distill.soft_targets_dir={store}", "trainer.max_steps=2"), tmp_path / "d")
+        with pytest.raises(
+            MtdnnError, match=r"stale soft targets: its teachers differs \(teachers changed\)"
+        ):
+            run(
+                _student(folder, runs, f"distill.soft_targets_dir={store}", "distill.rebuild_stale=false"),
+                tmp_path / "c",
+            )
+        run(
+            _student(folder, runs, f"distill.soft_targets_dir={store}", "trainer.max_steps=2"), tmp_path / "d"
+        )
         assert "stale soft targets" in caplog.text and files[0].stat().st_mtime_ns != stamp
     finally:
         best.write_bytes(original)
@@ -123,29 +169,50 @@ def test_soft_targets_are_stored_reused_and_stale_files_rebuilt_or_refused(teach
 
 
 def test_on_the_fly_targets_train_the_same_student_as_the_stored_ones(teachers, tmp_path):
-    """Teachers sharing the student's tokenizer: `soft_targets=on_the_fly` (teachers run on every batch) and the
+    """Teachers sharing the student's tokenizer: `soft_targets=on_the_fly` (teachers run on every batch) and
+    the
     cached targets give the same student, run end to end (targets equal to float precision, same seed)."""
     root, folder, runs = teachers
-    common = ["distill.student_from_teacher=true", "distill.keep_every=1", "distill.alpha=0", "trainer.max_steps=6"]
+    common = [
+        "distill.student_from_teacher=true",
+        "distill.keep_every=1",
+        "distill.alpha=0",
+        "trainer.max_steps=6",
+    ]
     run(_student(folder, runs, *common, f"distill.soft_targets_dir={tmp_path / 'soft'}"), tmp_path / "cached")
     run(_student(folder, runs, *common, "distill.soft_targets=on_the_fly"), tmp_path / "fly")
-    cached, fly = (load_file(str(sorted((tmp_path / d / "checkpoints").iterdir())[-1] / "model.safetensors"))
-                   for d in ("cached", "fly"))
+    cached, fly = (
+        load_file(str(sorted((tmp_path / d / "checkpoints").iterdir())[-1] / "model.safetensors"))
+        for d in ("cached", "fly")
+    )
     assert cached.keys() == fly.keys()
     for key in cached:
         torch.testing.assert_close(fly[key], cached[key], rtol=1e-4, atol=1e-5)
     start = load_file(str(sorted((runs[0] / "checkpoints").iterdir())[-1] / "model.safetensors"))
-    assert not torch.allclose(cached["heads.toy_sent.out.weight"], start["heads.toy_sent.out.weight"])  # it trained
+    assert not torch.allclose(
+        cached["heads.toy_sent.out.weight"], start["heads.toy_sent.out.weight"]
+    )  # it trained
 
 
 def test_student_from_teacher_keeps_every_kth_layer(teachers, tmp_path):
     root, folder, runs = teachers
-    run(_student(folder, runs[:1], "distill.student_from_teacher=true", "distill.keep_every=2",
-                 "trainer.max_steps=1", "trainer.lr=1e-12", "trainer.head_lr=1e-12"), tmp_path / "run")
+    run(
+        _student(
+            folder,
+            runs[:1],
+            "distill.student_from_teacher=true",
+            "distill.keep_every=2",
+            "trainer.max_steps=1",
+            "trainer.lr=1e-12",
+            "trainer.head_lr=1e-12",
+        ),
+        tmp_path / "run",
+    )
     config = json.loads((tmp_path / "run" / "encoder" / "config.json").read_text())
     assert config["num_hidden_layers"] == 1  # layer 0 of the teacher's 2
-    teacher = load_file(str(runs[0] / json.loads((runs[0] / "best.json").read_text())["checkpoint"]
-                            / "model.safetensors"))
+    teacher = load_file(
+        str(runs[0] / json.loads((runs[0] / "best.json").read_text())["checkpoint"] / "model.safetensors")
+    )
     student = load_file(str(tmp_path / "run" / "checkpoints" / "step_0000001" / "model.safetensors"))
     key = "encoder.encoder.layer.0.attention.self.query.weight"
     assert torch.allclose(student[key], teacher[key], atol=1e-6)
@@ -154,8 +221,16 @@ def test_student_from_teacher_keeps_every_kth_layer(teachers, tmp_path):
 
 def test_teachers_with_another_tokenizer_and_the_comparison_table(teachers, tmp_path):
     root, folder, runs = teachers
-    summary = run(_student(folder, runs, "encoder.tokenizer_vocab_size=300", f"distill.soft_targets_dir={tmp_path}",
-                           "trainer.max_steps=5"), tmp_path / "run")
+    summary = run(
+        _student(
+            folder,
+            runs,
+            "encoder.tokenizer_vocab_size=300",
+            f"distill.soft_targets_dir={tmp_path}",
+            "trainer.max_steps=5",
+        ),
+        tmp_path / "run",
+    )
     table = summary["distillation"]
     assert [r["model"] for r in table] == ["student", "teacher teacher1", "teacher teacher2"]
     assert all(r["metric"] == "accuracy" and r["parameters"] > 0 and r["examples_per_s"] > 0 for r in table)
@@ -176,8 +251,14 @@ def _agreement(run_dir, teachers_, folder) -> float:
         loaded = load_run(str(path), "last", torch.device("cpu"))
         data = TaskData(spec, {"validation": raw})
         encode_splits(data, loaded.tokenizer)
-        logits, _ = forward_rows(loaded.model, spec, data.encoded["validation"],
-                                 collator_for(spec, loaded.tokenizer, 8), 64, torch.device("cpu"))
+        logits, _ = forward_rows(
+            loaded.model,
+            spec,
+            data.encoded["validation"],
+            collator_for(spec, loaded.tokenizer, 8),
+            64,
+            torch.device("cpu"),
+        )
         return torch.stack(logits).softmax(-1)
 
     ensemble = torch.stack([probs(t) for t in teachers_]).mean(0).argmax(-1)
@@ -185,25 +266,54 @@ def _agreement(run_dir, teachers_, folder) -> float:
 
 
 def test_distilled_student_follows_its_teachers_more_than_a_hard_label_student(tmp_path):
-    """Teachers that learned the opposite rule ('awful' = pos): a student distilled from them (alpha=0) must agree
-    with them more often than a student trained on the gold labels, which agrees with them only by accident."""
+    """Teachers that learned the opposite rule ('awful' = pos): a student distilled from them (alpha=0) must
+    agree
+    with them more often than a student trained on the gold labels, which agrees with them only by
+    accident."""
     gold, flipped = tmp_path / "gold", tmp_path / "flipped"
     train, val = noisy_rows(400, 1, 0.0), noisy_rows(200, 2, 0.0)
     swap = {"pos": "neg", "neg": "pos"}
-    write_task(gold, "toy_sent", "classification", {"train": train, "validation": val},
-               {"text": "sentence", "label": "label"}, labels=["neg", "pos"])
-    write_task(flipped, "toy_sent", "classification", {"train": [dict(r, label=swap[r["label"]]) for r in train],
-                                                       "validation": val}, {"text": "sentence", "label": "label"},
-               labels=["neg", "pos"])
+    write_task(
+        gold,
+        "toy_sent",
+        "classification",
+        {"train": train, "validation": val},
+        {"text": "sentence", "label": "label"},
+        labels=["neg", "pos"],
+    )
+    write_task(
+        flipped,
+        "toy_sent",
+        "classification",
+        {"train": [dict(r, label=swap[r["label"]]) for r in train], "validation": val},
+        {"text": "sentence", "label": "label"},
+        labels=["neg", "pos"],
+    )
     runs = []
     for seed in (1, 2):
-        run(compose_train(tiny_overrides(flipped, "task=toy_sent", f"seed={seed}", "trainer.max_steps=80",
-                                         "predict_test=false")), tmp_path / f"teacher{seed}")
+        run(
+            compose_train(
+                tiny_overrides(
+                    flipped, "task=toy_sent", f"seed={seed}", "trainer.max_steps=80", "predict_test=false"
+                )
+            ),
+            tmp_path / f"teacher{seed}",
+        )
         runs.append(tmp_path / f"teacher{seed}")
     base = tiny_overrides(gold, "task=toy_sent", "trainer.max_steps=80", "predict_test=false", "seed=7")
     run(compose_train(base), tmp_path / "hard")
-    run(compose_train(base + ["distill=ensemble", f"distill.teachers=[{runs[0]},{runs[1]}]", "distill.alpha=0.0",
-                              f"distill.soft_targets_dir={tmp_path}"]), tmp_path / "kd")
+    run(
+        compose_train(
+            base
+            + [
+                "distill=ensemble",
+                f"distill.teachers=[{runs[0]},{runs[1]}]",
+                "distill.alpha=0.0",
+                f"distill.soft_targets_dir={tmp_path}",
+            ]
+        ),
+        tmp_path / "kd",
+    )
     hard, kd = _agreement(tmp_path / "hard", runs, gold), _agreement(tmp_path / "kd", runs, gold)
     assert kd > hard, (kd, hard)
 
@@ -215,12 +325,27 @@ def test_span_and_tagging_distil_from_teachers_sharing_the_tokenizer(tmp_path):
     _span_task(folder, squad_rows(80, 1), squad_rows(20, 2))
     _tag_task(folder, tagging_rows(80, 3), tagging_rows(20, 4))
     both = "task=[toy_squad,toy_ner]"
-    run(compose_train(tiny_overrides(folder, both, "trainer.max_steps=60", "predict_test=false")), tmp_path / "teacher")
+    run(
+        compose_train(tiny_overrides(folder, both, "trainer.max_steps=60", "predict_test=false")),
+        tmp_path / "teacher",
+    )
     store = tmp_path / "soft"
-    summary = run(compose_train(tiny_overrides(
-        folder, both, "distill=ensemble", f"distill.teachers=[{tmp_path / 'teacher'}]", "trainer.max_steps=20",
-        "distill.student_from_teacher=true", "distill.keep_every=2", f"distill.soft_targets_dir={store}",
-        "predict_test=false")), tmp_path / "student")
+    summary = run(
+        compose_train(
+            tiny_overrides(
+                folder,
+                both,
+                "distill=ensemble",
+                f"distill.teachers=[{tmp_path / 'teacher'}]",
+                "trainer.max_steps=20",
+                "distill.student_from_teacher=true",
+                "distill.keep_every=2",
+                f"distill.soft_targets_dir={store}",
+                "predict_test=false",
+            )
+        ),
+        tmp_path / "student",
+    )
     assert {r["task"] for r in summary["distillation"]} == {"toy_squad", "toy_ner"}
     span_file = load_file(str(next(store.glob("toy_squad-*.safetensors"))))
     targets, sizes = span_file["targets"], span_file["sizes"]
@@ -238,26 +363,53 @@ def test_span_and_tagging_distil_from_teachers_sharing_the_tokenizer(tmp_path):
     window = data.encoded["train"][0]
     ids = torch.tensor([window["input_ids"]])
     with torch.no_grad():
-        logits = teacher.model("toy_squad", input_ids=ids, attention_mask=torch.ones_like(ids),
-                               token_type_ids=torch.tensor([window["token_type_ids"]]))[0]
-    torch.testing.assert_close(first, torch.softmax(logits / 2.0, 0), atol=1e-5, rtol=1e-4)  # T = 2 (the default)
+        logits = teacher.model(
+            "toy_squad",
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            token_type_ids=torch.tensor([window["token_type_ids"]]),
+        )[0]
+    torch.testing.assert_close(
+        first, torch.softmax(logits / 2.0, 0), atol=1e-5, rtol=1e-4
+    )  # T = 2 (the default)
     tag_file = load_file(str(next(store.glob("toy_ner-*.safetensors"))))
     assert torch.allclose(tag_file["targets"].sum(-1), torch.ones(len(tag_file["targets"])), atol=1e-4)
     log = [json.loads(line) for line in (tmp_path / "student" / "train_log.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r[f"loss/{t}"]) for r in log for t in ("toy_squad", "toy_ner") if f"loss/{t}" in r)
     # a student with its own tokenizer cannot take per-token targets
-    with pytest.raises(MtdnnError, match="tokenises differently from the student, but span targets are per token"):
-        run(compose_train(tiny_overrides(folder, "task=toy_squad", "distill=ensemble", "trainer.max_steps=2",
-                                         f"distill.teachers=[{tmp_path / 'teacher'}]", "encoder.tokenizer_vocab_size=50",
-                                         f"distill.soft_targets_dir={store}")), tmp_path / "mismatch")
+    with pytest.raises(
+        MtdnnError, match="tokenises differently from the student, but span targets are per token"
+    ):
+        run(
+            compose_train(
+                tiny_overrides(
+                    folder,
+                    "task=toy_squad",
+                    "distill=ensemble",
+                    "trainer.max_steps=2",
+                    f"distill.teachers=[{tmp_path / 'teacher'}]",
+                    "encoder.tokenizer_vocab_size=50",
+                    f"distill.soft_targets_dir={store}",
+                )
+            ),
+            tmp_path / "mismatch",
+        )
 
 
 def test_student_log_names_the_teachers_real_layer_count(teachers, tmp_path, caplog):
     """2 teacher layers, every 3rd kept: the student has layer 0 of a 2-layer encoder (not '3-layer')."""
     root, folder, runs = teachers
     with caplog.at_level("INFO", logger="mtdnn"):
-        run(_student(folder, runs[:1], "distill.student_from_teacher=true", "distill.keep_every=3",
-                     "trainer.max_steps=1"), tmp_path / "run")
+        run(
+            _student(
+                folder,
+                runs[:1],
+                "distill.student_from_teacher=true",
+                "distill.keep_every=3",
+                "trainer.max_steps=1",
+            ),
+            tmp_path / "run",
+        )
     assert "layers [0] of" in caplog.text and "2-layer encoder" in caplog.text
 
 
@@ -270,7 +422,8 @@ def test_kd_terms_of_span_tagging_and_ranking_by_hand():
         return float(sum(pi * (pi / qi).log() for pi, qi in zip(p, q) if pi > 0))
 
     torch.manual_seed(0)
-    # span: (windows, tokens, 2); start and end distributions over each window's tokens, averaged over 2 x windows
+    # span: (windows, tokens, 2); start and end distributions over each window's tokens, averaged over 2 x
+    # windows
     logits = torch.randn(2, 5, 2)
     soft = torch.softmax(torch.randn(2, 5, 2), 1)
     expected = sum(kl(soft[w, :, e], logits[w, :, e]) for w in range(2) for e in range(2)) / 4 * t**2
@@ -285,29 +438,54 @@ def test_kd_terms_of_span_tagging_and_ranking_by_hand():
     assert got == pytest.approx(expected, rel=1e-5)
     # ranking: candidate scores of two groups (3 and 2 candidates), softmax within each group
     scores = torch.tensor([0.5, -1.0, 2.0, 0.3, 0.1])
-    batch = {"group": torch.tensor([0, 0, 0, 1, 1]), "slot": torch.tensor([0, 1, 2, 0, 1]),
-             "labels": torch.zeros(2, 3)}
+    batch = {
+        "group": torch.tensor([0, 0, 0, 1, 1]),
+        "slot": torch.tensor([0, 1, 2, 0, 1]),
+        "labels": torch.zeros(2, 3),
+    }
     soft = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.4, 0.0]])
     expected = (kl(soft[0], scores[:3]) + kl(soft[1, :2], scores[3:])) / 2 * t**2
     assert kinds.get("ranking").kd_term(scores, soft, batch, t).item() == pytest.approx(expected, rel=1e-4)
 
 
 def test_the_distill_command_runs_a_student_and_reports_it(teachers, tmp_path):
-    """`python -m mtdnn.distill` itself: it is `mtdnn.train distill=ensemble`, and a missing teacher list is one
+    """`python -m mtdnn.distill` itself: it is `mtdnn.train distill=ensemble`, and a missing teacher list is
+    one
     clear line with exit code 2."""
     import subprocess
     import sys
 
     root, folder, runs = teachers
-    common = [sys.executable, "-m", "mtdnn.distill", "encoder=tiny", "task=toy_sent", f"task_dirs=[{folder}]",
-              "trainer.progress_bar=false", "predict_test=false", "trainer.max_steps=3"]
-    done = subprocess.run(common + [f"distill.teachers=[{','.join(map(str, runs))}]",
-                                    f"distill.soft_targets_dir={tmp_path / 'soft'}", f"output_dir={tmp_path / 'run'}"],
-                          capture_output=True, text=True, timeout=600)
+    common = [
+        sys.executable,
+        "-m",
+        "mtdnn.distill",
+        "encoder=tiny",
+        "task=toy_sent",
+        f"task_dirs=[{folder}]",
+        "trainer.progress_bar=false",
+        "predict_test=false",
+        "trainer.max_steps=3",
+    ]
+    done = subprocess.run(
+        common
+        + [
+            f"distill.teachers=[{','.join(map(str, runs))}]",
+            f"distill.soft_targets_dir={tmp_path / 'soft'}",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert [r["model"] for r in summary["distillation"]][:1] == ["student"] and len(summary["distillation"]) == 3
-    missing = subprocess.run(common + [f"output_dir={tmp_path / 'none'}"], capture_output=True, text=True, timeout=300)
+    assert [r["model"] for r in summary["distillation"]][:1] == ["student"] and len(
+        summary["distillation"]
+    ) == 3
+    missing = subprocess.run(
+        common + [f"output_dir={tmp_path / 'none'}"], capture_output=True, text=True, timeout=300
+    )
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "distill.teachers: required with distill=ensemble" in missing.stderr
 
@@ -320,17 +498,42 @@ def test_ranking_and_regression_distil_end_to_end(tmp_path):
 
     folder = tmp_path / "tasks"
     _rank_task(folder, ranking_rows(200, 1), ranking_rows(40, 2))
-    write_task(folder, "toy_count", "regression", {"train": count_rows(300, 3), "validation": count_rows(60, 4)},
-               {"text": "a", "text_pair": "b", "label": "score"}, fmt="jsonl")
+    write_task(
+        folder,
+        "toy_count",
+        "regression",
+        {"train": count_rows(300, 3), "validation": count_rows(60, 4)},
+        {"text": "a", "text_pair": "b", "label": "score"},
+        fmt="jsonl",
+    )
     both = "task=[toy_rank,toy_count]"
-    teacher = run(compose_train(tiny_overrides(folder, both, "trainer.max_steps=200", "predict_test=false",
-                                               "sampler=uniform")), tmp_path / "teacher")
+    teacher = run(
+        compose_train(
+            tiny_overrides(folder, both, "trainer.max_steps=200", "predict_test=false", "sampler=uniform")
+        ),
+        tmp_path / "teacher",
+    )
     store = tmp_path / "soft"
-    student = run(compose_train(tiny_overrides(
-        folder, both, "distill=ensemble", f"distill.teachers=[{tmp_path / 'teacher'}]", "distill.alpha=0",
-        "distill.student_from_teacher=true", "distill.keep_every=1", f"distill.soft_targets_dir={store}",
-        "trainer.max_steps=40", "sampler=uniform", "predict_test=false", "trainer.lr=1e-4", "trainer.head_lr=1e-4")),
-        tmp_path / "student")
+    student = run(
+        compose_train(
+            tiny_overrides(
+                folder,
+                both,
+                "distill=ensemble",
+                f"distill.teachers=[{tmp_path / 'teacher'}]",
+                "distill.alpha=0",
+                "distill.student_from_teacher=true",
+                "distill.keep_every=1",
+                f"distill.soft_targets_dir={store}",
+                "trainer.max_steps=40",
+                "sampler=uniform",
+                "predict_test=false",
+                "trainer.lr=1e-4",
+                "trainer.head_lr=1e-4",
+            )
+        ),
+        tmp_path / "student",
+    )
     for task, metric in (("toy_rank", "accuracy"), ("toy_count", "pearson")):
         assert teacher["validation"][task][metric] > 0.8, (task, teacher["validation"][task])
         assert student["validation"][task][metric] > 0.8, (task, student["validation"][task])
@@ -343,7 +546,13 @@ def test_ranking_and_regression_distil_end_to_end(tmp_path):
     loaded = load_run(str(tmp_path / "teacher"), "best", torch.device("cpu"))
     data = prepare_data(load_tasks(["toy_count"], [str(folder)]))["toy_count"]
     encode_splits(data, loaded.tokenizer)
-    outputs, _ = forward_rows(loaded.model, data.spec, data.encoded["train"],
-                              collator_for(data.spec, loaded.tokenizer, 8), 64, torch.device("cpu"))
+    outputs, _ = forward_rows(
+        loaded.model,
+        data.spec,
+        data.encoded["train"],
+        collator_for(data.spec, loaded.tokenizer, 8),
+        64,
+        torch.device("cpu"),
+    )
     stored = load_file(str(next(store.glob("toy_count-*.safetensors"))))["targets"].squeeze(-1)
     torch.testing.assert_close(stored, torch.stack(outputs), atol=1e-5, rtol=1e-5)

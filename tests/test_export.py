@@ -1,4 +1,5 @@
-"""Export: one task of a run as a standard HuggingFace model that loads without mtdnn and predicts the same."""
+"""Export: one task of a run as a standard HuggingFace model that loads without mtdnn and predicts the
+same."""
 
 from __future__ import annotations
 
@@ -32,15 +33,22 @@ def trained(tmp_path_factory):
     folder = write_toy_tasks(root / "tasks")
     _span_task(folder, squad_rows(40, 1), squad_rows(10, 2))
     _tag_task(folder, tagging_rows(40, 5), tagging_rows(10, 6))
-    runs = {pooling: _train(folder, root / pooling, f"encoder.pooling={pooling}", "task=[toy_sent,toy_count]")
-            for pooling in ("cls", "pooler", "mean")}
+    runs = {
+        pooling: _train(folder, root / pooling, f"encoder.pooling={pooling}", "task=[toy_sent,toy_count]")
+        for pooling in ("cls", "pooler", "mean")
+    }
     runs["token"] = _train(folder, root / "token", "task=[toy_squad,toy_ner]")
     return root, runs
 
 
 def _child(code: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", NO_MTDNN + code], capture_output=True, text=True, timeout=300,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    done = subprocess.run(
+        [sys.executable, "-c", NO_MTDNN + code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "PATH": ""},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -54,15 +62,21 @@ def test_sequence_tasks_export_to_auto_classes_with_the_same_outputs(trained, po
     with torch.no_grad():
         ours_sent = loaded.model("toy_sent", **enc).softmax(-1)
         ours_count = loaded.model("toy_count", **pair)
-    sent = export(ExportConfig(run_dir=str(runs[pooling]), task="toy_sent", out=str(root / f"{pooling}_sent")))
-    count = export(ExportConfig(run_dir=str(runs[pooling]), task="toy_count", out=str(root / f"{pooling}_count")))
+    sent = export(
+        ExportConfig(run_dir=str(runs[pooling]), task="toy_sent", out=str(root / f"{pooling}_sent"))
+    )
+    count = export(
+        ExportConfig(run_dir=str(runs[pooling]), task="toy_count", out=str(root / f"{pooling}_count"))
+    )
     remote = pooling == "mean"  # mean pooling ships its 30-line modeling file
     got = _child(f"""
 from transformers import pipeline
 clf = pipeline("text-classification", model={str(sent)!r}, trust_remote_code={remote}, top_k=None)
-reg = pipeline("text-classification", model={str(count)!r}, trust_remote_code={remote}, function_to_apply="none")
+reg = pipeline("text-classification", model={str(count)!r}, trust_remote_code={remote},
+function_to_apply="none")
 scores = [{{d["label"]: d["score"] for d in row}} for row in clf({SENTENCES!r})]
-values = [r["score"] for r in reg([{{"text": a, "text_pair": b}} for a, b in zip({SENTENCES!r}, {SENTENCES[::-1]!r})])]
+values = [r["score"] for r in reg([{{"text": a, "text_pair": b}} for a, b in zip({SENTENCES!r},
+{SENTENCES[::-1]!r})])]
 print(json.dumps({{"scores": scores, "values": values}}))
 """)
     expected = [{"neg": float(p[0]), "pos": float(p[1])} for p in ours_sent]
@@ -112,11 +126,19 @@ def test_export_errors_are_one_clear_line(trained, tmp_path):
     (tmp_path / "taken" / "keep.txt").write_text("mine")
     for args, expected in [
         ([str(runs["cls"]), "task=toy_sent", f"out={tmp_path / 'taken'}"], "already exists and is not empty"),
-        ([f"run_dir={runs['cls']}", "task=nope", f"out={tmp_path / 'x'}"], "task: nope not trained in this run"),
+        (
+            [f"run_dir={runs['cls']}", "task=nope", f"out={tmp_path / 'x'}"],
+            "task: nope not trained in this run",
+        ),
         ([f"run_dir={tmp_path}", "task=toy_sent", f"out={tmp_path / 'x'}"], "is not an mtdnn run folder"),
     ]:
-        done = subprocess.run([sys.executable, "-m", "mtdnn.export", *args], capture_output=True, text=True,
-                              timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+        done = subprocess.run(
+            [sys.executable, "-m", "mtdnn.export", *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={"HF_HUB_OFFLINE": "1", "PATH": ""},
+        )
         assert done.returncode == 2 and "Traceback" not in done.stderr
         assert expected in done.stderr.strip().splitlines()[-1], done.stderr
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine" and not (tmp_path / "x").exists()
@@ -130,15 +152,22 @@ def test_ranking_exports_a_cross_encoder_with_the_same_scores(tmp_path, model_ty
 
     folder = tmp_path / "tasks"
     _rank_task(folder, ranking_rows(30, 1), ranking_rows(10, 2))
-    extra = ["encoder.from_config.model_type=roberta", "+encoder.from_config.pad_token_id=1"] \
-        if model_type == "roberta" else []
+    extra = (
+        ["encoder.from_config.model_type=roberta", "+encoder.from_config.pad_token_id=1"]
+        if model_type == "roberta"
+        else []
+    )
     _train(folder, tmp_path / "run", "task=toy_rank", "trainer.max_steps=10", *extra)
     out = export(ExportConfig(run_dir=str(tmp_path / "run"), task="toy_rank", out=str(tmp_path / "hf")))
     hf = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
     assert hf.config.num_labels == 1 and hf.config.model_type == model_type
     loaded = load_run(str(tmp_path / "run"), "best", torch.device("cpu"))
-    enc = loaded.tokenizer(["which one", "which one", "another question"], ["a b yes", "c d", "e f g"],
-                           padding=True, return_tensors="pt")
+    enc = loaded.tokenizer(
+        ["which one", "which one", "another question"],
+        ["a b yes", "c d", "e f g"],
+        padding=True,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         ours, theirs = loaded.model("toy_rank", **enc), hf(**enc).logits.squeeze(-1)
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
@@ -158,8 +187,9 @@ def test_every_export_carries_a_hub_model_card_with_the_runs_metrics(trained):
     root, runs = trained
     summary = json.loads((runs["token"] / "summary.json").read_text())
     for task, pipeline in (("toy_squad", "question-answering"), ("toy_ner", "token-classification")):
-        out = export(ExportConfig(run_dir=str(runs["token"]), task=task, out=str(root / f"card_{task}"),
-                                  language="de"))
+        out = export(
+            ExportConfig(run_dir=str(runs["token"]), task=task, out=str(root / f"card_{task}"), language="de")
+        )
         card = ModelCard.load(out / "README.md")  # the Hub's own parser
         assert card.data.pipeline_tag == pipeline and card.data.library_name == "transformers"
         assert card.data.language == "de" and "mtdnn" in card.data.tags
@@ -169,6 +199,11 @@ def test_every_export_carries_a_hub_model_card_with_the_runs_metrics(trained):
         assert "## Validation metrics" in card.text and "## Limitations" in card.text
         config = card.text.split("```yaml\n", 1)[1].split("```", 1)[0]
         assert "max_steps: 30" in config and "task:" in config  # the exact run config
-    last = export(ExportConfig(run_dir=str(runs["cls"]), task="toy_sent", out=str(root / "card_last"),
-                               checkpoint="last"))
-    assert ModelCard.load(last / "README.md").data.eval_results is None  # no metrics claimed for an unevaluated pick
+    last = export(
+        ExportConfig(
+            run_dir=str(runs["cls"]), task="toy_sent", out=str(root / "card_last"), checkpoint="last"
+        )
+    )
+    assert (
+        ModelCard.load(last / "README.md").data.eval_results is None
+    )  # no metrics claimed for an unevaluated pick

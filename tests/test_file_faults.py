@@ -1,4 +1,5 @@
-"""A broken data file is one line naming the file, the line and the cause, for every format and compression."""
+"""A broken data file is one line naming the file, the line and the cause, for every format and
+compression."""
 
 from __future__ import annotations
 
@@ -21,25 +22,51 @@ def _truncated(compress, text: str) -> bytes:
 
 
 CASES = {  # file name, bytes, what the one line must say
-    "broken jsonl line": ("d.jsonl", b'{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n{"text": "c", "lab\n',
-                          "line 3: not valid JSON"),
-    "jsonl row that is not an object": ("d.jsonl", b'{"text": "a", "label": 0}\n[1, 2]\n{"text": "b", "label": 1}\n',
-                                        "line 2: a JSON lines row must be an object"),
-    "latin-1 csv": ("d.csv", "text,label\nhello,0\ncaf\xe9 au lait,1\n".encode("latin-1"),
-                    "line 3: not valid utf-8 (byte 0xe9); if the file is in another encoding, set "
-                    "source.read_options.encoding"),
-    "ragged csv row": ("d.csv", b"text,label\na,0\nb,0\nc,1,oops\nd,0\n",
-                       "line 4: 3 fields where the header has 2"),
-    "ragged tsv row": ("d.tsv", b"text\tlabel\na\t0\nb\t1\textra\n", "line 3: 3 fields where the header has 2"),
-    "truncated csv.gz": ("d.csv.gz", _truncated(gzip.compress, CSV), "the file is truncated or not valid gz data"),
-    "truncated csv.bz2": ("d.csv.bz2", _truncated(bz2.compress, CSV), "the file is truncated or not valid bz2 data"),
+    "broken jsonl line": (
+        "d.jsonl",
+        b'{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n{"text": "c", "lab\n',
+        "line 3: not valid JSON",
+    ),
+    "jsonl row that is not an object": (
+        "d.jsonl",
+        b'{"text": "a", "label": 0}\n[1, 2]\n{"text": "b", "label": 1}\n',
+        "line 2: a JSON lines row must be an object",
+    ),
+    "latin-1 csv": (
+        "d.csv",
+        "text,label\nhello,0\ncaf\xe9 au lait,1\n".encode("latin-1"),
+        "line 3: not valid utf-8 (byte 0xe9); if the file is in another encoding, set "
+        "source.read_options.encoding",
+    ),
+    "ragged csv row": (
+        "d.csv",
+        b"text,label\na,0\nb,0\nc,1,oops\nd,0\n",
+        "line 4: 3 fields where the header has 2",
+    ),
+    "ragged tsv row": (
+        "d.tsv",
+        b"text\tlabel\na\t0\nb\t1\textra\n",
+        "line 3: 3 fields where the header has 2",
+    ),
+    "truncated csv.gz": (
+        "d.csv.gz",
+        _truncated(gzip.compress, CSV),
+        "the file is truncated or not valid gz data",
+    ),
+    "truncated csv.bz2": (
+        "d.csv.bz2",
+        _truncated(bz2.compress, CSV),
+        "the file is truncated or not valid bz2 data",
+    ),
     "broken json array": ("d.json", b'[{"text": "a", "label": 0},\n {"text": ', "line 2: not valid JSON"),
     "not parquet": ("d.parquet", b"PAR1 this is not parquet", "ArrowInvalid: Parquet magic bytes not found"),
 }
 
 
 def _spec(tmp_path: Path, **read_options) -> SimpleNamespace:
-    return SimpleNamespace(file=str(tmp_path / "t.yaml"), source=SimpleNamespace(format=None, read_options=read_options))
+    return SimpleNamespace(
+        file=str(tmp_path / "t.yaml"), source=SimpleNamespace(format=None, read_options=read_options)
+    )
 
 
 @pytest.mark.parametrize("case", list(CASES))

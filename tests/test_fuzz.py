@@ -30,21 +30,53 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_bad_input import _digest, world  # noqa: F401  (the module fixture: a finished run no case may change)
 
-FAST = settings(max_examples=15, deadline=None, derandomize=True, database=None, print_blob=True,
-                suppress_health_check=list(HealthCheck))
-LONG = settings(max_examples=int(os.environ.get("MTDNN_FUZZ_EXAMPLES", "150")), deadline=None, database=None,
-                print_blob=True, suppress_health_check=list(HealthCheck))
+FAST = settings(
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=list(HealthCheck),
+)
+LONG = settings(
+    max_examples=int(os.environ.get("MTDNN_FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=list(HealthCheck),
+)
 PROFILES = [pytest.param(FAST, id="fast"), pytest.param(LONG, id="long", marks=pytest.mark.slow)]
 COUNTS: dict[str, int] = {}  # 'kind of input, outcome' -> cases; conftest prints it after the run
 
-WORDS = ["good", "bad", "fine", "awful", "film", "plot", "é", "日本", "🙂", "a\tb", 'say "hi"', "x,y", "line\nbreak"]
-ODD = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True),
-                st.text(max_size=12), st.lists(st.text(max_size=4), max_size=3),
-                st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+WORDS = [
+    "good",
+    "bad",
+    "fine",
+    "awful",
+    "film",
+    "plot",
+    "é",
+    "日本",
+    "🙂",
+    "a\tb",
+    'say "hi"',
+    "x,y",
+    "line\nbreak",
+]
+ODD = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.lists(st.text(max_size=4), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
 
 
 def explore(profile: settings, strategy: st.SearchStrategy, check) -> None:
     """Run `check` on the cases `strategy` generates, as many as the profile says."""
+
     @profile
     @given(case=strategy)
     def each(case):
@@ -54,6 +86,7 @@ def explore(profile: settings, strategy: st.SearchStrategy, check) -> None:
 
 
 # ---------------------------------------------------------------- running the CLI in-process
+
 
 def _run_cli(args: list[str], capsys, cwd: Path) -> tuple[int, str]:
     from hydra.core.global_hydra import GlobalHydra
@@ -87,16 +120,28 @@ def _check(case: str, code: int, stderr: str, out: Path, names: list[str], world
         lines = [line for line in stderr.splitlines() if line.strip()]
         errors = [i for i, line in enumerate(lines) if line.startswith("error: ")]
         assert code == 2 and len(errors) == 1, f"exit {code}:\n{stderr[-3000:]}"
-        report = lines[errors[0]:]  # one line, or a headline and its "  - " list when several problems were found
+        report = lines[
+            errors[0] :
+        ]  # one line, or a headline and its "  - " list when several problems were found
         assert all(line.startswith("  - ") for line in report[1:]), stderr[-3000:]
         assert any(name in "\n".join(report) for name in names), f"{report!r} names none of {names}"
     assert _digest(world["precious"]) == world["digest"], "an existing run folder was changed"
 
 
 def _command(tasks: Path, out: Path, *extra: str) -> list[str]:
-    return ["encoder=tiny", f"task_dirs=[{tasks}]", "task=t", "trainer.progress_bar=false", "trainer.max_steps=2",
-            "trainer.eval_every=2", "trainer.batch_size=8", "predict_test=false", f"output_dir={out}",
-            f"hydra.run.dir={out.parent / 'hydra'}", *extra]
+    return [
+        "encoder=tiny",
+        f"task_dirs=[{tasks}]",
+        "task=t",
+        "trainer.progress_bar=false",
+        "trainer.max_steps=2",
+        "trainer.eval_every=2",
+        "trainer.batch_size=8",
+        "predict_test=false",
+        f"output_dir={out}",
+        f"hydra.run.dir={out.parent / 'hydra'}",
+        *extra,
+    ]
 
 
 def _fresh(world, name: str) -> Path:
@@ -113,16 +158,21 @@ COMPRESSIONS = {"": lambda b: b, ".gz": gzip.compress, ".bz2": bz2.compress, ".x
 def data_files(draw) -> dict:
     text = st.sampled_from(WORDS).map(lambda w: f"{w} {w} film")
     label = st.sampled_from(["neg", "pos"])
-    if draw(st.booleans()):  # half the cases hold odd values somewhere, half only good rows (then the run trains)
+    if draw(
+        st.booleans()
+    ):  # half the cases hold odd values somewhere, half only good rows (then the run trains)
         text = st.one_of(text, ODD)
         label = st.one_of(label, st.sampled_from([0, 1, 2, -1, "", "POS", None]), ODD)
     row = st.fixed_dictionaries({"sentence": text, "label": label})
     fmt = draw(st.sampled_from(FORMATS))
-    return {"rows": draw(st.lists(row, min_size=0, max_size=24)), "format": fmt,
-            "compression": "" if fmt == "parquet" else draw(st.sampled_from(list(COMPRESSIONS))),
-            "encoding": draw(st.sampled_from(["utf-8", "utf-8", "latin-1", "utf-16"])),
-            "damage": draw(st.sampled_from(["none"] * 6 + ["truncate", "garbage"])),
-            "cut": draw(st.floats(0.05, 0.95))}
+    return {
+        "rows": draw(st.lists(row, min_size=0, max_size=24)),
+        "format": fmt,
+        "compression": "" if fmt == "parquet" else draw(st.sampled_from(list(COMPRESSIONS))),
+        "encoding": draw(st.sampled_from(["utf-8", "utf-8", "latin-1", "utf-16"])),
+        "damage": draw(st.sampled_from(["none"] * 6 + ["truncate", "garbage"])),
+        "cut": draw(st.floats(0.05, 0.95)),
+    }
 
 
 def _serialise(rows: list[dict], fmt: str, encoding: str) -> bytes:
@@ -159,11 +209,19 @@ def _damage(data: bytes, how: str, cut: float) -> bytes:
 
 def _data_case(world, case: dict, capsys) -> None:
     folder = _fresh(world, "data")
-    write_task(folder, "t", "classification", {"validation": sentiment_rows(16, 2)}, {"text": "sentence", "label": "label"},
-               labels=["neg", "pos"])
+    write_task(
+        folder,
+        "t",
+        "classification",
+        {"validation": sentiment_rows(16, 2)},
+        {"text": "sentence", "label": "label"},
+        labels=["neg", "pos"],
+    )
     name = f"t_train.{case['format']}{case['compression']}"
     payload = _serialise(case["rows"], case["format"], case["encoding"])
-    (folder / name).write_bytes(_damage(COMPRESSIONS[case["compression"]](payload), case["damage"], case["cut"]))
+    (folder / name).write_bytes(
+        _damage(COMPRESSIONS[case["compression"]](payload), case["damage"], case["cut"])
+    )
     spec = yaml.safe_load((folder / "t.yaml").read_text())
     spec["source"]["splits"]["train"] = name
     (folder / "t.yaml").write_text(yaml.safe_dump(spec))
@@ -179,21 +237,62 @@ def test_fuzz_data_files(world, capsys, profile):
 
 # ---------------------------------------------------------------- task YAMLs
 
-BASE_SPEC = {"name": "t", "head": "classification", "labels": ["neg", "pos"], "metrics": ["accuracy", "f1"],
-             "columns": {"text": "sentence", "label": "label"}, "max_length": 32,
-             "source": {"kind": "files", "splits": {"train": "train.csv", "validation": "validation.csv"}}}
-PATHS = ["name", "head", "labels", "metrics", "columns", "columns.text", "columns.label", "columns.text_pair",
-         "max_length", "source", "source.kind", "source.splits", "source.splits.train", "source.splits.validation",
-         "source.format", "source.file", "source.split_fractions", "dropout", "loss_weight", "on_bad_row",
-         "train_rows", "label_smoothing", "thresholds", "doc_stride", "unknown_field"]
+BASE_SPEC = {
+    "name": "t",
+    "head": "classification",
+    "labels": ["neg", "pos"],
+    "metrics": ["accuracy", "f1"],
+    "columns": {"text": "sentence", "label": "label"},
+    "max_length": 32,
+    "source": {"kind": "files", "splits": {"train": "train.csv", "validation": "validation.csv"}},
+}
+PATHS = [
+    "name",
+    "head",
+    "labels",
+    "metrics",
+    "columns",
+    "columns.text",
+    "columns.label",
+    "columns.text_pair",
+    "max_length",
+    "source",
+    "source.kind",
+    "source.splits",
+    "source.splits.train",
+    "source.splits.validation",
+    "source.format",
+    "source.file",
+    "source.split_fractions",
+    "dropout",
+    "loss_weight",
+    "on_bad_row",
+    "train_rows",
+    "label_smoothing",
+    "thresholds",
+    "doc_stride",
+    "unknown_field",
+]
 HEADS = ["classification", "regression", "multilabel", "span", "ranking", "tagging"]
 
 
 @st.composite
 def task_yamls(draw) -> dict:
-    edits = draw(st.lists(st.tuples(st.sampled_from(PATHS), st.one_of(
-        st.just("<delete>"), st.sampled_from(HEADS), st.sampled_from(["sentence", "label", "train.csv", "nope.csv"]),
-        ODD)), min_size=1, max_size=3))
+    edits = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(PATHS),
+                st.one_of(
+                    st.just("<delete>"),
+                    st.sampled_from(HEADS),
+                    st.sampled_from(["sentence", "label", "train.csv", "nope.csv"]),
+                    ODD,
+                ),
+            ),
+            min_size=1,
+            max_size=3,
+        )
+    )
     return {"edits": edits, "truncate": draw(st.one_of(st.none(), st.integers(1, 200)))}
 
 
@@ -212,8 +311,14 @@ def _edit(spec: dict, dotted: str, value) -> None:
 
 def _yaml_case(world, case: dict, capsys) -> None:
     folder = _fresh(world, "yaml")
-    write_task(folder, "data", "classification", {"train": sentiment_rows(30, 1), "validation": sentiment_rows(12, 2)},
-               {"text": "sentence", "label": "label"}, labels=["neg", "pos"])
+    write_task(
+        folder,
+        "data",
+        "classification",
+        {"train": sentiment_rows(30, 1), "validation": sentiment_rows(12, 2)},
+        {"text": "sentence", "label": "label"},
+        labels=["neg", "pos"],
+    )
     for split in ("train", "validation"):
         (folder / f"data_{split}.csv").rename(folder / f"{split}.csv")
     (folder / "data.yaml").unlink()
@@ -236,32 +341,96 @@ def test_fuzz_task_yamls(world, capsys, profile):
 
 # ---------------------------------------------------------------- command-line overrides
 
-KEYS = ["trainer.lr", "trainer.head_lr", "trainer.batch_size", "trainer.grad_accum", "trainer.warmup_ratio",
-        "trainer.eval_every", "trainer.max_grad_norm", "trainer.weight_decay", "trainer.keep_last", "trainer.device",
-        "trainer.best_metric", "trainer.bucket_batches", "trainer.log_every", "seed", "encoder.pooling",
-        "regularizer", "sampler", "adapter", "sampler.temperature", "+task_overrides.t.max_length",
-        "+task_overrides.t.train_rows", "+task_overrides.t.dropout", "resume", "output_dir", "init_from",
-        "+trainer.not_a_setting", "trainer", "task"]
-VALUES = ["0", "-1", "1", "3", "1e9", "0.5", "1e-3", "abc", "null", "[1,2]", "{a: 1}", "''", "nan", "inf", "true",
-          "smart", "none", "auto", "cpu", "cuda", "t/accuracy", "mean", "temperature", "lora", "\u00e9", "<precious>",
-          "<precious>/checkpoints"]
+KEYS = [
+    "trainer.lr",
+    "trainer.head_lr",
+    "trainer.batch_size",
+    "trainer.grad_accum",
+    "trainer.warmup_ratio",
+    "trainer.eval_every",
+    "trainer.max_grad_norm",
+    "trainer.weight_decay",
+    "trainer.keep_last",
+    "trainer.device",
+    "trainer.best_metric",
+    "trainer.bucket_batches",
+    "trainer.log_every",
+    "seed",
+    "encoder.pooling",
+    "regularizer",
+    "sampler",
+    "adapter",
+    "sampler.temperature",
+    "+task_overrides.t.max_length",
+    "+task_overrides.t.train_rows",
+    "+task_overrides.t.dropout",
+    "resume",
+    "output_dir",
+    "init_from",
+    "+trainer.not_a_setting",
+    "trainer",
+    "task",
+]
+VALUES = [
+    "0",
+    "-1",
+    "1",
+    "3",
+    "1e9",
+    "0.5",
+    "1e-3",
+    "abc",
+    "null",
+    "[1,2]",
+    "{a: 1}",
+    "''",
+    "nan",
+    "inf",
+    "true",
+    "smart",
+    "none",
+    "auto",
+    "cpu",
+    "cuda",
+    "t/accuracy",
+    "mean",
+    "temperature",
+    "lora",
+    "\u00e9",
+    "<precious>",
+    "<precious>/checkpoints",
+]
 
 
 @st.composite
 def override_lists(draw) -> list[str]:
-    pairs = draw(st.lists(st.tuples(st.sampled_from(KEYS), st.one_of(st.sampled_from(VALUES), st.text(max_size=6))),
-                          min_size=1, max_size=3, unique_by=lambda p: p[0]))
+    pairs = draw(
+        st.lists(
+            st.tuples(st.sampled_from(KEYS), st.one_of(st.sampled_from(VALUES), st.text(max_size=6))),
+            min_size=1,
+            max_size=3,
+            unique_by=lambda p: p[0],
+        )
+    )
     return [f"{key}={value}" for key, value in pairs]
 
 
 def _override_case(world, overrides: list[str], capsys) -> None:
     folder = _fresh(world, "overrides")
-    write_task(folder, "t", "classification", {"train": sentiment_rows(30, 1), "validation": sentiment_rows(12, 2)},
-               {"text": "sentence", "label": "label"}, labels=["neg", "pos"])
+    write_task(
+        folder,
+        "t",
+        "classification",
+        {"train": sentiment_rows(30, 1), "validation": sentiment_rows(12, 2)},
+        {"text": "sentence", "label": "label"},
+        labels=["neg", "pos"],
+    )
     overrides = [o.replace("<precious>", str(world["precious"])) for o in overrides]
     out = folder / "out"
     code, stderr = _run_cli([*_command(folder, out), *overrides], capsys, folder)
-    if code == 0 and any(o.startswith("output_dir=") for o in overrides):  # Hydra may read 1e9 as 1000000000.0
+    if code == 0 and any(
+        o.startswith("output_dir=") for o in overrides
+    ):  # Hydra may read 1e9 as 1000000000.0
         out = next(folder.rglob("summary.json"), out / "summary.json").parent
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
     values = [o.split("=", 1)[1] for o in overrides if "=" in o]

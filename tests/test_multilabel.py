@@ -1,4 +1,5 @@
-"""The multilabel kind (one new module, mtdnn/kinds/multilabel.py): YAML checks, metrics and divergence against
+"""The multilabel kind (one new module, mtdnn/kinds/multilabel.py): YAML checks, metrics and divergence
+against
 independent computations, end-to-end training, unlabelled test rows, distillation and export."""
 
 from __future__ import annotations
@@ -35,17 +36,34 @@ def _task(folder, train=None, validation=None, test=None, **extra):
     splits = {"train": train or colour_rows(300, 1), "validation": validation or colour_rows(80, 2)}
     if test is not None:
         splits["test"] = test
-    return write_task(folder, "colours", "multilabel", splits, {"text": "sentence", "label": "tags"}, fmt="jsonl",
-                      labels=COLOURS, **extra)
+    return write_task(
+        folder,
+        "colours",
+        "multilabel",
+        splits,
+        {"text": "sentence", "label": "tags"},
+        fmt="jsonl",
+        labels=COLOURS,
+        **extra,
+    )
 
 
 def test_yaml_problems_are_reported_together(tmp_path):
-    _task(tmp_path, thresholds={"red": 1.5, "purple": 0.3}, label_smoothing=2.0, metrics=["f1_micro", "accuracy"])
+    _task(
+        tmp_path,
+        thresholds={"red": 1.5, "purple": 0.3},
+        label_smoothing=2.0,
+        metrics=["f1_micro", "accuracy"],
+    )
     with pytest.raises(MtdnnError) as info:
         load_tasks(["colours"], [str(tmp_path)])
     text = str(info.value)
-    for part in ("thresholds: every threshold must be in (0, 1)", "thresholds.purple: not among the labels",
-                 "label_smoothing: must be in [0, 1)", "metrics[1]: 'accuracy' does not apply to multilabel"):
+    for part in (
+        "thresholds: every threshold must be in (0, 1)",
+        "thresholds.purple: not among the labels",
+        "label_smoothing: must be in [0, 1)",
+        "metrics[1]: 'accuracy' does not apply to multilabel",
+    ):
         assert part in text, text
 
 
@@ -66,14 +84,20 @@ def test_bad_label_rows_name_the_row(tmp_path):
 def _by_hand(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
     tp, fp, fn = (pred & gold).sum(0), (pred & ~gold).sum(0), (~pred & gold).sum(0)
     per_label = [2 * t / (2 * t + p + n) if 2 * t + p + n else 0.0 for t, p, n in zip(tp, fp, fn)]
-    return {"f1_micro": 2 * tp.sum() / (2 * tp.sum() + fp.sum() + fn.sum()), "f1_macro": float(np.mean(per_label)),
-            "exact_match": float((pred == gold).all(1).mean()), "hamming_loss": float((pred != gold).mean())}
+    return {
+        "f1_micro": 2 * tp.sum() / (2 * tp.sum() + fp.sum() + fn.sum()),
+        "f1_macro": float(np.mean(per_label)),
+        "exact_match": float((pred == gold).all(1).mean()),
+        "hamming_loss": float((pred != gold).mean()),
+    }
 
 
 def test_metrics_thresholds_and_records_match_a_hand_computation(tmp_path):
     import datasets
 
-    _task(tmp_path, thresholds={"green": 0.8}, metrics=["f1_micro", "f1_macro", "exact_match", "hamming_loss"])
+    _task(
+        tmp_path, thresholds={"green": 0.8}, metrics=["f1_micro", "f1_macro", "exact_match", "hamming_loss"]
+    )
     (spec,) = load_tasks(["colours"], [str(tmp_path)])
     rng = np.random.default_rng(0)
     logits = torch.tensor(rng.normal(0, 2, size=(40, 3)), dtype=torch.float32)
@@ -112,7 +136,9 @@ def test_divergence_is_the_summed_symmetric_kl_of_bernoullis():
 def test_trains_predicts_and_leaves_unlabelled_test_rows_unscored(tmp_path):
     folder = tmp_path / "tasks"
     _task(folder, test=colour_rows(30, 3, hide=True))
-    summary = run(compose_train(tiny_overrides(folder, "task=colours", "trainer.max_steps=150")), tmp_path / "run")
+    summary = run(
+        compose_train(tiny_overrides(folder, "task=colours", "trainer.max_steps=150")), tmp_path / "run"
+    )
     assert summary["validation"]["colours"]["f1_micro"] > 0.9  # the rule is learnable; chance is far lower
     assert summary["test"] == {}  # hidden labels: predictions, no scores
     lines = [json.loads(line) for line in (tmp_path / "run" / "predictions" / "colours_test.jsonl").open()]
@@ -128,12 +154,30 @@ def test_distills_and_exports(tmp_path):
     folder = tmp_path / "tasks"
     _task(folder)
     teacher = tmp_path / "teacher"
-    run(compose_train(tiny_overrides(folder, "task=colours", "trainer.max_steps=120", "predict_test=false")), teacher)
-    student = run(compose_train(tiny_overrides(
-        folder, "task=colours", "distill=ensemble", f"distill.teachers=[{teacher}]", "distill.alpha=0",
-        "distill.student_from_teacher=true", "distill.keep_every=1", f"distill.soft_targets_dir={tmp_path / 'soft'}",
-        "trainer.max_steps=40", "predict_test=false")), tmp_path / "student")
-    assert student["validation"]["colours"]["f1_micro"] > 0.9  # learned from the teacher's probabilities alone
+    run(
+        compose_train(tiny_overrides(folder, "task=colours", "trainer.max_steps=120", "predict_test=false")),
+        teacher,
+    )
+    student = run(
+        compose_train(
+            tiny_overrides(
+                folder,
+                "task=colours",
+                "distill=ensemble",
+                f"distill.teachers=[{teacher}]",
+                "distill.alpha=0",
+                "distill.student_from_teacher=true",
+                "distill.keep_every=1",
+                f"distill.soft_targets_dir={tmp_path / 'soft'}",
+                "trainer.max_steps=40",
+                "predict_test=false",
+            )
+        ),
+        tmp_path / "student",
+    )
+    assert (
+        student["validation"]["colours"]["f1_micro"] > 0.9
+    )  # learned from the teacher's probabilities alone
 
     from transformers import AutoModelForSequenceClassification
 

@@ -1,4 +1,5 @@
-"""ONNX export (format=onnx, quantize=int8) and the ONNX Runtime backend: the graph gives PyTorch's outputs for
+"""ONNX export (format=onnx, quantize=int8) and the ONNX Runtime backend: the graph gives PyTorch's outputs
+for
 every head kind (adapter runs included), and the same decoded records through predict and the Python API."""
 
 from __future__ import annotations
@@ -37,12 +38,20 @@ def _batch(loaded, task: str, rows: list[dict]) -> dict:
 def test_onnx_outputs_equal_pytorchs_for_every_kind(trained, task, tmp_path):
     folder, trained_run = trained
     out = export(ExportConfig(run_dir=str(trained_run), task=task, out=str(tmp_path / "onnx"), format="onnx"))
-    assert {p.name for p in out.iterdir()} >= {"model.onnx", "onnx.json", "tokenizer", "tasks", "config.yaml",
-                                                "README.md"}
+    assert {p.name for p in out.iterdir()} >= {
+        "model.onnx",
+        "onnx.json",
+        "tokenizer",
+        "tasks",
+        "config.yaml",
+        "README.md",
+    }
     torch_run = load_run_folder(str(trained_run), "best", torch.device("cpu"))
     onnx_run = load_run_folder(str(out), "best", torch.device("cpu"), "onnx")
     rows = _rows(next(folder.glob(f"{task}_validation.*")))
-    batch = _batch(torch_run, task, rows)  # a padded batch of every validation row: batch and sequence axes vary
+    batch = _batch(
+        torch_run, task, rows
+    )  # a padded batch of every validation row: batch and sequence axes vary
     with torch.no_grad():
         expected = torch_run.model(task, **batch)
     got = onnx_run.model(task, **batch)
@@ -56,10 +65,23 @@ def test_onnx_outputs_equal_pytorchs_for_every_kind(trained, task, tmp_path):
 
 def test_int8_agrees_with_fp32_on_a_trained_model_and_adapter_runs_export(tmp_path, toy_tasks):
     out = tmp_path / "run"
-    run(compose_train(tiny_overrides(toy_tasks, "task=toy_sent", "trainer.max_steps=60", "trainer.eval_every=60",
-                                     "predict_test=false")), out)
-    folder = export(ExportConfig(run_dir=str(out), task="toy_sent", out=str(tmp_path / "onnx"), format="onnx",
-                                 quantize="int8"))
+    run(
+        compose_train(
+            tiny_overrides(
+                toy_tasks,
+                "task=toy_sent",
+                "trainer.max_steps=60",
+                "trainer.eval_every=60",
+                "predict_test=false",
+            )
+        ),
+        out,
+    )
+    folder = export(
+        ExportConfig(
+            run_dir=str(out), task="toy_sent", out=str(tmp_path / "onnx"), format="onnx", quantize="int8"
+        )
+    )
     assert json.loads((folder / "onnx.json").read_text())["files"] == ["model.onnx", "model_int8.onnx"]
     fp32_bytes = sum(p.stat().st_size for p in folder.glob("model.onnx*"))  # the graph + its external weights
     assert (folder / "model_int8.onnx").stat().st_size < 0.4 * fp32_bytes
@@ -71,12 +93,25 @@ def test_int8_agrees_with_fp32_on_a_trained_model_and_adapter_runs_export(tmp_pa
     assert len(rows) == 100 and agreement >= 0.9, agreement
 
     adapted = tmp_path / "adapted"
-    run(compose_train(tiny_overrides(toy_tasks, "task=toy_sent", "adapter=bottleneck", "trainer.max_steps=4",
-                                     "trainer.eval_every=4", "predict_test=false")), adapted)
-    graph = export(ExportConfig(run_dir=str(adapted), task="toy_sent", out=str(tmp_path / "adapted_onnx"),
-                                format="onnx"))
-    assert [r["label"] for r in load_run(graph).predict("toy_sent", rows)] == \
-        [r["label"] for r in load_run(adapted, device="cpu").predict("toy_sent", rows)]
+    run(
+        compose_train(
+            tiny_overrides(
+                toy_tasks,
+                "task=toy_sent",
+                "adapter=bottleneck",
+                "trainer.max_steps=4",
+                "trainer.eval_every=4",
+                "predict_test=false",
+            )
+        ),
+        adapted,
+    )
+    graph = export(
+        ExportConfig(run_dir=str(adapted), task="toy_sent", out=str(tmp_path / "adapted_onnx"), format="onnx")
+    )
+    assert [r["label"] for r in load_run(graph).predict("toy_sent", rows)] == [
+        r["label"] for r in load_run(adapted, device="cpu").predict("toy_sent", rows)
+    ]
 
 
 def test_backend_and_format_mistakes_are_one_line(trained, tmp_path):
@@ -84,6 +119,12 @@ def test_backend_and_format_mistakes_are_one_line(trained, tmp_path):
     with pytest.raises(MtdnnError, match="is a training run; export it first"):
         load_run(trained_run, backend="onnx")
     with pytest.raises(MtdnnError, match="quantize: only int8, and only with format=onnx"):
-        export(ExportConfig(run_dir=str(trained_run), task="toy_sent", out=str(tmp_path / "x"), quantize="int8"))
-    with pytest.raises(MtdnnError, match="format: must be hf, onnx, sentence-transformers or peft, got 'tflite'"):
-        export(ExportConfig(run_dir=str(trained_run), task="toy_sent", out=str(tmp_path / "x"), format="tflite"))
+        export(
+            ExportConfig(run_dir=str(trained_run), task="toy_sent", out=str(tmp_path / "x"), quantize="int8")
+        )
+    with pytest.raises(
+        MtdnnError, match="format: must be hf, onnx, sentence-transformers or peft, got 'tflite'"
+    ):
+        export(
+            ExportConfig(run_dir=str(trained_run), task="toy_sent", out=str(tmp_path / "x"), format="tflite")
+        )

@@ -87,7 +87,18 @@ def test_the_loop_scales_each_tasks_loss_by_its_weight_over_grad_accum(tmp_path,
         return real(model, task, batch, regularizers, scale, *args, **kwargs)
 
     monkeypatch.setattr(loop, "forward_backward", spy)
-    run(compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "trainer.max_steps=6",
-                                     "trainer.grad_accum=2", "+task_overrides.toy_count.loss_weight=0.25",
-                                     "sampler=uniform", "predict_test=false")), tmp_path / "run")
+    run(
+        compose_train(
+            tiny_overrides(
+                toy_tasks,
+                "task=[toy_sent,toy_count]",
+                "trainer.max_steps=6",
+                "trainer.grad_accum=2",
+                "+task_overrides.toy_count.loss_weight=0.25",
+                "sampler=uniform",
+                "predict_test=false",
+            )
+        ),
+        tmp_path / "run",
+    )
     assert seen == {"toy_sent": {0.5}, "toy_count": {0.125}}

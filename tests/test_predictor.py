@@ -1,4 +1,5 @@
-"""The Python API (`from mtdnn import load_run`): the same records as `mtdnn.predict` for every head kind, from
+"""The Python API (`from mtdnn import load_run`): the same records as `mtdnn.predict` for every head kind,
+from
 texts, pairs or rows, without Hydra or files."""
 
 from __future__ import annotations
@@ -22,8 +23,18 @@ def trained(tmp_path_factory):
     _rank_task(folder, ranking_rows(30, 3), ranking_rows(8, 4))
     _tag_task(folder, tagging_rows(30, 5), tagging_rows(8, 6))
     out = folder.parent / "run"
-    run(compose_train(tiny_overrides(folder, f"task=[{','.join(TASKS)}]", "trainer.max_steps=6",
-                                     "trainer.eval_every=6", "predict_test=false")), out)
+    run(
+        compose_train(
+            tiny_overrides(
+                folder,
+                f"task=[{','.join(TASKS)}]",
+                "trainer.max_steps=6",
+                "trainer.eval_every=6",
+                "predict_test=false",
+            )
+        ),
+        out,
+    )
     return folder, out
 
 
@@ -42,7 +53,9 @@ def test_the_api_gives_the_predict_commands_records_for_every_kind(trained, task
 
     folder, out = trained
     source = next(folder.glob(f"{task}_validation.*"))
-    written = predict(PredictConfig(run_dir=str(out), task=task, input=str(source), out=str(tmp_path / "p.jsonl")))
+    written = predict(
+        PredictConfig(run_dir=str(out), task=task, input=str(source), out=str(tmp_path / "p.jsonl"))
+    )
     expected = [json.loads(line) for line in written.read_text().splitlines()]
     got = load_run(out, device="cpu").predict(task, _rows(source), batch_size=128)  # predict's batch size
     assert len(got) == len(expected) > 0
@@ -63,9 +76,13 @@ def test_texts_pairs_and_sentences_are_accepted_as_they_are(trained):
     assert [type(r["prediction"]) for r in pairs] == [float, float]
     tags = model.predict("toy_ner", ["alice met bob in paris"])
     assert len(tags[0]["tags"]) == 5
-    with pytest.raises(MtdnnError, match=r"inputs\[0\]: task toy_count \(regression\) takes a \(text, text_pair\)"):
+    with pytest.raises(
+        MtdnnError, match=r"inputs\[0\]: task toy_count \(regression\) takes a \(text, text_pair\)"
+    ):
         model.predict("toy_count", ["just one text"])
-    with pytest.raises(MtdnnError, match="predict\\(\\) input: columns.text: split 'test' row 2: text is empty"):
+    with pytest.raises(
+        MtdnnError, match="predict\\(\\) input: columns.text: split 'test' row 2: text is empty"
+    ):
         model.predict("toy_sent", ["fine", "  "])
     with pytest.raises(MtdnnError, match="task: 'nope' was not trained"):
         model.predict("nope", texts)
@@ -113,7 +130,11 @@ def test_inputs_without_the_tasks_id_column_are_numbered_by_position():
     from mtdnn.data.tasks import ColumnsSpec, SourceSpec, TaskSpec
     from mtdnn.serving.predictor import as_row, with_id
 
-    spec = TaskSpec(name="sim", head="regression", source=SourceSpec(kind="files"),
-                    columns=ColumnsSpec(text="a", text_pair="b", label="score", id="pair"))
+    spec = TaskSpec(
+        name="sim",
+        head="regression",
+        source=SourceSpec(kind="files"),
+        columns=ColumnsSpec(text="a", text_pair="b", label="score", id="pair"),
+    )
     assert with_id(spec, as_row(spec, ("x", "y"), 3), 3) == {"a": "x", "b": "y", "pair": 3}
     assert with_id(spec, {"a": "x", "b": "y", "pair": "p7"}, 0)["pair"] == "p7"  # a given id is kept

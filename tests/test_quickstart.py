@@ -12,8 +12,12 @@ import pytest
 
 @pytest.mark.slow
 def test_offline_default_trains_minilm_well_above_chance(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "mtdnn.train", f"output_dir={tmp_path}/run",
-                           "trainer.progress_bar=false"], capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "mtdnn.train", f"output_dir={tmp_path}/run", "trainer.progress_bar=false"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     majority = 764 / 1281  # "fresh" share of the validation split: the best a constant guess can do

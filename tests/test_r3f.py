@@ -35,11 +35,14 @@ def test_token_scale_noise_is_a_fraction_of_each_tokens_rms():
     noise = sample_noise(like, mask, Config(eps=0.1))
     rms = like.pow(2).mean(-1, keepdim=True).sqrt()
     assert (noise.abs() <= 0.1 * rms + 1e-9).all() and noise[mask == 0].abs().max() == 0
-    assert (noise.abs().amax(-1) > 0.05 * rms.squeeze(-1))[mask == 1].all()  # U(-1, 1) x 16: some draw is large
+    assert (noise.abs().amax(-1) > 0.05 * rms.squeeze(-1))[
+        mask == 1
+    ].all()  # U(-1, 1) x 16: some draw is large
 
 
 def test_term_equals_the_divergence_to_the_noisy_pass():
-    """The reference is written here: uniform noise in [-eps, eps] times each token's RMS, none on padding, one
+    """The reference is written here: uniform noise in [-eps, eps] times each token's RMS, none on padding,
+    one
     noisy pass, and the symmetric KL by its formula (eval mode: no dropout to replay)."""
     model = _tiny_model(_spec("t")).eval()
     batch = _batch()
@@ -63,14 +66,25 @@ def test_term_equals_the_divergence_to_the_noisy_pass():
 
 def test_config_problems_are_named():
     text = "\n".join(regularizer_problems({"r3f": {"eps": 0, "noise": "gaussian", "wieght": 1}}, []))
-    assert "regularizer.r3f.eps: must be > 0" in text and "regularizer.r3f.noise: must be uniform or normal" in text
+    assert (
+        "regularizer.r3f.eps: must be > 0" in text
+        and "regularizer.r3f.noise: must be uniform or normal" in text
+    )
     assert "regularizer.r3f.wieght: unknown field (did you mean 'weight'?)" in text
 
 
 def test_r3f_and_smart_compose_on_classification_and_regression(tmp_path, toy_tasks):
-    cfg = compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "regularizer=[smart,r3f]",
-                                       "regularizer.r3f.eps=1e-3", "trainer.max_steps=140", "trainer.log_every=1",
-                                       "predict_test=false"))
+    cfg = compose_train(
+        tiny_overrides(
+            toy_tasks,
+            "task=[toy_sent,toy_count]",
+            "regularizer=[smart,r3f]",
+            "regularizer.r3f.eps=1e-3",
+            "trainer.max_steps=140",
+            "trainer.log_every=1",
+            "predict_test=false",
+        )
+    )
     summary = run(cfg, tmp_path / "run")
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     for task in ("toy_sent", "toy_count"):  # regression is regularized too (squared error), not skipped

@@ -40,9 +40,13 @@ def test_every_method_has_a_module_and_a_yaml():
 
 # ---------------------------------------------------------------- ALICE
 
-def _alice_reference(model, batch, embeds, objective, eps: float, step: float, noise_std: float) -> torch.Tensor:
+
+def _alice_reference(
+    model, batch, embeds, objective, eps: float, step: float, noise_std: float
+) -> torch.Tensor:
     """One ascent step written out (K = 1, l_inf, token scale): start at N(0, (noise_std x token RMS)^2), move
-    each token by step x its max|x| along its gradient divided by the gradient's max|g|, clip each coordinate to
+    each token by step x its max|x| along its gradient divided by the gradient's max|g|, clip each coordinate
+    to
     eps x max|x|; padding never moves."""
     mask = batch["attention_mask"].unsqueeze(-1).float()
     size = embeds.abs().amax(-1, keepdim=True)
@@ -88,6 +92,7 @@ def test_alice_weights_switch_terms_off():
 
 # ---------------------------------------------------------------- FreeLB
 
+
 def test_freelb_accumulates_the_mean_gradient_of_its_k_adversarial_passes():
     model = _tiny_model(_spec("t")).eval()  # no dropout: the hand computation below sees the same network
     batch = _batch()
@@ -101,9 +106,16 @@ def test_freelb_accumulates_the_mean_gradient_of_its_k_adversarial_passes():
     model.zero_grad(set_to_none=True)
     head, mask = model.head("t"), batch["attention_mask"]
     embeds = model.embed(batch["input_ids"])
-    torch.manual_seed(1)  # the paper's start, written out: U(-1, 1) on real tokens x init_mag / sqrt(L_real x H)
+    torch.manual_seed(
+        1
+    )  # the paper's start, written out: U(-1, 1) on real tokens x init_mag / sqrt(L_real x H)
     real = mask.unsqueeze(-1).float()
-    delta = (torch.rand_like(embeds) * 2 - 1) * real * cfg.init_mag / (mask.sum(1) * embeds.shape[-1]).sqrt().view(-1, 1, 1)
+    delta = (
+        (torch.rand_like(embeds) * 2 - 1)
+        * real
+        * cfg.init_mag
+        / (mask.sum(1) * embeds.shape[-1]).sqrt().view(-1, 1, 1)
+    )
     expected = [torch.zeros_like(p) for p in params]
     losses = []
     for _ in range(cfg.steps):
@@ -114,7 +126,9 @@ def test_freelb_accumulates_the_mean_gradient_of_its_k_adversarial_passes():
             if g is not None:
                 e += g / cfg.steps
         losses.append(loss.item())
-        g = grads[-1] * real  # ascent along g / ||g||_2 per example, then back onto the l2 ball of radius epsilon
+        g = (
+            grads[-1] * real
+        )  # ascent along g / ||g||_2 per example, then back onto the l2 ball of radius epsilon
         delta = delta.detach() + cfg.step_size * g / g.flatten(1).norm(dim=1).view(-1, 1, 1)
         delta = delta * (cfg.epsilon / delta.flatten(1).norm(dim=1).clamp_min(cfg.epsilon)).view(-1, 1, 1)
         assert delta.flatten(1).norm(dim=1).max() <= cfg.epsilon + 1e-6
@@ -160,6 +174,7 @@ def test_freelb_initial_perturbation_is_scaled_by_length_and_zero_on_padding():
 
 
 # ---------------------------------------------------------------- Child-Tuning
+
 
 def test_top_fraction_mask_uses_one_threshold_over_all_tensors():
     scores = {"a": torch.tensor([1.0, 5.0, 3.0, 0.0]), "b": torch.tensor([[4.0, 2.0]])}
@@ -216,17 +231,21 @@ def test_child_tuning_d_masks_with_the_fisher_top_fraction():
         assert torch.equal(after[name], before[name] * keep)
     fresh = child_tuning.ChildTuning(child_tuning.Config(mode="D", reserve_p=0.3), model)  # as a resumed run
     fresh.load_state_dict(reg.state_dict())
-    assert fresh.mask.keys() == reg.mask.keys() and all(torch.equal(fresh.mask[n], reg.mask[n]) for n in reg.mask)
+    assert fresh.mask.keys() == reg.mask.keys() and all(
+        torch.equal(fresh.mask[n], reg.mask[n]) for n in reg.mask
+    )
     assert fresh.stats()["child_tuning_kept"] == reg.stats()["child_tuning_kept"]
 
 
 # ---------------------------------------------------------------- LNSR
 
+
 def test_layer_distances_by_hand():
     clean = (torch.zeros(1, 3, 2), torch.zeros(1, 3, 2), torch.ones(1, 3, 2))
     noisy = (torch.ones(1, 3, 2), torch.full((1, 3, 2), 2.0), torch.ones(1, 3, 2) * 4)
     mask = torch.tensor([[1, 1, 0]])
-    # layer 1: every real token moved by (2, 2) -> 8; layer 2: by (3, 3) -> 18; layer 0 is the noisy one itself
+    # layer 1: every real token moved by (2, 2) -> 8; layer 2: by (3, 3) -> 18; layer 0 is the noisy one
+    # itself
     assert lnsr.layer_distances(noisy, clean, mask, after=0).tolist() == [8.0, 18.0]
 
 
@@ -245,15 +264,20 @@ def test_lnsr_noise_skips_padding_and_the_term_grows_with_the_noise_squared():
     batch = _batch()
     _, noise, _ = _lnsr_penalty(model, batch, 0.5)
     change = noise.abs().amax(-1)
-    assert (change[batch["attention_mask"] == 0] == 0).all() and (change[batch["attention_mask"] == 1] > 0).all()
+    assert (change[batch["attention_mask"] == 0] == 0).all() and (
+        change[batch["attention_mask"] == 1] > 0
+    ).all()
     assert noise[batch["attention_mask"] == 1].std().item() == pytest.approx(0.5, rel=0.15)
-    _lnsr_penalty(model, batch, 1e-3)  # warm-up: the very first forward takes a slightly different numerical path
+    _lnsr_penalty(
+        model, batch, 1e-3
+    )  # warm-up: the very first forward takes a slightly different numerical path
     small, double = _lnsr_penalty(model, batch, 1e-3)[0], _lnsr_penalty(model, batch, 2e-3)[0]
     assert small > 0 and double / small == pytest.approx(4.0, rel=0.02)  # linear regime: squared distance
 
 
 def test_lnsr_noise_comes_from_the_main_stream_not_the_replayed_one():
-    """Drawn inside the dropout replay, the noise would be the clean pass's own random numbers: the same on every
+    """Drawn inside the dropout replay, the noise would be the clean pass's own random numbers: the same on
+    every
     call for one clean pass. Drawn outside, two calls on one clean pass see different noise."""
     model = _tiny_model(_spec("t")).train()
     batch = _batch()
@@ -273,6 +297,7 @@ def test_lnsr_layer_beyond_the_encoder_is_an_error():
 
 
 # ---------------------------------------------------------------- Mixout
+
 
 def test_mixout_keeps_the_expectation_and_routes_gradients_to_kept_weights():
     torch.manual_seed(0)
@@ -294,6 +319,7 @@ def test_mixout_keeps_the_expectation_and_routes_gradients_to_kept_weights():
 
 
 # ---------------------------------------------------------------- L2-SP
+
 
 def test_l2_sp_says_once_when_its_pull_over_the_run_is_negligible(caplog):
     model = _tiny_model(_spec("t"))
@@ -323,6 +349,7 @@ def test_l2_sp_pulls_the_encoder_towards_pretrained_weights_by_lr_times_weight()
 
 # ---------------------------------------------------------------- R4F
 
+
 def test_r4f_normalises_the_head_and_checkpoints_plain_weights(tmp_path, toy_tasks):
     model = _tiny_model(_spec("t"))
     reg = r4f.R4F(r4f.Config(), model)
@@ -333,12 +360,22 @@ def test_r4f_normalises_the_head_and_checkpoints_plain_weights(tmp_path, toy_tas
     assert torch.linalg.matrix_norm(weight.detach(), ord=2).item() == pytest.approx(1.0, rel=1e-3)
     assert "t.out.parametrizations.weight.original" in reg.state_dict()
 
-    cfg = compose_train(tiny_overrides(toy_tasks, "task=toy_sent", "regularizer=[r4f,mixout]", "trainer.max_steps=8",
-                                       "trainer.eval_every=8", "predict_test=false"))
+    cfg = compose_train(
+        tiny_overrides(
+            toy_tasks,
+            "task=toy_sent",
+            "regularizer=[r4f,mixout]",
+            "trainer.max_steps=8",
+            "trainer.eval_every=8",
+            "predict_test=false",
+        )
+    )
     summary = run(cfg, tmp_path / "run")
     saved = load_file(str(tmp_path / "run" / "checkpoints" / "step_0000008" / "model.safetensors"))
     assert "heads.toy_sent.out.weight" in saved and not any("parametrizations" in k for k in saved)
-    assert torch.linalg.matrix_norm(saved["heads.toy_sent.out.weight"], ord=2).item() == pytest.approx(1, rel=0.05)
+    assert torch.linalg.matrix_norm(saved["heads.toy_sent.out.weight"], ord=2).item() == pytest.approx(
+        1, rel=0.05
+    )
     from mtdnn.evaluate import EvaluateConfig, evaluate  # a plain model loads the checkpoint, same scores
 
     again = evaluate(EvaluateConfig(run_dir=str(tmp_path / "run"), split="validation"))
@@ -347,16 +384,34 @@ def test_r4f_normalises_the_head_and_checkpoints_plain_weights(tmp_path, toy_tas
 
 # ---------------------------------------------------------------- configuration
 
+
 def test_config_problems_of_every_new_method_are_reported_at_once():
-    text = "\n".join(regularizer_problems({
-        "alice": {"steps": 0, "norm": "l3"}, "freelb": {"step_size": -1}, "child_tuning": {"mode": "E",
-                                                                                           "reserve_p": 0},
-        "lnsr": {"noise_std": 0}, "mixout": {"p": 1}, "l2_sp": {"weight": -1}, "r4f": {"eps": 0, "power_iterations": 0}},
-        []))
-    for expected in ("regularizer.alice.steps", "regularizer.alice.norm", "regularizer.freelb.step_size",
-                     "regularizer.child_tuning.mode", "regularizer.child_tuning.reserve_p",
-                     "regularizer.lnsr.noise_std", "regularizer.mixout.p", "regularizer.l2_sp.weight",
-                     "regularizer.r4f.eps", "regularizer.r4f.power_iterations"):
+    text = "\n".join(
+        regularizer_problems(
+            {
+                "alice": {"steps": 0, "norm": "l3"},
+                "freelb": {"step_size": -1},
+                "child_tuning": {"mode": "E", "reserve_p": 0},
+                "lnsr": {"noise_std": 0},
+                "mixout": {"p": 1},
+                "l2_sp": {"weight": -1},
+                "r4f": {"eps": 0, "power_iterations": 0},
+            },
+            [],
+        )
+    )
+    for expected in (
+        "regularizer.alice.steps",
+        "regularizer.alice.norm",
+        "regularizer.freelb.step_size",
+        "regularizer.child_tuning.mode",
+        "regularizer.child_tuning.reserve_p",
+        "regularizer.lnsr.noise_std",
+        "regularizer.mixout.p",
+        "regularizer.l2_sp.weight",
+        "regularizer.r4f.eps",
+        "regularizer.r4f.power_iterations",
+    ):
         assert expected in text, expected
 
 
@@ -370,6 +425,7 @@ def test_model_changing_methods_are_built_first():
 
 # ---------------------------------------------------------------- end to end
 
+
 @pytest.fixture
 def all_heads(tmp_path):
     folder = write_toy_tasks(tmp_path / "tasks")
@@ -379,18 +435,33 @@ def all_heads(tmp_path):
     return folder
 
 
-TERMS = {"alice": ["alice_label", "alice_virtual"], "r4f": ["r4f"], "freelb": ["freelb"], "lnsr": ["lnsr"],
-         "child_tuning": [], "mixout": [], "l2_sp": []}
+TERMS = {
+    "alice": ["alice_label", "alice_virtual"],
+    "r4f": ["r4f"],
+    "freelb": ["freelb"],
+    "lnsr": ["lnsr"],
+    "child_tuning": [],
+    "mixout": [],
+    "l2_sp": [],
+}
 HEAD_TASKS = ["toy_sent", "toy_count", "toy_squad", "toy_rank", "toy_ner"]
 
 
 @pytest.mark.parametrize("name", NEW)
 def test_each_method_trains_every_head_type(tmp_path, all_heads, name):
-    cfg = compose_train(tiny_overrides(all_heads, f"task=[{','.join(HEAD_TASKS)}]", f"regularizer={name}",
-                                       "sampler=uniform", "trainer.max_steps=20", "trainer.log_every=1",
-                                       "trainer.eval_every=20", "predict_test=false",
-                                       "regularizer.child_tuning.fisher_batches=4" if name == "child_tuning"
-                                       else "seed=0"))
+    cfg = compose_train(
+        tiny_overrides(
+            all_heads,
+            f"task=[{','.join(HEAD_TASKS)}]",
+            f"regularizer={name}",
+            "sampler=uniform",
+            "trainer.max_steps=20",
+            "trainer.log_every=1",
+            "trainer.eval_every=20",
+            "predict_test=false",
+            "regularizer.child_tuning.fisher_batches=4" if name == "child_tuning" else "seed=0",
+        )
+    )
     summary = run(cfg, tmp_path / "run")
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     for task in HEAD_TASKS:
@@ -405,15 +476,26 @@ def test_each_method_trains_every_head_type(tmp_path, all_heads, name):
         assert log[-1]["l2_sp"] > 0
     if name == "child_tuning":
         assert log[-1]["child_tuning_kept"] == pytest.approx(0.3, abs=0.01)
-    if name == "mixout":  # every linear layer of the tiny BERT: 2 layers x (q, k, v, attn out, ffn in, ffn out) + pooler
+    if (
+        name == "mixout"
+    ):  # every linear layer of the tiny BERT: 2 layers x (q, k, v, attn out, ffn in, ffn out) + pooler
         assert log[-1]["mixout_layers"] == 13
 
 
 def test_smart_child_tuning_and_l2_sp_compose_and_learn(tmp_path, toy_tasks):
-    cfg = compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "regularizer=[smart,child_tuning,l2_sp]",
-                                       "regularizer.child_tuning.mode=F", "regularizer.child_tuning.reserve_p=0.5",
-                                       "regularizer.smart.mu=0", "trainer.max_steps=200", "trainer.log_every=1",
-                                       "predict_test=false"))
+    cfg = compose_train(
+        tiny_overrides(
+            toy_tasks,
+            "task=[toy_sent,toy_count]",
+            "regularizer=[smart,child_tuning,l2_sp]",
+            "regularizer.child_tuning.mode=F",
+            "regularizer.child_tuning.reserve_p=0.5",
+            "regularizer.smart.mu=0",
+            "trainer.max_steps=200",
+            "trainer.log_every=1",
+            "predict_test=false",
+        )
+    )
     summary = run(cfg, tmp_path / "run")
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert all("smart_adv/toy_sent" in r or "smart_adv/toy_count" in r for r in log)
@@ -422,9 +504,17 @@ def test_smart_child_tuning_and_l2_sp_compose_and_learn(tmp_path, toy_tasks):
 
 
 def test_resume_is_exact_with_model_changing_and_stateful_methods(tmp_path, toy_tasks):
-    base = tiny_overrides(toy_tasks, "task=toy_sent", "regularizer=[r4f,mixout,l2_sp,child_tuning]",
-                          "regularizer.mixout.p=0.5", "regularizer.child_tuning.fisher_batches=3",
-                          "trainer.max_steps=12", "trainer.eval_every=6", "trainer.keep_last=5", "trainer.log_every=1",
-                          "predict_test=false")
+    base = tiny_overrides(
+        toy_tasks,
+        "task=toy_sent",
+        "regularizer=[r4f,mixout,l2_sp,child_tuning]",
+        "regularizer.mixout.p=0.5",
+        "regularizer.child_tuning.fisher_batches=3",
+        "trainer.max_steps=12",
+        "trainer.eval_every=6",
+        "trainer.keep_last=5",
+        "trainer.log_every=1",
+        "predict_test=false",
+    )
     logs = straight_and_resumed(base, tmp_path, steps=12, cut=6)
     assert [r["loss/toy_sent"] for r in logs[0]] == [r["loss/toy_sent"] for r in logs[1]]

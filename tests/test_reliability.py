@@ -28,15 +28,30 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONU
 
 
 def _cli(folder: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "mtdnn.train", *tiny_overrides(folder), "task=[toy_sent,toy_count]",
-            "regularizer=smart", "regularizer.smart.mu=1", "trainer.max_steps=60", "trainer.eval_every=7",
-            "trainer.log_every=1",
-            "trainer.grad_accum=2", "trainer.keep_last=3", "predict_test=false", f"output_dir={out}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "mtdnn.train",
+        *tiny_overrides(folder),
+        "task=[toy_sent,toy_count]",
+        "regularizer=smart",
+        "regularizer.smart.mu=1",
+        "trainer.max_steps=60",
+        "trainer.eval_every=7",
+        "trainer.log_every=1",
+        "trainer.grad_accum=2",
+        "trainer.keep_last=3",
+        "predict_test=false",
+        f"output_dir={out}",
+        *extra,
+    ]
 
 
 def _log(out: Path) -> list[dict]:
     """Every logged number except wall-clock costs (cost_s/...), which no two runs share."""
-    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    records = [
+        json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if line.strip()
+    ]
     return [{k: v for k, v in r.items() if not k.startswith("cost_s/")} for r in records]
 
 
@@ -44,11 +59,22 @@ def test_sigkill_at_a_random_step_then_resume_reproduces_every_loss_exactly(tmp_
     """A real subprocess is SIGKILLed mid-training; `resume=auto` must give the uninterrupted run's per-step
     losses (task, SMART adversarial and proximal terms), learning rates and gradient norms, bit for bit."""
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    subprocess.run(_cli(toy_tasks, straight), cwd=tmp_path, env=ENV, check=True, capture_output=True, timeout=600)
-    kill_after = 27  # log lines (steps) before the kill: mid-run, between two checkpoints; fixed, so reproducible
+    subprocess.run(
+        _cli(toy_tasks, straight), cwd=tmp_path, env=ENV, check=True, capture_output=True, timeout=600
+    )
+    kill_after = (
+        27  # log lines (steps) before the kill: mid-run, between two checkpoints; fixed, so reproducible
+    )
     log_file = crashed / "train_log.jsonl"
-    with reaped(subprocess.Popen(_cli(toy_tasks, crashed), cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)) as proc:
+    with reaped(
+        subprocess.Popen(
+            _cli(toy_tasks, crashed),
+            cwd=tmp_path,
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ) as proc:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
             if log_file.is_file() and len(log_file.read_text().splitlines()) >= kill_after:
@@ -57,15 +83,23 @@ def test_sigkill_at_a_random_step_then_resume_reproduces_every_loss_exactly(tmp_
             time.sleep(0.002)
         assert proc.wait(timeout=60) == -signal.SIGKILL, "the run finished before it could be killed"
     last_checkpoint = int(list_checkpoints(crashed)[-1].name.split("_")[1])
-    done = subprocess.run(_cli(toy_tasks, crashed, "resume=auto"), cwd=tmp_path, env=ENV, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        _cli(toy_tasks, crashed, "resume=auto"),
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((crashed / "summary.json").read_text())
     assert summary["resumed_at_step"] == last_checkpoint and summary["steps"] == 60
     expected, got = _log(straight), _log(crashed)
     assert [r["step"] for r in got] == list(range(1, 61))
     assert got == expected  # every logged number after (and before) the crash is identical
-    assert json.loads((crashed / "metrics.json").read_text()) == json.loads((straight / "metrics.json").read_text())
+    assert json.loads((crashed / "metrics.json").read_text()) == json.loads(
+        (straight / "metrics.json").read_text()
+    )
 
 
 CRASH_POINTS = {
@@ -95,7 +129,8 @@ CRASH_POINTS = {
 @pytest.mark.parametrize("moment", list(CRASH_POINTS))
 def test_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path, moment):
     mark = tmp_path / "writing"
-    script = textwrap.dedent("""
+    script = (
+        textwrap.dedent("""
         import time, torch
         from pathlib import Path
         from mtdnn import rundir
@@ -103,8 +138,10 @@ def test_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_pat
         model = torch.nn.Linear(8, 3)
         rundir.save_checkpoint(RUN, 1, model, {{"train": {{"step": 1}}}})
         rundir.save_best(RUN, 1, {{"score": 0.5}})
-    """).format(run=str(tmp_path / "run"), mark=str(mark)) + textwrap.dedent(CRASH_POINTS[moment]) + \
-        "rundir.save_checkpoint(RUN, 2, model, {'train': {'step': 2}})\n"
+    """).format(run=str(tmp_path / "run"), mark=str(mark))
+        + textwrap.dedent(CRASH_POINTS[moment])
+        + "rundir.save_checkpoint(RUN, 2, model, {'train': {'step': 2}})\n"
+    )
     with reaped(subprocess.Popen([sys.executable, "-c", script], env=ENV)) as proc:
         deadline = time.time() + 120
         while not mark.exists() and time.time() < deadline and proc.poll() is None:
@@ -165,8 +202,18 @@ def _nan_loss_on(calls: set[int], monkeypatch):
 
 def test_nan_steps_are_skipped_counted_and_training_goes_on(tmp_path, toy_tasks, monkeypatch):
     _nan_loss_on({5, 6, 7}, monkeypatch)
-    summary = run(compose_train(tiny_overrides(toy_tasks, "task=toy_sent", "trainer.max_steps=80",
-                                               "trainer.log_every=1", "predict_test=false")), tmp_path / "run")
+    summary = run(
+        compose_train(
+            tiny_overrides(
+                toy_tasks,
+                "task=toy_sent",
+                "trainer.max_steps=80",
+                "trainer.log_every=1",
+                "predict_test=false",
+            )
+        ),
+        tmp_path / "run",
+    )
     assert summary["skipped_steps"] == 3 and summary["steps"] == 80
     assert summary["validation"]["toy_sent"]["accuracy"] > 0.8
     log = _log(tmp_path / "run")
@@ -177,8 +224,17 @@ def test_nan_steps_are_skipped_counted_and_training_goes_on(tmp_path, toy_tasks,
 
 def test_too_many_nan_steps_in_a_row_stop_with_the_last_checkpoint_intact(tmp_path, toy_tasks, monkeypatch):
     _nan_loss_on(set(range(13, 1000)), monkeypatch)
-    cfg = compose_train(tiny_overrides(toy_tasks, "task=toy_sent", "trainer.max_steps=100", "trainer.eval_every=5",
-                                       "trainer.max_consecutive_skips=4", "trainer.keep_last=5", "predict_test=false"))
+    cfg = compose_train(
+        tiny_overrides(
+            toy_tasks,
+            "task=toy_sent",
+            "trainer.max_steps=100",
+            "trainer.eval_every=5",
+            "trainer.max_consecutive_skips=4",
+            "trainer.keep_last=5",
+            "predict_test=false",
+        )
+    )
     with pytest.raises(MtdnnError, match="training stopped at step 16: 4 steps in a row had a NaN/inf loss"):
         run(cfg, tmp_path / "run")
     kept = list_checkpoints(tmp_path / "run")
@@ -203,22 +259,38 @@ def test_loading_is_safe_by_construction():
     assert EncoderConfig().trust_remote_code is False
 
 
-def test_a_second_run_into_a_folder_in_use_stops_at_once_and_the_lock_dies_with_its_holder(tmp_path, toy_tasks):
+def test_a_second_run_into_a_folder_in_use_stops_at_once_and_the_lock_dies_with_its_holder(
+    tmp_path, toy_tasks
+):
     from mtdnn.core.errors import MtdnnError
     from mtdnn.runs.folder import run_lock
 
     folder = tmp_path / "run"
     folder.mkdir()
-    cfg = compose_train(tiny_overrides(toy_tasks, "task=toy_sent", "trainer.max_steps=2", "predict_test=false"))
-    with run_lock(folder):  # another run holds the folder (a lock conflicts across open files, as across processes)
+    cfg = compose_train(
+        tiny_overrides(toy_tasks, "task=toy_sent", "trainer.max_steps=2", "predict_test=false")
+    )
+    with run_lock(
+        folder
+    ):  # another run holds the folder (a lock conflicts across open files, as across processes)
         with pytest.raises(MtdnnError, match=r"output_dir: .* is in use by another run \(pid \d+\)"):
             run(cfg, folder)
     assert sorted(p.name for p in folder.iterdir()) == [".lock"]  # the refused run wrote nothing
-    with reaped(subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
-                                  "from mtdnn.runs.folder import run_lock; from pathlib import Path\n"
-                                  "with run_lock(Path(sys.argv[2])):\n    print('held', flush=True); time.sleep(600)",
-                                  str(Path(__file__).parent.parent), str(folder)], stdout=subprocess.PIPE,
-                                 text=True)) as holder:
+    with reaped(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys, time; sys.path.insert(0, sys.argv[1]); "
+                "from mtdnn.runs.folder import run_lock; from pathlib import Path\n"
+                "with run_lock(Path(sys.argv[2])):\n    print('held', flush=True); time.sleep(600)",
+                str(Path(__file__).parent.parent),
+                str(folder),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+    ) as holder:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(MtdnnError, match="is in use by another run"):
             run(cfg, folder)
@@ -228,30 +300,55 @@ def test_a_second_run_into_a_folder_in_use_stops_at_once_and_the_lock_dies_with_
 
 
 def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path, toy_tasks):
-    cmd = [sys.executable, "-m", "mtdnn.train", *tiny_overrides(toy_tasks, "task=toy_sent", "trainer.max_steps=100000",
-                                                                "trainer.log_every=1", "trainer.eval_every=5",
-                                                                f"output_dir={tmp_path / 'run'}")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mtdnn.train",
+        *tiny_overrides(
+            toy_tasks,
+            "task=toy_sent",
+            "trainer.max_steps=100000",
+            "trainer.log_every=1",
+            "trainer.eval_every=5",
+            f"output_dir={tmp_path / 'run'}",
+        ),
+    ]
     log_file, deadline = tmp_path / "run" / "train_log.jsonl", time.time() + 300
-    with reaped(subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 text=True)) as proc:
-        while proc.poll() is None and time.time() < deadline and \
-                not (log_file.is_file() and len(log_file.read_text().splitlines()) >= 6):
+    with reaped(
+        subprocess.Popen(
+            cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+    ) as proc:
+        while (
+            proc.poll() is None
+            and time.time() < deadline
+            and not (log_file.is_file() and len(log_file.read_text().splitlines()) >= 6)
+        ):
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
-    assert err.strip().splitlines()[-1].startswith("error: interrupted; every checkpoint written so far is intact")
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("error: interrupted; every checkpoint written so far is intact")
+    )
     assert list_checkpoints(tmp_path / "run")  # step 5's checkpoint is there to resume from
 
 
 def _python(script: str) -> subprocess.CompletedProcess:
     """`script` in a fresh interpreter: the CLI's SIGINT handler belongs to a main thread of its own."""
-    return subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=120
+    )
 
 
-@pytest.mark.parametrize("turned_into", ["ValueError('could not determine the shape')", "MtdnnError('bad row')"])
+@pytest.mark.parametrize(
+    "turned_into", ["ValueError('could not determine the shape')", "MtdnnError('bad row')"]
+)
 def test_ctrl_c_that_a_library_turns_into_another_error_still_exits_as_an_interrupt(turned_into):
-    # torch.tensor(datasets.Column) answered a Ctrl-C mid-read with a ValueError: any such swallow must read as Ctrl-C
+    # torch.tensor(datasets.Column) answered a Ctrl-C mid-read with a ValueError: any such swallow must read
+    # as Ctrl-C
     script = textwrap.dedent(f"""
         import os, signal
         from mtdnn.core.errors import MtdnnError, cli_errors
@@ -285,22 +382,31 @@ def test_an_error_with_no_ctrl_c_before_it_is_not_called_an_interrupt():
 
 
 SAFE_POINT_BODIES = {  # what runs under the CLI's handler, and the steps that must have run
-    "the step in hand finishes, the next safe point stops": ("""
+    "the step in hand finishes, the next safe point stops": (
+        """
         for step in range(3):
             stop_if_interrupted()
             os.kill(os.getpid(), signal.SIGINT)
             steps.append(step)
-    """, [0]),
-    "a second Ctrl-C stops at once": ("""
+    """,
+        [0],
+    ),
+    "a second Ctrl-C stops at once": (
+        """
         os.kill(os.getpid(), signal.SIGINT)
         steps.append("first held")
         os.kill(os.getpid(), signal.SIGINT)
         steps.append("never")
-    """, ["first held"]),
-    "one after the last safe point stops on leaving the block": ("""
+    """,
+        ["first held"],
+    ),
+    "one after the last safe point stops on leaving the block": (
+        """
         os.kill(os.getpid(), signal.SIGINT)
         steps.append("last step")
-    """, ["last step"]),
+    """,
+        ["last step"],
+    ),
 }
 
 

@@ -21,11 +21,30 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     folder = write_toy_tasks(root / "tasks")
-    done = subprocess.run([sys.executable, "-m", "mtdnn.train", "-m", "encoder=tiny", f"task_dirs=[{folder}]",
-                           "task=toy_sent", "regularizer=none,r3f", "seed=1,2", "trainer.max_steps=8",
-                           "trainer.progress_bar=false", "trainer.lr=1e-3", "trainer.batch_size=16",
-                           "predict_test=false", f"hydra.sweep.dir={root / 'multirun'}"],
-                          capture_output=True, text=True, timeout=600, env=ENV, cwd=root)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mtdnn.train",
+            "-m",
+            "encoder=tiny",
+            f"task_dirs=[{folder}]",
+            "task=toy_sent",
+            "regularizer=none,r3f",
+            "seed=1,2",
+            "trainer.max_steps=8",
+            "trainer.progress_bar=false",
+            "trainer.lr=1e-3",
+            "trainer.batch_size=16",
+            "predict_test=false",
+            f"hydra.sweep.dir={root / 'multirun'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=ENV,
+        cwd=root,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return root / "multirun"
 
@@ -40,7 +59,10 @@ def test_report_groups_seeds_and_computes_mean_and_std(sweep):
         name = "regularizer=r3f" if "regularizer=r3f" in overrides else "regularizer=none"
         summaries.setdefault(name, []).append(json.loads((job / "summary.json").read_text())["validation"])
     rows = {(r["group"], r["metric"]): r for r in csv.DictReader((out / "report.csv").open())}
-    assert {g for g, _ in rows} == {"regularizer=none", "regularizer=r3f"}  # seeds folded, common keys dropped
+    assert {g for g, _ in rows} == {
+        "regularizer=none",
+        "regularizer=r3f",
+    }  # seeds folded, common keys dropped
     for group, runs in summaries.items():
         values = [r["toy_sent"]["accuracy"] for r in runs]
         row = rows[(group, "accuracy")]
@@ -54,7 +76,12 @@ def test_report_groups_seeds_and_computes_mean_and_std(sweep):
 
 
 def test_report_cli_errors_are_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "mtdnn.report", str(tmp_path)], capture_output=True, text=True,
-                          env=ENV, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "mtdnn.report", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "holds no Hydra jobs" in done.stderr.strip().splitlines()[-1]

@@ -87,10 +87,14 @@ def test_the_fisher_pass_sees_every_task_even_with_a_batch_limit():
     from mtdnn.kinds.collate import Collator
 
     def rows(n):
-        return datasets.Dataset.from_dict({"input_ids": [[2, 5, 3]] * n, "attention_mask": [[1, 1, 1]] * n,
-                                           "labels": [0] * n})
+        return datasets.Dataset.from_dict(
+            {"input_ids": [[2, 5, 3]] * n, "attention_mask": [[1, 1, 1]] * n, "labels": [0] * n}
+        )
 
-    batches = {"a": TaskBatches(rows(8), 4, 0, Collator(0, 1)), "b": TaskBatches(rows(4), 4, 0, Collator(0, 1))}
+    batches = {
+        "a": TaskBatches(rows(8), 4, 0, Collator(0, 1)),
+        "b": TaskBatches(rows(4), 4, 0, Collator(0, 1)),
+    }
     order = [task for task, _ in one_pass_in_turn(batches)]
     assert order == ["a", "b", "a"]  # in turn; every batch of every task once
     seen = []
@@ -117,12 +121,15 @@ class _SpanSpec:
 
 
 def test_span_rows_without_gold_answers_are_unlabelled_outside_v2():
-    raw = datasets.Dataset.from_dict({"answers": [{"text": ["Paris"], "answer_start": [0]},
-                                                  {"text": [], "answer_start": []}]})
+    raw = datasets.Dataset.from_dict(
+        {"answers": [{"text": ["Paris"], "answer_start": [0]}, {"text": [], "answer_start": []}]}
+    )
     from mtdnn.kinds.span import span_metrics
 
-    assert span_metrics(_SpanSpec, raw, [{"answer": "Paris"}, {"answer": "anything"}]) == \
-        {"f1": 1.0, "exact_match": 1.0}  # the unanswered row neither helps nor hurts
+    assert span_metrics(_SpanSpec, raw, [{"answer": "Paris"}, {"answer": "anything"}]) == {
+        "f1": 1.0,
+        "exact_match": 1.0,
+    }  # the unanswered row neither helps nor hurts
     unlabelled = datasets.Dataset.from_dict({"answers": [{"text": [], "answer_start": []}] * 2})
     assert span_metrics(_SpanSpec, unlabelled, [{"answer": ""}, {"answer": "x"}]) is None
 
@@ -134,22 +141,44 @@ def test_a_missing_ranking_label_is_unlabelled_not_wrong(tmp_path):
     from mtdnn.training.build import prepare_data
 
     nan = float("nan")
-    train = [{"q": "q1", "g": 1, "c": "a", "y": 1}, {"q": "q1", "g": 1, "c": "b", "y": 0},
-             {"q": "q2", "g": 2, "c": "c", "y": 1}, {"q": "q2", "g": 2, "c": "d", "y": nan}]
+    train = [
+        {"q": "q1", "g": 1, "c": "a", "y": 1},
+        {"q": "q1", "g": 1, "c": "b", "y": 0},
+        {"q": "q2", "g": 2, "c": "c", "y": 1},
+        {"q": "q2", "g": 2, "c": "d", "y": nan},
+    ]
     test = [{"q": "q3", "g": 3, "c": "e", "y": 1}, {"q": "q3", "g": 3, "c": "f", "y": nan}]
-    write_task(tmp_path, "rank", "ranking", {"train": train, "test": test},
-               {"query": "q", "group": "g", "text": "c", "label": "y"}, fmt="csv")
+    write_task(
+        tmp_path,
+        "rank",
+        "ranking",
+        {"train": train, "test": test},
+        {"query": "q", "group": "g", "text": "c", "label": "y"},
+        fmt="csv",
+    )
     with pytest.raises(MtdnnError, match=r"split 'train' row 2: group '2' has candidates without a label"):
         prepare_data(load_tasks(["rank"], [str(tmp_path)]))
-    write_task(tmp_path, "rank", "ranking", {"train": train[:2], "test": test},
-               {"query": "q", "group": "g", "text": "c", "label": "y"}, fmt="csv")
+    write_task(
+        tmp_path,
+        "rank",
+        "ranking",
+        {"train": train[:2], "test": test},
+        {"query": "q", "group": "g", "text": "c", "label": "y"},
+        fmt="csv",
+    )
     data = prepare_data(load_tasks(["rank"], [str(tmp_path)]))["rank"]
     assert data.raw["test"]["relevance"] == [[1, -1]]  # not [1, 0]
-    records, scores = kinds.get("ranking").evaluate(data.spec, data.raw["test"], None, [torch.tensor([0.1, 0.9])])
+    records, scores = kinds.get("ranking").evaluate(
+        data.spec, data.raw["test"], None, [torch.tensor([0.1, 0.9])]
+    )
     assert scores is None and records[0]["ranking"] == [1, 0]  # a half-labelled group is not scored
     from mtdnn.kinds.ranking import _flag, _relevance
 
-    assert _flag(nan) == _flag(None) == _flag("") == -1 and _relevance(nan, 3) == [-1, -1, -1]  # pandas reads NaN
+    assert _flag(nan) == _flag(None) == _flag("") == -1 and _relevance(nan, 3) == [
+        -1,
+        -1,
+        -1,
+    ]  # pandas reads NaN
 
 
 def test_resume_refuses_settings_the_checkpoint_was_not_trained_with(tmp_path, toy_tasks):
@@ -159,30 +188,41 @@ def test_resume_refuses_settings_the_checkpoint_was_not_trained_with(tmp_path, t
         run(compose_train(base + ["resume=auto", "trainer.lr=5e-3", "regularizer=smart"]), tmp_path / "run")
     text = str(info.value)
     assert "trainer.lr: 0.001 -> 0.005" in text and "regularizer.smart" in text
-    summary = run(compose_train(base[:-2] + ["trainer.max_steps=3", "predict_test=false", "resume=auto"]),
-                  tmp_path / "run")  # a longer run is fine
+    summary = run(
+        compose_train(base[:-2] + ["trainer.max_steps=3", "predict_test=false", "resume=auto"]),
+        tmp_path / "run",
+    )  # a longer run is fine
     assert summary["steps"] == 3
-    assert "max_steps: 3" in (tmp_path / "run" / "config.yaml").read_text()  # config.yaml says what it ran with
+    assert (
+        "max_steps: 3" in (tmp_path / "run" / "config.yaml").read_text()
+    )  # config.yaml says what it ran with
 
 
 def _lrs(run_dir) -> dict[int, float]:
     import json
 
-    return {r["step"]: r["lr"] for r in map(json.loads, (run_dir / "train_log.jsonl").read_text().splitlines())}
+    return {
+        r["step"]: r["lr"] for r in map(json.loads, (run_dir / "train_log.jsonl").read_text().splitlines())
+    }
 
 
 def test_resume_allow_changes_applies_the_new_learning_rate_and_records_it(tmp_path, toy_tasks, caplog):
-    """The learning rate a resumed run uses is the new one (not the optimizer state's), on the new schedule: the
+    """The learning rate a resumed run uses is the new one (not the optimizer state's), on the new schedule:
+    the
     logged lr of steps 5-8 equals that of a run trained with the new settings from the start."""
-    base = tiny_overrides(toy_tasks, "task=toy_sent", "predict_test=false", "trainer.log_every=1",
-                          "trainer.eval_every=4")
+    base = tiny_overrides(
+        toy_tasks, "task=toy_sent", "predict_test=false", "trainer.log_every=1", "trainer.eval_every=4"
+    )
     run(compose_train(base + ["trainer.max_steps=4"]), tmp_path / "run")
     changed = base + ["trainer.max_steps=8", "trainer.lr=5e-4", "trainer.head_lr=5e-4", "resume=auto"]
     with pytest.raises(MtdnnError, match="pass resume_allow_changes=true to apply them"):
         run(compose_train(changed), tmp_path / "run")
     with caplog.at_level("WARNING"):
         run(compose_train(changed + ["resume_allow_changes=true"]), tmp_path / "run")
-    run(compose_train(base + ["trainer.max_steps=8", "trainer.lr=5e-4", "trainer.head_lr=5e-4"]), tmp_path / "fresh")
+    run(
+        compose_train(base + ["trainer.max_steps=8", "trainer.lr=5e-4", "trainer.head_lr=5e-4"]),
+        tmp_path / "fresh",
+    )
     resumed, fresh = _lrs(tmp_path / "run"), _lrs(tmp_path / "fresh")
     assert [resumed[s] for s in range(5, 9)] == [fresh[s] for s in range(5, 9)]
     assert resumed[4] != fresh[4]  # the first 4 steps ran at the old rate
@@ -190,14 +230,27 @@ def test_resume_allow_changes_applies_the_new_learning_rate_and_records_it(tmp_p
     assert config.startswith("# resumed from step_0000004 with resume_allow_changes: ")
     assert "trainer.lr: 0.001 -> 0.0005" in config.splitlines()[0] and "  lr: 0.0005" in config
     assert "resume_allow_changes: trainer.lr: 0.001 -> 0.0005" in caplog.text
-    with pytest.raises(MtdnnError, match="checkpoint does not fit the model"):  # a change the checkpoint cannot fit
-        run(compose_train(base + ["trainer.max_steps=10", "task=[toy_sent,toy_count]", "resume=auto",
-                                  "resume_allow_changes=true"]), tmp_path / "run")
+    with pytest.raises(
+        MtdnnError, match="checkpoint does not fit the model"
+    ):  # a change the checkpoint cannot fit
+        run(
+            compose_train(
+                base
+                + [
+                    "trainer.max_steps=10",
+                    "task=[toy_sent,toy_count]",
+                    "resume=auto",
+                    "resume_allow_changes=true",
+                ]
+            ),
+            tmp_path / "run",
+        )
 
 
 @GPU
 def test_dropout_replay_is_exact_on_cuda():
-    """A zero perturbation replayed on the GPU gives zero divergence: every dropout mask, those SDPA draws inside
+    """A zero perturbation replayed on the GPU gives zero divergence: every dropout mask, those SDPA draws
+    inside
     its kernel included, is the clean pass's."""
     from test_smart import _context
 
@@ -214,10 +267,15 @@ def test_cached_target_teachers_wait_on_the_cpu(tmp_path, toy_tasks):
     from mtdnn.distill import Distiller
 
     teacher = tmp_path / "teacher"
-    run(compose_train(tiny_overrides(toy_tasks, "task=toy_sent", "trainer.max_steps=2", "predict_test=false")),
-        teacher)
-    cfg = compose_train(tiny_overrides(toy_tasks, "task=toy_sent", "distill=ensemble",
-                                       f"distill.teachers=[{teacher}]")).distill
+    run(
+        compose_train(
+            tiny_overrides(toy_tasks, "task=toy_sent", "trainer.max_steps=2", "predict_test=false")
+        ),
+        teacher,
+    )
+    cfg = compose_train(
+        tiny_overrides(toy_tasks, "task=toy_sent", "distill=ensemble", f"distill.teachers=[{teacher}]")
+    ).distill
     distiller = Distiller(cfg, [], torch.device("cuda"))
     assert next(distiller.teachers[0].model.parameters()).device.type == "cpu"
 
@@ -227,16 +285,33 @@ def test_label_smoothing_is_cross_entropy_against_smoothed_targets(tmp_path):
 
     from mtdnn.data.tasks import load_tasks
 
-    write_task(tmp_path, "s", "classification", {"train": [{"t": "x", "y": "a"}]}, {"text": "t", "label": "y"},
-               labels=["a", "b", "c"], label_smoothing=0.3)
+    write_task(
+        tmp_path,
+        "s",
+        "classification",
+        {"train": [{"t": "x", "y": "a"}]},
+        {"text": "t", "label": "y"},
+        labels=["a", "b", "c"],
+        label_smoothing=0.3,
+    )
     (spec,) = load_tasks(["s"], [str(tmp_path)])
     head = kinds.of(spec).head(8, spec, "cls")
     logits, labels = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([1])
     log_p = logits.log_softmax(-1)[0]
     target = torch.full((3,), 0.3 / 3) + torch.nn.functional.one_hot(labels, 3)[0] * 0.7
-    assert head.loss(logits, {"labels": labels}).item() == pytest.approx(-(target * log_p).sum().item(), rel=1e-6)
-    write_task(tmp_path, "s", "classification", {"train": [{"t": "x", "y": "a"}]}, {"text": "t", "label": "y"},
-               labels=["a", "b"], label_smoothing=1.5, doc_stride=64)
+    assert head.loss(logits, {"labels": labels}).item() == pytest.approx(
+        -(target * log_p).sum().item(), rel=1e-6
+    )
+    write_task(
+        tmp_path,
+        "s",
+        "classification",
+        {"train": [{"t": "x", "y": "a"}]},
+        {"text": "t", "label": "y"},
+        labels=["a", "b"],
+        label_smoothing=1.5,
+        doc_stride=64,
+    )
     with pytest.raises(MtdnnError) as info:
         load_tasks(["s"], [str(tmp_path)])
     assert "label_smoothing: must be in [0, 1)" in str(info.value)

@@ -27,7 +27,7 @@ def test_annealed_moves_from_proportional_to_end_alpha():
     assert list(task_probabilities(cfg, SIZES, 0.0).values()) == pytest.approx(n / n.sum())
     assert list(task_probabilities(cfg, SIZES, 1.0).values()) == pytest.approx([1 / 3] * 3)
     half = task_probabilities(cfg, SIZES, 0.5)
-    assert list(half.values()) == pytest.approx(n ** 0.5 / (n ** 0.5).sum())
+    assert list(half.values()) == pytest.approx(n**0.5 / (n**0.5).sum())
 
 
 def test_per_task_weights_multiply_probabilities():
@@ -38,10 +38,17 @@ def test_per_task_weights_multiply_probabilities():
 N = np.array([9000, 900, 100], dtype=float)
 
 
-@pytest.mark.parametrize("cfg, expected", [
-    (SamplerConfig(name="proportional"), N / N.sum()),  # written out here, not asked of task_probabilities
-    (SamplerConfig(name="temperature", temperature=2), N ** 0.5 / (N ** 0.5).sum()),
-    (SamplerConfig(name="uniform", weights={"big": 0.5}), np.array([0.5, 1, 1]) / 2.5)])
+@pytest.mark.parametrize(
+    "cfg, expected",
+    [
+        (
+            SamplerConfig(name="proportional"),
+            N / N.sum(),
+        ),  # written out here, not asked of task_probabilities
+        (SamplerConfig(name="temperature", temperature=2), N**0.5 / (N**0.5).sum()),
+        (SamplerConfig(name="uniform", weights={"big": 0.5}), np.array([0.5, 1, 1]) / 2.5),
+    ],
+)
 def test_draw_frequencies_match_probabilities(cfg, expected):
     draws = 20000
     sampler = TaskSampler(cfg, SIZES, draws, seed=0)
@@ -71,7 +78,9 @@ def test_same_seed_same_sequence_and_resume_continues_exactly():
     c.load_state_dict(state)
     assert [c.next() for _ in range(50)] == rest
     other = TaskSampler(cfg, SIZES, 100, seed=8)
-    assert [other.next() for _ in range(50)] != [TaskSampler(cfg, SIZES, 100, seed=7).next() for _ in range(50)]
+    assert [other.next() for _ in range(50)] != [
+        TaskSampler(cfg, SIZES, 100, seed=7).next() for _ in range(50)
+    ]
 
 
 def test_sampler_config_problems_are_all_reported():
@@ -88,7 +97,8 @@ def test_a_task_at_weight_zero_is_never_drawn():
 
 
 def test_annealed_sampler_resumes_mid_schedule_with_the_same_draws():
-    """The annealing clock counts micro-batches (grad_accum x steps): a sampler rebuilt from a checkpoint halfway
+    """The annealing clock counts micro-batches (grad_accum x steps): a sampler rebuilt from a checkpoint
+    halfway
     continues with exactly the draws, and the probabilities, of the uninterrupted one."""
     cfg = SamplerConfig(name="annealed", end_alpha=0.0)
     total = 4 * 50  # grad_accum 4, 50 steps
@@ -102,8 +112,9 @@ def test_annealed_sampler_resumes_mid_schedule_with_the_same_draws():
     small_share = (first_half.count("small") / len(first_half), rest.count("small") / len(rest))
     n = np.array(list(SIZES.values()), dtype=float)
     assert small_share[0] < small_share[1]  # annealing towards uniform favours the small task later
-    assert small_share[1] == pytest.approx(np.mean([(n ** (1 - x))[2] / (n ** (1 - x)).sum()
-                                                    for x in np.arange(100, 200) / 200]), abs=0.1)
+    assert small_share[1] == pytest.approx(
+        np.mean([(n ** (1 - x))[2] / (n ** (1 - x)).sum() for x in np.arange(100, 200) / 200]), abs=0.1
+    )
 
 
 def test_a_task_smaller_than_one_batch_still_serves_whole_epochs():
@@ -112,8 +123,9 @@ def test_a_task_smaller_than_one_batch_still_serves_whole_epochs():
     from mtdnn.data.loading import TaskBatches
     from mtdnn.kinds.collate import Collator
 
-    rows = datasets.Dataset.from_dict({"input_ids": [[2, i, 3] for i in range(3)], "attention_mask": [[1] * 3] * 3,
-                                       "labels": [0, 1, 0]})
+    rows = datasets.Dataset.from_dict(
+        {"input_ids": [[2, i, 3] for i in range(3)], "attention_mask": [[1] * 3] * 3, "labels": [0, 1, 0]}
+    )
     batches = TaskBatches(rows, batch_size=8, seed=0, collate=Collator(0, 1))
     assert len(batches) == 1
     seen = [sorted(batches.next()["input_ids"][:, 1].tolist()) for _ in range(4)]

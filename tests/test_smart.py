@@ -33,21 +33,38 @@ from mtdnn.train import run
 
 def _spec(name: str, head: str = "classification") -> TaskSpec:
     labels = ["a", "b", "c"] if head == "classification" else []
-    return TaskSpec(name=name, head=head, source=SourceSpec(kind="files"), columns=ColumnsSpec(text="t", label="y"),
-                    labels=labels, dropout=0.1)
+    return TaskSpec(
+        name=name,
+        head=head,
+        source=SourceSpec(kind="files"),
+        columns=ColumnsSpec(text="t", label="y"),
+        labels=labels,
+        dropout=0.1,
+    )
 
 
 def _tiny_model(*specs: TaskSpec) -> MultiTaskModel:
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+    )
     return MultiTaskModel(BertModel(config), list(specs), pooling="mean")
 
 
 def _batch() -> dict[str, torch.Tensor]:
     ids = torch.tensor([[2, 7, 8, 9, 3, 0, 0], [2, 11, 12, 13, 14, 15, 3]])
-    return {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": torch.zeros_like(ids),
-            "labels": torch.tensor([0, 2])}
+    return {
+        "input_ids": ids,
+        "attention_mask": (ids != 0).long(),
+        "token_type_ids": torch.zeros_like(ids),
+        "labels": torch.tensor([0, 2]),
+    }
 
 
 def _context(model: MultiTaskModel, task: str, batch: dict) -> StepContext:
@@ -55,10 +72,13 @@ def _context(model: MultiTaskModel, task: str, batch: dict) -> StepContext:
     embeds = model.embed(batch["input_ids"])
     with dropout.record():
         logits = model(task, **batch, inputs_embeds=embeds)
-    return StepContext(model, task, batch, embeds, logits, dropout, lambda out: model.head(task).loss(out, batch))
+    return StepContext(
+        model, task, batch, embeds, logits, dropout, lambda out: model.head(task).loss(out, batch)
+    )
 
 
 # ---------------------------------------------------------------- formulas
+
 
 def test_symmetric_kl_equals_hand_computed_value():
     a, b = torch.tensor([[1.0, 0.0, -1.0]]), torch.tensor([[0.0, 0.5, 0.5]])
@@ -148,28 +168,37 @@ def test_teacher_memory_sets_beta_from_the_length_of_the_run():
 
 # ---------------------------------------------------------------- the perturbation's scale
 
+
 def _shipped_config() -> Config:
     from omegaconf import OmegaConf
 
     from mtdnn.core.paths import conf_dir
 
-    return Config(**OmegaConf.to_container(OmegaConf.load(conf_dir() / "regularizer" / "smart.yaml"))["smart"])
+    return Config(
+        **OmegaConf.to_container(OmegaConf.load(conf_dir() / "regularizer" / "smart.yaml"))["smart"]
+    )
 
 
 @pytest.mark.parametrize("norm", ["inf", "l2", "l1"])
 def test_token_scale_bounds_each_token_by_its_own_size_and_follows_the_embeddings(norm):
     torch.manual_seed(4)
-    embeds = torch.randn(2, 5, 8) * torch.tensor([0.01, 0.1, 1.0, 10.0, 1.0]).view(1, 5, 1)  # tokens of all sizes
+    embeds = torch.randn(2, 5, 8) * torch.tensor([0.01, 0.1, 1.0, 10.0, 1.0]).view(
+        1, 5, 1
+    )  # tokens of all sizes
     mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
     grad = torch.randn(2, 5, 8)
     cfg = Config(norm=norm, epsilon=0.05, step_size=1.0)
     delta = Ball(embeds, mask, cfg).ascent_step(torch.zeros_like(embeds), grad)
     size = row_norm(embeds.reshape(-1, 8), norm).view(2, 5)
     moved = row_norm(delta.reshape(-1, 8), norm).view(2, 5)
-    assert torch.allclose(moved[mask.bool()], 0.05 * size[mask.bool()], rtol=1e-4)  # one step reaches the edge
+    assert torch.allclose(
+        moved[mask.bool()], 0.05 * size[mask.bool()], rtol=1e-4
+    )  # one step reaches the edge
     assert delta[0, 4].abs().max() == 0  # padding is never perturbed
     scaled = Ball(embeds * 10, mask, cfg).ascent_step(torch.zeros_like(embeds), grad)
-    assert torch.allclose(scaled, delta * 10, rtol=1e-4, atol=1e-7)  # relative: the same ball, ten times larger
+    assert torch.allclose(
+        scaled, delta * 10, rtol=1e-4, atol=1e-7
+    )  # relative: the same ball, ten times larger
     absolute = Ball(embeds * 10, mask, Config(norm=norm, epsilon=0.05, step_size=1.0, scale="absolute"))
     masked = grad * mask.unsqueeze(-1)  # absolute: one ball per example, sizes as given, by hand
     by_hand = project(1.0 * masked / per_example_norm(masked, norm), 0.05, norm) * mask.unsqueeze(-1)
@@ -181,7 +210,9 @@ def test_reference_scale_renormalises_every_token_onto_its_sphere():
     embeds, mask = torch.randn(2, 4, 8), torch.ones(2, 4, dtype=torch.long)
     cfg = Config(scale="reference", epsilon=0.3, step_size=1e-3)
     ball = Ball(embeds, mask, cfg)
-    delta = ball.ascent_step(ball.start() + 1e-3, torch.randn(2, 4, 8) * 1e-6)  # a tiny raw gradient, as in mt-dnn
+    delta = ball.ascent_step(
+        ball.start() + 1e-3, torch.randn(2, 4, 8) * 1e-6
+    )  # a tiny raw gradient, as in mt-dnn
     per_token = row_norm(delta.reshape(-1, 8), "inf")
     assert torch.allclose(per_token, 0.3 * row_norm(embeds.reshape(-1, 8), "inf"), rtol=1e-5)
 
@@ -211,15 +242,21 @@ def test_at_the_shipped_defaults_the_found_delta_is_adversarial_and_larger_than_
     ctx = _context(model, "t", _batch())
     head, clean = model.head("t"), ctx.logits.detach()
     torch.manual_seed(0)
-    delta, finite = adversarial_perturbation(ctx, lambda out: head.divergence(out, clean, ctx.batch).sum(), cfg)
+    delta, finite = adversarial_perturbation(
+        ctx, lambda out: head.divergence(out, clean, ctx.batch).sum(), cfg
+    )
     found = _divergence_at(ctx, delta)
     ball = Ball(ctx.embeds.detach(), ctx.batch["attention_mask"], cfg)
     size = ball.rows(delta).abs().amax(1, keepdim=True).view(*delta.shape[:2], 1)
     generator = torch.Generator().manual_seed(1)
-    random = [_divergence_at(ctx, torch.randn(delta.shape, generator=generator).sign() * size * ball.mask)
-              for _ in range(20)]  # random directions with the same per-token l_inf size
+    random = [
+        _divergence_at(ctx, torch.randn(delta.shape, generator=generator).sign() * size * ball.mask)
+        for _ in range(20)
+    ]  # random directions with the same per-token l_inf size
     assert bool(finite) and found > 10 * max(random), (found, random)
-    literal = Config(**{**cfg.__dict__, "scale": "absolute", "epsilon": 1e-5, "noise_std": 1e-5, "step_size": 1e-3})
+    literal = Config(
+        **{**cfg.__dict__, "scale": "absolute", "epsilon": 1e-5, "noise_std": 1e-5, "step_size": 1e-3}
+    )
     torch.manual_seed(0)
     tiny, _ = adversarial_perturbation(ctx, lambda out: head.divergence(out, clean, ctx.batch).sum(), literal)
     assert found > 0
@@ -248,10 +285,25 @@ def test_smart_term_is_active_on_minilm_at_the_shipped_defaults(tmp_path):
     import sys
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "mtdnn.train", "regularizer=smart", "trainer.max_steps=60",
-                           "trainer.batch_size=16", "+task_overrides.rt_polarity.train_rows=500",
-                           "trainer.log_every=5", "trainer.progress_bar=false", "predict_test=false",
-                           f"output_dir={tmp_path / 'run'}"], capture_output=True, text=True, env=env, timeout=1200)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mtdnn.train",
+            "regularizer=smart",
+            "trainer.max_steps=60",
+            "trainer.batch_size=16",
+            "+task_overrides.rt_polarity.train_rows=500",
+            "trainer.log_every=5",
+            "trainer.progress_bar=false",
+            "predict_test=false",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     ratios = [row["smart_adv_to_loss"] for row in log if "smart_adv_to_loss" in row]
@@ -262,6 +314,7 @@ def test_a_term_too_small_to_matter_is_said_once(caplog):
     from types import SimpleNamespace
 
     ctx = SimpleNamespace(loss=torch.tensor(0.7))
+
     def window(activity: TermActivity, term: float, n: int = 25) -> float:
         for _ in range(n):
             activity.add(torch.tensor(term), ctx)
@@ -272,7 +325,9 @@ def test_a_term_too_small_to_matter_is_said_once(caplog):
     window(quiet, 1e-7)
     window(quiet, 1e-7)
     assert caplog.text.count("the smart_adv term has stayed below 1e-03 of the task loss (now 1.4e-07)") == 1
-    growing = TermActivity("regularizer.smart", "smart_adv")  # starts small while the head is unsure, then acts
+    growing = TermActivity(
+        "regularizer.smart", "smart_adv"
+    )  # starts small while the head is unsure, then acts
     window(growing, 1e-7)
     assert window(growing, 0.02) == pytest.approx(0.02 / 0.7)
     window(growing, 1e-7)
@@ -281,12 +336,14 @@ def test_a_term_too_small_to_matter_is_said_once(caplog):
 
 # ---------------------------------------------------------------- the regularizer on a real model
 
+
 def test_padding_positions_receive_no_noise_and_dropout_is_replayed():
     model = _tiny_model(_spec("t")).train()
     batch = _batch()
     seen = []
     hook = model.encoder.embeddings.register_forward_hook(
-        lambda mod, args, kwargs, out: seen.append(kwargs.get("inputs_embeds")), with_kwargs=True)
+        lambda mod, args, kwargs, out: seen.append(kwargs.get("inputs_embeds")), with_kwargs=True
+    )
     ctx = _context(model, "t", batch)
     terms = Smart(Config(mu=0, epsilon=1e-3, noise_std=1e-3), model, [_spec("t")]).penalty(ctx)
     hook.remove()
@@ -298,7 +355,9 @@ def test_padding_positions_receive_no_noise_and_dropout_is_replayed():
         assert delta[~padding].abs().max().item() > 0.0
     assert terms["smart_adv"].item() > 0
     # with a zero perturbation the replayed dropout masks make the two passes identical
-    zero = Smart(Config(mu=0, noise_std=0.0, step_size=0.0), model, [_spec("t")]).penalty(_context(model, "t", batch))
+    zero = Smart(Config(mu=0, noise_std=0.0, step_size=0.0), model, [_spec("t")]).penalty(
+        _context(model, "t", batch)
+    )
     assert zero["smart_adv"].item() == pytest.approx(0.0, abs=1e-9)
 
 
@@ -316,8 +375,9 @@ def test_nan_in_the_ascent_step_skips_the_term_and_is_counted(monkeypatch):
     model = _tiny_model(_spec("t")).train()
     smart = Smart(Config(mu=0), model, [_spec("t")])
     real = ClassificationHead.divergence
-    monkeypatch.setattr(ClassificationHead, "divergence",
-                        staticmethod(lambda a, b, batch: real(a, b, batch) * float("nan")))
+    monkeypatch.setattr(
+        ClassificationHead, "divergence", staticmethod(lambda a, b, batch: real(a, b, batch) * float("nan"))
+    )
     assert smart.penalty(_context(model, "t", _batch())) == {}
     assert smart.stats() == {"smart_skipped": 1.0}
 
@@ -334,8 +394,16 @@ def test_each_part_switches_off_alone_and_per_task_overrides_apply():
 
 def test_config_problems_are_reported_with_their_fields():
     problems = regularizer_problems(
-        {"smart": {"norm": "l3", "steps": 0, "tasks": {"nope": {"mu": 2}, "a": {"beta": 0.5, "lamda_s": 1}}},
-         "smrt": {}}, [_spec("a")])
+        {
+            "smart": {
+                "norm": "l3",
+                "steps": 0,
+                "tasks": {"nope": {"mu": 2}, "a": {"beta": 0.5, "lamda_s": 1}},
+            },
+            "smrt": {},
+        },
+        [_spec("a")],
+    )
     text = "\n".join(problems)
     assert "regularizer.smart.norm: must be one of inf, l2, l1" in text
     assert "regularizer.smart.steps: must be >= 1" in text
@@ -347,6 +415,7 @@ def test_config_problems_are_reported_with_their_fields():
 
 # ---------------------------------------------------------------- training with SMART
 
+
 def _tb(folder, tag):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -356,12 +425,24 @@ def _tb(folder, tag):
 
 
 def test_smart_trains_classification_and_regression_together(tmp_path, toy_tasks):
-    """With a ball large enough for the tiny random encoder's flat loss surface (at the MiniLM-sized default 1e-3
+    """With a ball large enough for the tiny random encoder's flat loss surface (at the MiniLM-sized default
+    1e-3
     its term is ~1e-6 of the loss here, and the run says so), SMART's term acts and both tasks still learn."""
-    cfg = compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "regularizer=smart",
-                                       "trainer.max_steps=120", "trainer.eval_every=60", "trainer.grad_accum=2",
-                                       "trainer.log_every=5", "predict_test=false", "regularizer.smart.epsilon=5e-2",
-                                       "regularizer.smart.noise_std=5e-2", "regularizer.smart.mu=1"))
+    cfg = compose_train(
+        tiny_overrides(
+            toy_tasks,
+            "task=[toy_sent,toy_count]",
+            "regularizer=smart",
+            "trainer.max_steps=120",
+            "trainer.eval_every=60",
+            "trainer.grad_accum=2",
+            "trainer.log_every=5",
+            "predict_test=false",
+            "regularizer.smart.epsilon=5e-2",
+            "regularizer.smart.noise_std=5e-2",
+            "regularizer.smart.mu=1",
+        )
+    )
     summary = run(cfg, tmp_path / "run")
     assert summary["validation"]["toy_sent"]["accuracy"] > 0.85
     assert summary["validation"]["toy_count"]["pearson"] > 0.6
@@ -377,24 +458,44 @@ def test_smart_trains_classification_and_regression_together(tmp_path, toy_tasks
 
 
 def test_smart_runs_under_bf16_autocast(tmp_path, toy_tasks, caplog):
-    cfg = compose_train(tiny_overrides(toy_tasks, "task=toy_sent", "regularizer=smart", "trainer.max_steps=20",
-                                       "trainer.bf16=true", "predict_test=false", "regularizer.smart.scale=absolute",
-                                       "regularizer.smart.epsilon=1e-5"))
+    cfg = compose_train(
+        tiny_overrides(
+            toy_tasks,
+            "task=toy_sent",
+            "regularizer=smart",
+            "trainer.max_steps=20",
+            "trainer.bf16=true",
+            "predict_test=false",
+            "regularizer.smart.scale=absolute",
+            "regularizer.smart.epsilon=1e-5",
+        )
+    )
     summary = run(cfg, tmp_path / "run")
     assert summary["steps"] == 20 and math.isfinite(summary["best_score"])
     assert "below bfloat16 resolution" in caplog.text
 
 
 def test_resume_with_smart_restores_the_teacher_exactly(tmp_path, toy_tasks):
-    base = tiny_overrides(toy_tasks, "task=toy_sent", "regularizer=smart", "regularizer.smart.mu=1",
-                          "trainer.max_steps=12", "trainer.eval_every=6", "trainer.keep_last=5", "predict_test=false")
+    base = tiny_overrides(
+        toy_tasks,
+        "task=toy_sent",
+        "regularizer=smart",
+        "regularizer.smart.mu=1",
+        "trainer.max_steps=12",
+        "trainer.eval_every=6",
+        "trainer.keep_last=5",
+        "predict_test=false",
+    )
     run(compose_train(base), tmp_path / "straight")
     run(compose_train(base), tmp_path / "cut")
     import shutil
+
     shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step_0000012")
     resumed = run(compose_train(base + ["resume=auto"]), tmp_path / "cut")
     assert resumed["resumed_at_step"] == 6
-    a = torch.load(tmp_path / "straight" / "checkpoints" / "step_0000012" / "trainer_state.pt", weights_only=True)
+    a = torch.load(
+        tmp_path / "straight" / "checkpoints" / "step_0000012" / "trainer_state.pt", weights_only=True
+    )
     b = torch.load(tmp_path / "cut" / "checkpoints" / "step_0000012" / "trainer_state.pt", weights_only=True)
     for name, tensor in a["regularizers"]["smart"]["teacher"].items():
         assert torch.equal(tensor, b["regularizers"]["smart"]["teacher"][name]), name
@@ -433,10 +534,21 @@ def test_smart_makes_the_model_smoother(tmp_path, toy_tasks):
     token); at the paper's 1e-5 both saturated toy models move by ~1e-6 and the comparison says nothing."""
     base = tiny_overrides(toy_tasks, "task=toy_sent", "trainer.max_steps=100", "predict_test=false")
     run(compose_train(base), tmp_path / "plain")
-    run(compose_train(base + ["regularizer=smart", "regularizer.smart.scale=absolute",
-                              "regularizer.smart.epsilon=0.2", "regularizer.smart.norm=l2",
-                              "regularizer.smart.noise_std=0.01", "regularizer.smart.lambda_s=10",
-                              "regularizer.smart.mu=0"]), tmp_path / "smart")
+    run(
+        compose_train(
+            base
+            + [
+                "regularizer=smart",
+                "regularizer.smart.scale=absolute",
+                "regularizer.smart.epsilon=0.2",
+                "regularizer.smart.norm=l2",
+                "regularizer.smart.noise_std=0.01",
+                "regularizer.smart.lambda_s=10",
+                "regularizer.smart.mu=0",
+            ]
+        ),
+        tmp_path / "smart",
+    )
     plain = _output_change(tmp_path / "plain", toy_tasks, radius=0.5)
     smart = _output_change(tmp_path / "smart", toy_tasks, radius=0.5)
     assert smart < plain, (smart, plain)
@@ -464,8 +576,13 @@ def test_per_task_override_from_the_command_line_reaches_the_task_settings():
 
     from mtdnn.regularizers.smart import task_settings
 
-    cfg = compose_train(["regularizer=smart", "regularizer.smart.lambda_s=3",
-                         "+regularizer.smart.tasks={stsb: {lambda_s: 1, norm: l2}}"])
+    cfg = compose_train(
+        [
+            "regularizer=smart",
+            "regularizer.smart.lambda_s=3",
+            "+regularizer.smart.tasks={stsb: {lambda_s: 1, norm: l2}}",
+        ]
+    )
     node = OmegaConf.to_container(cfg.regularizer)
     assert regularizer_problems(node, [_spec("stsb", "regression"), _spec("rte")]) == []
     smart_cfg = Config(**node["smart"])

@@ -1,4 +1,5 @@
-"""Staged (STILTs) training: one command runs every stage; each starts from the previous stage's best weights."""
+"""Staged (STILTs) training: one command runs every stage; each starts from the previous stage's best
+weights."""
 
 from __future__ import annotations
 
@@ -23,12 +24,24 @@ def _weights(stage_dir):
 
 def test_stages_chain_encoder_and_heads_in_one_command(tmp_path):
     folder = write_toy_tasks(tmp_path / "tasks")
-    stages = ("stages=[{name: first, overrides: ['task=toy_sent','trainer.max_steps=80']},"
-              f"{{name: both, overrides: ['task=[toy_sent,toy_count]','trainer.max_steps=4',{FROZEN}]}},"
-              f"{{name: fresh, overrides: ['task=toy_sent','trainer.max_steps=2',{FROZEN}], heads: reset}}]")
-    command = [sys.executable, "-m", "mtdnn.train", "encoder=tiny", f"task_dirs=[{folder}]", "trainer.lr=1e-3",
-               "trainer.batch_size=16", "trainer.progress_bar=false", "predict_test=false",
-               f"output_dir={tmp_path / 'run'}", stages]
+    stages = (
+        "stages=[{name: first, overrides: ['task=toy_sent','trainer.max_steps=80']},"
+        f"{{name: both, overrides: ['task=[toy_sent,toy_count]','trainer.max_steps=4',{FROZEN}]}},"
+        f"{{name: fresh, overrides: ['task=toy_sent','trainer.max_steps=2',{FROZEN}], heads: reset}}]"
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "mtdnn.train",
+        "encoder=tiny",
+        f"task_dirs=[{folder}]",
+        "trainer.lr=1e-3",
+        "trainer.batch_size=16",
+        "trainer.progress_bar=false",
+        "predict_test=false",
+        f"output_dir={tmp_path / 'run'}",
+        stages,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -38,12 +51,16 @@ def test_stages_chain_encoder_and_heads_in_one_command(tmp_path):
         assert torch.allclose(both[key], value, atol=1e-6), key
     assert "heads.toy_count.out.weight" in both  # a task new in stage 2 got a new head
     assert not torch.allclose(fresh["heads.toy_sent.out.weight"], first["heads.toy_sent.out.weight"])  # reset
-    assert torch.allclose(fresh["encoder.pooler.dense.weight"], first["encoder.pooler.dense.weight"], atol=1e-6)
+    assert torch.allclose(
+        fresh["encoder.pooler.dense.weight"], first["encoder.pooler.dense.weight"], atol=1e-6
+    )
 
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert [s["stage"] for s in summary["stages"]] == ["first", "both", "fresh"]
     assert set(summary["stages"][1]["validation"]) == {"toy_sent", "toy_count"}
-    assert summary["stages"][0]["validation"]["toy_sent"]["accuracy"] > 0.85  # the toy rule is learned (chance 0.5)
+    assert (
+        summary["stages"][0]["validation"]["toy_sent"]["accuracy"] > 0.85
+    )  # the toy rule is learned (chance 0.5)
     assert summary["best_score"] == summary["stages"][-1]["best_score"]
 
     again = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
@@ -52,13 +69,29 @@ def test_stages_chain_encoder_and_heads_in_one_command(tmp_path):
     (root / "3_fresh" / "summary.json").unlink()  # as if killed after its last checkpoint, before its summary
     resumed = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads((root / "3_fresh" / "summary.json").read_text())["resumed_at_step"] == 2  # finished stages are not run twice
+    assert (
+        json.loads((root / "3_fresh" / "summary.json").read_text())["resumed_at_step"] == 2
+    )  # finished stages are not run twice
 
 
 def test_init_from_a_missing_run_is_a_clear_error(tmp_path):
     folder = write_toy_tasks(tmp_path / "tasks")
-    done = subprocess.run([sys.executable, "-m", "mtdnn.train", "encoder=tiny", f"task_dirs=[{folder}]",
-                           "task=toy_sent", f"init_from={tmp_path / 'nothing'}", f"output_dir={tmp_path / 'run'}"],
-                          capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mtdnn.train",
+            "encoder=tiny",
+            f"task_dirs=[{folder}]",
+            "task=toy_sent",
+            f"init_from={tmp_path / 'nothing'}",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "init_from:" in done.stderr and "is not a finished mtdnn run" in done.stderr

@@ -21,11 +21,20 @@ def module_name(path: Path) -> str:
 def imports_of(path: Path, known: set[str]) -> set[str]:
     """mtdnn modules `path` imports (a `from pkg import name` of a submodule counts as importing it)."""
     tree = ast.parse(path.read_text())
-    skipped = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in
-               ast.unparse(block.test) for stmt in block.body for node in ast.walk(stmt)}
+    skipped = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for stmt in block.body
+        for node in ast.walk(stmt)
+    }
     # a module's __getattr__ (PEP 562, `from mtdnn import load_run`) imports on first access, after loading
-    skipped |= {id(node) for block in tree.body if isinstance(block, ast.FunctionDef) and block.name == "__getattr__"
-                for node in ast.walk(block)}
+    skipped |= {
+        id(node)
+        for block in tree.body
+        if isinstance(block, ast.FunctionDef) and block.name == "__getattr__"
+        for node in ast.walk(block)
+    }
     found = set()
     for node in ast.walk(tree):
         if id(node) in skipped:
@@ -50,7 +59,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[node] = 1
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt]
+                return path[path.index(nxt) :] + [nxt] if nxt in path else [node, nxt]
             if nxt not in state and (cycle := visit(nxt, path + [nxt])):
                 return cycle
         state[node] = 2
@@ -70,7 +79,9 @@ def test_the_package_has_no_import_cycles():
 
 def test_the_cycle_finder_finds_a_planted_cycle():
     graph = import_graph()
-    graph["mtdnn.core.config"] = graph["mtdnn.core.config"] | {"mtdnn.model.adapters"}  # the cycle this issue removed
+    graph["mtdnn.core.config"] = graph["mtdnn.core.config"] | {
+        "mtdnn.model.adapters"
+    }  # the cycle this issue removed
     assert find_cycle(graph) is not None
 
 
@@ -100,9 +111,13 @@ def test_commands_import_no_private_helpers():
     for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mtdnn"):
-                private += [f"{path.name}: {node.module}.{a.name}" for a in node.names
-                            if a.name.startswith("_") and not a.name.startswith("__")
-                            and not node.module.startswith("mtdnn.kinds")]  # kinds share kinds/_sentence.py
+                private += [
+                    f"{path.name}: {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_")
+                    and not a.name.startswith("__")
+                    and not node.module.startswith("mtdnn.kinds")
+                ]  # kinds share kinds/_sentence.py
     assert private == []
 
 
@@ -129,12 +144,15 @@ def test_every_script_imports():
 
 
 def test_the_train_command_reaches_its_config_checks_without_the_heavy_libraries():
-    """`python -m mtdnn.train task=typo` should answer in seconds: torchmetrics (which pulls in scipy, matplotlib
+    """`python -m mtdnn.train task=typo` should answer in seconds: torchmetrics (which pulls in scipy,
+    matplotlib
     and transformers), transformers, datasets and peft load on first use, not when the command starts."""
     import subprocess
     import sys
 
-    probe = ("import sys, mtdnn.train; heavy = ('torchmetrics', 'transformers', 'datasets', 'peft', 'scipy', "
-             "'matplotlib'); print(sorted(m for m in heavy if m in sys.modules))")
+    probe = (
+        "import sys, mtdnn.train; heavy = ('torchmetrics', 'transformers', 'datasets', 'peft', 'scipy', "
+        "'matplotlib'); print(sorted(m for m in heavy if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -1,4 +1,5 @@
-"""Sweeps survive a failed job: it is reported in one line and marked, the others finish, the sweep exits 2 with
+"""Sweeps survive a failed job: it is reported in one line and marked, the others finish, the sweep exits 2
+with
 a list of what failed, `mtdnn.report` lists failed and never-run jobs, and `resume=auto` finishes the sweep
 without touching the jobs that were done."""
 
@@ -21,17 +22,33 @@ ENV.pop("MTDNN_DEBUG", None)
 
 
 def _sweep(folder: Path, sweep_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "mtdnn.train", "-m", *tiny_overrides(folder), "task=toy_sent,toy_bad,toy_count",
-               "trainer.max_steps=3", "trainer.eval_every=3", "predict_test=false", f"hydra.sweep.dir={sweep_dir}",
-               *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "mtdnn.train",
+        "-m",
+        *tiny_overrides(folder),
+        "task=toy_sent,toy_bad,toy_count",
+        "trainer.max_steps=3",
+        "trainer.eval_every=3",
+        "predict_test=false",
+        f"hydra.sweep.dir={sweep_dir}",
+        *extra,
+    ]
     return subprocess.run(command, cwd=folder.parent, env=ENV, capture_output=True, text=True, timeout=600)
 
 
 def _bad_task(folder: Path, label: str) -> None:
     rows = sentiment_rows(40, 7)
     rows[5]["label"] = label
-    write_task(folder, "toy_bad", "classification", {"train": rows, "validation": sentiment_rows(20, 8)},
-               {"text": "sentence", "label": "label"}, labels=["neg", "pos"])
+    write_task(
+        folder,
+        "toy_bad",
+        "classification",
+        {"train": rows, "validation": sentiment_rows(20, 8)},
+        {"text": "sentence", "label": "label"},
+        labels=["neg", "pos"],
+    )
 
 
 def _bytes(path: Path) -> str:
@@ -50,11 +67,18 @@ def test_a_failed_job_is_reported_the_sweep_goes_on_and_resume_finishes_it(tmp_p
     assert errors[1].startswith(f"error: 1 job(s) of the sweep in {sweep} failed: 1 (")
     assert "resume=auto" in errors[1]
     assert (sweep / "0" / "summary.json").is_file() and (sweep / "2" / "summary.json").is_file()
-    assert json.loads((sweep / "1" / "failed.json").read_text())["error"].startswith(str(tasks / "toy_bad.yaml"))
+    assert json.loads((sweep / "1" / "failed.json").read_text())["error"].startswith(
+        str(tasks / "toy_bad.yaml")
+    )
 
     shutil.rmtree(sweep / "2")  # as if the sweep had been killed before its last job started
-    report = subprocess.run([sys.executable, "-m", "mtdnn.report", str(sweep)], env=ENV, capture_output=True,
-                            text=True, timeout=300)
+    report = subprocess.run(
+        [sys.executable, "-m", "mtdnn.report", str(sweep)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert report.returncode == 0, report.stderr[-2000:]
     text = (sweep / "report" / "report.md").read_text()
     failed, never = text.split("Jobs that failed (1):")[1], text.split("Jobs that never ran (1):")[1]
@@ -72,11 +96,21 @@ def test_a_failed_job_is_reported_the_sweep_goes_on_and_resume_finishes_it(tmp_p
 
 def test_a_bad_value_in_a_sweep_is_one_line_before_any_job_runs(tmp_path):
     tasks, sweep = write_toy_tasks(tmp_path / "tasks"), tmp_path / "sweep"
-    for bad, expected in (("regularizer=none,smrt", "error: regularizer=smrt: no such option (did you mean 'smart'?)"),
-                          ("trainer.max_steps=2,x", "error: trainer.max_steps: Value 'x' of type 'str' could not be"),
-                          ("seed=1,[2", "error: seed=1,[2: ")):
-        command = [sys.executable, "-m", "mtdnn.train", "-m", *tiny_overrides(tasks), "task=toy_sent", bad,
-                   f"hydra.sweep.dir={sweep}"]
+    for bad, expected in (
+        ("regularizer=none,smrt", "error: regularizer=smrt: no such option (did you mean 'smart'?)"),
+        ("trainer.max_steps=2,x", "error: trainer.max_steps: Value 'x' of type 'str' could not be"),
+        ("seed=1,[2", "error: seed=1,[2: "),
+    ):
+        command = [
+            sys.executable,
+            "-m",
+            "mtdnn.train",
+            "-m",
+            *tiny_overrides(tasks),
+            "task=toy_sent",
+            bad,
+            f"hydra.sweep.dir={sweep}",
+        ]
         done = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith(expected), done.stderr[-2000:]
@@ -85,9 +119,21 @@ def test_a_bad_value_in_a_sweep_is_one_line_before_any_job_runs(tmp_path):
 
 def test_an_optuna_search_returns_each_trials_score_and_the_report_names_the_best(tmp_path):
     tasks, sweep = write_toy_tasks(tmp_path / "tasks"), tmp_path / "search"
-    command = [sys.executable, "-m", "mtdnn.train", "-m", "hydra/sweeper=search", *tiny_overrides(tasks),
-               "task=toy_sent", "regularizer=smart", "trainer.max_steps=4", "trainer.eval_every=4", "predict_test=false",
-               "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}"]
+    command = [
+        sys.executable,
+        "-m",
+        "mtdnn.train",
+        "-m",
+        "hydra/sweeper=search",
+        *tiny_overrides(tasks),
+        "task=toy_sent",
+        "regularizer=smart",
+        "trainer.max_steps=4",
+        "trainer.eval_every=4",
+        "predict_test=false",
+        "hydra.sweeper.n_trials=3",
+        f"hydra.sweep.dir={sweep}",
+    ]
     done = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     import yaml
@@ -97,14 +143,20 @@ def test_an_optuna_search_returns_each_trials_score_and_the_report_names_the_bes
     assert results["best_value"] == max(scores)  # the sweeper saw each trial's best validation score
     # lr and batch size are fixed on this command line, so only SMART's weight is searched
     assert set(results["best_params"]) == {"regularizer.smart.lambda_s"}
-    report = subprocess.run([sys.executable, "-m", "mtdnn.report", str(sweep)], env=ENV, capture_output=True,
-                            text=True, timeout=300)
+    report = subprocess.run(
+        [sys.executable, "-m", "mtdnn.report", str(sweep)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert report.returncode == 0, report.stderr[-2000:]
     text = (sweep / "report" / "report.md").read_text()
     section = text.split("## Search (Optuna)", 1)[1]
     assert f"Best trial: score {results['best_value']}" in section
-    assert [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| ") and "trial" not in line] \
-        == ["| 0", "| 1", "| 2"]
+    assert [
+        line.split(" | ")[0] for line in section.splitlines() if line.startswith("| ") and "trial" not in line
+    ] == ["| 0", "| 1", "| 2"]
     assert (sweep / "report" / "trials.png").stat().st_size > 0
 
 
@@ -127,8 +179,13 @@ def test_a_ctrl_c_that_a_job_turns_into_an_error_stops_the_sweep_instead_of_fail
                     "hydra.sweep.dir={sweep}"]
         mtdnn.train.main()
     """)
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr[-2000:]
-    assert done.stderr.strip().splitlines()[-1].startswith("error: interrupted; every checkpoint written so far")
-    assert not (sweep / "0" / "failed.json").exists() and not (sweep / "1").exists()  # the sweep stopped at job 0
+    assert (
+        done.stderr.strip().splitlines()[-1].startswith("error: interrupted; every checkpoint written so far")
+    )
+    assert (
+        not (sweep / "0" / "failed.json").exists() and not (sweep / "1").exists()
+    )  # the sweep stopped at job 0

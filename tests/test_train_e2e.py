@@ -24,8 +24,15 @@ def trained(tmp_path_factory):
     """One multi-task run shared by the tests below (training is the slow part)."""
     root = tmp_path_factory.mktemp("e2e")
     folder = write_toy_tasks(root / "my_tasks")
-    cfg = compose_train(tiny_overrides(folder, "task=[toy_sent,toy_count]", "trainer.max_steps=150",
-                                       "trainer.eval_every=50", "sampler=uniform"))
+    cfg = compose_train(
+        tiny_overrides(
+            folder,
+            "task=[toy_sent,toy_count]",
+            "trainer.max_steps=150",
+            "trainer.eval_every=50",
+            "sampler=uniform",
+        )
+    )
     summary = run(cfg, root / "run")
     return root, folder, summary
 
@@ -54,14 +61,26 @@ def _tb_losses(folder, tag):
 def test_run_folder_is_complete(trained):
     root, _, summary = trained
     out = root / "run"
-    for rel in ["config.yaml", "tasks/toy_sent.yaml", "tasks/toy_count.yaml", "tokenizer/tokenizer.json",
-                "encoder/config.json", "best.json", "summary.json", "train_log.jsonl",
-                "predictions/toy_sent_test.jsonl"]:
+    for rel in [
+        "config.yaml",
+        "tasks/toy_sent.yaml",
+        "tasks/toy_count.yaml",
+        "tokenizer/tokenizer.json",
+        "encoder/config.json",
+        "best.json",
+        "summary.json",
+        "train_log.jsonl",
+        "predictions/toy_sent_test.jsonl",
+    ]:
         assert (out / rel).is_file(), rel
     best = json.loads((out / "best.json").read_text())
-    assert best["step"] == summary["best_step"] and best["checkpoint"] == f"checkpoints/step_{best['step']:07d}"
+    assert (
+        best["step"] == summary["best_step"] and best["checkpoint"] == f"checkpoints/step_{best['step']:07d}"
+    )
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
-    task_best = {task: json.loads((out / f"best_{task}.json").read_text()) for task in ("toy_sent", "toy_count")}
+    task_best = {
+        task: json.loads((out / f"best_{task}.json").read_text()) for task in ("toy_sent", "toy_count")
+    }
     for task, record in task_best.items():  # each task's own best, as MT-DNN reports per-task bests
         assert record["step"] == summary["task_best"][task]["step"]
         evaluations = json.loads((out / "metrics.json").read_text())
@@ -69,9 +88,16 @@ def test_run_folder_is_complete(trained):
         assert record["validation"][task][main] == max(e["metrics"][task][main] for e in evaluations)
     from mtdnn.runs.checkpoints import run_checkpoint  # checkpoint=best_<task> in evaluate, predict, export
 
-    assert run_checkpoint(out, "best_toy_sent") == out / task_best["toy_sent"]["checkpoint"] / "model.safetensors"
-    kept = {"step_0000100", "step_0000150", f"step_{best['step']:07d}",  # keep_last=2 plus the best ones
-            *(f"step_{r['step']:07d}" for r in task_best.values())}
+    assert (
+        run_checkpoint(out, "best_toy_sent")
+        == out / task_best["toy_sent"]["checkpoint"] / "model.safetensors"
+    )
+    kept = {
+        "step_0000100",
+        "step_0000150",
+        f"step_{best['step']:07d}",  # keep_last=2 plus the best ones
+        *(f"step_{r['step']:07d}" for r in task_best.values()),
+    }
     assert set(checkpoints) == kept
     lines = (out / "predictions" / "toy_sent_test.jsonl").read_text().splitlines()
     assert len(lines) == 50
@@ -103,22 +129,35 @@ def test_evaluate_matches_an_independent_computation(trained):
     loaded = load_run(str(root / "run"), "best", torch.device("cpu"))
 
     def outputs(task: str, frame: pd.DataFrame, first: str, second: str | None = None) -> torch.Tensor:
-        enc = loaded.tokenizer(list(frame[first]), list(frame[second]) if second else None, padding=True,
-                               truncation=True, max_length=32, return_tensors="pt")
+        enc = loaded.tokenizer(
+            list(frame[first]),
+            list(frame[second]) if second else None,
+            padding=True,
+            truncation=True,
+            max_length=32,
+            return_tensors="pt",
+        )
         with torch.no_grad():
             return loaded.model(task, **enc)
 
     sent = pd.read_csv(folder / "toy_sent_validation.csv")
     predicted = outputs("toy_sent", sent, "sentence").argmax(-1).numpy()
     gold = (sent["label"] == "pos").to_numpy().astype(int)
-    tp, fp, fn = ((predicted == 1) & (gold == 1)).sum(), ((predicted == 1) & (gold == 0)).sum(), \
-        ((predicted == 0) & (gold == 1)).sum()
+    tp, fp, fn = (
+        ((predicted == 1) & (gold == 1)).sum(),
+        ((predicted == 1) & (gold == 0)).sum(),
+        ((predicted == 0) & (gold == 1)).sum(),
+    )
     assert results["toy_sent"]["accuracy"] == pytest.approx((predicted == gold).mean(), abs=1e-6)
     assert results["toy_sent"]["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-6)
     count = pd.read_json(folder / "toy_count_validation.jsonl", lines=True)
     values = outputs("toy_count", count, "a", "b").numpy()
-    assert results["toy_count"]["pearson"] == pytest.approx(np.corrcoef(values, count["score"])[0, 1], abs=1e-5)
-    assert results == {t: pytest.approx(v, abs=1e-5) for t, v in summary["validation"].items()}  # = the run's own
+    assert results["toy_count"]["pearson"] == pytest.approx(
+        np.corrcoef(values, count["score"])[0, 1], abs=1e-5
+    )
+    assert results == {
+        t: pytest.approx(v, abs=1e-5) for t, v in summary["validation"].items()
+    }  # = the run's own
     assert (root / "run" / "eval" / "best_validation.json").is_file()
 
 
@@ -143,9 +182,19 @@ def test_new_run_refuses_to_overwrite_an_existing_one(trained):
 
 
 def test_early_stopping_ends_the_run_after_evaluations_without_improvement(tmp_path, toy_tasks):
-    cfg = compose_train(tiny_overrides(toy_tasks, "task=toy_sent", "trainer.max_steps=40", "trainer.eval_every=5",
-                                       "trainer.early_stopping=2", "trainer.lr=1e-12", "trainer.head_lr=0",
-                                       "trainer.best_metric=toy_sent/accuracy", "predict_test=false"))
+    cfg = compose_train(
+        tiny_overrides(
+            toy_tasks,
+            "task=toy_sent",
+            "trainer.max_steps=40",
+            "trainer.eval_every=5",
+            "trainer.early_stopping=2",
+            "trainer.lr=1e-12",
+            "trainer.head_lr=0",
+            "trainer.best_metric=toy_sent/accuracy",
+            "predict_test=false",
+        )
+    )
     summary = run(cfg, tmp_path / "run")  # nothing learns: the first evaluation stays the best
     assert summary["stopped_early"] and summary["steps"] == 15 and summary["best_step"] == 5
     assert [m["step"] for m in json.loads((tmp_path / "run" / "metrics.json").read_text())] == [5, 10, 15]
@@ -153,12 +202,20 @@ def test_early_stopping_ends_the_run_after_evaluations_without_improvement(tmp_p
 
 def test_resume_continues_exactly(tmp_path, toy_tasks):
     """20 steps straight == 10 steps, stop, resume from the step-10 checkpoint, 10 more."""
-    base = tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "trainer.max_steps=20", "trainer.eval_every=10",
-                          "trainer.keep_last=5", "predict_test=false", "trainer.grad_accum=2")
+    base = tiny_overrides(
+        toy_tasks,
+        "task=[toy_sent,toy_count]",
+        "trainer.max_steps=20",
+        "trainer.eval_every=10",
+        "trainer.keep_last=5",
+        "predict_test=false",
+        "trainer.grad_accum=2",
+    )
     run(compose_train(base), tmp_path / "straight")
     run(compose_train(base), tmp_path / "interrupted")
     # pretend the second run died after step 10: drop everything it wrote later
     import shutil
+
     shutil.rmtree(tmp_path / "interrupted" / "checkpoints" / "step_0000020")
     resumed = run(compose_train(base + [f"resume={tmp_path / 'interrupted'}"]), tmp_path / "unused")
     assert resumed["resumed_at_step"] == 10 and resumed["steps"] == 20
@@ -173,12 +230,31 @@ def test_resume_continues_exactly(tmp_path, toy_tasks):
 def test_user_task_in_own_folder_trains_from_the_command_line(tmp_path):
     """The README's 'add a task' flow: one YAML in a user folder, no code, via the real CLI."""
     folder = tmp_path / "mine"
-    write_task(folder, "my_reviews", "classification",
-               {"train": sentiment_rows(64, 1), "validation": sentiment_rows(32, 2)},
-               {"text": "sentence", "label": "label"}, fmt="parquet", labels=["neg", "pos"])
-    done = subprocess.run([sys.executable, "-m", "mtdnn.train", "task=my_reviews", f"task_dirs=[{folder}]",
-                           "encoder=tiny", "trainer.max_steps=4", "trainer.progress_bar=false",
-                           f"hydra.run.dir={tmp_path}/hydra_run"], capture_output=True, text=True, timeout=300)
+    write_task(
+        folder,
+        "my_reviews",
+        "classification",
+        {"train": sentiment_rows(64, 1), "validation": sentiment_rows(32, 2)},
+        {"text": "sentence", "label": "label"},
+        fmt="parquet",
+        labels=["neg", "pos"],
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mtdnn.train",
+            "task=my_reviews",
+            f"task_dirs=[{folder}]",
+            "encoder=tiny",
+            "trainer.max_steps=4",
+            "trainer.progress_bar=false",
+            f"hydra.run.dir={tmp_path}/hydra_run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((tmp_path / "hydra_run" / "summary.json").read_text())
     assert summary["steps"] == 4 and "accuracy" in summary["validation"]["my_reviews"]
@@ -197,17 +273,24 @@ def test_hub_kind_source_reads_split_names_through_datasets(tmp_path):
     repo.mkdir()
     pd.DataFrame(sentiment_rows(30, 1)).to_csv(repo / "train.csv", index=False)
     pd.DataFrame(sentiment_rows(10, 2)).to_csv(repo / "test.csv", index=False)
-    spec = {"name": "hubby", "head": "classification", "labels": ["neg", "pos"],
-            "source": {"kind": "hub", "path": str(repo), "splits": {"train": "train", "validation": "test"}},
-            "columns": {"text": "sentence", "label": "label"}}
+    spec = {
+        "name": "hubby",
+        "head": "classification",
+        "labels": ["neg", "pos"],
+        "source": {"kind": "hub", "path": str(repo), "splits": {"train": "train", "validation": "test"}},
+        "columns": {"text": "sentence", "label": "label"},
+    }
     (tmp_path / "hubby.yaml").write_text(yaml.safe_dump(spec))
     data = prepare_data(load_tasks(["hubby"], [str(tmp_path)]))["hubby"]
     assert {s: len(d) for s, d in data.raw.items()} == {"train": 30, "validation": 10}
 
 
 def test_bf16_autocast_trains(tmp_path, toy_tasks):
-    cfg = compose_train(tiny_overrides(toy_tasks, "task=toy_sent", "trainer.max_steps=60", "trainer.bf16=true",
-                                       "predict_test=false"))
+    cfg = compose_train(
+        tiny_overrides(
+            toy_tasks, "task=toy_sent", "trainer.max_steps=60", "trainer.bf16=true", "predict_test=false"
+        )
+    )
     summary = run(cfg, tmp_path / "run")
     assert summary["validation"]["toy_sent"]["accuracy"] > 0.8
 
@@ -232,8 +315,18 @@ def test_every_micro_batch_comes_from_one_task(tmp_path, toy_tasks, monkeypatch)
         return real(model, task, batch, *args, **kwargs)
 
     monkeypatch.setattr(loop, "forward_backward", spy)
-    run(compose_train(tiny_overrides(toy_tasks, "task=[toy_sent,toy_count]", "trainer.max_steps=30",
-                                     "trainer.bucket_batches=4", "predict_test=false")), tmp_path / "run")
+    run(
+        compose_train(
+            tiny_overrides(
+                toy_tasks,
+                "task=[toy_sent,toy_count]",
+                "trainer.max_steps=30",
+                "trainer.bucket_batches=4",
+                "predict_test=false",
+            )
+        ),
+        tmp_path / "run",
+    )
     assert {t for t, _, _ in seen} == {"toy_sent", "toy_count"}
     for task, dtype, size in seen:  # classification batches carry class ids, regression batches real targets
         assert dtype == (torch.long if task == "toy_sent" else torch.float32) and 0 < size <= 16

@@ -8,7 +8,8 @@ and `conf/balancer/<name>.yaml` holds `name: <name>` and the method's settings.
 
 A balancer acts at three points of an optimizer step:
     weight(task)                a multiplier on the task's loss, known before its backward (loss weighting)
-    combine(gram, tasks, losses) with `trainer.tasks_per_step >= 2`: each task's gradient of the parameters the
+    combine(gram, tasks, losses) with `trainer.tasks_per_step >= 2`: each task's gradient of the parameters
+    the
                                 step's tasks share, given as their Gram matrix (g_i . g_j), becomes
                                 sum_i shared[i] g_i; a parameter only one task reached gets private[i] g_i
     end_step(losses)            after the optimizer step, with each task's loss of this step (learned weights)
@@ -56,8 +57,9 @@ class Balancer(Protocol):
 
     def weight(self, task: str) -> float: ...
 
-    def combine(self, gram: torch.Tensor, tasks: list[str],
-                losses: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def combine(
+        self, gram: torch.Tensor, tasks: list[str], losses: dict[str, float]
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def end_step(self, losses: dict[str, float]) -> None: ...
 
@@ -73,7 +75,9 @@ class Balancer(Protocol):
 class Base:
     """Equal weights, gradients summed: training as without a balancer. A method overrides what it changes."""
 
-    combines = False  # True: combine() is called (it needs trainer.tasks_per_step >= 2: see NEEDS_SEVERAL_TASKS)
+    combines = (
+        False  # True: combine() is called (it needs trainer.tasks_per_step >= 2: see NEEDS_SEVERAL_TASKS)
+    )
     needs_losses = False  # True: end_step/combine read each task's loss of the step (one host sync per step)
     needs_losses_after_step = False  # True: the step's batches are re-scored after the update (FAMO)
     patterns: tuple[str, ...] = ()  # balancer.params: the parameters combine() balances ([]: all)
@@ -88,8 +92,9 @@ class Base:
     def weight(self, task: str) -> float:
         return 1.0
 
-    def combine(self, gram: torch.Tensor, tasks: list[str],
-                losses: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    def combine(
+        self, gram: torch.Tensor, tasks: list[str], losses: dict[str, float]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         ones = torch.ones(len(tasks), dtype=gram.dtype)
         return ones, ones
 
@@ -136,19 +141,25 @@ def balancer_problems(node: dict[str, Any], tasks: list[str], tasks_per_step: in
     node = dict(node or {})
     name = str(node.get("name", "none"))
     if name not in available():
-        return [f"balancer.name: unknown balancer '{name}'{suggest(name, available())}; "
-                f"available: {', '.join(available())}"]
+        return [
+            f"balancer.name: unknown balancer '{name}'{suggest(name, available())}; "
+            f"available: {', '.join(available())}"
+        ]
     problems: list[str] = []
     common, own = _split(node)
     build_dataclass(Common, common, "balancer", problems)
     module = _module(name)
     config = build_dataclass(module.Config, own, "balancer", problems)
     if common.get("params") and not getattr(module, "NEEDS_SEVERAL_TASKS", False):
-        problems.append(f"balancer.params: balancer={name} weighs losses and reads no gradients; only the "
-                        "gradient balancers (gradnorm, pcgrad, cagrad, famo) use it")
+        problems.append(
+            f"balancer.params: balancer={name} weighs losses and reads no gradients; only the "
+            "gradient balancers (gradnorm, pcgrad, cagrad, famo) use it"
+        )
     if getattr(module, "NEEDS_SEVERAL_TASKS", False) and tasks_per_step < 2:
-        problems.append(f"balancer={name}: needs several tasks in one step; set trainer.tasks_per_step=2 or "
-                        f"more (up to the {len(tasks)} selected tasks)")
+        problems.append(
+            f"balancer={name}: needs several tasks in one step; set trainer.tasks_per_step=2 or "
+            f"more (up to the {len(tasks)} selected tasks)"
+        )
     if not problems and hasattr(module, "problems"):
         problems += module.problems(config, tasks)
     return problems
@@ -171,7 +182,8 @@ def balanced_parameter(name: str, patterns: tuple[str, ...] | list[str]) -> bool
 
 
 def softmax_weights(logits: torch.Tensor) -> torch.Tensor:
-    """K * softmax: weights that average 1, so the update has the scale of the plain sum of the task losses."""
+    """K * softmax: weights that average 1, so the update has the scale of the plain sum of the task
+    losses."""
     return len(logits) * torch.softmax(logits, dim=0)
 
 
@@ -209,7 +221,9 @@ class TaskGradients:
     step, then replaced by the balancer's combination. Parameters outside `patterns` accumulate as usual
     (their gradients are summed over the step's tasks)."""
 
-    def __init__(self, named_params: list[tuple[str, torch.nn.Parameter]], patterns: tuple[str, ...] | list[str]):
+    def __init__(
+        self, named_params: list[tuple[str, torch.nn.Parameter]], patterns: tuple[str, ...] | list[str]
+    ):
         self.params = [p for n, p in named_params if balanced_parameter(n, patterns)]
         self.others = [p for n, p in named_params if not balanced_parameter(n, patterns)]
         self.per_task: list[list[torch.Tensor | None]] = []
@@ -229,16 +243,23 @@ class TaskGradients:
             present = [g for g in column if g is not None]
             shared.append(len(present) >= 2)
             if shared[-1]:
-                dtype = torch.promote_types(present[0].dtype, torch.float32)  # bf16 gradients: dot products in fp32
-                flat = torch.stack([(g if g is not None else torch.zeros_like(present[0])).reshape(-1).to(dtype)
-                                    for g in column])
+                dtype = torch.promote_types(
+                    present[0].dtype, torch.float32
+                )  # bf16 gradients: dot products in fp32
+                flat = torch.stack(
+                    [
+                        (g if g is not None else torch.zeros_like(present[0])).reshape(-1).to(dtype)
+                        for g in column
+                    ]
+                )
                 gram = gram + (flat @ flat.T).double()
         if not isinstance(gram, torch.Tensor):
             return torch.zeros(k, k, dtype=torch.float64), shared
         return gram.cpu(), shared
 
     def combine(self, balancer: Balancer, tasks: list[str], losses: dict[str, float]) -> None:
-        """Write sum_i coef_i g_i back into .grad (shared coefficients where several tasks reached a parameter,
+        """Write sum_i coef_i g_i back into .grad (shared coefficients where several tasks reached a
+        parameter,
         private ones where one did)."""
         gram, shared = self.gram()
         shared_coefs, private_coefs = balancer.combine(gram, tasks, losses)

@@ -3,9 +3,11 @@ With g_0 the mean task gradient, find weights w on the simplex minimising
 
     g_w . g_0 + sqrt(phi) ||g_w||,       g_w = sum_i w_i g_i,   phi = c^2 ||g_0||^2
 
-and step along d = (g_0 + sqrt(phi) / ||g_w|| g_w) / (1 + c^2) (the authors' rescaling), times K so the step has
+and step along d = (g_0 + sqrt(phi) / ||g_w|| g_w) / (1 + c^2) (the authors' rescaling), times K so the step
+has
 the scale of the summed gradients, like the other balancers. c = 0.5 (the paper's default). Everything is a
-function of the Gram matrix G (g_w . g_0 = w^T G 1/K, ||g_w||^2 = w^T G w), so the K-variable problem is solved
+function of the Gram matrix G (g_w . g_0 = w^T G 1/K, ||g_w||^2 = w^T G w), so the K-variable problem is
+solved
 with scipy's SLSQP. Parameters only one task reaches (its head) keep that task's gradient."""
 
 from __future__ import annotations
@@ -43,22 +45,29 @@ def cagrad_coefficients(gram: torch.Tensor, c: float) -> tuple[torch.Tensor, np.
     k = len(gram)
     g = gram.double().numpy()
     start = np.full(k, 1.0 / k)
-    found = minimize(objective, start, args=(g, c), method="SLSQP", bounds=[(0.0, 1.0)] * k,
-                     constraints=({"type": "eq", "fun": lambda w: 1.0 - w.sum()},))
+    found = minimize(
+        objective,
+        start,
+        args=(g, c),
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * k,
+        constraints=({"type": "eq", "fun": lambda w: 1.0 - w.sum()},),
+    )
     w = np.clip(found.x, 0.0, None)
     w = w / w.sum() if w.sum() > 0 else start
     g0_norm = np.sqrt(max(start @ g @ start, 0.0))
     gw_norm = np.sqrt(max(w @ g @ w, 0.0))
     reach = c * g0_norm / (gw_norm + 1e-12)
-    coefficients = (start + reach * w) / (1 + c ** 2) * k
+    coefficients = (start + reach * w) / (1 + c**2) * k
     return torch.tensor(coefficients, dtype=gram.dtype), w
 
 
 class CAGrad(Base):
     combines = True
 
-    def combine(self, gram: torch.Tensor, tasks: list[str],
-                losses: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    def combine(
+        self, gram: torch.Tensor, tasks: list[str], losses: dict[str, float]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         shared, _ = cagrad_coefficients(gram, self.config.c)
         self.shown = dict(zip(tasks, shared.tolist()))
         return shared, torch.ones(len(tasks), dtype=gram.dtype)

@@ -3,7 +3,8 @@ CVPR, eq. 7):
 
     w_i(t) = K exp(r_i(t-1) / T) / sum_j exp(r_j(t-1) / T),    r_i(t-1) = L_i(t-1) / L_i(t-2)
 
-where L_i(t) is task i's mean training loss over period t (an epoch, as the paper; `period_steps` to change it),
+where L_i(t) is task i's mean training loss over period t (an epoch, as the paper; `period_steps` to change
+it),
 T = 2, and w_i = 1 for the first two periods. A task whose loss falls more slowly gets more weight. A task
 not seen in a period (possible when one task is tiny) keeps r = 1."""
 
@@ -24,7 +25,9 @@ class Config:
 
 
 def problems(config: Config, tasks: list[str]) -> list[str]:
-    found = [f"balancer.temperature: must be > 0, got {config.temperature}"] if config.temperature <= 0 else []
+    found = (
+        [f"balancer.temperature: must be > 0, got {config.temperature}"] if config.temperature <= 0 else []
+    )
     if config.period_steps is not None and config.period_steps < 1:
         found.append(f"balancer.period_steps: must be >= 1, got {config.period_steps}")
     return found
@@ -66,13 +69,22 @@ class DynamicWeightAverage(Base):
                 self.shown = dict(zip(self.setup.tasks, weights.tolist()))
 
     def state_dict(self) -> dict:
-        return {"sums": self.sums.clone(), "counts": self.counts.clone(), "history": list(self.history),
-                "steps": self.steps, "shown": dict(self.shown)}
+        return {
+            "sums": self.sums.clone(),
+            "counts": self.counts.clone(),
+            "history": list(self.history),
+            "steps": self.steps,
+            "shown": dict(self.shown),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state:
             self.sums, self.counts = state["sums"].clone(), state["counts"].clone()
-            self.history, self.steps, self.shown = list(state["history"]), state["steps"], dict(state["shown"])
+            self.history, self.steps, self.shown = (
+                list(state["history"]),
+                state["steps"],
+                dict(state["shown"]),
+            )
 
 
 def build(config: Config, setup: Setup) -> DynamicWeightAverage:

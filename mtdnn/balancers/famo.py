@@ -5,7 +5,8 @@ Task logits xi (start 0), z = softmax(xi). The step descends sum_i z_i log L_i, 
 
 (times K here, so the step has the scale of the summed losses), which balances the tasks' *relative* loss
 decrease. After the update the same batches are scored again (no gradient, an extra forward per task: FAMO's
-cost), delta_i = log L_i - log L'_i, and xi takes an Adam step (lr 0.025, weight decay 1e-3, the paper's) along
+cost), delta_i = log L_i - log L'_i, and xi takes an Adam step (lr 0.025, weight decay 1e-3, the paper's)
+along
 d(z . delta)/d xi: tasks that improved least gain weight. With fewer tasks per step than tasks, z is taken
 over the step's tasks."""
 
@@ -29,8 +30,9 @@ class Config:
 
 def problems(config: Config, tasks: list[str]) -> list[str]:
     found = [f"balancer.lr: must be > 0, got {config.lr}"] if config.lr <= 0 else []
-    return found + ([f"balancer.weight_decay: must be >= 0, got {config.weight_decay}"]
-                    if config.weight_decay < 0 else [])
+    return found + (
+        [f"balancer.weight_decay: must be >= 0, got {config.weight_decay}"] if config.weight_decay < 0 else []
+    )
 
 
 def famo_coefficients(logits: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
@@ -41,7 +43,8 @@ def famo_coefficients(logits: torch.Tensor, losses: torch.Tensor) -> torch.Tenso
 
 
 def logit_direction(logits: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-    """d(softmax(xi) . delta)/d xi with delta = log L - log L' (the vector-Jacobian product of the softmax)."""
+    """d(softmax(xi) . delta)/d xi with delta = log L - log L' (the vector-Jacobian product of the
+    softmax)."""
     delta = torch.log(before + FLOOR) - torch.log(after + FLOOR)
     z = torch.softmax(logits, dim=0)
     return z * (delta - (z * delta).sum())
@@ -57,8 +60,9 @@ class FAMO(Base):
         self.logits = LearnedValues(setup.tasks, 0.0, config.lr, config.weight_decay)
         self.before: dict[str, float] = {}
 
-    def combine(self, gram: torch.Tensor, tasks: list[str],
-                losses: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    def combine(
+        self, gram: torch.Tensor, tasks: list[str], losses: dict[str, float]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         self.before = {t: losses[t] for t in tasks}
         at = self.logits.index(tasks)
         observed = torch.tensor([losses[t] for t in tasks], dtype=torch.float64)
@@ -82,8 +86,10 @@ class FAMO(Base):
         self.logits.load_state_dict(state)
 
     def stats(self) -> dict[str, float]:
-        return {**super().stats(), **{f"balancer_logit/{t}": v
-                                      for t, v in zip(self.setup.tasks, self.logits.values.tolist())}}
+        return {
+            **super().stats(),
+            **{f"balancer_logit/{t}": v for t, v in zip(self.setup.tasks, self.logits.values.tolist())},
+        }
 
 
 def build(config: Config, setup: Setup) -> FAMO:

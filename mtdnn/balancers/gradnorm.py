@@ -32,11 +32,12 @@ def problems(config: Config, tasks: list[str]) -> list[str]:
     return found + ([f"balancer.lr: must be > 0, got {config.lr}"] if config.lr <= 0 else [])
 
 
-def gradnorm_direction(norms: torch.Tensor, weights: torch.Tensor, loss_ratios: torch.Tensor,
-                       alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gradnorm_direction(
+    norms: torch.Tensor, weights: torch.Tensor, loss_ratios: torch.Tensor, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(dL_grad/dw, the target norms) for the tasks given: G_i = norms, L_i / L_i(0) = loss_ratios."""
     rates = loss_ratios / loss_ratios.mean()
-    targets = norms.mean() * rates ** alpha
+    targets = norms.mean() * rates**alpha
     return torch.sign(norms - targets) * norms / weights, targets
 
 
@@ -56,12 +57,15 @@ class GradNorm(Base):
     def weight(self, task: str) -> float:
         return self.shown[task]
 
-    def combine(self, gram: torch.Tensor, tasks: list[str],
-                losses: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    def combine(
+        self, gram: torch.Tensor, tasks: list[str], losses: dict[str, float]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         for task in tasks:
             self.first_losses.setdefault(task, losses[task])
         at = self.weights.index(tasks)
-        ratios = torch.tensor([losses[t] / max(self.first_losses[t], 1e-12) for t in tasks], dtype=torch.float64)
+        ratios = torch.tensor(
+            [losses[t] / max(self.first_losses[t], 1e-12) for t in tasks], dtype=torch.float64
+        )
         norms = gram.diagonal().double().clamp(min=0).sqrt()
         direction, _ = gradnorm_direction(norms, self.weights.values.detach()[at], ratios, self.config.alpha)
         full = torch.zeros(len(self.setup.tasks), dtype=torch.float64)
@@ -71,7 +75,10 @@ class GradNorm(Base):
             values = self.weights.values.clamp_(min=1e-3)
             values.mul_(len(values) / values.sum())
         ones = torch.ones(len(tasks), dtype=gram.dtype)
-        return ones, ones  # the weights already scaled this step's losses; the new ones apply from the next step
+        return (
+            ones,
+            ones,
+        )  # the weights already scaled this step's losses; the new ones apply from the next step
 
     def end_step(self, losses: dict[str, float]) -> None:
         self._refresh()

@@ -42,8 +42,9 @@ class PCGrad(Base):
         self.generator = torch.Generator().manual_seed(setup.seed)
         self.conflicts = 0.0
 
-    def combine(self, gram: torch.Tensor, tasks: list[str],
-                losses: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    def combine(
+        self, gram: torch.Tensor, tasks: list[str], losses: dict[str, float]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         k = len(tasks)
         orders = []
         for i in range(k):

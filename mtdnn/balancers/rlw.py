@@ -1,7 +1,8 @@
 """rlw: random loss weighting (Lin et al. 2022, "Reasonable Effectiveness of Random Weighting", TMLR). Every
 step draws z ~ N(0, I) over the run's tasks and weighs task i by K softmax(z)_i (the paper's softmax of a
 normal draw, times the number of tasks K so the weights average 1 and the step keeps the scale of the summed
-losses). The generator is seeded from the run's seed and checkpointed (a resumed run draws the same weights)."""
+losses). The generator is seeded from the run's seed and checkpointed (a resumed run draws the same
+weights)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,10 @@ class RandomWeights(Base):
         self.generator = torch.Generator().manual_seed(setup.seed)
 
     def start_step(self, tasks: list[str]) -> None:
-        z = torch.randn(len(self.setup.tasks), generator=self.generator, dtype=torch.float64) * self.config.std
+        z = (
+            torch.randn(len(self.setup.tasks), generator=self.generator, dtype=torch.float64)
+            * self.config.std
+        )
         self.shown = dict(zip(self.setup.tasks, softmax_weights(z).tolist()))
 
     def weight(self, task: str) -> float:

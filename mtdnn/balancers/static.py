@@ -15,9 +15,14 @@ class Config:
 
 
 def problems(config: Config, tasks: list[str]) -> list[str]:
-    found = [f"balancer.weights.{task}: not a selected task{suggest(task, tasks)}"
-             for task in config.weights if task not in tasks]
-    found += [f"balancer.weights.{task}: must be >= 0, got {w}" for task, w in config.weights.items() if w < 0]
+    found = [
+        f"balancer.weights.{task}: not a selected task{suggest(task, tasks)}"
+        for task in config.weights
+        if task not in tasks
+    ]
+    found += [
+        f"balancer.weights.{task}: must be >= 0, got {w}" for task, w in config.weights.items() if w < 0
+    ]
     if tasks and all(config.weights.get(t, 1.0) == 0 for t in tasks):
         found.append("balancer.weights: every task has weight 0")
     return found

@@ -1,11 +1,15 @@
-"""uncertainty: homoscedastic uncertainty weighting (Kendall, Gal & Cipolla 2018, CVPR, eqs. 7 and 10). Each task
+"""uncertainty: homoscedastic uncertainty weighting (Kendall, Gal & Cipolla 2018, CVPR, eqs. 7 and 10). Each
+task
 has a learned s_i = log sigma_i^2 and the run minimises
 
-    sum_i  c_i exp(-s_i) L_i  +  s_i / 2,     c_i = 1/2 for a Gaussian likelihood (regression), 1 for a softmax
+    sum_i  c_i exp(-s_i) L_i  +  s_i / 2,     c_i = 1/2 for a Gaussian likelihood (regression), 1 for a
+    softmax
                                              likelihood (classification and every other kind)
 
-(log sigma_i = s_i / 2). The network sees task i's loss times c_i exp(-s_i); s_i descends -c_i exp(-s_i) L_i + 1/2,
-which is zero at exp(s_i) = 2 c_i L_i: a task whose loss stays high is weighted down. s starts at 0 (sigma = 1)."""
+(log sigma_i = s_i / 2). The network sees task i's loss times c_i exp(-s_i); s_i descends -c_i exp(-s_i) L_i +
+1/2,
+which is zero at exp(s_i) = 2 c_i L_i: a task whose loss stays high is weighted down. s starts at 0 (sigma =
+1)."""
 
 from __future__ import annotations
 
@@ -38,8 +42,10 @@ class Uncertainty(Base):
     def __init__(self, config: Config, setup: Setup):
         super().__init__(config, setup)
         self.log_vars = LearnedValues(setup.tasks, config.start, config.lr)
-        self.factors = torch.tensor([0.5 if kinds.of(spec).gaussian_likelihood else 1.0
-                                     for spec in setup.specs.values()], dtype=torch.float64)
+        self.factors = torch.tensor(
+            [0.5 if kinds.of(spec).gaussian_likelihood else 1.0 for spec in setup.specs.values()],
+            dtype=torch.float64,
+        )
         self._refresh()
 
     def _refresh(self) -> None:
@@ -65,8 +71,10 @@ class Uncertainty(Base):
         self._refresh()
 
     def stats(self) -> dict[str, float]:
-        return {**super().stats(), **{f"balancer_log_var/{t}": v
-                                      for t, v in zip(self.setup.tasks, self.log_vars.values.tolist())}}
+        return {
+            **super().stats(),
+            **{f"balancer_log_var/{t}": v for t, v in zip(self.setup.tasks, self.log_vars.values.tolist())},
+        }
 
 
 def build(config: Config, setup: Setup) -> Uncertainty:

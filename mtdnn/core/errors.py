@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from mtdnn.core.paths import cache_dir
 
@@ -59,37 +59,28 @@ def quiet_logger(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-_ENVIRONMENT = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-                errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on device",
-                errno.EDQUOT: "disk quota exceeded", errno.ENOTDIR: "a path component is a file, not a folder"}
+_ENVIRONMENT = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.ENOTDIR: "a path component is a file, not a folder",
+}
 
 
 def environment_fault(err: BaseException) -> str | None:
     """'cannot write <file>: <cause>' when `err` (or an exception it wraps) is a file system refusing a write
-    (permissions, read-only, full disk): a fault of the machine, not of the code, so one line, not a traceback."""
+    (permissions, read-only, full disk): a fault of the machine, not of the code, so one line, not a
+    traceback."""
     while err is not None:
         if isinstance(err, OSError) and err.errno in _ENVIRONMENT:
             where = f" {err.filename}" if err.filename else ""
-            hint = "; set MTDNN_CACHE to a writable folder with free space" if err.filename and \
-                str(err.filename).startswith(str(cache_dir())) else ""
+            hint = (
+                "; set MTDNN_CACHE to a writable folder with free space"
+                if err.filename and str(err.filename).startswith(str(cache_dir()))
+                else ""
+            )
             return f"cannot write{where}: {_ENVIRONMENT[err.errno]}{hint}"
         err = err.__cause__ or err.__context__
     return None
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

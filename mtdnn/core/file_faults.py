@@ -42,7 +42,9 @@ def diagnose(path: Path, fmt: str, options: dict[str, Any], err: BaseException) 
         with _open_binary(path) as raw:
             data = raw.read()
     except Exception as fault:  # noqa: BLE001  (each decompressor has its own errors: zlib, lzma, EOF, zip, ...)
-        return f"the file is truncated or not valid {path.suffix.lstrip('.') or fmt} data ({first_line(fault)})"
+        return (
+            f"the file is truncated or not valid {path.suffix.lstrip('.') or fmt} data ({first_line(fault)})"
+        )
     return _first_fault(data, fmt, options) or root_cause(err)
 
 
@@ -72,9 +74,11 @@ def _decode(data: bytes, encoding: str) -> tuple[str, str | None]:
         return data.decode(encoding), None
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
-        byte = data[err.start: err.start + 1].hex()
-        return "", (f"line {line}: not valid {encoding} (byte 0x{byte}); if the file is in another encoding, "
-                    "set source.read_options.encoding (e.g. latin-1)")
+        byte = data[err.start : err.start + 1].hex()
+        return "", (
+            f"line {line}: not valid {encoding} (byte 0x{byte}); if the file is in another encoding, "
+            "set source.read_options.encoding (e.g. latin-1)"
+        )
 
 
 def _is_json_lines(text: str) -> bool:
@@ -114,8 +118,10 @@ def _csv_fault(text: str, delimiter: str) -> str | None:
             return None
         for row in reader:
             if len(row) > len(header):  # a short row is read with empty values, and the row checks name it
-                return (f"line {reader.line_num}: {len(row)} fields where the header has {len(header)} "
-                        "(a delimiter or quote inside a value?)")
+                return (
+                    f"line {reader.line_num}: {len(row)} fields where the header has {len(header)} "
+                    "(a delimiter or quote inside a value?)"
+                )
     except csv.Error as err:
         return f"line {reader.line_num}: {err}"
     return None

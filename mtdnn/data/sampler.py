@@ -14,8 +14,10 @@ SAMPLERS = ("proportional", "temperature", "uniform", "annealed")
 def sampler_problems(cfg: SamplerConfig, tasks: list[str]) -> list[str]:
     problems = []
     if cfg.name not in SAMPLERS:
-        problems.append(f"sampler.name: unknown sampler '{cfg.name}'{suggest(cfg.name, SAMPLERS)}; "
-                        f"choose one of {', '.join(SAMPLERS)}")
+        problems.append(
+            f"sampler.name: unknown sampler '{cfg.name}'{suggest(cfg.name, SAMPLERS)}; "
+            f"choose one of {', '.join(SAMPLERS)}"
+        )
     if cfg.temperature <= 0:
         problems.append(f"sampler.temperature: must be > 0, got {cfg.temperature}")
     if not 0 <= cfg.end_alpha <= 1:
@@ -72,7 +74,8 @@ class TaskSampler:
         return self.names[int(self.rng.choice(len(self.names), p=p))]
 
     def next_distinct(self, k: int) -> list[str]:
-        """k different tasks for one multi-task step (trainer.tasks_per_step), drawn without replacement by the
+        """k different tasks for one multi-task step (trainer.tasks_per_step), drawn without replacement by
+        the
         schedule's probabilities, in the run's task order; all of them when k covers every task."""
         if k >= len(self.names):
             self.draws += len(self.names)

@@ -18,6 +18,8 @@ from mtdnn.core.typed import build, suggest
 SOURCE_KINDS = ("hub", "files", "artifact")
 FILE_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
 SPLITS = ("train", "validation", "test")
+
+
 @dataclass
 class SourceSpec:
     """Where the rows come from. `kind` picks which of the other fields apply."""
@@ -35,8 +37,12 @@ class SourceSpec:
     file: Optional[str] = None  # files/artifact: one file cut into splits by `split_fractions`
     split_fractions: dict[str, float] = field(default_factory=dict)
     split_seed: int = 0
-    exclude: dict[str, list[Any]] = field(default_factory=dict)  # drop rows whose column has one of these values
-    read_options: dict[str, Any] = field(default_factory=dict)  # passed to the datasets builder (e.g. quoting)
+    exclude: dict[str, list[Any]] = field(
+        default_factory=dict
+    )  # drop rows whose column has one of these values
+    read_options: dict[str, Any] = field(
+        default_factory=dict
+    )  # passed to the datasets builder (e.g. quoting)
 
 
 @dataclass
@@ -45,13 +51,17 @@ class ColumnsSpec:
 
     text: Optional[str] = None  # classification/regression; ranking: the candidate, one row per candidate
     text_pair: Optional[str] = None
-    label: Optional[str] = None  # ranking: index (or list of indices) of the correct candidate(s), or 0/1 per row
+    label: Optional[str] = (
+        None  # ranking: index (or list of indices) of the correct candidate(s), or 0/1 per row
+    )
     id: Optional[str] = None  # carried into predictions when set
     question: Optional[str] = None  # span
     context: Optional[str] = None  # span
     answers: Optional[str] = None  # span: {text: [...], answer_start: [...]} (SQuAD layout)
     query: Optional[Union[str, list[str]]] = None  # ranking (several columns are joined with a space)
-    candidates: Optional[Union[str, list[str]]] = None  # ranking: a list of texts per row, or a column per candidate
+    candidates: Optional[Union[str, list[str]]] = (
+        None  # ranking: a list of texts per row, or a column per candidate
+    )
     group: Optional[str] = None  # ranking with one row per candidate: rows with the same value form a group
     tokens: Optional[str] = None  # tagging: a list of words
     tags: Optional[str] = None  # tagging: a list of tags, one per word
@@ -63,7 +73,9 @@ class SubmissionSpec:
 
     benchmark: str = "glue"  # glue (TSV: index, prediction) | superglue (JSON lines: idx, label)
     file: str = ""  # e.g. SST-2.tsv, COPA.jsonl
-    labels: Optional[list[str]] = None  # the server's string per label, in label order (default: the label names)
+    labels: Optional[list[str]] = (
+        None  # the server's string per label, in label order (default: the label names)
+    )
 
 
 @dataclass
@@ -75,15 +87,21 @@ class TaskSpec:
     labels: list[str] = field(default_factory=list)  # classification: order = ids
     metrics: list[str] = field(default_factory=list)  # first one is the task's main metric
     max_length: int = 128  # tokens per encoded sequence (bi pairs: per text)
-    pair_encoding: str = "cross"  # text pairs: cross (one joint sequence) | bi (each text apart: mtdnn/kinds/_bi.py)
+    pair_encoding: str = (
+        "cross"  # text pairs: cross (one joint sequence) | bi (each text apart: mtdnn/kinds/_bi.py)
+    )
     loss_weight: float = 1.0
     head_lr: Optional[float] = None  # this task's head learns at this rate (default: trainer.head_lr)
     dropout: float = 0.1
     on_bad_row: str = "error"  # error | skip (skipped rows are counted in the summary)
     train_rows: Optional[int] = None  # a low-resource subset: this many train rows, drawn by train_rows_seed
-    train_rows_seed: int = 0  # the subset is fixed by this seed, not by the run's seed (same rows in every arm)
+    train_rows_seed: int = (
+        0  # the subset is fixed by this seed, not by the run's seed (same rows in every arm)
+    )
     description: str = ""
-    submission: Optional[SubmissionSpec] = None  # benchmark submission file (mtdnn.predict format=glue|superglue)
+    submission: Optional[SubmissionSpec] = (
+        None  # benchmark submission file (mtdnn.predict format=glue|superglue)
+    )
     file: str = ""  # the YAML this came from, filled by the loader
     options: Any = field(default=None, init=False)  # the kind's own fields (its Options, see mtdnn/kinds/)
 
@@ -96,7 +114,8 @@ class TaskSpec:
         return kinds.of(self).num_labels(self)
 
     def with_changes(self, **changes: Any) -> TaskSpec:
-        """A copy with some fields changed and the kind's options kept (dataclasses.replace would reset them to
+        """A copy with some fields changed and the kind's options kept (dataclasses.replace would reset them
+        to
         the kind's defaults: `options` is not an init field)."""
         changed = dataclasses.replace(self, **changes)
         changed.options = self.options
@@ -126,7 +145,9 @@ def resolve_task_files(names: list[str], extra_dirs: list[Path]) -> tuple[list[P
         elif name in registry:
             files.append(registry[name])
         else:
-            problems.append(f"task={name}: unknown task{suggest(name, registry)}; known: {', '.join(registry)}")
+            problems.append(
+                f"task={name}: unknown task{suggest(name, registry)}; known: {', '.join(registry)}"
+            )
     return files, problems
 
 
@@ -157,8 +178,9 @@ def parse_task(path: Path, data: Any, overrides: dict[str, Any] | None = None) -
     return spec, problems + _semantic_problems(spec, path)
 
 
-def _build_spec(data: Any, where: str, problems: list[str],
-                known_only: bool = False) -> tuple[TaskSpec, kinds.Kind | None]:
+def _build_spec(
+    data: Any, where: str, problems: list[str], known_only: bool = False
+) -> tuple[TaskSpec, kinds.Kind | None]:
     """The TaskSpec of a task's YAML data, its head kind's own fields built into `options`; with `known_only`,
     fields neither knows are dropped instead of reported."""
     kind = None
@@ -180,8 +202,11 @@ def _build_spec(data: Any, where: str, problems: list[str],
 def _deep_merge(base: dict, extra: dict) -> dict:
     merged = dict(base)
     for key, value in extra.items():
-        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(
-            merged.get(key), dict) else value
+        merged[key] = (
+            _deep_merge(merged[key], value)
+            if isinstance(value, dict) and isinstance(merged.get(key), dict)
+            else value
+        )
     return merged
 
 
@@ -192,20 +217,27 @@ def _semantic_problems(spec: TaskSpec, path: Path) -> list[str]:
         problems.append(f"{where}name: '{spec.name}' differs from the file name '{path.stem}'")
     known = kinds.available()
     if spec.head is not None and spec.head not in known:
-        problems.append(f"{where}head: unknown head type '{spec.head}'{suggest(spec.head, known)}; "
-                        f"choose one of {', '.join(known)}")
+        problems.append(
+            f"{where}head: unknown head type '{spec.head}'{suggest(spec.head, known)}; "
+            f"choose one of {', '.join(known)}"
+        )
     if spec.source is not None and spec.source.kind is not None:
         problems += _source_problems(spec.source, where)
     if spec.head in known:
         kind = kinds.get(spec.head)
         if spec.columns is not None:
-            problems += [f"{where}columns.{role}: required for {spec.head} tasks" for role in kind.required_columns
-                         if not getattr(spec.columns, role)]
+            problems += [
+                f"{where}columns.{role}: required for {spec.head} tasks"
+                for role in kind.required_columns
+                if not getattr(spec.columns, role)
+            ]
             problems += kind.spec_problems(spec, where)
         for i, metric in enumerate(spec.metrics or []):
             if metric not in kind.metrics:
-                problems.append(f"{where}metrics[{i}]: '{metric}' does not apply to {spec.head} tasks"
-                                f"{suggest(metric, kind.metrics)}; choose from {', '.join(kind.metrics)}")
+                problems.append(
+                    f"{where}metrics[{i}]: '{metric}' does not apply to {spec.head} tasks"
+                    f"{suggest(metric, kind.metrics)}; choose from {', '.join(kind.metrics)}"
+                )
     problems += _pair_encoding_problems(spec, where)
     if spec.max_length is not None and spec.max_length < 8:
         problems.append(f"{where}max_length: must be at least 8, got {spec.max_length}")
@@ -218,7 +250,9 @@ def _semantic_problems(spec: TaskSpec, path: Path) -> list[str]:
     if spec.train_rows is not None and spec.train_rows < 1:
         problems.append(f"{where}train_rows: must be at least 1, got {spec.train_rows}")
     if spec.submission is not None and spec.submission.benchmark not in ("glue", "superglue"):
-        problems.append(f"{where}submission.benchmark: must be glue or superglue, got '{spec.submission.benchmark}'")
+        problems.append(
+            f"{where}submission.benchmark: must be glue or superglue, got '{spec.submission.benchmark}'"
+        )
     if spec.submission is not None and not spec.submission.file:
         problems.append(f"{where}submission.file: required (the file name the benchmark's server expects)")
     labels, sub = (spec.labels if isinstance(spec.labels, list) else []), spec.submission
@@ -238,7 +272,9 @@ def _pair_encoding_problems(spec: TaskSpec, where: str) -> list[str]:
         return []
     if not kinds.get(spec.head).bi_encoding:
         takes = [k for k in kinds.available() if kinds.get(k).bi_encoding]
-        return [f"{where}pair_encoding: bi is not available for {spec.head} tasks (it is for {', '.join(takes)})"]
+        return [
+            f"{where}pair_encoding: bi is not available for {spec.head} tasks (it is for {', '.join(takes)})"
+        ]
     sentence_kind = "text" in kinds.get(spec.head).required_columns  # ranking pairs a query with candidates
     if spec.columns is not None and sentence_kind and not spec.columns.text_pair:
         return [f"{where}columns.text_pair: required with pair_encoding: bi (the second text of each pair)"]
@@ -249,11 +285,15 @@ def _source_problems(src: SourceSpec, where: str) -> list[str]:
     w = f"{where}source."
     problems = []
     if src.kind not in SOURCE_KINDS:
-        return [f"{w}kind: unknown source kind '{src.kind}'{suggest(src.kind, SOURCE_KINDS)}; "
-                f"choose one of {', '.join(SOURCE_KINDS)}"]
+        return [
+            f"{w}kind: unknown source kind '{src.kind}'{suggest(src.kind, SOURCE_KINDS)}; "
+            f"choose one of {', '.join(SOURCE_KINDS)}"
+        ]
     for split in src.splits:
         if split not in SPLITS:
-            problems.append(f"{w}splits.{split}: unknown split{suggest(split, SPLITS)}; use {', '.join(SPLITS)}")
+            problems.append(
+                f"{w}splits.{split}: unknown split{suggest(split, SPLITS)}; use {', '.join(SPLITS)}"
+            )
     if src.kind == "hub":
         if not src.path:
             problems.append(f"{w}path: a hub source needs the data set id (e.g. nyu-mll/glue)")
@@ -261,10 +301,14 @@ def _source_problems(src: SourceSpec, where: str) -> list[str]:
             problems.append(f"{w}file: a hub source names its splits under source.splits")
     else:
         if src.format and src.format not in FILE_FORMATS:
-            problems.append(f"{w}format: unknown format '{src.format}'{suggest(src.format, FILE_FORMATS)}; "
-                            f"choose one of {', '.join(FILE_FORMATS)}")
+            problems.append(
+                f"{w}format: unknown format '{src.format}'{suggest(src.format, FILE_FORMATS)}; "
+                f"choose one of {', '.join(FILE_FORMATS)}"
+            )
         if bool(src.file) == bool(src.splits):
-            problems.append(f"{w}splits: give either `splits` (a file per split) or `file` with `split_fractions`")
+            problems.append(
+                f"{w}splits: give either `splits` (a file per split) or `file` with `split_fractions`"
+            )
         if src.file:
             problems += _fraction_problems(src, w)
     if src.kind == "artifact":
@@ -279,8 +323,11 @@ def _source_problems(src: SourceSpec, where: str) -> list[str]:
 
 def _fraction_problems(src: SourceSpec, w: str) -> list[str]:
     fractions = src.split_fractions
-    problems = [f"{w}split_fractions.{k}: unknown split; use {', '.join(SPLITS)}" for k in fractions
-                if k not in SPLITS]
+    problems = [
+        f"{w}split_fractions.{k}: unknown split; use {', '.join(SPLITS)}"
+        for k in fractions
+        if k not in SPLITS
+    ]
     if any(v <= 0 for v in fractions.values()) or abs(sum(fractions.values()) - 1.0) > 1e-6:
         problems.append(f"{w}split_fractions: fractions must be positive and sum to 1, got {fractions}")
     return problems
@@ -297,8 +344,9 @@ def _name_override(problem: str, path: Path, given: dict, prefix: str = "") -> s
     return problem
 
 
-def load_tasks(names: list[str], extra_dirs: list[str] | None = None,
-               overrides: dict[str, dict] | None = None) -> list[TaskSpec]:
+def load_tasks(
+    names: list[str], extra_dirs: list[str] | None = None, overrides: dict[str, dict] | None = None
+) -> list[TaskSpec]:
     """Load and validate the selected tasks; raise one MtdnnError listing every problem in every file."""
     dirs = [Path(os.path.expanduser(d)).resolve() for d in (extra_dirs or [])]
     problems = [f"task_dirs: folder not found: {d}" for d in dirs if not d.is_dir()]
@@ -315,8 +363,11 @@ def load_tasks(names: list[str], extra_dirs: list[str] | None = None,
         spec, task_problems = parse_task(path, data, overrides.get(path.stem))
         specs.append(spec)
         problems += [_name_override(p, path, overrides.get(path.stem) or {}) for p in task_problems]
-    problems += [f"task_overrides.{name}: not among the selected tasks" for name in overrides
-                 if name not in {s.name for s in specs}]
+    problems += [
+        f"task_overrides.{name}: not among the selected tasks"
+        for name in overrides
+        if name not in {s.name for s in specs}
+    ]
     names_seen = [s.name for s in specs]
     problems += [f"task: '{n}' is selected twice" for n in sorted(set(names_seen)) if names_seen.count(n) > 1]
     raise_if(problems, "the task configuration has problems")
@@ -331,7 +382,8 @@ def spec_to_dict(spec: TaskSpec) -> dict:
 
 
 def spec_from_dict(data: dict) -> TaskSpec:
-    """Rebuild a spec saved in a run directory (already validated when the run started). Fields a saved spec has
+    """Rebuild a spec saved in a run directory (already validated when the run started). Fields a saved spec
+    has
     but this version does not know are dropped (older versions saved every kind's fields in every spec)."""
     problems: list[str] = []
     spec, _ = _build_spec(data, "saved task: ", problems, known_only=True)

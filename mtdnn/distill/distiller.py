@@ -1,5 +1,6 @@
 """The Distiller the training loop uses: teachers loaded from their run folders, soft targets attached to the
-training data (cached on disk, or computed on the fly), the distillation loss, and the student-vs-teachers table."""
+training data (cached on disk, or computed on the fly), the distillation loss, and the student-vs-teachers
+table."""
 
 from __future__ import annotations
 
@@ -27,8 +28,11 @@ def distill_problems(cfg: DistillConfig, specs: list[TaskSpec]) -> list[str]:
     if cfg.mode not in ("none", "ensemble"):
         return [f"distill.mode: must be none or ensemble, got '{cfg.mode}'"]
     if cfg.mode == "none":
-        return ["distill.teachers: teachers given but distill.mode is none; choose distill=ensemble"] \
-            if cfg.teachers else []
+        return (
+            ["distill.teachers: teachers given but distill.mode is none; choose distill=ensemble"]
+            if cfg.teachers
+            else []
+        )
     if not cfg.teachers:
         return ["distill.teachers: required with distill=ensemble (distill.teachers=[run_a,run_b,...])"]
     from mtdnn.runs.folder import load_run_specs
@@ -52,12 +56,16 @@ def distill_problems(cfg: DistillConfig, specs: list[TaskSpec]) -> list[str]:
             if spec.name not in trained:
                 problems.append(f"distill.teachers[{i}]: {folder} did not train task {spec.name}")
             elif trained[spec.name].labels != spec.labels:
-                problems.append(f"distill.teachers[{i}]: task {spec.name} has labels {trained[spec.name].labels} "
-                                f"there but {spec.labels} here")
+                problems.append(
+                    f"distill.teachers[{i}]: task {spec.name} has labels {trained[spec.name].labels} "
+                    f"there but {spec.labels} here"
+                )
             elif cfg.soft_targets == "on_the_fly" and trained[spec.name].pair_encoding != spec.pair_encoding:
-                problems.append(f"distill.soft_targets: on_the_fly feeds the student's batches to the teachers, but "
-                                f"task {spec.name} is pair_encoding {trained[spec.name].pair_encoding} in "
-                                f"{folder} and {spec.pair_encoding} here; use soft_targets=cache")
+                problems.append(
+                    f"distill.soft_targets: on_the_fly feeds the student's batches to the teachers, but "
+                    f"task {spec.name} is pair_encoding {trained[spec.name].pair_encoding} in "
+                    f"{folder} and {spec.pair_encoding} here; use soft_targets=cache"
+                )
     return problems
 
 
@@ -72,9 +80,14 @@ class Distiller:
         self.home = device if cfg.soft_targets == "on_the_fly" else torch.device("cpu")
         with _own_rng(device):  # building the teachers must not shift the student's random stream
             self.teachers = [load_run(t, cfg.teacher_checkpoint, self.home) for t in cfg.teachers]
-        self.identity = [{"run_dir": str(Path(os.path.expanduser(t)).resolve()), "checkpoint": cfg.teacher_checkpoint,
-                          "sha256": sha256_of(teacher_weights(t, cfg.teacher_checkpoint))}
-                         for t in cfg.teachers]
+        self.identity = [
+            {
+                "run_dir": str(Path(os.path.expanduser(t)).resolve()),
+                "checkpoint": cfg.teacher_checkpoint,
+                "sha256": sha256_of(teacher_weights(t, cfg.teacher_checkpoint)),
+            }
+            for t in cfg.teachers
+        ]
 
     def _check_tokenizer(self, spec: TaskSpec, tokenizer) -> None:
         token_level = kinds.of(spec).token_level
@@ -82,10 +95,15 @@ class Distiller:
             return
         for teacher in self.teachers:
             if teacher.tokenizer.get_vocab() != tokenizer.get_vocab():
-                why = f"{spec.head} targets are per token" if token_level else \
-                    "on_the_fly runs the teachers on the student's batches"
-                raise MtdnnError(f"distill.teachers: {teacher.run_dir} tokenises differently from the student, but "
-                                 f"{why}; use distill.student_from_teacher=true or the teachers' encoder")
+                why = (
+                    f"{spec.head} targets are per token"
+                    if token_level
+                    else "on_the_fly runs the teachers on the student's batches"
+                )
+                raise MtdnnError(
+                    f"distill.teachers: {teacher.run_dir} tokenises differently from the student, but "
+                    f"{why}; use distill.student_from_teacher=true or the teachers' encoder"
+                )
 
     def attach_soft_targets(self, tasks: dict, tokenizer, batch_size: int) -> dict[str, str]:
         """Add a `soft` column to every task's encoded train split; returns where each came from."""
@@ -103,7 +121,9 @@ class Distiller:
             targets, origin[name] = self._targets_for(store, data, batch_size)
             column = [kind.soft_column(t) for t in targets]
             if len(column) != len(data.encoded["train"]):
-                raise MtdnnError(f"{store.path}: {len(column)} soft targets for {len(data.encoded['train'])} rows")
+                raise MtdnnError(
+                    f"{store.path}: {len(column)} soft targets for {len(data.encoded['train'])} rows"
+                )
             data.encoded["train"] = data.encoded["train"].add_column("soft", column)
         return origin
 
@@ -113,8 +133,9 @@ class Distiller:
             if reason is None:
                 return store.load(), f"reused {store.path}"
             if not self.cfg.rebuild_stale:
-                raise MtdnnError(f"{store.path}: stale soft targets: {reason}; delete it or set "
-                                 "distill.rebuild_stale=true")
+                raise MtdnnError(
+                    f"{store.path}: stale soft targets: {reason}; delete it or set distill.rebuild_stale=true"
+                )
             log.warning("%s: stale soft targets (%s); rebuilding", store.path, reason)
         started = time.time()
         outputs = []
@@ -140,28 +161,38 @@ class Distiller:
         outs = []
         for teacher in self.teachers:
             teacher.model.eval()
-            outs.append(self.kinds[task].teacher_soft(teacher.model(task, **batch), batch, self.cfg.temperature))
+            outs.append(
+                self.kinds[task].teacher_soft(teacher.model(task, **batch), batch, self.cfg.temperature)
+            )
         return torch.stack(outs).mean(0)
 
     def loss(self, model, task: str, logits: torch.Tensor, batch: dict) -> torch.Tensor:
-        """alpha * hard + (1 - alpha) * the kind's KD term (T^2 * KL(teacher || student / T), or MSE for values)."""
+        """alpha * hard + (1 - alpha) * the kind's KD term (T^2 * KL(teacher || student / T), or MSE for
+        values)."""
         hard = model.head(task).loss(logits, batch)
         if self.cfg.alpha == 1.0:
             return hard
         soft = batch["soft"] if "soft" in batch else self._on_the_fly(task, batch)
-        return self.cfg.alpha * hard + (1 - self.cfg.alpha) * self.kinds[task].kd_term(logits, soft, batch,
-                                                                                        self.cfg.temperature)
+        return self.cfg.alpha * hard + (1 - self.cfg.alpha) * self.kinds[task].kd_term(
+            logits, soft, batch, self.cfg.temperature
+        )
 
     def compare(self, student, tasks: dict, collators: dict, batch_size: int) -> list[dict]:
         """Student and every teacher on every validation set: metric, parameters, inference examples/s."""
         rows = []
-        for label, model, teacher in [("student", student, None)] + [(f"teacher {t.run_dir.name}", t.model, t)
-                                                                      for t in self.teachers]:
+        for label, model, teacher in [("student", student, None)] + [
+            (f"teacher {t.run_dir.name}", t.model, t) for t in self.teachers
+        ]:
             with self.on_device(teacher) if teacher is not None else nullcontext():
                 for name, data in tasks.items():
                     if "validation" in data.encoded:
-                        rows.append({"model": label, "task": name, **_measure(model, data, collators[name],
-                                                                               batch_size, self.device, teacher)})
+                        rows.append(
+                            {
+                                "model": label,
+                                "task": name,
+                                **_measure(model, data, collators[name], batch_size, self.device, teacher),
+                            }
+                        )
         return rows
 
 
@@ -183,5 +214,9 @@ def _measure(model, data, collate, batch_size: int, device: torch.device, teache
     started = time.perf_counter()
     _, scores = evaluate_split(model, spec, raw, encoded, collate, batch_size, device)
     seconds = time.perf_counter() - started
-    return {"metric": spec.metrics[0], "value": (scores or {}).get(spec.metrics[0], float("nan")),
-            "parameters": sum(p.numel() for p in model.parameters()), "examples_per_s": len(raw) / seconds}
+    return {
+        "metric": spec.metrics[0],
+        "value": (scores or {}).get(spec.metrics[0], float("nan")),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "examples_per_s": len(raw) / seconds,
+    }

@@ -1,4 +1,5 @@
-"""A shallower student cut from a teacher: its encoder keeps layers 0, k, 2k, ... (DistilBERT's initialisation)."""
+"""A shallower student cut from a teacher: its encoder keeps layers 0, k, 2k, ... (DistilBERT's
+initialisation)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ log = logging.getLogger("mtdnn")
 
 
 def shallow_student(teacher_dir: str, checkpoint: str, keep_every: int):
-    """(tokenizer, encoder, head weights) of a teacher whose encoder keeps layers 0, k, 2k, ... (DistilBERT)."""
+    """(tokenizer, encoder, head weights) of a teacher whose encoder keeps layers 0, k, 2k, ...
+    (DistilBERT)."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     folder = Path(os.path.expanduser(teacher_dir))
@@ -40,7 +42,9 @@ def shallow_student(teacher_dir: str, checkpoint: str, keep_every: int):
         state[key] = tensor
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise MtdnnError(f"distill.student_from_teacher: cannot map {folder}'s encoder weights "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise MtdnnError(
+            f"distill.student_from_teacher: cannot map {folder}'s encoder weights "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     log.info("student: layers %s of %s's %d-layer encoder", kept, folder, teacher_layers)
     return AutoTokenizer.from_pretrained(str(folder / "tokenizer")), encoder, heads

@@ -1,4 +1,5 @@
-"""Soft targets: each teacher's output per training example, averaged and stored (see the package docstring)."""
+"""Soft targets: each teacher's output per training example, averaged and stored (see the package
+docstring)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ FORMAT = "mtdnn-soft-targets/1"
 def soft_targets(kind: kinds.Kind, outputs: list[list[np.ndarray]], temperature: float) -> list[np.ndarray]:
     """Average over teachers, per example, of the kind's target. `outputs[t][i]` is teacher t's raw output for
     example i."""
-    return [np.mean([kind.soft_target(teacher[i], temperature) for teacher in outputs], axis=0).astype(np.float32)
-            for i in range(len(outputs[0]))]
+    return [
+        np.mean([kind.soft_target(teacher[i], temperature) for teacher in outputs], axis=0).astype(np.float32)
+        for i in range(len(outputs[0]))
+    ]
 
 
 def teacher_outputs(teacher, spec: TaskSpec, data, device: torch.device, batch_size: int) -> list[np.ndarray]:
@@ -39,8 +42,9 @@ def teacher_outputs(teacher, spec: TaskSpec, data, device: torch.device, batch_s
         mine = TaskData(own, {"train": data.raw["train"]})
         encode_splits(mine, teacher.tokenizer)
         encoded = mine.encoded["train"]
-    outputs, _ = forward_rows(teacher.model, own, encoded, collator_for(own, teacher.tokenizer, 8), batch_size,
-                              device)
+    outputs, _ = forward_rows(
+        teacher.model, own, encoded, collator_for(own, teacher.tokenizer, 8), batch_size, device
+    )
     return [row.numpy() for row in outputs]
 
 
@@ -57,12 +61,21 @@ class SoftTargetFile:
     """The versioned on-disk form of one task's soft targets (see the package docstring)."""
 
     def __init__(self, folder: Path, spec: TaskSpec, cfg: DistillConfig, identity: list[dict], data_key: str):
-        key = hashlib.sha256(json.dumps([sorted(t["run_dir"] for t in identity), cfg.temperature,
-                                         cfg.teacher_checkpoint]).encode()).hexdigest()[:16]
+        key = hashlib.sha256(
+            json.dumps(
+                [sorted(t["run_dir"] for t in identity), cfg.temperature, cfg.teacher_checkpoint]
+            ).encode()
+        ).hexdigest()[:16]
         self.path = folder / f"{spec.name}-{key}.safetensors"
         self.token_level = kinds.of(spec).token_level
-        self.metadata = {"format": FORMAT, "task": spec.name, "head": spec.head, "temperature": str(cfg.temperature),
-                         "data": data_key, "teachers": json.dumps(identity)}
+        self.metadata = {
+            "format": FORMAT,
+            "task": spec.name,
+            "head": spec.head,
+            "temperature": str(cfg.temperature),
+            "data": data_key,
+            "teachers": json.dumps(identity),
+        }
 
     def stale_reason(self) -> str | None:
         from safetensors import safe_open
@@ -93,6 +106,9 @@ class SoftTargetFile:
                 matrix[i, : np.size(t)] = np.ravel(t)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        save_file({"targets": torch.from_numpy(matrix), "sizes": torch.from_numpy(sizes)}, str(tmp),
-                  metadata={**self.metadata, "rows": str(len(targets))})
+        save_file(
+            {"targets": torch.from_numpy(matrix), "sizes": torch.from_numpy(sizes)},
+            str(tmp),
+            metadata={**self.metadata, "rows": str(len(targets))},
+        )
         os.replace(tmp, self.path)

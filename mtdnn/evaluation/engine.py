@@ -34,8 +34,15 @@ def collator_for(spec: TaskSpec, tokenizer, multiple_of: int):
 
 
 @torch.no_grad()
-def forward_rows(model: MultiTaskModel, spec: TaskSpec, dataset, collate, batch_size: int, device: torch.device,
-                 bf16: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def forward_rows(
+    model: MultiTaskModel,
+    spec: TaskSpec,
+    dataset,
+    collate,
+    batch_size: int,
+    device: torch.device,
+    bf16: bool = False,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(output, labels) of every row of an encoded split, in row order, on the CPU. Rows run shortest first,
     so each batch pads little (an in-order batch of 128 reviews pads almost all of them to the longest)."""
     was_training = model.training
@@ -47,11 +54,11 @@ def forward_rows(model: MultiTaskModel, spec: TaskSpec, dataset, collate, batch_
     order = np.argsort(row_lengths(dataset), kind="stable")
     shard = inference_shard()  # under torchrun evaluation: this rank's every N-th row, gathered below
     if shard is not None:
-        order = order[shard.rank::shard.world]
+        order = order[shard.rank :: shard.world]
     found: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for start in range(0, len(order), batch_size):
         stop_if_interrupted()
-        rows = order[start: start + batch_size]
+        rows = order[start : start + batch_size]
         batch = collate(dataset[rows.tolist()])
         on_device = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with autocast(device, bf16):
@@ -64,21 +71,37 @@ def forward_rows(model: MultiTaskModel, spec: TaskSpec, dataset, collate, batch_
     return [found[i][0] for i in range(len(dataset))], [found[i][1] for i in range(len(dataset))]
 
 
-def evaluate_split(model: MultiTaskModel, spec: TaskSpec, raw, encoded, collate, batch_size: int,
-                   device: torch.device, bf16: bool = False) -> tuple[list[dict], dict[str, float] | None]:
+def evaluate_split(
+    model: MultiTaskModel,
+    spec: TaskSpec,
+    raw,
+    encoded,
+    collate,
+    batch_size: int,
+    device: torch.device,
+    bf16: bool = False,
+) -> tuple[list[dict], dict[str, float] | None]:
     """Prediction records (one per input example) and metrics (None without gold labels), for any kind."""
     outputs, _ = forward_rows(model, spec, encoded, collate, batch_size, device, bf16)
     return kinds.of(spec).evaluate(spec, raw, encoded, outputs)
 
 
-def evaluate_tasks(model: MultiTaskModel, tasks: dict[str, TaskData], collators: dict[str, Collator],
-                   split: str, batch_size: int, device: torch.device, bf16: bool) -> dict[str, dict[str, float]]:
+def evaluate_tasks(
+    model: MultiTaskModel,
+    tasks: dict[str, TaskData],
+    collators: dict[str, Collator],
+    split: str,
+    batch_size: int,
+    device: torch.device,
+    bf16: bool,
+) -> dict[str, dict[str, float]]:
     results = {}
     for name, data in tasks.items():
         if split not in data.encoded:
             continue
-        _, scores = evaluate_split(model, data.spec, data.raw[split], data.encoded[split], collators[name],
-                                   batch_size, device, bf16)
+        _, scores = evaluate_split(
+            model, data.spec, data.raw[split], data.encoded[split], collators[name], batch_size, device, bf16
+        )
         if scores is not None:
             results[name] = scores
     return results
@@ -87,6 +110,7 @@ def evaluate_tasks(model: MultiTaskModel, tasks: dict[str, TaskData], collators:
 def main_score(results: dict[str, dict[str, float]], specs: dict[str, TaskSpec], best_metric: str) -> float:
     """The number 'best' is judged by: a named task/metric, or the mean of each task's main metric
     (signs flipped for errors, so higher is always better). NaN when a metric it needs is undefined."""
+
     def oriented(task: str, metric: str, value: float) -> float:
         return -value if metric in kinds.of(specs[task]).lower_is_better else value
 

@@ -1,4 +1,5 @@
-"""The README.md model card every export folder gets, in the Hugging Face Hub's format: YAML metadata (library,
+"""The README.md model card every export folder gets, in the Hugging Face Hub's format: YAML metadata
+(library,
 pipeline tag, language, base model, data set, metrics with their values as a model-index) built with
 `huggingface_hub`'s ModelCardData, then how the model was trained, the exact config, the metrics table, the
 intended use and the limitations. Built from the run folder alone: no network."""
@@ -19,27 +20,49 @@ def model_card(run, spec: TaskSpec, checkpoint: str, language: str) -> str:
 
     summary = _read(run.run_dir / "summary.json")
     scores = (summary.get("validation") or {}).get(spec.name, {}) if checkpoint == "best" else {}
-    pipeline, library = ("sentence-similarity", "sentence-transformers") if is_bi(spec) \
+    pipeline, library = (
+        ("sentence-similarity", "sentence-transformers")
+        if is_bi(spec)
         else (kinds.of(spec).pipeline_tag, "transformers")
+    )
     dataset = spec.source.path or spec.name
     data = ModelCardData(
-        language=language, library_name=library, pipeline_tag=pipeline, tags=["mtdnn", spec.head],
-        base_model=_hub_id(run.config.encoder.name), datasets=[spec.source.path] if spec.source.path else None,
-        model_name=f"{spec.name} ({run.run_dir.name})", metrics=list(scores) or None,
-        eval_results=[EvalResult(task_type=pipeline, dataset_type=dataset, dataset_name=spec.name,
-                                 dataset_config=spec.source.name, dataset_split="validation", metric_type=name,
-                                 metric_value=round(value, 4)) for name, value in scores.items() if value is not None]
-        or None)
+        language=language,
+        library_name=library,
+        pipeline_tag=pipeline,
+        tags=["mtdnn", spec.head],
+        base_model=_hub_id(run.config.encoder.name),
+        datasets=[spec.source.path] if spec.source.path else None,
+        model_name=f"{spec.name} ({run.run_dir.name})",
+        metrics=list(scores) or None,
+        eval_results=[
+            EvalResult(
+                task_type=pipeline,
+                dataset_type=dataset,
+                dataset_name=spec.name,
+                dataset_config=spec.source.name,
+                dataset_split="validation",
+                metric_type=name,
+                metric_value=round(value, 4),
+            )
+            for name, value in scores.items()
+            if value is not None
+        ]
+        or None,
+    )
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{_body(run, spec, summary, scores, checkpoint)}"))
 
 
 def _usage(spec: TaskSpec) -> str:
     if is_bi(spec):
-        return ('from sentence_transformers import SentenceTransformer\n\n'
-                'model = SentenceTransformer("path/or/hub-id")\n'
-                'embeddings = model.encode(["a first text", "a second text"])\n'
-                'similarity = model.similarity(embeddings[:1], embeddings[1:])  # cosine')
-    return f'from transformers import pipeline\n\nmodel = pipeline("{kinds.of(spec).pipeline_tag}", model="path/or/hub-id")'
+        return (
+            "from sentence_transformers import SentenceTransformer\n\n"
+            'model = SentenceTransformer("path/or/hub-id")\n'
+            'embeddings = model.encode(["a first text", "a second text"])\n'
+            "similarity = model.similarity(embeddings[:1], embeddings[1:])  # cosine"
+        )
+    tag = kinds.of(spec).pipeline_tag
+    return f'from transformers import pipeline\n\nmodel = pipeline("{tag}", model="path/or/hub-id")'
 
 
 def _read(path: Path) -> dict:
@@ -61,8 +84,10 @@ def _body(run, spec: TaskSpec, summary: dict, scores: dict, checkpoint: str) -> 
     regularizers = ", ".join(cfg.regularizer) if cfg.get("regularizer") else "none"
     labels = f"Labels: {', '.join(map(str, spec.labels))}." if spec.labels else ""
     source = spec.source.path or spec.source.package or spec.source.file or "local files"
-    table = "\n".join(f"| {name} | {show(value)} |" for name, value in scores.items()) or \
-        f"| (checkpoint {checkpoint}: not the evaluated best; run `mtdnn.evaluate`) | |"
+    table = (
+        "\n".join(f"| {name} | {show(value)} |" for name, value in scores.items())
+        or f"| (checkpoint {checkpoint}: not the evaluated best; run `mtdnn.evaluate`) | |"
+    )
     return f"""
 # {spec.name}
 
@@ -71,10 +96,10 @@ A `{spec.head}` model for the task **{spec.name}**, exported by mtdnn from a mul
 
 ## Training
 
-- Encoder: `{cfg.encoder.name or 'random init from a config'}`, pooling `{cfg.encoder.pooling}`, max_length
+- Encoder: `{cfg.encoder.name or "random init from a config"}`, pooling `{cfg.encoder.pooling}`, max_length
   {spec.max_length}.
 - Data: {source}{f" ({spec.source.name})" if spec.source.name else ""}; {labels}
-- {summary.get('steps', '?')} optimizer steps (best at step {summary.get('best_step', '?')}), batch
+- {summary.get("steps", "?")} optimizer steps (best at step {summary.get("best_step", "?")}), batch
   {cfg.trainer.batch_size}, lr {cfg.trainer.lr}, sampler `{cfg.sampler.name}`,
   regularizers: {regularizers}, seed {cfg.seed}. Exported checkpoint: {checkpoint}.
 
@@ -90,7 +115,8 @@ A `{spec.head}` model for the task **{spec.name}**, exported by mtdnn from a mul
 {_usage(spec)}
 ```
 
-Intended for {spec.head} on text like the training data ({source}); inputs longer than {spec.max_length} tokens are
+Intended for {spec.head} on text like the training data ({source}); inputs longer than {spec.max_length}
+tokens are
 truncated. Scores are from the validation split the run selected its checkpoint on, so they are optimistic for
 new data.
 

@@ -1,4 +1,5 @@
-"""`format=onnx`: one task of a run as an ONNX graph (torch.onnx's dynamo exporter), optionally int8 (ONNX Runtime's
+"""`format=onnx`: one task of a run as an ONNX graph (torch.onnx's dynamo exporter), optionally int8 (ONNX
+Runtime's
 dynamic quantization), in a folder that `mtdnn.serving.onnx` serves as a run folder."""
 
 from __future__ import annotations
@@ -24,23 +25,38 @@ class TaskGraph(nn.Module):
         super().__init__()
         self.model, self.task = model, task
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         return self.model(self.task, input_ids=input_ids, attention_mask=attention_mask, **extra)
 
 
 def export_onnx(run, spec: TaskSpec, staging: Path, quantize: str | None) -> None:
     """Write model.onnx (and model_int8.onnx) for `spec`'s task of `run` into `staging`."""
-    sample = run.tokenizer(["a short example text", "and another, a little longer than the first one"],
-                           ["a second text", "pair"], padding=True, return_tensors="pt")
+    sample = run.tokenizer(
+        ["a short example text", "and another, a little longer than the first one"],
+        ["a second text", "pair"],
+        padding=True,
+        return_tensors="pt",
+    )
     inputs = [name for name in MODEL_INPUTS if name in sample]
     graph = TaskGraph(run.model.cpu().eval(), spec.name).eval()
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     try:
-        torch.onnx.export(graph, tuple(sample[n] for n in inputs), str(staging / FILES["onnx"]), dynamo=True,
-                          input_names=inputs, output_names=["output"],
-                          dynamic_shapes={name: {0: batch, 1: sequence} for name in inputs}, verbose=False)
+        torch.onnx.export(
+            graph,
+            tuple(sample[n] for n in inputs),
+            str(staging / FILES["onnx"]),
+            dynamo=True,
+            input_names=inputs,
+            output_names=["output"],
+            dynamic_shapes={name: {0: batch, 1: sequence} for name in inputs},
+            verbose=False,
+        )
     except Exception as err:  # noqa: BLE001  (the exporter raises many types; all mean "this model cannot")
         raise MtdnnError(f"export: ONNX export of {spec.name} failed: {root_cause(err)}") from None
     if quantize == "int8":
@@ -48,10 +64,20 @@ def export_onnx(run, spec: TaskSpec, staging: Path, quantize: str | None) -> Non
 
         # per channel: one scale per output row; per tensor cost the 3-layer rt_polarity student 0.6 points of
         # accuracy (0.7744 vs fp32's 0.7806; per channel: 0.7806) at the same speed
-        quantize_dynamic(str(staging / FILES["onnx"]), str(staging / FILES["onnx-int8"]), weight_type=QuantType.QInt8,
-                         per_channel=True)
-    write_json(staging / META, {"task": spec.name, "inputs": inputs,
-                                "files": [f for f in FILES.values() if (staging / f).is_file()]})
+        quantize_dynamic(
+            str(staging / FILES["onnx"]),
+            str(staging / FILES["onnx-int8"]),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+    write_json(
+        staging / META,
+        {
+            "task": spec.name,
+            "inputs": inputs,
+            "files": [f for f in FILES.values() if (staging / f).is_file()],
+        },
+    )
 
 
 def copy_run_files(run_dir: Path, spec: TaskSpec, staging: Path, tokenizer) -> None:

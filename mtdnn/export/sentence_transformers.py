@@ -5,10 +5,13 @@ sentence-transformers folder layout, so `SentenceTransformer(DIR)` embeds texts 
     modules.json                                    Transformer (this folder) -> Pooling (1_Pooling)
     sentence_bert_config.json                       max_seq_length = the task's max_length
     1_Pooling/config.json                           mean pooling (what the bi-encoder heads use)
-    config_sentence_transformers.json               similarity_fn_name: cosine (a ranking task's bi_score: dot -> dot)
+    config_sentence_transformers.json               similarity_fn_name: cosine (a ranking task's bi_score: dot
+    -> dot)
 
-The layout is the long-standing one (sentence-transformers 2.x to 6.x read it; the hub's all-MiniLM-L6-v2 uses it),
-written by hand so exporting needs no sentence-transformers install. A classification pair task's softmax head is
+The layout is the long-standing one (sentence-transformers 2.x to 6.x read it; the hub's all-MiniLM-L6-v2 uses
+it),
+written by hand so exporting needs no sentence-transformers install. A classification pair task's softmax head
+is
 a training objective (as in SBERT) and is not part of the embedding model; the cosine head has no weights.
 """
 
@@ -28,10 +31,16 @@ MODULES = [
 
 
 def pooling_config(dimension: int) -> dict:
-    return {"word_embedding_dimension": dimension, "pooling_mode_cls_token": False,
-            "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
-            "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
-            "pooling_mode_lasttoken": False, "include_prompt": True}
+    return {
+        "word_embedding_dimension": dimension,
+        "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": False,
+        "include_prompt": True,
+    }
 
 
 def export_sentence_transformers(encoder: nn.Module, tokenizer, spec: TaskSpec, staging: Path) -> None:
@@ -39,11 +48,15 @@ def export_sentence_transformers(encoder: nn.Module, tokenizer, spec: TaskSpec, 
     encoder.save_pretrained(str(staging))
     tokenizer.save_pretrained(str(staging))
     write_json(staging / "modules.json", MODULES)
-    write_json(staging / "sentence_bert_config.json", {"max_seq_length": spec.max_length, "do_lower_case": False})
+    write_json(
+        staging / "sentence_bert_config.json", {"max_seq_length": spec.max_length, "do_lower_case": False}
+    )
     (staging / "1_Pooling").mkdir()
     write_json(staging / "1_Pooling" / "config.json", pooling_config(encoder.config.hidden_size))
-    write_json(staging / "config_sentence_transformers.json",
-               {"prompts": {}, "default_prompt_name": None, "similarity_fn_name": similarity(spec)})
+    write_json(
+        staging / "config_sentence_transformers.json",
+        {"prompts": {}, "default_prompt_name": None, "similarity_fn_name": similarity(spec)},
+    )
 
 
 def similarity(spec: TaskSpec) -> str:

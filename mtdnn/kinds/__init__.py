@@ -22,9 +22,10 @@ from __future__ import annotations
 import contextvars
 import functools
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -50,10 +51,14 @@ class Kind:
     name = ""
     metrics: tuple[str, ...] = ()  # the metrics a task of this kind may ask for
     default_metrics: tuple[str, ...] = ()  # when the task YAML names none (the first is the main one)
-    lower_is_better: tuple[str, ...] = ()  # metrics that are errors (their sign is flipped when picking 'best')
+    lower_is_better: tuple[
+        str, ...
+    ] = ()  # metrics that are errors (their sign is flipped when picking 'best')
     required_columns: tuple[str, ...] = ()  # column roles every task of this kind must map
     gold_columns: tuple[str, ...] = ("label",)  # roles a test split may lack (hidden gold labels)
-    gaussian_likelihood = False  # the loss is a squared error (balancer=uncertainty weighs it by 1/(2 sigma^2))
+    gaussian_likelihood = (
+        False  # the loss is a squared error (balancer=uncertainty weighs it by 1/(2 sigma^2))
+    )
     bi_encoding = False  # takes pair_encoding: bi (mtdnn/kinds/_bi.py)
     token_level = False  # soft targets per token: teachers must tokenise exactly like the student
     Options: type = NoOptions  # the kind's own top-level task-YAML fields, as a dataclass
@@ -108,12 +113,21 @@ class Kind:
         raise NotImplementedError
 
     def scores_untrained(self, spec: TaskSpec) -> bool:
-        """The head needs no training to score (a bi-encoder's cosine): the run reports the zero-shot score."""
+        """The head needs no training to score (a bi-encoder's cosine): the run reports the zero-shot
+        score."""
         return False
 
     # ---------------------------------------------------------------- results
-    def forward_split(self, spec: TaskSpec, model: nn.Module, encoded, collate, batch_size: int,
-                      device: torch.device, bf16: bool) -> list[torch.Tensor] | None:
+    def forward_split(
+        self,
+        spec: TaskSpec,
+        model: nn.Module,
+        encoded,
+        collate,
+        batch_size: int,
+        device: torch.device,
+        bf16: bool,
+    ) -> list[torch.Tensor] | None:
         """Every row's output computed the kind's own way (bi ranking: each distinct text encoded once), or
         None for mtdnn.evaluation.engine's batched path."""
         return None
@@ -122,7 +136,9 @@ class Kind:
         """Row j's own output in a batch (a row, a group's candidate scores, a window's tokens)."""
         return logits[j]
 
-    def evaluate(self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]) -> tuple[list[dict], dict | None]:
+    def evaluate(
+        self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]
+    ) -> tuple[list[dict], dict | None]:
         """Prediction records (one per input example) and metrics (None when the split has no gold labels)."""
         raise NotImplementedError
 
@@ -142,20 +158,25 @@ class Kind:
         return z / z.sum(-1, keepdims=True)
 
     def teacher_soft(self, logits: torch.Tensor, batch: dict, temperature: float) -> torch.Tensor:
-        """The same target computed from a teacher's logits on the student's batch (soft_targets=on_the_fly)."""
+        """The same target computed from a teacher's logits on the student's batch
+        (soft_targets=on_the_fly)."""
         return F.softmax(logits.float() / temperature, -1)
 
     def soft_column(self, target: np.ndarray) -> Any:
         """How one example's target is stored in the encoded dataset's `soft` column."""
         return target.tolist()
 
-    def kd_term(self, logits: torch.Tensor, soft: torch.Tensor, batch: dict, temperature: float) -> torch.Tensor:
+    def kd_term(
+        self, logits: torch.Tensor, soft: torch.Tensor, batch: dict, temperature: float
+    ) -> torch.Tensor:
         """T^2 * KL(teacher || softmax(student / T)), averaged over the batch's examples."""
         log_p = F.log_softmax(logits.float() / temperature, -1)
         return F.kl_div(log_p, soft.float(), reduction="batchmean") * temperature**2
 
     # ---------------------------------------------------------------- export
-    def export_model(self, spec: TaskSpec, config, head: nn.Module, encoder: nn.Module, pooling: str) -> nn.Module:
+    def export_model(
+        self, spec: TaskSpec, config, head: nn.Module, encoder: nn.Module, pooling: str
+    ) -> nn.Module:
         """A transformers model holding this task's encoder and head (see mtdnn/hf_mapping.py)."""
         raise MtdnnError(f"export: {self.name} tasks have no standard HuggingFace class to export to")
 
@@ -180,7 +201,10 @@ ONE_OFF_ROWS: contextvars.ContextVar[bool] = contextvars.ContextVar("one_off_row
 
 def map_rows(ds, fn: Callable[..., dict], desc: str, **kwargs: Any):
     """`ds.map(fn)` batched, the input columns dropped. One-off in-memory rows (ONE_OFF_ROWS) get a random
-    fingerprint: datasets would otherwise hash `fn` (the tokenizer with it) by pickling it, ~80 ms a call, for a
+    fingerprint: datasets would otherwise hash `fn` (the tokenizer with it) by pickling it, ~80 ms a call, for
+    a
     key only cache files and soft-target stores use (training keeps the content fingerprint for them)."""
     fingerprint = uuid.uuid4().hex if ONE_OFF_ROWS.get() and not ds.cache_files else None
-    return ds.map(fn, batched=True, remove_columns=ds.column_names, desc=desc, new_fingerprint=fingerprint, **kwargs)
+    return ds.map(
+        fn, batched=True, remove_columns=ds.column_names, desc=desc, new_fingerprint=fingerprint, **kwargs
+    )

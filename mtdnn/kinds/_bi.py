@@ -1,16 +1,21 @@
-"""Pair tasks as bi-encoders (`pair_encoding: bi`), the sentence-transformers way: each text of a pair is encoded
+"""Pair tasks as bi-encoders (`pair_encoding: bi`), the sentence-transformers way: each text of a pair is
+encoded
 apart by the shared encoder and mean-pooled (u, v), and a small head compares u and v.
 
 How a bi pair travels: `encode_pair_texts` tokenises the two texts apart (columns `input_ids` ... and
 `input_ids_b` ...; each text up to max_length), the collator pads both sides to one width and stacks them
-(rows [first texts; second texts], 2B x width), so the encoder, the regularizers' embedding perturbations (SMART's
-ball per encoded text) and data parallel see an ordinary batch; only the head knows that row i and row B + i are
+(rows [first texts; second texts], 2B x width), so the encoder, the regularizers' embedding perturbations
+(SMART's
+ball per encoded text) and data parallel see an ordinary batch; only the head knows that row i and row B + i
+are
 one pair, and it returns one output per pair.
 
 Heads (Reimers & Gurevych 2019, Sentence-BERT):
-  BiClassificationHead  softmax over a linear map of (u, v, |u - v|)              (SBERT's classification objective)
+  BiClassificationHead  softmax over a linear map of (u, v, |u - v|)              (SBERT's classification
+  objective)
   CosineHead            lo + (hi - lo) * cos(u, v), MSE on the [0, 1] scale      (CosineSimilarityLoss)
-  FeatureRegressionHead linear map of (u, v, |u - v|, u * v) to one number       (regression.py: a RegressionHead)
+  FeatureRegressionHead linear map of (u, v, |u - v|, u * v) to one number       (regression.py: a
+  RegressionHead)
   BiRankingHead         scale * cos(query, candidate) over the batch's candidates (ranking.py: MNRL)
 Mean pooling always (what sentence-transformers' MiniLM/MPNet models use, and what the export's Pooling module
 says); the cosine head has no weights, so an untrained encoder already scores pairs: the zero-shot baseline.
@@ -29,6 +34,7 @@ from mtdnn.kinds.heads import pool, symmetric_kl
 
 if TYPE_CHECKING:
     from mtdnn.data.tasks import TaskSpec
+
 
 def is_bi(spec: TaskSpec) -> bool:
     return getattr(spec, "pair_encoding", "cross") == "bi"
@@ -60,7 +66,9 @@ class BiClassificationHead(nn.Module):
         self.out = nn.Linear(3 * hidden_size, num_labels)
         self.label_smoothing = label_smoothing
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None
+    ) -> torch.Tensor:
         u, v = halves(hidden, mask)
         return self.out(self.dropout(torch.cat([u, v, (u - v).abs()], -1)))
 
@@ -80,7 +88,9 @@ class CosineHead(nn.Module):
         super().__init__()
         self.lo, self.hi = float(label_range[0]), float(label_range[1])
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None
+    ) -> torch.Tensor:
         u, v = halves(hidden.float(), mask)
         return self.lo + (self.hi - self.lo) * F.cosine_similarity(u, v, dim=-1)
 

@@ -1,4 +1,5 @@
-"""Checks and helpers shared by the kinds that score against gold labels (classification, multilabel, regression,
+"""Checks and helpers shared by the kinds that score against gold labels (classification, multilabel,
+regression,
 tagging)."""
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def smoothing_problems(spec: TaskSpec, where: str) -> list[str]:
 
 
 def gold_labels(encoded, dtype: torch.dtype) -> torch.Tensor:
-    """A split's gold labels as one tensor. Read out as a list first: torch walks datasets' lazy `Column` one row at
-    a time (~250x slower), and a Ctrl-C that lands in that walk comes back as a ValueError, not an interrupt."""
+    """A split's gold labels as one tensor. Read out as a list first: torch walks datasets' lazy `Column` one
+    row at
+    a time (~250x slower), and a Ctrl-C that lands in that walk comes back as a ValueError, not an
+    interrupt."""
     return torch.tensor(encoded["labels"][:], dtype=dtype)

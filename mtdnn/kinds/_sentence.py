@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,8 @@ def column(ds, name: str) -> pd.Series:
 
 
 def text_bad_rows(spec: TaskSpec, ds) -> BadRows:
-    """Empty texts and values that are not text (numbers, lists, structs: usually the wrong column), checked with
+    """Empty texts and values that are not text (numbers, lists, structs: usually the wrong column), checked
+    with
     pandas so million-row sets check in seconds."""
     bad: BadRows = {}
     for role in ("text", "text_pair"):
@@ -51,8 +53,12 @@ def nested_label_rows(spec: TaskSpec, ds) -> BadRows:
         return {}
     values = column(ds, name)
     hint = " (several labels per row: use head: multilabel)" if holds == "lists" else ""
-    return {("label", f"label must be one value; column '{name}' holds {holds}{hint}"):
-            np.flatnonzero(values.notna().to_numpy()).tolist() or list(range(len(ds)))}
+    return {
+        ("label", f"label must be one value; column '{name}' holds {holds}{hint}"): np.flatnonzero(
+            values.notna().to_numpy()
+        ).tolist()
+        or list(range(len(ds)))
+    }
 
 
 def feature_kind(feature) -> str:
@@ -70,7 +76,9 @@ def label_lookup(spec: TaskSpec, ds) -> Callable[[Any], int | None]:
     dataset's own ClassLabel names when it has them, else positions in the task's label list."""
     names = spec.labels
     feature = ds.features.get(spec.columns.label) if spec.columns.label else None
-    inner = getattr(feature, "feature", feature)  # a list-of-ClassLabel column (multi-label) names its inner labels
+    inner = getattr(
+        feature, "feature", feature
+    )  # a list-of-ClassLabel column (multi-label) names its inner labels
     class_names = getattr(inner, "names", None)
 
     def to_id(value: Any) -> int | None:
@@ -84,8 +92,11 @@ def label_lookup(spec: TaskSpec, ds) -> Callable[[Any], int | None]:
             return UNLABELED
         if isinstance(value, (int, np.integer)):
             if class_names is not None:
-                return names.index(class_names[value]) if 0 <= value < len(class_names) and \
-                    class_names[value] in names else None
+                return (
+                    names.index(class_names[value])
+                    if 0 <= value < len(class_names) and class_names[value] in names
+                    else None
+                )
             return int(value) if 0 <= value < len(names) else None
         return None
 
@@ -93,7 +104,8 @@ def label_lookup(spec: TaskSpec, ds) -> Callable[[Any], int | None]:
 
 
 def encode_texts(spec: TaskSpec, tokenizer, ds, labels_of: Callable[[list | None], list]):
-    """Tokenise text (and text_pair: jointly, or apart for pair_encoding: bi) once, with `labels_of(raw label values or None)` as the labels column."""
+    """Tokenise text (and text_pair: jointly, or apart for pair_encoding: bi) once, with `labels_of(raw label
+    values or None)` as the labels column."""
     cols = spec.columns
 
     def encode(batch: dict[str, list]) -> dict[str, list]:

@@ -36,8 +36,14 @@ if TYPE_CHECKING:
 class ClassificationHead(PooledLinear):
     """pooled -> dropout -> linear -> cross-entropy over the task's labels."""
 
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls",
-                 label_smoothing: float = 0.0):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_labels: int,
+        dropout: float,
+        pooling: str = "cls",
+        label_smoothing: float = 0.0,
+    ):
         super().__init__(hidden_size, num_labels, dropout, pooling)
         self.label_smoothing = label_smoothing
 
@@ -87,13 +93,17 @@ class Classification(Kind):
             to_id = label_lookup(spec, ds)
             unlabeled_ok = split == "test"
             # .item(): numpy scalars would print as np.int64(-1) in the message
-            ids = {getattr(v, "item", lambda: v)(): to_id(v) for v in values.dropna().unique()}
+            ids = {getattr(v, "item", lambda v=v: v)(): to_id(v) for v in values.dropna().unique()}
             unknown = [v for v, i in ids.items() if i is None or (i == UNLABELED and not unlabeled_ok)]
             for value in unknown[:5]:
                 record(bad, "label", f"label {value!r} is not in labels {spec.labels}", values == value)
             if len(unknown) > 5:
-                record(bad, "label", f"{len(unknown) - 5} more label values are not in labels {spec.labels}",
-                       values.isin(unknown[5:]))
+                record(
+                    bad,
+                    "label",
+                    f"{len(unknown) - 5} more label values are not in labels {spec.labels}",
+                    values.isin(unknown[5:]),
+                )
             if not unlabeled_ok:
                 record(bad, "label", "label is missing", values.isna())
         return bad
@@ -107,17 +117,26 @@ class Classification(Kind):
         return encode_texts(spec, tokenizer, ds, labels_of)
 
     def submission_value(self, spec: TaskSpec, record: dict) -> Any:
-        """The server's string for the predicted label (submission.labels, in label order; default its name)."""
+        """The server's string for the predicted label (submission.labels, in label order; default its
+        name)."""
         names = [str(label) for label in spec.labels]
         strings = spec.submission.labels or names
         return strings[names.index(str(record["label"]))]
 
-    def head(self, hidden_size: int, spec: TaskSpec, pooling: str) -> ClassificationHead | BiClassificationHead:
+    def head(
+        self, hidden_size: int, spec: TaskSpec, pooling: str
+    ) -> ClassificationHead | BiClassificationHead:
         if is_bi(spec):
-            return BiClassificationHead(hidden_size, len(spec.labels), spec.dropout, spec.options.label_smoothing)
-        return ClassificationHead(hidden_size, len(spec.labels), spec.dropout, pooling, spec.options.label_smoothing)
+            return BiClassificationHead(
+                hidden_size, len(spec.labels), spec.dropout, spec.options.label_smoothing
+            )
+        return ClassificationHead(
+            hidden_size, len(spec.labels), spec.dropout, pooling, spec.options.label_smoothing
+        )
 
-    def evaluate(self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]) -> tuple[list[dict], dict | None]:
+    def evaluate(
+        self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]
+    ) -> tuple[list[dict], dict | None]:
         pred = ClassificationHead.predict(torch.stack(outputs))
         gold = gold_labels(encoded, torch.long)
 
@@ -126,8 +145,11 @@ class Classification(Kind):
             rec["scores"] = {name: round(s, 6) for name, s in zip(spec.labels, pred["scores"][i].tolist())}
 
         mask = gold != UNLABELED
-        scores = metrics.compute(spec.metrics, {k: v[mask] for k, v in pred.items()}, gold[mask],
-                                 len(spec.labels)) if bool(mask.any()) else None
+        scores = (
+            metrics.compute(spec.metrics, {k: v[mask] for k, v in pred.items()}, gold[mask], len(spec.labels))
+            if bool(mask.any())
+            else None
+        )
         return records(spec, raw, fill), scores
 
     def export_model(self, spec: TaskSpec, config, head, encoder, pooling: str):

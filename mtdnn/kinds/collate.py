@@ -20,12 +20,18 @@ def pad(seqs: list[list[int]], width: int, value: int) -> torch.Tensor:
 
 
 class Collator:
-    """Pad a list of encoded rows to the longest in the batch, rounded up to a multiple (tensor-core friendly).
+    """Pad a list of encoded rows to the longest in the batch, rounded up to a multiple (tensor-core
+    friendly).
     Labels are one value per row (`label_dtype`), a vector per row (multi-label), or, with `label_pad`,
     one per token padded with that value."""
 
-    def __init__(self, pad_id: int, multiple_of: int = 8, label_dtype: torch.dtype = torch.long,
-                 label_pad: int | None = None):
+    def __init__(
+        self,
+        pad_id: int,
+        multiple_of: int = 8,
+        label_dtype: torch.dtype = torch.long,
+        label_pad: int | None = None,
+    ):
         self.pad_id = pad_id
         self.multiple_of = max(1, multiple_of)
         self.label_dtype = label_dtype
@@ -55,7 +61,8 @@ class Collator:
 
 
 def soft_tensor(soft: list, width: int) -> torch.Tensor:
-    """Soft targets of a batch: per-row values/vectors as they are, per-token rows padded with 0 to `width`."""
+    """Soft targets of a batch: per-row values/vectors as they are, per-token rows padded with 0 to
+    `width`."""
     if soft and isinstance(soft[0], list) and soft[0] and isinstance(soft[0][0], list):
         padded = torch.zeros(len(soft), width, len(soft[0][0]))
         for i, row in enumerate(soft):

@@ -18,7 +18,9 @@ def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor
     return ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1)
 
 
-def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str, pooler_output: torch.Tensor | None) -> torch.Tensor:
+def pool(
+    hidden: torch.Tensor, mask: torch.Tensor, how: str, pooler_output: torch.Tensor | None
+) -> torch.Tensor:
     """Sentence representation: first token, masked mean, or the encoder's own pooler (BERT's tanh layer)."""
     if how == "cls":
         return hidden[:, 0]
@@ -39,7 +41,9 @@ class PooledLinear(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, outputs)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None
+    ) -> torch.Tensor:
         return self.out(self.dropout(pool(hidden, mask, self.pooling, pooler_output)))
 
 
@@ -51,5 +55,7 @@ class TokenLinear(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, outputs)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None
+    ) -> torch.Tensor:
         return self.out(self.dropout(hidden)).float()

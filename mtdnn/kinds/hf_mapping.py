@@ -1,14 +1,18 @@
 """How mtdnn's encoder and heads map onto transformers' task classes (used by each kind's export_model):
 
-  pooled heads (one output vector per input)   AutoModelForSequenceClassification; pooling=pooler: HF's pooler +
+  pooled heads (one output vector per input)   AutoModelForSequenceClassification; pooling=pooler: HF's pooler
+  +
                                                classifier (exact); pooling=cls: HF's dense+tanh set to a
                                                near-identity (see `near_identity`); pooling=mean: no standard
-                                               class mean-pools, so mtdnn/export_modeling.py is shipped beside the
+                                               class mean-pools, so mtdnn/export_modeling.py is shipped beside
+                                               the
                                                weights (trust_remote_code=True)
-  token heads                                  AutoModelForTokenClassification / AutoModelForQuestionAnswering,
+  token heads                                  AutoModelForTokenClassification /
+  AutoModelForQuestionAnswering,
                                                the head's linear layer copied (exact)
 
-Sequence-classification heads are mapped for BERT-style (pooler + classifier: BERT and its clones, MiniLM among
+Sequence-classification heads are mapped for BERT-style (pooler + classifier: BERT and its clones, MiniLM
+among
 them) and RoBERTa-style (classifier.dense + classifier.out_proj) models; others get a clear error.
 """
 
@@ -24,12 +28,15 @@ SCALE = 1e-4  # near-identity factor for the cls-pooling mapping
 
 
 def load_encoder_into(base: nn.Module, encoder: nn.Module) -> None:
-    """Our encoder's weights into the HF model's base; only a pooler the HF class does not have may be left."""
+    """Our encoder's weights into the HF model's base; only a pooler the HF class does not have may be
+    left."""
     missing, unexpected = base.load_state_dict(encoder.state_dict(), strict=False)
     unexpected = [k for k in unexpected if not k.startswith("pooler.")]
     if missing or unexpected:
-        raise MtdnnError(f"export: the {type(base).__name__} body does not match the trained encoder "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise MtdnnError(
+            f"export: the {type(base).__name__} body does not match the trained encoder "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
 
 
 @torch.no_grad()
@@ -40,7 +47,8 @@ def copy_linear(target: nn.Linear, source: nn.Linear, scale: float = 1.0) -> Non
 
 @torch.no_grad()
 def near_identity(dense: nn.Linear) -> None:
-    """tanh(s*h) = s*h * (1 - (s*h)^2/3 + ...): with dense = s*I (s = 1e-4) and the classifier divided by s, the
+    """tanh(s*h) = s*h * (1 - (s*h)^2/3 + ...): with dense = s*I (s = 1e-4) and the classifier divided by s,
+    the
     HF head's dense+tanh passes the first token through to ~1e-7 relative for hidden values up to ~3."""
     dense.weight.copy_(torch.eye(dense.out_features, dense.in_features) * SCALE)
     dense.bias.zero_()
@@ -49,7 +57,9 @@ def near_identity(dense: nn.Linear) -> None:
 def map_sequence_head(model: nn.Module, head: nn.Module, pooling: str, encoder: nn.Module) -> None:
     classifier = getattr(model, "classifier", None)
     pooler = getattr(model.base_model, "pooler", None)
-    if isinstance(classifier, nn.Linear) and pooler is not None:  # BERT style: pooler -> dropout -> classifier
+    if (
+        isinstance(classifier, nn.Linear) and pooler is not None
+    ):  # BERT style: pooler -> dropout -> classifier
         if pooling == "pooler":
             pooler.load_state_dict(encoder.pooler.state_dict())
             copy_linear(classifier, head.out)
@@ -57,7 +67,9 @@ def map_sequence_head(model: nn.Module, head: nn.Module, pooling: str, encoder: 
             near_identity(pooler.dense)
             copy_linear(classifier, head.out, SCALE)
         return
-    if hasattr(classifier, "dense") and hasattr(classifier, "out_proj"):  # RoBERTa style: dense+tanh -> out_proj
+    if hasattr(classifier, "dense") and hasattr(
+        classifier, "out_proj"
+    ):  # RoBERTa style: dense+tanh -> out_proj
         if pooling == "pooler":
             classifier.dense.load_state_dict(encoder.pooler.dense.state_dict())
             copy_linear(classifier.out_proj, head.out)
@@ -65,8 +77,10 @@ def map_sequence_head(model: nn.Module, head: nn.Module, pooling: str, encoder: 
             near_identity(classifier.dense)
             copy_linear(classifier.out_proj, head.out, SCALE)
         return
-    raise MtdnnError(f"export: no mapping for {type(model).__name__}'s classification head; supported are "
-                     "BERT-style (pooler + classifier) and RoBERTa-style (classifier.dense + out_proj) models")
+    raise MtdnnError(
+        f"export: no mapping for {type(model).__name__}'s classification head; supported are "
+        "BERT-style (pooler + classifier) and RoBERTa-style (classifier.dense + out_proj) models"
+    )
 
 
 def sequence_model(config, head: nn.Module, encoder: nn.Module, pooling: str) -> nn.Module:

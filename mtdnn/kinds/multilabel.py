@@ -1,17 +1,21 @@
 """multilabel: any number of labels per text (or text pair) from a fixed list; one sigmoid per label + binary
 cross-entropy (GoEmotions, topic tagging, toxicity types).
 
-YAML: columns.text (+ text_pair), columns.label (a list per row of label names or ids into `labels`, or a string
+YAML: columns.text (+ text_pair), columns.label (a list per row of label names or ids into `labels`, or a
+string
 cut by `label_separator`; an empty list is a row with no label, a missing value an unlabelled row), labels
 (>= 2). Own fields:
-  thresholds        a label is predicted when its probability reaches this: one number, or a mapping from label
+  thresholds        a label is predicted when its probability reaches this: one number, or a mapping from
+  label
                     name to number (labels not named use 0.5)
   label_separator   cut string label values ("joy,love") into labels
   label_smoothing   targets y * (1 - s) + s / 2
 Metrics: f1_micro, f1_macro (torchmetrics, over the thresholded predictions), exact_match (every label right),
 hamming_loss (share of wrong label decisions; lower is better).
-Regularizers compare two passes by the symmetric KL of each label's Bernoulli distribution, summed over labels:
-(p - q) * (logit p - logit q). Distillation averages the teachers' per-label sigmoid(z / T); the student learns
+Regularizers compare two passes by the symmetric KL of each label's Bernoulli distribution, summed over
+labels:
+(p - q) * (logit p - logit q). Distillation averages the teachers' per-label sigmoid(z / T); the student
+learns
 T^2 * binary cross-entropy to them. Export: AutoModelForSequenceClassification with
 problem_type=multi_label_classification (transformers' pipeline then applies sigmoids).
 """
@@ -39,8 +43,14 @@ if TYPE_CHECKING:
 class MultilabelHead(PooledLinear):
     """pooled -> dropout -> linear to one logit per label -> binary cross-entropy per label."""
 
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls",
-                 label_smoothing: float = 0.0):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_labels: int,
+        dropout: float,
+        pooling: str = "cls",
+        label_smoothing: float = 0.0,
+    ):
         super().__init__(hidden_size, num_labels, dropout, pooling)
         self.label_smoothing = label_smoothing
 
@@ -50,7 +60,8 @@ class MultilabelHead(PooledLinear):
 
     @staticmethod
     def divergence(logits_a: torch.Tensor, logits_b: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Per example: sum over labels of KL(p||q) + KL(q||p) between Bernoullis = (p - q) (logit p - logit q)."""
+        """Per example: sum over labels of KL(p||q) + KL(q||p) between Bernoullis = (p - q) (logit p - logit
+        q)."""
         a, b = logits_a.float(), logits_b.float()
         return ((a.sigmoid() - b.sigmoid()) * (a - b)).sum(-1)
 
@@ -98,7 +109,9 @@ class Multilabel(Kind):
         if any(not 0 < v < 1 for v in values):
             problems.append(f"{where}thresholds: every threshold must be in (0, 1), got {given}")
         if isinstance(given, dict):
-            problems += [f"{where}thresholds.{name}: not among the labels" for name in given if name not in labels]
+            problems += [
+                f"{where}thresholds.{name}: not among the labels" for name in given if name not in labels
+            ]
         return problems
 
     def bad_rows(self, spec: TaskSpec, split: str, ds) -> BadRows:
@@ -111,20 +124,26 @@ class Multilabel(Kind):
             values = label_values(spec, value)
             if values is None:
                 if split != "test":
-                    bad.setdefault(("label", "labels are missing (use an empty list for a row with none)"),
-                                   []).append(row)
+                    bad.setdefault(
+                        ("label", "labels are missing (use an empty list for a row with none)"), []
+                    ).append(row)
                 continue
             unknown = [v for v in values if to_id(v) is None or to_id(v) < 0]
             if unknown:
-                bad.setdefault(("label", f"label {unknown[0]!r} is not in labels {spec.labels}"), []).append(row)
+                bad.setdefault(("label", f"label {unknown[0]!r} is not in labels {spec.labels}"), []).append(
+                    row
+                )
         return bad
 
     def has_gold(self, spec: TaskSpec, split: str, ds) -> bool:
         column = spec.columns.label
         if split != "test":
             return True
-        return bool(column and column in ds.column_names and any(label_values(spec, v) is not None
-                                                                  for v in ds[column]))
+        return bool(
+            column
+            and column in ds.column_names
+            and any(label_values(spec, v) is not None for v in ds[column])
+        )
 
     def encode(self, spec: TaskSpec, tokenizer, ds, hidden: bool):
         to_id = label_lookup(spec, ds)
@@ -145,9 +164,13 @@ class Multilabel(Kind):
         return Collator(pad_id, multiple_of, label_dtype=torch.float32)
 
     def head(self, hidden_size: int, spec: TaskSpec, pooling: str) -> MultilabelHead:
-        return MultilabelHead(hidden_size, len(spec.labels), spec.dropout, pooling, spec.options.label_smoothing)
+        return MultilabelHead(
+            hidden_size, len(spec.labels), spec.dropout, pooling, spec.options.label_smoothing
+        )
 
-    def evaluate(self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]) -> tuple[list[dict], dict | None]:
+    def evaluate(
+        self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]
+    ) -> tuple[list[dict], dict | None]:
         probs = torch.stack(outputs).float().sigmoid()
         predicted = (probs >= thresholds(spec)).long()
         gold = gold_labels(encoded, torch.float32)
@@ -157,15 +180,21 @@ class Multilabel(Kind):
             rec["scores"] = {name: round(p, 6) for name, p in zip(spec.labels, probs[i].tolist())}
 
         labelled = ~torch.isnan(gold).any(-1)
-        scores = self._metrics(spec, predicted[labelled], gold[labelled].long()) if bool(labelled.any()) else None
+        scores = (
+            self._metrics(spec, predicted[labelled], gold[labelled].long()) if bool(labelled.any()) else None
+        )
         return records(spec, raw, fill), scores
 
     @staticmethod
     def _metrics(spec: TaskSpec, predicted: torch.Tensor, gold: torch.Tensor) -> dict[str, float]:
         k, tmf = len(spec.labels), torchmetrics_functional()
         found = {
-            "f1_micro": lambda: tmf.f1_score(predicted, gold, task="multilabel", num_labels=k, average="micro"),
-            "f1_macro": lambda: tmf.f1_score(predicted, gold, task="multilabel", num_labels=k, average="macro"),
+            "f1_micro": lambda: tmf.f1_score(
+                predicted, gold, task="multilabel", num_labels=k, average="micro"
+            ),
+            "f1_macro": lambda: tmf.f1_score(
+                predicted, gold, task="multilabel", num_labels=k, average="macro"
+            ),
             "exact_match": lambda: tmf.exact_match(predicted, gold, task="multilabel", num_labels=k),
             "hamming_loss": lambda: tmf.hamming_distance(predicted, gold, task="multilabel", num_labels=k),
         }
@@ -178,8 +207,11 @@ class Multilabel(Kind):
     def teacher_soft(self, logits: torch.Tensor, batch: dict, temperature: float) -> torch.Tensor:
         return (logits.float() / temperature).sigmoid()
 
-    def kd_term(self, logits: torch.Tensor, soft: torch.Tensor, batch: dict, temperature: float) -> torch.Tensor:
-        """T^2 * binary cross-entropy of sigmoid(student / T) to the teachers' probabilities (per label, mean):
+    def kd_term(
+        self, logits: torch.Tensor, soft: torch.Tensor, batch: dict, temperature: float
+    ) -> torch.Tensor:
+        """T^2 * binary cross-entropy of sigmoid(student / T) to the teachers' probabilities (per label,
+        mean):
         KL up to the teachers' entropy, which does not depend on the student."""
         return F.binary_cross_entropy_with_logits(logits.float() / temperature, soft.float()) * temperature**2
 

@@ -1,23 +1,29 @@
 """ranking (answer selection, multiple choice): each (query, candidate) pair is scored by a cross-encoder,
-softmax runs over the candidates of one query. A group is one dataset row, so shuffled batches keep groups whole.
+softmax runs over the candidates of one query. A group is one dataset row, so shuffled batches keep groups
+whole.
 
-YAML: columns.query and either columns.candidates (a list of texts per row, or a list of columns, one candidate
+YAML: columns.query and either columns.candidates (a list of texts per row, or a list of columns, one
+candidate
 each: multiple-choice sets such as SWAG or COPA) with columns.label (the correct index or indices), or one row
 per candidate with columns.group + columns.text + columns.label (0/1). columns.query may also be a list of
 columns, joined with a space (e.g. CosmosQA's context and question). Metrics from accuracy, mrr, map.
 
 pair_encoding: bi encodes the query and each candidate apart (a retrieval bi-encoder, sentence-transformers'
-MultipleNegativesRankingLoss): mean pooling, score = bi_scale * cosine (bi_score: cosine, the default) or the dot
-product (bi_score: dot); with in_batch_negatives (default true) every other candidate in the batch is a negative
-too. At inference each distinct text is encoded once, so a candidate pool shared by many queries costs its size.
+MultipleNegativesRankingLoss): mean pooling, score = bi_scale * cosine (bi_score: cosine, the default) or the
+dot
+product (bi_score: dot); with in_batch_negatives (default true) every other candidate in the batch is a
+negative
+too. At inference each distinct text is encoded once, so a candidate pool shared by many queries costs its
+size.
 """
 
 from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,7 +50,10 @@ def regroup(spec: TaskSpec, ds):
     import datasets
 
     cols = spec.columns
-    queries = [" ".join(str(p) for p in parts if p is not None) for parts in zip(*(ds[c] for c in as_list(cols.query)))]
+    queries = [
+        " ".join(str(p) for p in parts if p is not None)
+        for parts in zip(*(ds[c] for c in as_list(cols.query)))
+    ]
     if cols.group:  # one row per candidate: gather rows by group id, keeping their order
         labels = ds[cols.label] if cols.label in ds.column_names else [None] * len(ds)
         groups = collections.OrderedDict()
@@ -52,20 +61,28 @@ def regroup(spec: TaskSpec, ds):
             entry = groups.setdefault(group, {"query": query, "candidates": [], "relevance": []})
             entry["candidates"].append(text)
             entry["relevance"].append(_flag(label))
-        return datasets.Dataset.from_dict({"query": [g["query"] for g in groups.values()],
-                                           "candidates": [g["candidates"] for g in groups.values()],
-                                           "relevance": [g["relevance"] for g in groups.values()],
-                                           "id": [str(k) for k in groups]})
+        return datasets.Dataset.from_dict(
+            {
+                "query": [g["query"] for g in groups.values()],
+                "candidates": [g["candidates"] for g in groups.values()],
+                "relevance": [g["relevance"] for g in groups.values()],
+                "id": [str(k) for k in groups],
+            }
+        )
     labels = ds[cols.label] if cols.label in ds.column_names else [None] * len(ds)
     ids = ds[cols.id] if cols.id else list(range(len(ds)))
     if isinstance(cols.candidates, str):  # a list of candidate texts per row
         candidates = [list(c) if c is not None else [] for c in ds[cols.candidates]]
     else:  # one column per candidate (multiple choice: ending0..ending3, choice1/choice2)
         candidates = [list(c) for c in zip(*(ds[c] for c in cols.candidates))]
-    return datasets.Dataset.from_dict({
-        "query": queries, "candidates": candidates,
-        "relevance": [_relevance(label, len(c)) for label, c in zip(labels, candidates)],
-        "id": [str(i) for i in ids]})
+    return datasets.Dataset.from_dict(
+        {
+            "query": queries,
+            "candidates": candidates,
+            "relevance": [_relevance(label, len(c)) for label, c in zip(labels, candidates)],
+            "id": [str(i) for i in ids],
+        }
+    )
 
 
 def _missing(value: Any) -> bool:
@@ -84,15 +101,18 @@ def _relevance(label: Any, size: int) -> list[int]:
         return [-1] * size
     chosen = list(label) if isinstance(label, (list, tuple)) else [label]
     chosen = [int(i) if isinstance(i, str) and i.strip().isdigit() else i for i in chosen]
-    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) and 0 <= i < size for i in chosen):
+    if not all(
+        isinstance(i, (int, np.integer)) and not isinstance(i, bool) and 0 <= i < size for i in chosen
+    ):
         return [-2] * size
     return [int(i in chosen) for i in range(size)]
 
 
 def bad_rows(spec: TaskSpec, split: str, ds) -> BadRows:
     bad: dict[tuple[str, str], list[int]] = collections.defaultdict(list)
-    for row, (query, candidates, relevance, group) in enumerate(zip(ds["query"], ds["candidates"], ds["relevance"],
-                                                                    ds["id"])):
+    for row, (query, candidates, relevance, group) in enumerate(
+        zip(ds["query"], ds["candidates"], ds["relevance"], ds["id"])
+    ):
         if not query or not str(query).strip():
             bad[("query", "text is empty")].append(row)
         if not candidates:
@@ -100,14 +120,21 @@ def bad_rows(spec: TaskSpec, split: str, ds) -> BadRows:
         elif any(not c or not str(c).strip() for c in candidates):
             bad[("candidates", "a candidate text is empty")].append(row)
         if -2 in relevance:
-            bad[("label", "label must be a candidate index (or a list of them) within the candidates")].append(row)
+            bad[
+                ("label", "label must be a candidate index (or a list of them) within the candidates")
+            ].append(row)
         elif split != "test" and -1 in relevance and any(r >= 0 for r in relevance):
             bad[("label", f"group '{group}' has candidates without a label")].append(row)
         elif split != "test" and candidates and not any(r == 1 for r in relevance):
             bad[("label", f"group '{group}' has no correct candidate")].append(row)
     if split == "train" and len(ds) and all(len(c) < 2 for c in ds["candidates"]):
-        bad[("candidates", "every group has a single candidate, so there is nothing to rank (one row per "
-                           "candidate needs columns.group to gather a query's candidates)")] = list(range(len(ds)))
+        bad[
+            (
+                "candidates",
+                "every group has a single candidate, so there is nothing to rank (one row per "
+                "candidate needs columns.group to gather a query's candidates)",
+            )
+        ] = list(range(len(ds)))
     return dict(bad)
 
 
@@ -115,14 +142,17 @@ def encode(spec: TaskSpec, tokenizer, ds, hidden: bool):
     def pairs(batch: dict[str, list]) -> dict[str, list]:
         out = collections.defaultdict(list)
         for query, candidates, relevance in zip(batch["query"], batch["candidates"], batch["relevance"]):
-            enc = tokenizer([query] * len(candidates), candidates, truncation=True, max_length=spec.max_length)
+            enc = tokenizer(
+                [query] * len(candidates), candidates, truncation=True, max_length=spec.max_length
+            )
             for key, value in enc.items():
                 out[key].append(value)
             out["labels"].append([0] * len(candidates) if hidden else [max(r, 0) for r in relevance])
         return dict(out)
 
     def apart(batch: dict[str, list]) -> dict[str, list]:
-        """pair_encoding: bi: the query (input_ids ...) and its candidates (input_ids_b ...) tokenised apart."""
+        """pair_encoding: bi: the query (input_ids ...) and its candidates (input_ids_b ...) tokenised
+        apart."""
         out = collections.defaultdict(list)
         for query, candidates, relevance in zip(batch["query"], batch["candidates"], batch["relevance"]):
             first = tokenizer(query, truncation=True, max_length=spec.max_length)
@@ -182,14 +212,21 @@ def group_metrics(scores: np.ndarray, relevance: list[int]) -> dict[str, float]:
     return {"accuracy": float(hits[0]), "mrr": float(1.0 / ranks[0]), "map": float(precision.mean())}
 
 
-def group_records(spec: TaskSpec, raw, scores: list[np.ndarray]) -> tuple[list[dict], dict[str, float] | None]:
+def group_records(
+    spec: TaskSpec, raw, scores: list[np.ndarray]
+) -> tuple[list[dict], dict[str, float] | None]:
     records, per_group = [], []
     for row, group_scores in enumerate(scores):
         relevance = raw[row]["relevance"]
         order = ranked(group_scores)
-        records.append({"id": raw[row]["id"], "query": raw[row]["query"],
-                        "ranking": [int(i) for i in order],
-                        "scores": [round(float(group_scores[i]), 6) for i in order]})
+        records.append(
+            {
+                "id": raw[row]["id"],
+                "query": raw[row]["query"],
+                "ranking": [int(i) for i in order],
+                "scores": [round(float(group_scores[i]), 6) for i in order],
+            }
+        )
         if any(r == 1 for r in relevance) and -1 not in relevance:  # only fully labelled groups are scored
             per_group.append(group_metrics(group_scores, relevance))
     if not per_group:
@@ -198,6 +235,7 @@ def group_records(spec: TaskSpec, raw, scores: list[np.ndarray]) -> tuple[list[d
 
 
 # ---------------------------------------------------------------- the kind
+
 
 def group_matrix(scores: torch.Tensor, batch: dict) -> torch.Tensor:
     """Candidate scores (N,) -> (groups, most candidates) with absent slots masked."""
@@ -213,7 +251,9 @@ class RankingHead(PooledLinear):
     def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls"):
         super().__init__(hidden_size, 1, dropout, pooling)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None
+    ) -> torch.Tensor:
         return super().forward(hidden, mask, pooler_output).squeeze(-1).float()
 
     @staticmethod
@@ -237,7 +277,8 @@ def own_scores(logits: torch.Tensor, batch: dict) -> torch.Tensor:
 
 
 class BiRankingHead(nn.Module):
-    """pair_encoding: bi. Rows [G queries; N candidates] are mean-pooled and every query scores every candidate
+    """pair_encoding: bi. Rows [G queries; N candidates] are mean-pooled and every query scores every
+    candidate
     of the batch: bi_scale * cosine, or the dot product. Output: the (G, N) score matrix. The loss is softmax
     cross-entropy over the batch's candidates (in_batch_negatives) or over the group's own only."""
 
@@ -256,18 +297,25 @@ class BiRankingHead(nn.Module):
     def score(self, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         return self.scale * queries @ candidates.T
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None,
-                group: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        pooler_output: torch.Tensor | None,
+        group: torch.Tensor,
+    ) -> torch.Tensor:
         embedded = self.embed(hidden, mask)
         queries = len(embedded) - len(group)
         return self.score(embedded[:queries], embedded[queries:])
 
     def softmax_logits(self, scores: torch.Tensor, batch: dict) -> torch.Tensor:
-        """What the softmax runs over per query: every candidate of the batch, or its group's (masked). Another
-        group's candidate with the very text of one of the query's answers is left out, not made a negative."""
+        """What the softmax runs over per query: every candidate of the batch, or its group's (masked).
+        Another
+        group's candidate with the very text of one of the query's answers is left out, not made a
+        negative."""
         if not self.in_batch_negatives:
             return group_matrix(own_scores(scores, batch), batch)
-        ids = batch["input_ids"][-scores.shape[1]:]  # the candidates' token ids
+        ids = batch["input_ids"][-scores.shape[1] :]  # the candidates' token ids
         same_text = (ids.unsqueeze(0) == ids.unsqueeze(1)).all(-1).float()  # (N, N)
         copies_of_answers = (self.positives(batch).float() @ same_text) > 0
         return scores.masked_fill(copies_of_answers & ~self.own(batch), NEG)
@@ -293,8 +341,9 @@ class BiRankingHead(nn.Module):
 
 
 @torch.no_grad()
-def bi_outputs(model, spec: TaskSpec, encoded, collate: GroupCollator, batch_size: int, device: torch.device,
-               bf16: bool) -> list[torch.Tensor]:
+def bi_outputs(
+    model, spec: TaskSpec, encoded, collate: GroupCollator, batch_size: int, device: torch.device, bf16: bool
+) -> list[torch.Tensor]:
     """Each group's candidate scores, every distinct text (query or candidate) encoded once: a candidate pool
     shared by many queries is embedded once, not once per query."""
     keys = [k for k in MODEL_INPUTS if k in encoded.column_names]
@@ -308,23 +357,36 @@ def bi_outputs(model, spec: TaskSpec, encoded, collate: GroupCollator, batch_siz
             texts.append(text)
         return table[key]
 
-    groups = [(row_of({k: row[k] for k in keys}),
-               [row_of({k: row[k + SECOND][j] for k in keys}) for j in range(len(row["input_ids" + SECOND]))])
-              for row in encoded]
+    groups = [
+        (
+            row_of({k: row[k] for k in keys}),
+            [row_of({k: row[k + SECOND][j] for k in keys}) for j in range(len(row["input_ids" + SECOND]))],
+        )
+        for row in encoded
+    ]
     embedded = embed_texts(model, spec.name, texts, collate.flat, batch_size, device, bf16)
     head = model.head(spec.name)
-    return [head.score(embedded[query: query + 1], embedded[candidates]).squeeze(0)
-            for query, candidates in groups]
+    return [
+        head.score(embedded[query : query + 1], embedded[candidates]).squeeze(0)
+        for query, candidates in groups
+    ]
 
 
-def embed_texts(model, task: str, texts: list[dict[str, list[int]]], collate: Collator, batch_size: int,
-                device: torch.device, bf16: bool) -> torch.Tensor:
+def embed_texts(
+    model,
+    task: str,
+    texts: list[dict[str, list[int]]],
+    collate: Collator,
+    batch_size: int,
+    device: torch.device,
+    bf16: bool,
+) -> torch.Tensor:
     """(texts, hidden) embeddings by the task's bi ranking head, shortest texts batched together."""
     head = model.head(task)
     order = np.argsort([len(text["input_ids"]) for text in texts], kind="stable")
     parts = []
     for start in range(0, len(order), batch_size):
-        rows = [texts[i] for i in order[start: start + batch_size]]
+        rows = [texts[i] for i in order[start : start + batch_size]]
         batch = collate({**{k: [r[k] for r in rows] for k in rows[0]}, "labels": [0] * len(rows)})
         inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -345,7 +407,10 @@ class Ranking(Kind):
     name = "ranking"
     bi_encoding = True
     Options = Options
-    summary = "scores (query, candidate) pairs; softmax over a group's candidates (answer selection, multiple choice)"
+    summary = (
+        "scores (query, candidate) pairs; softmax over a group's candidates "
+        "(answer selection, multiple choice)"
+    )
     metrics = ("accuracy", "mrr", "map")
     default_metrics = ("accuracy", "mrr", "map")
     required_columns = ("query", "label")
@@ -354,8 +419,10 @@ class Ranking(Kind):
         cols = spec.columns
         problems = [f"{where}labels: a ranking task has no label list; remove it"] if spec.labels else []
         if bool(cols.candidates) == bool(cols.group):
-            problems.append(f"{where}columns.candidates: a ranking task needs either `candidates` (a list per row, or "
-                            "one column per candidate) or `group` + `text` (one row per candidate)")
+            problems.append(
+                f"{where}columns.candidates: a ranking task needs either `candidates` (a list per row, or "
+                "one column per candidate) or `group` + `text` (one row per candidate)"
+            )
         if cols.group and not cols.text:
             problems.append(f"{where}columns.text: one row per candidate needs the candidate text column")
         if isinstance(cols.candidates, list) and len(cols.candidates) < 2:
@@ -363,7 +430,9 @@ class Ranking(Kind):
         options = spec.options
         if options.bi_score not in ("cosine", "dot"):
             problems.append(f"{where}bi_score: must be cosine or dot, got '{options.bi_score}'")
-        if options.bi_scale is not None and not 0 < options.bi_scale < math.inf:  # None: a type error, reported
+        if (
+            options.bi_scale is not None and not 0 < options.bi_scale < math.inf
+        ):  # None: a type error, reported
             problems.append(f"{where}bi_scale: must be a positive number, got {options.bi_scale}")
         return problems
 
@@ -391,7 +460,9 @@ class Ranking(Kind):
 
     def head(self, hidden_size: int, spec: TaskSpec, pooling: str) -> RankingHead | BiRankingHead:
         if is_bi(spec):
-            return BiRankingHead(spec.options.bi_score, spec.options.bi_scale, spec.options.in_batch_negatives)
+            return BiRankingHead(
+                spec.options.bi_score, spec.options.bi_scale, spec.options.in_batch_negatives
+            )
         return RankingHead(hidden_size, 1, spec.dropout, pooling)
 
     def scores_untrained(self, spec: TaskSpec) -> bool:
@@ -400,18 +471,23 @@ class Ranking(Kind):
     def row_output(self, batch: dict, logits: torch.Tensor, j: int) -> torch.Tensor:
         return own_scores(logits, batch)[batch["group"] == j]
 
-    def forward_split(self, spec: TaskSpec, model, encoded, collate, batch_size: int, device: torch.device,
-                      bf16: bool) -> list[torch.Tensor] | None:
+    def forward_split(
+        self, spec: TaskSpec, model, encoded, collate, batch_size: int, device: torch.device, bf16: bool
+    ) -> list[torch.Tensor] | None:
         return bi_outputs(model, spec, encoded, collate, batch_size, device, bf16) if is_bi(spec) else None
 
-    def evaluate(self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]) -> tuple[list[dict], dict | None]:
+    def evaluate(
+        self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]
+    ) -> tuple[list[dict], dict | None]:
         return group_records(spec, raw, [o.numpy() for o in outputs])
 
     # distillation: the teachers' distribution over each group's candidates
     def teacher_soft(self, logits: torch.Tensor, batch: dict, temperature: float) -> torch.Tensor:
         return F.softmax(group_matrix(own_scores(logits.float(), batch), batch) / temperature, -1)
 
-    def kd_term(self, logits: torch.Tensor, soft: torch.Tensor, batch: dict, temperature: float) -> torch.Tensor:
+    def kd_term(
+        self, logits: torch.Tensor, soft: torch.Tensor, batch: dict, temperature: float
+    ) -> torch.Tensor:
         log_p = F.log_softmax(group_matrix(own_scores(logits.float(), batch), batch) / temperature, -1)
         return F.kl_div(log_p, soft.float(), reduction="batchmean") * temperature**2
 

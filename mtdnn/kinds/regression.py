@@ -3,7 +3,8 @@
 YAML: columns.text (+ text_pair), columns.label (a number; missing only in a test split), no label list,
 metrics from pearson, spearman, mse, mae. Distillation averages the teachers' values (MSE to them).
 pair_encoding: bi encodes the two texts apart (mtdnn/kinds/_bi.py); own fields `bi_score: cosine` (default:
-lo + (hi - lo) * cos(u, v) with `label_range: [lo, hi]`, default [0, 1]; no weights, so the untrained encoder's
+lo + (hi - lo) * cos(u, v) with `label_range: [lo, hi]`, default [0, 1]; no weights, so the untrained
+encoder's
 zero-shot score is reported) or `bi_score: features` (a linear map of (u, v, |u - v|, u * v)).
 """
 
@@ -34,7 +35,9 @@ class RegressionHead(PooledLinear):
     def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls"):
         super().__init__(hidden_size, 1, dropout, pooling)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None
+    ) -> torch.Tensor:
         return super().forward(hidden, mask, pooler_output).squeeze(-1)
 
     @staticmethod
@@ -51,7 +54,6 @@ class RegressionHead(PooledLinear):
         return {"prediction": logits.float(), "scores": logits.float().unsqueeze(-1)}
 
 
-
 class FeatureRegressionHead(RegressionHead):
     """pair_encoding: bi, bi_score: features: dropout -> linear on the pair's (u, v, |u - v|, u * v) -> one
     number; loss, divergence and predictions as RegressionHead's."""
@@ -59,14 +61,19 @@ class FeatureRegressionHead(RegressionHead):
     def __init__(self, hidden_size: int, dropout: float):
         super().__init__(4 * hidden_size, 1, dropout, "mean")
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None
+    ) -> torch.Tensor:
         u, v = halves(hidden, mask)
         return self.out(self.dropout(torch.cat([u, v, (u - v).abs(), u * v], -1))).squeeze(-1)
+
 
 @dataclass
 class Options:
     bi_score: str = "cosine"  # pair_encoding: bi only: cosine | features
-    label_range: list[float] = field(default_factory=lambda: [0.0, 1.0])  # bi_score: cosine maps [0, 1] onto it
+    label_range: list[float] = field(
+        default_factory=lambda: [0.0, 1.0]
+    )  # bi_score: cosine maps [0, 1] onto it
 
 
 class Regression(Kind):
@@ -86,8 +93,12 @@ class Regression(Kind):
         if options.bi_score not in ("cosine", "features"):
             problems.append(f"{where}bi_score: must be cosine or features, got '{options.bi_score}'")
         bounds = options.label_range
-        if not (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) for b in bounds)
-                and bounds[0] < bounds[1]):
+        if not (
+            isinstance(bounds, list)
+            and len(bounds) == 2
+            and all(isinstance(b, (int, float)) for b in bounds)
+            and bounds[0] < bounds[1]
+        ):
             problems.append(f"{where}label_range: must be [low, high] with low < high, got {bounds}")
         return problems
 
@@ -102,8 +113,12 @@ class Regression(Kind):
             values = column(ds, spec.columns.label)
             numbers = pd.to_numeric(values, errors="coerce")
             missing_ok = values.isna() & (split == "test")
-            record(bad, "label", "regression target is not a finite number",
-                   ~np.isfinite(numbers.astype(float)) & ~missing_ok)
+            record(
+                bad,
+                "label",
+                "regression target is not a finite number",
+                ~np.isfinite(numbers.astype(float)) & ~missing_ok,
+            )
         return bad
 
     def encode(self, spec: TaskSpec, tokenizer, ds, hidden: bool):
@@ -125,7 +140,9 @@ class Regression(Kind):
             return FeatureRegressionHead(hidden_size, spec.dropout)
         return RegressionHead(hidden_size, 1, spec.dropout, pooling)
 
-    def evaluate(self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]) -> tuple[list[dict], dict | None]:
+    def evaluate(
+        self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]
+    ) -> tuple[list[dict], dict | None]:
         pred = RegressionHead.predict(torch.stack(outputs))
         gold = gold_labels(encoded, torch.float32)
 
@@ -133,8 +150,11 @@ class Regression(Kind):
             rec["prediction"] = float(pred["prediction"][i])
 
         mask = ~torch.isnan(gold)
-        scores = metrics.compute(spec.metrics, {k: v[mask] for k, v in pred.items()}, gold[mask], 1) \
-            if bool(mask.any()) else None
+        scores = (
+            metrics.compute(spec.metrics, {k: v[mask] for k, v in pred.items()}, gold[mask], 1)
+            if bool(mask.any())
+            else None
+        )
         return records(spec, raw, fill), scores
 
     # distillation: the teachers' values are averaged as they are, and the student matches them by MSE
@@ -147,7 +167,9 @@ class Regression(Kind):
     def soft_column(self, target: np.ndarray) -> float:
         return float(np.ravel(target)[0])
 
-    def kd_term(self, logits: torch.Tensor, soft: torch.Tensor, batch: dict, temperature: float) -> torch.Tensor:
+    def kd_term(
+        self, logits: torch.Tensor, soft: torch.Tensor, batch: dict, temperature: float
+    ) -> torch.Tensor:
         return F.mse_loss(logits.float(), soft.float().view_as(logits))
 
     def export_model(self, spec: TaskSpec, config, head, encoder, pooling: str):

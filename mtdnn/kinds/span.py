@@ -13,9 +13,10 @@ import collections
 import json
 import re
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ NO_OFFSET = (-1, -1)  # tokens outside the context (question, special tokens, pa
 
 
 # ---------------------------------------------------------------- row checks
+
 
 def answer_list(value: Any) -> list[tuple[str, int]]:
     """SQuAD layout {text: [...], answer_start: [...]} (a single text/start is accepted too)."""
@@ -54,23 +56,36 @@ def bad_rows(spec: TaskSpec, split: str, ds) -> BadRows:
         if not context or not str(context).strip():
             bad[("context", "text is empty")].append(row)
             continue
-        if isinstance(value, dict) and not isinstance(value.get("text"), str) and \
-                len(value.get("text") or []) != len(value.get("answer_start") or []):
-            bad[("answers", f"{len(value.get('text') or [])} answer texts but "
-                            f"{len(value.get('answer_start') or [])} answer_start offsets")].append(row)
+        if (
+            isinstance(value, dict)
+            and not isinstance(value.get("text"), str)
+            and len(value.get("text") or []) != len(value.get("answer_start") or [])
+        ):
+            bad[
+                (
+                    "answers",
+                    f"{len(value.get('text') or [])} answer texts but "
+                    f"{len(value.get('answer_start') or [])} answer_start offsets",
+                )
+            ].append(row)
             continue
         pairs = answer_list(value)
         if not pairs and split != "test" and not spec.options.allow_no_answer:
             bad[("answers", "no answer given (set allow_no_answer: true for SQuAD v2 data)")].append(row)
         for text, start in pairs:
-            found = context[start: start + len(text)] if isinstance(start, int) and start >= 0 else None
+            found = context[start : start + len(text)] if isinstance(start, int) and start >= 0 else None
             if found != text:
-                bad[("answers", f"answer {text!r} does not match the context at offset {start} "
-                                f"(found {found!r})")].append(row)
+                bad[
+                    (
+                        "answers",
+                        f"answer {text!r} does not match the context at offset {start} (found {found!r})",
+                    )
+                ].append(row)
     return dict(bad)
 
 
 # ---------------------------------------------------------------- windows
+
 
 def encode(spec: TaskSpec, tokenizer, ds, hidden: bool):
     """One row per window: tokens, the context offsets of each token, the answer's (start, end) token
@@ -80,14 +95,26 @@ def encode(spec: TaskSpec, tokenizer, ds, hidden: bool):
     cols = spec.columns
 
     def windows(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
-        enc = tokenizer(batch[cols.question], batch[cols.context], truncation="only_second",
-                        max_length=spec.max_length, stride=spec.options.doc_stride, return_overflowing_tokens=True,
-                        return_offsets_mapping=True)
-        out = {k: [] for k in ("input_ids", "attention_mask", "token_type_ids", "offsets", "labels", "example")}
+        enc = tokenizer(
+            batch[cols.question],
+            batch[cols.context],
+            truncation="only_second",
+            max_length=spec.max_length,
+            stride=spec.options.doc_stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+        )
+        out = {
+            k: [] for k in ("input_ids", "attention_mask", "token_type_ids", "offsets", "labels", "example")
+        }
         for i, sample in enumerate(enc["overflow_to_sample_mapping"]):
             sequence = enc.sequence_ids(i)
-            offsets = [tuple(o) if sequence[k] == 1 else NO_OFFSET for k, o in enumerate(enc["offset_mapping"][i])]
-            pairs = [] if hidden else answer_list(batch[cols.answers][sample]) if cols.answers in batch else []
+            offsets = [
+                tuple(o) if sequence[k] == 1 else NO_OFFSET for k, o in enumerate(enc["offset_mapping"][i])
+            ]
+            pairs = (
+                [] if hidden else answer_list(batch[cols.answers][sample]) if cols.answers in batch else []
+            )
             out["labels"].append(list(answer_tokens(offsets, pairs[0])) if pairs else [0, 0])
             out["offsets"].append([list(o) for o in offsets])
             out["example"].append(indices[sample])
@@ -112,6 +139,7 @@ def answer_tokens(offsets: list[tuple[int, int]], answer: tuple[str, int]) -> tu
 
 
 # ---------------------------------------------------------------- decoding
+
 
 def best_spans(start: np.ndarray, end: np.ndarray, offsets: list, n_best: int, max_len: int):
     """The n_best x n_best (start, end) pairs of one window that are valid context spans, with scores."""
@@ -143,15 +171,25 @@ def decode(spec: TaskSpec, raw, encoded, window_logits: Iterable[np.ndarray]) ->
         row = raw[example]
         score, a, b = best.get(example, (-np.inf, 0, 0))
         answer = row[cols.context][a:b] if example in best else ""
-        if spec.options.allow_no_answer and not score - null.get(example, -np.inf) > spec.options.no_answer_threshold:
+        if (
+            spec.options.allow_no_answer
+            and not score - null.get(example, -np.inf) > spec.options.no_answer_threshold
+        ):
             answer = ""
-        records.append({"id": row[cols.id] if cols.id else example, "question": row[cols.question],
-                        "answer": answer, "score": round(score, 4) if np.isfinite(score) else None,
-                        "no_answer_score": round(null.get(example, np.nan), 4)})
+        records.append(
+            {
+                "id": row[cols.id] if cols.id else example,
+                "question": row[cols.question],
+                "answer": answer,
+                "score": round(score, 4) if np.isfinite(score) else None,
+                "no_answer_score": round(null.get(example, np.nan), 4),
+            }
+        )
     return records
 
 
 # ---------------------------------------------------------------- metrics (official SQuAD normalisation)
+
 
 def normalize_answer(text: str) -> str:
     """Lower case, drop punctuation and the articles a/an/the, squeeze whitespace."""
@@ -195,9 +233,12 @@ def span_metrics(spec: TaskSpec, raw, records: list[dict]) -> dict[str, float] |
         mask = np.array(has_answer)
         for prefix, subset in (("has_answer_", mask), ("no_answer_", ~mask)):
             for name, values in scores.items():
-                result[prefix + name] = float(np.mean(np.array(values)[subset])) if subset.any() else float("nan")
-    return {m: result[m] for m in spec.metrics if m in result} | {m: v for m, v in result.items()
-                                                                   if m not in spec.metrics}
+                result[prefix + name] = (
+                    float(np.mean(np.array(values)[subset])) if subset.any() else float("nan")
+                )
+    return {m: result[m] for m in spec.metrics if m in result} | {
+        m: v for m, v in result.items() if m not in spec.metrics
+    }
 
 
 def official_predictions(records: list[dict]) -> dict[str, str]:
@@ -207,6 +248,7 @@ def official_predictions(records: list[dict]) -> dict[str, str]:
 
 # ---------------------------------------------------------------- the kind
 
+
 class SpanHead(TokenLinear):
     """token states -> linear -> (start, end) logits per token; loss = mean of start and end cross-entropy.
     Padding positions are masked out of both distributions."""
@@ -214,19 +256,26 @@ class SpanHead(TokenLinear):
     def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls"):
         super().__init__(hidden_size, 2, dropout)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, mask: torch.Tensor, pooler_output: torch.Tensor | None
+    ) -> torch.Tensor:
         logits = super().forward(hidden, mask, pooler_output)  # (B, L, 2)
         return logits.masked_fill(~mask.bool().unsqueeze(-1), NEG)
 
     @staticmethod
     def loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
         positions = batch["labels"]  # (B, 2): start and end token of the answer (0 = [CLS] when absent)
-        return (F.cross_entropy(logits[..., 0], positions[:, 0]) + F.cross_entropy(logits[..., 1], positions[:, 1])) / 2
+        return (
+            F.cross_entropy(logits[..., 0], positions[:, 0])
+            + F.cross_entropy(logits[..., 1], positions[:, 1])
+        ) / 2
 
     @staticmethod
     def divergence(logits_a: torch.Tensor, logits_b: torch.Tensor, batch: dict) -> torch.Tensor:
         """Per window: symmetric KL of the start distributions plus that of the end distributions."""
-        return symmetric_kl(logits_a[..., 0], logits_b[..., 0]) + symmetric_kl(logits_a[..., 1], logits_b[..., 1])
+        return symmetric_kl(logits_a[..., 0], logits_b[..., 0]) + symmetric_kl(
+            logits_a[..., 1], logits_b[..., 1]
+        )
 
 
 @dataclass
@@ -241,8 +290,14 @@ class Options:
 class Span(Kind):
     name = "span"
     summary = "extractive QA: the answer's start and end token in a (windowed) context"
-    metrics = ("f1", "exact_match", "has_answer_f1", "has_answer_exact_match", "no_answer_f1",
-               "no_answer_exact_match")
+    metrics = (
+        "f1",
+        "exact_match",
+        "has_answer_f1",
+        "has_answer_exact_match",
+        "no_answer_f1",
+        "no_answer_exact_match",
+    )
     default_metrics = ("f1", "exact_match")
     required_columns = ("question", "context", "answers")
     pipeline_tag = "question-answering"
@@ -254,24 +309,33 @@ class Span(Kind):
         problems = [f"{where}labels: a span task has no label list; remove it"] if spec.labels else []
         stride = spec.options.doc_stride
         if stride is not None and spec.max_length is not None and stride >= spec.max_length - 8:
-            problems.append(f"{where}doc_stride: must be well below max_length ({spec.max_length}), got {stride}")
+            problems.append(
+                f"{where}doc_stride: must be well below max_length ({spec.max_length}), got {stride}"
+            )
         return problems
 
     def bad_rows(self, spec: TaskSpec, split: str, ds) -> BadRows:
         return bad_rows(spec, split, ds)
 
     def length_problems(self, spec: TaskSpec, tokenizer, split: str, ds) -> list[str]:
-        """A question that fills max_length leaves no room for any context window (the tokenizer would fail)."""
+        """A question that fills max_length leaves no room for any context window (the tokenizer would
+        fail)."""
         questions = ds[spec.columns.question]
-        lengths = [len(ids) for ids in tokenizer([str(q) for q in questions], add_special_tokens=False)["input_ids"]]
-        room = spec.max_length - tokenizer.num_special_tokens_to_add(pair=True) - 8  # 8: a little of the context
+        lengths = [
+            len(ids) for ids in tokenizer([str(q) for q in questions], add_special_tokens=False)["input_ids"]
+        ]
+        room = (
+            spec.max_length - tokenizer.num_special_tokens_to_add(pair=True) - 8
+        )  # 8: a little of the context
         rows = [i for i, n in enumerate(lengths) if n > room]
         if not rows:
             return []
         more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
-        return [f"{spec.file}: columns.question: split '{split}' row {rows[0] + 1}: the question is "
-                f"{lengths[rows[0]]} tokens, leaving no room for the context within max_length {spec.max_length}"
-                f"{more}; raise max_length or shorten the question"]
+        return [
+            f"{spec.file}: columns.question: split '{split}' row {rows[0] + 1}: the question is "
+            f"{lengths[rows[0]]} tokens, leaving no room for the context within max_length {spec.max_length}"
+            f"{more}; raise max_length or shorten the question"
+        ]
 
     def has_gold(self, spec: TaskSpec, split: str, ds) -> bool:
         column = spec.columns.answers
@@ -290,7 +354,9 @@ class Span(Kind):
     def row_output(self, batch: dict, logits: torch.Tensor, j: int) -> torch.Tensor:
         return logits[j, : int(batch["attention_mask"][j].sum())]
 
-    def evaluate(self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]) -> tuple[list[dict], dict | None]:
+    def evaluate(
+        self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]
+    ) -> tuple[list[dict], dict | None]:
         records = decode(spec, raw, encoded, [o.numpy() for o in outputs])
         return records, span_metrics(spec, raw, records)
 
@@ -306,7 +372,9 @@ class Span(Kind):
     def teacher_soft(self, logits: torch.Tensor, batch: dict, temperature: float) -> torch.Tensor:
         return F.softmax(logits.float() / temperature, 1)
 
-    def kd_term(self, logits: torch.Tensor, soft: torch.Tensor, batch: dict, temperature: float) -> torch.Tensor:
+    def kd_term(
+        self, logits: torch.Tensor, soft: torch.Tensor, batch: dict, temperature: float
+    ) -> torch.Tensor:
         log_p = F.log_softmax(logits.float() / temperature, 1)  # padding has target 0
         return F.kl_div(log_p, soft.float(), reduction="sum") / (2 * len(logits)) * temperature**2
 

@@ -1,7 +1,8 @@
 """tagging (NER style): words with one tag each; the tag is learned and predicted on the first sub-token of
 every word; entity-level precision/recall/F1 as conlleval/seqeval count them.
 
-YAML: columns.tokens (a list of words), columns.tags (one tag per word: names or ids into `labels`), labels (the
+YAML: columns.tokens (a list of words), columns.tags (one tag per word: names or ids into `labels`), labels
+(the
 tag set, >= 2); metrics from entity_f1, entity_precision, entity_recall, token_accuracy. Own field:
 label_smoothing.
 """
@@ -9,8 +10,9 @@ label_smoothing.
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -58,15 +60,21 @@ def encode(spec: TaskSpec, tokenizer, ds, hidden: bool):
     cols = spec.columns
 
     def words_to_tokens(batch: dict[str, list]) -> dict[str, list]:
-        enc = tokenizer(batch[cols.tokens], is_split_into_words=True, truncation=True, max_length=spec.max_length)
+        enc = tokenizer(
+            batch[cols.tokens], is_split_into_words=True, truncation=True, max_length=spec.max_length
+        )
         out = {k: v for k, v in enc.items()}
         out["labels"], out["first"] = [], []
         for i in range(len(batch[cols.tokens])):
             word_ids = enc.word_ids(i)
-            first = [w if w is not None and (k == 0 or word_ids[k - 1] != w) else -1 for k, w in enumerate(word_ids)]
+            first = [
+                w if w is not None and (k == 0 or word_ids[k - 1] != w) else -1
+                for k, w in enumerate(word_ids)
+            ]
             tags = None if hidden or cols.tags not in batch else batch[cols.tags][i]
-            out["labels"].append([spec.labels.index(_tag_name(spec, tags[w])) if w >= 0 and tags else IGNORE
-                                  for w in first])
+            out["labels"].append(
+                [spec.labels.index(_tag_name(spec, tags[w])) if w >= 0 and tags else IGNORE for w in first]
+            )
             out["first"].append(first)
         return out
 
@@ -98,11 +106,17 @@ def tag_metrics(predicted: list[list[str]], gold: list[list[str]]) -> dict[str, 
     precision = true_pos / n_pred if n_pred else 0.0
     recall = true_pos / n_gold if n_gold else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"entity_f1": f1, "entity_precision": precision, "entity_recall": recall,
-            "token_accuracy": correct_words / n_words if n_words else 0.0}
+    return {
+        "entity_f1": f1,
+        "entity_precision": precision,
+        "entity_recall": recall,
+        "token_accuracy": correct_words / n_words if n_words else 0.0,
+    }
 
 
-def sentence_records(spec: TaskSpec, raw, encoded, token_logits: list[np.ndarray]) -> tuple[list[dict], dict | None]:
+def sentence_records(
+    spec: TaskSpec, raw, encoded, token_logits: list[np.ndarray]
+) -> tuple[list[dict], dict | None]:
     """Per sentence: the tag of each word from its first sub-token (words cut off by max_length get
     labels[0], usually 'O')."""
     cols = spec.columns
@@ -125,17 +139,29 @@ def sentence_records(spec: TaskSpec, raw, encoded, token_logits: list[np.ndarray
 
 # ---------------------------------------------------------------- the kind
 
-class TaggingHead(TokenLinear):
-    """token states -> dropout -> linear over the tag set; cross-entropy on the first sub-token of each word."""
 
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls",
-                 label_smoothing: float = 0.0):
+class TaggingHead(TokenLinear):
+    """token states -> dropout -> linear over the tag set; cross-entropy on the first sub-token of each
+    word."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_labels: int,
+        dropout: float,
+        pooling: str = "cls",
+        label_smoothing: float = 0.0,
+    ):
         super().__init__(hidden_size, num_labels, dropout)
         self.label_smoothing = label_smoothing
 
     def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
-        return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE,
-                               label_smoothing=self.label_smoothing)
+        return F.cross_entropy(
+            logits.flatten(0, 1),
+            batch["labels"].flatten(),
+            ignore_index=IGNORE,
+            label_smoothing=self.label_smoothing,
+        )
 
     @staticmethod
     def divergence(logits_a: torch.Tensor, logits_b: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -188,10 +214,14 @@ class Tagging(Kind):
     def row_output(self, batch: dict, logits: torch.Tensor, j: int) -> torch.Tensor:
         return logits[j, : int(batch["attention_mask"][j].sum())]
 
-    def evaluate(self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]) -> tuple[list[dict], dict | None]:
+    def evaluate(
+        self, spec: TaskSpec, raw, encoded, outputs: list[torch.Tensor]
+    ) -> tuple[list[dict], dict | None]:
         return sentence_records(spec, raw, encoded, [o.numpy() for o in outputs])
 
-    def kd_term(self, logits: torch.Tensor, soft: torch.Tensor, batch: dict, temperature: float) -> torch.Tensor:
+    def kd_term(
+        self, logits: torch.Tensor, soft: torch.Tensor, batch: dict, temperature: float
+    ) -> torch.Tensor:
         mask = batch["attention_mask"].bool()  # per real token, over the tags
         log_p = F.log_softmax(logits.float()[mask] / temperature, -1)
         return F.kl_div(log_p, soft.float()[mask], reduction="batchmean") * temperature**2

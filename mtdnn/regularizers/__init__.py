@@ -3,7 +3,8 @@
 A module `mtdnn/regularizers/<name>.py` provides
     Config                      a dataclass of its knobs (validated like task files: every problem at once)
     problems(config, specs)     extra checks that need the selected tasks (optional)
-    CHANGES_MODEL = True        if build() reparametrizes the model (built before the others, which may copy it)
+    CHANGES_MODEL = True        if build() reparametrizes the model (built before the others, which may copy
+    it)
     build(config, model, specs) -> a `Regularizer` (subclass `Base` and override what the method needs):
         penalty(ctx) -> dict[str, Tensor]   weighted loss terms for one micro-batch (added to the task loss);
                                             a detached term is only logged (the method did its own backward)
@@ -21,9 +22,10 @@ and `conf/regularizer/<name>.yaml` nests its settings under its own name, so sev
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -41,9 +43,11 @@ class Regularizer(Protocol):
     needs_hidden_states: bool
     replays_dropout: bool
 
-    def penalty(self, ctx: "StepContext") -> dict[str, torch.Tensor]: ...
+    def penalty(self, ctx: StepContext) -> dict[str, torch.Tensor]: ...
 
-    def prepare(self, model: torch.nn.Module, batches: Iterable[tuple[str, dict]], device: torch.device) -> None: ...
+    def prepare(
+        self, model: torch.nn.Module, batches: Iterable[tuple[str, dict]], device: torch.device
+    ) -> None: ...
 
     def before_step(self, model: torch.nn.Module) -> None: ...
 
@@ -63,10 +67,12 @@ class Base:
     needs_hidden_states = False  # True: the clean pass also returns every layer's hidden states
     replays_dropout = False  # True: later passes reuse the clean pass's dropout masks (ctx.dropout.replay())
 
-    def penalty(self, ctx: "StepContext") -> dict[str, torch.Tensor]:
+    def penalty(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         return {}
 
-    def prepare(self, model: torch.nn.Module, batches: Iterable[tuple[str, dict]], device: torch.device) -> None:
+    def prepare(
+        self, model: torch.nn.Module, batches: Iterable[tuple[str, dict]], device: torch.device
+    ) -> None:
         return None
 
     def before_step(self, model: torch.nn.Module) -> None:
@@ -130,9 +136,15 @@ class TermActivity:
         self.peak = max(self.peak, ratio)
         if self.seen >= self.AFTER and self.peak < self.THRESHOLD and not self.warned:
             self.warned = True
-            log.warning("%s: the %s term has stayed below %.0e of the task loss (now %.1e) for %d micro-batches: "
-                        "too small to change training (raise epsilon, or its weight)", self.where, self.name,
-                        self.THRESHOLD, ratio, self.seen)
+            log.warning(
+                "%s: the %s term has stayed below %.0e of the task loss (now %.1e) for %d micro-batches: "
+                "too small to change training (raise epsilon, or its weight)",
+                self.where,
+                self.name,
+                self.THRESHOLD,
+                ratio,
+                self.seen,
+            )
         self.term_sum, self.loss_sum, self.count = 0.0, 0.0, 0
         return {f"{self.name}_to_loss": ratio}
 
@@ -146,7 +158,7 @@ class StepContext:
     batch: dict[str, torch.Tensor]
     embeds: torch.Tensor  # word embeddings fed to the clean pass (graph attached)
     logits: torch.Tensor  # clean logits (graph attached)
-    dropout: "DropoutReplay | None"  # replay() gives a later pass the clean pass's masks (if replays_dropout)
+    dropout: DropoutReplay | None  # replay() gives a later pass the clean pass's masks (if replays_dropout)
     loss_of: Any = None  # logits -> the training loss of this batch (the task loss, or the distillation loss)
     scale: float = 1.0  # what the loop multiplies the loss by before backward (loss weight / grad_accum)
     hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings output + each layer's, if asked for
@@ -200,7 +212,8 @@ class _MaskRecorder(TorchDispatchMode):
 
 class _MaskReplayer(TorchDispatchMode):
     """Serves the recorded masks, in order, instead of drawing new ones (drawing is the slow part on CPU).
-    On CUDA the fused dropout still runs (its mask discarded): it advances the generator's Philox offset exactly
+    On CUDA the fused dropout still runs (its mask discarded): it advances the generator's Philox offset
+    exactly
     as the clean pass did, so kernels that draw inside themselves (SDPA's attention dropout) see the same
     offsets, hence the same masks, as in the clean pass."""
 
@@ -256,8 +269,10 @@ def regularizer_problems(cfg: dict[str, Any], specs: list) -> list[str]:
     problems: list[str] = []
     for name, node in (cfg or {}).items():
         if name not in available():
-            problems.append(f"regularizer.{name}: unknown regularizer{suggest(name, available())}; "
-                            f"available: {', '.join(available())}")
+            problems.append(
+                f"regularizer.{name}: unknown regularizer{suggest(name, available())}; "
+                f"available: {', '.join(available())}"
+            )
             continue
         module = _module(name)
         config = build_dataclass(module.Config, node, f"regularizer.{name}", problems)
@@ -273,7 +288,8 @@ def build_regularizers(cfg: dict[str, Any], model: torch.nn.Module, specs: list)
     built = {}
     for name in sorted(cfg or {}, key=lambda n: not getattr(_module(n), "CHANGES_MODEL", False)):
         module = _module(name)
-        built[name] = module.build(build_dataclass(module.Config, cfg[name], f"regularizer.{name}", problems),
-                                   model, specs)
+        built[name] = module.build(
+            build_dataclass(module.Config, cfg[name], f"regularizer.{name}", problems), model, specs
+        )
     raise_if(problems, "the regularizer configuration has problems")
     return built

@@ -1,13 +1,17 @@
 """ALICE (Pereira et al. 2020, "Adversarial Training for Commonsense Inference"): two adversarial terms, both
 added to the loss.
 
-  label:    delta_y = K ascent steps on the task loss L(f(x + delta), y)  ->  label_weight * L(f(x + delta_y), y)
-  virtual:  delta_v = K ascent steps on D(f(x + delta), f(x))             ->  virtual_weight * D(f(x + delta_v), f(x))
+  label:    delta_y = K ascent steps on the task loss L(f(x + delta), y)  ->  label_weight * L(f(x + delta_y),
+  y)
+  virtual:  delta_v = K ascent steps on D(f(x + delta), f(x))             ->  virtual_weight * D(f(x +
+  delta_v), f(x))
 
-D is the head's symmetric divergence (symmetric KL; squared error for regression), the same as SMART's, and the
+D is the head's symmetric divergence (symmetric KL; squared error for regression), the same as SMART's, and
+the
 ascent steps are SMART's (mtdnn/regularizers/smart.py: word embeddings before positions/LayerNorm, gradient
 w.r.t. delta only, normalised in the chosen norm, projected onto the epsilon ball, sizes relative to each
-token's embedding by default, padding never perturbed, the clean pass's dropout masks replayed). Both terms work on every head: L is the batch's training loss
+token's embedding by default, padding never perturbed, the clean pass's dropout masks replayed). Both terms
+work on every head: L is the batch's training loss
 (the head's own, or the distillation loss when distilling).
 A term whose ascent or value is NaN/inf is dropped for that micro-batch and counted (`alice_skipped`).
 """
@@ -35,9 +39,11 @@ class Config:
 
 
 def problems(cfg: Config, specs: list) -> list[str]:
-    found = [f"regularizer.alice.{name}: must be >= 0, got {getattr(cfg, name)}"
-             for name in ("label_weight", "virtual_weight", "step_size", "noise_std", "epsilon")
-             if getattr(cfg, name) < 0]
+    found = [
+        f"regularizer.alice.{name}: must be >= 0, got {getattr(cfg, name)}"
+        for name in ("label_weight", "virtual_weight", "step_size", "noise_std", "epsilon")
+        if getattr(cfg, name) < 0
+    ]
     if cfg.steps < 1:
         found.append(f"regularizer.alice.steps: must be >= 1, got {cfg.steps}")
     if cfg.norm not in NORMS:
@@ -64,7 +70,8 @@ class Alice(CountsSkips):
         if self.cfg.virtual_weight > 0:
             clean = ctx.logits.detach()
             delta, finite = adversarial_perturbation(
-                ctx, lambda out: head.divergence(out, clean, ctx.batch).sum(), self.cfg)
+                ctx, lambda out: head.divergence(out, clean, ctx.batch).sum(), self.cfg
+            )
             term = head.divergence(perturbed_logits(ctx, delta), ctx.logits, ctx.batch).mean()
             terms["alice_virtual"] = (self.cfg.virtual_weight * term, finite)
         return self._finite(terms)

@@ -13,15 +13,16 @@ Weight decay and momentum on masked weights: a masked weight gets a zero gradien
 decoupled weight decay to it and still moves it by its running first moment, exactly as the reference
 ChildTuningAdamW does (it masks the gradient before the moment updates).
 The Fisher pass reads the tasks' batches in turn (task A's first, task B's first, ...), so a `fisher_batches`
-limit covers every task; it runs once per fresh run in eval mode (no dropout, so the training RNG stream is untouched);
+limit covers every task; it runs once per fresh run in eval mode (no dropout, so the training RNG stream is
+untouched);
 the mask is checkpointed, so a resumed run does not recompute it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 
@@ -51,14 +52,17 @@ def problems(cfg: Config, specs: list) -> list[str]:
 
 
 def child_candidates(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    """The Transformer layers' parameters, as in the reference (embeddings, pooler and heads train in full)."""
+    """The Transformer layers' parameters, as in the reference (embeddings, pooler and heads train in
+    full)."""
     inside = {id(p) for p in encoder_layers(model.encoder, "regularizer.child_tuning").parameters()}
     return {name: p for name, p in model.named_parameters() if p.requires_grad and id(p) in inside}
 
 
-def fisher_information(model, batches: Iterable[tuple[str, dict]], device: torch.device,
-                       limit: int) -> dict[str, torch.Tensor]:
-    """Sum over batches of the squared gradient of the task loss, per candidate weight (the reference's estimate)."""
+def fisher_information(
+    model, batches: Iterable[tuple[str, dict]], device: torch.device, limit: int
+) -> dict[str, torch.Tensor]:
+    """Sum over batches of the squared gradient of the task loss, per candidate weight (the reference's
+    estimate)."""
     params = child_candidates(model)
     fisher = {name: torch.zeros_like(p) for name, p in params.items()}
     was_training = model.training
@@ -90,14 +94,18 @@ class ChildTuning(Base):
         self.cfg = cfg
         self.params = child_candidates(model)
         if not any(p.ndim >= 2 for p in self.params.values()):  # adapter=... leaves only LayerNorms trainable
-            log.warning("regularizer.child_tuning: the Transformer layers' weight matrices are frozen; only "
-                        "LayerNorm parameters are masked")
+            log.warning(
+                "regularizer.child_tuning: the Transformer layers' weight matrices are frozen; only "
+                "LayerNorm parameters are masked"
+            )
         self.mask: dict[str, torch.Tensor] | None = None  # D: fixed after prepare()
         self.kept = 0.0  # fraction of layer weights the D mask keeps (logged)
         self.steps = 0  # F: masks drawn so far
         self.seed = torch.initial_seed()  # F: the run's seed (set before building), without drawing from it
 
-    def prepare(self, model: torch.nn.Module, batches: Iterable[tuple[str, dict]], device: torch.device) -> None:
+    def prepare(
+        self, model: torch.nn.Module, batches: Iterable[tuple[str, dict]], device: torch.device
+    ) -> None:
         if self.cfg.mode == "D":
             fisher = fisher_information(model, batches, device, self.cfg.fisher_batches)
             self._set_mask(top_fraction_mask(fisher, self.cfg.reserve_p))
@@ -114,7 +122,8 @@ class ChildTuning(Base):
             # rank and after a resume
             self.steps += 1
             generator = torch.Generator(next(iter(self.params.values())).device).manual_seed(
-                (self.seed * 1_000_003 + self.steps) % 2**63)
+                (self.seed * 1_000_003 + self.steps) % 2**63
+            )
             for p in self.params.values():
                 if p.grad is not None:
                     keep = torch.empty_like(p.grad).bernoulli_(self.cfg.reserve_p, generator=generator)

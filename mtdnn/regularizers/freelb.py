@@ -5,7 +5,8 @@ passes accumulated (averaged), so one optimizer step trains on K perturbed copie
   delta_0 = U(-1, 1) * init_mag / sqrt(tokens * hidden) per example (l2; 0 = start at zero), padding 0
   for t in 1..K:
       loss_t = L(f(x + delta_{t-1}), y) / K;  backward: weights accumulate grad, delta gets its grad
-      delta_t = delta_{t-1} + step_size * g / ||g||_2   (per example), then project onto ||delta||_2 <= epsilon
+      delta_t = delta_{t-1} + step_size * g / ||g||_2   (per example), then project onto ||delta||_2 <=
+      epsilon
                 (epsilon = 0: no projection, as in the paper's GLUE runs)
 
 The perturbed tensor is the word embeddings (before positions/LayerNorm), as for SMART; every pass reuses the
@@ -34,8 +35,11 @@ class Config:
 
 
 def problems(cfg: Config, specs: list) -> list[str]:
-    found = [f"regularizer.freelb.{name}: must be >= 0, got {getattr(cfg, name)}"
-             for name in ("step_size", "init_mag", "epsilon") if getattr(cfg, name) < 0]
+    found = [
+        f"regularizer.freelb.{name}: must be >= 0, got {getattr(cfg, name)}"
+        for name in ("step_size", "init_mag", "epsilon")
+        if getattr(cfg, name) < 0
+    ]
     if cfg.steps < 1:
         found.append(f"regularizer.freelb.steps: must be >= 1, got {cfg.steps}")
     return found
@@ -83,7 +87,8 @@ class FreeLB(CountsSkips):
             if not torch.isfinite(loss):  # never backward a NaN; what was accumulated so far stays
                 self.skipped += 1
                 break
-            # weights accumulate this pass's gradient; retain_graph: the embedding lookup is shared by the passes
+            # weights accumulate this pass's gradient; retain_graph: the embedding lookup is shared by the
+            # passes
             (loss * ctx.scale / self.cfg.steps).backward(retain_graph=True)
             losses.append(loss.detach())
             grad = delta.grad * mask.unsqueeze(-1).to(delta.dtype)

@@ -11,7 +11,8 @@ applies as configured by trainer.weight_decay; set it to 0 for pure L2-SP. Logge
 regularizer's checkpointed state, so a resumed run pulls towards the same weights.
 
 The pull is small unless weight is of the order of 1 / (lr x steps): over a whole run at most
-weight x peak_lr x steps of the drift is pulled back. The paper's alpha 0.01 (SGD, coupled) at lr 5e-5 and a few
+weight x peak_lr x steps of the drift is pulled back. The paper's alpha 0.01 (SGD, coupled) at lr 5e-5 and a
+few
 hundred steps pulls back ~1e-4 of it, which measured as *exactly* `none` (README). So the method says once, a
 tenth into the run, when that bound is below 1e-2: a knob that cannot change training.
 """
@@ -41,7 +42,9 @@ def problems(cfg: Config, specs: list) -> list[str]:
 class L2SP(Base):
     def __init__(self, cfg: Config, model: torch.nn.Module):
         self.cfg = cfg
-        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("heads.")}
+        self.params = {
+            n: p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("heads.")
+        }
         self.anchors = {n: p.detach().clone() for n, p in self.params.items()}
         self.peak_lr, self.judged = 0.0, False
 
@@ -57,10 +60,16 @@ class L2SP(Base):
     def _warn_if_negligible(self, total_steps: int) -> None:
         bound = self.cfg.weight * self.peak_lr * total_steps
         if 0 < bound < NEGLIGIBLE_PULL:
-            log.warning("regularizer.l2_sp: weight=%g pulls back at most %.1e of the encoder's drift over this run "
-                        "(weight x lr %.1e x %d steps): too small to change training; weight of the order of "
-                        "1/(lr x steps) = %.3g acts", self.cfg.weight, bound, self.peak_lr, total_steps,
-                        1 / (self.peak_lr * total_steps))
+            log.warning(
+                "regularizer.l2_sp: weight=%g pulls back at most %.1e of the encoder's drift over this run "
+                "(weight x lr %.1e x %d steps): too small to change training; weight of the order of "
+                "1/(lr x steps) = %.3g acts",
+                self.cfg.weight,
+                bound,
+                self.peak_lr,
+                total_steps,
+                1 / (self.peak_lr * total_steps),
+            )
 
     @torch.no_grad()
     def stats(self) -> dict[str, float]:

@@ -32,7 +32,9 @@ from mtdnn.regularizers import Base, StepContext
 @dataclass
 class Config:
     weight: float = 1.0  # lambda
-    noise_std: float = 1e-2  # sigma of the Gaussian noise (hidden states are LayerNorm-scaled, ~unit per feature)
+    noise_std: float = (
+        1e-2  # sigma of the Gaussian noise (hidden states are LayerNorm-scaled, ~unit per feature)
+    )
     layer: int = 0  # inject into hidden_states[layer]: 0 = embedding output, k = output of layer k
 
 
@@ -51,8 +53,10 @@ def hidden_state_modules(encoder: nn.Module) -> list[nn.Module]:
     """The modules whose outputs are hidden_states[0], [1], ...: the embeddings, then each layer."""
     layers, embeddings = encoder_layers(encoder, "regularizer.lnsr"), getattr(encoder, "embeddings", None)
     if embeddings is None:
-        raise MtdnnError(f"regularizer.lnsr: {type(encoder).__name__} has no `embeddings` module to inject "
-                         "noise after; LNSR supports BERT-style encoders")
+        raise MtdnnError(
+            f"regularizer.lnsr: {type(encoder).__name__} has no `embeddings` module to inject "
+            "noise after; LNSR supports BERT-style encoders"
+        )
     return [embeddings, *layers]
 
 
@@ -76,8 +80,10 @@ class NoiseAt:
 def layer_distances(noisy: tuple, clean: tuple, mask: torch.Tensor, after: int) -> torch.Tensor:
     """Per layer j > after: mean over real tokens of the squared l2 distance between the two passes."""
     weights = mask.to(clean[0].dtype)
-    per_layer = [((n.float() - c.float()).pow(2).sum(-1) * weights).sum() / weights.sum()
-                 for n, c in zip(noisy[after + 1:], clean[after + 1:])]
+    per_layer = [
+        ((n.float() - c.float()).pow(2).sum(-1) * weights).sum() / weights.sum()
+        for n, c in zip(noisy[after + 1 :], clean[after + 1 :])
+    ]
     return torch.stack(per_layer)
 
 
@@ -88,8 +94,10 @@ class LNSR(Base):
     def __init__(self, cfg: Config, model: nn.Module):
         modules = hidden_state_modules(model.encoder)
         if cfg.layer >= len(modules) - 1:
-            raise MtdnnError(f"regularizer.lnsr.layer: must be below {len(modules) - 1} (the encoder's layer "
-                             f"count): no layer follows layer {cfg.layer}")
+            raise MtdnnError(
+                f"regularizer.lnsr.layer: must be below {len(modules) - 1} (the encoder's layer "
+                f"count): no layer follows layer {cfg.layer}"
+            )
         self.cfg = cfg
         self.noise = NoiseAt(modules[cfg.layer])
 
@@ -100,7 +108,9 @@ class LNSR(Base):
         hook = self.noise(torch.randn_like(clean) * self.cfg.noise_std * mask)
         try:
             with ctx.dropout.replay():
-                _, noisy = ctx.model(ctx.task, **{**ctx.batch, "inputs_embeds": ctx.embeds}, hidden_states=True)
+                _, noisy = ctx.model(
+                    ctx.task, **{**ctx.batch, "inputs_embeds": ctx.embeds}, hidden_states=True
+                )
         finally:
             hook.remove()
         distances = layer_distances(noisy, ctx.hidden_states, ctx.batch["attention_mask"], self.cfg.layer)

@@ -64,15 +64,22 @@ class Mixout(Base):
         layers = {n: m for n, m in linear_layers(model.encoder).items() if m.weight.requires_grad}
         self.layers = layers
         if not layers:  # e.g. adapter=... freezes the encoder: every weight already equals its anchor
-            log.warning("regularizer.mixout: the encoder's linear layers are frozen; mixout has nothing to do")
+            log.warning(
+                "regularizer.mixout: the encoder's linear layers are frozen; mixout has nothing to do"
+            )
         for name, layer in layers.items():
             self.mixers[name] = MixoutWeight(layer.weight, cfg.p).eval()  # eval: registering draws no mask
             parametrize.register_parametrization(layer, "weight", self.mixers[name])
 
     def stats(self) -> dict[str, float]:
-        """How many of the encoder's linear layers mix with their pretrained weights (0: mixout does nothing)."""
-        mixing = [name for name, layer in self.layers.items() if parametrize.is_parametrized(layer, "weight") and
-                  any(isinstance(p, MixoutWeight) for p in layer.parametrizations["weight"])]
+        """How many of the encoder's linear layers mix with their pretrained weights (0: mixout does
+        nothing)."""
+        mixing = [
+            name
+            for name, layer in self.layers.items()
+            if parametrize.is_parametrized(layer, "weight")
+            and any(isinstance(p, MixoutWeight) for p in layer.parametrizations["weight"])
+        ]
         return {"mixout_layers": float(len(mixing))}
 
     def state_dict(self) -> dict:

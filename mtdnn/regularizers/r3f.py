@@ -5,8 +5,10 @@ classification, ranking, span and tagging; squared error for regression, which f
 The noisy pass reuses the clean pass's dropout masks, so D measures the noise alone.
 R4F (r4f.py) is this plus spectral normalisation of the heads.
 
-scale: token (default) measures eps in units of each token's embedding RMS, so the noise is a fixed fraction of
-what it perturbs; scale: absolute is the paper's literal reading (fairseq adds U(-1e-5, 1e-5) to the embeddings),
+scale: token (default) measures eps in units of each token's embedding RMS, so the noise is a fixed fraction
+of
+what it perturbs; scale: absolute is the paper's literal reading (fairseq adds U(-1e-5, 1e-5) to the
+embeddings),
 which on a BERT-style word embedding (MiniLM: element std 0.056) changes the output by ~1e-10 of the loss.
 """
 

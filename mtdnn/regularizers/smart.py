@@ -19,9 +19,11 @@ Per micro-batch, on top of the task loss L(f(x; theta), y):
                   rescaled onto its sphere, radius epsilon times the token's size (mt-dnn uses radius 1 on the
                   post-LayerNorm embedding output, whose MiniLM tokens have l_inf ~2.6: epsilon ~0.4 here).
   3. Add lambda_s * D(f(x + delta), f(x)), with gradients into the weights through both outputs.
-  4. Bregman proximal point: add mu * D(f(x; theta), f(x; theta_teacher)) on the clean input, where the teacher
+  4. Bregman proximal point: add mu * D(f(x; theta), f(x; theta_teacher)) on the clean input, where the
+  teacher
      is an exponential moving average of the parameters, run without a graph and updated after every optimizer
-     step. Its memory fits the run: beta = 1 - 1 / (teacher_memory * total_steps), so the teacher averages over
+     step. Its memory fits the run: beta = 1 - 1 / (teacher_memory * total_steps), so the teacher averages
+     over
      the last teacher_memory of the run. The paper's beta 0.99 then 0.999 (after beta_switch of training)
      remembers ~1,000 steps, longer than a low-resource run: it holds the student at its starting point.
      teacher_memory: null keeps the paper's schedule.
@@ -38,8 +40,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -55,7 +58,9 @@ SCALES = ("token", "absolute", "reference")
 class Config:
     lambda_s: float = 1.0  # weight of the adversarial smoothness term (the paper searches {1, 3, 5}); 0 = off
     mu: float = 0.0  # weight of the proximal (momentum teacher) term; 0 = off, no teacher kept (the paper: 1)
-    teacher_memory: Optional[float] = 0.1  # fraction of the run the teacher averages over; null: beta schedule
+    teacher_memory: Optional[float] = (
+        0.1  # fraction of the run the teacher averages over; null: beta schedule
+    )
     beta: float = 0.99  # with teacher_memory null: teacher momentum for the first beta_switch of training ...
     beta_late: float = 0.999  # ... and after it (the paper's values)
     beta_switch: float = 0.1
@@ -65,10 +70,17 @@ class Config:
     epsilon: float = 1e-3  # radius of the perturbation ball (scale: token: of each token's size)
     norm: str = "inf"  # inf | l2 | l1
     scale: str = "token"  # token | absolute | reference: what the three sizes above are relative to
-    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-task overrides, e.g. {stsb: {lambda_s: 3}}
+    tasks: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # per-task overrides, e.g. {stsb: {lambda_s: 3}}
 
 
-TEACHER_FIELDS = ("beta", "beta_late", "beta_switch", "teacher_memory")  # the teacher is shared, so these are run-wide
+TEACHER_FIELDS = (
+    "beta",
+    "beta_late",
+    "beta_switch",
+    "teacher_memory",
+)  # the teacher is shared, so these are run-wide
 
 
 def _settings_problems(cfg: Config, where: str) -> list[str]:
@@ -83,8 +95,10 @@ def _settings_problems(cfg: Config, where: str) -> list[str]:
     if cfg.scale not in SCALES:
         problems.append(f"{where}.scale: must be one of {', '.join(SCALES)}, got '{cfg.scale}'")
     if cfg.teacher_memory is not None and not 0 < cfg.teacher_memory <= 1:
-        problems.append(f"{where}.teacher_memory: must be in (0, 1] (a fraction of the run) or null, "
-                        f"got {cfg.teacher_memory}")
+        problems.append(
+            f"{where}.teacher_memory: must be in (0, 1] (a fraction of the run) or null, "
+            f"got {cfg.teacher_memory}"
+        )
     for name in TEACHER_FIELDS[:3]:
         if not 0 <= getattr(cfg, name) <= 1:
             problems.append(f"{where}.{name}: must be in [0, 1], got {getattr(cfg, name)}")
@@ -96,10 +110,14 @@ def task_settings(cfg: Config, task: str, problems: list[str] | None = None) -> 
     override = dict(cfg.tasks.get(task, {}))
     sink = problems if problems is not None else []
     bad = [k for k in override if k in TEACHER_FIELDS or k == "tasks"]
-    sink += [f"regularizer.smart.tasks.{task}.{k}: the teacher is shared by all tasks; set it run-wide"
-             for k in bad]
-    merged = {**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "tasks"},
-              **{k: v for k, v in override.items() if k not in bad}}
+    sink += [
+        f"regularizer.smart.tasks.{task}.{k}: the teacher is shared by all tasks; set it run-wide"
+        for k in bad
+    ]
+    merged = {
+        **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "tasks"},
+        **{k: v for k, v in override.items() if k not in bad},
+    }
     return build_dataclass(Config, merged, f"regularizer.smart.tasks.{task}", sink)
 
 
@@ -115,6 +133,7 @@ def problems(cfg: Config, specs: list) -> list[str]:
 
 
 # ---------------------------------------------------------------- the perturbation
+
 
 def per_example_norm(x: torch.Tensor, norm: str) -> torch.Tensor:
     """Norm of each example's whole perturbation (all positions and features), shaped to broadcast."""
@@ -152,7 +171,9 @@ def _project_l1(flat: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     ordered, _ = size.sort(1, descending=True)
     excess = ordered.cumsum(1) - radius
     ranks = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=flat.dtype)
-    rho = ((ordered - excess / ranks) > 0).to(flat.dtype).mul(ranks).amax(1, keepdim=True)  # last positive rank
+    rho = (
+        ((ordered - excess / ranks) > 0).to(flat.dtype).mul(ranks).amax(1, keepdim=True)
+    )  # last positive rank
     theta = excess.gather(1, rho.long().clamp_min(1) - 1) / rho.clamp_min(1)
     shrunk = flat.sign() * (size - theta).clamp_min(0)
     return torch.where(inside, flat, shrunk)
@@ -179,8 +200,12 @@ class Ball:
 
     def start(self) -> torch.Tensor:
         """delta ~ N(0, (noise_std * scale)^2) on real tokens; padding gets nothing, ever."""
-        return torch.randn(self.shape, dtype=self.mask.dtype, device=self.mask.device) \
-            * self.cfg.noise_std * self.rms * self.mask
+        return (
+            torch.randn(self.shape, dtype=self.mask.dtype, device=self.mask.device)
+            * self.cfg.noise_std
+            * self.rms
+            * self.mask
+        )
 
     def ascent_step(self, delta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         cfg, radius = self.cfg, self.cfg.epsilon * self.size
@@ -194,11 +219,14 @@ class Ball:
         return new.view(self.shape) * self.mask
 
 
-def adversarial_perturbation(ctx: StepContext, objective: Callable[[torch.Tensor], torch.Tensor],
-                             cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def adversarial_perturbation(
+    ctx: StepContext, objective: Callable[[torch.Tensor], torch.Tensor], cfg: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
     """K ascent steps on objective(f(x + delta)) from delta ~ N(0, noise_std^2) on non-padding positions; the
-    gradient is taken w.r.t. delta alone (no weight gradients). `cfg` has steps, step_size, noise_std, epsilon,
-    norm and scale (SMART's and ALICE's settings). Returns delta (zero if a gradient was NaN/inf) and that flag."""
+    gradient is taken w.r.t. delta alone (no weight gradients). `cfg` has steps, step_size, noise_std,
+    epsilon,
+    norm and scale (SMART's and ALICE's settings). Returns delta (zero if a gradient was NaN/inf) and that
+    flag."""
     base = ctx.embeds.detach()
     ball = Ball(base, ctx.batch["attention_mask"], cfg)
     delta = ball.start()
@@ -209,17 +237,21 @@ def adversarial_perturbation(ctx: StepContext, objective: Callable[[torch.Tensor
             perturbed = ctx.model(ctx.task, **{**ctx.batch, "inputs_embeds": base + delta})
         (grad,) = torch.autograd.grad(objective(perturbed), delta)
         finite = finite & torch.isfinite(grad).all()
-        delta = torch.where(finite, ball.ascent_step(delta.detach(), grad * ball.mask), torch.zeros_like(base))
+        delta = torch.where(
+            finite, ball.ascent_step(delta.detach(), grad * ball.mask), torch.zeros_like(base)
+        )
     return delta, finite
 
 
 def perturbed_logits(ctx: StepContext, delta: torch.Tensor) -> torch.Tensor:
-    """f(x + delta) with gradients into the weights (and the embeddings), under the clean pass's dropout masks."""
+    """f(x + delta) with gradients into the weights (and the embeddings), under the clean pass's dropout
+    masks."""
     with ctx.dropout.replay():
         return ctx.model(ctx.task, **{**ctx.batch, "inputs_embeds": ctx.embeds + delta})
 
 
 # ---------------------------------------------------------------- the regularizer
+
 
 class Smart(Base):
     replays_dropout = True
@@ -237,7 +269,9 @@ class Smart(Base):
     def _adversarial(self, ctx: StepContext, cfg: Config) -> torch.Tensor | None:
         head = ctx.model.head(ctx.task)
         clean = ctx.logits.detach()
-        delta, finite = adversarial_perturbation(ctx, lambda out: head.divergence(out, clean, ctx.batch).sum(), cfg)
+        delta, finite = adversarial_perturbation(
+            ctx, lambda out: head.divergence(out, clean, ctx.batch).sum(), cfg
+        )
         term = head.divergence(perturbed_logits(ctx, delta), ctx.logits, ctx.batch).mean()
         if not bool(finite & torch.isfinite(term)):  # the one host sync: a NaN must never reach backward
             self.skipped += 1
@@ -279,14 +313,20 @@ class Smart(Base):
         if self._warned_bf16 or not torch.is_autocast_enabled(ctx.embeds.device.type) or cfg.lambda_s == 0:
             return
         self._warned_bf16 = True
-        resolution = 1e-3 if cfg.scale == "absolute" else 2.0 ** -8  # bf16 keeps 8 significant bits
+        resolution = 1e-3 if cfg.scale == "absolute" else 2.0**-8  # bf16 keeps 8 significant bits
         if cfg.epsilon < resolution:
-            log.warning("regularizer.smart: epsilon=%g is below bfloat16 resolution of the embeddings; under "
-                        "trainer.bf16=true the adversarial term mostly measures rounding (use fp32 or a larger "
-                        "epsilon)", cfg.epsilon)
+            log.warning(
+                "regularizer.smart: epsilon=%g is below bfloat16 resolution of the embeddings; under "
+                "trainer.bf16=true the adversarial term mostly measures rounding (use fp32 or a larger "
+                "epsilon)",
+                cfg.epsilon,
+            )
 
     def state_dict(self) -> dict:
-        return {"teacher": self.teacher.state_dict() if self.teacher is not None else None, "skipped": self.skipped}
+        return {
+            "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+            "skipped": self.skipped,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if self.teacher is not None and state.get("teacher") is not None:

@@ -24,7 +24,9 @@ from mtdnn.model.multitask import inference_state_dict, parametrized_modules
 CHECKPOINTS = "checkpoints"
 
 
-FROZEN = Path("encoder") / "frozen.safetensors"  # an adapter run's frozen encoder weights, relative to the run
+FROZEN = (
+    Path("encoder") / "frozen.safetensors"
+)  # an adapter run's frozen encoder weights, relative to the run
 
 
 FROZEN_KEY = "frozen_weights"  # checkpoint metadata: where its frozen weights are, relative to its folder
@@ -50,16 +52,18 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, trainer_st
         replace_dir(staging, final)
     except OSError as err:
         kept = list_checkpoints(run_dir)
-        raise MtdnnError(f"{final}: cannot write checkpoint: {err.strerror or err}; "
-                         f"{'the previous checkpoint ' + str(kept[-1]) + ' is intact' if kept else 'no earlier checkpoint'}"
-                         ) from None
+        raise MtdnnError(
+            f"{final}: cannot write checkpoint: {err.strerror or err}; "
+            + (f"the previous checkpoint {kept[-1]} is intact" if kept else "no earlier checkpoint")
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
 
 
 def remove_staging(run_dir: Path) -> None:
-    """Half-written checkpoints of a killed run live in hidden staging folders; they are never read, only removed."""
+    """Half-written checkpoints of a killed run live in hidden staging folders; they are never read, only
+    removed."""
     for leftover in (run_dir / CHECKPOINTS).glob(".step_*") if (run_dir / CHECKPOINTS).is_dir() else []:
         shutil.rmtree(leftover, ignore_errors=True)
 
@@ -74,7 +78,8 @@ def rotate_checkpoints(run_dir: Path, keep_last: int) -> None:
 
 
 def save_best(run_dir: Path, step: int, record: dict, name: str = "best.json") -> None:
-    """Point best.json (or a task's best_<task>.json) at an already complete checkpoint (one atomic rename)."""
+    """Point best.json (or a task's best_<task>.json) at an already complete checkpoint (one atomic
+    rename)."""
     write_json(run_dir / name, {"checkpoint": f"{CHECKPOINTS}/step_{step:07d}", "step": step, **record})
 
 
@@ -87,8 +92,9 @@ def best_checkpoint(run_dir: Path, required: bool = True, name: str = "best.json
     try:
         return run_dir / json.loads(path.read_text())["checkpoint"]
     except (ValueError, KeyError) as err:
-        raise MtdnnError(f"{path}: unreadable ({type(err).__name__}); use checkpoint=last or a checkpoint "
-                         "folder") from None
+        raise MtdnnError(
+            f"{path}: unreadable ({type(err).__name__}); use checkpoint=last or a checkpoint folder"
+        ) from None
 
 
 def checkpoint_problem(folder: Path) -> str | None:
@@ -112,13 +118,19 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     folder = run_dir / CHECKPOINTS
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_DIR.match(p.name))
-             and (p / "model.safetensors").is_file() and (p / "trainer_state.pt").is_file()]
+    found = [
+        (int(m.group(1)), p)
+        for p in folder.iterdir()
+        if (m := _STEP_DIR.match(p.name))
+        and (p / "model.safetensors").is_file()
+        and (p / "trainer_state.pt").is_file()
+    ]
     return [p for _, p in sorted(found)]
 
 
 def save_weights(model: torch.nn.Module, path: Path, frozen_file: Path | None = None) -> None:
-    """Plain weights: a reparametrized weight (R4F, Mixout) is stored at its inference value, under its usual name.
+    """Plain weights: a reparametrized weight (R4F, Mixout) is stored at its inference value, under its usual
+    name.
     With `frozen_file`, an adapter model's frozen weights go there once and `path` holds only the rest."""
     frozen = frozen_names(model) if frozen_file is not None else set()
     if frozen:
@@ -126,8 +138,11 @@ def save_weights(model: torch.nn.Module, path: Path, frozen_file: Path | None = 
         if not frozen_file.is_file():  # they never change: written once per run
             write_atomic(frozen_file, save_bytes({k: state[k].contiguous() for k in sorted(frozen)}))
         relative = os.path.relpath(frozen_file, path.parent)  # a staging folder sits beside its final place
-        save_file({k: v.contiguous() for k, v in state.items() if k not in frozen}, str(path),
-                  metadata={FROZEN_KEY: relative})
+        save_file(
+            {k: v.contiguous() for k, v in state.items() if k not in frozen},
+            str(path),
+            metadata={FROZEN_KEY: relative},
+        )
     elif parametrized_modules(model):
         save_file({k: v.contiguous() for k, v in inference_state_dict(model).items()}, str(path))
     else:
@@ -143,7 +158,8 @@ def frozen_names(model: torch.nn.Module) -> set[str]:
 
 
 def frozen_weights_of(path: Path) -> str | None:
-    """Where an adapter-only checkpoint's frozen weights are, relative to its folder (None: a whole checkpoint)."""
+    """Where an adapter-only checkpoint's frozen weights are, relative to its folder (None: a whole
+    checkpoint)."""
     with safe_open(str(path), "pt") as handle:
         return (handle.metadata() or {}).get(FROZEN_KEY)
 
@@ -156,8 +172,10 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         return weights
     base = (path.parent / frozen).resolve()
     if not base.is_file():
-        raise MtdnnError(f"{path}: holds adapter weights only, and the frozen encoder weights it was trained on, "
-                         f"{base}, are missing (copy the whole run folder)")
+        raise MtdnnError(
+            f"{path}: holds adapter weights only, and the frozen encoder weights it was trained on, "
+            f"{base}, are missing (copy the whole run folder)"
+        )
     return {**load_file(str(base)), **weights}
 
 
@@ -187,8 +205,10 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     except Exception as err:  # safetensors raises its own error types for truncated or foreign files
         raise MtdnnError(f"{path}: cannot read checkpoint weights: {type(err).__name__}: {err}") from None
     if missing or unexpected:
-        raise MtdnnError(f"{path}: checkpoint does not fit the model (missing {sorted(missing)[:3]}, "
-                         f"unexpected {sorted(unexpected)[:3]})")
+        raise MtdnnError(
+            f"{path}: checkpoint does not fit the model (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
 
 
 def load_trainer_state(checkpoint: Path) -> dict:
@@ -200,7 +220,8 @@ def load_trainer_state(checkpoint: Path) -> dict:
 
 
 def run_checkpoint(run_dir: Path, which: str) -> Path:
-    """'best', 'best_<task>' (that task's own best), 'last', or a checkpoint folder -> the model.safetensors."""
+    """'best', 'best_<task>' (that task's own best), 'last', or a checkpoint folder -> the
+    model.safetensors."""
     if which == "best" or (which.startswith("best_") and (run_dir / f"{which}.json").is_file()):
         path = best_checkpoint(run_dir, name=f"{which}.json") / "model.safetensors"
     elif which == "last":

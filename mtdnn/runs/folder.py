@@ -5,7 +5,8 @@
     tokenizer/             the tokenizer, saved
     encoder/config.json    the encoder architecture (weights live in checkpoints)
     encoder/frozen.safetensors  adapter runs: the frozen encoder weights, written once; their checkpoints then
-                           hold only what trains (adapters, heads, LayerNorms) and name this file in their metadata
+                           hold only what trains (adapters, heads, LayerNorms) and name this file in their
+                           metadata
     checkpoints/step_N/    model.safetensors + trainer_state.pt (optimizer, scheduler, sampler, RNG,
                            regularizer state such as SMART's teacher); the last `keep_last` plus the best
     best.json              which checkpoint scored best, and its validation metrics
@@ -40,57 +41,10 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- atomic files
 
 
-
-
-
-
-
-
-
-
-
-
-
 # ---------------------------------------------------------------- RNG
 
 
-
-
-
-
-
-
-
 # ---------------------------------------------------------------- checkpoints
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def resolve_resume(resume: str, default_run_dir: Path) -> Path:
@@ -114,10 +68,13 @@ def resolve_resume(resume: str, default_run_dir: Path) -> Path:
 
 # ---------------------------------------------------------------- one run per folder
 
+
 @contextmanager
 def run_lock(run_dir: Path):
-    """An exclusive OS lock on <run_dir>/.lock while a run writes the folder: a second run into the same folder
-    stops at once instead of interleaving its logs and checkpoints with the first. The OS drops the lock when the
+    """An exclusive OS lock on <run_dir>/.lock while a run writes the folder: a second run into the same
+    folder
+    stops at once instead of interleaving its logs and checkpoints with the first. The OS drops the lock when
+    the
     holder's process ends, however it ends, so a killed run never leaves a stale lock behind."""
     import fcntl
 
@@ -128,8 +85,10 @@ def run_lock(run_dir: Path):
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise MtdnnError(f"output_dir: {run_dir} is in use by another run ({holder}); wait for it to finish or "
-                         "choose another output_dir") from None
+        raise MtdnnError(
+            f"output_dir: {run_dir} is in use by another run ({holder}); wait for it to finish or "
+            "choose another output_dir"
+        ) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()}")
@@ -143,10 +102,13 @@ def run_lock(run_dir: Path):
 
 # ---------------------------------------------------------------- run files
 
+
 def save_run_files(run_dir: Path, config_yaml: str, specs: list[TaskSpec], tokenizer, encoder_config) -> None:
     write_atomic(run_dir / "config.yaml", config_yaml)
     for spec in specs:
-        write_atomic(run_dir / "tasks" / f"{spec.name}.yaml", yaml.safe_dump(spec_to_dict(spec), sort_keys=False))
+        write_atomic(
+            run_dir / "tasks" / f"{spec.name}.yaml", yaml.safe_dump(spec_to_dict(spec), sort_keys=False)
+        )
     tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     encoder_config.save_pretrained(str(run_dir / "encoder"))
 
@@ -154,7 +116,9 @@ def save_run_files(run_dir: Path, config_yaml: str, specs: list[TaskSpec], token
 def record_resume(run_dir: Path, config_yaml: str, checkpoint: Path, changes: list[str]) -> None:
     """config.yaml becomes the resumed command's settings, headed by what changed (older headers are kept)."""
     path = run_dir / "config.yaml"
-    history = [line for line in path.read_text().splitlines() if line.startswith("# ")] if path.is_file() else []
+    history = (
+        [line for line in path.read_text().splitlines() if line.startswith("# ")] if path.is_file() else []
+    )
     if changes:
         history.append(f"# resumed from {checkpoint.name} with resume_allow_changes: {'; '.join(changes)}")
     write_atomic(path, "".join(f"{line}\n" for line in history) + config_yaml)
@@ -165,5 +129,3 @@ def load_run_specs(run_dir: Path) -> list[TaskSpec]:
     if not folder.is_dir():
         raise MtdnnError(f"run_dir: {run_dir} is not an mtdnn run folder (no tasks/ inside)")
     return [spec_from_dict(yaml.safe_load(p.read_text())) for p in sorted(folder.glob("*.yaml"))]
-
-

@@ -20,8 +20,6 @@ from mtdnn.runs.folder import load_run_specs
 T = TypeVar("T")
 
 
-
-
 @dataclass
 class LoadedRun:
     run_dir: Path
@@ -35,7 +33,8 @@ BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 
 
 def load_run(run_dir: str, checkpoint: str, device: torch.device, backend: str = "auto") -> LoadedRun:
-    """Rebuild a trained model from its run folder alone: no hub, no original config files. A folder written by
+    """Rebuild a trained model from its run folder alone: no hub, no original config files. A folder written
+    by
     `mtdnn.export format=onnx` runs on ONNX Runtime (backend onnx, or onnx-int8 for its quantized graph)."""
     from mtdnn.serving.onnx import is_onnx_folder, load_onnx_model
 
@@ -52,19 +51,22 @@ def load_run(run_dir: str, checkpoint: str, device: torch.device, backend: str =
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
-        return LoadedRun(folder, load_onnx_model(folder, backend), tokenizer, {s.name: s for s in specs}, config)
+        return LoadedRun(
+            folder, load_onnx_model(folder, backend), tokenizer, {s.name: s for s in specs}, config
+        )
     if backend.startswith("onnx"):
-        raise MtdnnError(f"backend: {folder} is a training run; export it first: python -m mtdnn.export {folder} "
-                         "task=... out=... format=onnx")
+        raise MtdnnError(
+            f"backend: {folder} is a training run; export it first: python -m mtdnn.export {folder} "
+            "task=... out=... format=onnx"
+        )
     weights = run_checkpoint(folder, checkpoint)
     tokenizer, encoder = saved_tokenizer_and_encoder(folder)
     adapter = OmegaConf.select(config, "adapter")  # runs from before adapters existed have none
-    model = MultiTaskModel(encoder, specs, config.encoder.pooling,
-                           AdapterConfig(**adapter) if adapter is not None else None)
+    model = MultiTaskModel(
+        encoder, specs, config.encoder.pooling, AdapterConfig(**adapter) if adapter is not None else None
+    )
     load_weights(model, weights)
     return LoadedRun(folder, model.to(device).eval(), tokenizer, {s.name: s for s in specs}, config)
-
-
 
 
 def select_tasks(run: LoadedRun, task: str | None) -> list[TaskSpec]:
@@ -75,5 +77,3 @@ def select_tasks(run: LoadedRun, task: str | None) -> list[TaskSpec]:
     if unknown:
         raise MtdnnError(f"task: {', '.join(unknown)} not trained in this run; it has {', '.join(run.specs)}")
     return [run.specs[n] for n in names]
-
-

@@ -1,16 +1,21 @@
-"""ONNX export of one task of a run, int8 dynamic quantization, and an ONNX Runtime backend for predict and the
+"""ONNX export of one task of a run, int8 dynamic quantization, and an ONNX Runtime backend for predict and
+the
 Python API.
 
 `python -m mtdnn.export RUN task=NAME out=DIR format=onnx [quantize=int8]` writes
 
-    model.onnx        the encoder + the task's head, raw head outputs (logits, start/end, token logits, value),
+    model.onnx        the encoder + the task's head, raw head outputs (logits, start/end, token logits,
+    value),
                       dynamic batch and sequence axes (torch.onnx's dynamo exporter)
-    model_int8.onnx   with quantize=int8: ONNX Runtime's dynamic quantization (int8 weights of every MatMul, one
+    model_int8.onnx   with quantize=int8: ONNX Runtime's dynamic quantization (int8 weights of every MatMul,
+    one
                       scale per output channel)
     tokenizer/  tasks/<name>.yaml  config.yaml  onnx.json  README.md (model card)
 
-Every head kind exports, adapter runs included (the graph holds whatever the forward pass computes). The folder is a
-run folder for `mtdnn.predict run_dir=DIR [backend=onnx|onnx-int8]` and `mtdnn.load_run(DIR)`: the same decoding
+Every head kind exports, adapter runs included (the graph holds whatever the forward pass computes). The
+folder is a
+run folder for `mtdnn.predict run_dir=DIR [backend=onnx|onnx-int8]` and `mtdnn.load_run(DIR)`: the same
+decoding
 (span windows, tagging word alignment, ranking groups) runs on ONNX Runtime's outputs.
 """
 
@@ -26,10 +31,6 @@ from mtdnn.core.errors import MtdnnError
 
 META = "onnx.json"
 FILES = {"onnx": "model.onnx", "onnx-int8": "model_int8.onnx"}
-
-
-
-
 
 
 class OnnxModel(nn.Module):
@@ -57,8 +58,8 @@ def load_onnx_model(folder: Path, backend: str) -> OnnxModel:
     meta = json.loads((folder / META).read_text())
     name = FILES.get("onnx" if backend == "auto" else backend)
     if name is None or name not in meta["files"]:
-        raise MtdnnError(f"backend: {folder} holds {', '.join(meta['files'])}; backend={backend} needs "
-                         f"{name or 'one of ' + ', '.join(FILES)} (export with quantize=int8 for onnx-int8)")
+        raise MtdnnError(
+            f"backend: {folder} holds {', '.join(meta['files'])}; backend={backend} needs "
+            f"{name or 'one of ' + ', '.join(FILES)} (export with quantize=int8 for onnx-int8)"
+        )
     return OnnxModel(folder / name, meta["task"], meta["inputs"])
-
-

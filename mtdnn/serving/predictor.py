@@ -14,9 +14,10 @@ same checks of every row first; rows are batched shortest first so batches pad l
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -46,9 +47,13 @@ class Predictor:
     def run_dir(self) -> Path:
         return self.loaded.run_dir
 
-    def predict(self, task: str, inputs: Iterable[Any], batch_size: int = 64, bf16: bool = False) -> list[dict]:
+    def predict(
+        self, task: str, inputs: Iterable[Any], batch_size: int = 64, bf16: bool = False
+    ) -> list[dict]:
         if task not in self.loaded.specs:
-            raise MtdnnError(f"task: '{task}' was not trained in {self.run_dir}; it has {', '.join(self.tasks)}")
+            raise MtdnnError(
+                f"task: '{task}' was not trained in {self.run_dir}; it has {', '.join(self.tasks)}"
+            )
         spec = self.loaded.specs[task].with_changes(file="predict() input", on_bad_row="error")
         rows = [with_id(spec, as_row(spec, item, i), i) for i, item in enumerate(inputs)]
         if not rows:
@@ -61,7 +66,8 @@ class Predictor:
 
 @contextmanager
 def one_off_rows() -> Iterator[None]:
-    """No 'tokenising' bar for each call (a notebook or a server calls predict() many times), and no hashing of
+    """No 'tokenising' bar for each call (a notebook or a server calls predict() many times), and no hashing
+    of
     the tokenizer to fingerprint rows used once (kinds.map_rows)."""
     import datasets
 
@@ -81,8 +87,16 @@ def records_of(run: LoadedRun, spec, split: str, rows, batch_size: int, bf16: bo
     data = TaskData(spec, {split: rows})
     raise_if(check_columns(spec, data.raw) or check_rows(data), "the input has problems")
     encode_splits(data, run.tokenizer)
-    records, _ = evaluate_split(run.model, spec, data.raw[split], data.encoded[split],
-                                collator_for(spec, run.tokenizer, 8), batch_size, model_device(run.model), bf16)
+    records, _ = evaluate_split(
+        run.model,
+        spec,
+        data.raw[split],
+        data.encoded[split],
+        collator_for(spec, run.tokenizer, 8),
+        batch_size,
+        model_device(run.model),
+        bf16,
+    )
     return records
 
 
@@ -93,23 +107,31 @@ def with_id(spec, row: dict[str, Any], index: int) -> dict[str, Any]:
 
 
 def as_row(spec, item: Any, index: int) -> dict[str, Any]:
-    """One input as a row with the task's column names: a dict as given, a text, or a (text, text_pair) pair."""
+    """One input as a row with the task's column names: a dict as given, a text, or a (text, text_pair)
+    pair."""
     cols = spec.columns
     if isinstance(item, dict):
         return item
-    if isinstance(item, str) and getattr(cols, "tokens", None):  # tagging: a sentence of space-separated words
+    if isinstance(item, str) and getattr(
+        cols, "tokens", None
+    ):  # tagging: a sentence of space-separated words
         return {cols.tokens: item.split()}
     if isinstance(item, str) and cols.text and not cols.text_pair:
         return {cols.text: item}
     if isinstance(item, (tuple, list)) and len(item) == 2 and cols.text and cols.text_pair:
         return {cols.text: item[0], cols.text_pair: item[1]}
-    wanted = "a (text, text_pair) pair" if cols.text_pair else "a text" if cols.text else "a dict of its columns"
-    raise MtdnnError(f"inputs[{index}]: task {spec.name} ({spec.head}) takes {wanted} or a dict of its columns "
-                     f"per input, got {type(item).__name__}")
+    wanted = (
+        "a (text, text_pair) pair" if cols.text_pair else "a text" if cols.text else "a dict of its columns"
+    )
+    raise MtdnnError(
+        f"inputs[{index}]: task {spec.name} ({spec.head}) takes {wanted} or a dict of its columns "
+        f"per input, got {type(item).__name__}"
+    )
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "auto",
-             backend: str = "auto") -> Predictor:
+def load_run(
+    run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "auto", backend: str = "auto"
+) -> Predictor:
     """A run folder (best checkpoint by default; 'last' or a checkpoint folder) as a Predictor; an ONNX export
     folder runs on ONNX Runtime (backend='onnx', or 'onnx-int8' for its quantized graph)."""
     target = device if isinstance(device, torch.device) else pick_device(str(device))

@@ -3,7 +3,8 @@
     submission: {benchmark: glue, file: SST-2.tsv, labels: ["0", "1"]}       # the server's label strings
     submission: {benchmark: superglue, file: COPA.jsonl}
 
-GLUE: a TSV with a header `index<TAB>prediction`, one row per test example in id order; SuperGLUE: one JSON line
+GLUE: a TSV with a header `index<TAB>prediction`, one row per test example in id order; SuperGLUE: one JSON
+line
 `{"idx": id, "label": value}` per example. A classification record's label is written as the server's string
 for it (`labels`, in the order of the task's label list; default: the label names), a predicted value as its
 number (STS-B), ranked candidates as the index of the top one (COPA's choice). `mtdnn.predict
@@ -26,8 +27,10 @@ FORMATS = ("glue", "superglue")
 def submission_problems(spec: TaskSpec, fmt: str) -> list[str]:
     sub = spec.submission
     if sub is None or sub.benchmark != fmt:
-        return [f"format: task {spec.name} has no `submission: {{benchmark: {fmt}, file: ...}}` in {spec.file}; "
-                "add one to write its submission file"]
+        return [
+            f"format: task {spec.name} has no `submission: {{benchmark: {fmt}, file: ...}}` in {spec.file}; "
+            "add one to write its submission file"
+        ]
     return []
 
 

@@ -1,4 +1,5 @@
-"""Building a run from its configuration: the output folder, the checked data, the tokenizer and encoder (fresh,
+"""Building a run from its configuration: the output folder, the checked data, the tokenizer and encoder
+(fresh,
 from a saved run, or cut from a teacher)."""
 
 from __future__ import annotations
@@ -23,10 +24,19 @@ from mtdnn.runs.checkpoints import list_checkpoints
 
 def prepare_output_dir(output_dir: Path, resuming: bool) -> None:
     """Never write a new run over an existing one: that would lose its checkpoints and metrics."""
-    if output_dir.exists() and not resuming and (list_checkpoints(output_dir) or (output_dir / "best.json").exists()
-                                                 or (output_dir / "summary.json").exists()):
-        raise MtdnnError(f"output_dir: {output_dir} already holds a run; pass resume=auto to continue it "
-                         "or choose another output_dir")
+    if (
+        output_dir.exists()
+        and not resuming
+        and (
+            list_checkpoints(output_dir)
+            or (output_dir / "best.json").exists()
+            or (output_dir / "summary.json").exists()
+        )
+    ):
+        raise MtdnnError(
+            f"output_dir: {output_dir} already holds a run; pass resume=auto to continue it "
+            "or choose another output_dir"
+        )
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         probe = output_dir / ".write-test"
@@ -59,12 +69,15 @@ def train_texts(tasks: dict[str, TaskData]):
 
 
 def tokenizer_and_encoder(cfg: DictConfig, tasks: dict[str, TaskData], saved_run: Path | None):
-    """(tokenizer, encoder, head weights to start from): a saved run's architecture (resume, init_from; weights
+    """(tokenizer, encoder, head weights to start from): a saved run's architecture (resume, init_from;
+    weights
     come later), a student cut from a teacher, or the configured pretrained encoder."""
     if saved_run is not None:
         return (*saved_tokenizer_and_encoder(saved_run), {})
     if cfg.distill.mode == "ensemble" and cfg.distill.student_from_teacher:
-        return shallow_student(cfg.distill.teachers[0], cfg.distill.teacher_checkpoint, cfg.distill.keep_every)
+        return shallow_student(
+            cfg.distill.teachers[0], cfg.distill.teacher_checkpoint, cfg.distill.keep_every
+        )
     source = pretrained_source(cfg.encoder)
     tokenizer = build_tokenizer(cfg.encoder, source, train_texts(tasks))
     return tokenizer, build_encoder(cfg.encoder, source, len(tokenizer)), {}

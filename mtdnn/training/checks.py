@@ -27,11 +27,18 @@ def unknown_key_problems(cfg: DictConfig) -> list[str]:
     from mtdnn.core.config import EncoderConfig, SamplerConfig, TrainConfig, TrainerConfig
 
     problems = []
-    for prefix, node, schema in (("", cfg, TrainConfig), ("trainer.", cfg.trainer, TrainerConfig),
-                                 ("encoder.", cfg.encoder, EncoderConfig), ("sampler.", cfg.sampler, SamplerConfig)):
+    for prefix, node, schema in (
+        ("", cfg, TrainConfig),
+        ("trainer.", cfg.trainer, TrainerConfig),
+        ("encoder.", cfg.encoder, EncoderConfig),
+        ("sampler.", cfg.sampler, SamplerConfig),
+    ):
         fields = {f.name for f in dataclasses.fields(schema)}
-        problems += [f"{prefix}{key}: unknown setting{suggest(str(key), fields)}" for key in node
-                     if key not in fields and key != "hydra"]
+        problems += [
+            f"{prefix}{key}: unknown setting{suggest(str(key), fields)}"
+            for key in node
+            if key not in fields and key != "hydra"
+        ]
     return problems
 
 
@@ -39,9 +46,18 @@ def non_finite_problems(node: Any, where: str = "") -> list[str]:
     """NaN or infinity in any numeric setting (trainer.lr=nan) would reach the optimizer or a regularizer and
     fail there, or silently train nothing."""
     if isinstance(node, dict):
-        return [p for key, value in node.items() if key != "hydra" for p in non_finite_problems(value, f"{where}{key}.")]
+        return [
+            p
+            for key, value in node.items()
+            if key != "hydra"
+            for p in non_finite_problems(value, f"{where}{key}.")
+        ]
     if isinstance(node, list):
-        return [p for i, value in enumerate(node) for p in non_finite_problems(value, f"{where.rstrip('.')}[{i}].")]
+        return [
+            p
+            for i, value in enumerate(node)
+            for p in non_finite_problems(value, f"{where.rstrip('.')}[{i}].")
+        ]
     if isinstance(node, float) and not math.isfinite(node):
         return [f"{where.rstrip('.')}: must be a finite number, got {node}"]
     return []
@@ -53,19 +69,32 @@ def run_problems(cfg: DictConfig, specs: list[TaskSpec]) -> list[str]:
     problems = unknown_key_problems(cfg) + non_finite_problems(OmegaConf.to_container(cfg, resolve=True))
     problems += encoder_problems(cfg.encoder) + sampler_problems(cfg.sampler, [s.name for s in specs])
     problems += regularizer_problems(OmegaConf.to_container(cfg.regularizer, resolve=True), specs)
-    problems += balancer_problems(OmegaConf.to_container(cfg.balancer, resolve=True), [s.name for s in specs],
-                                  t.tasks_per_step)
+    problems += balancer_problems(
+        OmegaConf.to_container(cfg.balancer, resolve=True), [s.name for s in specs], t.tasks_per_step
+    )
     problems += distill_problems(cfg.distill, specs) + adapter_problems(cfg.adapter)
-    for name in ("batch_size", "eval_batch_size", "grad_accum", "log_every", "pad_to_multiple_of", "evals_per_epoch",
-                 "max_consecutive_skips", "bucket_batches"):
+    for name in (
+        "batch_size",
+        "eval_batch_size",
+        "grad_accum",
+        "log_every",
+        "pad_to_multiple_of",
+        "evals_per_epoch",
+        "max_consecutive_skips",
+        "bucket_batches",
+    ):
         if t[name] < 1:
             problems.append(f"trainer.{name}: must be >= 1, got {t[name]}")
     if not 1 <= t.tasks_per_step <= max(1, len(specs)):
-        problems.append(f"trainer.tasks_per_step: must be between 1 and the number of tasks ({len(specs)}), "
-                        f"got {t.tasks_per_step}")
+        problems.append(
+            f"trainer.tasks_per_step: must be between 1 and the number of tasks ({len(specs)}), "
+            f"got {t.tasks_per_step}"
+        )
     if t.early_stopping < 0:
-        problems.append(f"trainer.early_stopping: must be >= 0 (evaluations without improvement; 0 = off), "
-                        f"got {t.early_stopping}")
+        problems.append(
+            f"trainer.early_stopping: must be >= 0 (evaluations without improvement; 0 = off), "
+            f"got {t.early_stopping}"
+        )
     if t.lr <= 0:
         problems.append(f"trainer.lr: must be > 0, got {t.lr}")
     if t.head_lr is not None and t.head_lr < 0:
@@ -84,8 +113,10 @@ def run_problems(cfg: DictConfig, specs: list[TaskSpec]) -> list[str]:
         by_name = {s.name: s for s in specs}
         task, _, metric = t.best_metric.partition("/")
         if task not in by_name or metric not in by_name[task].metrics:
-            problems.append(f"trainer.best_metric: '{t.best_metric}' is neither 'mean' nor <task>/<metric> "
-                            "of a selected task")
+            problems.append(
+                f"trainer.best_metric: '{t.best_metric}' is neither 'mean' nor <task>/<metric> "
+                "of a selected task"
+            )
     if t.bf16 and t.device == "cpu" and not torch.backends.mkldnn.is_available():
         problems.append("trainer.bf16: this CPU build has no bfloat16 support")
     return problems

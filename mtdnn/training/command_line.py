@@ -1,9 +1,10 @@
-"""The training command line, checked before Hydra sees it: a bad override, or a bad value anywhere in a sweep,
+"""The training command line, checked before Hydra sees it: a bad override, or a bad value anywhere in a
+sweep,
 is one clear line naming the override instead of Hydra's multi-line report."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from mtdnn.core.commands import cli_errors
 from mtdnn.core.errors import MtdnnError, config_error_line
@@ -33,8 +34,10 @@ def check_overrides(overrides: list[str]) -> None:
 
 @cli_errors
 def check_sweep(command_line: list[str]) -> None:
-    """A sweep's jobs are checked as a single run's overrides are (a few jobs that hold every value between them),
+    """A sweep's jobs are checked as a single run's overrides are (a few jobs that hold every value between
+    them),
     so a bad value is one line before any job runs."""
+
     def grammar_problem(given: list[str]) -> str | None:
         try:
             expand(given)
@@ -48,7 +51,8 @@ def check_sweep(command_line: list[str]) -> None:
 
 
 def raise_naming_culprit(overrides: list[str], problem: Callable[[list[str]], str | None]) -> None:
-    """Raise `problem(overrides)` if there is one, naming the override at fault: Hydra's messages do not always
+    """Raise `problem(overrides)` if there is one, naming the override at fault: Hydra's messages do not
+    always
     name it ("must be a string or a list", "mismatched input"), so each override is tried alone."""
     message = problem(overrides)
     if message is None:

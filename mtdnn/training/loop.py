@@ -42,16 +42,30 @@ def make_plan(cfg: TrainerConfig, batches: dict[str, TaskBatches]) -> Plan:
     per_step = cfg.grad_accum * min(cfg.tasks_per_step, len(batches))  # micro-batches in one optimizer step
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch / per_step))
     eval_every = cfg.eval_every or max(1, math.ceil(per_epoch / per_step / cfg.evals_per_epoch))
-    return Plan(total_steps=total, batches_per_epoch=per_epoch, eval_every=eval_every,
-                steps_per_epoch=per_epoch / per_step)
+    return Plan(
+        total_steps=total,
+        batches_per_epoch=per_epoch,
+        eval_every=eval_every,
+        steps_per_epoch=per_epoch / per_step,
+    )
 
 
-def forward_backward(model: MultiTaskModel, task: str, batch: dict[str, torch.Tensor],
-                     regularizers: dict[str, Regularizer], scale: float, device: torch.device,
-                     bf16: bool, distiller=None, timed: bool = False) -> dict[str, torch.Tensor]:
+def forward_backward(
+    model: MultiTaskModel,
+    task: str,
+    batch: dict[str, torch.Tensor],
+    regularizers: dict[str, Regularizer],
+    scale: float,
+    device: torch.device,
+    bf16: bool,
+    distiller=None,
+    timed: bool = False,
+) -> dict[str, torch.Tensor]:
     """One micro-batch: clean forward, task loss (or the distillation loss), regularizer terms, backward.
-    Returns the detached terms and, when `timed`, per regularizer the seconds its penalty took (its extra forward
+    Returns the detached terms and, when `timed`, per regularizer the seconds its penalty took (its extra
+    forward
     cost; timing waits for the GPU, so the loop asks for it on logged steps only)."""
+
     def loss_of(out: torch.Tensor) -> torch.Tensor:  # the task loss, or the distillation loss when distilling
         return distiller.loss(model, task, out, batch) if distiller else model.head(task).loss(out, batch)
 
@@ -103,9 +117,15 @@ class StepLosses:
 
 
 @torch.no_grad()
-def rescored_losses(model: MultiTaskModel, drawn: list[tuple[str, dict, float]], device: torch.device, bf16: bool,
-                    distiller=None) -> dict[str, float]:
-    """The training loss of this step's batches again, after the update (no gradient; train mode, as the step)."""
+def rescored_losses(
+    model: MultiTaskModel,
+    drawn: list[tuple[str, dict, float]],
+    device: torch.device,
+    bf16: bool,
+    distiller=None,
+) -> dict[str, float]:
+    """The training loss of this step's batches again, after the update (no gradient; train mode, as the
+    step)."""
     losses = StepLosses()
     for task, batch, share in drawn:
         with autocast(device, bf16):
@@ -121,9 +141,18 @@ def elapsed_since(started: float, device: torch.device) -> float:
     return time.perf_counter() - started
 
 
-def train(model: MultiTaskModel, tasks: dict[str, TaskData], collators: dict[str, Collator], run: Resumable,
-          cfg: TrainerConfig, plan: Plan, tracker: Tracker, device: torch.device, distiller=None,
-          dist: Distributed | None = None) -> TrainState:
+def train(
+    model: MultiTaskModel,
+    tasks: dict[str, TaskData],
+    collators: dict[str, Collator],
+    run: Resumable,
+    cfg: TrainerConfig,
+    plan: Plan,
+    tracker: Tracker,
+    device: torch.device,
+    distiller=None,
+    dist: Distributed | None = None,
+) -> TrainState:
     optimizer, scheduler, sampler, batches = run.optimizer, run.scheduler, run.sampler, run.batches
     regularizers, state = run.regularizers, run.state
     specs = {name: data.spec for name, data in tasks.items()}
@@ -137,9 +166,11 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], collators: dict[str
     for step in range(state.step + 1, plan.total_steps + 1):
         stop_if_interrupted()
         step_started = time.perf_counter()
-        # 1. forward and backward over grad_accum micro-batches, each from one sampled task; with tasks_per_step >= 2
+        # 1. forward and backward over grad_accum micro-batches, each from one sampled task; with
+        # tasks_per_step >= 2
         #    several different tasks, grad_accum micro-batches each, whose gradients the balancer may combine
-        #    (data parallel: every rank the same tasks, its own share of the batch, its loss weighted by that share;
+        # (data parallel: every rank the same tasks, its own share of the batch, its loss weighted by that
+        # share;
         #    a combining balancer sees each task's gradient averaged over the ranks)
         timed = step % cfg.log_every == 0 or step == plan.total_steps  # regularizer timing syncs the GPU
         groups = step_tasks(sampler, cfg)
@@ -150,7 +181,9 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], collators: dict[str
                 batch, share, rows = batches[task].next_shard()
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 scale = specs[task].loss_weight * balancer.weight(task) / cfg.grad_accum * share
-                terms = forward_backward(model, task, batch, regularizers, scale, device, cfg.bf16, distiller, timed)
+                terms = forward_backward(
+                    model, task, batch, regularizers, scale, device, cfg.bf16, distiller, timed
+                )
                 for name, value in terms.items():
                     meter.add(f"{name}/{task}", value * share)
                 losses.add(task, terms["loss"], share)
@@ -166,10 +199,13 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], collators: dict[str
         if task_grads is not None:
             task_grads.combine(balancer, [group[0] for group in groups], step_losses)
 
-        # 2. clip, let regularizers edit the gradient (Child-Tuning's mask), step (unless the gradient is NaN/inf:
-        #    one host sync per step keeps NaN out of the weights), then let them follow the new weights (SMART's
+        # 2. clip, let regularizers edit the gradient (Child-Tuning's mask), step (unless the gradient is
+        # NaN/inf:
+        # one host sync per step keeps NaN out of the weights), then let them follow the new weights (SMART's
         #    teacher, L2-SP's pull towards the pretrained weights), schedule
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)  # 0: measure, never clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            params, cfg.max_grad_norm or math.inf
+        )  # 0: measure, never clip
         if torch.isfinite(grad_norm):
             for reg in regularizers.values():
                 reg.before_step(model)
@@ -177,15 +213,19 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], collators: dict[str
             for reg in regularizers.values():
                 reg.after_step(model, step, plan.total_steps, scheduler.get_last_lr()[0])
             if balancer.needs_losses_after_step:  # FAMO: how much the update lowered each task's loss
-                balancer.after_step_losses(dist.average(rescored_losses(model, drawn, device, cfg.bf16, distiller)))
+                balancer.after_step_losses(
+                    dist.average(rescored_losses(model, drawn, device, cfg.bf16, distiller))
+                )
             balancer.end_step(step_losses)
             state.consecutive_skips = 0
         else:
             state.skipped_steps += 1
             state.consecutive_skips += 1
             if state.consecutive_skips >= cfg.max_consecutive_skips:
-                raise MtdnnError(f"training stopped at step {step}: {state.consecutive_skips} steps in a row had a "
-                                 f"NaN/inf loss or gradient; the last checkpoint is intact (try a lower trainer.lr)")
+                raise MtdnnError(
+                    f"training stopped at step {step}: {state.consecutive_skips} steps in a row had a "
+                    f"NaN/inf loss or gradient; the last checkpoint is intact (try a lower trainer.lr)"
+                )
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step = step
@@ -200,12 +240,16 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], collators: dict[str
             if dist.is_main:
                 tracker.train_scalars(step, terms, scheduler.get_last_lr()[0], float(grad_norm), stats)
 
-        # 4. evaluate (rows shared out across ranks, all ranks get the metrics), keep the best (overall and, with
-        #    several tasks, each task's), checkpoint (rank 0 alone writes: the weights are the same on every rank),
+        # 4. evaluate (rows shared out across ranks, all ranks get the metrics), keep the best (overall and,
+        # with
+        # several tasks, each task's), checkpoint (rank 0 alone writes: the weights are the same on every
+        # rank),
         #    stop early when the score has not improved for trainer.early_stopping evaluations
         if step % plan.eval_every == 0 or step == plan.total_steps:
             with dist.sharded_inference():
-                results = evaluate_tasks(model, tasks, collators, "validation", cfg.eval_batch_size, device, cfg.bf16)
+                results = evaluate_tasks(
+                    model, tasks, collators, "validation", cfg.eval_batch_size, device, cfg.bf16
+                )
             score = main_score(results, specs, cfg.best_metric)
             improved = is_better(score, state, last=step == plan.total_steps)
             state.evals_since_best = 0 if improved else state.evals_since_best + 1
@@ -222,19 +266,29 @@ def train(model: MultiTaskModel, tasks: dict[str, TaskData], collators: dict[str
                 if improved:  # only after the checkpoint it names is complete
                     save_best(tracker.run_dir, step, {"score": score, "validation": results})
                 for task in task_bests:
-                    save_best(tracker.run_dir, step, {"score": state.task_best[task]["score"],
-                                                      "validation": {task: results[task]}}, f"best_{task}.json")
+                    save_best(
+                        tracker.run_dir,
+                        step,
+                        {"score": state.task_best[task]["score"], "validation": {task: results[task]}},
+                        f"best_{task}.json",
+                    )
                 rotate_checkpoints(tracker.run_dir, cfg.keep_last)
             if stop:
-                log.info("early stopping at step %d: no better %s in the last %d evaluations (best: step %d)",
-                         step, cfg.best_metric, state.evals_since_best, state.best_step)
+                log.info(
+                    "early stopping at step %d: no better %s in the last %d evaluations (best: step %d)",
+                    step,
+                    cfg.best_metric,
+                    state.evals_since_best,
+                    state.best_step,
+                )
                 state.stopped_early = True
                 break
     return state
 
 
 def improved_tasks(state: TrainState, results: dict[str, dict], specs: dict, step: int) -> list[str]:
-    """Tasks whose own main metric is the best so far (recorded in state.task_best), as MT-DNN reports per-task
+    """Tasks whose own main metric is the best so far (recorded in state.task_best), as MT-DNN reports
+    per-task
     bests; each gets a best_<task>.json naming this step's checkpoint."""
     improved = []
     for task, metrics in results.items():
@@ -252,6 +306,8 @@ def is_better(score: float, state: TrainState, last: bool) -> bool:
     if not math.isnan(score):
         return score > state.best_score or not state.best_results
     if last and not state.best_results:
-        log.warning("no evaluation had a defined main score (see metrics.json); best.json names the last checkpoint")
+        log.warning(
+            "no evaluation had a defined main score (see metrics.json); best.json names the last checkpoint"
+        )
         return True
     return False

@@ -12,8 +12,11 @@ from mtdnn.core.config import TrainerConfig
 from mtdnn.model.adapters.peft_methods import is_peft_parameter
 
 
-def param_groups(model: nn.Module, cfg: TrainerConfig, task_head_lrs: dict[str, float] | None = None) -> list[dict]:
-    """Biases and LayerNorm weights (every 1-d parameter) get no weight decay; heads and adapters (new weights)
+def param_groups(
+    model: nn.Module, cfg: TrainerConfig, task_head_lrs: dict[str, float] | None = None
+) -> list[dict]:
+    """Biases and LayerNorm weights (every 1-d parameter) get no weight decay; heads and adapters (new
+    weights)
     may get their own lr, and a task's head its own (task YAML or task_overrides.<task>.head_lr)."""
     head_lr = cfg.lr if cfg.head_lr is None else cfg.head_lr  # 0 is a rate (frozen heads), not "unset"
     task_head_lrs = {t: lr for t, lr in (task_head_lrs or {}).items() if lr is not None}
@@ -25,19 +28,29 @@ def param_groups(model: nn.Module, cfg: TrainerConfig, task_head_lrs: dict[str, 
         task = name.split(".")[1] if name.startswith("heads.") else None
         lr = task_head_lrs.get(task, head_lr) if new else cfg.lr
         groups.setdefault((lr, param.ndim >= 2, new), []).append(param)
-    return [{"params": params, "lr": lr, "weight_decay": cfg.weight_decay if decays else 0.0}
-            for (lr, decays, _), params in sorted(groups.items(), key=lambda item: (item[0][2], item[0][1], item[0][0]))]
+    return [
+        {"params": params, "lr": lr, "weight_decay": cfg.weight_decay if decays else 0.0}
+        for (lr, decays, _), params in sorted(
+            groups.items(), key=lambda item: (item[0][2], item[0][1], item[0][0])
+        )
+    ]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainerConfig,
-                    task_head_lrs: dict[str, float] | None = None) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, cfg: TrainerConfig, task_head_lrs: dict[str, float] | None = None
+) -> torch.optim.Optimizer:
     extra = {}
     # the fused kernel is fastest where it exists (CUDA, and CPU in recent torch); fall back quietly
     if "fused" in inspect.signature(torch.optim.AdamW).parameters:
         device = next(model.parameters()).device
         extra["fused"] = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(param_groups(model, cfg, task_head_lrs), lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
-                             **extra)
+    return torch.optim.AdamW(
+        param_groups(model, cfg, task_head_lrs),
+        lr=cfg.lr,
+        betas=tuple(cfg.adam_betas),
+        eps=cfg.adam_eps,
+        **extra,
+    )
 
 
 def lr_multiplier(step: int, warmup: int, total: int) -> float:

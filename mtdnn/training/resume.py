@@ -19,12 +19,26 @@ from mtdnn.runs.rng import rng_state, set_rng_state
 
 log = logging.getLogger("mtdnn")
 
-# settings a resumed run may change: how long it runs (and when it stops early), how often it reports, where and
+# settings a resumed run may change: how long it runs (and when it stops early), how often it reports, where
+# and
 # how it shows progress
-RESUMABLE_CHANGES = ("resume", "resume_allow_changes", "output_dir", "predict_test", "trainer.max_steps",
-                     "trainer.epochs", "trainer.eval_every", "trainer.evals_per_epoch", "trainer.log_every",
-                     "trainer.keep_last", "trainer.early_stopping", "trainer.progress_bar", "trainer.eval_batch_size",
-                     "trainer.device", "stages")
+RESUMABLE_CHANGES = (
+    "resume",
+    "resume_allow_changes",
+    "output_dir",
+    "predict_test",
+    "trainer.max_steps",
+    "trainer.epochs",
+    "trainer.eval_every",
+    "trainer.evals_per_epoch",
+    "trainer.log_every",
+    "trainer.keep_last",
+    "trainer.early_stopping",
+    "trainer.progress_bar",
+    "trainer.eval_batch_size",
+    "trainer.device",
+    "stages",
+)
 
 
 @dataclass
@@ -39,8 +53,12 @@ class TrainState:
     consecutive_skips: int = 0
     evals_since_best: int = 0  # evaluations in a row without a better score (trainer.early_stopping)
     stopped_early: bool = False
-    task_best: dict = field(default_factory=dict)  # task -> {"score", "step"}: each task's own best (best_<task>.json)
-    train_seconds: float = 0.0  # wall time in training steps (not evaluation or checkpoints): what methods cost
+    task_best: dict = field(
+        default_factory=dict
+    )  # task -> {"score", "step"}: each task's own best (best_<task>.json)
+    train_seconds: float = (
+        0.0  # wall time in training steps (not evaluation or checkpoints): what methods cost
+    )
 
     def state_dict(self) -> dict:
         return dict(self.__dict__)
@@ -62,24 +80,34 @@ class Resumable:
     state: TrainState
 
     def state_dict(self) -> dict:
-        return {"train": self.state.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
-                "batches": {t: b.state_dict() for t, b in self.batches.items()}, "rng": rng_state(),
-                "regularizers": {name: reg.state_dict() for name, reg in self.regularizers.items()},
-                "balancer": self.balancer.state_dict()}
+        return {
+            "train": self.state.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "batches": {t: b.state_dict() for t, b in self.batches.items()},
+            "rng": rng_state(),
+            "regularizers": {name: reg.state_dict() for name, reg in self.regularizers.items()},
+            "balancer": self.balancer.state_dict(),
+        }
 
     def restore(self, checkpoint: Path, model) -> None:
-        """Everything the checkpoint holds, except the optimizer's settings (lr, weight decay, betas), which come
+        """Everything the checkpoint holds, except the optimizer's settings (lr, weight decay, betas), which
+        come
         from this run's config: the same values on a plain resume, the new ones with resume_allow_changes."""
         saved = load_trainer_state(checkpoint)
         load_weights(model, checkpoint / "model.safetensors")
-        settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+        settings = [
+            {k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups
+        ]
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         for group, fresh in zip(self.optimizer.param_groups, settings):
             group.update(fresh)
         self.scheduler.base_lrs = [fresh["initial_lr"] for fresh in settings]
-        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+        for group, base, factor in zip(
+            self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas
+        ):
             group["lr"] = base * factor(self.scheduler.last_epoch)
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         self.sampler.load_state_dict(saved["sampler"])
@@ -94,7 +122,8 @@ class Resumable:
 
 
 def config_changes(saved: Any, now: Any, prefix: str = "") -> list[str]:
-    """One line per setting that differs ('key: old -> new', or a whole group 'added'/'removed'), except those a
+    """One line per setting that differs ('key: old -> new', or a whole group 'added'/'removed'), except those
+    a
     resumed run may change."""
     if isinstance(saved, dict) and isinstance(now, dict):
         changes = []
@@ -122,8 +151,10 @@ def check_resume_config(run_dir: Path, now: dict, allow_changes: bool = False) -
     changes = config_changes(yaml.safe_load(path.read_text()) or {}, now)
     if changes and not allow_changes:
         more = f" (and {len(changes) - 5} more)" if len(changes) > 5 else ""
-        raise MtdnnError(f"resume: this command's settings differ from the run's ({path}): "
-                         f"{'; '.join(changes[:5])}{more}; resume with the run's settings (only "
-                         "max_steps/epochs, evaluation and logging cadence may change), pass "
-                         "resume_allow_changes=true to apply them, or choose a new output_dir")
+        raise MtdnnError(
+            f"resume: this command's settings differ from the run's ({path}): "
+            f"{'; '.join(changes[:5])}{more}; resume with the run's settings (only "
+            "max_steps/epochs, evaluation and logging cadence may change), pass "
+            "resume_allow_changes=true to apply them, or choose a new output_dir"
+        )
     return changes

@@ -24,8 +24,10 @@ def init_from_run(model: MultiTaskModel, run_dir: Path, keep_heads: bool) -> dic
     encoder = {k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("encoder.")}
     missing, unexpected = model.encoder.load_state_dict(encoder, strict=False)
     if missing or unexpected:
-        raise MtdnnError(f"init_from: {run_dir}'s encoder does not fit this run's (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]})")
+        raise MtdnnError(
+            f"init_from: {run_dir}'s encoder does not fit this run's (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
     if not keep_heads:
         return {}
     heads = {k.removeprefix("heads."): v for k, v in weights.items() if k.startswith("heads.")}
@@ -33,28 +35,40 @@ def init_from_run(model: MultiTaskModel, run_dir: Path, keep_heads: bool) -> dic
         task = key.split(".")[0]
         mine = model.heads.state_dict().get(key) if task in model.heads else None
         if mine is not None and mine.shape != value.shape:
-            raise MtdnnError(f"init_from: task {task}'s head in {run_dir} has shape {tuple(value.shape)} for {key}, "
-                             f"this run's has {tuple(mine.shape)} (a different label set?); pass init_heads=false")
+            raise MtdnnError(
+                f"init_from: task {task}'s head in {run_dir} has shape {tuple(value.shape)} for {key}, "
+                f"this run's has {tuple(mine.shape)} (a different label set?); pass init_heads=false"
+            )
     return heads
 
 
-def run_stages(cfg: DictConfig, output_dir: Path, compose_stage, run_one, dist: Distributed | None = None) -> dict:
+def run_stages(
+    cfg: DictConfig, output_dir: Path, compose_stage, run_one, dist: Distributed | None = None
+) -> dict:
     """Staged (STILTs) training: each stage is this run's config plus its own overrides (composed by
-    `compose_stage(overrides)`), written to <output_dir>/stages/<n>_<name>, and starts from the previous stage's
-    best checkpoint; `run_one(cfg, folder, dist)` trains one stage. Rerunning the command skips finished stages and
+    `compose_stage(overrides)`), written to <output_dir>/stages/<n>_<name>, and starts from the previous
+    stage's
+    best checkpoint; `run_one(cfg, folder, dist)` trains one stage. Rerunning the command skips finished
+    stages and
     resumes an interrupted one."""
     names = [stage.name for stage in cfg.stages]
-    raise_if([f"stages[{i}].heads: must be keep or reset, got '{s.heads}'" for i, s in enumerate(cfg.stages)
-              if s.heads not in ("keep", "reset")]
-             + [f"stages: the name '{n}' is used twice" for n in sorted(set(names)) if names.count(n) > 1],
-             "the stage configuration has problems")
+    raise_if(
+        [
+            f"stages[{i}].heads: must be keep or reset, got '{s.heads}'"
+            for i, s in enumerate(cfg.stages)
+            if s.heads not in ("keep", "reset")
+        ]
+        + [f"stages: the name '{n}' is used twice" for n in sorted(set(names)) if names.count(n) > 1],
+        "the stage configuration has problems",
+    )
     results, previous = [], None
     for number, stage in enumerate(cfg.stages, start=1):
         stage_dir = output_dir / "stages" / f"{number}_{stage.name}"
         chained = [f"init_from={previous}", f"init_heads={stage.heads == 'keep'}"] if previous else []
         resume = "auto" if list_checkpoints(stage_dir) else "null"  # an interrupted stage continues
-        stage_cfg = compose_stage([*stage.overrides, *chained, f"output_dir={stage_dir}", f"resume={resume}",
-                                   "stages=[]"])
+        stage_cfg = compose_stage(
+            [*stage.overrides, *chained, f"output_dir={stage_dir}", f"resume={resume}", "stages=[]"]
+        )
         if (stage_dir / "summary.json").is_file():
             log.info("stage %s: already done (%s)", stage.name, stage_dir)
             summary = json.loads((stage_dir / "summary.json").read_text())

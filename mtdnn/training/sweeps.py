@@ -1,4 +1,5 @@
-"""Sweeps (`python -m mtdnn.train -m ...`): Hydra's launcher runs the jobs; a job that fails is reported in one
+"""Sweeps (`python -m mtdnn.train -m ...`): Hydra's launcher runs the jobs; a job that fails is reported in
+one
 line, marked in its folder (failed.json) and the sweep goes on; at the end a Hydra callback lists the failed
 jobs and exits 2. `resume=auto` on a sweep continues each job: a finished job is kept as it is, a job with a
 checkpoint resumes from it, and a job that failed or never ran starts."""
@@ -9,8 +10,9 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -53,8 +55,10 @@ def run_job(job: Callable[[DictConfig], dict], cfg: DictConfig) -> float:
             raise
         print(f"error: {name}: {message}", file=sys.stderr, flush=True)
         job_dir.mkdir(parents=True, exist_ok=True)
-        write_json(job_dir / FAILED, {"job": hydra_cfg.job.num, "overrides": list(hydra_cfg.overrides.task),
-                                      "error": message})
+        write_json(
+            job_dir / FAILED,
+            {"job": hydra_cfg.job.num, "overrides": list(hydra_cfg.overrides.task), "error": message},
+        )
         return math.nan  # a search sweeper (Optuna) records the trial as failed and goes on
     (job_dir / FAILED).unlink(missing_ok=True)
     return score(summary)
@@ -94,7 +98,9 @@ def planned_jobs(sweep_dir: Path) -> list[list[str]]:
     saved = sweep_dir / "multirun.yaml"
     if not saved.is_file():
         return []
-    command_line = (yaml.safe_load(saved.read_text()) or {}).get("hydra", {}).get("overrides", {}).get("task", [])
+    command_line = (
+        (yaml.safe_load(saved.read_text()) or {}).get("hydra", {}).get("overrides", {}).get("task", [])
+    )
     return expand(command_line)
 
 
@@ -110,6 +116,11 @@ class SweepOutcome(Callback):
         failed = failed_jobs(sweep_dir)
         if failed:
             jobs = ", ".join(f"{f['job']} ({' '.join(f['overrides'])})" for f in failed)
-            print(f"error: {len(failed)} job(s) of the sweep in {sweep_dir} failed: {jobs}; fix the cause and run the "
-                  "same command with resume=auto to finish the sweep", file=sys.stderr, flush=True)
+            print(
+                f"error: {len(failed)} job(s) of the sweep in {sweep_dir} failed: {jobs}; fix the cause and "
+                "run the "
+                "same command with resume=auto to finish the sweep",
+                file=sys.stderr,
+                flush=True,
+            )
             sys.exit(2)

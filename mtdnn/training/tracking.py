@@ -40,8 +40,9 @@ class Tracker:
 
         self.run_dir = run_dir
         self.tb = SummaryWriter(str(run_dir / "tb"))
-        self.bar = tqdm(total=total_steps, initial=start_step, disable=not progress_bar, desc="train",
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total_steps, initial=start_step, disable=not progress_bar, desc="train", dynamic_ncols=True
+        )
         path = run_dir / "metrics.json"
         self.evaluations: list[dict] = json.loads(path.read_text()) if path.is_file() else []
         self.log_path = run_dir / "train_log.jsonl"
@@ -51,20 +52,29 @@ class Tracker:
         """A resumed run repeats the steps after its checkpoint: drop what the crashed run logged for them."""
         if not self.log_path.is_file():
             return
-        lines = [line for line in self.log_path.read_text().splitlines()
-                 if line.strip() and json.loads(line)["step"] <= start_step]
+        lines = [
+            line
+            for line in self.log_path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= start_step
+        ]
         write_atomic(self.log_path, "".join(line + "\n" for line in lines))
 
     def step(self, n: int = 1) -> None:
         self.bar.update(n)
 
-    def train_scalars(self, step: int, terms: dict[str, float], lr: float, grad_norm: float,
-                      stats: dict[str, float]) -> None:
-        """`terms` are '<term>/<task>' means (loss/<task>, smart_adv/<task>, ...); `stats` run-wide counters."""
+    def train_scalars(
+        self, step: int, terms: dict[str, float], lr: float, grad_norm: float, stats: dict[str, float]
+    ) -> None:
+        """`terms` are '<term>/<task>' means (loss/<task>, smart_adv/<task>, ...); `stats` run-wide
+        counters."""
         for name, value in {**terms, **stats}.items():
             self.tb.add_scalar(f"train/{name}", value, step)
-        with open(self.log_path, "a", encoding="utf-8") as handle:  # repr-exact floats: resume is checked on it
-            handle.write(json.dumps({"step": step, "lr": lr, "grad_norm": grad_norm, **terms, **stats}) + "\n")
+        with open(
+            self.log_path, "a", encoding="utf-8"
+        ) as handle:  # repr-exact floats: resume is checked on it
+            handle.write(
+                json.dumps({"step": step, "lr": lr, "grad_norm": grad_norm, **terms, **stats}) + "\n"
+            )
         self.tb.add_scalar("train/lr", lr, step)
         self.tb.add_scalar("train/grad_norm", grad_norm, step)
         losses = [v for k, v in terms.items() if k.startswith("loss/")]
@@ -78,7 +88,9 @@ class Tracker:
         for task, scores in results.items():
             for metric, value in scores.items():
                 self.tb.add_scalar(f"{split}/{task}/{metric}", value, step)
-        text = "  ".join(f"{t}: " + ", ".join(f"{m}={show(v)}" for m, v in s.items()) for t, s in results.items())
+        text = "  ".join(
+            f"{t}: " + ", ".join(f"{m}={show(v)}" for m, v in s.items()) for t, s in results.items()
+        )
         self.bar.write(f"step {step} (epoch {epoch:.2f}) {split}  {text}")
 
     def close(self) -> None:

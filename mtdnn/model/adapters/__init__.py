@@ -48,14 +48,21 @@ class TaskAdapters(nn.Module):
     def __init__(self, tasks: list[str], layers: int, hidden: int, cfg: AdapterConfig):
         super().__init__()
         r = cfg.bottleneck
-        self.down_w = nn.ParameterDict({t: nn.Parameter(torch.randn(layers, r, hidden) * 0.02) for t in tasks})
+        self.down_w = nn.ParameterDict(
+            {t: nn.Parameter(torch.randn(layers, r, hidden) * 0.02) for t in tasks}
+        )
         self.down_b = nn.ParameterDict({t: nn.Parameter(torch.zeros(layers, r)) for t in tasks})
         self.up_w = nn.ParameterDict({t: nn.Parameter(torch.zeros(layers, hidden, r)) for t in tasks})
         self.up_b = nn.ParameterDict({t: nn.Parameter(torch.zeros(layers, hidden)) for t in tasks})
 
     def apply(self, hidden: torch.Tensor, task: str, layer: int) -> torch.Tensor:
-        return bottleneck(hidden, self.down_w[task][layer], self.down_b[task][layer], self.up_w[task][layer],
-                          self.up_b[task][layer])
+        return bottleneck(
+            hidden,
+            self.down_w[task][layer],
+            self.down_b[task][layer],
+            self.up_w[task][layer],
+            self.up_b[task][layer],
+        )
 
     def task_parameters(self, task: str) -> int:
         return sum(p[task].numel() for p in (self.down_w, self.down_b, self.up_w, self.up_b))
@@ -69,13 +76,18 @@ class HyperAdapters(nn.Module):
         super().__init__()
         self.hidden, self.r = hidden, cfg.bottleneck
         # keyed by name, not position: a run folder may list its tasks in another order
-        self.task_embedding = nn.ParameterDict({t: nn.Parameter(torch.randn(cfg.task_dim) * 0.1) for t in tasks})
+        self.task_embedding = nn.ParameterDict(
+            {t: nn.Parameter(torch.randn(cfg.task_dim) * 0.1) for t in tasks}
+        )
         self.layer_embedding = nn.Parameter(torch.randn(layers, cfg.layer_dim) * 0.1)
-        self.project = nn.Sequential(nn.Linear(cfg.task_dim + cfg.layer_dim, cfg.hyper_dim), nn.ReLU(),
-                                     nn.Linear(cfg.hyper_dim, cfg.hyper_dim))
+        self.project = nn.Sequential(
+            nn.Linear(cfg.task_dim + cfg.layer_dim, cfg.hyper_dim),
+            nn.ReLU(),
+            nn.Linear(cfg.hyper_dim, cfg.hyper_dim),
+        )
         self.down = nn.Linear(cfg.hyper_dim, self.r * hidden + self.r)
         self.up = nn.Linear(cfg.hyper_dim, hidden * self.r + hidden)
-        nn.init.normal_(self.down.weight, std=0.02 / cfg.hyper_dim ** 0.5)
+        nn.init.normal_(self.down.weight, std=0.02 / cfg.hyper_dim**0.5)
         nn.init.zeros_(self.up.weight)  # generated W_up = 0 at the start: the encoder is unchanged
         nn.init.zeros_(self.up.bias)
 
@@ -83,7 +95,7 @@ class HyperAdapters(nn.Module):
         s = self.project(torch.cat([self.task_embedding[task], self.layer_embedding[layer]]))
         down, up = self.down(s), self.up(s)
         r, h = self.r, self.hidden
-        return down[: r * h].view(r, h), down[r * h:], up[: h * r].view(h, r), up[h * r:]
+        return down[: r * h].view(r, h), down[r * h :], up[: h * r].view(h, r), up[h * r :]
 
     def apply(self, hidden: torch.Tensor, task: str, layer: int) -> torch.Tensor:
         return bottleneck(hidden, *self.generate(task, layer))
@@ -102,7 +114,9 @@ class Adapters(nn.Module):
         kind = TaskAdapters if cfg.kind == "bottleneck" else HyperAdapters
         self.weights = kind(tasks, len(layers), encoder.config.hidden_size, cfg)
         self.task: str | None = None  # set by MultiTaskModel.forward before the encoder runs
-        for index, layer in enumerate(layers):  # a partial, not a closure: deepcopy (SMART's teacher) rebinds it
+        for index, layer in enumerate(
+            layers
+        ):  # a partial, not a closure: deepcopy (SMART's teacher) rebinds it
             layer.register_forward_hook(functools.partial(self._adapt, index))
 
     def task_parameters(self, task: str) -> int:
@@ -115,7 +129,8 @@ class Adapters(nn.Module):
 
 
 def build_adapters(encoder: nn.Module, tasks: list[str], cfg: AdapterConfig) -> nn.Module:
-    """The adapters `cfg` asks for, with the encoder frozen around them (peft's layers sit inside the encoder, so
+    """The adapters `cfg` asks for, with the encoder frozen around them (peft's layers sit inside the encoder,
+    so
     the freezing comes after they are injected and keeps them trainable)."""
     adapters = PeftAdapters(encoder, tasks, cfg) if cfg.kind in METHODS else Adapters(encoder, tasks, cfg)
     freeze_encoder(encoder, cfg.train_layer_norms)
@@ -132,11 +147,17 @@ def freeze_encoder(encoder: nn.Module, train_layer_norms: bool) -> None:
 
 def trainable_parameters(model) -> dict:
     """Trainable parameters: shared by all tasks (LayerNorms, hypernetwork) and owned by each task."""
-    owned = {name: sum(p.numel() for p in head.parameters() if p.requires_grad)
-             for name, head in model.heads.items()}
+    owned = {
+        name: sum(p.numel() for p in head.parameters() if p.requires_grad)
+        for name, head in model.heads.items()
+    }
     adapters = getattr(model, "adapters", None)
     if adapters is not None:
         owned = {name: count + adapters.task_parameters(name) for name, count in owned.items()}
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"total": total, "shared": total - sum(owned.values()), "per_task": owned,
-            "frozen": sum(p.numel() for p in model.parameters() if not p.requires_grad)}
+    return {
+        "total": total,
+        "shared": total - sum(owned.values()),
+        "per_task": owned,
+        "frozen": sum(p.numel() for p in model.parameters() if not p.requires_grad),
+    }

@@ -1,15 +1,20 @@
 """Adapters from the `peft` library on the frozen encoder:
 
   adapter=lora   LoRA (Hu et al. 2021): low-rank updates W + (alpha / r) B A on the attention projections
-  adapter=ia3    (IA)^3 (Liu et al. 2022): learned per-channel scales of keys, values and the feed-forward output
+  adapter=ia3    (IA)^3 (Liu et al. 2022): learned per-channel scales of keys, values and the feed-forward
+  output
 
-Either one shared by every task, or with `adapter.per_task=true` each task its own on the shared frozen encoder
+Either one shared by every task, or with `adapter.per_task=true` each task its own on the shared frozen
+encoder
 (the idea of MTL-LoRA), chosen per batch by the task as the bottleneck adapters are. peft does the layers
-(`inject_adapter_in_model`, one named adapter per task); this module only chooses the adapter per forward pass and
+(`inject_adapter_in_model`, one named adapter per task); this module only chooses the adapter per forward pass
+and
 merges it for export. Target modules default to peft's per-architecture maps (BERT/RoBERTa LoRA: query, value;
-IA3: key, value, output.dense). The adapter weights train with trainer.head_lr, like the heads: new weights that
+IA3: key, value, output.dense). The adapter weights train with trainer.head_lr, like the heads: new weights
+that
 start as the identity (LoRA's B = 0, IA3's scales = 1), so training starts from the unchanged encoder.
-`write_peft_folder` saves one task's adapter as peft saves its own (`PeftModel.from_pretrained(base, folder)`).
+`write_peft_folder` saves one task's adapter as peft saves its own (`PeftModel.from_pretrained(base,
+folder)`).
 """
 
 from __future__ import annotations
@@ -49,8 +54,10 @@ def peft_config(cfg: AdapterConfig, model_type: str):
     targets = list(cfg.target_modules) if cfg.target_modules else None
     if cfg.kind == "lora":
         return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets)
-    return IA3Config(target_modules=targets or IA3_TARGETS.get(model_type),
-                     feedforward_modules=IA3_FEEDFORWARD.get(model_type) if targets is None else [])
+    return IA3Config(
+        target_modules=targets or IA3_TARGETS.get(model_type),
+        feedforward_modules=IA3_FEEDFORWARD.get(model_type) if targets is None else [],
+    )
 
 
 class PeftAdapters(nn.Module):
@@ -86,7 +93,9 @@ class PeftAdapters(nn.Module):
         if not self.per_task:
             return 0
         # peft names a task's weights lora_A.<task>.weight (LoRA) or ia3_l.<task> (IA3)
-        return sum(p.numel() for layer in self.layers for n, p in layer.named_parameters() if task in n.split("."))
+        return sum(
+            p.numel() for layer in self.layers for n, p in layer.named_parameters() if task in n.split(".")
+        )
 
 
 def merged_encoder(encoder: nn.Module, adapter_name: str) -> nn.Module:
@@ -99,11 +108,15 @@ def merged_encoder(encoder: nn.Module, adapter_name: str) -> nn.Module:
         if isinstance(module, BaseTunerLayer):
             module.merge(adapter_names=[adapter_name])
             parent_name, _, child = name.rpartition(".")
-            setattr(plain.get_submodule(parent_name) if parent_name else plain, child, module.get_base_layer())
+            setattr(
+                plain.get_submodule(parent_name) if parent_name else plain, child, module.get_base_layer()
+            )
     return plain
 
 
-def write_peft_folder(encoder: nn.Module, adapter_name: str, cfg: AdapterConfig, base_model: str, out: Path) -> None:
+def write_peft_folder(
+    encoder: nn.Module, adapter_name: str, cfg: AdapterConfig, base_model: str, out: Path
+) -> None:
     """`adapter_name`'s adapter as peft writes it (adapter_config.json, adapter_model.safetensors), so that
     `PeftModel.from_pretrained(AutoModel.from_pretrained(base_model), out)` is the task's adapted encoder."""
     from peft import get_peft_model_state_dict
@@ -114,5 +127,8 @@ def write_peft_folder(encoder: nn.Module, adapter_name: str, cfg: AdapterConfig,
     config.save_pretrained(str(out))
     state = get_peft_model_state_dict(encoder, adapter_name=adapter_name, save_embedding_layers=False)
     # a PeftModel holds the encoder as base_model.model, and peft's files name the weights from there
-    save_file({f"base_model.model.{k}": v.contiguous() for k, v in state.items()}, str(out / "adapter_model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {f"base_model.model.{k}": v.contiguous() for k, v in state.items()},
+        str(out / "adapter_model.safetensors"),
+        metadata={"format": "pt"},
+    )
