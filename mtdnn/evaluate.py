@@ -17,7 +17,7 @@ from mtdnn.core.errors import raise_if
 from mtdnn.data.loading import TaskData, check_columns, check_rows, encode_splits, load_raw
 from mtdnn.evaluation.engine import collator_for, evaluate_split, model_device
 from mtdnn.kinds.metrics import show
-from mtdnn.serving.loading import load_run, select_tasks
+from mtdnn.serving.loading import open_run, select_tasks
 
 
 @dataclass
@@ -33,7 +33,7 @@ class EvaluateConfig:
 
 
 def evaluate(cfg: EvaluateConfig) -> dict[str, dict[str, float]]:
-    run = load_run(cfg.run_dir, cfg.checkpoint, pick_device(cfg.device), cfg.backend)
+    run = open_run(cfg.run_dir, cfg.checkpoint, pick_device(cfg.device), cfg.backend)
     device = model_device(run.model)
     results, problems = {}, []
     for spec in select_tasks(run, cfg.task):

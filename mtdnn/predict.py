@@ -2,8 +2,8 @@
 [format=jsonl|glue|superglue]`
 
 Writes one JSON line per input row: id, the input text(s), the predicted label name (classification) or
-value (regression), and the scores. `input` may be any csv/tsv/json/jsonl/parquet file with the task's
-text columns. With format=glue or superglue, the file the benchmark's server expects instead (the task YAML's
+value (regression), and the scores. `input` may be any csv/tsv/json/jsonl/parquet file with the task's text
+columns. With format=glue or superglue, the file the benchmark's server expects instead (the task YAML's
 `submission:` block; default out: <run_dir>/submission/<its file>). An existing output file is never
 overwritten unless overwrite=true.
 """
@@ -22,7 +22,7 @@ from mtdnn.core.errors import MtdnnError, raise_if
 from mtdnn.data.loading import load_raw
 from mtdnn.data.tasks import SourceSpec, TaskSpec
 from mtdnn.evaluation.engine import write_records
-from mtdnn.serving.loading import load_run, select_tasks
+from mtdnn.serving.loading import open_run, select_tasks
 from mtdnn.serving.predictor import records_of
 from mtdnn.serving.submission import FORMATS, submission_problems, write_submission
 
@@ -52,7 +52,7 @@ def input_spec(spec: TaskSpec, path: str) -> TaskSpec:
 
 
 def predict(cfg: PredictConfig) -> Path:
-    run = load_run(cfg.run_dir, cfg.checkpoint, pick_device(cfg.device), cfg.backend)
+    run = open_run(cfg.run_dir, cfg.checkpoint, pick_device(cfg.device), cfg.backend)
     tasks = select_tasks(run, cfg.task)
     if len(tasks) != 1:
         raise MtdnnError(f"task: this run trained {', '.join(run.specs)}; name one with task=...")

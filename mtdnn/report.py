@@ -12,8 +12,8 @@ Writes into `out` (default SWEEP_DIR/report):
   trials.png   for an Optuna search (hydra/sweeper=search): each trial's score and the best so far; report.md
                then also lists the best trial and every trial's score
 
-Jobs that failed (with their error), have no summary yet, or never ran (planned in multirun.yaml, no folder)
-are listed, not guessed at.
+Jobs that failed (with their error), have no summary yet, or never ran (planned in multirun.yaml, no
+folder) are listed, not guessed at.
 """
 
 from __future__ import annotations

@@ -211,8 +211,7 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
 
 def restore(resumable: Resumable, checkpoint: Path, model: MultiTaskModel, changes: list[str]) -> None:
     """A change allowed on resume that alters what the checkpoint must fit (another regularizer, adapter,
-    head)
-    is one clear error; without changes a failure here is a bug and raises as one."""
+    head) is one clear error; without changes a failure here is a bug and raises as one."""
     try:
         resumable.restore(checkpoint, model)
     except (ValueError, KeyError, RuntimeError) as err:

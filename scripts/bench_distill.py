@@ -25,7 +25,7 @@ import torch
 from mtdnn.data.loading import TaskData, encode_splits, load_raw
 from mtdnn.data.tasks import load_tasks
 from mtdnn.evaluation.engine import collator_for, forward_rows
-from mtdnn.serving.loading import load_run
+from mtdnn.serving.loading import open_run
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
@@ -35,7 +35,7 @@ def train(args: list[str]) -> None:
 
 
 def validation_probs(run_dir: Path, spec, raw) -> tuple[torch.Tensor, torch.Tensor, callable]:
-    loaded = load_run(str(run_dir), "best", torch.device("cpu"))
+    loaded = open_run(str(run_dir), "best", torch.device("cpu"))
     data = TaskData(spec, {"validation": raw})
     encode_splits(data, loaded.tokenizer)
     collate = collator_for(spec, loaded.tokenizer, 8)

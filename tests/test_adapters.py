@@ -13,7 +13,7 @@ from mtdnn.core.config import AdapterConfig
 from mtdnn.evaluate import EvaluateConfig, evaluate
 from mtdnn.model.adapters import trainable_parameters
 from mtdnn.model.multitask import MultiTaskModel
-from mtdnn.serving.loading import load_run
+from mtdnn.serving.loading import open_run
 from mtdnn.train import run
 
 
@@ -86,7 +86,7 @@ def test_adapter_training_learns_with_a_frozen_encoder(tmp_path, toy_tasks, kind
         )
     )
     summary = run(cfg, tmp_path / "run")
-    loaded = load_run(str(tmp_path / "run"), "best", torch.device("cpu"))
+    loaded = open_run(str(tmp_path / "run"), "best", torch.device("cpu"))
     assert summary["validation"]["toy_sent"]["accuracy"] > 0.8
     assert summary["trainable_parameters"]["frozen"] > 0
     again = evaluate(

@@ -308,7 +308,7 @@ def test_the_python_api_scores_pairs_of_a_bi_task_like_evaluate(bi_run):
 def test_the_sentence_transformers_export_embeds_like_the_run(bi_run, tmp_path):
     from mtdnn.export import ExportConfig, export
     from mtdnn.kinds.heads import pool
-    from mtdnn.serving.loading import load_run
+    from mtdnn.serving.loading import open_run
 
     _, out, _ = bi_run
     folder = export(
@@ -317,7 +317,7 @@ def test_the_sentence_transformers_export_embeds_like_the_run(bi_run, tmp_path):
         )
     )
     texts = ["the cat near the tree", "a big old boat", "dog"]
-    loaded = load_run(str(out), "best", torch.device("cpu"))
+    loaded = open_run(str(out), "best", torch.device("cpu"))
     enc = loaded.tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         hidden = loaded.model.encoder(**enc).last_hidden_state

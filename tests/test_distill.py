@@ -242,13 +242,13 @@ def _agreement(run_dir, teachers_, folder) -> float:
     from mtdnn.data.loading import TaskData, encode_splits, load_raw
     from mtdnn.data.tasks import load_tasks
     from mtdnn.evaluation.engine import collator_for, forward_rows
-    from mtdnn.serving.loading import load_run
+    from mtdnn.serving.loading import open_run
 
     (spec,) = load_tasks(["toy_sent"], [str(folder)])
     raw = load_raw(spec)["validation"]
 
     def probs(path):
-        loaded = load_run(str(path), "last", torch.device("cpu"))
+        loaded = open_run(str(path), "last", torch.device("cpu"))
         data = TaskData(spec, {"validation": raw})
         encode_splits(data, loaded.tokenizer)
         logits, _ = forward_rows(
@@ -354,10 +354,10 @@ def test_span_and_tagging_distil_from_teachers_sharing_the_tokenizer(tmp_path):
     assert torch.allclose(first.sum(0), torch.ones(2), atol=1e-4)  # distributions over the window's tokens
     from mtdnn.data.loading import encode_splits
     from mtdnn.data.tasks import load_tasks
-    from mtdnn.serving.loading import load_run
+    from mtdnn.serving.loading import open_run
     from mtdnn.training.build import prepare_data
 
-    teacher = load_run(str(tmp_path / "teacher"), "best", torch.device("cpu"))  # the first window, recomputed
+    teacher = open_run(str(tmp_path / "teacher"), "best", torch.device("cpu"))  # the first window, recomputed
     data = prepare_data(load_tasks(["toy_squad"], [str(folder)]))["toy_squad"]
     encode_splits(data, teacher.tokenizer)
     window = data.encoded["train"][0]
@@ -540,10 +540,10 @@ def test_ranking_and_regression_distil_end_to_end(tmp_path):
     from mtdnn.data.loading import encode_splits
     from mtdnn.data.tasks import load_tasks
     from mtdnn.evaluation.engine import collator_for, forward_rows
-    from mtdnn.serving.loading import load_run
+    from mtdnn.serving.loading import open_run
     from mtdnn.training.build import prepare_data
 
-    loaded = load_run(str(tmp_path / "teacher"), "best", torch.device("cpu"))
+    loaded = open_run(str(tmp_path / "teacher"), "best", torch.device("cpu"))
     data = prepare_data(load_tasks(["toy_count"], [str(folder)]))["toy_count"]
     encode_splits(data, loaded.tokenizer)
     outputs, _ = forward_rows(

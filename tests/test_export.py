@@ -14,7 +14,7 @@ from test_heads import _rank_task, _span_task, _tag_task, ranking_rows, squad_ro
 
 from mtdnn.core.errors import MtdnnError
 from mtdnn.export import ExportConfig, export
-from mtdnn.serving.loading import load_run
+from mtdnn.serving.loading import open_run
 from mtdnn.train import run
 
 SENTENCES = ["the movie great", "plot awful awful", "a film", "the cast great but the ending awful"]
@@ -56,7 +56,7 @@ def _child(code: str) -> dict:
 @pytest.mark.parametrize("pooling", ["cls", "pooler", "mean"])
 def test_sequence_tasks_export_to_auto_classes_with_the_same_outputs(trained, pooling):
     root, runs = trained
-    loaded = load_run(str(runs[pooling]), "best", torch.device("cpu"))
+    loaded = open_run(str(runs[pooling]), "best", torch.device("cpu"))
     enc = loaded.tokenizer(SENTENCES, padding=True, return_tensors="pt")
     pair = loaded.tokenizer(SENTENCES, SENTENCES[::-1], padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -90,7 +90,7 @@ print(json.dumps({{"scores": scores, "values": values}}))
 
 def test_span_and_tagging_export_exactly(trained):
     root, runs = trained
-    loaded = load_run(str(runs["token"]), "best", torch.device("cpu"))
+    loaded = open_run(str(runs["token"]), "best", torch.device("cpu"))
     qa = export(ExportConfig(run_dir=str(runs["token"]), task="toy_squad", out=str(root / "qa")))
     ner = export(ExportConfig(run_dir=str(runs["token"]), task="toy_ner", out=str(root / "ner")))
     question, context = ["who made it"], ["the film by alice was a great one"]
@@ -161,7 +161,7 @@ def test_ranking_exports_a_cross_encoder_with_the_same_scores(tmp_path, model_ty
     out = export(ExportConfig(run_dir=str(tmp_path / "run"), task="toy_rank", out=str(tmp_path / "hf")))
     hf = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
     assert hf.config.num_labels == 1 and hf.config.model_type == model_type
-    loaded = load_run(str(tmp_path / "run"), "best", torch.device("cpu"))
+    loaded = open_run(str(tmp_path / "run"), "best", torch.device("cpu"))
     enc = loaded.tokenizer(
         ["which one", "which one", "another question"],
         ["a b yes", "c d", "e f g"],

@@ -149,7 +149,7 @@ def test_trains_predicts_and_leaves_unlabelled_test_rows_unscored(tmp_path):
 
 def test_distills_and_exports(tmp_path):
     from mtdnn.export import ExportConfig, export
-    from mtdnn.serving.loading import load_run
+    from mtdnn.serving.loading import open_run
 
     folder = tmp_path / "tasks"
     _task(folder)
@@ -184,7 +184,7 @@ def test_distills_and_exports(tmp_path):
     out = export(ExportConfig(run_dir=str(teacher), task="colours", out=str(tmp_path / "hf")))
     hf = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
     assert hf.config.problem_type == "multi_label_classification" and hf.config.id2label[2] == "blue"
-    loaded = load_run(str(teacher), "best", torch.device("cpu"))
+    loaded = open_run(str(teacher), "best", torch.device("cpu"))
     enc = loaded.tokenizer(["the red movie", "blue green plot"], padding=True, return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(hf(**enc).logits, loaded.model("colours", **enc), atol=1e-4)

@@ -15,7 +15,7 @@ from mtdnn import load_run
 from mtdnn.core.errors import MtdnnError
 from mtdnn.evaluation.engine import collator_for
 from mtdnn.export import ExportConfig, export
-from mtdnn.serving.loading import load_run as load_run_folder
+from mtdnn.serving.loading import open_run as load_run_folder
 from mtdnn.train import run
 
 

@@ -15,7 +15,7 @@ from mtdnn.core.config import AdapterConfig
 from mtdnn.core.errors import MtdnnError
 from mtdnn.model.adapters import trainable_parameters
 from mtdnn.model.multitask import MultiTaskModel
-from mtdnn.serving.loading import load_run
+from mtdnn.serving.loading import open_run
 from mtdnn.train import run
 
 
@@ -89,7 +89,7 @@ def test_peft_adapters_learn_with_a_frozen_encoder_and_export_merged(tmp_path, t
     # IA3 owns 320 scales per task on the frozen *random* tiny encoder, LoRA at rank 8 2,048 weights: IA3
     # learns less
     assert summary["validation"]["toy_sent"]["accuracy"] > (0.8 if kind == "lora" else 0.7)  # chance: 0.52
-    loaded = load_run(str(tmp_path / "run"), "best", torch.device("cpu"))
+    loaded = open_run(str(tmp_path / "run"), "best", torch.device("cpu"))
     out = export(ExportConfig(run_dir=str(tmp_path / "run"), task="toy_sent", out=str(tmp_path / "hf")))
     plain = AutoModelForSequenceClassification.from_pretrained(str(out), trust_remote_code=True).eval()
     assert not any("lora" in n or "ia3" in n for n, _ in plain.named_parameters())
@@ -121,7 +121,7 @@ def assert_adapter_only_checkpoints(run_dir, model):
     (run_dir / "encoder" / "frozen.safetensors").rename(run_dir / "frozen.moved")
     try:
         with pytest.raises(MtdnnError, match="holds adapter weights only.*frozen.safetensors.*are missing"):
-            load_run(str(run_dir), "best", torch.device("cpu"))
+            open_run(str(run_dir), "best", torch.device("cpu"))
     finally:
         (run_dir / "frozen.moved").rename(run_dir / "encoder" / "frozen.safetensors")
 
@@ -172,7 +172,7 @@ def test_per_task_lora_composes_with_smart_whose_teacher_copies_the_adapted_mode
     for task in ("toy_sent", "toy_count"):
         prox = [r[f"smart_prox/{task}"] for r in log if f"smart_prox/{task}" in r]
         assert prox and max(prox) > 0  # the teacher (a copy with its own LoRA) drifts behind the student
-    loaded = load_run(str(tmp_path / "run"), "best", torch.device("cpu"))
+    loaded = open_run(str(tmp_path / "run"), "best", torch.device("cpu"))
     names = [n for n, _ in loaded.model.named_parameters() if ".lora_A.toy_sent." in n]
     assert names and all(
         n.replace("toy_sent", "toy_count") in dict(loaded.model.named_parameters()) for n in names

@@ -62,9 +62,8 @@ def test_sigkill_at_a_random_step_then_resume_reproduces_every_loss_exactly(tmp_
     subprocess.run(
         _cli(toy_tasks, straight), cwd=tmp_path, env=ENV, check=True, capture_output=True, timeout=600
     )
-    kill_after = (
-        27  # log lines (steps) before the kill: mid-run, between two checkpoints; fixed, so reproducible
-    )
+    # log lines (steps) before the kill: mid-run, between two checkpoints; fixed, so reproducible
+    kill_after = 27
     log_file = crashed / "train_log.jsonl"
     with reaped(
         subprocess.Popen(

@@ -509,9 +509,9 @@ def _output_change(run_dir, toy_tasks, radius: float = 0.05) -> float:
     from mtdnn.data.loading import TaskData, encode_splits, load_raw
     from mtdnn.data.tasks import load_tasks
     from mtdnn.evaluation.engine import collator_for
-    from mtdnn.serving.loading import load_run
+    from mtdnn.serving.loading import open_run
 
-    loaded = load_run(str(run_dir), "last", torch.device("cpu"))
+    loaded = open_run(str(run_dir), "last", torch.device("cpu"))
     (spec,) = load_tasks(["toy_sent"], [str(toy_tasks)])
     data = TaskData(spec, {"validation": load_raw(spec)["validation"]})
     encode_splits(data, loaded.tokenizer)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from mtdnn.core.errors import MtdnnError
 from mtdnn.evaluate import EvaluateConfig, evaluate
 from mtdnn.predict import PredictConfig, predict
-from mtdnn.serving.loading import load_run
+from mtdnn.serving.loading import open_run
 from mtdnn.train import run
 
 
@@ -109,7 +109,7 @@ def test_run_folder_is_complete(trained):
 
 def test_reloaded_checkpoint_predicts_identically(trained):
     root, _, _ = trained
-    loaded = load_run(str(root / "run"), "best", torch.device("cpu"))
+    loaded = open_run(str(root / "run"), "best", torch.device("cpu"))
     best = json.loads((root / "run" / "best.json").read_text())["checkpoint"]
     weights = load_file(str(root / "run" / best / "model.safetensors"))
     for name, tensor in loaded.model.state_dict().items():
@@ -126,7 +126,7 @@ def test_evaluate_matches_an_independent_computation(trained):
 
     root, folder, summary = trained
     results = evaluate(EvaluateConfig(run_dir=str(root / "run")))
-    loaded = load_run(str(root / "run"), "best", torch.device("cpu"))
+    loaded = open_run(str(root / "run"), "best", torch.device("cpu"))
 
     def outputs(task: str, frame: pd.DataFrame, first: str, second: str | None = None) -> torch.Tensor:
         enc = loaded.tokenizer(

@@ -1,5 +1,6 @@
-"""Balancers: how the tasks' losses or gradients become one update. One module per method in this package plus
-one YAML in conf/balancer/, no central list (like the regularizers); `balancer=pcgrad`, `balancer.alpha=0.4`.
+"""Balancers: how the tasks' losses or gradients become one update. One module per method in this package
+plus one YAML in conf/balancer/, no central list (like the regularizers); `balancer=pcgrad`,
+`balancer.alpha=0.4`.
 
 A module `mtdnn/balancers/<name>.py` provides
     Config                      a dataclass of its knobs (validated like task files: every problem at once)
@@ -75,9 +76,8 @@ class Balancer(Protocol):
 class Base:
     """Equal weights, gradients summed: training as without a balancer. A method overrides what it changes."""
 
-    combines = (
-        False  # True: combine() is called (it needs trainer.tasks_per_step >= 2: see NEEDS_SEVERAL_TASKS)
-    )
+    # True: combine() is called (it needs trainer.tasks_per_step >= 2: see NEEDS_SEVERAL_TASKS)
+    combines = False
     needs_losses = False  # True: end_step/combine read each task's loss of the step (one host sync per step)
     needs_losses_after_step = False  # True: the step's batches are re-scored after the update (FAMO)
     patterns: tuple[str, ...] = ()  # balancer.params: the parameters combine() balances ([]: all)
@@ -188,9 +188,10 @@ def softmax_weights(logits: torch.Tensor) -> torch.Tensor:
 
 
 class LearnedValues:
-    """One learned number per task with its own Adam (uncertainty's log-variances, GradNorm's weights, FAMO's
-    logits). Why its own optimizer: the papers train these with the network's, but a fine-tuning run's encoder
-    rate (5e-5) would leave them where they start; each method's `lr` sets theirs (FAMO's paper: 0.025)."""
+    """One learned number per task with its own Adam (uncertainty's log-variances, GradNorm's weights,
+    FAMO's logits). Why its own optimizer: the papers train these with the network's, but a fine-tuning
+    run's encoder rate (5e-5) would leave them where they start; each method's `lr` sets theirs (FAMO's
+    paper: 0.025)."""
 
     def __init__(self, tasks: list[str], start: float, lr: float, weight_decay: float = 0.0):
         self.tasks = list(tasks)
@@ -217,9 +218,9 @@ class LearnedValues:
 
 
 class TaskGradients:
-    """Each task's gradient of the balanced parameters, kept apart between the backward passes of a multi-task
-    step, then replaced by the balancer's combination. Parameters outside `patterns` accumulate as usual
-    (their gradients are summed over the step's tasks)."""
+    """Each task's gradient of the balanced parameters, kept apart between the backward passes of a
+    multi-task step, then replaced by the balancer's combination. Parameters outside `patterns` accumulate
+    as usual (their gradients are summed over the step's tasks)."""
 
     def __init__(
         self, named_params: list[tuple[str, torch.nn.Parameter]], patterns: tuple[str, ...] | list[str]
@@ -259,8 +260,7 @@ class TaskGradients:
 
     def combine(self, balancer: Balancer, tasks: list[str], losses: dict[str, float]) -> None:
         """Write sum_i coef_i g_i back into .grad (shared coefficients where several tasks reached a
-        parameter,
-        private ones where one did)."""
+        parameter, private ones where one did)."""
         gram, shared = self.gram()
         shared_coefs, private_coefs = balancer.combine(gram, tasks, losses)
         for param, column, is_shared in zip(self.params, zip(*self.per_task), shared):

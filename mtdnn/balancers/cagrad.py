@@ -3,12 +3,11 @@ With g_0 the mean task gradient, find weights w on the simplex minimising
 
     g_w . g_0 + sqrt(phi) ||g_w||,       g_w = sum_i w_i g_i,   phi = c^2 ||g_0||^2
 
-and step along d = (g_0 + sqrt(phi) / ||g_w|| g_w) / (1 + c^2) (the authors' rescaling), times K so the step
-has
-the scale of the summed gradients, like the other balancers. c = 0.5 (the paper's default). Everything is a
-function of the Gram matrix G (g_w . g_0 = w^T G 1/K, ||g_w||^2 = w^T G w), so the K-variable problem is
-solved
-with scipy's SLSQP. Parameters only one task reaches (its head) keep that task's gradient."""
+and step along d = (g_0 + sqrt(phi) / ||g_w|| g_w) / (1 + c^2) (the authors' rescaling), times K so the
+step has the scale of the summed gradients, like the other balancers. c = 0.5 (the paper's default).
+Everything is a function of the Gram matrix G (g_w . g_0 = w^T G 1/K, ||g_w||^2 = w^T G w), so the
+K-variable problem is solved with scipy's SLSQP. Parameters only one task reaches (its head) keep that
+task's gradient."""
 
 from __future__ import annotations
 

@@ -4,9 +4,8 @@ CVPR, eq. 7):
     w_i(t) = K exp(r_i(t-1) / T) / sum_j exp(r_j(t-1) / T),    r_i(t-1) = L_i(t-1) / L_i(t-2)
 
 where L_i(t) is task i's mean training loss over period t (an epoch, as the paper; `period_steps` to change
-it),
-T = 2, and w_i = 1 for the first two periods. A task whose loss falls more slowly gets more weight. A task
-not seen in a period (possible when one task is tiny) keeps r = 1."""
+it), T = 2, and w_i = 1 for the first two periods. A task whose loss falls more slowly gets more weight. A
+task not seen in a period (possible when one task is tiny) keeps r = 1."""
 
 from __future__ import annotations
 

@@ -1,14 +1,13 @@
-"""famo: fast adaptive multitask optimisation (Liu et al. 2023, NeurIPS, Algorithm 1 and the authors' code).
-Task logits xi (start 0), z = softmax(xi). The step descends sum_i z_i log L_i, i.e. along
+"""famo: fast adaptive multitask optimisation (Liu et al. 2023, NeurIPS, Algorithm 1 and the authors'
+code). Task logits xi (start 0), z = softmax(xi). The step descends sum_i z_i log L_i, i.e. along
 
     sum_i  z_i / (c L_i)  grad L_i,      c = sum_j z_j / L_j
 
 (times K here, so the step has the scale of the summed losses), which balances the tasks' *relative* loss
-decrease. After the update the same batches are scored again (no gradient, an extra forward per task: FAMO's
-cost), delta_i = log L_i - log L'_i, and xi takes an Adam step (lr 0.025, weight decay 1e-3, the paper's)
-along
-d(z . delta)/d xi: tasks that improved least gain weight. With fewer tasks per step than tasks, z is taken
-over the step's tasks."""
+decrease. After the update the same batches are scored again (no gradient, an extra forward per task:
+FAMO's cost), delta_i = log L_i - log L'_i, and xi takes an Adam step (lr 0.025, weight decay 1e-3, the
+paper's) along d(z . delta)/d xi: tasks that improved least gain weight. With fewer tasks per step than
+tasks, z is taken over the step's tasks."""
 
 from __future__ import annotations
 

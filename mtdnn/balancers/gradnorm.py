@@ -5,10 +5,10 @@ that each task's gradient norm on the shared weights W tracks its relative train
     L_grad = sum_i | G_i - mean_j(G_j) r_i^alpha |          (the target held constant, as the paper)
 
 dL_grad/dw_i = sign(G_i - target_i) G_i / w_i (G_i is linear in w_i); w takes an Adam step on it and is
-renormalised to sum K. alpha = 1.5 (LibMTL's default; the paper uses 0.12 to 3 by data set). The network sees
-task i's loss times w_i. W is every parameter the step's tasks share, or the part `balancer.params` names (the
-paper's choice: the last shared layer, e.g. balancer.params=[encoder.encoder.layer.5]); G_i comes from the
-Gram matrix's diagonal. L_i(0) is each task's first observed loss."""
+renormalised to sum K. alpha = 1.5 (LibMTL's default; the paper uses 0.12 to 3 by data set). The network
+sees task i's loss times w_i. W is every parameter the step's tasks share, or the part `balancer.params`
+names (the paper's choice: the last shared layer, e.g. balancer.params=[encoder.encoder.layer.5]); G_i
+comes from the Gram matrix's diagonal. L_i(0) is each task's first observed loss."""
 
 from __future__ import annotations
 

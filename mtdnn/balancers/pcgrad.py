@@ -4,8 +4,8 @@ NeurIPS, Algorithm 1). For each task i, starting from g_i^PC = g_i, for every ot
     if g_i^PC . g_j < 0:   g_i^PC <- g_i^PC - (g_i^PC . g_j) / ||g_j||^2  g_j
 
 and the update is sum_i g_i^PC. Each g_i^PC is a combination sum_k A_ik g_k, so the projections run on the
-Gram matrix alone (g_i^PC . g_j = sum_k A_ik g_k . g_j). Parameters only one task reaches (its head) keep that
-task's gradient. The order generator is seeded from the run's seed and checkpointed."""
+Gram matrix alone (g_i^PC . g_j = sum_k A_ik g_k . g_j). Parameters only one task reaches (its head) keep
+that task's gradient. The order generator is seeded from the run's seed and checkpointed."""
 
 from __future__ import annotations
 

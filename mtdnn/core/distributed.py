@@ -2,17 +2,15 @@
 GPUs).
 
 Every rank builds the same model from the same seed and draws the same task at every step (the sampler is
-seeded identically); each task's batch plan is the single-process plan with an N times larger batch, and rank
-r
-takes its share of every batch (rows r, r+N, ...). After the micro-batches of a step, gradients are averaged
-across ranks, with each rank's loss weighted by its share of the rows, so the update equals the single-process
-update with the N times larger batch. This is what DistributedDataParallel computes; the DDP wrapper itself is
-not used because regularizers run several forward passes per backward (SMART, ALICE, FreeLB), which its
-reducer does not allow, and one all-reduce per optimizer step is what gradient accumulation needs anyway.
-Evaluation is sharded too: each rank predicts every N-th row (of the rows sorted by length) and the outputs
-are
-gathered back into row order, so every example is predicted exactly once and every rank sees the same metrics.
-Only rank 0 writes the run folder, logs and checkpoints.
+seeded identically); each task's batch plan is the single-process plan with an N times larger batch, and
+rank r takes its share of every batch (rows r, r+N, ...). After the micro-batches of a step, gradients are
+averaged across ranks, with each rank's loss weighted by its share of the rows, so the update equals the
+single-process update with the N times larger batch. This is what DistributedDataParallel computes; the DDP
+wrapper itself is not used because regularizers run several forward passes per backward (SMART, ALICE,
+FreeLB), which its reducer does not allow, and one all-reduce per optimizer step is what gradient
+accumulation needs anyway. Evaluation is sharded too: each rank predicts every N-th row (of the rows sorted
+by length) and the outputs are gathered back into row order, so every example is predicted exactly once and
+every rank sees the same metrics. Only rank 0 writes the run folder, logs and checkpoints.
 """
 
 from __future__ import annotations
@@ -76,8 +74,8 @@ class Distributed:
 
     @torch.no_grad()
     def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """One all-reduce of every gradient, flattened (params unused this step, e.g. other tasks' heads, have
-        no gradient on any rank: every rank trained the same task)."""
+        """One all-reduce of every gradient, flattened (params unused this step, e.g. other tasks' heads,
+        have no gradient on any rank: every rank trained the same task)."""
         if not self.active:
             return
         grads = [p.grad for p in params if p.grad is not None]

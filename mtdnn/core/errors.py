@@ -70,8 +70,8 @@ _ENVIRONMENT = {
 
 
 def environment_fault(err: BaseException) -> str | None:
-    """'cannot write <file>: <cause>' when `err` (or an exception it wraps) is a file system refusing a write
-    (permissions, read-only, full disk): a fault of the machine, not of the code, so one line, not a
+    """'cannot write <file>: <cause>' when `err` (or an exception it wraps) is a file system refusing a
+    write (permissions, read-only, full disk): a fault of the machine, not of the code, so one line, not a
     traceback."""
     while err is not None:
         if isinstance(err, OSError) and err.errno in _ENVIRONMENT:

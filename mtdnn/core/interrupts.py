@@ -1,7 +1,6 @@
 """Ctrl-C: noted by our SIGINT handler and acted on at safe points (between training steps or evaluation
-batches),
-so no KeyboardInterrupt lands inside library code (a writer queue, torch, a `__del__`) and leaves it
-inconsistent."""
+batches), so no KeyboardInterrupt lands inside library code (a writer queue, torch, a `__del__`) and leaves
+it inconsistent."""
 
 from __future__ import annotations
 
@@ -16,9 +15,8 @@ class _Interrupts:
     # set by our SIGINT handler (plain flags: a handler must take no lock)
     # a Ctrl-C came: read at safe points and when an error surfaces (it may be that Ctrl-C, swallowed)
     seen = False
-    held = (
-        False  # inside `interrupts_at_safe_points`: the first Ctrl-C waits for the next `stop_if_interrupted`
-    )
+    # inside `interrupts_at_safe_points`: the first Ctrl-C waits for the next `stop_if_interrupted`
+    held = False
 
 
 def interrupted() -> bool:
@@ -35,11 +33,10 @@ def _note_interrupt(signum: int, frame) -> None:
 
 
 @contextlib.contextmanager
-def _noting_interrupts() -> Iterator[None]:
+def noting_interrupts() -> Iterator[None]:
     """Remember each Ctrl-C: code that catches the KeyboardInterrupt mid-call (torch reading a sequence, a
-    worker
-    pool) hands back some other error, which must still read as an interrupt. Leaves others' handlers
-    alone."""
+    worker pool) hands back some other error, which must still read as an interrupt. Leaves others'
+    handlers alone."""
     ours = (
         threading.current_thread() is threading.main_thread()
         and signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -78,7 +75,7 @@ def stop_if_interrupted() -> None:
         raise KeyboardInterrupt
 
 
-def _exit_interrupted() -> None:
+def exit_interrupted() -> None:
     print(
         "error: interrupted; every checkpoint written so far is intact: run the same command with "
         "resume=auto to continue",

@@ -1,12 +1,11 @@
 """Plug-in families found without a central list: a member of a family is a public module of the family's
-package
-that defines the family's marker name at its top level (a head kind's `KIND`, a regularizer's `build`, ...).
+package that defines the family's marker name at its top level (a head kind's `KIND`, a regularizer's
+`build`, ...).
 
-Every family (kinds, regularizers, balancers, adapters, export formats) is discovered here, one way. Modules
-are
-recognised from their source, so listing a family imports none of them (the CLI's config checks stay fast, and
-a
-family's helper modules beside its members cost nothing); `load` imports one member when it is used.
+Every family (kinds, regularizers, balancers, adapters, export formats) is discovered here, one way.
+Modules are recognised from their source, so listing a family imports none of them (the CLI's config checks
+stay fast, and a family's helper modules beside its members cost nothing); `load` imports one member when
+it is used.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Build typed dataclasses from plain YAML dicts, collecting every problem instead of stopping at the first.
+"""Build typed dataclasses from plain YAML dicts, collecting every problem instead of stopping at the
+first.
 
 OmegaConf's structured configs stop at the first bad field; a user who wrote five typos in a task file
 should learn about all five at once, each with the file and the dotted field name.

@@ -1,5 +1,5 @@
-"""Data: load each task's splits through `datasets`, check every row before training, tokenise once
-(cached by `datasets`), and serve single-task batches padded only as far as each batch needs."""
+"""Data: load each task's splits through `datasets`, check every row before training, tokenise once (cached
+by `datasets`), and serve single-task batches padded only as far as each batch needs."""
 
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ class TaskData:
 
 
 def load_raw(spec: TaskSpec) -> dict[str, Any]:
-    """Every split the task declares, as `datasets.Dataset`s with the source's own columns.
-    Problems in several splits are raised together."""
+    """Every split the task declares, as `datasets.Dataset`s with the source's own columns. Problems in
+    several splits are raised together."""
     src = spec.source
     if src.file:
         whole = _exclude(spec, _load_file(spec, _local_path(spec, src.file), "source.file"))
@@ -66,8 +66,7 @@ def load_raw(spec: TaskSpec) -> dict[str, Any]:
 
 def _train_subset(spec: TaskSpec, splits: dict[str, Any]) -> dict[str, Any]:
     """train_rows: keep that many train rows, chosen by a permutation seeded with train_rows_seed (kept in
-    file
-    order), so every arm of an experiment sees the same low-resource subset whatever its own seed."""
+    file order), so every arm of an experiment sees the same low-resource subset whatever its own seed."""
     if spec.train_rows is None or "train" not in splits:
         return splits
     train = splits["train"]
@@ -178,9 +177,9 @@ def cut_by_fractions(ds, fractions: dict[str, float], seed: int) -> dict[str, An
 
 
 def empty_split_problems(spec: TaskSpec, raw: dict[str, Any]) -> list[str]:
-    """A split left with no rows (a small fraction of a small file, `exclude` removing every row): evaluating
-    or
-    training on it would fail at the first step, so it is named now with the setting that emptied it."""
+    """A split left with no rows (a small fraction of a small file, `exclude` removing every row):
+    evaluating or training on it would fail at the first step, so it is named now with the setting that
+    emptied it."""
     problems = []
     for split, ds in raw.items():
         if len(ds) > 0:
@@ -285,8 +284,8 @@ def row_lengths(dataset) -> np.ndarray:
 
 
 class TaskBatches:
-    """Endless shuffled batches of one task: each epoch visits every row exactly once, in a seeded order,
-    and the position is a small state dict so a resumed run continues mid-epoch.
+    """Endless shuffled batches of one task: each epoch visits every row exactly once, in a seeded order, and
+        the position is a small state dict so a resumed run continues mid-epoch.
 
     With `bucket_batches` > 1 (length bucketing), each epoch's shuffled rows are cut into pools of that many
     batches, each pool is sorted by length and cut into batches, and the batches of the epoch are shuffled:
@@ -301,9 +300,8 @@ class TaskBatches:
         bucket_batches: int = 1,
         shard: Callable[[list], tuple[list, float]] | None = None,
     ):
-        self.shard = (
-            shard  # data parallel: this rank's rows of each batch (batch_size is then the global size)
-        )
+        # data parallel: this rank's rows of each batch (batch_size is then the global size)
+        self.shard = shard
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed
@@ -358,8 +356,8 @@ class TaskBatches:
 
 
 def one_pass_in_turn(batches: dict[str, TaskBatches]) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
-    """Every task's rows once, as (task, batch), the tasks taking turns: a consumer that stops early (a Fisher
-    pass with a batch limit) has still seen every task."""
+    """Every task's rows once, as (task, batch), the tasks taking turns: a consumer that stops early (a
+    Fisher pass with a batch limit) has still seen every task."""
     streams = {task: b.one_pass() for task, b in batches.items()}
     while streams:
         for task in list(streams):

@@ -75,8 +75,7 @@ class TaskSampler:
 
     def next_distinct(self, k: int) -> list[str]:
         """k different tasks for one multi-task step (trainer.tasks_per_step), drawn without replacement by
-        the
-        schedule's probabilities, in the run's task order; all of them when k covers every task."""
+        the schedule's probabilities, in the run's task order; all of them when k covers every task."""
         if k >= len(self.names):
             self.draws += len(self.names)
             return list(self.names)

@@ -51,17 +51,15 @@ class ColumnsSpec:
 
     text: Optional[str] = None  # classification/regression; ranking: the candidate, one row per candidate
     text_pair: Optional[str] = None
-    label: Optional[str] = (
-        None  # ranking: index (or list of indices) of the correct candidate(s), or 0/1 per row
-    )
+    # ranking: index (or list of indices) of the correct candidate(s), or 0/1 per row
+    label: Optional[str] = None
     id: Optional[str] = None  # carried into predictions when set
     question: Optional[str] = None  # span
     context: Optional[str] = None  # span
     answers: Optional[str] = None  # span: {text: [...], answer_start: [...]} (SQuAD layout)
     query: Optional[Union[str, list[str]]] = None  # ranking (several columns are joined with a space)
-    candidates: Optional[Union[str, list[str]]] = (
-        None  # ranking: a list of texts per row, or a column per candidate
-    )
+    # ranking: a list of texts per row, or a column per candidate
+    candidates: Optional[Union[str, list[str]]] = None
     group: Optional[str] = None  # ranking with one row per candidate: rows with the same value form a group
     tokens: Optional[str] = None  # tagging: a list of words
     tags: Optional[str] = None  # tagging: a list of tags, one per word
@@ -73,9 +71,8 @@ class SubmissionSpec:
 
     benchmark: str = "glue"  # glue (TSV: index, prediction) | superglue (JSON lines: idx, label)
     file: str = ""  # e.g. SST-2.tsv, COPA.jsonl
-    labels: Optional[list[str]] = (
-        None  # the server's string per label, in label order (default: the label names)
-    )
+    # the server's string per label, in label order (default: the label names)
+    labels: Optional[list[str]] = None
 
 
 @dataclass
@@ -87,21 +84,18 @@ class TaskSpec:
     labels: list[str] = field(default_factory=list)  # classification: order = ids
     metrics: list[str] = field(default_factory=list)  # first one is the task's main metric
     max_length: int = 128  # tokens per encoded sequence (bi pairs: per text)
-    pair_encoding: str = (
-        "cross"  # text pairs: cross (one joint sequence) | bi (each text apart: mtdnn/kinds/_bi.py)
-    )
+    # text pairs: cross (one joint sequence) | bi (each text apart: mtdnn/kinds/_bi.py)
+    pair_encoding: str = "cross"
     loss_weight: float = 1.0
     head_lr: Optional[float] = None  # this task's head learns at this rate (default: trainer.head_lr)
     dropout: float = 0.1
     on_bad_row: str = "error"  # error | skip (skipped rows are counted in the summary)
     train_rows: Optional[int] = None  # a low-resource subset: this many train rows, drawn by train_rows_seed
-    train_rows_seed: int = (
-        0  # the subset is fixed by this seed, not by the run's seed (same rows in every arm)
-    )
+    # the subset is fixed by this seed, not by the run's seed (same rows in every arm)
+    train_rows_seed: int = 0
     description: str = ""
-    submission: Optional[SubmissionSpec] = (
-        None  # benchmark submission file (mtdnn.predict format=glue|superglue)
-    )
+    # benchmark submission file (mtdnn.predict format=glue|superglue)
+    submission: Optional[SubmissionSpec] = None
     file: str = ""  # the YAML this came from, filled by the loader
     options: Any = field(default=None, init=False)  # the kind's own fields (its Options, see mtdnn/kinds/)
 
@@ -114,9 +108,8 @@ class TaskSpec:
         return kinds.of(self).num_labels(self)
 
     def with_changes(self, **changes: Any) -> TaskSpec:
-        """A copy with some fields changed and the kind's options kept (dataclasses.replace would reset them
-        to
-        the kind's defaults: `options` is not an init field)."""
+        """A copy with some fields changed and the kind's options kept (dataclasses.replace would reset
+        them to the kind's defaults: `options` is not an init field)."""
         changed = dataclasses.replace(self, **changes)
         changed.options = self.options
         return changed
@@ -181,8 +174,8 @@ def parse_task(path: Path, data: Any, overrides: dict[str, Any] | None = None) -
 def _build_spec(
     data: Any, where: str, problems: list[str], known_only: bool = False
 ) -> tuple[TaskSpec, kinds.Kind | None]:
-    """The TaskSpec of a task's YAML data, its head kind's own fields built into `options`; with `known_only`,
-    fields neither knows are dropped instead of reported."""
+    """The TaskSpec of a task's YAML data, its head kind's own fields built into `options`; with
+    `known_only`, fields neither knows are dropped instead of reported."""
     kind = None
     if isinstance(data, dict) and isinstance(data.get("head"), str) and data["head"] in kinds.available():
         kind = kinds.get(data["head"])
@@ -382,9 +375,9 @@ def spec_to_dict(spec: TaskSpec) -> dict:
 
 
 def spec_from_dict(data: dict) -> TaskSpec:
-    """Rebuild a spec saved in a run directory (already validated when the run started). Fields a saved spec
-    has
-    but this version does not know are dropped (older versions saved every kind's fields in every spec)."""
+    """Rebuild a spec saved in a run directory (already validated when the run started). Fields a saved
+    spec has but this version does not know are dropped (older versions saved every kind's fields in every
+    spec)."""
     problems: list[str] = []
     spec, _ = _build_spec(data, "saved task: ", problems, known_only=True)
     raise_if(problems, "a saved task spec is unreadable")

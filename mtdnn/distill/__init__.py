@@ -26,10 +26,9 @@ from the student: targets are per example) and stored as `<soft_targets_dir>/<ta
   train split),
             teachers (JSON: run dir, checkpoint, sha256 of its weights)
 
-A file whose teachers' weights or data no longer match is stale: it is rebuilt (distill.rebuild_stale=true) or
-refused with a message naming it. `distill.soft_targets=on_the_fly` instead runs the teachers on every
-training
-batch (they must then share the student's tokenizer).
+A file whose teachers' weights or data no longer match is stale: it is rebuilt (distill.rebuild_stale=true)
+or refused with a message naming it. `distill.soft_targets=on_the_fly` instead runs the teachers on every
+training batch (they must then share the student's tokenizer).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The Distiller the training loop uses: teachers loaded from their run folders, soft targets attached to the
-training data (cached on disk, or computed on the fly), the distillation loss, and the student-vs-teachers
-table."""
+"""The Distiller the training loop uses: teachers loaded from their run folders, soft targets attached to
+the training data (cached on disk, or computed on the fly), the distillation loss, and the
+student-vs-teachers table."""
 
 from __future__ import annotations
 
@@ -18,8 +18,12 @@ from mtdnn.core.artifacts import sha256_of
 from mtdnn.core.config import DistillConfig
 from mtdnn.core.errors import MtdnnError
 from mtdnn.core.paths import cache_dir
+from mtdnn.data.loading import TaskData, encode_splits
 from mtdnn.data.tasks import TaskSpec
 from mtdnn.distill.targets import SoftTargetFile, soft_targets, teacher_outputs, teacher_weights
+from mtdnn.evaluation.engine import collator_for, evaluate_split
+from mtdnn.runs.folder import load_run_specs
+from mtdnn.serving.loading import open_run
 
 log = logging.getLogger("mtdnn")
 
@@ -35,8 +39,6 @@ def distill_problems(cfg: DistillConfig, specs: list[TaskSpec]) -> list[str]:
         )
     if not cfg.teachers:
         return ["distill.teachers: required with distill=ensemble (distill.teachers=[run_a,run_b,...])"]
-    from mtdnn.runs.folder import load_run_specs
-
     problems = []
     if not 0 <= cfg.alpha <= 1:
         problems.append(f"distill.alpha: must be in [0, 1], got {cfg.alpha}")
@@ -71,15 +73,13 @@ def distill_problems(cfg: DistillConfig, specs: list[TaskSpec]) -> list[str]:
 
 class Distiller:
     def __init__(self, cfg: DistillConfig, specs: list[TaskSpec], device: torch.device):
-        from mtdnn.serving.loading import load_run
-
         self.cfg = cfg
         self.device = device
         self.kinds = {spec.name: kinds.of(spec) for spec in specs}
         # cached targets need the teachers only now and then: they wait on the CPU, off the student's device
         self.home = device if cfg.soft_targets == "on_the_fly" else torch.device("cpu")
         with _own_rng(device):  # building the teachers must not shift the student's random stream
-            self.teachers = [load_run(t, cfg.teacher_checkpoint, self.home) for t in cfg.teachers]
+            self.teachers = [open_run(t, cfg.teacher_checkpoint, self.home) for t in cfg.teachers]
         self.identity = [
             {
                 "run_dir": str(Path(os.path.expanduser(t)).resolve()),
@@ -201,8 +201,6 @@ def _own_rng(device: torch.device):
 
 
 def _measure(model, data, collate, batch_size: int, device: torch.device, teacher=None) -> dict:
-    from mtdnn.data.loading import TaskData, encode_splits
-    from mtdnn.evaluation.engine import collator_for, evaluate_split
 
     spec = data.spec
     encoded, raw = data.encoded["validation"], data.raw["validation"]

@@ -21,8 +21,8 @@ FORMAT = "mtdnn-soft-targets/1"
 
 
 def soft_targets(kind: kinds.Kind, outputs: list[list[np.ndarray]], temperature: float) -> list[np.ndarray]:
-    """Average over teachers, per example, of the kind's target. `outputs[t][i]` is teacher t's raw output for
-    example i."""
+    """Average over teachers, per example, of the kind's target. `outputs[t][i]` is teacher t's raw output
+    for example i."""
     return [
         np.mean([kind.soft_target(teacher[i], temperature) for teacher in outputs], axis=0).astype(np.float32)
         for i in range(len(outputs[0]))

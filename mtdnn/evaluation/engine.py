@@ -43,8 +43,9 @@ def forward_rows(
     device: torch.device,
     bf16: bool = False,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """(output, labels) of every row of an encoded split, in row order, on the CPU. Rows run shortest first,
-    so each batch pads little (an in-order batch of 128 reviews pads almost all of them to the longest)."""
+    """(output, labels) of every row of an encoded split, in row order, on the CPU. Rows run shortest
+    first, so each batch pads little (an in-order batch of 128 reviews pads almost all of them to the
+    longest)."""
     was_training = model.training
     model.eval()
     kind = kinds.of(spec)
@@ -108,8 +109,8 @@ def evaluate_tasks(
 
 
 def main_score(results: dict[str, dict[str, float]], specs: dict[str, TaskSpec], best_metric: str) -> float:
-    """The number 'best' is judged by: a named task/metric, or the mean of each task's main metric
-    (signs flipped for errors, so higher is always better). NaN when a metric it needs is undefined."""
+    """The number 'best' is judged by: a named task/metric, or the mean of each task's main metric (signs
+    flipped for errors, so higher is always better). NaN when a metric it needs is undefined."""
 
     def oriented(task: str, metric: str, value: float) -> float:
         return -value if metric in kinds.of(specs[task]).lower_is_better else value

@@ -1,8 +1,7 @@
 """The README.md model card every export folder gets, in the Hugging Face Hub's format: YAML metadata
-(library,
-pipeline tag, language, base model, data set, metrics with their values as a model-index) built with
-`huggingface_hub`'s ModelCardData, then how the model was trained, the exact config, the metrics table, the
-intended use and the limitations. Built from the run folder alone: no network."""
+(library, pipeline tag, language, base model, data set, metrics with their values as a model-index) built
+with `huggingface_hub`'s ModelCardData, then how the model was trained, the exact config, the metrics
+table, the intended use and the limitations. Built from the run folder alone: no network."""
 
 from __future__ import annotations
 
@@ -11,8 +10,17 @@ from pathlib import Path
 
 from mtdnn import kinds
 from mtdnn.data.tasks import TaskSpec
-from mtdnn.kinds._bi import is_bi
 from mtdnn.kinds.metrics import show
+
+
+def embeds(spec: TaskSpec) -> bool:
+    """The task's model is an embedding model (a bi-encoder): its natural format is sentence-transformers."""
+    return kinds.of(spec).export_formats(spec)[0] == "sentence-transformers"
+
+
+def write_card(run, spec: TaskSpec, cfg, staging: Path) -> None:
+    """README.md: the model card of an export folder."""
+    (staging / "README.md").write_text(model_card(run, spec, cfg.checkpoint, cfg.language), encoding="utf-8")
 
 
 def model_card(run, spec: TaskSpec, checkpoint: str, language: str) -> str:
@@ -22,7 +30,7 @@ def model_card(run, spec: TaskSpec, checkpoint: str, language: str) -> str:
     scores = (summary.get("validation") or {}).get(spec.name, {}) if checkpoint == "best" else {}
     pipeline, library = (
         ("sentence-similarity", "sentence-transformers")
-        if is_bi(spec)
+        if embeds(spec)
         else (kinds.of(spec).pipeline_tag, "transformers")
     )
     dataset = spec.source.path or spec.name
@@ -54,7 +62,7 @@ def model_card(run, spec: TaskSpec, checkpoint: str, language: str) -> str:
 
 
 def _usage(spec: TaskSpec) -> str:
-    if is_bi(spec):
+    if embeds(spec):
         return (
             "from sentence_transformers import SentenceTransformer\n\n"
             'model = SentenceTransformer("path/or/hub-id")\n'

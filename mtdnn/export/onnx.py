@@ -14,8 +14,18 @@ from mtdnn.core.atomic import write_json
 from mtdnn.core.errors import MtdnnError
 from mtdnn.core.file_faults import root_cause
 from mtdnn.data.tasks import TaskSpec
+from mtdnn.export.card import write_card
 from mtdnn.kinds.collate import MODEL_INPUTS
 from mtdnn.serving.onnx import FILES, META
+
+SUMMARY = "an ONNX graph of the encoder and the task's head for ONNX Runtime (quantize=int8: also int8)"
+QUANTIZES = ("int8",)
+
+
+def write(run, spec: TaskSpec, cfg, staging: Path) -> None:
+    export_onnx(run, spec, staging, cfg.quantize)
+    copy_run_files(run.run_dir, spec, staging, run.tokenizer)
+    write_card(run, spec, cfg, staging)
 
 
 class TaskGraph(nn.Module):

@@ -8,11 +8,10 @@ sentence-transformers folder layout, so `SentenceTransformer(DIR)` embeds texts 
     config_sentence_transformers.json               similarity_fn_name: cosine (a ranking task's bi_score: dot
     -> dot)
 
-The layout is the long-standing one (sentence-transformers 2.x to 6.x read it; the hub's all-MiniLM-L6-v2 uses
-it),
-written by hand so exporting needs no sentence-transformers install. A classification pair task's softmax head
-is
-a training objective (as in SBERT) and is not part of the embedding model; the cosine head has no weights.
+The layout is the long-standing one (sentence-transformers 2.x to 6.x read it; the hub's all-MiniLM-L6-v2
+uses it), written by hand so exporting needs no sentence-transformers install. A classification pair task's
+softmax head is a training objective (as in SBERT) and is not part of the embedding model; the cosine head
+has no weights.
 """
 
 from __future__ import annotations
@@ -23,6 +22,10 @@ from torch import nn
 
 from mtdnn.core.atomic import write_json
 from mtdnn.data.tasks import TaskSpec
+from mtdnn.export._encoder import plain_encoder
+from mtdnn.export.card import write_card
+
+SUMMARY = "a bi-encoder task's embedding model in the sentence-transformers layout"
 
 MODULES = [
     {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -41,6 +44,11 @@ def pooling_config(dimension: int) -> dict:
         "pooling_mode_lasttoken": False,
         "include_prompt": True,
     }
+
+
+def write(run, spec: TaskSpec, cfg, staging: Path) -> None:
+    export_sentence_transformers(plain_encoder(run, spec), run.tokenizer, spec, staging)
+    write_card(run, spec, cfg, staging)
 
 
 def export_sentence_transformers(encoder: nn.Module, tokenizer, spec: TaskSpec, staging: Path) -> None:

@@ -37,7 +37,7 @@ from mtdnn.core.errors import MtdnnError
 from mtdnn.kinds.collate import Collator
 
 if TYPE_CHECKING:
-    from mtdnn.data.tasks import TaskSpec
+    from mtdnn.kinds.spec import TaskSpec
 
 BadRows = dict[tuple[str, str], list[int]]  # (column role, reason) -> row indices
 
@@ -56,9 +56,8 @@ class Kind:
     ] = ()  # metrics that are errors (their sign is flipped when picking 'best')
     required_columns: tuple[str, ...] = ()  # column roles every task of this kind must map
     gold_columns: tuple[str, ...] = ("label",)  # roles a test split may lack (hidden gold labels)
-    gaussian_likelihood = (
-        False  # the loss is a squared error (balancer=uncertainty weighs it by 1/(2 sigma^2))
-    )
+    # the loss is a squared error (balancer=uncertainty weighs it by 1/(2 sigma^2))
+    gaussian_likelihood = False
     bi_encoding = False  # takes pair_encoding: bi (mtdnn/kinds/_bi.py)
     token_level = False  # soft targets per token: teachers must tokenise exactly like the student
     Options: type = NoOptions  # the kind's own top-level task-YAML fields, as a dataclass
@@ -174,6 +173,14 @@ class Kind:
         return F.kl_div(log_p, soft.float(), reduction="batchmean") * temperature**2
 
     # ---------------------------------------------------------------- export
+    def export_formats(self, spec: TaskSpec) -> tuple[str, ...]:
+        """The export formats (modules of mtdnn/export/) that can hold this task's model, the natural one
+        first: a bi-encoder task is an embedding model (sentence-transformers), others a transformers
+        model."""
+        from mtdnn.kinds._bi import is_bi
+
+        return ("sentence-transformers",) if is_bi(spec) else ("hf", "onnx")
+
     def export_model(
         self, spec: TaskSpec, config, head: nn.Module, encoder: nn.Module, pooling: str
     ) -> nn.Module:

@@ -1,14 +1,11 @@
 """Pair tasks as bi-encoders (`pair_encoding: bi`), the sentence-transformers way: each text of a pair is
-encoded
-apart by the shared encoder and mean-pooled (u, v), and a small head compares u and v.
+encoded apart by the shared encoder and mean-pooled (u, v), and a small head compares u and v.
 
 How a bi pair travels: `encode_pair_texts` tokenises the two texts apart (columns `input_ids` ... and
 `input_ids_b` ...; each text up to max_length), the collator pads both sides to one width and stacks them
 (rows [first texts; second texts], 2B x width), so the encoder, the regularizers' embedding perturbations
-(SMART's
-ball per encoded text) and data parallel see an ordinary batch; only the head knows that row i and row B + i
-are
-one pair, and it returns one output per pair.
+(SMART's ball per encoded text) and data parallel see an ordinary batch; only the head knows that row i and
+row B + i are one pair, and it returns one output per pair.
 
 Heads (Reimers & Gurevych 2019, Sentence-BERT):
   BiClassificationHead  softmax over a linear map of (u, v, |u - v|)              (SBERT's classification
@@ -33,7 +30,7 @@ from mtdnn.kinds.collate import MODEL_INPUTS, SECOND
 from mtdnn.kinds.heads import pool, symmetric_kl
 
 if TYPE_CHECKING:
-    from mtdnn.data.tasks import TaskSpec
+    from mtdnn.kinds.spec import TaskSpec
 
 
 def is_bi(spec: TaskSpec) -> bool:

@@ -1,6 +1,5 @@
 """Checks and helpers shared by the kinds that score against gold labels (classification, multilabel,
-regression,
-tagging)."""
+regression, tagging)."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from mtdnn.data.tasks import TaskSpec
+    from mtdnn.kinds.spec import TaskSpec
 
 
 def label_list_problems(spec: TaskSpec, where: str) -> list[str]:
@@ -31,8 +30,7 @@ def smoothing_problems(spec: TaskSpec, where: str) -> list[str]:
 
 
 def gold_labels(encoded, dtype: torch.dtype) -> torch.Tensor:
-    """A split's gold labels as one tensor. Read out as a list first: torch walks datasets' lazy `Column` one
-    row at
-    a time (~250x slower), and a Ctrl-C that lands in that walk comes back as a ValueError, not an
-    interrupt."""
+    """A split's gold labels as one tensor. Read out as a list first: torch walks datasets' lazy `Column`
+    one row at a time (~250x slower), and a Ctrl-C that lands in that walk comes back as a ValueError, not
+    an interrupt."""
     return torch.tensor(encoded["labels"][:], dtype=dtype)

@@ -14,8 +14,8 @@ from mtdnn.kinds._bi import encode_pair_texts, is_bi
 from mtdnn.kinds.collate import UNLABELED
 
 if TYPE_CHECKING:
-    from mtdnn.data.tasks import TaskSpec
     from mtdnn.kinds import BadRows
+    from mtdnn.kinds.spec import TaskSpec
 
 
 def record(bad: BadRows, role: str, reason: str, mask: pd.Series) -> None:
@@ -29,9 +29,8 @@ def column(ds, name: str) -> pd.Series:
 
 
 def text_bad_rows(spec: TaskSpec, ds) -> BadRows:
-    """Empty texts and values that are not text (numbers, lists, structs: usually the wrong column), checked
-    with
-    pandas so million-row sets check in seconds."""
+    """Empty texts and values that are not text (numbers, lists, structs: usually the wrong column),
+    checked with pandas so million-row sets check in seconds."""
     bad: BadRows = {}
     for role in ("text", "text_pair"):
         name = getattr(spec.columns, role)
@@ -45,8 +44,8 @@ def text_bad_rows(spec: TaskSpec, ds) -> BadRows:
 
 
 def nested_label_rows(spec: TaskSpec, ds) -> BadRows:
-    """A label column of lists or structs (usually the wrong column, or multi-label data under a single-label
-    head): every filled row is bad, and nothing else about the labels can be checked."""
+    """A label column of lists or structs (usually the wrong column, or multi-label data under a
+    single-label head): every filled row is bad, and nothing else about the labels can be checked."""
     name = spec.columns.label
     holds = feature_kind(ds.features.get(name))
     if holds not in ("lists", "structs"):
@@ -72,8 +71,8 @@ def feature_kind(feature) -> str:
 
 
 def label_lookup(spec: TaskSpec, ds) -> Callable[[Any], int | None]:
-    """Raw label value -> id; None when the value names no label. Integer values are ids into the
-    dataset's own ClassLabel names when it has them, else positions in the task's label list."""
+    """Raw label value -> id; None when the value names no label. Integer values are ids into the dataset's
+    own ClassLabel names when it has them, else positions in the task's label list."""
     names = spec.labels
     feature = ds.features.get(spec.columns.label) if spec.columns.label else None
     inner = getattr(
@@ -104,8 +103,8 @@ def label_lookup(spec: TaskSpec, ds) -> Callable[[Any], int | None]:
 
 
 def encode_texts(spec: TaskSpec, tokenizer, ds, labels_of: Callable[[list | None], list]):
-    """Tokenise text (and text_pair: jointly, or apart for pair_encoding: bi) once, with `labels_of(raw label
-    values or None)` as the labels column."""
+    """Tokenise text (and text_pair: jointly, or apart for pair_encoding: bi) once, with `labels_of(raw
+    label values or None)` as the labels column."""
     cols = spec.columns
 
     def encode(batch: dict[str, list]) -> dict[str, list]:

@@ -1,9 +1,10 @@
 """classification: one label per text (or text pair) from a fixed list; softmax + cross-entropy.
 
-YAML: columns.text (+ text_pair), columns.label (label names, or ids into `labels` / the data set's ClassLabel
-names), labels (>= 2, order = ids), metrics from accuracy, f1 (binary: of the second label; else macro),
-f1_macro, mcc, auc (2 labels). Own field: label_smoothing (cross-entropy with smoothed targets).
-pair_encoding: bi encodes the two texts apart; SBERT's softmax head on (u, v, |u - v|) (mtdnn/kinds/_bi.py).
+YAML: columns.text (+ text_pair), columns.label (label names, or ids into `labels` / the data set's
+ClassLabel names), labels (>= 2, order = ids), metrics from accuracy, f1 (binary: of the second label; else
+macro), f1_macro, mcc, auc (2 labels). Own field: label_smoothing (cross-entropy with smoothed targets).
+pair_encoding: bi encodes the two texts apart; SBERT's softmax head on (u, v, |u - v|)
+(mtdnn/kinds/_bi.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from mtdnn.kinds.collate import UNLABELED
 from mtdnn.kinds.heads import PooledLinear, symmetric_kl
 
 if TYPE_CHECKING:
-    from mtdnn.data.tasks import TaskSpec
+    from mtdnn.kinds.spec import TaskSpec
 
 
 class ClassificationHead(PooledLinear):

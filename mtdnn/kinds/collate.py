@@ -21,9 +21,8 @@ def pad(seqs: list[list[int]], width: int, value: int) -> torch.Tensor:
 
 class Collator:
     """Pad a list of encoded rows to the longest in the batch, rounded up to a multiple (tensor-core
-    friendly).
-    Labels are one value per row (`label_dtype`), a vector per row (multi-label), or, with `label_pad`,
-    one per token padded with that value."""
+    friendly). Labels are one value per row (`label_dtype`), a vector per row (multi-label), or, with
+    `label_pad`, one per token padded with that value."""
 
     def __init__(
         self,

@@ -1,5 +1,5 @@
-"""Building blocks shared by the head kinds (mtdnn/kinds/): pooling, the pooled linear body, the symmetric KL
-every distribution-valued head uses as its divergence, and the mask values. No kind is named here."""
+"""Building blocks shared by the head kinds (mtdnn/kinds/): pooling, the pooled linear body, the symmetric
+KL every distribution-valued head uses as its divergence, and the mask values. No kind is named here."""
 
 from __future__ import annotations
 

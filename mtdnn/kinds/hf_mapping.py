@@ -12,8 +12,7 @@
                                                the head's linear layer copied (exact)
 
 Sequence-classification heads are mapped for BERT-style (pooler + classifier: BERT and its clones, MiniLM
-among
-them) and RoBERTa-style (classifier.dense + classifier.out_proj) models; others get a clear error.
+among them) and RoBERTa-style (classifier.dense + classifier.out_proj) models; others get a clear error.
 """
 
 from __future__ import annotations
@@ -47,9 +46,9 @@ def copy_linear(target: nn.Linear, source: nn.Linear, scale: float = 1.0) -> Non
 
 @torch.no_grad()
 def near_identity(dense: nn.Linear) -> None:
-    """tanh(s*h) = s*h * (1 - (s*h)^2/3 + ...): with dense = s*I (s = 1e-4) and the classifier divided by s,
-    the
-    HF head's dense+tanh passes the first token through to ~1e-7 relative for hidden values up to ~3."""
+    """tanh(s*h) = s*h * (1 - (s*h)^2/3 + ...): with dense = s*I (s = 1e-4) and the classifier divided by
+    s, the HF head's dense+tanh passes the first token through to ~1e-7 relative for hidden values up to
+    ~3."""
     dense.weight.copy_(torch.eye(dense.out_features, dense.in_features) * SCALE)
     dense.bias.zero_()
 

@@ -1,9 +1,10 @@
-"""A sequence-level head over a mean-pooled HuggingFace encoder, for models trained with encoder.pooling=mean.
+"""A sequence-level head over a mean-pooled HuggingFace encoder, for models trained with
+encoder.pooling=mean.
 
 mtdnn.export copies this file next to the exported weights (as modeling_mtdnn_export.py, named in
-config.json's
-auto_map), so `AutoModelForSequenceClassification.from_pretrained(dir, trust_remote_code=True)` and
-`pipeline("text-classification", model=dir, trust_remote_code=True)` load it with only torch and transformers.
+config.json's auto_map), so `AutoModelForSequenceClassification.from_pretrained(dir,
+trust_remote_code=True)` and `pipeline("text-classification", model=dir, trust_remote_code=True)` load it
+with only torch and transformers.
 """
 
 import torch

@@ -1,12 +1,11 @@
-"""Sentence-level validation metrics computed by torchmetrics, shared by the kinds that predict one label or
-value
-per row (classification, regression); the first metric of a task is its main one.
+"""Sentence-level validation metrics computed by torchmetrics, shared by the kinds that predict one label
+or value per row (classification, regression); the first metric of a task is its main one.
 
-A metric the data cannot define is NaN ("undefined"), never a number that looks like a score: AUC and MCC when
-the gold labels hold one class, binary F1 when the gold holds no positive row, Pearson and Spearman when the
-gold
-or the prediction is constant. (torchmetrics returns 0 or NaN there, and a 0 would compete for the best
-checkpoint.) MCC of constant predictions on two-class gold stays 0, the usual convention (as scikit-learn)."""
+A metric the data cannot define is NaN ("undefined"), never a number that looks like a score: AUC and MCC
+when the gold labels hold one class, binary F1 when the gold holds no positive row, Pearson and Spearman
+when the gold or the prediction is constant. (torchmetrics returns 0 or NaN there, and a 0 would compete
+for the best checkpoint.) MCC of constant predictions on two-class gold stays 0, the usual convention (as
+scikit-learn)."""
 
 from __future__ import annotations
 
@@ -21,8 +20,7 @@ UNDEFINED = float("nan")
 
 def torchmetrics_functional():
     """torchmetrics.functional, imported on first use: importing it pulls in scipy, matplotlib and
-    transformers
-    (~4 s on 2 cores), which a command that stops at a config or data error never needs."""
+    transformers (~4 s on 2 cores), which a command that stops at a config or data error never needs."""
     import torchmetrics.functional
 
     return torchmetrics.functional

@@ -1,5 +1,5 @@
-"""multilabel: any number of labels per text (or text pair) from a fixed list; one sigmoid per label + binary
-cross-entropy (GoEmotions, topic tagging, toxicity types).
+"""multilabel: any number of labels per text (or text pair) from a fixed list; one sigmoid per label +
+binary cross-entropy (GoEmotions, topic tagging, toxicity types).
 
 YAML: columns.text (+ text_pair), columns.label (a list per row of label names or ids into `labels`, or a
 string
@@ -37,7 +37,7 @@ from mtdnn.kinds.heads import PooledLinear
 from mtdnn.kinds.metrics import torchmetrics_functional
 
 if TYPE_CHECKING:
-    from mtdnn.data.tasks import TaskSpec
+    from mtdnn.kinds.spec import TaskSpec
 
 
 class MultilabelHead(PooledLinear):
@@ -60,8 +60,8 @@ class MultilabelHead(PooledLinear):
 
     @staticmethod
     def divergence(logits_a: torch.Tensor, logits_b: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Per example: sum over labels of KL(p||q) + KL(q||p) between Bernoullis = (p - q) (logit p - logit
-        q)."""
+        """Per example: sum over labels of KL(p||q) + KL(q||p) between Bernoullis = (p - q) (logit p -
+        logit q)."""
         a, b = logits_a.float(), logits_b.float()
         return ((a.sigmoid() - b.sigmoid()) * (a - b)).sum(-1)
 

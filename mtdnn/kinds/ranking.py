@@ -3,18 +3,16 @@ softmax runs over the candidates of one query. A group is one dataset row, so sh
 whole.
 
 YAML: columns.query and either columns.candidates (a list of texts per row, or a list of columns, one
-candidate
-each: multiple-choice sets such as SWAG or COPA) with columns.label (the correct index or indices), or one row
-per candidate with columns.group + columns.text + columns.label (0/1). columns.query may also be a list of
-columns, joined with a space (e.g. CosmosQA's context and question). Metrics from accuracy, mrr, map.
+candidate each: multiple-choice sets such as SWAG or COPA) with columns.label (the correct index or
+indices), or one row per candidate with columns.group + columns.text + columns.label (0/1). columns.query
+may also be a list of columns, joined with a space (e.g. CosmosQA's context and question). Metrics from
+accuracy, mrr, map.
 
-pair_encoding: bi encodes the query and each candidate apart (a retrieval bi-encoder, sentence-transformers'
-MultipleNegativesRankingLoss): mean pooling, score = bi_scale * cosine (bi_score: cosine, the default) or the
-dot
-product (bi_score: dot); with in_batch_negatives (default true) every other candidate in the batch is a
-negative
-too. At inference each distinct text is encoded once, so a candidate pool shared by many queries costs its
-size.
+pair_encoding: bi encodes the query and each candidate apart (a retrieval bi-encoder,
+sentence-transformers' MultipleNegativesRankingLoss): mean pooling, score = bi_scale * cosine (bi_score:
+cosine, the default) or the dot product (bi_score: dot); with in_batch_negatives (default true) every other
+candidate in the batch is a negative too. At inference each distinct text is encoded once, so a candidate
+pool shared by many queries costs its size.
 """
 
 from __future__ import annotations
@@ -36,7 +34,7 @@ from mtdnn.kinds.collate import MODEL_INPUTS, SECOND, Collator
 from mtdnn.kinds.heads import NEG, PooledLinear, pool, symmetric_kl
 
 if TYPE_CHECKING:
-    from mtdnn.data.tasks import TaskSpec
+    from mtdnn.kinds.spec import TaskSpec
 
 GROUPED = ("query", "candidates", "relevance", "id")  # the internal layout, one row per group
 
@@ -95,8 +93,8 @@ def _flag(value: Any) -> int:
 
 
 def _relevance(label: Any, size: int) -> list[int]:
-    """Index (or list of indices) of the correct candidate(s) -> 0/1 per candidate; -1s when unknown, -2s when
-    the label is not an index. Digit strings count as indices (HellaSwag stores "0".."3")."""
+    """Index (or list of indices) of the correct candidate(s) -> 0/1 per candidate; -1s when unknown, -2s
+    when the label is not an index. Digit strings count as indices (HellaSwag stores "0".."3")."""
     if _missing(label):
         return [-1] * size
     chosen = list(label) if isinstance(label, (list, tuple)) else [label]
@@ -168,9 +166,9 @@ def encode(spec: TaskSpec, tokenizer, ds, hidden: bool):
 
 
 class GroupCollator:
-    """A batch of groups -> the candidates stacked (N, L), with each candidate's group and slot in the group.
-    Bi-encoded groups: the queries first, then the candidates ([G queries; N candidates], L); `group` and
-    `slot` still describe the N candidates (the head takes the last N rows as candidates)."""
+    """A batch of groups -> the candidates stacked (N, L), with each candidate's group and slot in the
+    group. Bi-encoded groups: the queries first, then the candidates ([G queries; N candidates], L);
+    `group` and `slot` still describe the N candidates (the head takes the last N rows as candidates)."""
 
     def __init__(self, pad_id: int, multiple_of: int = 8):
         self.flat = Collator(pad_id, multiple_of)
@@ -245,8 +243,8 @@ def group_matrix(scores: torch.Tensor, batch: dict) -> torch.Tensor:
 
 
 class RankingHead(PooledLinear):
-    """pooled (query, candidate) -> dropout -> linear score; softmax over the candidates of one group;
-    loss = -log of the probability mass on the correct candidate(s)."""
+    """pooled (query, candidate) -> dropout -> linear score; softmax over the candidates of one group; loss =
+    -log of the probability mass on the correct candidate(s)."""
 
     def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls"):
         super().__init__(hidden_size, 1, dropout, pooling)
@@ -278,9 +276,9 @@ def own_scores(logits: torch.Tensor, batch: dict) -> torch.Tensor:
 
 class BiRankingHead(nn.Module):
     """pair_encoding: bi. Rows [G queries; N candidates] are mean-pooled and every query scores every
-    candidate
-    of the batch: bi_scale * cosine, or the dot product. Output: the (G, N) score matrix. The loss is softmax
-    cross-entropy over the batch's candidates (in_batch_negatives) or over the group's own only."""
+    candidate of the batch: bi_scale * cosine, or the dot product. Output: the (G, N) score matrix. The
+    loss is softmax cross-entropy over the batch's candidates (in_batch_negatives) or over the group's own
+    only."""
 
     reads = ("group",)  # batch fields MultiTaskModel passes on: which rows are candidates, and whose
 
@@ -310,8 +308,7 @@ class BiRankingHead(nn.Module):
 
     def softmax_logits(self, scores: torch.Tensor, batch: dict) -> torch.Tensor:
         """What the softmax runs over per query: every candidate of the batch, or its group's (masked).
-        Another
-        group's candidate with the very text of one of the query's answers is left out, not made a
+        Another group's candidate with the very text of one of the query's answers is left out, not made a
         negative."""
         if not self.in_batch_negatives:
             return group_matrix(own_scores(scores, batch), batch)
@@ -344,8 +341,8 @@ class BiRankingHead(nn.Module):
 def bi_outputs(
     model, spec: TaskSpec, encoded, collate: GroupCollator, batch_size: int, device: torch.device, bf16: bool
 ) -> list[torch.Tensor]:
-    """Each group's candidate scores, every distinct text (query or candidate) encoded once: a candidate pool
-    shared by many queries is embedded once, not once per query."""
+    """Each group's candidate scores, every distinct text (query or candidate) encoded once: a candidate
+    pool shared by many queries is embedded once, not once per query."""
     keys = [k for k in MODEL_INPUTS if k in encoded.column_names]
     table: dict[tuple[int, ...], int] = {}  # token ids -> row of the embedding table
     texts: list[dict[str, list[int]]] = []

@@ -26,7 +26,7 @@ from mtdnn.kinds.collate import Collator
 from mtdnn.kinds.heads import PooledLinear
 
 if TYPE_CHECKING:
-    from mtdnn.data.tasks import TaskSpec
+    from mtdnn.kinds.spec import TaskSpec
 
 
 class RegressionHead(PooledLinear):

@@ -1,10 +1,12 @@
-"""span: extractive QA (SQuAD v1.1 / v2). Long contexts are split into overlapping windows, answers mapped to
-tokens through character offsets, n-best decoding over every window of an example, SQuAD answer normalisation.
+"""span: extractive QA (SQuAD v1.1 / v2). Long contexts are split into overlapping windows, answers mapped
+to tokens through character offsets, n-best decoding over every window of an example, SQuAD answer
+normalisation.
 
-YAML: columns.question, columns.context, columns.answers ({text: [...], answer_start: [...]}, SQuAD layout);
-metrics from f1, exact_match (and, for v2, has_answer_/no_answer_ variants). Own fields: doc_stride,
-max_answer_length, n_best, allow_no_answer (SQuAD v2), no_answer_threshold. Rows without gold answers count in
-the metrics only in v2 data (where "no answer" is the gold); elsewhere they are unlabelled.
+YAML: columns.question, columns.context, columns.answers ({text: [...], answer_start: [...]}, SQuAD
+layout); metrics from f1, exact_match (and, for v2, has_answer_/no_answer_ variants). Own fields:
+doc_stride, max_answer_length, n_best, allow_no_answer (SQuAD v2), no_answer_threshold. Rows without gold
+answers count in the metrics only in v2 data (where "no answer" is the gold); elsewhere they are
+unlabelled.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from mtdnn.kinds import BadRows, Kind, map_rows
 from mtdnn.kinds.heads import NEG, TokenLinear, symmetric_kl
 
 if TYPE_CHECKING:
-    from mtdnn.data.tasks import TaskSpec
+    from mtdnn.kinds.spec import TaskSpec
 
 NO_OFFSET = (-1, -1)  # tokens outside the context (question, special tokens, padding)
 
@@ -88,8 +90,8 @@ def bad_rows(spec: TaskSpec, split: str, ds) -> BadRows:
 
 
 def encode(spec: TaskSpec, tokenizer, ds, hidden: bool):
-    """One row per window: tokens, the context offsets of each token, the answer's (start, end) token
-    (0, 0 = the [CLS] slot when the window does not contain it), and the index of its example."""
+    """One row per window: tokens, the context offsets of each token, the answer's (start, end) token (0, 0
+    = the [CLS] slot when the window does not contain it), and the index of its example."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("span tasks need a fast tokenizer (offset mapping)")
     cols = spec.columns

@@ -24,7 +24,7 @@ from mtdnn.kinds.collate import Collator
 from mtdnn.kinds.heads import IGNORE, TokenLinear, symmetric_kl
 
 if TYPE_CHECKING:
-    from mtdnn.data.tasks import TaskSpec
+    from mtdnn.kinds.spec import TaskSpec
 
 
 def bad_rows(spec: TaskSpec, split: str, ds) -> BadRows:

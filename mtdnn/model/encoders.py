@@ -1,6 +1,6 @@
-"""Build the shared encoder and its tokenizer from `conf/encoder/*.yaml`: a hub name, a local folder,
-a folder inside a package-registry artifact, or a random-init config (with a tokenizer trained on the
-task texts, so tests need no download at all)."""
+"""Build the shared encoder and its tokenizer from `conf/encoder/*.yaml`: a hub name, a local folder, a
+folder inside a package-registry artifact, or a random-init config (with a tokenizer trained on the task
+texts, so tests need no download at all)."""
 
 from __future__ import annotations
 
@@ -86,9 +86,9 @@ def build_tokenizer(enc: EncoderConfig, source: str | None, texts: Iterable[str]
 def train_wordpiece(texts: Iterable[str], vocab_size: int):
     """A small uncased WordPiece tokenizer from the task texts (for random-init test encoders).
 
-    The vocabulary is every character (alone and as a '##' continuation) plus the most frequent words,
-    ties broken alphabetically. Built here rather than with tokenizers' trainer, whose hash-map order
-    makes the ids differ from process to process, and a resumed run must see the same ids.
+    The vocabulary is every character (alone and as a '##' continuation) plus the most frequent words, ties
+    broken alphabetically. Built here rather than with tokenizers' trainer, whose hash-map order makes the
+    ids differ from process to process, and a resumed run must see the same ids.
     """
     from collections import Counter
 
@@ -142,8 +142,8 @@ def build_encoder(enc: EncoderConfig, source: str | None, vocab_size: int):
 
 
 def encoder_layers(encoder, who: str):
-    """The Transformer layers: the ModuleList of num_hidden_layers modules (BERT, RoBERTa, DeBERTa, ELECTRA,
-    DistilBERT...); `who` (a config key) is named in the error for an encoder laid out otherwise."""
+    """The Transformer layers: the ModuleList of num_hidden_layers modules (BERT, RoBERTa, DeBERTa,
+    ELECTRA, DistilBERT...); `who` (a config key) is named in the error for an encoder laid out otherwise."""
     from torch import nn
 
     count = encoder.config.num_hidden_layers
@@ -181,9 +181,8 @@ POSITION_OFFSET_TYPES = (
 
 
 def position_limit(encoder, tokenizer) -> int | None:
-    """The longest input the encoder can take: its position table (less RoBERTa's offset) and the tokenizer's
-    own
-    model_max_length when that is a real number (tokenizers without one report ~1e30)."""
+    """The longest input the encoder can take: its position table (less RoBERTa's offset) and the
+    tokenizer's own model_max_length when that is a real number (tokenizers without one report ~1e30)."""
     config = encoder.config
     limit = getattr(config, "max_position_embeddings", None)
     if limit is not None and getattr(config, "model_type", "") in POSITION_OFFSET_TYPES:

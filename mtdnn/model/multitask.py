@@ -80,8 +80,9 @@ def parametrized_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 @torch.no_grad()
 def inference_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The weights as a plain model would hold them: each parametrized weight at its inference (eval) value,
-    under its usual name. Checkpoints store this, so evaluate/predict/export never see a parametrization."""
+    """The weights as a plain model would hold them: each parametrized weight at its inference (eval)
+    value, under its usual name. Checkpoints store this, so evaluate/predict/export never see a
+    parametrization."""
     state = model.state_dict()
     modules = parametrized_modules(model)
     was_training = model.training

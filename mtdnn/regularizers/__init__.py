@@ -213,9 +213,8 @@ class _MaskRecorder(TorchDispatchMode):
 class _MaskReplayer(TorchDispatchMode):
     """Serves the recorded masks, in order, instead of drawing new ones (drawing is the slow part on CPU).
     On CUDA the fused dropout still runs (its mask discarded): it advances the generator's Philox offset
-    exactly
-    as the clean pass did, so kernels that draw inside themselves (SDPA's attention dropout) see the same
-    offsets, hence the same masks, as in the clean pass."""
+    exactly as the clean pass did, so kernels that draw inside themselves (SDPA's attention dropout) see
+    the same offsets, hence the same masks, as in the clean pass."""
 
     def __init__(self, masks: list[torch.Tensor]):
         super().__init__()
@@ -236,10 +235,10 @@ class _MaskReplayer(TorchDispatchMode):
 
 
 class DropoutReplay:
-    """Lets later forward passes reuse the dropout masks of the clean pass, so that the divergence between two
-    passes measures the input (or weight) change and not two draws of dropout. Masks that surface as aten ops
-    are recorded and served back (cheaper than drawing them again); fused kernels that draw internally (GPU
-    attention) get the same masks because the RNG state is replayed as well."""
+    """Lets later forward passes reuse the dropout masks of the clean pass, so that the divergence between
+    two passes measures the input (or weight) change and not two draws of dropout. Masks that surface as
+    aten ops are recorded and served back (cheaper than drawing them again); fused kernels that draw
+    internally (GPU attention) get the same masks because the RNG state is replayed as well."""
 
     def __init__(self, device: torch.device):
         self.rng = RngSnapshot(device)

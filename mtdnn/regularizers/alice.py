@@ -1,5 +1,5 @@
-"""ALICE (Pereira et al. 2020, "Adversarial Training for Commonsense Inference"): two adversarial terms, both
-added to the loss.
+"""ALICE (Pereira et al. 2020, "Adversarial Training for Commonsense Inference"): two adversarial terms,
+both added to the loss.
 
   label:    delta_y = K ascent steps on the task loss L(f(x + delta), y)  ->  label_weight * L(f(x + delta_y),
   y)
@@ -7,13 +7,12 @@ added to the loss.
   delta_v), f(x))
 
 D is the head's symmetric divergence (symmetric KL; squared error for regression), the same as SMART's, and
-the
-ascent steps are SMART's (mtdnn/regularizers/smart.py: word embeddings before positions/LayerNorm, gradient
-w.r.t. delta only, normalised in the chosen norm, projected onto the epsilon ball, sizes relative to each
-token's embedding by default, padding never perturbed, the clean pass's dropout masks replayed). Both terms
-work on every head: L is the batch's training loss
-(the head's own, or the distillation loss when distilling).
-A term whose ascent or value is NaN/inf is dropped for that micro-batch and counted (`alice_skipped`).
+the ascent steps are SMART's (mtdnn/regularizers/smart.py: word embeddings before positions/LayerNorm,
+gradient w.r.t. delta only, normalised in the chosen norm, projected onto the epsilon ball, sizes relative
+to each token's embedding by default, padding never perturbed, the clean pass's dropout masks replayed).
+Both terms work on every head: L is the batch's training loss (the head's own, or the distillation loss
+when distilling). A term whose ascent or value is NaN/inf is dropped for that micro-batch and counted
+(`alice_skipped`).
 """
 
 from __future__ import annotations

@@ -8,14 +8,13 @@ the pretrained encoder by masking its gradients before each optimizer step.
 
 The mask is applied to the gradients after clipping and before the optimizer step (the reference applies it
 inside its AdamW, after the Trainer's clipping), so it works with any optimizer. As in the reference, the
-child network is chosen among the Transformer layers' parameters; embeddings, pooler and heads train in full.
-Weight decay and momentum on masked weights: a masked weight gets a zero gradient, so AdamW still applies its
-decoupled weight decay to it and still moves it by its running first moment, exactly as the reference
-ChildTuningAdamW does (it masks the gradient before the moment updates).
-The Fisher pass reads the tasks' batches in turn (task A's first, task B's first, ...), so a `fisher_batches`
-limit covers every task; it runs once per fresh run in eval mode (no dropout, so the training RNG stream is
-untouched);
-the mask is checkpointed, so a resumed run does not recompute it.
+child network is chosen among the Transformer layers' parameters; embeddings, pooler and heads train in
+full. Weight decay and momentum on masked weights: a masked weight gets a zero gradient, so AdamW still
+applies its decoupled weight decay to it and still moves it by its running first moment, exactly as the
+reference ChildTuningAdamW does (it masks the gradient before the moment updates). The Fisher pass reads
+the tasks' batches in turn (task A's first, task B's first, ...), so a `fisher_batches` limit covers every
+task; it runs once per fresh run in eval mode (no dropout, so the training RNG stream is untouched); the
+mask is checkpointed, so a resumed run does not recompute it.
 """
 
 from __future__ import annotations

@@ -9,11 +9,11 @@ passes accumulated (averaged), so one optimizer step trains on K perturbed copie
       epsilon
                 (epsilon = 0: no projection, as in the paper's GLUE runs)
 
-The perturbed tensor is the word embeddings (before positions/LayerNorm), as for SMART; every pass reuses the
-clean pass's dropout masks (the paper keeps one mask across ascent steps). By default the clean loss is not
-trained on (the paper's objective); include_clean_loss adds it. The method does its own K backward passes, so
-its logged term (`freelb`, the mean adversarial loss) is for the logs only. Works on every head: L is the
-training loss of the batch (the head's own loss, or the distillation loss when distilling).
+The perturbed tensor is the word embeddings (before positions/LayerNorm), as for SMART; every pass reuses
+the clean pass's dropout masks (the paper keeps one mask across ascent steps). By default the clean loss is
+not trained on (the paper's objective); include_clean_loss adds it. The method does its own K backward
+passes, so its logged term (`freelb`, the mean adversarial loss) is for the logs only. Works on every head:
+L is the training loss of the batch (the head's own loss, or the distillation loss when distilling).
 """
 
 from __future__ import annotations

@@ -10,11 +10,10 @@ applies as configured by trainer.weight_decay; set it to 0 for pure L2-SP. Logge
 ||theta - theta_0||^2 (the penalty the update descends), at logging steps only. theta_0 is kept in the
 regularizer's checkpointed state, so a resumed run pulls towards the same weights.
 
-The pull is small unless weight is of the order of 1 / (lr x steps): over a whole run at most
-weight x peak_lr x steps of the drift is pulled back. The paper's alpha 0.01 (SGD, coupled) at lr 5e-5 and a
-few
-hundred steps pulls back ~1e-4 of it, which measured as *exactly* `none` (README). So the method says once, a
-tenth into the run, when that bound is below 1e-2: a knob that cannot change training.
+The pull is small unless weight is of the order of 1 / (lr x steps): over a whole run at most weight x
+peak_lr x steps of the drift is pulled back. The paper's alpha 0.01 (SGD, coupled) at lr 5e-5 and a few
+hundred steps pulls back ~1e-4 of it, which measured as *exactly* `none` (README). So the method says once,
+a tenth into the run, when that bound is below 1e-2: a knob that cannot change training.
 """
 
 from __future__ import annotations

@@ -32,9 +32,8 @@ from mtdnn.regularizers import Base, StepContext
 @dataclass
 class Config:
     weight: float = 1.0  # lambda
-    noise_std: float = (
-        1e-2  # sigma of the Gaussian noise (hidden states are LayerNorm-scaled, ~unit per feature)
-    )
+    # sigma of the Gaussian noise (hidden states are LayerNorm-scaled, ~unit per feature)
+    noise_std: float = 1e-2
     layer: int = 0  # inject into hidden_states[layer]: 0 = embedding output, k = output of layer k
 
 

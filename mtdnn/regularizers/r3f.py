@@ -1,15 +1,14 @@
 """R3F (Aghajanyan et al. 2020, "Better Fine-Tuning by Reducing Representational Collapse"): one random
-perturbation of the word embeddings, noise ~ U(-eps, eps) or N(0, eps^2) on non-padding positions, and
-lambda * D(f(x), f(x + noise)) added to the loss, with D the head's own divergence (symmetric KL for
-classification, ranking, span and tagging; squared error for regression, which fairseq's version skips).
-The noisy pass reuses the clean pass's dropout masks, so D measures the noise alone.
-R4F (r4f.py) is this plus spectral normalisation of the heads.
+perturbation of the word embeddings, noise ~ U(-eps, eps) or N(0, eps^2) on non-padding positions, and lambda
+* D(f(x), f(x + noise)) added to the loss, with D the head's own divergence (symmetric KL for classification,
+ranking, span and tagging; squared error for regression, which fairseq's version skips). The noisy pass reuses
+the clean pass's dropout masks, so D measures the noise alone. R4F (r4f.py) is this plus spectral
+normalisation of the heads.
 
-scale: token (default) measures eps in units of each token's embedding RMS, so the noise is a fixed fraction
-of
-what it perturbs; scale: absolute is the paper's literal reading (fairseq adds U(-1e-5, 1e-5) to the
-embeddings),
-which on a BERT-style word embedding (MiniLM: element std 0.056) changes the output by ~1e-10 of the loss.
+scale: token (default) measures eps in units of each token's embedding RMS, so the noise is a fixed
+fraction of what it perturbs; scale: absolute is the paper's literal reading (fairseq adds U(-1e-5, 1e-5)
+to the embeddings), which on a BERT-style word embedding (MiniLM: element std 0.056) changes the output by
+~1e-10 of the loss.
 """
 
 from __future__ import annotations

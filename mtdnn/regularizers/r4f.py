@@ -2,8 +2,8 @@
 layer of every head (torch's spectral_norm parametrization: W / sigma_max(W), sigma estimated by power
 iteration, one iteration per training forward). The encoder is left as is, as in the paper.
 
-Checkpoints hold plain weights (each head weight at W / sigma, its inference value), so evaluate, predict and
-export load them into an ordinary model; the power-iteration vectors and the unnormalised W live in the
+Checkpoints hold plain weights (each head weight at W / sigma, its inference value), so evaluate, predict
+and export load them into an ordinary model; the power-iteration vectors and the unnormalised W live in the
 regularizer's state, so a resumed run continues exactly.
 """
 

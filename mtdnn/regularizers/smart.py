@@ -1,5 +1,5 @@
-"""SMART: smoothness-inducing adversarial regularization + Bregman proximal point optimization
-(Jiang et al. 2020, arXiv 1911.03437, Algorithm 1), for every head that defines `divergence`.
+"""SMART: smoothness-inducing adversarial regularization + Bregman proximal point optimization (Jiang et
+al. 2020, arXiv 1911.03437, Algorithm 1), for every head that defines `divergence`.
 
 Per micro-batch, on top of the task loss L(f(x; theta), y):
 
@@ -58,9 +58,8 @@ SCALES = ("token", "absolute", "reference")
 class Config:
     lambda_s: float = 1.0  # weight of the adversarial smoothness term (the paper searches {1, 3, 5}); 0 = off
     mu: float = 0.0  # weight of the proximal (momentum teacher) term; 0 = off, no teacher kept (the paper: 1)
-    teacher_memory: Optional[float] = (
-        0.1  # fraction of the run the teacher averages over; null: beta schedule
-    )
+    # fraction of the run the teacher averages over; null: beta schedule
+    teacher_memory: Optional[float] = 0.1
     beta: float = 0.99  # with teacher_memory null: teacher momentum for the first beta_switch of training ...
     beta_late: float = 0.999  # ... and after it (the paper's values)
     beta_switch: float = 0.1
@@ -180,9 +179,9 @@ def _project_l1(flat: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
 
 
 class Ball:
-    """Where the perturbation lives and how big it may be. `absolute`: one ball per example of radius epsilon
-    (the paper read literally); `token`/`reference`: one ball per token, sizes relative to that token's
-    embedding (its norm for epsilon and step_size, its RMS for noise_std)."""
+    """Where the perturbation lives and how big it may be. `absolute`: one ball per example of radius
+    epsilon (the paper read literally); `token`/`reference`: one ball per token, sizes relative to that
+    token's embedding (its norm for epsilon and step_size, its RMS for noise_std)."""
 
     def __init__(self, embeds: torch.Tensor, mask: torch.Tensor, cfg: Any):
         self.shape, self.cfg = embeds.shape, cfg
@@ -222,11 +221,10 @@ class Ball:
 def adversarial_perturbation(
     ctx: StepContext, objective: Callable[[torch.Tensor], torch.Tensor], cfg: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """K ascent steps on objective(f(x + delta)) from delta ~ N(0, noise_std^2) on non-padding positions; the
-    gradient is taken w.r.t. delta alone (no weight gradients). `cfg` has steps, step_size, noise_std,
-    epsilon,
-    norm and scale (SMART's and ALICE's settings). Returns delta (zero if a gradient was NaN/inf) and that
-    flag."""
+    """K ascent steps on objective(f(x + delta)) from delta ~ N(0, noise_std^2) on non-padding positions;
+    the gradient is taken w.r.t. delta alone (no weight gradients). `cfg` has steps, step_size, noise_std,
+    epsilon, norm and scale (SMART's and ALICE's settings). Returns delta (zero if a gradient was NaN/inf)
+    and that flag."""
     base = ctx.embeds.detach()
     ball = Ball(base, ctx.batch["attention_mask"], cfg)
     delta = ball.start()

@@ -1,6 +1,6 @@
-"""Checkpoints of a run folder: `checkpoints/step_N/` (weights + trainer state) written whole or not at all,
-rotated, the best one named in `best.json`; weights read and written with safetensors (an adapter run's frozen
-encoder stored once, beside the checkpoints)."""
+"""Checkpoints of a run folder: `checkpoints/step_N/` (weights + trainer state) written whole or not at
+all, rotated, the best one named in `best.json`; weights read and written with safetensors (an adapter
+run's frozen encoder stored once, beside the checkpoints)."""
 
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, trainer_state: dict) -> Path:
-    """Write into a hidden staging folder, fsync, then rename into place; a failed write leaves the previous
-    checkpoints untouched and says so."""
+    """Write into a hidden staging folder, fsync, then rename into place; a failed write leaves the
+    previous checkpoints untouched and says so."""
     final = checkpoint_dir(run_dir, step)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
@@ -129,9 +129,9 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def save_weights(model: torch.nn.Module, path: Path, frozen_file: Path | None = None) -> None:
-    """Plain weights: a reparametrized weight (R4F, Mixout) is stored at its inference value, under its usual
-    name.
-    With `frozen_file`, an adapter model's frozen weights go there once and `path` holds only the rest."""
+    """Plain weights: a reparametrized weight (R4F, Mixout) is stored at its inference value, under its
+    usual name. With `frozen_file`, an adapter model's frozen weights go there once and `path` holds only
+    the rest."""
     frozen = frozen_names(model) if frozen_file is not None else set()
     if frozen:
         state = model.state_dict()
@@ -180,8 +180,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_into_parametrized(model: torch.nn.Module, path: Path) -> tuple[list[str], list[str]]:
-    """Plain weights into a reparametrized model: `m.weight` goes to `m.parametrizations.weight.original`; the
-    parametrizations' own state (power-iteration vectors, pretrained anchors) comes with the regularizer's."""
+    """Plain weights into a reparametrized model: `m.weight` goes to `m.parametrizations.weight.original`;
+    the parametrizations' own state (power-iteration vectors, pretrained anchors) comes with the
+    regularizer's."""
     state = read_weights(path)
     for name, module in parametrized_modules(model).items():
         prefix = f"{name}." if name else ""

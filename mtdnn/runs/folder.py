@@ -72,10 +72,8 @@ def resolve_resume(resume: str, default_run_dir: Path) -> Path:
 @contextmanager
 def run_lock(run_dir: Path):
     """An exclusive OS lock on <run_dir>/.lock while a run writes the folder: a second run into the same
-    folder
-    stops at once instead of interleaving its logs and checkpoints with the first. The OS drops the lock when
-    the
-    holder's process ends, however it ends, so a killed run never leaves a stale lock behind."""
+    folder stops at once instead of interleaving its logs and checkpoints with the first. The OS drops the
+    lock when the holder's process ends, however it ends, so a killed run never leaves a stale lock behind."""
     import fcntl
 
     handle = open(run_dir / ".lock", "a+", encoding="utf-8")

@@ -1,5 +1,5 @@
-"""Every random number generator's state (Python, numpy, torch, CUDA), saved with a checkpoint and restored on
-resume."""
+"""Every random number generator's state (Python, numpy, torch, CUDA), saved with a checkpoint and restored
+on resume."""
 
 from __future__ import annotations
 

@@ -32,10 +32,10 @@ class LoadedRun:
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 
 
-def load_run(run_dir: str, checkpoint: str, device: torch.device, backend: str = "auto") -> LoadedRun:
-    """Rebuild a trained model from its run folder alone: no hub, no original config files. A folder written
-    by
-    `mtdnn.export format=onnx` runs on ONNX Runtime (backend onnx, or onnx-int8 for its quantized graph)."""
+def open_run(run_dir: str, checkpoint: str, device: torch.device, backend: str = "auto") -> LoadedRun:
+    """Rebuild a trained model from its run folder alone: no hub, no original config files. A folder
+    written by `mtdnn.export format=onnx` runs on ONNX Runtime (backend onnx, or onnx-int8 for its
+    quantized graph)."""
     from mtdnn.serving.onnx import is_onnx_folder, load_onnx_model
 
     folder = Path(run_dir).expanduser().resolve()

@@ -1,6 +1,5 @@
 """ONNX export of one task of a run, int8 dynamic quantization, and an ONNX Runtime backend for predict and
-the
-Python API.
+the Python API.
 
 `python -m mtdnn.export RUN task=NAME out=DIR format=onnx [quantize=int8]` writes
 
@@ -13,10 +12,8 @@ Python API.
     tokenizer/  tasks/<name>.yaml  config.yaml  onnx.json  README.md (model card)
 
 Every head kind exports, adapter runs included (the graph holds whatever the forward pass computes). The
-folder is a
-run folder for `mtdnn.predict run_dir=DIR [backend=onnx|onnx-int8]` and `mtdnn.load_run(DIR)`: the same
-decoding
-(span windows, tagging word alignment, ranking groups) runs on ONNX Runtime's outputs.
+folder is a run folder for `mtdnn.predict run_dir=DIR [backend=onnx|onnx-int8]` and `mtdnn.load_run(DIR)`:
+the same decoding (span windows, tagging word alignment, ranking groups) runs on ONNX Runtime's outputs.
 """
 
 from __future__ import annotations

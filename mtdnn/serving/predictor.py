@@ -8,8 +8,8 @@
     run.predict("squad", [{"question": "who?", "context": "..."}])    # rows with the task's own columns
     run.predict("conll2003", ["EU rejects German call"])              # tagging: words split on spaces
 
-Each call returns the records `python -m mtdnn.predict` writes (one dict per input, in input order), with the
-same checks of every row first; rows are batched shortest first so batches pad little.
+Each call returns the records `python -m mtdnn.predict` writes (one dict per input, in input order), with
+the same checks of every row first; rows are batched shortest first so batches pad little.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from mtdnn.core.errors import MtdnnError, raise_if
 from mtdnn.data.loading import TaskData, check_columns, check_rows, encode_splits
 from mtdnn.evaluation.engine import collator_for, evaluate_split, model_device
 from mtdnn.kinds import ONE_OFF_ROWS
-from mtdnn.serving.loading import LoadedRun
-from mtdnn.serving.loading import load_run as load_run_folder
+from mtdnn.serving.loading import LoadedRun, open_run
 
 SPLIT = "test"  # inputs are read as a test split: gold columns are optional
 
@@ -66,9 +65,8 @@ class Predictor:
 
 @contextmanager
 def one_off_rows() -> Iterator[None]:
-    """No 'tokenising' bar for each call (a notebook or a server calls predict() many times), and no hashing
-    of
-    the tokenizer to fingerprint rows used once (kinds.map_rows)."""
+    """No 'tokenising' bar for each call (a notebook or a server calls predict() many times), and no
+    hashing of the tokenizer to fingerprint rows used once (kinds.map_rows)."""
     import datasets
 
     was_disabled = datasets.are_progress_bars_disabled()
@@ -132,7 +130,7 @@ def as_row(spec, item: Any, index: int) -> dict[str, Any]:
 def load_run(
     run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "auto", backend: str = "auto"
 ) -> Predictor:
-    """A run folder (best checkpoint by default; 'last' or a checkpoint folder) as a Predictor; an ONNX export
-    folder runs on ONNX Runtime (backend='onnx', or 'onnx-int8' for its quantized graph)."""
+    """A run folder (best checkpoint by default; 'last' or a checkpoint folder) as a Predictor; an ONNX
+    export folder runs on ONNX Runtime (backend='onnx', or 'onnx-int8' for its quantized graph)."""
     target = device if isinstance(device, torch.device) else pick_device(str(device))
-    return Predictor(load_run_folder(str(run_dir), checkpoint, target, backend))
+    return Predictor(open_run(str(run_dir), checkpoint, target, backend))

@@ -4,10 +4,9 @@
     submission: {benchmark: superglue, file: COPA.jsonl}
 
 GLUE: a TSV with a header `index<TAB>prediction`, one row per test example in id order; SuperGLUE: one JSON
-line
-`{"idx": id, "label": value}` per example. A classification record's label is written as the server's string
-for it (`labels`, in the order of the task's label list; default: the label names), a predicted value as its
-number (STS-B), ranked candidates as the index of the top one (COPA's choice). `mtdnn.predict
+line `{"idx": id, "label": value}` per example. A classification record's label is written as the server's
+string for it (`labels`, in the order of the task's label list; default: the label names), a predicted
+value as its number (STS-B), ranked candidates as the index of the top one (COPA's choice). `mtdnn.predict
 format=glue|superglue` writes these; a new benchmark task is a YAML block, not code.
 """
 

@@ -1,6 +1,5 @@
 """Building a run from its configuration: the output folder, the checked data, the tokenizer and encoder
-(fresh,
-from a saved run, or cut from a teacher)."""
+(fresh, from a saved run, or cut from a teacher)."""
 
 from __future__ import annotations
 
@@ -70,8 +69,7 @@ def train_texts(tasks: dict[str, TaskData]):
 
 def tokenizer_and_encoder(cfg: DictConfig, tasks: dict[str, TaskData], saved_run: Path | None):
     """(tokenizer, encoder, head weights to start from): a saved run's architecture (resume, init_from;
-    weights
-    come later), a student cut from a teacher, or the configured pretrained encoder."""
+    weights come later), a student cut from a teacher, or the configured pretrained encoder."""
     if saved_run is not None:
         return (*saved_tokenizer_and_encoder(saved_run), {})
     if cfg.distill.mode == "ensemble" and cfg.distill.student_from_teacher:

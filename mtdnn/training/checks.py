@@ -43,8 +43,8 @@ def unknown_key_problems(cfg: DictConfig) -> list[str]:
 
 
 def non_finite_problems(node: Any, where: str = "") -> list[str]:
-    """NaN or infinity in any numeric setting (trainer.lr=nan) would reach the optimizer or a regularizer and
-    fail there, or silently train nothing."""
+    """NaN or infinity in any numeric setting (trainer.lr=nan) would reach the optimizer or a regularizer
+    and fail there, or silently train nothing."""
     if isinstance(node, dict):
         return [
             p

@@ -1,6 +1,5 @@
 """The training command line, checked before Hydra sees it: a bad override, or a bad value anywhere in a
-sweep,
-is one clear line naming the override instead of Hydra's multi-line report."""
+sweep, is one clear line naming the override instead of Hydra's multi-line report."""
 
 from __future__ import annotations
 
@@ -35,8 +34,7 @@ def check_overrides(overrides: list[str]) -> None:
 @cli_errors
 def check_sweep(command_line: list[str]) -> None:
     """A sweep's jobs are checked as a single run's overrides are (a few jobs that hold every value between
-    them),
-    so a bad value is one line before any job runs."""
+    them), so a bad value is one line before any job runs."""
 
     def grammar_problem(given: list[str]) -> str | None:
         try:
@@ -52,8 +50,7 @@ def check_sweep(command_line: list[str]) -> None:
 
 def raise_naming_culprit(overrides: list[str], problem: Callable[[list[str]], str | None]) -> None:
     """Raise `problem(overrides)` if there is one, naming the override at fault: Hydra's messages do not
-    always
-    name it ("must be a string or a list", "mismatched input"), so each override is tried alone."""
+    always name it ("must be a string or a list", "mismatched input"), so each override is tried alone."""
     message = problem(overrides)
     if message is None:
         return

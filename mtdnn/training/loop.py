@@ -63,8 +63,7 @@ def forward_backward(
 ) -> dict[str, torch.Tensor]:
     """One micro-batch: clean forward, task loss (or the distillation loss), regularizer terms, backward.
     Returns the detached terms and, when `timed`, per regularizer the seconds its penalty took (its extra
-    forward
-    cost; timing waits for the GPU, so the loop asks for it on logged steps only)."""
+    forward cost; timing waits for the GPU, so the loop asks for it on logged steps only)."""
 
     def loss_of(out: torch.Tensor) -> torch.Tensor:  # the task loss, or the distillation loss when distilling
         return distiller.loss(model, task, out, batch) if distiller else model.head(task).loss(out, batch)
@@ -94,8 +93,8 @@ def forward_backward(
 
 
 def step_tasks(sampler, cfg: TrainerConfig) -> list[list[str]]:
-    """The micro-batches of one optimizer step, by task, in groups whose gradients a balancer sees apart: one
-    group of grad_accum independently drawn tasks, or tasks_per_step groups of one task each."""
+    """The micro-batches of one optimizer step, by task, in groups whose gradients a balancer sees apart:
+    one group of grad_accum independently drawn tasks, or tasks_per_step groups of one task each."""
     if cfg.tasks_per_step == 1:
         return [[sampler.next() for _ in range(cfg.grad_accum)]]
     return [[task] * cfg.grad_accum for task in sampler.next_distinct(cfg.tasks_per_step)]
@@ -288,8 +287,7 @@ def train(
 
 def improved_tasks(state: TrainState, results: dict[str, dict], specs: dict, step: int) -> list[str]:
     """Tasks whose own main metric is the best so far (recorded in state.task_best), as MT-DNN reports
-    per-task
-    bests; each gets a best_<task>.json naming this step's checkpoint."""
+    per-task bests; each gets a best_<task>.json naming this step's checkpoint."""
     improved = []
     for task, metrics in results.items():
         score = main_score({task: metrics}, specs, "mean")

@@ -16,8 +16,7 @@ def param_groups(
     model: nn.Module, cfg: TrainerConfig, task_head_lrs: dict[str, float] | None = None
 ) -> list[dict]:
     """Biases and LayerNorm weights (every 1-d parameter) get no weight decay; heads and adapters (new
-    weights)
-    may get their own lr, and a task's head its own (task YAML or task_overrides.<task>.head_lr)."""
+    weights) may get their own lr, and a task's head its own (task YAML or task_overrides.<task>.head_lr)."""
     head_lr = cfg.lr if cfg.head_lr is None else cfg.head_lr  # 0 is a rate (frozen heads), not "unset"
     task_head_lrs = {t: lr for t, lr in (task_head_lrs or {}).items() if lr is not None}
     groups: dict[tuple[float, bool, bool], list] = {}  # (lr, decays, new) -> params; encoder groups first

@@ -1,7 +1,7 @@
 """What a training checkpoint holds besides the weights, written and read here only: the loop's counters
 (TrainState), the optimizer, schedule, sampler, each task's batch position, each regularizer's and the
-balancer's state and the RNG.
-Also the check that a resumed run's configuration is the one the checkpoint was trained with."""
+balancer's state and the RNG. Also the check that a resumed run's configuration is the one the checkpoint
+was trained with."""
 
 from __future__ import annotations
 
@@ -56,9 +56,8 @@ class TrainState:
     task_best: dict = field(
         default_factory=dict
     )  # task -> {"score", "step"}: each task's own best (best_<task>.json)
-    train_seconds: float = (
-        0.0  # wall time in training steps (not evaluation or checkpoints): what methods cost
-    )
+    # wall time in training steps (not evaluation or checkpoints): what methods cost
+    train_seconds: float = 0.0
 
     def state_dict(self) -> dict:
         return dict(self.__dict__)
@@ -92,9 +91,9 @@ class Resumable:
         }
 
     def restore(self, checkpoint: Path, model) -> None:
-        """Everything the checkpoint holds, except the optimizer's settings (lr, weight decay, betas), which
-        come
-        from this run's config: the same values on a plain resume, the new ones with resume_allow_changes."""
+        """Everything the checkpoint holds, except the optimizer's settings (lr, weight decay, betas),
+        which come from this run's config: the same values on a plain resume, the new ones with
+        resume_allow_changes."""
         saved = load_trainer_state(checkpoint)
         load_weights(model, checkpoint / "model.safetensors")
         settings = [
@@ -122,9 +121,8 @@ class Resumable:
 
 
 def config_changes(saved: Any, now: Any, prefix: str = "") -> list[str]:
-    """One line per setting that differs ('key: old -> new', or a whole group 'added'/'removed'), except those
-    a
-    resumed run may change."""
+    """One line per setting that differs ('key: old -> new', or a whole group 'added'/'removed'), except
+    those a resumed run may change."""
     if isinstance(saved, dict) and isinstance(now, dict):
         changes = []
         for key in sorted(set(saved) | set(now), key=str):
@@ -142,9 +140,9 @@ def config_changes(saved: Any, now: Any, prefix: str = "") -> list[str]:
 
 
 def check_resume_config(run_dir: Path, now: dict, allow_changes: bool = False) -> list[str]:
-    """Refuse to resume with settings the checkpoint was not trained with (a regularizer added, another lr):
-    they would be applied half (built from restored state) or not at all, and config.yaml would not say so.
-    With `allow_changes` they are returned instead, to be applied and recorded."""
+    """Refuse to resume with settings the checkpoint was not trained with (a regularizer added, another
+    lr): they would be applied half (built from restored state) or not at all, and config.yaml would not
+    say so. With `allow_changes` they are returned instead, to be applied and recorded."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         return []

@@ -47,10 +47,8 @@ def run_stages(
 ) -> dict:
     """Staged (STILTs) training: each stage is this run's config plus its own overrides (composed by
     `compose_stage(overrides)`), written to <output_dir>/stages/<n>_<name>, and starts from the previous
-    stage's
-    best checkpoint; `run_one(cfg, folder, dist)` trains one stage. Rerunning the command skips finished
-    stages and
-    resumes an interrupted one."""
+    stage's best checkpoint; `run_one(cfg, folder, dist)` trains one stage. Rerunning the command skips
+    finished stages and resumes an interrupted one."""
     names = [stage.name for stage in cfg.stages]
     raise_if(
         [

@@ -22,14 +22,13 @@ from mtdnn.training.loop import Plan
 from mtdnn.training.resume import TrainState
 
 log = logging.getLogger("mtdnn")
-ZERO_SHOT = (
-    "zero_shot.json"  # validation scores of the untrained model, for tasks whose head needs no training
-)
+# validation scores of the untrained model, for tasks whose head needs no training
+ZERO_SHOT = "zero_shot.json"
 
 
 def record_zero_shot(model, tasks, collators, cfg, output_dir: Path, device, is_main: bool) -> None:
-    """Score the tasks whose head scores untrained (a bi-encoder's cosine) before the first step: the baseline
-    fine-tuning has to beat, shown beside the fine-tuned scores in the summary."""
+    """Score the tasks whose head scores untrained (a bi-encoder's cosine) before the first step: the
+    baseline fine-tuning has to beat, shown beside the fine-tuned scores in the summary."""
     untrained = {n: d for n, d in tasks.items() if kinds.of(d.spec).scores_untrained(d.spec)}
     if not untrained:
         return

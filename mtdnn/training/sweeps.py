@@ -1,8 +1,7 @@
 """Sweeps (`python -m mtdnn.train -m ...`): Hydra's launcher runs the jobs; a job that fails is reported in
-one
-line, marked in its folder (failed.json) and the sweep goes on; at the end a Hydra callback lists the failed
-jobs and exits 2. `resume=auto` on a sweep continues each job: a finished job is kept as it is, a job with a
-checkpoint resumes from it, and a job that failed or never ran starts."""
+one line, marked in its folder (failed.json) and the sweep goes on; at the end a Hydra callback lists the
+failed jobs and exits 2. `resume=auto` on a sweep continues each job: a finished job is kept as it is, a
+job with a checkpoint resumes from it, and a job that failed or never ran starts."""
 
 from __future__ import annotations
 
@@ -80,8 +79,8 @@ def expand(command_line: list[str]) -> list[list[str]]:
 
 
 def covering_jobs(jobs: list[list[str]]) -> list[list[str]]:
-    """A few jobs that between them hold every override value of the sweep: checking these finds a bad value
-    without composing every job of a large grid."""
+    """A few jobs that between them hold every override value of the sweep: checking these finds a bad
+    value without composing every job of a large grid."""
     chosen, seen = [], set()
     for job in jobs:
         if not set(job) <= seen:
@@ -91,8 +90,8 @@ def covering_jobs(jobs: list[list[str]]) -> list[list[str]]:
 
 
 def planned_jobs(sweep_dir: Path) -> list[list[str]]:
-    """Every job's overrides as the sweep planned them (multirun.yaml keeps its command line), in job order;
-    empty when the folder has no multirun.yaml."""
+    """Every job's overrides as the sweep planned them (multirun.yaml keeps its command line), in job
+    order; empty when the folder has no multirun.yaml."""
     import yaml
 
     saved = sweep_dir / "multirun.yaml"

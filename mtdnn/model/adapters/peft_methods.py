@@ -5,16 +5,13 @@
   output
 
 Either one shared by every task, or with `adapter.per_task=true` each task its own on the shared frozen
-encoder
-(the idea of MTL-LoRA), chosen per batch by the task as the bottleneck adapters are. peft does the layers
-(`inject_adapter_in_model`, one named adapter per task); this module only chooses the adapter per forward pass
-and
-merges it for export. Target modules default to peft's per-architecture maps (BERT/RoBERTa LoRA: query, value;
-IA3: key, value, output.dense). The adapter weights train with trainer.head_lr, like the heads: new weights
-that
-start as the identity (LoRA's B = 0, IA3's scales = 1), so training starts from the unchanged encoder.
-`write_peft_folder` saves one task's adapter as peft saves its own (`PeftModel.from_pretrained(base,
-folder)`).
+encoder (the idea of MTL-LoRA), chosen per batch by the task as the bottleneck adapters are. peft does the
+layers (`inject_adapter_in_model`, one named adapter per task); this module only chooses the adapter per
+forward pass and merges it for export. Target modules default to peft's per-architecture maps (BERT/RoBERTa
+LoRA: query, value; IA3: key, value, output.dense). The adapter weights train with trainer.head_lr, like
+the heads: new weights that start as the identity (LoRA's B = 0, IA3's scales = 1), so training starts from
+the unchanged encoder. `write_peft_folder` saves one task's adapter as peft saves its own
+(`PeftModel.from_pretrained(base, folder)`).
 """
 
 from __future__ import annotations
@@ -61,8 +58,8 @@ def peft_config(cfg: AdapterConfig, model_type: str):
 
 
 class PeftAdapters(nn.Module):
-    """peft's adapter layers inside the encoder (they are the encoder's modules, saved with its weights); this
-    object selects the current task's adapter before each forward pass."""
+    """peft's adapter layers inside the encoder (they are the encoder's modules, saved with its weights);
+    this object selects the current task's adapter before each forward pass."""
 
     def __init__(self, encoder: nn.Module, tasks: list[str], cfg: AdapterConfig):
         super().__init__()
@@ -70,6 +67,7 @@ class PeftAdapters(nn.Module):
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         self.per_task = cfg.per_task
+        self.cfg = cfg
         config = peft_config(cfg, getattr(encoder.config, "model_type", ""))
         for name in tasks if cfg.per_task else [SHARED]:
             inject_adapter_in_model(config, encoder, adapter_name=name)
@@ -89,6 +87,16 @@ class PeftAdapters(nn.Module):
                     getattr(layer, attribute).requires_grad_(True)
         self._task = task
 
+    def adapter_name(self, task: str) -> str:
+        """The name of `task`'s adapter in the encoder."""
+        return task if self.per_task else SHARED
+
+    def merged_encoder(self, encoder: nn.Module, task: str) -> nn.Module:
+        return merged_encoder(encoder, self.adapter_name(task))
+
+    def write_peft_folder(self, encoder: nn.Module, task: str, base_model: str, out: Path) -> None:
+        write_peft_folder(encoder, self.adapter_name(task), self.cfg, base_model, out)
+
     def task_parameters(self, task: str) -> int:
         if not self.per_task:
             return 0
@@ -99,8 +107,8 @@ class PeftAdapters(nn.Module):
 
 
 def merged_encoder(encoder: nn.Module, adapter_name: str) -> nn.Module:
-    """A copy of the encoder with one adapter merged into its weights and the adapter layers removed: a plain
-    transformers model."""
+    """A copy of the encoder with one adapter merged into its weights and the adapter layers removed: a
+    plain transformers model."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     plain = copy.deepcopy(encoder)
