@@ -114,7 +114,7 @@ def bench_shape(model, optimizer, runs: dict[str, dict], batch: dict, reps: int)
 
 def pass_costs(model: MultiTaskModel, batch: dict, reps: int) -> dict[str, float]:
     """Median seconds of each pass the smoothness term is made of, timed alone: the floor of its cost."""
-    from mtdnn.regularizers import DropoutReplay
+    from mtdnn.regularizers.dropout import DropoutReplay
 
     def clean_forward():
         embeds = model.embed(batch["input_ids"])

@@ -9,7 +9,8 @@ import torch
 from conftest import compose_train, tiny_overrides
 from test_smart import _batch, _spec, _tiny_model
 
-from mtdnn.regularizers import DropoutReplay, StepContext, regularizer_problems
+from mtdnn.regularizers import StepContext, regularizer_problems
+from mtdnn.regularizers.dropout import DropoutReplay
 from mtdnn.regularizers.r3f import R3F, Config, sample_noise
 from mtdnn.train import run
 

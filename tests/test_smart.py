@@ -17,17 +17,16 @@ from mtdnn.kinds.classification import ClassificationHead
 from mtdnn.kinds.heads import symmetric_kl
 from mtdnn.kinds.regression import RegressionHead
 from mtdnn.model.multitask import MultiTaskModel
-from mtdnn.regularizers import DropoutReplay, StepContext, TermActivity, regularizer_problems
-from mtdnn.regularizers.smart import (
+from mtdnn.regularizers import StepContext, TermActivity, regularizer_problems
+from mtdnn.regularizers.dropout import DropoutReplay
+from mtdnn.regularizers.perturbation import (
     Ball,
-    Config,
-    Smart,
     adversarial_perturbation,
     per_example_norm,
     project,
     row_norm,
-    teacher_beta,
 )
+from mtdnn.regularizers.smart import Config, Smart, teacher_beta
 from mtdnn.train import run
 
 
@@ -555,7 +554,7 @@ def test_smart_makes_the_model_smoother(tmp_path, toy_tasks):
 
 
 def test_replay_serves_the_recorded_masks_without_drawing_again():
-    from mtdnn.regularizers import _MaskReplayer
+    from mtdnn.regularizers.dropout import _MaskReplayer
 
     model = _tiny_model(_spec("t")).train()
     batch = _batch()

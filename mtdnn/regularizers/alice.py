@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from mtdnn.regularizers import CountsSkips, StepContext
-from mtdnn.regularizers.smart import NORMS, SCALES, adversarial_perturbation, perturbed_logits
+from mtdnn.regularizers.perturbation import NORMS, SCALES, adversarial_perturbation, perturbed_logits
 
 
 @dataclass

@@ -19,7 +19,8 @@ from mtdnn.data.loading import TaskBatches, TaskData
 from mtdnn.evaluation.engine import autocast, evaluate_tasks, main_score
 from mtdnn.kinds.collate import Collator
 from mtdnn.model.multitask import MultiTaskModel
-from mtdnn.regularizers import DropoutReplay, Regularizer, StepContext
+from mtdnn.regularizers import Regularizer, StepContext
+from mtdnn.regularizers.dropout import DropoutReplay
 from mtdnn.runs.checkpoints import rotate_checkpoints, save_best, save_checkpoint
 from mtdnn.training.resume import Resumable, TrainState
 from mtdnn.training.tracking import LossMeter, Tracker
