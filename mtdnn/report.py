@@ -2,9 +2,8 @@
 
 Collects every job of a Hydra multirun (`python -m mtdnn.train -m regularizer=none,smart,r3f seed=1,2,3`):
 each job's command-line overrides (`.hydra/overrides.yaml`) and final metrics (`summary.json`). Jobs that
-differ
-only in `seed` form one group; each group gets mean +- sample std over its seeds for every task and metric.
-Writes into `out` (default SWEEP_DIR/report):
+differ only in `seed` form one group; each group gets mean +- sample std over its seeds for every task and
+metric. Writes into `out` (default SWEEP_DIR/report):
 
   report.md    one table: a row per group, a column per task/metric, "mean ± std (n)"
   report.csv   one row per group x task x metric: mean, std, n and the per-seed values

@@ -1,6 +1,5 @@
 """Parameter-efficient fine-tuning vs full fine-tuning: trainable parameters, step time, memory and the
-accuracy
-each reaches in the same budget, several seeds.
+accuracy each reaches in the same budget, several seeds.
 
     python scripts/bench_adapters.py [--work bench_adapters] [--seeds 1 2 3] [--rows 2000] [--epochs 1]
         [--arms full bottleneck hyper lora] [--threads 2]
@@ -13,9 +12,8 @@ epochs, evaluated once at the end on the full validation split (1,281 reviews). 
   hyper       frozen encoder + hyperformer adapters generated from task and layer embeddings (1e-3)
   lora        frozen encoder + LoRA rank 8, alpha 16 on query and value through peft (1e-3)
 Adapter arms train their new weights at trainer.head_lr, as the README says. Reports per arm: accuracy (mean,
-sd),
-the paired difference to `full` with a 95% t interval, trainable parameters, seconds per step (training steps
-only; ratio to full) and the peak resident memory of the process (summary.json's peak_memory_mb).
+sd), the paired difference to `full` with a 95% t interval, trainable parameters, seconds per step (training
+steps only; ratio to full) and the peak resident memory of the process (summary.json's peak_memory_mb).
 Rerunning skips finished runs.
 """
 

@@ -1,12 +1,14 @@
-"""Distil an ensemble of 3 MiniLM-L6 teachers into a 3-layer student on the offline demo task (rt_polarity).
+"""Distil an ensemble of 3 MiniLM-L6 teachers into a 3-layer student on the offline demo task
+(rt_polarity).
 
     python scripts/bench_distill.py [--teachers RUN RUN RUN] [--work DIR] [--epochs 1] [--json out.json]
 
 Without --teachers it trains them first (seeds 1, 2, 3; about 4-5 minutes each on 2 CPU cores). The student
-keeps layers 0, 2 and 4 of the first teacher's encoder (distill.student_from_teacher, keep_every=2) and learns
-from the ensemble's soft targets. Printed, all measured in this run: teacher-ensemble accuracy, each teacher's
-accuracy, the student's, and student vs teacher inference speed (examples/s over the validation split,
-medians of interleaved repetitions). Targets: student >= 97% of the ensemble's accuracy, >= 1.8x faster.
+keeps layers 0, 2 and 4 of the first teacher's encoder (distill.student_from_teacher, keep_every=2) and
+learns from the ensemble's soft targets. Printed, all measured in this run: teacher-ensemble accuracy, each
+teacher's accuracy, the student's, and student vs teacher inference speed (examples/s over the validation
+split, medians of interleaved repetitions). Targets: student >= 97% of the ensemble's accuracy, >= 1.8x
+faster.
 """
 
 from __future__ import annotations

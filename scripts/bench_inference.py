@@ -1,16 +1,14 @@
-"""Deployment speed: a MiniLM-L6 teacher vs its distilled 3-layer student, each in PyTorch and on ONNX Runtime
-(fp32 and int8), on the offline rt_polarity task.
+"""Deployment speed: a MiniLM-L6 teacher vs its distilled 3-layer student, each in PyTorch and on ONNX
+Runtime (fp32 and int8), on the offline rt_polarity task.
 
     python scripts/bench_inference.py [--work bench_inference] [--rows 2000] [--threads 2] [--repeats 5]
         [--json out.json]
 
 It trains what `--work` does not hold yet: the teacher on `--rows` training rows for 2 epochs, and two
-students
-distilled from the teacher's soft targets on the same rows (distill.student_from_teacher): `student` keeps
-layers
-0, 2, 4 of the teacher (keep_every=2), `student-2l` layers 0, 3 (keep_every=3). Each run is exported with
-`python -m mtdnn.export ... format=onnx quantize=int8`. Then, for each (model, backend) pair, on the full
-validation split (1,281 reviews), with `--threads` intra-op threads:
+students distilled from the teacher's soft targets on the same rows (distill.student_from_teacher):
+`student` keeps layers 0, 2, 4 of the teacher (keep_every=2), `student-2l` layers 0, 3 (keep_every=3). Each
+run is exported with `python -m mtdnn.export ... format=onnx quantize=int8`. Then, for each (model,
+backend) pair, on the full validation split (1,281 reviews), with `--threads` intra-op threads:
 
   throughput   examples/s at batch 32 (median of --repeats passes over the split, pairs interleaved)
   latency      p50 / p95 milliseconds of single-example requests (300 requests)

@@ -1,14 +1,16 @@
-"""Does multi-task training help, and which balancer? Single-task vs multi-task vs every balancer, real data.
+"""Does multi-task training help, and which balancer? Single-task vs multi-task vs every balancer, real
+data.
 
     python scripts/bench_mtl.py [--tasks rt_polarity vader_tweets] [--rows 500 1000] [--epochs 4]
         [--seeds 1 2 3] [--arms single mtdnn none uncertainty ...] [--jobs 2 --threads 1] [--work bench_mtl]
 
-Every run is the command a user types (`python -m mtdnn.train ...` in a child process): MiniLM-L6, each task a
-fixed low-resource subset of its train split (`train_rows`, drawn once with seed 0: the same rows in every arm
-and seed), batch 16, lr 5e-5 / head 1e-3, evaluated once at the end on the full validation splits. Arms:
+Every run is the command a user types (`python -m mtdnn.train ...` in a child process): MiniLM-L6, each
+task a fixed low-resource subset of its train split (`train_rows`, drawn once with seed 0: the same rows in
+every arm and seed), batch 16, lr 5e-5 / head 1e-3, evaluated once at the end on the full validation
+splits. Arms:
 
-  single        each task alone, for as many epochs of it as the multi-task arms with two tasks per step give
-  it
+  single        each task alone, for as many epochs of it as the multi-task arms with two tasks per step
+                give it
   mtdnn         all tasks, one task per step drawn by the proportional sampler (MT-DNN's recipe), --epochs
                 passes over the mix
   none          all tasks in every step (trainer.tasks_per_step = number of tasks), gradients summed
@@ -16,10 +18,8 @@ and seed), batch 16, lr 5e-5 / head 1e-3, evaluated once at the end on the full 
 
 Every arm gets the same seeds. Per task: mean and std of its main metric, the paired difference to `single`
 (same seed) with a 95% t interval, seeds won, and the step-time ratio to `none` (training seconds per
-optimizer
-step; a `none` step trains one batch of every task). Rerunning skips finished runs. Writes report.md,
-report.csv
-and report.png into --work.
+optimizer step; a `none` step trains one batch of every task). Rerunning skips finished runs. Writes
+report.md, report.csv and report.png into --work.
 """
 
 from __future__ import annotations

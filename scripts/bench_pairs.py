@@ -1,14 +1,14 @@
-"""Pair similarity: the encoder untouched (zero-shot, bi-encoder cosine) vs fine-tuned as a cross-encoder vs
-fine-tuned as a bi-encoder, on real news-document pairs, several seeds.
+"""Pair similarity: the encoder untouched (zero-shot, bi-encoder cosine) vs fine-tuned as a cross-encoder
+vs fine-tuned as a bi-encoder, on real news-document pairs, several seeds.
 
     python scripts/bench_pairs.py [--work bench_pairs] [--seeds 1 2 3] [--epochs 3] [--threads 2]
 
 Data: Lee, Pincombe & Welsh (2005), 50 news documents (Australian Broadcasting Corporation) with the mean
-human
-similarity of all 1,225 pairs on [0, 1], as gensim 4.4.0's wheel ships it for its tests
+human similarity of all 1,225 pairs on [0, 1], as gensim 4.4.0's wheel ships it for its tests
 (gensim/test/test_data/lee.cor and similarities0-1.txt; gensim is LGPL-2.1; fetched with pip download,
-sha256-checked, never installed). Split by document so validation pairs always hold a document training never
-saw: train = the 703 pairs among documents 0-37, validation = the 522 pairs with a document from 38-49.
+sha256-checked, never installed). Split by document so validation pairs always hold a document training
+never saw: train = the 703 pairs among documents 0-37, validation = the 522 pairs with a document from
+38-49.
 
 Arms (same seeds, MiniLM-L6, max_length 128, batch 16, --epochs epochs, lr as trainer's default):
   zero-shot   the bi task's score before its first step (summary zero_shot)

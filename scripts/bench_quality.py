@@ -5,30 +5,23 @@ cost?
         [--seeds 1 2 3 4 5] [--methods none smart ...] [--jobs 2] [--work bench_quality] [--record report.csv]
 
 Every run is the real command a user types (`python -m mtdnn.train ...` in a child process): MiniLM-L6, a
-fixed
-low-resource subset of the task's train split (`train_rows`, drawn once with seed 0, the same rows for every
-method and seed), batch 16, lr 5e-5 / head 1e-3, `--epochs` epochs (one value, or one per size), each method
-at
-its YAML defaults, evaluated
-once at the end on the full validation split (no checkpoint selection, so no selection on the reported split).
-Every method gets the same seeds. Rerunning skips finished runs (a run is finished when its summary.json
-exists);
-checkpoints are deleted after each run.
+fixed low-resource subset of the task's train split (`train_rows`, drawn once with seed 0, the same rows
+for every method and seed), batch 16, lr 5e-5 / head 1e-3, `--epochs` epochs (one value, or one per size),
+each method at its YAML defaults, evaluated once at the end on the full validation split (no checkpoint
+selection, so no selection on the reported split). Every method gets the same seeds. Rerunning skips
+finished runs (a run is finished when its summary.json exists); checkpoints are deleted after each run.
 
 Writes into --work: report.md (the table), report.csv (one row per run), report.png (paired differences).
-Per task, size and method: mean and sample std of the main metric over seeds; the paired difference to `none`
-(same seed) with a 95% t interval; how many seeds it beat `none`; collapsed runs (classification:
+Per task, size and method: mean and sample std of the main metric over seeds; the paired difference to
+`none` (same seed) with a 95% t interval; how many seeds it beat `none`; collapsed runs (classification:
 accuracy within 0.5 points of always answering the majority label; regression: Pearson below 0.05); each of
-the
-method's logged terms (SMART: smart_adv and smart_prox apart) relative to the task loss; and the step-time
-ratio to
-`none` (median over seeds of the seconds per optimizer step, training steps only).
+the method's logged terms (SMART: smart_adv and smart_prox apart) relative to the task loss; and the
+step-time ratio to `none` (median over seeds of the seconds per optimizer step, training steps only).
 
 `--record docs/quality/report.csv` tabulates an earlier protocol's rows beside new runs: the runs of the
-README's
-table took several sessions and their folders are not kept. Each row keeps its step-time ratio to `none` as
-measured in its own session (`step_x_none`), since sessions ran on machines of different speeds. Delete a
-method's rows from the record to rerun it (after its defaults change).
+README's table took several sessions and their folders are not kept. Each row keeps its step-time ratio to
+`none` as measured in its own session (`step_x_none`), since sessions ran on machines of different speeds.
+Delete a method's rows from the record to rerun it (after its defaults change).
 """
 
 from __future__ import annotations
@@ -94,9 +87,9 @@ def run_one(arm: Arm, args: argparse.Namespace, threads: int) -> str:
 
 
 def run_child(cmd: list[str], out: Path, log_file: Path, threads: int, keep_checkpoints: bool = False) -> str:
-    """Run `cmd` (a training run writing into `out`) in a child process with `threads` threads, unless out's
-    summary.json exists; keep its output in `log_file`, drop its checkpoints (unless `keep_checkpoints`: a run
-    that is loaded again later). Returns a status line."""
+    """Run `cmd` (a training run writing into `out`) in a child process with `threads` threads, unless
+    out's summary.json exists; keep its output in `log_file`, drop its checkpoints (unless
+    `keep_checkpoints`: a run that is loaded again later). Returns a status line."""
     if (out / "summary.json").is_file():
         return f"done already: {out}"
     shutil.rmtree(out, ignore_errors=True)
@@ -203,8 +196,8 @@ def read_record(path: Path | None) -> dict:
 
 
 def terms_cell(results: list[dict]) -> str:
-    """Each term's ratio to the loss, averaged over seeds ('smart_adv 4.1e-02, smart_prox 8.0e-02'); runs that
-    recorded only the sum (earlier reports) show the sum."""
+    """Each term's ratio to the loss, averaged over seeds ('smart_adv 4.1e-02, smart_prox 8.0e-02'); runs
+    that recorded only the sum (earlier reports) show the sum."""
     split = [r["terms_to_loss"] for r in results if r["terms_to_loss"]]
     if split:
         names = sorted({n for terms in split for n in terms})
@@ -243,8 +236,8 @@ def collapsed(value: float, head: str, majority: float | None) -> bool:
 
 
 def step_ratio(seed: int, run: dict, base_step: dict) -> float:
-    """The run's step time over `none`'s on its seed in its own session; a recorded ratio was taken in its own
-    session and stands as it is; nan where its session ran no `none` on that seed."""
+    """The run's step time over `none`'s on its seed in its own session; a recorded ratio was taken in its
+    own session and stands as it is; nan where its session ran no `none` on that seed."""
     if run.get("step_x_none") is not None:
         return run["step_x_none"]
     key = (seed, run["recorded"])

@@ -1,15 +1,13 @@
-"""Every regularizer on the offline demo task (rt_polarity, MiniLM-L6), same seed and budget: one table of the
-validation accuracy each reaches and its training-step time relative to no regularizer.
+"""Every regularizer on the offline demo task (rt_polarity, MiniLM-L6), same seed and budget: one table of
+the validation accuracy each reaches and its training-step time relative to no regularizer.
 
     python scripts/bench_regularizers.py [--steps 150] [--reps 5] [--only smart r3f ...] [--json out.json]
 
 1. Quality: `python -m mtdnn.train` with each `regularizer=<name>` at its YAML defaults (one seed: a smoke
-check;
-   scripts/bench_quality.py is the multi-seed quality protocol),
+   check; scripts/bench_quality.py is the multi-seed quality protocol),
    seed 42, `trainer.max_steps=--steps`, batch 32, lr 5e-5, evaluated at the end; accuracy on the 1,281-row
    validation split (standard error ~0.011: differences under ~0.02 are noise at one seed). The run's wall
-   time
-   includes setup (Child-Tuning D's Fisher pass over the whole training split).
+   time includes setup (Child-Tuning D's Fisher pass over the whole training split).
 2. Speed: one full training step (forward, regularizer passes, backward, clip, optimizer, hooks) on a 32 x 128
    batch, each method on its own copy of the model, repetitions interleaved across methods, medians.
 """

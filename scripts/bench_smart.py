@@ -3,17 +3,15 @@
     python scripts/bench_smart.py [--reps 7] [--encoder minilm|tiny] [--json out.json]
 
 For each shape (batch x tokens) it times three variants of the toolkit's real training step
-(mtdnn.training.loop.forward_backward + gradient clipping + AdamW step + regularizer after_step) on the same
-model:
-vanilla, SMART without the teacher (mu=0: the smoothness term alone) and full SMART (with the momentum
-teacher). The variants take turns within every repetition (interleaved, order rotated), and the table
-reports median step times, their spread (min-max) and the ratios of medians.
+(mtdnn.training.loop.forward_backward + gradient clipping + AdamW step + regularizer after_step) on the
+same model: vanilla, SMART without the teacher (mu=0: the smoothness term alone) and full SMART (with the
+momentum teacher). The variants take turns within every repetition (interleaved, order rotated), and the
+table reports median step times, their spread (min-max) and the ratios of medians.
 
 The anchor is mt-dnn's own SMART perturbation code (HEAD, its calling bug worked around, K=1, no proximal
-term), measured on this CPU with MiniLM-L6: 2.43x a vanilla step at 16 x 64 and 2.01x at 32 x 128.
-Ratios depend on the vanilla step they divide by, so a fourth variant runs mt-dnn's perturbation structure on
-this same model and vanilla step: clean pass, noise, one ascent pass with fresh dropout draws, autograd.grad
-to
+term), measured on this CPU with MiniLM-L6: 2.43x a vanilla step at 16 x 64 and 2.01x at 32 x 128. Ratios
+depend on the vanilla step they divide by, so a fourth variant runs mt-dnn's perturbation structure on this
+same model and vanilla step: clean pass, noise, one ascent pass with fresh dropout draws, autograd.grad to
 the noise, per-token l_inf normalisation, a final perturbed pass, symmetric KL added to the loss (its
 `adv_train` path, K=1). Its absolute time is what "no slower than mt-dnn" compares against.
 """

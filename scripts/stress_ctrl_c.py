@@ -1,17 +1,13 @@
 """Ctrl-C at random moments of real training runs: each must end within --limit seconds with exit code 130,
-one
-`error: interrupted` line and no traceback. A run that does not is dumped (every thread's stack, via Python's
-faulthandler on SIGABRT) to --dump and counted.
+one `error: interrupted` line and no traceback. A run that does not is dumped (every thread's stack, via
+Python's faulthandler on SIGABRT) to --dump and counted.
 
     python scripts/stress_ctrl_c.py [--runs 100] [--seed 1] [--limit 30] [--dump ctrl_c_dumps]
 
 Each run trains the tiny encoder on a toy task (log every step, evaluate every 5), waits for 6 logged steps
-and a
-further random 0-0.5 s, then sends one SIGINT. Before the safe-point handling
-(errors.interrupts_at_safe_points)
-4 of ~230 runs hung for up to 120 s in TensorBoard's writer close; run two copies side by side to load the
-cores.
-"""
+and a further random 0-0.5 s, then sends one SIGINT. Before the safe-point handling
+(errors.interrupts_at_safe_points) 4 of ~230 runs hung for up to 120 s in TensorBoard's writer close; run
+two copies side by side to load the cores."""
 
 from __future__ import annotations
 

@@ -208,11 +208,9 @@ def tiny_overrides(folder: Path, *more: str) -> list[str]:
 
 
 def straight_and_resumed(base: list[str], root: Path, steps: int, cut: int) -> tuple[list[dict], list[dict]]:
-    """Train `base` (trainer.max_steps=`steps`) straight through, and again with the last checkpoint removed
-    so
-    that resume=auto continues from step `cut`; assert both end with the same weights, bit for bit. Returns
-    the
-    two runs' train logs (straight, resumed) for the caller's own per-step comparisons."""
+    """Train `base` (trainer.max_steps=`steps`) straight through, and again with the last checkpoint
+    removed so that resume=auto continues from step `cut`; assert both end with the same weights, bit for
+    bit. Returns the two runs' train logs (straight, resumed) for the caller's own per-step comparisons."""
     import json
     import shutil
 

@@ -1,5 +1,5 @@
-"""Every bad input: exit code != 0, one clear line naming the file and field (and row for data), no traceback,
-and no existing output touched. Each case runs the real command line in a subprocess."""
+"""Every bad input: exit code != 0, one clear line naming the file and field (and row for data), no
+traceback, and no existing output touched. Each case runs the real command line in a subprocess."""
 
 from __future__ import annotations
 

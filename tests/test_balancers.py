@@ -1,5 +1,5 @@
-"""Balancers: each method's weights or combined gradient against a hand computation, every balancer training a
-toy two-task rule, exact resume, and the settings' checks."""
+"""Balancers: each method's weights or combined gradient against a hand computation, every balancer
+training a toy two-task rule, exact resume, and the settings' checks."""
 
 from __future__ import annotations
 
@@ -31,8 +31,7 @@ def _setup(*heads: str, steps_per_epoch: float = 10) -> Setup:
 
 def _combined(name: str, task_grads: list[list[float]], losses: dict[str, float] | None = None, **settings):
     """Run one multi-task step's gradient combination on a single shared parameter: returns (its new .grad,
-    the
-    balancer)."""
+    the balancer)."""
     tasks = [f"t{i}" for i in range(len(task_grads))]
     balancer = build_balancer({"name": name, **settings}, _setup(*["classification"] * len(tasks)))
     param = torch.nn.Parameter(torch.zeros(len(task_grads[0]), dtype=torch.float64))
@@ -314,8 +313,8 @@ def test_balancer_none_with_one_task_per_step_is_the_run_without_balancers(tmp_p
 
 
 def test_two_tasks_per_step_with_none_sums_the_two_tasks_gradients(tmp_path, toy_tasks):
-    """One step of tasks_per_step=2 equals, to rounding, one step whose gradient is both tasks' summed (what
-    grad_accum=2 gives when the sampler happens to draw both tasks)."""
+    """One step of tasks_per_step=2 equals, to rounding, one step whose gradient is both tasks' summed
+    (what grad_accum=2 gives when the sampler happens to draw both tasks)."""
     from mtdnn.data.sampler import TaskSampler
 
     def draw_both(self) -> str:  # a sampler that alternates: toy_sent, toy_count, ...
@@ -347,8 +346,7 @@ def test_two_tasks_per_step_with_none_sums_the_two_tasks_gradients(tmp_path, toy
 
 def test_a_gradient_balancer_composes_with_a_regularizer_and_per_task_lora(tmp_path, toy_tasks):
     """SMART's terms are part of each task's gradient the balancer sees; each task's own LoRA weights are
-    private
-    parameters (one task reaches them) and keep that task's gradient."""
+    private parameters (one task reaches them) and keep that task's gradient."""
     summary = run(
         compose_train(
             tiny_overrides(

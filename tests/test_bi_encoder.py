@@ -1,6 +1,6 @@
-"""Pair tasks as bi-encoders (`pair_encoding: bi`): stacked batches, SBERT heads, zero-shot scores, training
-beside
-cross-encoder tasks, distillation from a cross-encoder teacher, and the sentence-transformers export."""
+"""Pair tasks as bi-encoders (`pair_encoding: bi`): stacked batches, SBERT heads, zero-shot scores,
+training beside cross-encoder tasks, distillation from a cross-encoder teacher, and the
+sentence-transformers export."""
 
 from __future__ import annotations
 

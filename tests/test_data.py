@@ -99,8 +99,8 @@ def test_fetch_member_extracts_a_folder_once(tmp_path):
 
 
 def test_a_folder_extracted_meanwhile_by_another_run_is_used(tmp_path, monkeypatch):
-    """Two runs started together (a sweep, a benchmark with --jobs 2) both find the cache empty; the one that
-    renames second must take the other's copy, not fail on 'directory not empty'."""
+    """Two runs started together (a sweep, a benchmark with --jobs 2) both find the cache empty; the one
+    that renames second must take the other's copy, not fail on 'directory not empty'."""
     from mtdnn.core import artifacts
 
     wheel, sha = _fake_wheel(tmp_path, _artifact_rows(30))

@@ -169,9 +169,9 @@ def test_soft_targets_are_stored_reused_and_stale_files_rebuilt_or_refused(teach
 
 
 def test_on_the_fly_targets_train_the_same_student_as_the_stored_ones(teachers, tmp_path):
-    """Teachers sharing the student's tokenizer: `soft_targets=on_the_fly` (teachers run on every batch) and
-    the
-    cached targets give the same student, run end to end (targets equal to float precision, same seed)."""
+    """Teachers sharing the student's tokenizer: `soft_targets=on_the_fly` (teachers run on every batch)
+    and the cached targets give the same student, run end to end (targets equal to float precision, same
+    seed)."""
     root, folder, runs = teachers
     common = [
         "distill.student_from_teacher=true",
@@ -266,10 +266,9 @@ def _agreement(run_dir, teachers_, folder) -> float:
 
 
 def test_distilled_student_follows_its_teachers_more_than_a_hard_label_student(tmp_path):
-    """Teachers that learned the opposite rule ('awful' = pos): a student distilled from them (alpha=0) must
-    agree
-    with them more often than a student trained on the gold labels, which agrees with them only by
-    accident."""
+    """Teachers that learned the opposite rule ('awful' = pos): a student distilled from them (alpha=0)
+    must agree with them more often than a student trained on the gold labels, which agrees with them only
+    by accident."""
     gold, flipped = tmp_path / "gold", tmp_path / "flipped"
     train, val = noisy_rows(400, 1, 0.0), noisy_rows(200, 2, 0.0)
     swap = {"pos": "neg", "neg": "pos"}
@@ -450,8 +449,7 @@ def test_kd_terms_of_span_tagging_and_ranking_by_hand():
 
 def test_the_distill_command_runs_a_student_and_reports_it(teachers, tmp_path):
     """`python -m mtdnn.distill` itself: it is `mtdnn.train distill=ensemble`, and a missing teacher list is
-    one
-    clear line with exit code 2."""
+    one clear line with exit code 2."""
     import subprocess
     import sys
 
@@ -491,8 +489,8 @@ def test_the_distill_command_runs_a_student_and_reports_it(teachers, tmp_path):
 
 
 def test_ranking_and_regression_distil_end_to_end(tmp_path):
-    """A student trained on the teacher's targets alone (alpha 0) learns the ranking and the regression rule;
-    the stored regression targets are the teacher's own predictions."""
+    """A student trained on the teacher's targets alone (alpha 0) learns the ranking and the regression
+    rule; the stored regression targets are the teacher's own predictions."""
     from conftest import count_rows
     from test_heads import _rank_task, ranking_rows
 

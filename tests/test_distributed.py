@@ -134,9 +134,9 @@ def _two_and_one(tmp_path, common: list[str]) -> tuple[list[dict], list[dict], d
 
 
 def test_smart_teacher_and_child_tuning_masks_agree_across_ranks_through_an_uneven_last_batch(tmp_path):
-    """Ranks that disagreed on Child-Tuning F's masks or SMART's teacher would drift apart, and rank 0 would
-    leave
-    the single-process curve. 401 rows: the epoch's last global batch has 1 row, fewer than the ranks."""
+    """Ranks that disagreed on Child-Tuning F's masks or SMART's teacher would drift apart, and rank 0
+    would leave the single-process curve. 401 rows: the epoch's last global batch has 1 row, fewer than the
+    ranks."""
     from conftest import sentiment_rows, write_task
 
     folder = tmp_path / "tasks"
@@ -209,8 +209,9 @@ def test_span_ranking_and_tagging_evaluate_the_same_sharded(tmp_path):
 
 
 def test_pcgrad_on_two_gloo_ranks_equals_one_process_with_the_doubled_batch(tmp_path):
-    """Each task's gradient is averaged over the ranks before PCGrad projects it: the same combination as one
-    process computing it from the whole batch (and the same task losses, which FAMO-like balancers read)."""
+    """Each task's gradient is averaged over the ranks before PCGrad projects it: the same combination as
+    one process computing it from the whole batch (and the same task losses, which FAMO-like balancers
+    read)."""
     folder = write_toy_tasks(tmp_path / "tasks")
     common = [
         "encoder=tiny",
@@ -248,11 +249,10 @@ def test_pcgrad_on_two_gloo_ranks_equals_one_process_with_the_doubled_batch(tmp_
 
 @pytest.mark.slow
 def test_per_task_lora_and_a_bi_ranking_task_on_two_gloo_ranks_equal_one_process(tmp_path):
-    """Each task's own LoRA (the other's unused in a step) and a bi-encoder ranking task whose batches stack
-    queries
-    and candidates: two ranks follow one process with the doubled batch. In-batch negatives would differ by
-    construction (each rank's batch has its own negatives), so the ranking task ranks within its groups
-    here."""
+    """Each task's own LoRA (the other's unused in a step) and a bi-encoder ranking task whose batches
+    stack queries and candidates: two ranks follow one process with the doubled batch. In-batch negatives
+    would differ by construction (each rank's batch has its own negatives), so the ranking task ranks
+    within its groups here."""
     from conftest import write_task
     from test_bi_encoder import topic_groups
 

@@ -146,8 +146,8 @@ def test_export_errors_are_one_clear_line(trained, tmp_path):
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta"])
 def test_ranking_exports_a_cross_encoder_with_the_same_scores(tmp_path, model_type):
-    """Each (query, candidate) pair's score from the exported model equals mtdnn's, for BERT-style (pooler +
-    classifier) and RoBERTa-style (classifier.dense + out_proj) sequence heads."""
+    """Each (query, candidate) pair's score from the exported model equals mtdnn's, for BERT-style (pooler
+    + classifier) and RoBERTa-style (classifier.dense + out_proj) sequence heads."""
     from transformers import AutoModelForSequenceClassification
 
     folder = tmp_path / "tasks"

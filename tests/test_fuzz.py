@@ -6,8 +6,9 @@ with exit code 2 and exactly one `error:` line, the last line of stderr (or a he
 every problem found), naming the file or setting at fault;
 never a traceback; and an existing run folder keeps every byte.
 
-Profiles: the default run draws a fixed, derandomized set (the same cases on every CI run); `pytest -m slow`
-draws many more at random (set MTDNN_FUZZ_EXAMPLES to change how many). Each test reports how many cases ran.
+Profiles: the default run draws a fixed, derandomized set (the same cases on every CI run); `pytest -m
+slow` draws many more at random (set MTDNN_FUZZ_EXAMPLES to change how many). Each test reports how many
+cases ran.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
 """The metrics that choose the best checkpoint, against independent computations (numpy by hand, scipy) on
-random
-inputs, and main_score's orientation of lower-is-better metrics."""
+random inputs, and main_score's orientation of lower-is-better metrics."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """The multilabel kind (one new module, mtdnn/kinds/multilabel.py): YAML checks, metrics and divergence
-against
-independent computations, end-to-end training, unlabelled test rows, distillation and export."""
+against independent computations, end-to-end training, unlabelled test rows, distillation and export."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """ONNX export (format=onnx, quantize=int8) and the ONNX Runtime backend: the graph gives PyTorch's outputs
-for
-every head kind (adapter runs included), and the same decoded records through predict and the Python API."""
+for every head kind (adapter runs included), and the same decoded records through predict and the Python
+API."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Optimizer groups, the learning-rate schedule, per-task loss weights and epoch-based plans, against values
-written out by hand."""
+"""Optimizer groups, the learning-rate schedule, per-task loss weights and epoch-based plans, against
+values written out by hand."""
 
 from __future__ import annotations
 

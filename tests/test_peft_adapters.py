@@ -1,6 +1,6 @@
 """peft adapters (LoRA, IA3): shared or per task, starting from the unchanged encoder, counted by hand,
-learning
-with a frozen encoder, each task's adapter its own, and merged into a plain transformers model on export."""
+learning with a frozen encoder, each task's adapter its own, and merged into a plain transformers model on
+export."""
 
 from __future__ import annotations
 
@@ -127,9 +127,8 @@ def assert_adapter_only_checkpoints(run_dir, model):
 
 
 def assert_peft_folder_adapts_the_base_like_the_run(folder, run_dir, loaded, enc):
-    """PeftModel.from_pretrained(base, folder) computes the run's adapted encoder (the base rebuilt here from
-    the
-    run's frozen weights: the tiny test encoder is on no hub)."""
+    """PeftModel.from_pretrained(base, folder) computes the run's adapted encoder (the base rebuilt here
+    from the run's frozen weights: the tiny test encoder is on no hub)."""
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModel

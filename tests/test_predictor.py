@@ -1,6 +1,5 @@
 """The Python API (`from mtdnn import load_run`): the same records as `mtdnn.predict` for every head kind,
-from
-texts, pairs or rows, without Hydra or files."""
+from texts, pairs or rows, without Hydra or files."""
 
 from __future__ import annotations
 
@@ -89,9 +88,9 @@ def test_texts_pairs_and_sentences_are_accepted_as_they_are(trained):
 
 
 def test_one_off_rows_skip_hashing_the_tokenizer_and_training_splits_keep_their_content_key(tmp_path):
-    """map_rows: predict() input gets a fresh fingerprint instead of pickling the tokenizer per call; training
-    data (in memory or read from disk) keeps datasets' content fingerprint, which cache files and soft-target
-    stores are keyed by."""
+    """map_rows: predict() input gets a fresh fingerprint instead of pickling the tokenizer per call;
+    training data (in memory or read from disk) keeps datasets' content fingerprint, which cache files and
+    soft-target stores are keyed by."""
     import datasets
 
     from mtdnn.kinds import ONE_OFF_ROWS, map_rows

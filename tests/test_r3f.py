@@ -43,8 +43,7 @@ def test_token_scale_noise_is_a_fraction_of_each_tokens_rms():
 
 def test_term_equals_the_divergence_to_the_noisy_pass():
     """The reference is written here: uniform noise in [-eps, eps] times each token's RMS, none on padding,
-    one
-    noisy pass, and the symmetric KL by its formula (eval mode: no dropout to replay)."""
+    one noisy pass, and the symmetric KL by its formula (eval mode: no dropout to replay)."""
     model = _tiny_model(_spec("t")).eval()
     batch = _batch()
     dropout = DropoutReplay(torch.device("cpu"))

@@ -44,10 +44,9 @@ def test_every_method_has_a_module_and_a_yaml():
 def _alice_reference(
     model, batch, embeds, objective, eps: float, step: float, noise_std: float
 ) -> torch.Tensor:
-    """One ascent step written out (K = 1, l_inf, token scale): start at N(0, (noise_std x token RMS)^2), move
-    each token by step x its max|x| along its gradient divided by the gradient's max|g|, clip each coordinate
-    to
-    eps x max|x|; padding never moves."""
+    """One ascent step written out (K = 1, l_inf, token scale): start at N(0, (noise_std x token RMS)^2),
+    move each token by step x its max|x| along its gradient divided by the gradient's max|g|, clip each
+    coordinate to eps x max|x|; padding never moves."""
     mask = batch["attention_mask"].unsqueeze(-1).float()
     size = embeds.abs().amax(-1, keepdim=True)
     rms = embeds.pow(2).mean(-1, keepdim=True).sqrt()
@@ -277,8 +276,7 @@ def test_lnsr_noise_skips_padding_and_the_term_grows_with_the_noise_squared():
 
 def test_lnsr_noise_comes_from_the_main_stream_not_the_replayed_one():
     """Drawn inside the dropout replay, the noise would be the clean pass's own random numbers: the same on
-    every
-    call for one clean pass. Drawn outside, two calls on one clean pass see different noise."""
+    every call for one clean pass. Drawn outside, two calls on one clean pass see different noise."""
     model = _tiny_model(_spec("t")).train()
     batch = _batch()
     logits, hidden = model("t", **batch, hidden_states=True)

@@ -56,8 +56,9 @@ def _log(out: Path) -> list[dict]:
 
 
 def test_sigkill_at_a_random_step_then_resume_reproduces_every_loss_exactly(tmp_path, toy_tasks):
-    """A real subprocess is SIGKILLed mid-training; `resume=auto` must give the uninterrupted run's per-step
-    losses (task, SMART adversarial and proximal terms), learning rates and gradient norms, bit for bit."""
+    """A real subprocess is SIGKILLed mid-training; `resume=auto` must give the uninterrupted run's
+    per-step losses (task, SMART adversarial and proximal terms), learning rates and gradient norms, bit
+    for bit."""
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     subprocess.run(
         _cli(toy_tasks, straight), cwd=tmp_path, env=ENV, check=True, capture_output=True, timeout=600

@@ -207,9 +207,8 @@ def _lrs(run_dir) -> dict[int, float]:
 
 
 def test_resume_allow_changes_applies_the_new_learning_rate_and_records_it(tmp_path, toy_tasks, caplog):
-    """The learning rate a resumed run uses is the new one (not the optimizer state's), on the new schedule:
-    the
-    logged lr of steps 5-8 equals that of a run trained with the new settings from the start."""
+    """The learning rate a resumed run uses is the new one (not the optimizer state's), on the new
+    schedule: the logged lr of steps 5-8 equals that of a run trained with the new settings from the start."""
     base = tiny_overrides(
         toy_tasks, "task=toy_sent", "predict_test=false", "trainer.log_every=1", "trainer.eval_every=4"
     )
@@ -250,8 +249,7 @@ def test_resume_allow_changes_applies_the_new_learning_rate_and_records_it(tmp_p
 @GPU
 def test_dropout_replay_is_exact_on_cuda():
     """A zero perturbation replayed on the GPU gives zero divergence: every dropout mask, those SDPA draws
-    inside
-    its kernel included, is the clean pass's."""
+    inside its kernel included, is the clean pass's."""
     from test_smart import _context
 
     model = _tiny_model(_spec("t")).cuda().train()

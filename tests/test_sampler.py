@@ -98,8 +98,7 @@ def test_a_task_at_weight_zero_is_never_drawn():
 
 def test_annealed_sampler_resumes_mid_schedule_with_the_same_draws():
     """The annealing clock counts micro-batches (grad_accum x steps): a sampler rebuilt from a checkpoint
-    halfway
-    continues with exactly the draws, and the probabilities, of the uninterrupted one."""
+    halfway continues with exactly the draws, and the probabilities, of the uninterrupted one."""
     cfg = SamplerConfig(name="annealed", end_alpha=0.0)
     total = 4 * 50  # grad_accum 4, 50 steps
     straight = TaskSampler(cfg, SIZES, total, seed=7)

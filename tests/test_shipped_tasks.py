@@ -1,9 +1,7 @@
 """Shipped hub task YAMLs read data in their hub schema: `datasets.load_dataset` is replaced by local rows
-laid
-out as the hub stores them (column names, list columns, digit-string labels, hidden test labels), so the
-mapping
-in each YAML is checked offline. A multiple-choice task with one column per candidate also trains end to
-end."""
+laid out as the hub stores them (column names, list columns, digit-string labels, hidden test labels), so
+the mapping in each YAML is checked offline. A multiple-choice task with one column per candidate also
+trains end to end."""
 
 from __future__ import annotations
 

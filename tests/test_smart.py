@@ -424,9 +424,9 @@ def _tb(folder, tag):
 
 
 def test_smart_trains_classification_and_regression_together(tmp_path, toy_tasks):
-    """With a ball large enough for the tiny random encoder's flat loss surface (at the MiniLM-sized default
-    1e-3
-    its term is ~1e-6 of the loss here, and the run says so), SMART's term acts and both tasks still learn."""
+    """With a ball large enough for the tiny random encoder's flat loss surface (at the MiniLM-sized
+    default 1e-3 its term is ~1e-6 of the loss here, and the run says so), SMART's term acts and both tasks
+    still learn."""
     cfg = compose_train(
         tiny_overrides(
             toy_tasks,
@@ -528,9 +528,10 @@ def _output_change(run_dir, toy_tasks, radius: float = 0.05) -> float:
 
 
 def test_smart_makes_the_model_smoother(tmp_path, toy_tasks):
-    """Same data, seed and budget: the SMART model's output moves less under a random embedding perturbation.
-    The smoothness term alone (mu=0), at a radius that matters for this tiny model's embeddings (~0.1 per
-    token); at the paper's 1e-5 both saturated toy models move by ~1e-6 and the comparison says nothing."""
+    """Same data, seed and budget: the SMART model's output moves less under a random embedding
+    perturbation. The smoothness term alone (mu=0), at a radius that matters for this tiny model's
+    embeddings (~0.1 per token); at the paper's 1e-5 both saturated toy models move by ~1e-6 and the
+    comparison says nothing."""
     base = tiny_overrides(toy_tasks, "task=toy_sent", "trainer.max_steps=100", "predict_test=false")
     run(compose_train(base), tmp_path / "plain")
     run(

@@ -1,5 +1,6 @@
-"""The package's shape: no import cycles (every import counts: inside functions and `if TYPE_CHECKING:` blocks
-too), head kinds found without a central list, no private names or modules used outside their own place."""
+"""The package's shape: no import cycles (every import counts: inside functions and `if TYPE_CHECKING:`
+blocks too), head kinds found without a central list, no private names or modules used outside their own
+place."""
 
 from __future__ import annotations
 
@@ -147,8 +148,8 @@ def test_every_script_imports():
 
 def test_the_train_command_reaches_its_config_checks_without_the_heavy_libraries():
     """`python -m mtdnn.train task=typo` should answer in seconds: torchmetrics (which pulls in scipy,
-    matplotlib
-    and transformers), transformers, datasets and peft load on first use, not when the command starts."""
+    matplotlib and transformers), transformers, datasets and peft load on first use, not when the command
+    starts."""
     import subprocess
     import sys
 

@@ -1,7 +1,6 @@
 """Sweeps survive a failed job: it is reported in one line and marked, the others finish, the sweep exits 2
-with
-a list of what failed, `mtdnn.report` lists failed and never-run jobs, and `resume=auto` finishes the sweep
-without touching the jobs that were done."""
+with a list of what failed, `mtdnn.report` lists failed and never-run jobs, and `resume=auto` finishes the
+sweep without touching the jobs that were done."""
 
 from __future__ import annotations
 

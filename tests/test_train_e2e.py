@@ -119,8 +119,9 @@ def test_reloaded_checkpoint_predicts_identically(trained):
 
 
 def test_evaluate_matches_an_independent_computation(trained):
-    """mtdnn.evaluate against metrics computed here from the raw rows: the tokenizer and model called directly
-    (no mtdnn batching, sorting or collation) and accuracy, F1 of 'pos', Pearson written out with numpy."""
+    """mtdnn.evaluate against metrics computed here from the raw rows: the tokenizer and model called
+    directly (no mtdnn batching, sorting or collation) and accuracy, F1 of 'pos', Pearson written out with
+    numpy."""
     import numpy as np
     import pandas as pd
 

@@ -10,8 +10,7 @@ and `conf/balancer/<name>.yaml` holds `name: <name>` and the method's settings.
 A balancer acts at three points of an optimizer step:
     weight(task)                a multiplier on the task's loss, known before its backward (loss weighting)
     combine(gram, tasks, losses) with `trainer.tasks_per_step >= 2`: each task's gradient of the parameters
-    the
-                                step's tasks share, given as their Gram matrix (g_i . g_j), becomes
+                                the step's tasks share, given as their Gram matrix (g_i . g_j), becomes
                                 sum_i shared[i] g_i; a parameter only one task reached gets private[i] g_i
     end_step(losses)            after the optimizer step, with each task's loss of this step (learned weights)
 

@@ -1,5 +1,5 @@
-"""gradnorm: gradient normalisation (Chen et al. 2018, ICML). Loss weights w_i (start 1, sum K) are trained so
-that each task's gradient norm on the shared weights W tracks its relative training rate:
+"""gradnorm: gradient normalisation (Chen et al. 2018, ICML). Loss weights w_i (start 1, sum K) are trained
+so that each task's gradient norm on the shared weights W tracks its relative training rate:
 
     G_i = ||grad_W w_i L_i||,  r_i = (L_i / L_i(0)) / mean_j (L_j / L_j(0)),
     L_grad = sum_i | G_i - mean_j(G_j) r_i^alpha |          (the target held constant, as the paper)

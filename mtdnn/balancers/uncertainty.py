@@ -2,8 +2,7 @@
 Each task has a learned s_i = log sigma_i^2 and the run minimises
 
     sum_i  c_i exp(-s_i) L_i  +  s_i / 2,     c_i = 1/2 for a Gaussian likelihood (regression), 1 for a
-    softmax
-                                             likelihood (classification and every other kind)
+                                             softmax likelihood (classification and every other kind)
 
 (log sigma_i = s_i / 2). The network sees task i's loss times c_i exp(-s_i); s_i descends -c_i exp(-s_i)
 L_i + 1/2, which is zero at exp(s_i) = 2 c_i L_i: a task whose loss stays high is weighted down. s starts

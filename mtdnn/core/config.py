@@ -12,7 +12,7 @@ from omegaconf import MISSING
 
 @dataclass
 class AdapterConfig:
-    """Parameter-efficient training (mtdnn/adapters.py)."""
+    """Parameter-efficient training (mtdnn/model/adapters/)."""
 
     kind: str = "none"  # none | bottleneck | hyper | lora | ia3
     bottleneck: int = 64  # r: the adapter's inner size

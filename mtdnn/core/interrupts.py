@@ -53,13 +53,11 @@ def noting_interrupts() -> Iterator[None]:
 
 @contextlib.contextmanager
 def interrupts_at_safe_points() -> Iterator[None]:
-    """Inside the block (the training loop) a first Ctrl-C stops the run at the next `stop_if_interrupted()`,
-    a
-    second one at once. Raised anywhere, a KeyboardInterrupt lands in library code that it can leave
-    inconsistent:
-    one inside `Condition.notify` lost TensorBoard's writer thread a wake-up (closing it then waited out a 120
-    s
-    timer), torch answered one with a ValueError, and Python ignores one raised in a `__del__` and runs on."""
+    """Inside the block (the training loop) a first Ctrl-C stops the run at the next
+    `stop_if_interrupted()`, a second one at once. Raised anywhere, a KeyboardInterrupt lands in library
+    code that it can leave inconsistent: one inside `Condition.notify` lost TensorBoard's writer thread a
+    wake-up (closing it then waited out a 120 s timer), torch answered one with a ValueError, and Python
+    ignores one raised in a `__del__` and runs on."""
     before = _Interrupts.held
     _Interrupts.held = True
     try:

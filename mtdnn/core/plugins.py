@@ -5,8 +5,7 @@ package that defines the family's marker name at its top level (a head kind's `K
 Every family (kinds, regularizers, balancers, adapters, export formats) is discovered here, one way.
 Modules are recognised from their source, so listing a family imports none of them (the CLI's config checks
 stay fast, and a family's helper modules beside its members cost nothing); `load` imports one member when
-it is used.
-"""
+it is used."""
 
 from __future__ import annotations
 

@@ -287,9 +287,9 @@ class TaskBatches:
     """Endless shuffled batches of one task: each epoch visits every row exactly once, in a seeded order, and
         the position is a small state dict so a resumed run continues mid-epoch.
 
-    With `bucket_batches` > 1 (length bucketing), each epoch's shuffled rows are cut into pools of that many
-    batches, each pool is sorted by length and cut into batches, and the batches of the epoch are shuffled:
-    batches hold rows of similar length (little padding) yet their order stays random."""
+    With `bucket_batches` > 1 (length bucketing), each epoch's shuffled rows are cut into pools of that
+    many batches, each pool is sorted by length and cut into batches, and the batches of the epoch are
+    shuffled: batches hold rows of similar length (little padding) yet their order stays random."""
 
     def __init__(
         self,

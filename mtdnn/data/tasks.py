@@ -67,7 +67,7 @@ class ColumnsSpec:
 
 @dataclass
 class SubmissionSpec:
-    """The file a benchmark's server expects (see mtdnn/submission.py)."""
+    """The file a benchmark's server expects (see mtdnn/serving/submission.py)."""
 
     benchmark: str = "glue"  # glue (TSV: index, prediction) | superglue (JSON lines: idx, label)
     file: str = ""  # e.g. SST-2.tsv, COPA.jsonl

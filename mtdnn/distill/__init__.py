@@ -6,25 +6,20 @@
   __main__.py   `python -m mtdnn.distill` (the entry point)
 
 `python -m mtdnn.distill distill.teachers=[RUN_A,RUN_B] encoder=... task=[...]` is `python -m mtdnn.train`
-with
-`distill=ensemble`. Per training example the teachers' outputs are averaged; what a target is belongs to the
-head kind
-(`soft_target`/`kd_term` in mtdnn/kinds/<kind>.py): e.g. mean of softmax(logits / T) over labels
-(classification)
-or a group's candidates (ranking), mean of the values (regression), per-token distributions (span, tagging:
-their
-teachers must share the student's tokenizer, checked), per-label sigmoids (multilabel); and the student learns
-alpha * hard-label loss + (1 - alpha) * the kind's KD term (T^2 * KL(teacher || softmax(student / T)) for
-distributions, MSE to the teachers for regression).
+with `distill=ensemble`. Per training example the teachers' outputs are averaged; what a target is belongs to
+the head kind (`soft_target`/`kd_term` in mtdnn/kinds/<kind>.py): e.g. mean of softmax(logits / T) over labels
+(classification) or a group's candidates (ranking), mean of the values (regression), per-token
+distributions (span, tagging: their teachers must share the student's tokenizer, checked), per-label sigmoids
+(multilabel); and the student learns alpha * hard-label loss + (1 - alpha) * the kind's KD term (T^2 *
+KL(teacher || softmax(student / T)) for distributions, MSE to the teachers for regression).
 
 Soft targets are computed once with each teacher's own tokenizer and head (so teachers may tokenise
-differently
-from the student: targets are per example) and stored as `<soft_targets_dir>/<task>-<key>.safetensors`:
+differently from the student: targets are per example) and stored as
+`<soft_targets_dir>/<task>-<key>.safetensors`:
 
   tensors   targets (rows x width, float32; ranking rows padded with 0) and sizes (candidates per group)
   metadata  format "mtdnn-soft-targets/1", task, head (the kind), temperature, rows, data (fingerprint of the
-  train split),
-            teachers (JSON: run dir, checkpoint, sha256 of its weights)
+            train split), teachers (JSON: run dir, checkpoint, sha256 of its weights)
 
 A file whose teachers' weights or data no longer match is stale: it is rebuilt (distill.rebuild_stale=true)
 or refused with a message naming it. `distill.soft_targets=on_the_fly` instead runs the teachers on every

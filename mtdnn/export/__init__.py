@@ -4,8 +4,8 @@ kinds).
     python -m mtdnn.export RUN_DIR task=NAME out=DIR [format=hf] [checkpoint=best] [overwrite=false]
                            [quantize=int8]
 
-writes one task of a run in a format; the folder is written whole under a temporary name, then renamed, so a
-failed export never leaves half a folder behind.
+writes one task of a run in a format; the folder is written whole under a temporary name, then renamed, so
+a failed export never leaves half a folder behind.
 
 A module `mtdnn/export/<format>.py` (the format's name is the module's, with '-' for '_') provides
     SUMMARY                         one line for `--help` and the docs
@@ -16,8 +16,7 @@ A module `mtdnn/export/<format>.py` (the format's name is the module's, with '-'
     QUANTIZES = ("int8",)           optional: the values of `quantize=` the format takes
 Shipped: hf (a transformers model folder), onnx (ONNX Runtime, optionally int8), sentence-transformers (a
 bi-encoder task's embedding model), peft (a LoRA / IA3 task adapter); `card.py` writes the model card they
-share.
-"""
+share."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """`format=onnx`: one task of a run as an ONNX graph (torch.onnx's dynamo exporter), optionally int8 (ONNX
-Runtime's
-dynamic quantization), in a folder that `mtdnn.serving.onnx` serves as a run folder."""
+Runtime's dynamic quantization), in a folder that `mtdnn.serving.onnx` serves as a run folder."""
 
 from __future__ import annotations
 

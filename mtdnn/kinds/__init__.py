@@ -1,7 +1,7 @@
 """Head kinds: one module per kind in this package, found without a central list (like the regularizers).
 
-A module `mtdnn/kinds/<name>.py` defines `KIND`, an instance of a `Kind` subclass that owns everything about
-the kind, so nothing else in the package branches on kind names:
+A module `mtdnn/kinds/<name>.py` defines `KIND`, an instance of a `Kind` subclass that owns everything
+about the kind, so nothing else in the package branches on kind names:
 
   task YAML   Options (the kind's own top-level fields), required/gold columns, metrics, spec_problems()
   rows        regroup() (bring a split to the kind's row layout), bad_rows(), has_gold()
@@ -142,7 +142,7 @@ class Kind:
         raise NotImplementedError
 
     def submission_value(self, spec: TaskSpec, record: dict) -> Any:
-        """One prediction record as a benchmark server expects it (mtdnn/submission.py)."""
+        """One prediction record as a benchmark server expects it (mtdnn/serving/submission.py)."""
         raise MtdnnError(f"format: {spec.head} tasks have no benchmark submission format")
 
     def write_extra(self, path: Path, spec: TaskSpec, records: list[dict]) -> None:
@@ -184,7 +184,7 @@ class Kind:
     def export_model(
         self, spec: TaskSpec, config, head: nn.Module, encoder: nn.Module, pooling: str
     ) -> nn.Module:
-        """A transformers model holding this task's encoder and head (see mtdnn/hf_mapping.py)."""
+        """A transformers model holding this task's encoder and head (see mtdnn/kinds/hf_mapping.py)."""
         raise MtdnnError(f"export: {self.name} tasks have no standard HuggingFace class to export to")
 
 
@@ -209,8 +209,7 @@ ONE_OFF_ROWS: contextvars.ContextVar[bool] = contextvars.ContextVar("one_off_row
 def map_rows(ds, fn: Callable[..., dict], desc: str, **kwargs: Any):
     """`ds.map(fn)` batched, the input columns dropped. One-off in-memory rows (ONE_OFF_ROWS) get a random
     fingerprint: datasets would otherwise hash `fn` (the tokenizer with it) by pickling it, ~80 ms a call, for
-    a
-    key only cache files and soft-target stores use (training keeps the content fingerprint for them)."""
+    a key only cache files and soft-target stores use (training keeps the content fingerprint for them)."""
     fingerprint = uuid.uuid4().hex if ONE_OFF_ROWS.get() and not ds.cache_files else None
     return ds.map(
         fn, batched=True, remove_columns=ds.column_names, desc=desc, new_fingerprint=fingerprint, **kwargs

@@ -8,11 +8,9 @@ How a bi pair travels: `encode_pair_texts` tokenises the two texts apart (column
 row B + i are one pair, and it returns one output per pair.
 
 Heads (Reimers & Gurevych 2019, Sentence-BERT):
-  BiClassificationHead  softmax over a linear map of (u, v, |u - v|)              (SBERT's classification
-  objective)
-  CosineHead            lo + (hi - lo) * cos(u, v), MSE on the [0, 1] scale      (CosineSimilarityLoss)
-  FeatureRegressionHead linear map of (u, v, |u - v|, u * v) to one number       (regression.py: a
-  RegressionHead)
+  BiClassificationHead  softmax over a linear map of (u, v, |u - v|)      (SBERT's classification objective)
+  CosineHead            lo + (hi - lo) * cos(u, v), MSE on the [0, 1] scale   (CosineSimilarityLoss)
+  FeatureRegressionHead linear map of (u, v, |u - v|, u * v) to one number   (regression.py: a RegressionHead)
   BiRankingHead         scale * cos(query, candidate) over the batch's candidates (ranking.py: MNRL)
 Mean pooling always (what sentence-transformers' MiniLM/MPNet models use, and what the export's Pooling module
 says); the cosine head has no weights, so an untrained encoder already scores pairs: the zero-shot baseline.

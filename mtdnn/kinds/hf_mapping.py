@@ -1,15 +1,11 @@
 """How mtdnn's encoder and heads map onto transformers' task classes (used by each kind's export_model):
 
-  pooled heads (one output vector per input)   AutoModelForSequenceClassification; pooling=pooler: HF's pooler
-  +
-                                               classifier (exact); pooling=cls: HF's dense+tanh set to a
-                                               near-identity (see `near_identity`); pooling=mean: no standard
-                                               class mean-pools, so mtdnn/export_modeling.py is shipped beside
-                                               the
-                                               weights (trust_remote_code=True)
-  token heads                                  AutoModelForTokenClassification /
-  AutoModelForQuestionAnswering,
-                                               the head's linear layer copied (exact)
+  pooled heads (one output vector per input)
+      AutoModelForSequenceClassification; pooling=pooler: HF's pooler + classifier (exact); pooling=cls: HF's
+      dense+tanh set to a near-identity (see `near_identity`); pooling=mean: no standard class mean-pools, so
+      mtdnn/kinds/hf_modeling.py is shipped beside the weights (trust_remote_code=True)
+  token heads
+      AutoModelForTokenClassification / AutoModelForQuestionAnswering, the head's linear layer copied (exact)
 
 Sequence-classification heads are mapped for BERT-style (pooler + classifier: BERT and its clones, MiniLM
 among them) and RoBERTa-style (classifier.dense + classifier.out_proj) models; others get a clear error.

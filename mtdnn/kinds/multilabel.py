@@ -2,21 +2,17 @@
 binary cross-entropy (GoEmotions, topic tagging, toxicity types).
 
 YAML: columns.text (+ text_pair), columns.label (a list per row of label names or ids into `labels`, or a
-string
-cut by `label_separator`; an empty list is a row with no label, a missing value an unlabelled row), labels
-(>= 2). Own fields:
+string cut by `label_separator`; an empty list is a row with no label, a missing value an unlabelled row),
+labels (>= 2). Own fields:
   thresholds        a label is predicted when its probability reaches this: one number, or a mapping from
-  label
-                    name to number (labels not named use 0.5)
+                    label name to number (labels not named use 0.5)
   label_separator   cut string label values ("joy,love") into labels
   label_smoothing   targets y * (1 - s) + s / 2
 Metrics: f1_micro, f1_macro (torchmetrics, over the thresholded predictions), exact_match (every label right),
 hamming_loss (share of wrong label decisions; lower is better).
 Regularizers compare two passes by the symmetric KL of each label's Bernoulli distribution, summed over
-labels:
-(p - q) * (logit p - logit q). Distillation averages the teachers' per-label sigmoid(z / T); the student
-learns
-T^2 * binary cross-entropy to them. Export: AutoModelForSequenceClassification with
+labels: (p - q) * (logit p - logit q). Distillation averages the teachers' per-label sigmoid(z / T); the
+student learns T^2 * binary cross-entropy to them. Export: AutoModelForSequenceClassification with
 problem_type=multi_label_classification (transformers' pipeline then applies sigmoids).
 """
 
@@ -211,8 +207,7 @@ class Multilabel(Kind):
         self, logits: torch.Tensor, soft: torch.Tensor, batch: dict, temperature: float
     ) -> torch.Tensor:
         """T^2 * binary cross-entropy of sigmoid(student / T) to the teachers' probabilities (per label,
-        mean):
-        KL up to the teachers' entropy, which does not depend on the student."""
+        mean): KL up to the teachers' entropy, which does not depend on the student."""
         return F.binary_cross_entropy_with_logits(logits.float() / temperature, soft.float()) * temperature**2
 
     def export_model(self, spec: TaskSpec, config, head, encoder, pooling: str):

@@ -4,8 +4,7 @@ YAML: columns.text (+ text_pair), columns.label (a number; missing only in a tes
 metrics from pearson, spearman, mse, mae. Distillation averages the teachers' values (MSE to them).
 pair_encoding: bi encodes the two texts apart (mtdnn/kinds/_bi.py); own fields `bi_score: cosine` (default:
 lo + (hi - lo) * cos(u, v) with `label_range: [lo, hi]`, default [0, 1]; no weights, so the untrained
-encoder's
-zero-shot score is reported) or `bi_score: features` (a linear map of (u, v, |u - v|, u * v)).
+encoder's zero-shot score is reported) or `bi_score: features` (a linear map of (u, v, |u - v|, u * v)).
 """
 
 from __future__ import annotations

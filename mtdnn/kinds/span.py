@@ -6,8 +6,7 @@ YAML: columns.question, columns.context, columns.answers ({text: [...], answer_s
 layout); metrics from f1, exact_match (and, for v2, has_answer_/no_answer_ variants). Own fields:
 doc_stride, max_answer_length, n_best, allow_no_answer (SQuAD v2), no_answer_threshold. Rows without gold
 answers count in the metrics only in v2 data (where "no answer" is the gold); elsewhere they are
-unlabelled.
-"""
+unlabelled."""
 
 from __future__ import annotations
 

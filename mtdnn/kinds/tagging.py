@@ -2,8 +2,7 @@
 every word; entity-level precision/recall/F1 as conlleval/seqeval count them.
 
 YAML: columns.tokens (a list of words), columns.tags (one tag per word: names or ids into `labels`), labels
-(the
-tag set, >= 2); metrics from entity_f1, entity_precision, entity_recall, token_accuracy. Own field:
+(the tag set, >= 2); metrics from entity_f1, entity_precision, entity_recall, token_accuracy. Own field:
 label_smoothing.
 """
 

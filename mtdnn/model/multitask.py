@@ -21,7 +21,7 @@ class MultiTaskModel(nn.Module):
         self.pooling = pooling
         hidden = encoder.config.hidden_size
         self.heads = nn.ModuleDict({s.name: kinds.of(s).head(hidden, s, pooling) for s in specs})
-        self.adapters = None  # parameter-efficient mode: frozen encoder + adapters (mtdnn/adapters.py)
+        self.adapters = None  # parameter-efficient mode: frozen encoder + adapters (mtdnn/model/adapters/)
         if adapter is not None and adapter.kind != "none":
             self.adapters = build_adapters(encoder, [s.name for s in specs], adapter)
 

@@ -3,8 +3,8 @@
 A module `mtdnn/regularizers/<name>.py` provides
     Config                      a dataclass of its knobs (validated like task files: every problem at once)
     problems(config, specs)     extra checks that need the selected tasks (optional)
-    CHANGES_MODEL = True        if build() reparametrizes the model (built before the others, which may copy
-    it)
+    CHANGES_MODEL = True        if build() reparametrizes the model (built before the others, which may
+                                copy it)
     build(config, model, specs) -> a `Regularizer` (subclass `Base` and override what the method needs):
         penalty(ctx) -> dict[str, Tensor]   weighted loss terms for one micro-batch (added to the task loss);
                                             a detached term is only logged (the method did its own backward)

@@ -1,10 +1,10 @@
 """ALICE (Pereira et al. 2020, "Adversarial Training for Commonsense Inference"): two adversarial terms,
 both added to the loss.
 
-  label:    delta_y = K ascent steps on the task loss L(f(x + delta), y)  ->  label_weight * L(f(x + delta_y),
-  y)
-  virtual:  delta_v = K ascent steps on D(f(x + delta), f(x))             ->  virtual_weight * D(f(x +
-  delta_v), f(x))
+  label:    delta_y = K ascent steps on the task loss L(f(x + delta), y)
+            -> label_weight * L(f(x + delta_y), y)
+  virtual:  delta_v = K ascent steps on D(f(x + delta), f(x))
+            -> virtual_weight * D(f(x + delta_v), f(x))
 
 D is the head's symmetric divergence (symmetric KL; squared error for regression), the same as SMART's, and
 the ascent steps are SMART's (mtdnn/regularizers/smart.py: word embeddings before positions/LayerNorm,

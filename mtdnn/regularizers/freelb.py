@@ -6,8 +6,7 @@ passes accumulated (averaged), so one optimizer step trains on K perturbed copie
   for t in 1..K:
       loss_t = L(f(x + delta_{t-1}), y) / K;  backward: weights accumulate grad, delta gets its grad
       delta_t = delta_{t-1} + step_size * g / ||g||_2   (per example), then project onto ||delta||_2 <=
-      epsilon
-                (epsilon = 0: no projection, as in the paper's GLUE runs)
+                epsilon (epsilon = 0: no projection, as in the paper's GLUE runs)
 
 The perturbed tensor is the word embeddings (before positions/LayerNorm), as for SMART; every pass reuses
 the clean pass's dropout masks (the paper keeps one mask across ascent steps). By default the clean loss is

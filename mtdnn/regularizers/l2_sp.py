@@ -1,6 +1,6 @@
 """L2-SP (Li et al. 2018, "Explicit Inductive Bias for Transfer Learning with Convolutional Networks"):
-keep the encoder near its pretrained weights theta_0, in the decoupled form (as AdamW decouples weight decay):
-after every optimizer step,
+keep the encoder near its pretrained weights theta_0, in the decoupled form (as AdamW decouples weight
+decay): after every optimizer step,
 
   theta <- theta - lr * weight * (theta - theta_0)     for every encoder parameter; the heads are excluded
 

@@ -1,8 +1,8 @@
-"""Adversarial perturbations of the input embeddings, shared by SMART and ALICE (and anyone who adds a virtual
-adversarial method): the ball the perturbation lives in (per token or per example; l_inf, l2 or l1), the
-projection onto it, one or more ascent steps on a divergence, and the model's logits on perturbed embeddings.
-Sizes are relative to each token's embedding (`scale: token`), as literal (`absolute`) or as mt-dnn
-renormalises (`reference`): see conf/regularizer/smart.yaml."""
+"""Adversarial perturbations of the input embeddings, shared by SMART and ALICE (and anyone who adds a
+virtual adversarial method): the ball the perturbation lives in (per token or per example; l_inf, l2 or
+l1), the projection onto it, one or more ascent steps on a divergence, and the model's logits on perturbed
+embeddings. Sizes are relative to each token's embedding (`scale: token`), as literal (`absolute`) or as
+mt-dnn renormalises (`reference`): see conf/regularizer/smart.yaml."""
 
 from __future__ import annotations
 

@@ -20,19 +20,17 @@ Per micro-batch, on top of the task loss L(f(x; theta), y):
                   post-LayerNorm embedding output, whose MiniLM tokens have l_inf ~2.6: epsilon ~0.4 here).
   3. Add lambda_s * D(f(x + delta), f(x)), with gradients into the weights through both outputs.
   4. Bregman proximal point: add mu * D(f(x; theta), f(x; theta_teacher)) on the clean input, where the
-  teacher
-     is an exponential moving average of the parameters, run without a graph and updated after every optimizer
-     step. Its memory fits the run: beta = 1 - 1 / (teacher_memory * total_steps), so the teacher averages
-     over
-     the last teacher_memory of the run. The paper's beta 0.99 then 0.999 (after beta_switch of training)
-     remembers ~1,000 steps, longer than a low-resource run: it holds the student at its starting point.
-     teacher_memory: null keeps the paper's schedule.
+     teacher is an exponential moving average of the parameters, run without a graph and updated after
+     every optimizer step. Its memory fits the run: beta = 1 - 1 / (teacher_memory * total_steps), so the
+     teacher averages over the last teacher_memory of the run. The paper's beta 0.99 then 0.999 (after
+     beta_switch of training) remembers ~1,000 steps, longer than a low-resource run: it holds the student at
+     its starting point. teacher_memory: null keeps the paper's schedule.
 
 D is the head's own symmetric divergence: symmetric KL for classification (and, when they land, the
 candidates of a ranking group, start/end distributions for spans, per-token distributions for tagging),
-squared error for regression. Every perturbed and teacher pass replays the clean pass's dropout masks, so
-D measures the input (or parameter) change and not two draws of dropout. The clean pass is never rerun:
-its embeddings and logits come from the training step itself.
+squared error for regression. Every perturbed and teacher pass replays the clean pass's dropout masks, so D
+measures the input (or parameter) change and not two draws of dropout. The clean pass is never rerun: its
+embeddings and logits come from the training step itself.
 """
 
 from __future__ import annotations

@@ -4,11 +4,9 @@ the Python API.
 `python -m mtdnn.export RUN task=NAME out=DIR format=onnx [quantize=int8]` writes
 
     model.onnx        the encoder + the task's head, raw head outputs (logits, start/end, token logits,
-    value),
-                      dynamic batch and sequence axes (torch.onnx's dynamo exporter)
+                      value), dynamic batch and sequence axes (torch.onnx's dynamo exporter)
     model_int8.onnx   with quantize=int8: ONNX Runtime's dynamic quantization (int8 weights of every MatMul,
-    one
-                      scale per output channel)
+                      one scale per output channel)
     tokenizer/  tasks/<name>.yaml  config.yaml  onnx.json  README.md (model card)
 
 Every head kind exports, adapter runs included (the graph holds whatever the forward pass computes). The

@@ -10,8 +10,7 @@ Choices: the adapter sits on each layer's output (after its final LayerNorm), wh
 layers sit in one ModuleList allows through a forward hook (hyperformer places it inside the feed-forward
 block; that needs per-architecture surgery). The up-projection (or its generator) starts at zero, so
 training starts from the unchanged pretrained encoder. Adapters train with trainer.head_lr, like the heads:
-both are new.
-"""
+both are new."""
 
 from __future__ import annotations
 
@@ -25,7 +24,12 @@ from mtdnn.core.config import AdapterConfig
 from mtdnn.model.adapters.peft_methods import METHODS, PeftAdapters, is_peft_parameter, peft_problems
 from mtdnn.model.encoders import encoder_layers
 
-KINDS = ("none", "bottleneck", "hyper", *METHODS)  # lora, ia3: through peft, see mtdnn/peft_adapters.py
+KINDS = (
+    "none",
+    "bottleneck",
+    "hyper",
+    *METHODS,
+)  # lora, ia3: through peft, see mtdnn/model/adapters/peft_methods.py
 
 
 def adapter_problems(cfg: AdapterConfig) -> list[str]:
