@@ -11,38 +11,32 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from mtdnn.balancers import Setup, build_balancer
 from mtdnn.core import config as _config  # noqa: F401  (registers the typed schemas with Hydra)
 from mtdnn.core.commands import cli_errors
 from mtdnn.core.distributed import Distributed, pick_device
-from mtdnn.core.errors import MtdnnError, first_line, raise_if
+from mtdnn.core.errors import MtdnnError, first_line
 from mtdnn.core.interrupts import interrupts_at_safe_points
 from mtdnn.core.paths import conf_dir
-from mtdnn.data.loading import TaskBatches, encode_splits, length_problems, one_pass_in_turn, task_seed
-from mtdnn.data.sampler import TaskSampler
-from mtdnn.data.tasks import load_tasks
-from mtdnn.distill import Distiller
-from mtdnn.evaluation.engine import collator_for
-from mtdnn.model.encoders import max_length_problems
+from mtdnn.data.loading import one_pass_in_turn
 from mtdnn.model.multitask import MultiTaskModel, bake_parametrizations
-from mtdnn.regularizers import build_regularizers
-from mtdnn.runs.checkpoints import remove_staging
-from mtdnn.runs.folder import record_resume, resolve_resume, run_lock, save_run_files
+from mtdnn.runs.folder import record_resume, save_run_files
 from mtdnn.runs.rng import seed_everything
 from mtdnn.training.build import (
-    prepare_data,
-    prepare_output_dir,
+    build_distiller,
+    build_model,
+    build_run,
+    claim_output_dir,
+    load_and_encode,
     quiet_library_progress_bars,
-    tokenizer_and_encoder,
 )
-from mtdnn.training.checks import run_problems
+from mtdnn.training.checks import checked_config
 from mtdnn.training.command_line import check_overrides, check_sweep
-from mtdnn.training.loop import make_plan, train
-from mtdnn.training.optim import build_optimizer, build_scheduler
-from mtdnn.training.resume import Resumable, TrainState, check_resume_config
-from mtdnn.training.stages import init_from_run, run_stages
+from mtdnn.training.loop import train
+from mtdnn.training.resume import Resumable
+from mtdnn.training.run import Run
+from mtdnn.training.stages import run_stages
 from mtdnn.training.summary import log_plan, record_zero_shot, write_summary
 from mtdnn.training.sweeps import in_sweep, run_job, score
 from mtdnn.training.tracking import SilentTracker, Tracker
@@ -50,163 +44,89 @@ from mtdnn.training.tracking import SilentTracker, Tracker
 log = logging.getLogger("mtdnn")
 
 
-def task_names(task) -> list[str]:
-    """task=mnli, task=[mnli,rte] or a path; a number or a mapping is still named in the error it gets."""
-    if isinstance(task, (dict, DictConfig)) or task is None:
-        raise MtdnnError(f"task: give a task name or a list of them, got {task!r}")
-    names = list(task) if isinstance(task, (list, tuple, ListConfig)) else [task]
-    return [str(n) for n in names]
-
-
 def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> dict:
     """Train as configured; returns the summary (also written to summary.json). Under torchrun every rank
     calls this; rank 0 alone writes the run folder."""
     started = time.time()
     dist = dist or Distributed()
-    # 1. validate the configuration (tasks, encoder, sampler, trainer, a resumed run's settings) before any
-    # data
-    raise_if(
-        [f"{key}: required, but not given (e.g. {key}=...)" for key in sorted(OmegaConf.missing_keys(cfg))],
-        "the run configuration is incomplete",
-    )
-    specs = load_tasks(
-        task_names(cfg.task), list(cfg.task_dirs), OmegaConf.to_container(cfg.task_overrides, resolve=True)
-    )
-    raise_if(run_problems(cfg, specs), "the run configuration has problems")
-    checkpoint = resolve_resume(cfg.resume, output_dir) if cfg.resume else None
-    changes: list[str] = []  # settings a resumed run changes (resume_allow_changes=true)
-    if checkpoint is not None:
-        output_dir = checkpoint.parent.parent
-        changes = check_resume_config(
-            output_dir, OmegaConf.to_container(cfg, resolve=True), cfg.resume_allow_changes
-        )
-        for change in changes:
-            log.warning("resume_allow_changes: %s", change)
-    with ExitStack() as held:  # rank 0 holds the run folder's lock until the run ends, however it ends
-        if dist.is_main:
-            prepare_output_dir(output_dir, resuming=checkpoint is not None)
-            held.enter_context(run_lock(output_dir))
-            if checkpoint is not None:
-                remove_staging(output_dir)
-        dist.barrier()  # the other ranks read the folder only once rank 0 has checked and tidied it
+    # 1. validate the configuration (tasks, encoder, sampler, trainer, a resumed run's settings) before data
+    specs, checkpoint, changes = checked_config(cfg, output_dir)
+    for change in changes:
+        log.warning("resume_allow_changes: %s", change)
+    output_dir = checkpoint.parent.parent if checkpoint is not None else output_dir
+    with ExitStack() as held:
+        claim_output_dir(output_dir, checkpoint, dist, held)
         if not cfg.trainer.progress_bar:
             quiet_library_progress_bars()
         seed_everything(cfg.seed)
         device = dist.device(pick_device(cfg.trainer.device))
 
         # 2. data: load and check every row, then tokenise (cached); soft targets when distilling
-        tasks = prepare_data(specs)
-        saved_run = (
-            output_dir
-            if checkpoint is not None
-            else Path(cfg.init_from).expanduser()
-            if cfg.init_from
-            else None
+        init_from = Path(cfg.init_from).expanduser() if cfg.init_from else None
+        tasks, tokenizer, encoder, head_weights = load_and_encode(
+            cfg, specs, output_dir if checkpoint is not None else init_from
         )
-        tokenizer, encoder, head_weights = tokenizer_and_encoder(cfg, tasks, saved_run)
-        raise_if(
-            max_length_problems(specs, encoder, tokenizer) + length_problems(tasks, tokenizer),
-            "the task configuration has problems",
-        )
-        for data in tasks.values():
-            encode_splits(data, tokenizer)
-        distiller = Distiller(cfg.distill, specs, device) if cfg.distill.mode == "ensemble" else None
-        if distiller is not None:
-            for name, origin in distiller.attach_soft_targets(
-                tasks, tokenizer, cfg.trainer.eval_batch_size
-            ).items():
-                log.info("soft targets for %s: %s", name, origin)
+        distiller = build_distiller(cfg, specs, tasks, tokenizer, device)
 
         # 3. model, optimizer, schedule, sampler, regularizers (or all of them as the checkpoint left them)
-        model = MultiTaskModel(encoder, specs, cfg.encoder.pooling, cfg.adapter).to(device)
-        if cfg.init_from and checkpoint is None:  # staged training: start from an earlier run's best weights
-            head_weights = init_from_run(model, Path(cfg.init_from).expanduser(), cfg.init_heads)
-        if head_weights:  # the student starts from the teacher's heads too (where they fit: a cross-encoder
-            own = model.heads.state_dict()  # teacher's head does not fit a bi-encoder student's)
-            model.heads.load_state_dict(
-                {k: v for k, v in head_weights.items() if k in own and own[k].shape == v.shape}, strict=False
-            )
-        if checkpoint is None and dist.is_main:
-            save_run_files(output_dir, OmegaConf.to_yaml(cfg, resolve=True), specs, tokenizer, encoder.config)
-        elif dist.is_main:  # config.yaml says what the run continues with (max_steps, or the changes allowed)
-            record_resume(output_dir, OmegaConf.to_yaml(cfg, resolve=True), checkpoint, changes)
-        collators = {s.name: collator_for(s, tokenizer, cfg.trainer.pad_to_multiple_of) for s in specs}
-        # data parallel: each task's batches are planned at the job's batch size; every rank takes its share
-        batches = {
-            s.name: TaskBatches(
-                tasks[s.name].encoded["train"],
-                cfg.trainer.batch_size * dist.world,
-                task_seed(cfg.seed, s.name),
-                collators[s.name],
-                cfg.trainer.bucket_batches,
-                dist.shard if dist.active else None,
-            )
-            for s in specs
-        }
-        plan = make_plan(cfg.trainer, batches)
-        optimizer = build_optimizer(model, cfg.trainer, {s.name: s.head_lr for s in specs})
-        sizes = {s.name: len(tasks[s.name].encoded["train"]) for s in specs}
-        draws = plan.total_steps * cfg.trainer.grad_accum * min(cfg.trainer.tasks_per_step, len(specs))
-        balancer = build_balancer(
-            OmegaConf.to_container(cfg.balancer, resolve=True),
-            Setup({s.name: s for s in specs}, plan.steps_per_epoch, plan.total_steps, cfg.seed),
-        )
-        resumable = Resumable(
-            optimizer,
-            build_scheduler(optimizer, cfg.trainer, plan.total_steps),
-            TaskSampler(cfg.sampler, sizes, draws, cfg.seed),
-            batches,
-            build_regularizers(OmegaConf.to_container(cfg.regularizer, resolve=True), model, specs),
-            balancer,
-            TrainState(),
-        )
-        if checkpoint is None:  # e.g. Child-Tuning's Fisher pass (a resumed run restores its result instead)
-            for reg in resumable.regularizers.values():
-                reg.prepare(model, one_pass_in_turn(batches), device)
-        else:
-            restore(resumable, checkpoint, model, changes)
-        log_plan(specs, sizes, plan, cfg, model, output_dir, resumable.state)
-        if checkpoint is None:
-            record_zero_shot(model, tasks, collators, cfg, output_dir, device, dist.is_main)
-        first_step = resumable.state.step
+        model = build_model(cfg, specs, encoder, head_weights, checkpoint is None, device)
+        if dist.is_main:  # config.yaml says what the run continues with (max_steps, or the changes allowed)
+            write_run_files(cfg, output_dir, specs, tokenizer, encoder.config, checkpoint, changes)
+        training = build_run(cfg, (output_dir, dist, device), tasks, model, tokenizer, distiller)
+        training.started = started
+        start_or_restore(training, checkpoint, changes)
 
         # 4. train
-        tracker = (
-            Tracker(output_dir, plan.total_steps, first_step, cfg.trainer.progress_bar)
-            if dist.is_main
-            else SilentTracker()
-        )
-        try:
-            with interrupts_at_safe_points():  # Ctrl-C stops the run between steps (or evaluation batches)
-                state = train(
-                    model, tasks, collators, resumable, cfg.trainer, plan, tracker, device, distiller, dist
-                )
-        finally:
-            tracker.close()
-
+        state = train_steps(training)
         dist.barrier()  # rank 0 has written the last checkpoint
         if not dist.is_main:
             return {"rank": dist.rank, "steps": state.step}
 
         # 5. report with the best checkpoint (reparametrized weights, e.g. R4F's, back to plain ones first)
         bake_parametrizations(model)
-        summary = write_summary(
-            cfg,
-            model,
-            tasks,
-            collators,
-            plan,
-            state,
-            output_dir,
-            device,
-            sizes,
-            started,
-            resumed_at_step=first_step if checkpoint is not None else None,
-            distiller=distiller,
-        )
-        del model, optimizer, batches, resumable  # multirun jobs share one process: free memory between jobs
+        summary = write_summary(training)
+        del model, training  # multirun jobs share one process: free memory between jobs
         gc.collect()
         return summary
+
+
+def write_run_files(cfg, output_dir: Path, specs, tokenizer, encoder_config, checkpoint, changes) -> None:
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    if checkpoint is None:
+        save_run_files(output_dir, config_yaml, specs, tokenizer, encoder_config)
+    else:
+        record_resume(output_dir, config_yaml, checkpoint, changes)
+
+
+def start_or_restore(training: Run, checkpoint: Path | None, changes: list[str]) -> None:
+    """A fresh run prepares its regularizers (e.g. Child-Tuning's Fisher pass) and scores untrained heads; a
+    resumed one takes everything from its checkpoint instead."""
+    res = training.resumable
+    if checkpoint is None:
+        for reg in res.regularizers.values():
+            reg.prepare(training.model, one_pass_in_turn(res.batches), training.device)
+    else:
+        restore(res, checkpoint, training.model, changes)
+        training.resumed_at_step = res.state.step
+    log_plan(training)
+    if checkpoint is None:
+        record_zero_shot(training)
+
+
+def train_steps(training: Run):
+    """The loop, with Ctrl-C stopping it between steps (or evaluation batches) and the tracker closed however
+    it ends."""
+    plan, cfg = training.plan, training.trainer
+    tracker = (
+        Tracker(training.output_dir, plan.total_steps, training.state.step, cfg.progress_bar)
+        if training.dist.is_main
+        else SilentTracker()
+    )
+    try:
+        with interrupts_at_safe_points():
+            return train(training, tracker)
+    finally:
+        tracker.close()
 
 
 def restore(resumable: Resumable, checkpoint: Path, model: MultiTaskModel, changes: list[str]) -> None:

@@ -114,7 +114,7 @@ def encoder_config(name: str) -> EncoderConfig:
 def train_step(model, task: str, batch: dict, optimizer, scheduler, cfg: TrainerConfig, bf16: bool) -> None:
     """The body of mtdnn.training.loop.train for one micro-batch without regularizers: what the toolkit
     runs."""
-    forward_backward(model, task, batch, {}, 1.0, DEVICE, bf16)
+    forward_backward(model, task, batch, {}, 1.0, bf16)
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
     optimizer.step()
     scheduler.step()

@@ -118,7 +118,7 @@ class Trainee:
 
     def step(self) -> float:
         started = time.perf_counter()
-        forward_backward(self.model, "bench", self.batch, self.regs, 1.0, torch.device("cpu"), bf16=False)
+        forward_backward(self.model, "bench", self.batch, self.regs, 1.0, bf16=False)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         for reg in self.regs.values():
             reg.before_step(self.model)

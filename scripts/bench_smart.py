@@ -88,7 +88,7 @@ def time_step(model, optimizer, regularizers, batch) -> float:
     if regularizers == "mt-dnn":
         mtdnn_structure(model, batch)
     else:
-        forward_backward(model, "bench", batch, regularizers, 1.0, torch.device("cpu"), bf16=False)
+        forward_backward(model, "bench", batch, regularizers, 1.0, bf16=False)
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

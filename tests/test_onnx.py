@@ -123,7 +123,7 @@ def test_backend_and_format_mistakes_are_one_line(trained, tmp_path):
             ExportConfig(run_dir=str(trained_run), task="toy_sent", out=str(tmp_path / "x"), quantize="int8")
         )
     with pytest.raises(
-        MtdnnError, match="format: must be hf, onnx, sentence-transformers or peft, got 'tflite'"
+        MtdnnError, match="format: must be hf, onnx, peft, sentence-transformers or state-dict, got 'tflite'"
     ):
         export(
             ExportConfig(run_dir=str(trained_run), task="toy_sent", out=str(tmp_path / "x"), format="tflite")

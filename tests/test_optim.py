@@ -8,8 +8,9 @@ import torch
 from test_smart import _batch, _spec, _tiny_model
 
 from mtdnn.core.config import TrainerConfig
-from mtdnn.training.loop import forward_backward, make_plan
+from mtdnn.training.loop import forward_backward
 from mtdnn.training.optim import build_optimizer, build_scheduler, param_groups
+from mtdnn.training.run import make_plan
 
 
 def test_no_decay_for_1d_parameters_and_head_lr_for_heads_and_adapters():
@@ -53,7 +54,7 @@ def test_the_micro_batch_scale_multiplies_the_gradient():
     grads = {}
     for weight in (1.0, 3.0):
         model = _tiny_model(_spec("t")).eval()
-        forward_backward(model, "t", _batch(), {}, weight, torch.device("cpu"), False)
+        forward_backward(model, "t", _batch(), {}, weight, False)
         grads[weight] = model.heads["t"].out.weight.grad.clone()
     torch.testing.assert_close(grads[3.0], 3 * grads[1.0])
 

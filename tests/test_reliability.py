@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from mtdnn.core.errors import MtdnnError
 from mtdnn.kinds.classification import ClassificationHead
-from mtdnn.runs import folder as rundir
+from mtdnn.runs import checkpoints as rundir
 from mtdnn.runs.checkpoints import checkpoint_problem, list_checkpoints, load_trainer_state, save_checkpoint
 from mtdnn.runs.folder import resolve_resume
 from mtdnn.train import run
@@ -133,7 +133,7 @@ def test_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_pat
         textwrap.dedent("""
         import time, torch
         from pathlib import Path
-        from mtdnn import rundir
+        from mtdnn.runs import checkpoints as rundir
         RUN, MARK = Path({run!r}), {mark!r}
         model = torch.nn.Linear(8, 3)
         rundir.save_checkpoint(RUN, 1, model, {{"train": {{"step": 1}}}})
@@ -248,9 +248,10 @@ def test_too_many_nan_steps_in_a_row_stop_with_the_last_checkpoint_intact(tmp_pa
 def test_loading_is_safe_by_construction():
     """No pickle of untrusted files: torch.load only with weights_only=True, YAML only safe_load,
     trust_remote_code off unless set."""
+    import mtdnn
     from mtdnn.core.config import EncoderConfig
 
-    sources = {p: p.read_text() for p in Path(rundir.__file__).parent.rglob("*.py")}
+    sources = {p: p.read_text() for p in Path(mtdnn.__file__).parent.rglob("*.py")}
     for path, text in sources.items():
         for line in text.splitlines():
             if "torch.load(" in line:
@@ -351,7 +352,8 @@ def test_ctrl_c_that_a_library_turns_into_another_error_still_exits_as_an_interr
     # as Ctrl-C
     script = textwrap.dedent(f"""
         import os, signal
-        from mtdnn.core.errors import MtdnnError, cli_errors
+        from mtdnn.core.commands import cli_errors
+        from mtdnn.core.errors import MtdnnError
 
         @cli_errors
         def main():
@@ -369,7 +371,8 @@ def test_ctrl_c_that_a_library_turns_into_another_error_still_exits_as_an_interr
 
 def test_an_error_with_no_ctrl_c_before_it_is_not_called_an_interrupt():
     script = textwrap.dedent("""
-        from mtdnn.core.errors import MtdnnError, cli_errors
+        from mtdnn.core.commands import cli_errors
+        from mtdnn.core.errors import MtdnnError
 
         @cli_errors
         def main():
@@ -416,7 +419,8 @@ def test_in_the_training_loop_ctrl_c_waits_for_a_safe_point(case):
     body, expected = SAFE_POINT_BODIES[case]
     script = textwrap.dedent("""
         import os, signal
-        from mtdnn.core.errors import cli_errors, interrupts_at_safe_points, stop_if_interrupted
+        from mtdnn.core.commands import cli_errors
+        from mtdnn.core.interrupts import interrupts_at_safe_points, stop_if_interrupted
         steps = []
 
         @cli_errors

@@ -52,7 +52,7 @@ def _micro_batch(regularizer: dict, monkeypatch, timed: bool = False) -> tuple[i
     monkeypatch.setattr(loop, "DropoutReplay", lambda device: made.append(1) or real(device))
     model = _tiny_model(_spec("t")).train()
     regs = build_regularizers(regularizer, model, [_spec("t")])
-    terms = loop.forward_backward(model, "t", _batch(), regs, 1.0, torch.device("cpu"), False, timed=timed)
+    terms = loop.forward_backward(model, "t", _batch(), regs, 1.0, False, timed=timed)
     return len(made), terms
 
 

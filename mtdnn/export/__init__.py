@@ -35,6 +35,8 @@ from mtdnn.core.errors import MtdnnError
 from mtdnn.data.tasks import TaskSpec
 from mtdnn.serving.loading import LoadedRun, open_run, select_tasks
 
+BI = ", a bi-encoder: pair_encoding: bi"
+
 
 @dataclass
 class ExportConfig:
@@ -64,7 +66,7 @@ def format_problems(fmt: ModuleType, run: LoadedRun, spec: TaskSpec, cfg: Export
     supported = kinds.of(spec).export_formats(spec)
     if not getattr(fmt, "MODEL_OF_ANY_KIND", False) and cfg.format not in supported:
         problems.append(
-            f"format: task {spec.name} ({spec.head}, pair_encoding: {spec.pair_encoding}) exports as "
+            f"format: task {spec.name} ({spec.head}{BI if spec.pair_encoding == 'bi' else ''}) exports as "
             f"{' or '.join(f'format={f}' for f in supported)}, not {cfg.format}"
         )
     if cfg.quantize is not None and cfg.quantize not in getattr(fmt, "QUANTIZES", ()):

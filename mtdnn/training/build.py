@@ -1,24 +1,52 @@
 """Building a run from its configuration: the output folder, the checked data, the tokenizer and encoder
-(fresh, from a saved run, or cut from a teacher)."""
+(fresh, from a saved run, or cut from a teacher), the model, and the `Run` the loop trains (batches, plan,
+optimizer, schedule, sampler, regularizers, balancer)."""
 
 from __future__ import annotations
 
+import logging
+from contextlib import ExitStack
 from pathlib import Path
 
-from omegaconf import DictConfig
+import torch
+from omegaconf import DictConfig, OmegaConf
 
 from mtdnn import kinds
+from mtdnn.balancers import Setup, build_balancer
+from mtdnn.core.distributed import Distributed
 from mtdnn.core.errors import MtdnnError, raise_if
-from mtdnn.data.loading import TaskData, check_columns, check_rows, empty_split_problems, load_raw
+from mtdnn.data.loading import (
+    TaskBatches,
+    TaskData,
+    check_columns,
+    check_rows,
+    empty_split_problems,
+    encode_splits,
+    length_problems,
+    load_raw,
+    task_seed,
+)
+from mtdnn.data.sampler import TaskSampler
 from mtdnn.data.tasks import TaskSpec
-from mtdnn.distill import shallow_student
+from mtdnn.distill import Distiller, shallow_student
+from mtdnn.evaluation.engine import collator_for
 from mtdnn.model.encoders import (
     build_encoder,
     build_tokenizer,
+    max_length_problems,
     pretrained_source,
     saved_tokenizer_and_encoder,
 )
-from mtdnn.runs.checkpoints import list_checkpoints
+from mtdnn.model.multitask import MultiTaskModel
+from mtdnn.regularizers import build_regularizers
+from mtdnn.runs.checkpoints import list_checkpoints, remove_staging
+from mtdnn.runs.folder import run_lock
+from mtdnn.training.optim import build_optimizer, build_scheduler
+from mtdnn.training.resume import Resumable, TrainState
+from mtdnn.training.run import Run, make_plan
+from mtdnn.training.stages import init_from_run
+
+log = logging.getLogger("mtdnn")
 
 
 def prepare_output_dir(output_dir: Path, resuming: bool) -> None:
@@ -87,3 +115,97 @@ def quiet_library_progress_bars() -> None:
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
+
+
+def claim_output_dir(output_dir: Path, checkpoint: Path | None, dist: Distributed, held: ExitStack) -> None:
+    """Rank 0 checks and tidies the folder and holds its lock (in `held`) until the run ends, however it ends;
+    the other ranks read the folder only once it has."""
+    if dist.is_main:
+        prepare_output_dir(output_dir, resuming=checkpoint is not None)
+        held.enter_context(run_lock(output_dir))
+        if checkpoint is not None:
+            remove_staging(output_dir)
+    dist.barrier()
+
+
+def load_and_encode(cfg: DictConfig, specs: list[TaskSpec], saved_run: Path | None):
+    """Every task's rows loaded and checked, then tokenised (cached); returns (tasks, tokenizer, encoder,
+    head weights of a teacher the student starts from, or None)."""
+    tasks = prepare_data(specs)
+    tokenizer, encoder, head_weights = tokenizer_and_encoder(cfg, tasks, saved_run)
+    raise_if(
+        max_length_problems(specs, encoder, tokenizer) + length_problems(tasks, tokenizer),
+        "the task configuration has problems",
+    )
+    for data in tasks.values():
+        encode_splits(data, tokenizer)
+    return tasks, tokenizer, encoder, head_weights
+
+
+def build_distiller(cfg: DictConfig, specs: list[TaskSpec], tasks: dict, tokenizer, device):
+    """The teachers and their soft targets when distilling (distill=ensemble)."""
+    if cfg.distill.mode != "ensemble":
+        return None
+    distiller = Distiller(cfg.distill, specs, device)
+    for name, origin in distiller.attach_soft_targets(tasks, tokenizer, cfg.trainer.eval_batch_size).items():
+        log.info("soft targets for %s: %s", name, origin)
+    return distiller
+
+
+def build_model(cfg: DictConfig, specs: list[TaskSpec], encoder, head_weights, fresh: bool, device):
+    """The shared encoder and a head per task; a staged run starts from an earlier run's best weights, a
+    student from its teacher's heads (where they fit: a cross-encoder teacher's head does not fit a
+    bi-encoder student's)."""
+    model = MultiTaskModel(encoder, specs, cfg.encoder.pooling, cfg.adapter).to(device)
+    if cfg.init_from and fresh:
+        head_weights = init_from_run(model, Path(cfg.init_from).expanduser(), cfg.init_heads)
+    if head_weights:
+        own = model.heads.state_dict()
+        fitting = {k: v for k, v in head_weights.items() if k in own and own[k].shape == v.shape}
+        model.heads.load_state_dict(fitting, strict=False)
+    return model
+
+
+def build_run(
+    cfg: DictConfig,
+    where: tuple[Path, Distributed, torch.device],
+    tasks: dict,
+    model,
+    tokenizer,
+    distiller: Distiller | None,
+) -> Run:
+    """Batches, plan, optimizer, schedule, sampler, regularizers and balancer for `model` on `tasks`: a fresh
+    run's, which a resumed run then overwrites with its checkpoint's."""
+    output_dir, dist, device = where
+    specs = [data.spec for data in tasks.values()]
+    collators = {s.name: collator_for(s, tokenizer, cfg.trainer.pad_to_multiple_of) for s in specs}
+    # data parallel: each task's batches are planned at the job's batch size; every rank takes its share
+    batches = {
+        s.name: TaskBatches(
+            tasks[s.name].encoded["train"],
+            cfg.trainer.batch_size * dist.world,
+            task_seed(cfg.seed, s.name),
+            collators[s.name],
+            cfg.trainer.bucket_batches,
+            dist.shard if dist.active else None,
+        )
+        for s in specs
+    }
+    plan = make_plan(cfg.trainer, batches)
+    optimizer = build_optimizer(model, cfg.trainer, {s.name: s.head_lr for s in specs})
+    sizes = {s.name: len(tasks[s.name].encoded["train"]) for s in specs}
+    draws = plan.total_steps * cfg.trainer.grad_accum * min(cfg.trainer.tasks_per_step, len(specs))
+    balancer = build_balancer(
+        OmegaConf.to_container(cfg.balancer, resolve=True),
+        Setup({s.name: s for s in specs}, plan.steps_per_epoch, plan.total_steps, cfg.seed),
+    )
+    resumable = Resumable(
+        optimizer,
+        build_scheduler(optimizer, cfg.trainer, plan.total_steps),
+        TaskSampler(cfg.sampler, sizes, draws, cfg.seed),
+        batches,
+        build_regularizers(OmegaConf.to_container(cfg.regularizer, resolve=True), model, specs),
+        balancer,
+        TrainState(),
+    )
+    return Run(cfg, output_dir, device, dist, tasks, model, collators, plan, resumable, distiller)

@@ -8,16 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mtdnn.balancers import balancer_problems
+from mtdnn.core.errors import MtdnnError, raise_if
 from mtdnn.core.typed import suggest
 from mtdnn.data.sampler import sampler_problems
-from mtdnn.data.tasks import TaskSpec
+from mtdnn.data.tasks import TaskSpec, load_tasks
 from mtdnn.distill import distill_problems
 from mtdnn.model.adapters import adapter_problems
 from mtdnn.model.encoders import encoder_problems
 from mtdnn.regularizers import regularizer_problems
+from mtdnn.runs.folder import resolve_resume
+from mtdnn.training.resume import check_resume_config
 
 
 def unknown_key_problems(cfg: DictConfig) -> list[str]:
@@ -120,3 +123,28 @@ def run_problems(cfg: DictConfig, specs: list[TaskSpec]) -> list[str]:
     if t.bf16 and t.device == "cpu" and not torch.backends.mkldnn.is_available():
         problems.append("trainer.bf16: this CPU build has no bfloat16 support")
     return problems
+
+
+def task_names(task) -> list[str]:
+    """task=mnli, task=[mnli,rte] or a path; a number or a mapping is still named in the error it gets."""
+    if isinstance(task, (dict, DictConfig)) or task is None:
+        raise MtdnnError(f"task: give a task name or a list of them, got {task!r}")
+    names = list(task) if isinstance(task, (list, tuple, ListConfig)) else [task]
+    return [str(n) for n in names]
+
+
+def checked_config(cfg: DictConfig, output_dir: Path) -> tuple[list[TaskSpec], Path | None, list[str]]:
+    """The task specs, the checkpoint a resumed run continues from (or None) and the settings it changes
+    (resume_allow_changes=true): every problem of the configuration reported at once, before any data."""
+    raise_if(
+        [f"{key}: required, but not given (e.g. {key}=...)" for key in sorted(OmegaConf.missing_keys(cfg))],
+        "the run configuration is incomplete",
+    )
+    overrides = OmegaConf.to_container(cfg.task_overrides, resolve=True)
+    specs = load_tasks(task_names(cfg.task), list(cfg.task_dirs), overrides)
+    raise_if(run_problems(cfg, specs), "the run configuration has problems")
+    checkpoint = resolve_resume(cfg.resume, output_dir) if cfg.resume else None
+    if checkpoint is None:
+        return specs, None, []
+    now = OmegaConf.to_container(cfg, resolve=True)
+    return specs, checkpoint, check_resume_config(checkpoint.parent.parent, now, cfg.resume_allow_changes)

@@ -1,4 +1,5 @@
-"""The training loop: one function, read top to bottom."""
+"""The training loop, read top to bottom: `train` is the step's four parts in order (accumulate, optimizer
+step, log, evaluate and checkpoint), each a function below it."""
 
 from __future__ import annotations
 
@@ -6,49 +7,23 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 
 from mtdnn.balancers import TaskGradients
 from mtdnn.core.config import TrainerConfig
-from mtdnn.core.distributed import Distributed
 from mtdnn.core.errors import MtdnnError
 from mtdnn.core.interrupts import stop_if_interrupted
-from mtdnn.data.loading import TaskBatches, TaskData
 from mtdnn.evaluation.engine import autocast, evaluate_tasks, main_score
-from mtdnn.kinds.collate import Collator
 from mtdnn.model.multitask import MultiTaskModel
 from mtdnn.regularizers import Regularizer, StepContext
 from mtdnn.regularizers.dropout import DropoutReplay
 from mtdnn.runs.checkpoints import rotate_checkpoints, save_best, save_checkpoint
-from mtdnn.training.resume import Resumable, TrainState
+from mtdnn.training.resume import TrainState
+from mtdnn.training.run import Run
 from mtdnn.training.tracking import LossMeter, Tracker
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Plan:
-    """How long and how often, fixed before the first step."""
-
-    total_steps: int
-    batches_per_epoch: int  # one pass over every task's train split
-    eval_every: int
-    steps_per_epoch: float = 1.0
-
-
-def make_plan(cfg: TrainerConfig, batches: dict[str, TaskBatches]) -> Plan:
-    per_epoch = sum(len(b) for b in batches.values())
-    per_step = cfg.grad_accum * min(cfg.tasks_per_step, len(batches))  # micro-batches in one optimizer step
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch / per_step))
-    eval_every = cfg.eval_every or max(1, math.ceil(per_epoch / per_step / cfg.evals_per_epoch))
-    return Plan(
-        total_steps=total,
-        batches_per_epoch=per_epoch,
-        eval_every=eval_every,
-        steps_per_epoch=per_epoch / per_step,
-    )
 
 
 def forward_backward(
@@ -57,7 +32,6 @@ def forward_backward(
     batch: dict[str, torch.Tensor],
     regularizers: dict[str, Regularizer],
     scale: float,
-    device: torch.device,
     bf16: bool,
     distiller=None,
     timed: bool = False,
@@ -65,6 +39,8 @@ def forward_backward(
     """One micro-batch: clean forward, task loss (or the distillation loss), regularizer terms, backward.
     Returns the detached terms and, when `timed`, per regularizer the seconds its penalty took (its extra
     forward cost; timing waits for the GPU, so the loop asks for it on logged steps only)."""
+
+    device = batch["input_ids"].device
 
     def loss_of(out: torch.Tensor) -> torch.Tensor:  # the task loss, or the distillation loss when distilling
         return distiller.loss(model, task, out, batch) if distiller else model.head(task).loss(out, batch)
@@ -141,149 +117,154 @@ def elapsed_since(started: float, device: torch.device) -> float:
     return time.perf_counter() - started
 
 
-def train(
-    model: MultiTaskModel,
-    tasks: dict[str, TaskData],
-    collators: dict[str, Collator],
-    run: Resumable,
-    cfg: TrainerConfig,
-    plan: Plan,
-    tracker: Tracker,
-    device: torch.device,
-    distiller=None,
-    dist: Distributed | None = None,
-) -> TrainState:
-    optimizer, scheduler, sampler, batches = run.optimizer, run.scheduler, run.sampler, run.batches
-    regularizers, state = run.regularizers, run.state
-    specs = {name: data.spec for name, data in tasks.items()}
-    dist = dist or Distributed()
-    meter = LossMeter()
-    params = [p for p in model.parameters() if p.requires_grad]
-    model.train()
-    balancer = run.balancer
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+def train(run: Run, tracker: Tracker) -> TrainState:
+    """From the checkpoint's step (or 0) to the plan's last: each step accumulates its micro-batches, steps
+    the optimizer, logs, and on the plan's cadence evaluates and checkpoints."""
+    state, meter = run.state, LossMeter()
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    run.model.train()
+    balancer = run.resumable.balancer
+    named = [(n, p) for n, p in run.model.named_parameters() if p.requires_grad]
     task_grads = TaskGradients(named, balancer.patterns) if balancer.combines else None
-    for step in range(state.step + 1, plan.total_steps + 1):
+    for step in range(state.step + 1, run.plan.total_steps + 1):
         stop_if_interrupted()
         step_started = time.perf_counter()
-        # 1. forward and backward over grad_accum micro-batches, each from one sampled task; with
-        # tasks_per_step >= 2
-        #    several different tasks, grad_accum micro-batches each, whose gradients the balancer may combine
-        # (data parallel: every rank the same tasks, its own share of the batch, its loss weighted by that
-        # share;
-        #    a combining balancer sees each task's gradient averaged over the ranks)
-        timed = step % cfg.log_every == 0 or step == plan.total_steps  # regularizer timing syncs the GPU
-        groups = step_tasks(sampler, cfg)
-        balancer.start_step(list(dict.fromkeys(t for group in groups for t in group)))
-        losses, drawn = StepLosses(), []
-        for group in groups:
-            for task in group:
-                batch, share, rows = batches[task].next_shard()
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                scale = specs[task].loss_weight * balancer.weight(task) / cfg.grad_accum * share
-                terms = forward_backward(
-                    model, task, batch, regularizers, scale, device, cfg.bf16, distiller, timed
-                )
-                for name, value in terms.items():
-                    meter.add(f"{name}/{task}", value * share)
-                losses.add(task, terms["loss"], share)
-                if balancer.needs_losses_after_step:
-                    drawn.append((task, batch, share))
-                state.micro_batches += 1
-                state.examples_seen[task] = state.examples_seen.get(task, 0) + rows
-            if task_grads is not None:
-                dist.average_gradients(task_grads.params)
-                task_grads.take()
-        dist.average_gradients(task_grads.others if task_grads is not None else params)
-        step_losses = dist.average(losses.means()) if balancer.needs_losses else {}
-        if task_grads is not None:
-            task_grads.combine(balancer, [group[0] for group in groups], step_losses)
-
-        # 2. clip, let regularizers edit the gradient (Child-Tuning's mask), step (unless the gradient is
-        # NaN/inf:
-        # one host sync per step keeps NaN out of the weights), then let them follow the new weights (SMART's
-        #    teacher, L2-SP's pull towards the pretrained weights), schedule
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            params, cfg.max_grad_norm or math.inf
-        )  # 0: measure, never clip
-        if torch.isfinite(grad_norm):
-            for reg in regularizers.values():
-                reg.before_step(model)
-            optimizer.step()
-            for reg in regularizers.values():
-                reg.after_step(model, step, plan.total_steps, scheduler.get_last_lr()[0])
-            if balancer.needs_losses_after_step:  # FAMO: how much the update lowered each task's loss
-                balancer.after_step_losses(
-                    dist.average(rescored_losses(model, drawn, device, cfg.bf16, distiller))
-                )
-            balancer.end_step(step_losses)
-            state.consecutive_skips = 0
-        else:
-            state.skipped_steps += 1
-            state.consecutive_skips += 1
-            if state.consecutive_skips >= cfg.max_consecutive_skips:
-                raise MtdnnError(
-                    f"training stopped at step {step}: {state.consecutive_skips} steps in a row had a "
-                    f"NaN/inf loss or gradient; the last checkpoint is intact (try a lower trainer.lr)"
-                )
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        last = step == run.plan.total_steps
+        logged = (
+            step % run.trainer.log_every == 0 or last
+        )  # regularizer timing syncs the GPU: logged steps only
+        # 1. forward and backward over the step's micro-batches (their gradients combined by the balancer)
+        step_losses, drawn = accumulate(run, meter, params, task_grads, logged)
+        # 2. clip, step (unless the gradient is NaN/inf), let the regularizers and balancer follow, schedule
+        grad_norm = optimizer_step(run, step, params, step_losses, drawn)
         state.step = step
-        state.train_seconds += elapsed_since(step_started, device)
+        state.train_seconds += elapsed_since(step_started, run.device)
         tracker.step()
-
         # 3. log (the only place losses leave the device, besides balancers that read them every step)
-        if step % cfg.log_every == 0 or step == plan.total_steps:
-            stats = {k: v for reg in [*regularizers.values(), balancer] for k, v in reg.stats().items()}
-            stats["skipped_steps"] = float(state.skipped_steps)
-            terms = dist.average(meter.flush())  # the whole job's means (every rank takes part)
-            if dist.is_main:
-                tracker.train_scalars(step, terms, scheduler.get_last_lr()[0], float(grad_norm), stats)
-
-        # 4. evaluate (rows shared out across ranks, all ranks get the metrics), keep the best (overall and,
-        # with
-        # several tasks, each task's), checkpoint (rank 0 alone writes: the weights are the same on every
-        # rank),
-        #    stop early when the score has not improved for trainer.early_stopping evaluations
-        if step % plan.eval_every == 0 or step == plan.total_steps:
-            with dist.sharded_inference():
-                results = evaluate_tasks(
-                    model, tasks, collators, "validation", cfg.eval_batch_size, device, cfg.bf16
-                )
-            score = main_score(results, specs, cfg.best_metric)
-            improved = is_better(score, state, last=step == plan.total_steps)
-            state.evals_since_best = 0 if improved else state.evals_since_best + 1
-            stop = 0 < cfg.early_stopping <= state.evals_since_best
-            if stop and not state.best_results:  # no defined score so far: the last checkpoint is named best
-                improved = is_better(score, state, last=True)
-            if improved:
-                state.best_score, state.best_step, state.best_results = score, step, results
-            task_bests = improved_tasks(state, results, specs, step) if len(specs) > 1 else []
-            model.train()
-            if dist.is_main:
-                tracker.evaluation(step, state.micro_batches / plan.batches_per_epoch, "validation", results)
-                save_checkpoint(tracker.run_dir, step, model, run.state_dict())
-                if improved:  # only after the checkpoint it names is complete
-                    save_best(tracker.run_dir, step, {"score": score, "validation": results})
-                for task in task_bests:
-                    save_best(
-                        tracker.run_dir,
-                        step,
-                        {"score": state.task_best[task]["score"], "validation": {task: results[task]}},
-                        f"best_{task}.json",
-                    )
-                rotate_checkpoints(tracker.run_dir, cfg.keep_last)
-            if stop:
-                log.info(
-                    "early stopping at step %d: no better %s in the last %d evaluations (best: step %d)",
-                    step,
-                    cfg.best_metric,
-                    state.evals_since_best,
-                    state.best_step,
-                )
-                state.stopped_early = True
-                break
+        if logged:
+            log_step(run, tracker, step, meter, grad_norm)
+        # 4. evaluate, keep the best, checkpoint; stop early when the score has stopped improving
+        if (step % run.plan.eval_every == 0 or last) and evaluate_and_checkpoint(run, tracker, step):
+            break
     return state
+
+
+def accumulate(run: Run, meter: LossMeter, params: list, task_grads: TaskGradients | None, timed: bool):
+    """Forward and backward over grad_accum micro-batches, each from one sampled task; with tasks_per_step
+    >= 2 several different tasks, grad_accum micro-batches each, whose gradients the balancer may combine
+    (data parallel: every rank the same tasks, its own share of the batch, its loss weighted by that
+    share;
+    a combining balancer sees each task's gradient averaged over the ranks). Returns each task's mean loss
+    of the step (when the balancer reads them) and the batches a re-scoring balancer needs."""
+    cfg, res, state, dist = run.trainer, run.resumable, run.state, run.dist
+    specs = run.specs
+    groups = step_tasks(res.sampler, cfg)
+    res.balancer.start_step(list(dict.fromkeys(t for group in groups for t in group)))
+    losses, drawn = StepLosses(), []
+    for group in groups:
+        for task in group:
+            batch, share, rows = res.batches[task].next_shard()
+            batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
+            scale = specs[task].loss_weight * res.balancer.weight(task) / cfg.grad_accum * share
+            terms = forward_backward(
+                run.model, task, batch, res.regularizers, scale, cfg.bf16, run.distiller, timed
+            )
+            for name, value in terms.items():
+                meter.add(f"{name}/{task}", value * share)
+            losses.add(task, terms["loss"], share)
+            if res.balancer.needs_losses_after_step:
+                drawn.append((task, batch, share))
+            state.micro_batches += 1
+            state.examples_seen[task] = state.examples_seen.get(task, 0) + rows
+        if task_grads is not None:
+            dist.average_gradients(task_grads.params)
+            task_grads.take()
+    dist.average_gradients(task_grads.others if task_grads is not None else params)
+    step_losses = dist.average(losses.means()) if res.balancer.needs_losses else {}
+    if task_grads is not None:
+        task_grads.combine(res.balancer, [group[0] for group in groups], step_losses)
+    return step_losses, drawn
+
+
+def optimizer_step(run: Run, step: int, params: list, step_losses: dict, drawn: list) -> torch.Tensor:
+    """Clip, let regularizers edit the gradient (Child-Tuning's mask), step (unless the gradient is
+    NaN/inf: one host sync per step keeps NaN out of the weights), then let them follow the new weights
+    (SMART's teacher, L2-SP's pull towards the pretrained weights), schedule. Returns the gradient norm."""
+    cfg, res, state = run.trainer, run.resumable, run.state
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        params, cfg.max_grad_norm or math.inf
+    )  # 0: measure, never clip
+    if torch.isfinite(grad_norm):
+        for reg in res.regularizers.values():
+            reg.before_step(run.model)
+        res.optimizer.step()
+        for reg in res.regularizers.values():
+            reg.after_step(run.model, step, run.plan.total_steps, res.scheduler.get_last_lr()[0])
+        if res.balancer.needs_losses_after_step:  # FAMO: how much the update lowered each task's loss
+            rescored = rescored_losses(run.model, drawn, run.device, cfg.bf16, run.distiller)
+            res.balancer.after_step_losses(run.dist.average(rescored))
+        res.balancer.end_step(step_losses)
+        state.consecutive_skips = 0
+    else:
+        state.skipped_steps += 1
+        state.consecutive_skips += 1
+        if state.consecutive_skips >= cfg.max_consecutive_skips:
+            raise MtdnnError(
+                f"training stopped at step {step}: {state.consecutive_skips} steps in a row had a "
+                f"NaN/inf loss or gradient; the last checkpoint is intact (try a lower trainer.lr)"
+            )
+    res.scheduler.step()
+    res.optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def log_step(run: Run, tracker: Tracker, step: int, meter: LossMeter, grad_norm: torch.Tensor) -> None:
+    res = run.resumable
+    stats = {k: v for reg in [*res.regularizers.values(), res.balancer] for k, v in reg.stats().items()}
+    stats["skipped_steps"] = float(run.state.skipped_steps)
+    terms = run.dist.average(meter.flush())  # the whole job's means (every rank takes part)
+    if run.dist.is_main:
+        tracker.train_scalars(step, terms, res.scheduler.get_last_lr()[0], float(grad_norm), stats)
+
+
+def evaluate_and_checkpoint(run: Run, tracker: Tracker, step: int) -> bool:
+    """Evaluate (rows shared out across ranks, all ranks get the metrics), keep the best (overall and, with
+    several tasks, each task's), checkpoint (rank 0 alone writes: the weights are the same on every rank).
+    Returns whether to stop early: no better score for trainer.early_stopping evaluations."""
+    cfg, state, specs = run.trainer, run.state, run.specs
+    with run.dist.sharded_inference():
+        results = evaluate_tasks(
+            run.model, run.tasks, run.collators, "validation", cfg.eval_batch_size, run.device, cfg.bf16
+        )
+    score = main_score(results, specs, cfg.best_metric)
+    improved = is_better(score, state, last=step == run.plan.total_steps)
+    state.evals_since_best = 0 if improved else state.evals_since_best + 1
+    stop = 0 < cfg.early_stopping <= state.evals_since_best
+    if stop and not state.best_results:  # no defined score so far: the last checkpoint is named best
+        improved = is_better(score, state, last=True)
+    if improved:
+        state.best_score, state.best_step, state.best_results = score, step, results
+    task_bests = improved_tasks(state, results, specs, step) if len(specs) > 1 else []
+    run.model.train()
+    if run.dist.is_main:
+        tracker.evaluation(step, state.micro_batches / run.plan.batches_per_epoch, "validation", results)
+        save_checkpoint(tracker.run_dir, step, run.model, run.resumable.state_dict())
+        if improved:  # only after the checkpoint it names is complete
+            save_best(tracker.run_dir, step, {"score": score, "validation": results})
+        for task in task_bests:
+            record = {"score": state.task_best[task]["score"], "validation": {task: results[task]}}
+            save_best(tracker.run_dir, step, record, f"best_{task}.json")
+        rotate_checkpoints(tracker.run_dir, cfg.keep_last)
+    if stop:
+        log.info(
+            "early stopping at step %d: no better %s in the last %d evaluations (best: step %d)",
+            step,
+            cfg.best_metric,
+            state.evals_since_best,
+            state.best_step,
+        )
+        state.stopped_early = True
+    return stop
 
 
 def improved_tasks(state: TrainState, results: dict[str, dict], specs: dict, step: int) -> list[str]:

@@ -6,34 +6,32 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 
 import torch
 
 from mtdnn import kinds
 from mtdnn.core.atomic import write_json
 from mtdnn.data.sampler import task_probabilities
-from mtdnn.distill import Distiller
 from mtdnn.evaluation.engine import evaluate_split, evaluate_tasks, write_records
 from mtdnn.kinds.metrics import show
 from mtdnn.model.adapters import trainable_parameters
 from mtdnn.runs.checkpoints import best_checkpoint, load_weights
-from mtdnn.training.loop import Plan
-from mtdnn.training.resume import TrainState
+from mtdnn.training.run import Run
 
 log = logging.getLogger("mtdnn")
 # validation scores of the untrained model, for tasks whose head needs no training
 ZERO_SHOT = "zero_shot.json"
 
 
-def record_zero_shot(model, tasks, collators, cfg, output_dir: Path, device, is_main: bool) -> None:
+def record_zero_shot(run: Run) -> None:
     """Score the tasks whose head scores untrained (a bi-encoder's cosine) before the first step: the
     baseline fine-tuning has to beat, shown beside the fine-tuned scores in the summary."""
-    untrained = {n: d for n, d in tasks.items() if kinds.of(d.spec).scores_untrained(d.spec)}
+    untrained = {n: d for n, d in run.tasks.items() if kinds.of(d.spec).scores_untrained(d.spec)}
     if not untrained:
         return
+    cfg = run.trainer
     scores = evaluate_tasks(
-        model, untrained, collators, "validation", cfg.trainer.eval_batch_size, device, cfg.trainer.bf16
+        run.model, untrained, run.collators, "validation", cfg.eval_batch_size, run.device, cfg.bf16
     )
     for task, metrics in scores.items():
         log.info(
@@ -41,96 +39,98 @@ def record_zero_shot(model, tasks, collators, cfg, output_dir: Path, device, is_
             task,
             "  ".join(f"{m}={show(v)}" for m, v in metrics.items()),
         )
-    if is_main:
-        write_json(output_dir / ZERO_SHOT, scores)
+    if run.dist.is_main:
+        write_json(run.output_dir / ZERO_SHOT, scores)
 
 
-def log_plan(specs, sizes, plan: Plan, cfg, model, output_dir: Path, state: TrainState) -> None:
+def log_plan(run: Run) -> None:
+    cfg, plan, sizes = run.cfg, run.plan, run.sizes
     probs = task_probabilities(cfg.sampler, sizes)
-    counts = trainable_parameters(model)
+    counts = trainable_parameters(run.model)
     lines = [
-        f"run dir: {output_dir}",
+        f"run dir: {run.output_dir}",
         f"parameters: {(counts['total'] + counts['frozen']) / 1e6:.1f}M, trainable {counts['total']:,} "
         f"(shared {counts['shared']:,}; per task "
         + ", ".join(f"{t} {n:,}" for t, n in counts["per_task"].items())
         + ")",
         f"steps: {plan.total_steps} optimizer steps (batch {cfg.trainer.batch_size} x accum "
         f"{cfg.trainer.grad_accum}); one epoch = {plan.batches_per_epoch} batches; "
-        f"evaluate every {plan.eval_every} steps; starting at step {state.step}",
+        f"evaluate every {plan.eval_every} steps; starting at step {run.state.step}",
     ]
     lines += [
         f"  task {s.name} ({s.head}): {sizes[s.name]} train rows, sampled with p={probs[s.name]:.3f}"
-        for s in specs
+        for s in run.specs.values()
     ]
     log.info("\n".join(lines))
 
 
-def write_summary(
-    cfg,
-    model,
-    tasks,
-    collators,
-    plan: Plan,
-    state: TrainState,
-    output_dir: Path,
-    device,
-    sizes,
-    started: float,
-    resumed_at_step: int | None,
-    distiller: Distiller | None,
-) -> dict:
-    """Reload the best weights, predict the test splits, and write summary.json."""
-    load_weights(model, best_checkpoint(output_dir) / "model.safetensors")
-    test_results = {}
-    for name, data in tasks.items():
-        if "test" not in data.encoded or not cfg.predict_test:
+def predict_test_splits(run: Run) -> dict:
+    """Each task's test predictions from the loaded (best) weights, written to predictions/; returns the
+    metrics of the tasks whose test split has gold labels."""
+    results = {}
+    for name, data in run.tasks.items():
+        if "test" not in data.encoded or not run.cfg.predict_test:
             continue
         records, scores = evaluate_split(
-            model,
+            run.model,
             data.spec,
             data.raw["test"],
             data.encoded["test"],
-            collators[name],
-            cfg.trainer.eval_batch_size,
-            device,
-            cfg.trainer.bf16,
+            run.collators[name],
+            run.trainer.eval_batch_size,
+            run.device,
+            run.trainer.bf16,
         )
-        write_records(output_dir / "predictions" / f"{name}_test.jsonl", data.spec, records)
+        write_records(run.output_dir / "predictions" / f"{name}_test.jsonl", data.spec, records)
         if scores is not None:
-            test_results[name] = scores
+            results[name] = scores
+    return results
+
+
+def task_counts(run: Run) -> dict:
+    state, sizes = run.state, run.sizes
+    return {
+        name: {
+            "train_rows": sizes[name],
+            "examples_seen": state.examples_seen.get(name, 0),
+            "epochs_seen": round(state.examples_seen.get(name, 0) / sizes[name], 4),
+            "skipped_rows": data.skipped_rows,
+        }
+        for name, data in run.tasks.items()
+    }
+
+
+def write_summary(run: Run) -> dict:
+    """Reload the best weights, predict the test splits, and write summary.json."""
+    load_weights(run.model, best_checkpoint(run.output_dir) / "model.safetensors")
+    state, output_dir = run.state, run.output_dir
     summary = {
         "run_dir": str(output_dir),
         "steps": state.step,
-        "resumed_at_step": resumed_at_step,
-        "epochs": round(state.micro_batches / plan.batches_per_epoch, 4),
+        "resumed_at_step": run.resumed_at_step,
+        "epochs": round(state.micro_batches / run.plan.batches_per_epoch, 4),
         "best_step": state.best_step,
         "skipped_steps": state.skipped_steps,
         "stopped_early": state.stopped_early,
         "task_best": state.task_best,  # with several tasks: each task's best step (best_<task>.json)
         "best_score": state.best_score,
         "validation": state.best_results,
-        "test": test_results,
-        "tasks": {
-            name: {
-                "train_rows": sizes[name],
-                "examples_seen": state.examples_seen.get(name, 0),
-                "epochs_seen": round(state.examples_seen.get(name, 0) / sizes[name], 4),
-                "skipped_rows": tasks[name].skipped_rows,
-            }
-            for name in tasks
-        },
-        "trainable_parameters": trainable_parameters(model),
-        "seconds": round(time.time() - started, 1),
+        "test": predict_test_splits(run),
+        "tasks": task_counts(run),
+        "trainable_parameters": trainable_parameters(run.model),
+        "seconds": round(time.time() - run.started, 1),
         "train_seconds": round(state.train_seconds, 2),  # in training steps only (no evaluation, no setup)
-        "peak_memory_mb": peak_memory_mb(device),
+        "peak_memory_mb": peak_memory_mb(run.device),
     }
     if (output_dir / ZERO_SHOT).is_file():  # bi-encoder tasks scored before training, beside the fine-tuned
         summary["zero_shot"] = json.loads((output_dir / ZERO_SHOT).read_text())
-    if distiller is not None:
-        summary["distillation"] = distiller.compare(model, tasks, collators, cfg.trainer.eval_batch_size)
+    if run.distiller is not None:
+        summary["distillation"] = run.distiller.compare(
+            run.model, run.tasks, run.collators, run.trainer.eval_batch_size
+        )
     write_json(output_dir / "summary.json", summary)
     log.info(format_summary(summary))
-    if distiller is not None:
+    if run.distiller is not None:
         log.info(format_distillation(summary["distillation"]))
     return summary
 
