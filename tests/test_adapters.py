@@ -9,7 +9,6 @@ import torch
 from conftest import compose_train, tiny_overrides
 from test_smart import _batch, _spec, _tiny_model
 
-from mtdnn.core.config import AdapterConfig
 from mtdnn.evaluate import EvaluateConfig, evaluate
 from mtdnn.model.adapters import trainable_parameters
 from mtdnn.model.multitask import MultiTaskModel
@@ -23,7 +22,7 @@ def _pair(kind: str) -> tuple[MultiTaskModel, MultiTaskModel]:
         copy.deepcopy(plain.encoder),
         [_spec("a"), _spec("b")],
         "mean",
-        AdapterConfig(kind=kind, bottleneck=8, task_dim=4, layer_dim=4, hyper_dim=8),
+        {"kind": kind, "bottleneck": 8, "task_dim": 4, "layer_dim": 4, "hyper_dim": 8},
     )
     adapted.heads.load_state_dict(plain.heads.state_dict())
     return plain.eval(), adapted.eval()
@@ -136,7 +135,7 @@ def test_an_encoder_without_a_layer_list_is_a_clear_error():
     from types import SimpleNamespace
 
     from mtdnn.core.errors import MtdnnError
-    from mtdnn.model.adapters import Adapters
+    from mtdnn.model.adapters import bottleneck
 
     class Flat(torch.nn.Module):  # layers kept as separate attributes: no ModuleList to hook
         config = SimpleNamespace(num_hidden_layers=2, hidden_size=8)
@@ -146,4 +145,4 @@ def test_an_encoder_without_a_layer_list_is_a_clear_error():
             self.first, self.second = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
 
     with pytest.raises(MtdnnError, match="^adapter: cannot find the Transformer layers of Flat"):
-        Adapters(Flat(), ["a"], AdapterConfig(kind="bottleneck"))
+        bottleneck.build(Flat(), ["a"], bottleneck.Config())

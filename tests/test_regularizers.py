@@ -150,11 +150,10 @@ def test_freelb_trains_on_the_batch_training_loss_it_is_given():
 
 
 def test_methods_that_need_a_trainable_encoder_warn_once_under_adapters(caplog):
-    from mtdnn.core.config import AdapterConfig
     from mtdnn.model.multitask import MultiTaskModel
 
     base = _tiny_model(_spec("t"))
-    model = MultiTaskModel(base.encoder, [_spec("t")], "mean", AdapterConfig(kind="bottleneck", bottleneck=4))
+    model = MultiTaskModel(base.encoder, [_spec("t")], "mean", {"kind": "bottleneck", "bottleneck": 4})
     with caplog.at_level("WARNING"):
         mixout.Mixout(mixout.Config(), model)
         child_tuning.ChildTuning(child_tuning.Config(), model)

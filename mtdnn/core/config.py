@@ -11,24 +11,6 @@ from omegaconf import MISSING
 
 
 @dataclass
-class AdapterConfig:
-    """Parameter-efficient training (mtdnn/model/adapters/)."""
-
-    kind: str = "none"  # none | bottleneck | hyper | lora | ia3
-    bottleneck: int = 64  # r: the adapter's inner size
-    task_dim: int = 64  # hyper: size of the task embedding
-    layer_dim: int = 64  # hyper: size of the layer embedding
-    hyper_dim: int = 128  # hyper: size of the projected (task, layer) embedding the generators read
-    train_layer_norms: bool = True  # the encoder's LayerNorms stay trainable (as in both papers)
-    rank: int = 8  # lora: r
-    alpha: float = 16.0  # lora: the update is scaled by alpha / r
-    dropout: float = 0.0  # lora: dropout on the LoRA branch's input
-    # lora/ia3: module names; null: peft's default for the architecture
-    target_modules: Optional[list[str]] = None
-    per_task: bool = False  # lora/ia3: each task its own (true) or one shared by all tasks
-
-
-@dataclass
 class ArtifactConfig:
     """A folder or file inside a wheel/sdist from a package registry (see mtdnn.core.artifacts)."""
 
@@ -129,7 +111,7 @@ class TrainConfig:
     regularizer: dict[str, Any] = field(default_factory=dict)  # name -> settings; see mtdnn/regularizers
     balancer: dict[str, Any] = field(default_factory=lambda: {"name": "none"})  # see mtdnn/balancers
     distill: DistillConfig = field(default_factory=DistillConfig)
-    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    adapter: dict[str, Any] = field(default_factory=lambda: {"kind": "none"})  # see mtdnn/model/adapters
     seed: int = 42
     resume: Optional[str] = None  # a checkpoint folder or a run folder (its newest checkpoint)
     # resume with other settings: applied, recorded in config.yaml and the log
@@ -148,7 +130,6 @@ def register_configs() -> None:
     cs.store(group="encoder", name="encoder_schema", node=EncoderConfig)
     cs.store(group="sampler", name="sampler_schema", node=SamplerConfig)
     cs.store(group="distill", name="distill_schema", node=DistillConfig)
-    cs.store(group="adapter", name="adapter_schema", node=AdapterConfig)
 
 
 register_configs()

@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from mtdnn import kinds
-from mtdnn.core.config import AdapterConfig
 from mtdnn.data.tasks import TaskSpec
-from mtdnn.model.adapters import build_adapters
+from mtdnn.model.adapters import build_adapters, config_of
 
 
 class MultiTaskModel(nn.Module):
-    def __init__(
-        self, encoder: nn.Module, specs: list[TaskSpec], pooling: str, adapter: AdapterConfig | None = None
-    ):
+    def __init__(self, encoder: nn.Module, specs: list[TaskSpec], pooling: str, adapter: Any = None):
+        """`adapter`: the run's `adapter:` node (a dict, as composed or as a run folder saved it), a method's
+        Config, or None (full fine-tuning)."""
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
         hidden = encoder.config.hidden_size
         self.heads = nn.ModuleDict({s.name: kinds.of(s).head(hidden, s, pooling) for s in specs})
         self.adapters = None  # parameter-efficient mode: frozen encoder + adapters (mtdnn/model/adapters/)
-        if adapter is not None and adapter.kind != "none":
-            self.adapters = build_adapters(encoder, [s.name for s in specs], adapter)
+        config = config_of(adapter, saved=True) if isinstance(adapter, dict) else adapter
+        if config is not None:
+            self.adapters = build_adapters(encoder, [s.name for s in specs], config)
 
     def forward(
         self,

@@ -9,7 +9,6 @@ from typing import TypeVar
 import torch
 from omegaconf import OmegaConf
 
-from mtdnn.core.config import AdapterConfig
 from mtdnn.core.errors import MtdnnError
 from mtdnn.data.tasks import TaskSpec
 from mtdnn.model.encoders import saved_tokenizer_and_encoder
@@ -63,7 +62,10 @@ def open_run(run_dir: str, checkpoint: str, device: torch.device, backend: str =
     tokenizer, encoder = saved_tokenizer_and_encoder(folder)
     adapter = OmegaConf.select(config, "adapter")  # runs from before adapters existed have none
     model = MultiTaskModel(
-        encoder, specs, config.encoder.pooling, AdapterConfig(**adapter) if adapter is not None else None
+        encoder,
+        specs,
+        config.encoder.pooling,
+        OmegaConf.to_container(adapter) if adapter is not None else None,
     )
     load_weights(model, weights)
     return LoadedRun(folder, model.to(device).eval(), tokenizer, {s.name: s for s in specs}, config)

@@ -156,7 +156,8 @@ def build_model(cfg: DictConfig, specs: list[TaskSpec], encoder, head_weights, f
     """The shared encoder and a head per task; a staged run starts from an earlier run's best weights, a
     student from its teacher's heads (where they fit: a cross-encoder teacher's head does not fit a
     bi-encoder student's)."""
-    model = MultiTaskModel(encoder, specs, cfg.encoder.pooling, cfg.adapter).to(device)
+    adapter = OmegaConf.to_container(cfg.adapter, resolve=True)
+    model = MultiTaskModel(encoder, specs, cfg.encoder.pooling, adapter).to(device)
     if cfg.init_from and fresh:
         head_weights = init_from_run(model, Path(cfg.init_from).expanduser(), cfg.init_heads)
     if head_weights:

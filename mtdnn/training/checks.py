@@ -75,7 +75,9 @@ def run_problems(cfg: DictConfig, specs: list[TaskSpec]) -> list[str]:
     problems += balancer_problems(
         OmegaConf.to_container(cfg.balancer, resolve=True), [s.name for s in specs], t.tasks_per_step
     )
-    problems += distill_problems(cfg.distill, specs) + adapter_problems(cfg.adapter)
+    problems += distill_problems(cfg.distill, specs) + adapter_problems(
+        OmegaConf.to_container(cfg.adapter, resolve=True)
+    )
     for name in (
         "batch_size",
         "eval_batch_size",

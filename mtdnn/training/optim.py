@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from mtdnn.core.config import TrainerConfig
-from mtdnn.model.adapters.peft_methods import is_peft_parameter
 
 
 def param_groups(
@@ -20,10 +19,11 @@ def param_groups(
     head_lr = cfg.lr if cfg.head_lr is None else cfg.head_lr  # 0 is a rate (frozen heads), not "unset"
     task_head_lrs = {t: lr for t, lr in (task_head_lrs or {}).items() if lr is not None}
     groups: dict[tuple[float, bool, bool], list] = {}  # (lr, decays, new) -> params; encoder groups first
+    owned_by_adapter = getattr(getattr(model, "adapters", None), "owns", lambda param: False)  # peft's layers
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        new = name.startswith(("heads.", "adapters.")) or is_peft_parameter(name)  # new weights: head_lr
+        new = name.startswith(("heads.", "adapters.")) or owned_by_adapter(param)  # new weights: head_lr
         task = name.split(".")[1] if name.startswith("heads.") else None
         lr = task_head_lrs.get(task, head_lr) if new else cfg.lr
         groups.setdefault((lr, param.ndim >= 2, new), []).append(param)

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from mtdnn.core.errors import MtdnnError
+from mtdnn.model.adapters import saved_fields
 from mtdnn.runs.checkpoints import load_trainer_state, load_weights
 from mtdnn.runs.rng import rng_state, set_rng_state
 
@@ -146,7 +147,10 @@ def check_resume_config(run_dir: Path, now: dict, allow_changes: bool = False) -
     path = run_dir / "config.yaml"
     if not path.is_file():
         return []
-    changes = config_changes(yaml.safe_load(path.read_text()) or {}, now)
+    saved = yaml.safe_load(path.read_text()) or {}
+    if isinstance(saved.get("adapter"), dict):  # older folders saved every adapter method's fields
+        saved["adapter"] = saved_fields(saved["adapter"])
+    changes = config_changes(saved, now)
     if changes and not allow_changes:
         more = f" (and {len(changes) - 5} more)" if len(changes) > 5 else ""
         raise MtdnnError(

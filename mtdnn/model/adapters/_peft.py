@@ -17,62 +17,48 @@ the unchanged encoder. `write_peft_folder` saves one task's adapter as peft save
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
 
-from mtdnn.core.config import AdapterConfig
-
 SHARED = "shared"  # the adapter name when all tasks share one adapter
-METHODS = ("lora", "ia3")
-
-
-def is_peft_parameter(name: str) -> bool:
-    """A parameter of a peft adapter (a new weight: head_lr, trainable) rather than of the frozen encoder."""
-    return ".lora_" in name or ".ia3_l." in name
-
-
-def peft_problems(cfg: AdapterConfig) -> list[str]:
-    problems = []
-    if cfg.rank < 1:
-        problems.append(f"adapter.rank: must be >= 1, got {cfg.rank}")
-    if cfg.alpha <= 0:
-        problems.append(f"adapter.alpha: must be > 0, got {cfg.alpha}")
-    if not 0 <= cfg.dropout < 1:
-        problems.append(f"adapter.dropout: must be in [0, 1), got {cfg.dropout}")
-    return problems
-
-
-def peft_config(cfg: AdapterConfig, model_type: str):
-    from peft import IA3Config, LoraConfig
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as IA3_FEEDFORWARD
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as IA3_TARGETS
-
-    targets = list(cfg.target_modules) if cfg.target_modules else None
-    if cfg.kind == "lora":
-        return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets)
-    return IA3Config(
-        target_modules=targets or IA3_TARGETS.get(model_type),
-        feedforward_modules=IA3_FEEDFORWARD.get(model_type) if targets is None else [],
-    )
 
 
 class PeftAdapters(nn.Module):
     """peft's adapter layers inside the encoder (they are the encoder's modules, saved with its weights);
     this object selects the current task's adapter before each forward pass."""
 
-    def __init__(self, encoder: nn.Module, tasks: list[str], cfg: AdapterConfig):
+    def __init__(
+        self, encoder: nn.Module, tasks: list[str], per_task: bool, make_config: Callable[[str], object]
+    ):
+        """`make_config(model_type)`: the method's peft config (LoraConfig, IA3Config, ...) for this
+        encoder."""
         super().__init__()
         from peft import inject_adapter_in_model
         from peft.tuners.tuners_utils import BaseTunerLayer
 
-        self.per_task = cfg.per_task
-        self.cfg = cfg
-        config = peft_config(cfg, getattr(encoder.config, "model_type", ""))
-        for name in tasks if cfg.per_task else [SHARED]:
+        self.per_task = per_task
+        self.make_config = make_config
+        self.model_type = getattr(encoder.config, "model_type", "")
+        config = make_config(self.model_type)
+        for name in tasks if per_task else [SHARED]:
             inject_adapter_in_model(config, encoder, adapter_name=name)
         self.layers = [m for m in encoder.modules() if isinstance(m, BaseTunerLayer)]
+        # the adapters' own weights (peft names them after its layer attributes: lora_A, ia3_l, hada_w1_a,
+        # ...)
+        self.own = {
+            id(param)
+            for layer in self.layers
+            for attribute in layer.adapter_layer_names
+            for param in getattr(layer, attribute).parameters()
+        }
         self._task: str | None = None
+
+    def owns(self, param: nn.Parameter) -> bool:
+        """A parameter of a peft adapter (a new weight: head_lr, trainable) rather than of the frozen
+        encoder."""
+        return id(param) in self.own
 
     @property
     def task(self) -> str | None:
@@ -95,7 +81,9 @@ class PeftAdapters(nn.Module):
         return merged_encoder(encoder, self.adapter_name(task))
 
     def write_peft_folder(self, encoder: nn.Module, task: str, base_model: str, out: Path) -> None:
-        write_peft_folder(encoder, self.adapter_name(task), self.cfg, base_model, out)
+        write_peft_folder(
+            encoder, self.adapter_name(task), self.make_config(self.model_type), base_model, out
+        )
 
     def task_parameters(self, task: str) -> int:
         if not self.per_task:
@@ -122,15 +110,12 @@ def merged_encoder(encoder: nn.Module, adapter_name: str) -> nn.Module:
     return plain
 
 
-def write_peft_folder(
-    encoder: nn.Module, adapter_name: str, cfg: AdapterConfig, base_model: str, out: Path
-) -> None:
+def write_peft_folder(encoder: nn.Module, adapter_name: str, config, base_model: str, out: Path) -> None:
     """`adapter_name`'s adapter as peft writes it (adapter_config.json, adapter_model.safetensors), so that
     `PeftModel.from_pretrained(AutoModel.from_pretrained(base_model), out)` is the task's adapted encoder."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    config = peft_config(cfg, getattr(encoder.config, "model_type", ""))
     config.base_model_name_or_path = base_model
     config.save_pretrained(str(out))
     state = get_peft_model_state_dict(encoder, adapter_name=adapter_name, save_embedding_layers=False)
