@@ -18,6 +18,8 @@ Every method here returns a linear combination of the task gradients, so the loo
 it keeps each task's gradient where backward left it, computes the Gram matrix parameter by parameter, and
 writes the combination back (memory: one gradient per task of the step, i.e. (K - 1) x the balanced
 parameters beyond single-task training; `balancer.params` narrows the balanced part, the rest is summed).
+
+May import: core, kinds, data.
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ differently from the student: targets are per example) and stored as
 A file whose teachers' weights or data no longer match is stale: it is rebuilt (distill.rebuild_stale=true)
 or refused with a message naming it. `distill.soft_targets=on_the_fly` instead runs the teachers on every
 training batch (they must then share the student's tokenizer).
+
+May import: core, kinds, data, model, runs, evaluation, serving (teachers are loaded run folders).
 """
 
 from __future__ import annotations

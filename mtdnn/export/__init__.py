@@ -16,7 +16,10 @@ A module `mtdnn/export/<format>.py` (the format's name is the module's, with '-'
     QUANTIZES = ("int8",)           optional: the values of `quantize=` the format takes
 Shipped: hf (a transformers model folder), onnx (ONNX Runtime, optionally int8), sentence-transformers (a
 bi-encoder task's embedding model), peft (a LoRA / IA3 task adapter); `card.py` writes the model card they
-share."""
+share.
+
+May import: core, kinds, data, model, runs, evaluation, serving (a format writes a loaded run).
+"""
 
 from __future__ import annotations
 

@@ -15,6 +15,8 @@ about the kind, so nothing else in the package branches on kind names:
 
 `Kind` holds the defaults most kinds share (sentence-level, distributions over the last axis); a kind module
 overrides what differs. Private modules (`_sentence.py`) hold helpers several kinds compose.
+
+May import: core only (the task registry reads the kinds; the kinds read a task through spec.py's Protocol).
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ A module `mtdnn/regularizers/<name>.py` provides
 
 and `conf/regularizer/<name>.yaml` nests its settings under its own name, so several compose:
 `regularizer=smart`, `regularizer=[smart,child_tuning]`, `regularizer.smart.lambda_s=3`.
+
+May import: core, kinds, data, model.
 """
 
 from __future__ import annotations
