@@ -146,3 +146,36 @@ def test_an_encoder_without_a_layer_list_is_a_clear_error():
 
     with pytest.raises(MtdnnError, match="^adapter: cannot find the Transformer layers of Flat"):
         bottleneck.build(Flat(), ["a"], bottleneck.Config())
+
+
+# how run folders saved `adapter:` before each method had its own Config: every method's fields
+FLAT_ADAPTER = {
+    "bottleneck": 64,
+    "task_dim": 64,
+    "layer_dim": 64,
+    "hyper_dim": 128,
+    "train_layer_norms": True,
+    "rank": 8,
+    "alpha": 16.0,
+    "dropout": 0.0,
+    "target_modules": None,
+    "per_task": False,
+}
+
+
+@pytest.mark.parametrize("kind", ["none", "bottleneck"])
+def test_a_run_folder_with_the_older_flat_adapter_node_loads_and_resumes(tmp_path, toy_tasks, kind):
+    import yaml
+
+    base = tiny_overrides(toy_tasks, "task=toy_sent", f"adapter={kind}", "predict_test=false")
+    run(compose_train([*base, "trainer.max_steps=6"]), tmp_path / "run")
+    path = tmp_path / "run" / "config.yaml"
+    saved = yaml.safe_load(path.read_text())
+    flat = {**FLAT_ADAPTER, **saved["adapter"], "kind": kind}
+    path.write_text(yaml.safe_dump({**saved, "adapter": flat}))
+    loaded = open_run(str(tmp_path / "run"), "best", torch.device("cpu"))
+    assert (loaded.model.adapters is None) == (kind == "none")
+    if kind == "bottleneck":
+        assert loaded.model.adapters.weights.down_w["toy_sent"].shape[1] == flat["bottleneck"]
+    resumed = run(compose_train([*base, "trainer.max_steps=9", "resume=auto"]), tmp_path / "run")
+    assert resumed["resumed_at_step"] == 6 and resumed["steps"] == 9
