@@ -159,3 +159,33 @@ def test_the_train_command_reaches_its_config_checks_without_the_heavy_libraries
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def _functions():
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield path, node
+
+
+def test_no_function_takes_more_than_eight_parameters():
+    """State is owned (a Run, a Resumable), not passed around parameter by parameter."""
+    too_many = []
+    for path, fn in _functions():
+        args = fn.args
+        names = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
+        count = len([n for n in names if n not in ("self", "cls")])
+        if count > 8:
+            too_many.append(f"{path.relative_to(PACKAGE)}:{fn.name} ({count})")
+    assert too_many == []
+
+
+def test_no_function_of_the_training_path_is_longer_than_sixty_lines():
+    """The loop and what builds it read top to bottom in short, named steps."""
+    training = [PACKAGE / "train.py", *(PACKAGE / "training").glob("*.py")]
+    long = [
+        f"{path.name}:{fn.name} ({fn.end_lineno - fn.lineno + 1} lines)"
+        for path, fn in _functions()
+        if path in training and fn.end_lineno - fn.lineno + 1 > 60
+    ]
+    assert long == []
