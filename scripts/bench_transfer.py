@@ -1,0 +1,398 @@
+"""Where does multi-task training help? MT-DNN's domain-adaptation protocol on the four VADER sentiment
+domains (tasks/vader_domain_*.yaml: tweets, movie, Amazon and NYT snippets, deduplicated across domains).
+
+    python scripts/bench_transfer.py [--targets tweets amazon nyt] [--sizes 30 100 300 1000 full]
+        [--seeds 1 2 3 4 5] [--arms single mtdnn joint] [--jobs 1] [--threads 1] [--work bench_transfer]
+        [--set encoder=tiny ...]                         # extra overrides for every run (a smoke test)
+    python scripts/bench_transfer.py --report-only      # tables and plot from the finished runs
+
+For each target domain, the *other* domains train one multi-task source model (MiniLM-L6, one epoch over their
+train splits, batch 16, proportional sampling, seed 0), shared by every size and seed. Then for each target
+size (a fixed subset of the target's train split per seed: `train_rows`, drawn with `train_rows_seed` = the
+seed, the same rows for every arm of a seed) and seed:
+
+  single   fine-tune the pretrained encoder on the target rows
+  mtdnn    fine-tune the source model on the target rows (MT-DNN: init_from the source run, a fresh head)
+  joint    one multi-task run on the sources and the target rows together, tasks drawn uniformly, as many
+           steps as the source model's epoch
+
+Fine-tuning runs take max(40, 3 epochs) optimizer steps of batch 16, lr 5e-5, head 1e-3, and are evaluated
+once at the end on the target's whole validation split (Pearson; no checkpoint selection). Every run is the
+real command (`python -m mtdnn.train ...` in a child process); a rerun skips finished runs (summary.json), and
+checkpoints are deleted except the source models'. Before any run, every experiment's texts are checked: no
+text of a training task may appear in the target's validation or test split.
+
+Writes into --work and docs/transfer/: report.md (per target and size: each arm's mean ± sd, the paired
+difference to `single` with its 95% t interval and the seeds it won, the step-time ratio to `single`, and the
+source model's training time amortised over the target's cells), report.csv (one row per run) and report.png
+(learning curves: target size vs validation Pearson, one line per arm, 95% intervals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOMAINS = ("tweets", "movies", "amazon", "nyt")
+BATCH = 16
+ARMS = ("single", "mtdnn", "joint")
+
+
+def task(domain: str) -> str:
+    return f"vader_domain_{domain}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    target: str
+    size: str  # a number of rows, or "full"
+    seed: int
+    arm: str
+
+    def folder(self, work: Path) -> Path:
+        return work / self.target / f"n{self.size}" / self.arm / f"seed{self.seed}"
+
+
+def common() -> list[str]:
+    return [
+        "trainer.batch_size=16",
+        "trainer.lr=5e-5",
+        "trainer.head_lr=1e-3",
+        "trainer.eval_every=1000000",
+        "trainer.log_every=10",
+        "trainer.progress_bar=false",
+        "predict_test=false",
+    ]
+
+
+def train_rows(size: str, target: str, rows: dict[str, int]) -> int:
+    return rows[target] if size == "full" else int(size)
+
+
+def fine_tune_steps(n: int) -> int:
+    return max(40, math.ceil(3 * n / BATCH))
+
+
+def source_command(target: str, sources: list[str], out: Path, extra: list[str]) -> list[str]:
+    tasks = ",".join(task(d) for d in sources)
+    return [
+        sys.executable,
+        "-m",
+        "mtdnn.train",
+        f"task=[{tasks}]",
+        "trainer.epochs=1",
+        "seed=0",
+        *common(),
+        f"output_dir={out}",
+        *extra,
+    ]
+
+
+def cell_command(cell: Cell, args, rows: dict[str, int]) -> list[str]:
+    n = train_rows(cell.size, cell.target, rows)
+    subset = [
+        f"+task_overrides.{task(cell.target)}.train_rows={n}",
+        f"+task_overrides.{task(cell.target)}.train_rows_seed={cell.seed}",
+    ]
+    out = cell.folder(args.work)
+    base = [
+        sys.executable,
+        "-m",
+        "mtdnn.train",
+        *common(),
+        f"seed={cell.seed}",
+        *subset,
+        f"output_dir={out}",
+        *args.set,
+    ]
+    if cell.arm == "single":
+        return [*base, f"task={task(cell.target)}", f"trainer.max_steps={fine_tune_steps(n)}"]
+    if cell.arm == "mtdnn":
+        source = source_folder(args.work, cell.target)
+        return [
+            *base,
+            f"task={task(cell.target)}",
+            f"trainer.max_steps={fine_tune_steps(n)}",
+            f"init_from={source}",
+        ]
+    if cell.arm == "joint":
+        tasks = ",".join(task(d) for d in [cell.target, *sources_of(cell.target)])
+        steps = json.loads((source_folder(args.work, cell.target) / "summary.json").read_text())["steps"]
+        return [
+            *base,
+            f"task=[{tasks}]",
+            "sampler=uniform",
+            f"trainer.max_steps={steps}",
+            f"trainer.best_metric={task(cell.target)}/pearson",
+        ]
+    raise SystemExit(f"unknown arm {cell.arm}")
+
+
+def sources_of(target: str) -> list[str]:
+    return [d for d in DOMAINS if d != target]
+
+
+def source_folder(work: Path, target: str) -> Path:
+    return work / "sources" / f"without_{target}"
+
+
+def run_child(cmd: list[str], out: Path, threads: int, keep_checkpoints: bool = False) -> str:
+    """One training run in a child process, unless its summary.json exists. Returns a status line."""
+    if (out / "summary.json").is_file():
+        return f"done already: {out}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    started = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    (out.parent / f"{out.name}.log").write_text(done.stdout + done.stderr)
+    if not keep_checkpoints:
+        for checkpoint in (out / "checkpoints").glob("step_*"):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        return f"FAILED ({done.returncode}) {out}: {tail[0]}"
+    return f"{time.perf_counter() - started:6.1f}s {out}"
+
+
+def normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
+
+
+def check_no_leaks(targets: list[str]) -> dict[str, int]:
+    """Every experiment trains on the other domains: none of their texts may be in the target's validation
+    or test split. Returns each domain's train rows."""
+    from mtdnn.data.loading import load_raw
+    from mtdnn.data.tasks import load_tasks
+
+    raw = {spec.name: load_raw(spec) for spec in load_tasks([task(d) for d in DOMAINS])}
+    texts = {
+        name: {split: {normalise(t) for t in ds["text"]} for split, ds in splits.items()}
+        for name, splits in raw.items()
+    }
+    for target in targets:
+        held_out = texts[task(target)]["validation"] | texts[task(target)]["test"]
+        for source in sources_of(target):
+            leaked = held_out & texts[task(source)]["train"]
+            if leaked:
+                raise SystemExit(
+                    f"leak: {len(leaked)} texts of {task(source)}'s train split are in "
+                    f"{task(target)}'s validation/test, e.g. {sorted(leaked)[0]!r}"
+                )
+        own = texts[task(target)]["train"] & held_out
+        if own:
+            raise SystemExit(
+                f"leak: {len(own)} of {task(target)}'s train texts are in its own held-out splits"
+            )
+    return {d: len(raw[task(d)]["train"]) for d in DOMAINS}
+
+
+# ---------------------------------------------------------------- reading the runs back
+
+
+def read_run(folder: Path, target: str) -> dict | None:
+    path = folder / "summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    scores = summary["validation"][task(target)]
+    return {
+        "pearson": scores["pearson"],
+        "spearman": scores["spearman"],
+        "mse": scores["mse"],
+        "steps": summary["steps"],
+        "train_seconds": summary["train_seconds"],
+        "seconds": summary["seconds"],
+    }
+
+
+def t_quantile(n: int) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, n - 1)) if n > 1 else math.inf
+
+
+def mean_interval(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return (values[0] if values else math.nan), math.inf
+    return statistics.fmean(values), t_quantile(len(values)) * statistics.stdev(values) / math.sqrt(
+        len(values)
+    )
+
+
+def collect(args) -> list[dict]:
+    rows = []
+    for target in args.targets:
+        for size in args.sizes:
+            for arm in args.arms:
+                for seed in args.seeds:
+                    result = read_run(Cell(target, size, seed, arm).folder(args.work), target)
+                    if result is not None:
+                        rows.append({"target": target, "size": size, "arm": arm, "seed": seed, **result})
+    return rows
+
+
+def step_seconds(run: dict) -> float:
+    return run["train_seconds"] / max(run["steps"], 1)
+
+
+def report(args, rows: list[dict], command_line: str) -> str:
+    by = {(r["target"], r["size"], r["arm"], r["seed"]): r for r in rows}
+    lines = [
+        f"`{command_line}`",
+        "",
+        "| target | rows | arm | seeds | Pearson (mean ± sd) | vs single (paired, 95% t) | wins "
+        "| step x single |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for target in args.targets:
+        for size in args.sizes:
+            for arm in args.arms:
+                done = {s: by[(target, size, arm, s)] for s in args.seeds if (target, size, arm, s) in by}
+                if not done:
+                    continue
+                values = [r["pearson"] for r in done.values()]
+                sd = statistics.stdev(values) if len(values) > 1 else math.nan
+                base = {s: by[(target, size, "single", s)] for s in done if (target, size, "single", s) in by}
+                diffs = [done[s]["pearson"] - base[s]["pearson"] for s in base]
+                ratios = [step_seconds(done[s]) / step_seconds(base[s]) for s in base]
+                if arm == "single" or not diffs:
+                    vs, wins, ratio = "–", "–", "1.00" if arm == "single" else "–"
+                else:
+                    mean, half = mean_interval(diffs)
+                    vs = f"{mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}]"
+                    wins, ratio = (
+                        f"{sum(d > 0 for d in diffs)}/{len(diffs)}",
+                        f"{statistics.median(ratios):.2f}",
+                    )
+                cell = f"{statistics.fmean(values):.4f} ± {sd:.4f}"
+                lines.append(
+                    f"| {target} | {size} | {arm} | {len(values)} | {cell} | {vs} | {wins} | {ratio} |"
+                )
+    lines += ["", "Source models (one per target, shared by all its cells):", ""]
+    cells = len(args.sizes) * len(args.seeds)
+    for target in args.targets:
+        path = source_folder(args.work, target) / "summary.json"
+        if path.is_file():
+            seconds = json.loads(path.read_text())["train_seconds"]
+            lines.append(
+                f"- without {target}: {seconds:.0f} s of training, {seconds / cells:.1f} s per "
+                f"({len(args.sizes)} sizes x {len(args.seeds)} seeds) cell"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(args, rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(args.targets), figsize=(4.5 * len(args.targets), 3.6), squeeze=False)
+    for axis, target in zip(axes[0], args.targets):
+        for arm in args.arms:
+            xs, means, halves = [], [], []
+            for size in args.sizes:
+                values = [
+                    r["pearson"] for r in rows if (r["target"], r["size"], r["arm"]) == (target, size, arm)
+                ]
+                if values:
+                    mean, half = mean_interval(values)
+                    n = int(size) if size != "full" else max(int(s) for s in args.sizes if s != "full") * 3
+                    xs.append(n), means.append(mean), halves.append(0 if math.isinf(half) else half)
+            if xs:
+                axis.errorbar(xs, means, yerr=halves, marker="o", capsize=3, label=arm)
+        axis.set_xscale("log"), axis.set_title(target), axis.set_xlabel("target train rows (full at right)")
+        axis.set_ylabel("validation Pearson"), axis.grid(alpha=0.3)
+    axes[0][0].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def write(args, rows: list[dict], command_line: str) -> None:
+    text = report(args, rows, command_line)
+    # a run with extra overrides (--set) is a trial, not the protocol: its report stays in --work
+    for folder in (args.work, *([] if args.set else [ROOT / "docs" / "transfer"])):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "report.md").write_text(text)
+        with (folder / "report.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["target"])
+            writer.writeheader(), writer.writerows(rows)
+        if rows:
+            plot(args, rows, folder / "report.png")
+    print(text)
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--targets", nargs="+", default=["tweets", "amazon", "nyt"], choices=DOMAINS)
+    parser.add_argument("--sizes", nargs="+", default=["30", "100", "300", "1000", "full"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--set", nargs="*", default=[], help="extra overrides for every run (a smoke test)")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="threads per run")
+    parser.add_argument("--work", type=Path, default=ROOT / "bench_transfer")
+    parser.add_argument("--report-only", action="store_true")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse()
+    command_line = "python scripts/bench_transfer.py " + " ".join(sys.argv[1:])
+    if not args.report_only:
+        rows = check_no_leaks(args.targets)
+        print(f"no leaks; train rows: {rows}", flush=True)
+        for target in args.targets:  # the source models first: every mtdnn and joint cell needs one
+            print(
+                run_child(
+                    source_command(target, sources_of(target), source_folder(args.work, target), args.set),
+                    source_folder(args.work, target),
+                    args.threads * args.jobs,
+                    keep_checkpoints=True,
+                ),
+                flush=True,
+            )
+        order = {arm: i for i, arm in enumerate(["single", "mtdnn", "joint"])}  # the costly joint runs last
+        cells = sorted(
+            (
+                Cell(t, n, s, a)
+                for t in args.targets
+                for n in args.sizes
+                for s in args.seeds
+                for a in args.arms
+            ),
+            key=lambda c: (order[c.arm], c.seed, c.target, c.size),
+        )
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for line in pool.map(
+                lambda c: run_child(cell_command(c, args, rows), c.folder(args.work), args.threads), cells
+            ):
+                print(line, flush=True)
+    write(args, collect(args), command_line)
+
+
+if __name__ == "__main__":
+    main()
