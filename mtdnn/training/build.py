@@ -41,6 +41,7 @@ from mtdnn.model.multitask import MultiTaskModel
 from mtdnn.regularizers import build_regularizers
 from mtdnn.runs.checkpoints import list_checkpoints, remove_staging
 from mtdnn.runs.folder import run_lock
+from mtdnn.training.affinity import AffinityMonitor, interval, probe_batches
 from mtdnn.training.optim import build_optimizer, build_scheduler
 from mtdnn.training.resume import Resumable, TrainState
 from mtdnn.training.run import Run, make_plan
@@ -209,4 +210,8 @@ def build_run(
         balancer,
         TrainState(),
     )
-    return Run(cfg, output_dir, device, dist, tasks, model, collators, plan, resumable, distiller)
+    monitor = None
+    every = interval(cfg.trainer.affinity_every, len(specs))
+    if len(specs) > 1 and every > 0 and dist.is_main:
+        monitor = AffinityMonitor(probe_batches(tasks, collators, cfg.trainer.batch_size, device), every)
+    return Run(cfg, output_dir, device, dist, tasks, model, collators, plan, resumable, distiller, monitor)

@@ -102,6 +102,10 @@ def run_problems(cfg: DictConfig, specs: list[TaskSpec]) -> list[str]:
         )
     if t.lr <= 0:
         problems.append(f"trainer.lr: must be > 0, got {t.lr}")
+    if t.affinity_every is not None and t.affinity_every < 0:
+        problems.append(
+            f"trainer.affinity_every: must be >= 0 (0 = off; null: automatic), got {t.affinity_every}"
+        )
     if t.head_lr is not None and t.head_lr < 0:
         problems.append(f"trainer.head_lr: must be >= 0 (0 freezes the heads), got {t.head_lr}")
     if t.max_grad_norm < 0:

@@ -129,6 +129,8 @@ def train(run: Run, tracker: Tracker) -> TrainState:
     for step in range(state.step + 1, run.plan.total_steps + 1):
         stop_if_interrupted()
         step_started = time.perf_counter()
+        if run.affinity is not None and run.affinity.due(step):  # which tasks help which, before the update
+            run.affinity.measure(run.model, step, run.resumable.scheduler.get_last_lr()[0])
         last = step == run.plan.total_steps
         logged = (
             step % run.trainer.log_every == 0 or last
@@ -222,6 +224,7 @@ def log_step(run: Run, tracker: Tracker, step: int, meter: LossMeter, grad_norm:
     res = run.resumable
     stats = {k: v for reg in [*res.regularizers.values(), res.balancer] for k, v in reg.stats().items()}
     stats["skipped_steps"] = float(run.state.skipped_steps)
+    stats.update(run.affinity.stats() if run.affinity is not None else {})
     terms = run.dist.average(meter.flush())  # the whole job's means (every rank takes part)
     if run.dist.is_main:
         tracker.train_scalars(step, terms, res.scheduler.get_last_lr()[0], float(grad_norm), stats)

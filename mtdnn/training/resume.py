@@ -33,6 +33,7 @@ RESUMABLE_CHANGES = (
     "trainer.eval_every",
     "trainer.evals_per_epoch",
     "trainer.log_every",
+    "trainer.affinity_every",
     "trainer.keep_last",
     "trainer.early_stopping",
     "trainer.progress_bar",

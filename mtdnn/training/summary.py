@@ -16,6 +16,7 @@ from mtdnn.evaluation.engine import evaluate_split, evaluate_tasks, write_record
 from mtdnn.kinds.metrics import show
 from mtdnn.model.adapters import trainable_parameters
 from mtdnn.runs.checkpoints import best_checkpoint, load_weights
+from mtdnn.training.affinity import heatmap, summarise
 from mtdnn.training.run import Run
 
 log = logging.getLogger("mtdnn")
@@ -122,6 +123,10 @@ def write_summary(run: Run) -> dict:
         "train_seconds": round(state.train_seconds, 2),  # in training steps only (no evaluation, no setup)
         "peak_memory_mb": peak_memory_mb(run.device),
     }
+    affinity = summarise(output_dir / "train_log.jsonl")
+    if affinity is not None:  # which tasks helped which while training, and a heatmap of it
+        summary["task_affinity"] = affinity
+        heatmap(affinity, list(run.tasks), output_dir / "affinity.png")
     if (output_dir / ZERO_SHOT).is_file():  # bi-encoder tasks scored before training, beside the fine-tuned
         summary["zero_shot"] = json.loads((output_dir / ZERO_SHOT).read_text())
     if run.distiller is not None:
