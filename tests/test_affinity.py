@@ -136,3 +136,55 @@ def test_a_negative_interval_is_refused(tmp_path, toy_tasks):
 
     with pytest.raises(MtdnnError, match="trainer.affinity_every: must be >= 0"):
         run(compose_train(tiny_overrides(toy_tasks, "trainer.affinity_every=-1")), tmp_path / "run")
+
+
+def test_the_affinity_command_ranks_candidates_for_a_target(tmp_path, toy_tasks):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "probe"
+    args = [
+        "target=toy_sent",
+        "candidates=[toy_count]",
+        "steps=12",
+        "every=4",
+        "encoder=tiny",
+        f"task_dirs=[{toy_tasks}]",
+        f"output_dir={folder}",
+        "trainer.progress_bar=false",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "mtdnn.affinity", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((folder / "affinity.json").read_text())
+    summary = json.loads((folder / "summary.json").read_text())["task_affinity"]
+    assert [r["candidate"] for r in result["ranking"]] == ["toy_count"]
+    assert result["ranking"][0]["lookahead"] == summary["lookahead"]["toy_count->toy_sent"]
+    assert (
+        "auxiliary tasks for toy_sent (3 measurements" in done.stdout and (folder / "affinity.md").is_file()
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["candidates=[a]"], "error: target: required"),
+        (["target=a", "candidates=[a,b]"], "error: candidates: give other tasks than the target"),
+        (["target=a", "candidates=[b]", "steps=few"], "error: steps: must be a whole number >= 1, got 'few'"),
+    ],
+)
+def test_affinity_command_mistakes_are_one_line(args, message):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "mtdnn.affinity", *args], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2 and done.stderr.strip() == message or done.stderr.startswith(message), (
+        done.stderr
+    )

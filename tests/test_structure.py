@@ -189,3 +189,13 @@ def test_no_function_of_the_training_path_is_longer_than_sixty_lines():
         if path in training and fn.end_lineno - fn.lineno + 1 > 60
     ]
     assert long == []
+
+
+def test_every_console_script_names_a_function_that_exists():
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]["scripts"]
+    for name, target in scripts.items():
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function, None)), f"{name} = {target}"

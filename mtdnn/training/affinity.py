@@ -71,7 +71,7 @@ def measure(model, probes: dict[str, dict], lr: float) -> dict[str, dict[str, fl
         losses, grads = {}, {}
         for task, batch in probes.items():
             loss = task_loss(model, task, batch)
-            losses[task], grads[task] = float(loss), flat_gradient(loss, params)
+            losses[task], grads[task] = float(loss.detach()), flat_gradient(loss, params)
         cos = {
             f"{i},{j}": float(torch.nn.functional.cosine_similarity(grads[i], grads[j], dim=0))
             for i, j in permutations(probes, 2)

@@ -129,12 +129,12 @@ def train(run: Run, tracker: Tracker) -> TrainState:
     for step in range(state.step + 1, run.plan.total_steps + 1):
         stop_if_interrupted()
         step_started = time.perf_counter()
-        if run.affinity is not None and run.affinity.due(step):  # which tasks help which, before the update
+        measured = run.affinity is not None and run.affinity.due(step)
+        if measured:  # which tasks help which, at the weights before this step's update
             run.affinity.measure(run.model, step, run.resumable.scheduler.get_last_lr()[0])
         last = step == run.plan.total_steps
-        logged = (
-            step % run.trainer.log_every == 0 or last
-        )  # regularizer timing syncs the GPU: logged steps only
+        # regularizer timing syncs the GPU: logged steps only; a measurement is logged at its own step
+        logged = step % run.trainer.log_every == 0 or last or measured
         # 1. forward and backward over the step's micro-batches (their gradients combined by the balancer)
         step_losses, drawn = accumulate(run, meter, params, task_grads, logged)
         # 2. clip, step (unless the gradient is NaN/inf), let the regularizers and balancer follow, schedule
@@ -193,9 +193,8 @@ def optimizer_step(run: Run, step: int, params: list, step_losses: dict, drawn: 
     NaN/inf: one host sync per step keeps NaN out of the weights), then let them follow the new weights
     (SMART's teacher, L2-SP's pull towards the pretrained weights), schedule. Returns the gradient norm."""
     cfg, res, state = run.trainer, run.resumable, run.state
-    grad_norm = torch.nn.utils.clip_grad_norm_(
-        params, cfg.max_grad_norm or math.inf
-    )  # 0: measure, never clip
+    # max_grad_norm 0: measure, never clip
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
     if torch.isfinite(grad_norm):
         for reg in res.regularizers.values():
             reg.before_step(run.model)
