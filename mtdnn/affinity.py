@@ -144,7 +144,7 @@ def main() -> None:
         output_dir / "affinity.json",
         {
             "target": own["target"],
-            "ranking": ranking,
+            "ranked": ranking,
             "mutual_pairs": mutual_pairs(affinity),
             "config": OmegaConf.to_container(cfg.trainer, resolve=True),
         },

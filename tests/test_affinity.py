@@ -163,8 +163,8 @@ def test_the_affinity_command_ranks_candidates_for_a_target(tmp_path, toy_tasks)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((folder / "affinity.json").read_text())
     summary = json.loads((folder / "summary.json").read_text())["task_affinity"]
-    assert [r["candidate"] for r in result["ranking"]] == ["toy_count"]
-    assert result["ranking"][0]["lookahead"] == summary["lookahead"]["toy_count->toy_sent"]
+    assert [r["candidate"] for r in result["ranked"]] == ["toy_count"]
+    assert result["ranked"][0]["lookahead"] == summary["lookahead"]["toy_count->toy_sent"]
     assert (
         "auxiliary tasks for toy_sent (3 measurements" in done.stdout and (folder / "affinity.md").is_file()
     )

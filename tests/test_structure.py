@@ -193,6 +193,7 @@ def test_no_function_of_the_training_path_is_longer_than_sixty_lines():
 
 def test_every_console_script_names_a_function_that_exists():
     import importlib
+
     import tomllib
 
     scripts = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]["scripts"]

@@ -66,18 +66,9 @@ def non_finite_problems(node: Any, where: str = "") -> list[str]:
     return []
 
 
-def run_problems(cfg: DictConfig, specs: list[TaskSpec]) -> list[str]:
-    """Checks of the run config that need the task specs; all reported together with encoder problems."""
-    t = cfg.trainer
-    problems = unknown_key_problems(cfg) + non_finite_problems(OmegaConf.to_container(cfg, resolve=True))
-    problems += encoder_problems(cfg.encoder) + sampler_problems(cfg.sampler, [s.name for s in specs])
-    problems += regularizer_problems(OmegaConf.to_container(cfg.regularizer, resolve=True), specs)
-    problems += balancer_problems(
-        OmegaConf.to_container(cfg.balancer, resolve=True), [s.name for s in specs], t.tasks_per_step
-    )
-    problems += distill_problems(cfg.distill, specs) + adapter_problems(
-        OmegaConf.to_container(cfg.adapter, resolve=True)
-    )
+def trainer_problems(t, tasks: int) -> list[str]:
+    """The trainer's settings, each against its range."""
+    problems = []
     for name in (
         "batch_size",
         "eval_batch_size",
@@ -90,9 +81,9 @@ def run_problems(cfg: DictConfig, specs: list[TaskSpec]) -> list[str]:
     ):
         if t[name] < 1:
             problems.append(f"trainer.{name}: must be >= 1, got {t[name]}")
-    if not 1 <= t.tasks_per_step <= max(1, len(specs)):
+    if not 1 <= t.tasks_per_step <= max(1, tasks):
         problems.append(
-            f"trainer.tasks_per_step: must be between 1 and the number of tasks ({len(specs)}), "
+            f"trainer.tasks_per_step: must be between 1 and the number of tasks ({tasks}), "
             f"got {t.tasks_per_step}"
         )
     if t.early_stopping < 0:
@@ -116,6 +107,22 @@ def run_problems(cfg: DictConfig, specs: list[TaskSpec]) -> list[str]:
         problems.append(f"trainer.epochs: must be > 0, got {t.epochs}")
     if t.max_steps is not None and t.max_steps < 1:
         problems.append(f"trainer.max_steps: must be >= 1, got {t.max_steps}")
+    return problems
+
+
+def run_problems(cfg: DictConfig, specs: list[TaskSpec]) -> list[str]:
+    """Checks of the run config that need the task specs; all reported together with encoder problems."""
+    t = cfg.trainer
+    problems = unknown_key_problems(cfg) + non_finite_problems(OmegaConf.to_container(cfg, resolve=True))
+    problems += encoder_problems(cfg.encoder) + sampler_problems(cfg.sampler, [s.name for s in specs])
+    problems += regularizer_problems(OmegaConf.to_container(cfg.regularizer, resolve=True), specs)
+    problems += balancer_problems(
+        OmegaConf.to_container(cfg.balancer, resolve=True), [s.name for s in specs], t.tasks_per_step
+    )
+    problems += distill_problems(cfg.distill, specs) + adapter_problems(
+        OmegaConf.to_container(cfg.adapter, resolve=True)
+    )
+    problems += trainer_problems(t, len(specs))
     if cfg.init_from and not (Path(cfg.init_from).expanduser() / "best.json").is_file():
         problems.append(f"init_from: {cfg.init_from} is not a finished mtdnn run (no best.json)")
     if t.best_metric != "mean":
