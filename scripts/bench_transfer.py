@@ -375,7 +375,7 @@ def main() -> None:
                 ),
                 flush=True,
             )
-        order = {arm: i for i, arm in enumerate(["single", "mtdnn", "joint"])}  # the costly joint runs last
+        # seed by seed, each cell's arms together (a cut-short run still pairs them); the costly joint runs last
         cells = sorted(
             (
                 Cell(t, n, s, a)
@@ -384,7 +384,7 @@ def main() -> None:
                 for s in args.seeds
                 for a in args.arms
             ),
-            key=lambda c: (order[c.arm], c.seed, c.target, c.size),
+            key=lambda c: (c.arm == "joint", c.seed, c.target, args.sizes.index(c.size), ARMS.index(c.arm)),
         )
         with ThreadPoolExecutor(args.jobs) as pool:
             for line in pool.map(
