@@ -375,7 +375,7 @@ def main() -> None:
                 ),
                 flush=True,
             )
-        # seed by seed, each cell's arms together (a cut-short run still pairs them); the costly joint runs last
+        # seed by seed, each cell's arms together (a cut-short run still pairs them); joint runs last
         cells = sorted(
             (
                 Cell(t, n, s, a)
