@@ -331,3 +331,26 @@ def test_every_micro_batch_comes_from_one_task(tmp_path, toy_tasks, monkeypatch)
     assert {t for t, _, _ in seen} == {"toy_sent", "toy_count"}
     for task, dtype, size in seen:  # classification batches carry class ids, regression batches real targets
         assert dtype == (torch.long if task == "toy_sent" else torch.float32) and 0 < size <= 16
+
+
+def test_evaluate_scores_a_task_on_another_tasks_data_out_of_domain(trained, tmp_path):
+    import shutil
+
+    import yaml
+
+    root, folder, _ = trained
+    spec = yaml.safe_load((folder / "toy_sent.yaml").read_text())
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("toy_sent_train.csv", "toy_sent_validation.csv", "toy_sent_test.csv"):
+        shutil.copy(folder / name, other / name)  # the same rows under another task's name
+    (other / "toy_other.yaml").write_text(yaml.safe_dump({**spec, "name": "toy_other"}))
+    own = evaluate(EvaluateConfig(run_dir=str(root / "run"), task="toy_sent"))
+    scored = evaluate(
+        EvaluateConfig(run_dir=str(root / "run"), task="toy_sent", data="toy_other", task_dirs=str(other))
+    )
+    assert scored == {"toy_sent@toy_other": own["toy_sent"]}
+    with pytest.raises(MtdnnError, match="data: toy_count is a regression task.*toy_sent is classification"):
+        evaluate(EvaluateConfig(run_dir=str(root / "run"), task="toy_sent", data="toy_count"))
+    with pytest.raises(MtdnnError, match="task: data= scores one trained task"):
+        evaluate(EvaluateConfig(run_dir=str(root / "run"), data="toy_other", task_dirs=str(other)))
