@@ -240,15 +240,36 @@ def mean_interval(values: list[float]) -> tuple[float, float]:
     )
 
 
+def recorded(args) -> dict[Cell, dict]:
+    """Runs of earlier sessions, from --record (their folders are not kept): a recorded cell is not rerun."""
+    if args.record is None or not args.record.is_file():
+        return {}
+    with args.record.open() as handle:
+        rows = list(csv.DictReader(handle))
+    numbers = ("pearson", "spearman", "mse", "steps", "train_seconds", "seconds")
+    return {
+        Cell(r["target"], r["size"], int(r["seed"]), r["arm"]): {
+            **r,
+            "seed": int(r["seed"]),
+            **{k: float(r[k]) for k in numbers},
+        }
+        for r in rows
+    }
+
+
 def collect(args) -> list[dict]:
+    record = recorded(args)
     rows = []
     for target in args.targets:
         for size in args.sizes:
             for arm in args.arms:
                 for seed in args.seeds:
-                    result = read_run(Cell(target, size, seed, arm).folder(args.work), target)
+                    cell = Cell(target, size, seed, arm)
+                    result = read_run(cell.folder(args.work), target)
                     if result is not None:
                         rows.append({"target": target, "size": size, "arm": arm, "seed": seed, **result})
+                    elif cell in record:
+                        rows.append(record[cell])
     return rows
 
 
@@ -356,11 +377,19 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="threads per run")
     parser.add_argument("--work", type=Path, default=ROOT / "bench_transfer")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--record",
+        type=Path,
+        default=ROOT / "docs" / "transfer" / "report.csv",
+        help="rows of earlier sessions: recorded cells are not rerun and stay in the report",
+    )
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse()
+    if args.set:  # a trial with extra overrides neither reads nor writes the protocol's record
+        args.record = None
     command_line = "python scripts/bench_transfer.py " + " ".join(sys.argv[1:])
     if not args.report_only:
         rows = check_no_leaks(args.targets)
@@ -386,6 +415,8 @@ def main() -> None:
             ),
             key=lambda c: (c.arm == "joint", c.seed, c.target, args.sizes.index(c.size), ARMS.index(c.arm)),
         )
+        done = recorded(args)
+        cells = [c for c in cells if c not in done]
         with ThreadPoolExecutor(args.jobs) as pool:
             for line in pool.map(
                 lambda c: run_child(cell_command(c, args, rows), c.folder(args.work), args.threads), cells
