@@ -182,12 +182,13 @@ def main() -> None:
     # other flags (--help, --cfg, ...) go to Hydra untouched
     if overrides and not want_traceback() and not flags:
         check_overrides(overrides)
+    # a search sweeper expands its own way
     elif (
         overrides
         and not want_traceback()
         and flags <= {"-m", "--multirun"}
         and not any(o.startswith("hydra/sweeper=") for o in overrides)
-    ):  # a search sweeper expands its own way
+    ):
         check_sweep(overrides)
     hydra_main()
 

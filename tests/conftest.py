@@ -17,20 +17,17 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-if os.environ.get(
-    "PYTEST_XDIST_WORKER"
-):  # two test processes share the cores: one thread each, or they fight
+# two test processes share the cores: one thread each, or they fight
+if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
-if (
-    os.environ.get("MTDNN_TEST_GPU") != "1"
-):  # the suite runs on the CPU (exact-equality checks assume one device);
+# the suite runs on the CPU (exact-equality checks assume one device);
+if os.environ.get("MTDNN_TEST_GPU") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # GPU tests: MTDNN_TEST_GPU=1 pytest -m gpu
 
 
-_WORKER_FUZZ_COUNTS: Counter[str] = (
-    Counter()
-)  # under pytest-xdist: the workers' counts, summed on the controller
+# under pytest-xdist: the workers' counts, summed on the controller
+_WORKER_FUZZ_COUNTS: Counter[str] = Counter()
 
 
 def _fuzz_counts() -> dict[str, int]:

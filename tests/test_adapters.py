@@ -88,9 +88,8 @@ def test_adapter_training_learns_with_a_frozen_encoder(tmp_path, toy_tasks, kind
     loaded = open_run(str(tmp_path / "run"), "best", torch.device("cpu"))
     assert summary["validation"]["toy_sent"]["accuracy"] > 0.8
     assert summary["trainable_parameters"]["frozen"] > 0
-    again = evaluate(
-        EvaluateConfig(run_dir=str(tmp_path / "run"), split="validation")
-    )  # run folder rebuilds them
+    # run folder rebuilds them
+    again = evaluate(EvaluateConfig(run_dir=str(tmp_path / "run"), split="validation"))
     assert again["toy_sent"]["accuracy"] == pytest.approx(summary["validation"]["toy_sent"]["accuracy"])
     if kind == "hyper":  # one hypernetwork, different weights per task and per layer
         gen = loaded.model.adapters.weights

@@ -38,12 +38,13 @@ def test_cosine_and_lookahead_equal_a_computation_by_hand():
         loss = _loss(twin, task, batch)
         loss.backward()
         named = dict(twin.named_parameters())
+        # the pooler is unused with mean pooling
         grads[task] = torch.cat(
             [
                 (named[n].grad if named[n].grad is not None else torch.zeros_like(p)).reshape(-1)
                 for n, p in shared
             ]
-        )  # the pooler is unused with mean pooling
+        )
         losses[task] = loss.item()
     for i, j in (("a", "b"), ("a", "c"), ("b", "c")):
         cos = (grads[i] @ grads[j]) / (grads[i].norm() * grads[j].norm())

@@ -173,16 +173,14 @@ def test_readme_regularizer_tables_are_the_recorded_runs(tmp_path, monkeypatch):
     root = SCRIPT.parents[1]
     record = bench.read_record(root / "docs" / "quality" / "report.csv")
     methods = list(dict.fromkeys(arm.method for arm in record))
-    seeds = sorted(
-        {arm.seed for arm in record}
-    )  # 1-5 for every method, 1-10 for none and smart on rt_polarity
+    # 1-5 for every method, 1-10 for none and smart on rt_polarity
+    seeds = sorted({arm.seed for arm in record})
     tables, rows = bench.table(
         tmp_path, ["rt_polarity", "vader_tweets"], [(500, 10.0), (2000, 2.0)], methods, seeds, [], record
     )
     readme = (root / "README.md").read_text()
     blocks = [b.strip() for b in tables.split("\n\n") if b.strip()]
-    assert len(blocks) == 6 and len(rows) == len(
-        record
-    )  # 3 budgets x (title, table); every recorded run shown
+    # 3 budgets x (title, table); every recorded run shown
+    assert len(blocks) == 6 and len(rows) == len(record)
     for block in blocks:
         assert block in readme, f"README lacks, or differs from, the record's:\n{block}"

@@ -189,9 +189,8 @@ def test_on_the_fly_targets_train_the_same_student_as_the_stored_ones(teachers, 
     for key in cached:
         torch.testing.assert_close(fly[key], cached[key], rtol=1e-4, atol=1e-5)
     start = load_file(str(sorted((runs[0] / "checkpoints").iterdir())[-1] / "model.safetensors"))
-    assert not torch.allclose(
-        cached["heads.toy_sent.out.weight"], start["heads.toy_sent.out.weight"]
-    )  # it trained
+    # it trained
+    assert not torch.allclose(cached["heads.toy_sent.out.weight"], start["heads.toy_sent.out.weight"])
 
 
 def test_student_from_teacher_keeps_every_kth_layer(teachers, tmp_path):
@@ -368,9 +367,8 @@ def test_span_and_tagging_distil_from_teachers_sharing_the_tokenizer(tmp_path):
             attention_mask=torch.ones_like(ids),
             token_type_ids=torch.tensor([window["token_type_ids"]]),
         )[0]
-    torch.testing.assert_close(
-        first, torch.softmax(logits / 2.0, 0), atol=1e-5, rtol=1e-4
-    )  # T = 2 (the default)
+    # T = 2 (the default)
+    torch.testing.assert_close(first, torch.softmax(logits / 2.0, 0), atol=1e-5, rtol=1e-4)
     tag_file = load_file(str(next(store.glob("toy_ner-*.safetensors"))))
     assert torch.allclose(tag_file["targets"].sum(-1), torch.ones(len(tag_file["targets"])), atol=1e-4)
     log = [json.loads(line) for line in (tmp_path / "student" / "train_log.jsonl").read_text().splitlines()]

@@ -239,9 +239,8 @@ def test_pcgrad_on_two_gloo_ranks_equals_one_process_with_the_doubled_batch(tmp_
             "pcgrad_conflicts",
         ):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
-    assert any(
-        r["pcgrad_conflicts"] > 0 for r in single
-    )  # gradients did conflict: the projection was exercised
+    # gradients did conflict: the projection was exercised
+    assert any(r["pcgrad_conflicts"] > 0 for r in single)
     for task in ("toy_sent", "toy_count"):
         for metric, value in s1["validation"][task].items():
             assert s2["validation"][task][metric] == pytest.approx(value, abs=1e-4)

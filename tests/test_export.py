@@ -204,6 +204,5 @@ def test_every_export_carries_a_hub_model_card_with_the_runs_metrics(trained):
             run_dir=str(runs["cls"]), task="toy_sent", out=str(root / "card_last"), checkpoint="last"
         )
     )
-    assert (
-        ModelCard.load(last / "README.md").data.eval_results is None
-    )  # no metrics claimed for an unevaluated pick
+    # no metrics claimed for an unevaluated pick
+    assert ModelCard.load(last / "README.md").data.eval_results is None

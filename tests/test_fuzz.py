@@ -159,9 +159,8 @@ COMPRESSIONS = {"": lambda b: b, ".gz": gzip.compress, ".bz2": bz2.compress, ".x
 def data_files(draw) -> dict:
     text = st.sampled_from(WORDS).map(lambda w: f"{w} {w} film")
     label = st.sampled_from(["neg", "pos"])
-    if draw(
-        st.booleans()
-    ):  # half the cases hold odd values somewhere, half only good rows (then the run trains)
+    # half the cases hold odd values somewhere, half only good rows (then the run trains)
+    if draw(st.booleans()):
         text = st.one_of(text, ODD)
         label = st.one_of(label, st.sampled_from([0, 1, 2, -1, "", "POS", None]), ODD)
     row = st.fixed_dictionaries({"sentence": text, "label": label})
@@ -429,9 +428,8 @@ def _override_case(world, overrides: list[str], capsys) -> None:
     overrides = [o.replace("<precious>", str(world["precious"])) for o in overrides]
     out = folder / "out"
     code, stderr = _run_cli([*_command(folder, out), *overrides], capsys, folder)
-    if code == 0 and any(
-        o.startswith("output_dir=") for o in overrides
-    ):  # Hydra may read 1e9 as 1000000000.0
+    # Hydra may read 1e9 as 1000000000.0
+    if code == 0 and any(o.startswith("output_dir=") for o in overrides):
         out = next(folder.rglob("summary.json"), out / "summary.json").parent
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
     values = [o.split("=", 1)[1] for o in overrides if "=" in o]

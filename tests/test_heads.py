@@ -200,9 +200,8 @@ def test_squad_normalisation_and_metrics_by_hand():
     records = [{"answer": "paris france"}, {"answer": ""}]
     scores = span.span_metrics(Spec, raw, records)
     assert scores["exact_match"] == 0.5  # row 1 wrong, row 2 (no answer) right
-    assert scores["f1"] == pytest.approx(
-        (2 / 3 + 1.0) / 2
-    )  # max over gold: 'in paris' -> F1 1/2, 'paris' -> 2/3
+    # max over gold: 'in paris' -> F1 1/2, 'paris' -> 2/3
+    assert scores["f1"] == pytest.approx((2 / 3 + 1.0) / 2)
     assert scores["has_answer_f1"] == pytest.approx(2 / 3) and scores["no_answer_exact_match"] == 1.0
 
 
@@ -423,6 +422,7 @@ def test_smart_on_span_ranking_and_tagging(tmp_path):
     assert log[-1]["smart_skipped"] == 0
 
 
+# a negative threshold answers even when [CLS] is ahead by less than 1.5
 @pytest.mark.parametrize(
     "threshold, null_score, expected",
     [
@@ -431,7 +431,7 @@ def test_smart_on_span_ranking_and_tagging(tmp_path):
         (0.0, 5.0, ""),  # the [CLS] score wins
         (-1.5, 5.0, "hello world"),
     ],
-)  # a negative threshold answers even when [CLS] is ahead by less than 1.5
+)
 def test_v2_decoding_answers_only_when_the_span_beats_no_answer_by_the_threshold(
     threshold, null_score, expected
 ):

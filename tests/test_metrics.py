@@ -41,9 +41,8 @@ def test_classification_metrics_against_hand_computations(k):
     )
     macro = np.mean([f1_of(pred, gold, c) for c in range(k)])
     assert got["accuracy"] == pytest.approx((pred == gold).mean(), abs=1e-6)
-    assert got["f1"] == pytest.approx(
-        f1_of(pred, gold, 1) if k == 2 else macro, abs=1e-6
-    )  # binary: the 2nd label
+    # binary: the 2nd label
+    assert got["f1"] == pytest.approx(f1_of(pred, gold, 1) if k == 2 else macro, abs=1e-6)
     assert got["f1_macro"] == pytest.approx(macro, abs=1e-6)
     assert got["mcc"] == pytest.approx(mcc_of(pred, gold, k), abs=1e-5)
     if k == 2:  # AUC = Mann-Whitney U / (n_pos n_neg) on the positive label's score
@@ -90,15 +89,13 @@ def _cls(pred, gold, scores=None) -> dict:
 def test_metrics_the_data_cannot_define_are_undefined_not_zero():
     one_class = _cls([0, 1, 1, 0], [1, 1, 1, 1])
     assert one_class["accuracy"] == 0.5 and one_class["f1"] == pytest.approx(2 / 3)
-    assert np.isnan(one_class["auc"]) and np.isnan(
-        one_class["mcc"]
-    )  # scikit-learn's roc_auc_score refuses too
+    # scikit-learn's roc_auc_score refuses too
+    assert np.isnan(one_class["auc"]) and np.isnan(one_class["mcc"])
     no_positive = _cls([0, 1, 0, 0], [0, 0, 0, 0])
     assert np.isnan(no_positive["f1"])
     constant_guess = _cls([1, 1, 1, 1], [0, 1, 0, 1])
-    assert constant_guess["mcc"] == 0.0 and not np.isnan(
-        constant_guess["auc"]
-    )  # defined: the usual convention
+    # defined: the usual convention
+    assert constant_guess["mcc"] == 0.0 and not np.isnan(constant_guess["auc"])
     for pred, gold in (([1.0, 1.0, 1.0], [0.1, 0.5, 0.9]), ([0.2, 0.4, 0.1], [3.0, 3.0, 3.0])):
         got = metrics.compute(
             ["pearson", "spearman", "mse"], {"prediction": torch.tensor(pred)}, torch.tensor(gold), 1
@@ -119,9 +116,8 @@ def test_an_undefined_score_never_becomes_the_best_unless_nothing_else_was_defin
     state.best_score, state.best_results = 0.4, {"t": {"auc": 0.4}}
     assert not is_better(float("nan"), state, last=True)  # a defined best is kept, even at the end
     assert not is_better(0.3, state, last=False) and is_better(0.5, state, last=False)
-    assert is_better(
-        float("nan"), TrainState(), last=True
-    )  # never defined: the last checkpoint, with a warning
+    # never defined: the last checkpoint, with a warning
+    assert is_better(float("nan"), TrainState(), last=True)
     specs = {"a": _spec("a", "classification"), "b": _spec("b", "regression")}
     specs["a"].metrics, specs["b"].metrics = ["auc"], ["pearson"]
     mean = main_score({"a": {"auc": float("nan")}, "b": {"pearson": 0.9}}, specs, "mean")

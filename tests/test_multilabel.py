@@ -174,9 +174,8 @@ def test_distills_and_exports(tmp_path):
         ),
         tmp_path / "student",
     )
-    assert (
-        student["validation"]["colours"]["f1_micro"] > 0.9
-    )  # learned from the teacher's probabilities alone
+    # learned from the teacher's probabilities alone
+    assert student["validation"]["colours"]["f1_micro"] > 0.9
 
     from transformers import AutoModelForSequenceClassification
 

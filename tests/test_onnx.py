@@ -49,9 +49,8 @@ def test_onnx_outputs_equal_pytorchs_for_every_kind(trained, task, tmp_path):
     torch_run = load_run_folder(str(trained_run), "best", torch.device("cpu"))
     onnx_run = load_run_folder(str(out), "best", torch.device("cpu"), "onnx")
     rows = _rows(next(folder.glob(f"{task}_validation.*")))
-    batch = _batch(
-        torch_run, task, rows
-    )  # a padded batch of every validation row: batch and sequence axes vary
+    # a padded batch of every validation row: batch and sequence axes vary
+    batch = _batch(torch_run, task, rows)
     with torch.no_grad():
         expected = torch_run.model(task, **batch)
     got = onnx_run.model(task, **batch)

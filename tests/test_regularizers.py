@@ -105,9 +105,8 @@ def test_freelb_accumulates_the_mean_gradient_of_its_k_adversarial_passes():
     model.zero_grad(set_to_none=True)
     head, mask = model.head("t"), batch["attention_mask"]
     embeds = model.embed(batch["input_ids"])
-    torch.manual_seed(
-        1
-    )  # the paper's start, written out: U(-1, 1) on real tokens x init_mag / sqrt(L_real x H)
+    # the paper's start, written out: U(-1, 1) on real tokens x init_mag / sqrt(L_real x H)
+    torch.manual_seed(1)
     real = mask.unsqueeze(-1).float()
     delta = (
         (torch.rand_like(embeds) * 2 - 1)
@@ -125,9 +124,8 @@ def test_freelb_accumulates_the_mean_gradient_of_its_k_adversarial_passes():
             if g is not None:
                 e += g / cfg.steps
         losses.append(loss.item())
-        g = (
-            grads[-1] * real
-        )  # ascent along g / ||g||_2 per example, then back onto the l2 ball of radius epsilon
+        # ascent along g / ||g||_2 per example, then back onto the l2 ball of radius epsilon
+        g = grads[-1] * real
         delta = delta.detach() + cfg.step_size * g / g.flatten(1).norm(dim=1).view(-1, 1, 1)
         delta = delta * (cfg.epsilon / delta.flatten(1).norm(dim=1).clamp_min(cfg.epsilon)).view(-1, 1, 1)
         assert delta.flatten(1).norm(dim=1).max() <= cfg.epsilon + 1e-6
@@ -266,9 +264,8 @@ def test_lnsr_noise_skips_padding_and_the_term_grows_with_the_noise_squared():
         change[batch["attention_mask"] == 1] > 0
     ).all()
     assert noise[batch["attention_mask"] == 1].std().item() == pytest.approx(0.5, rel=0.15)
-    _lnsr_penalty(
-        model, batch, 1e-3
-    )  # warm-up: the very first forward takes a slightly different numerical path
+    # warm-up: the very first forward takes a slightly different numerical path
+    _lnsr_penalty(model, batch, 1e-3)
     small, double = _lnsr_penalty(model, batch, 1e-3)[0], _lnsr_penalty(model, batch, 2e-3)[0]
     assert small > 0 and double / small == pytest.approx(4.0, rel=0.02)  # linear regime: squared distance
 
@@ -473,9 +470,8 @@ def test_each_method_trains_every_head_type(tmp_path, all_heads, name):
         assert log[-1]["l2_sp"] > 0
     if name == "child_tuning":
         assert log[-1]["child_tuning_kept"] == pytest.approx(0.3, abs=0.01)
-    if (
-        name == "mixout"
-    ):  # every linear layer of the tiny BERT: 2 layers x (q, k, v, attn out, ffn in, ffn out) + pooler
+    # every linear layer of the tiny BERT: 2 layers x (q, k, v, attn out, ffn in, ffn out) + pooler
+    if name == "mixout":
         assert log[-1]["mixout_layers"] == 13
 
 

@@ -271,9 +271,8 @@ def test_a_second_run_into_a_folder_in_use_stops_at_once_and_the_lock_dies_with_
     cfg = compose_train(
         tiny_overrides(toy_tasks, "task=toy_sent", "trainer.max_steps=2", "predict_test=false")
     )
-    with run_lock(
-        folder
-    ):  # another run holds the folder (a lock conflicts across open files, as across processes)
+    # another run holds the folder (a lock conflicts across open files, as across processes)
+    with run_lock(folder):
         with pytest.raises(MtdnnError, match=r"output_dir: .* is in use by another run \(pid \d+\)"):
             run(cfg, folder)
     assert sorted(p.name for p in folder.iterdir()) == [".lock"]  # the refused run wrote nothing

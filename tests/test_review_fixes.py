@@ -188,14 +188,14 @@ def test_resume_refuses_settings_the_checkpoint_was_not_trained_with(tmp_path, t
         run(compose_train(base + ["resume=auto", "trainer.lr=5e-3", "regularizer=smart"]), tmp_path / "run")
     text = str(info.value)
     assert "trainer.lr: 0.001 -> 0.005" in text and "regularizer.smart" in text
+    # a longer run is fine
     summary = run(
         compose_train(base[:-2] + ["trainer.max_steps=3", "predict_test=false", "resume=auto"]),
         tmp_path / "run",
-    )  # a longer run is fine
+    )
     assert summary["steps"] == 3
-    assert (
-        "max_steps: 3" in (tmp_path / "run" / "config.yaml").read_text()
-    )  # config.yaml says what it ran with
+    # config.yaml says what it ran with
+    assert "max_steps: 3" in (tmp_path / "run" / "config.yaml").read_text()
 
 
 def _lrs(run_dir) -> dict[int, float]:
@@ -229,9 +229,8 @@ def test_resume_allow_changes_applies_the_new_learning_rate_and_records_it(tmp_p
     assert config.startswith("# resumed from step_0000004 with resume_allow_changes: ")
     assert "trainer.lr: 0.001 -> 0.0005" in config.splitlines()[0] and "  lr: 0.0005" in config
     assert "resume_allow_changes: trainer.lr: 0.001 -> 0.0005" in caplog.text
-    with pytest.raises(
-        MtdnnError, match="checkpoint does not fit the model"
-    ):  # a change the checkpoint cannot fit
+    # a change the checkpoint cannot fit
+    with pytest.raises(MtdnnError, match="checkpoint does not fit the model"):
         run(
             compose_train(
                 base

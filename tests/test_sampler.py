@@ -41,10 +41,11 @@ N = np.array([9000, 900, 100], dtype=float)
 @pytest.mark.parametrize(
     "cfg, expected",
     [
+        # written out here, not asked of task_probabilities
         (
             SamplerConfig(name="proportional"),
             N / N.sum(),
-        ),  # written out here, not asked of task_probabilities
+        ),
         (SamplerConfig(name="temperature", temperature=2), N**0.5 / (N**0.5).sum()),
         (SamplerConfig(name="uniform", weights={"big": 0.5}), np.array([0.5, 1, 1]) / 2.5),
     ],

@@ -124,9 +124,8 @@ def test_multiple_choice_yaml_reads_its_hub_schema(task, monkeypatch):
     data = prepare_data([spec])[task]
     train = data.raw["train"]
     assert all(len(c) == CANDIDATES[task] for c in train["candidates"])
-    if (
-        task == "wikiqa"
-    ):  # groups without a correct sentence are dropped from train and validation, kept in test
+    # groups without a correct sentence are dropped from train and validation, kept in test
+    if task == "wikiqa":
         kept = {
             f"Q{q}"
             for q in range(12)

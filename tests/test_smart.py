@@ -181,23 +181,20 @@ def _shipped_config() -> Config:
 @pytest.mark.parametrize("norm", ["inf", "l2", "l1"])
 def test_token_scale_bounds_each_token_by_its_own_size_and_follows_the_embeddings(norm):
     torch.manual_seed(4)
-    embeds = torch.randn(2, 5, 8) * torch.tensor([0.01, 0.1, 1.0, 10.0, 1.0]).view(
-        1, 5, 1
-    )  # tokens of all sizes
+    # tokens of all sizes
+    embeds = torch.randn(2, 5, 8) * torch.tensor([0.01, 0.1, 1.0, 10.0, 1.0]).view(1, 5, 1)
     mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
     grad = torch.randn(2, 5, 8)
     cfg = Config(norm=norm, epsilon=0.05, step_size=1.0)
     delta = Ball(embeds, mask, cfg).ascent_step(torch.zeros_like(embeds), grad)
     size = row_norm(embeds.reshape(-1, 8), norm).view(2, 5)
     moved = row_norm(delta.reshape(-1, 8), norm).view(2, 5)
-    assert torch.allclose(
-        moved[mask.bool()], 0.05 * size[mask.bool()], rtol=1e-4
-    )  # one step reaches the edge
+    # one step reaches the edge
+    assert torch.allclose(moved[mask.bool()], 0.05 * size[mask.bool()], rtol=1e-4)
     assert delta[0, 4].abs().max() == 0  # padding is never perturbed
     scaled = Ball(embeds * 10, mask, cfg).ascent_step(torch.zeros_like(embeds), grad)
-    assert torch.allclose(
-        scaled, delta * 10, rtol=1e-4, atol=1e-7
-    )  # relative: the same ball, ten times larger
+    # relative: the same ball, ten times larger
+    assert torch.allclose(scaled, delta * 10, rtol=1e-4, atol=1e-7)
     absolute = Ball(embeds * 10, mask, Config(norm=norm, epsilon=0.05, step_size=1.0, scale="absolute"))
     masked = grad * mask.unsqueeze(-1)  # absolute: one ball per example, sizes as given, by hand
     by_hand = project(1.0 * masked / per_example_norm(masked, norm), 0.05, norm) * mask.unsqueeze(-1)
@@ -209,9 +206,8 @@ def test_reference_scale_renormalises_every_token_onto_its_sphere():
     embeds, mask = torch.randn(2, 4, 8), torch.ones(2, 4, dtype=torch.long)
     cfg = Config(scale="reference", epsilon=0.3, step_size=1e-3)
     ball = Ball(embeds, mask, cfg)
-    delta = ball.ascent_step(
-        ball.start() + 1e-3, torch.randn(2, 4, 8) * 1e-6
-    )  # a tiny raw gradient, as in mt-dnn
+    # a tiny raw gradient, as in mt-dnn
+    delta = ball.ascent_step(ball.start() + 1e-3, torch.randn(2, 4, 8) * 1e-6)
     per_token = row_norm(delta.reshape(-1, 8), "inf")
     assert torch.allclose(per_token, 0.3 * row_norm(embeds.reshape(-1, 8), "inf"), rtol=1e-5)
 
@@ -324,9 +320,8 @@ def test_a_term_too_small_to_matter_is_said_once(caplog):
     window(quiet, 1e-7)
     window(quiet, 1e-7)
     assert caplog.text.count("the smart_adv term has stayed below 1e-03 of the task loss (now 1.4e-07)") == 1
-    growing = TermActivity(
-        "regularizer.smart", "smart_adv"
-    )  # starts small while the head is unsure, then acts
+    # starts small while the head is unsure, then acts
+    growing = TermActivity("regularizer.smart", "smart_adv")
     window(growing, 1e-7)
     assert window(growing, 0.02) == pytest.approx(0.02 / 0.7)
     window(growing, 1e-7)

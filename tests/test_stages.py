@@ -58,9 +58,8 @@ def test_stages_chain_encoder_and_heads_in_one_command(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert [s["stage"] for s in summary["stages"]] == ["first", "both", "fresh"]
     assert set(summary["stages"][1]["validation"]) == {"toy_sent", "toy_count"}
-    assert (
-        summary["stages"][0]["validation"]["toy_sent"]["accuracy"] > 0.85
-    )  # the toy rule is learned (chance 0.5)
+    # the toy rule is learned (chance 0.5)
+    assert summary["stages"][0]["validation"]["toy_sent"]["accuracy"] > 0.85
     assert summary["best_score"] == summary["stages"][-1]["best_score"]
 
     again = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
@@ -69,9 +68,8 @@ def test_stages_chain_encoder_and_heads_in_one_command(tmp_path):
     (root / "3_fresh" / "summary.json").unlink()  # as if killed after its last checkpoint, before its summary
     resumed = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert (
-        json.loads((root / "3_fresh" / "summary.json").read_text())["resumed_at_step"] == 2
-    )  # finished stages are not run twice
+    # finished stages are not run twice
+    assert json.loads((root / "3_fresh" / "summary.json").read_text())["resumed_at_step"] == 2
 
 
 def test_init_from_a_missing_run_is_a_clear_error(tmp_path):

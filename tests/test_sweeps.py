@@ -185,6 +185,5 @@ def test_a_ctrl_c_that_a_job_turns_into_an_error_stops_the_sweep_instead_of_fail
     assert (
         done.stderr.strip().splitlines()[-1].startswith("error: interrupted; every checkpoint written so far")
     )
-    assert (
-        not (sweep / "0" / "failed.json").exists() and not (sweep / "1").exists()
-    )  # the sweep stopped at job 0
+    # the sweep stopped at job 0
+    assert not (sweep / "0" / "failed.json").exists() and not (sweep / "1").exists()

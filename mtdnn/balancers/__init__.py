@@ -245,9 +245,8 @@ class TaskGradients:
             present = [g for g in column if g is not None]
             shared.append(len(present) >= 2)
             if shared[-1]:
-                dtype = torch.promote_types(
-                    present[0].dtype, torch.float32
-                )  # bf16 gradients: dot products in fp32
+                # bf16 gradients: dot products in fp32
+                dtype = torch.promote_types(present[0].dtype, torch.float32)
                 flat = torch.stack(
                     [
                         (g if g is not None else torch.zeros_like(present[0])).reshape(-1).to(dtype)

@@ -75,10 +75,11 @@ class GradNorm(Base):
             values = self.weights.values.clamp_(min=1e-3)
             values.mul_(len(values) / values.sum())
         ones = torch.ones(len(tasks), dtype=gram.dtype)
+        # the weights already scaled this step's losses; the new ones apply from the next step
         return (
             ones,
             ones,
-        )  # the weights already scaled this step's losses; the new ones apply from the next step
+        )
 
     def end_step(self, losses: dict[str, float]) -> None:
         self._refresh()

@@ -34,9 +34,8 @@ class Distributed:
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if self.world > 1 and not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
-            dist.init_process_group(
-                backend, timeout=timedelta(minutes=60)
-            )  # rank 0 may be evaluating meanwhile
+            # rank 0 may be evaluating meanwhile
+            dist.init_process_group(backend, timeout=timedelta(minutes=60))
 
     @property
     def active(self) -> bool:

@@ -136,9 +136,8 @@ def _load_file(spec: TaskSpec, path: Path, field_name: str):
     if fmt == "tsv":
         options.setdefault("delimiter", "\t")
     try:
-        with quiet_logger(
-            "datasets"
-        ):  # it logs the cause as a separate line; ours names file, line and cause
+        # it logs the cause as a separate line; ours names file, line and cause
+        with quiet_logger("datasets"):
             ds = datasets.load_dataset(
                 _BUILDERS[fmt], data_files={"data": str(path)}, split="data", **options
             )

@@ -37,12 +37,10 @@ class SourceSpec:
     file: Optional[str] = None  # files/artifact: one file cut into splits by `split_fractions`
     split_fractions: dict[str, float] = field(default_factory=dict)
     split_seed: int = 0
-    exclude: dict[str, list[Any]] = field(
-        default_factory=dict
-    )  # drop rows whose column has one of these values
-    read_options: dict[str, Any] = field(
-        default_factory=dict
-    )  # passed to the datasets builder (e.g. quoting)
+    # drop rows whose column has one of these values
+    exclude: dict[str, list[Any]] = field(default_factory=dict)
+    # passed to the datasets builder (e.g. quoting)
+    read_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -75,9 +75,8 @@ def label_lookup(spec: TaskSpec, ds) -> Callable[[Any], int | None]:
     own ClassLabel names when it has them, else positions in the task's label list."""
     names = spec.labels
     feature = ds.features.get(spec.columns.label) if spec.columns.label else None
-    inner = getattr(
-        feature, "feature", feature
-    )  # a list-of-ClassLabel column (multi-label) names its inner labels
+    # a list-of-ClassLabel column (multi-label) names its inner labels
+    inner = getattr(feature, "feature", feature)
     class_names = getattr(inner, "names", None)
 
     def to_id(value: Any) -> int | None:

@@ -52,9 +52,8 @@ def near_identity(dense: nn.Linear) -> None:
 def map_sequence_head(model: nn.Module, head: nn.Module, pooling: str, encoder: nn.Module) -> None:
     classifier = getattr(model, "classifier", None)
     pooler = getattr(model.base_model, "pooler", None)
-    if (
-        isinstance(classifier, nn.Linear) and pooler is not None
-    ):  # BERT style: pooler -> dropout -> classifier
+    # BERT style: pooler -> dropout -> classifier
+    if isinstance(classifier, nn.Linear) and pooler is not None:
         if pooling == "pooler":
             pooler.load_state_dict(encoder.pooler.state_dict())
             copy_linear(classifier, head.out)
@@ -62,9 +61,8 @@ def map_sequence_head(model: nn.Module, head: nn.Module, pooling: str, encoder: 
             near_identity(pooler.dense)
             copy_linear(classifier, head.out, SCALE)
         return
-    if hasattr(classifier, "dense") and hasattr(
-        classifier, "out_proj"
-    ):  # RoBERTa style: dense+tanh -> out_proj
+    # RoBERTa style: dense+tanh -> out_proj
+    if hasattr(classifier, "dense") and hasattr(classifier, "out_proj"):
         if pooling == "pooler":
             classifier.dense.load_state_dict(encoder.pooler.dense.state_dict())
             copy_linear(classifier.out_proj, head.out)

@@ -427,9 +427,8 @@ class Ranking(Kind):
         options = spec.options
         if options.bi_score not in ("cosine", "dot"):
             problems.append(f"{where}bi_score: must be cosine or dot, got '{options.bi_score}'")
-        if (
-            options.bi_scale is not None and not 0 < options.bi_scale < math.inf
-        ):  # None: a type error, reported
+        # None: a type error, reported
+        if options.bi_scale is not None and not 0 < options.bi_scale < math.inf:
             problems.append(f"{where}bi_scale: must be a positive number, got {options.bi_scale}")
         return problems
 

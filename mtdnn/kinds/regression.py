@@ -70,9 +70,8 @@ class FeatureRegressionHead(RegressionHead):
 @dataclass
 class Options:
     bi_score: str = "cosine"  # pair_encoding: bi only: cosine | features
-    label_range: list[float] = field(
-        default_factory=lambda: [0.0, 1.0]
-    )  # bi_score: cosine maps [0, 1] onto it
+    # bi_score: cosine maps [0, 1] onto it
+    label_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
 
 
 class Regression(Kind):

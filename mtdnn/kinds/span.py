@@ -325,9 +325,8 @@ class Span(Kind):
         lengths = [
             len(ids) for ids in tokenizer([str(q) for q in questions], add_special_tokens=False)["input_ids"]
         ]
-        room = (
-            spec.max_length - tokenizer.num_special_tokens_to_add(pair=True) - 8
-        )  # 8: a little of the context
+        # 8: a little of the context
+        room = spec.max_length - tokenizer.num_special_tokens_to_add(pair=True) - 8
         rows = [i for i, n in enumerate(lengths) if n > room]
         if not rows:
             return []

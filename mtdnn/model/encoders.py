@@ -172,12 +172,13 @@ def encoder_from_saved_config(config_dir: Path):
     return AutoModel.from_config(AutoConfig.from_pretrained(config_dir))
 
 
+# positions start after pad id + 1
 POSITION_OFFSET_TYPES = (
     "roberta",
     "xlm-roberta",
     "camembert",
     "longformer",
-)  # positions start after pad id + 1
+)
 
 
 def position_limit(encoder, tokenizer) -> int | None:

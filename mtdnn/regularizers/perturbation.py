@@ -55,9 +55,8 @@ def _project_l1(flat: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     ordered, _ = size.sort(1, descending=True)
     excess = ordered.cumsum(1) - radius
     ranks = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=flat.dtype)
-    rho = (
-        ((ordered - excess / ranks) > 0).to(flat.dtype).mul(ranks).amax(1, keepdim=True)
-    )  # last positive rank
+    # last positive rank
+    rho = ((ordered - excess / ranks) > 0).to(flat.dtype).mul(ranks).amax(1, keepdim=True)
     theta = excess.gather(1, rho.long().clamp_min(1) - 1) / rho.clamp_min(1)
     shrunk = flat.sign() * (size - theta).clamp_min(0)
     return torch.where(inside, flat, shrunk)

@@ -65,17 +65,17 @@ class Config:
     epsilon: float = 1e-3  # radius of the perturbation ball (scale: token: of each token's size)
     norm: str = "inf"  # inf | l2 | l1
     scale: str = "token"  # token | absolute | reference: what the three sizes above are relative to
-    tasks: dict[str, dict[str, Any]] = field(
-        default_factory=dict
-    )  # per-task overrides, e.g. {stsb: {lambda_s: 3}}
+    # per-task overrides, e.g. {stsb: {lambda_s: 3}}
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+# the teacher is shared, so these are run-wide
 TEACHER_FIELDS = (
     "beta",
     "beta_late",
     "beta_switch",
     "teacher_memory",
-)  # the teacher is shared, so these are run-wide
+)
 
 
 def _settings_problems(cfg: Config, where: str) -> list[str]:

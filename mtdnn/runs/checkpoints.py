@@ -24,9 +24,8 @@ from mtdnn.model.multitask import inference_state_dict, parametrized_modules
 CHECKPOINTS = "checkpoints"
 
 
-FROZEN = (
-    Path("encoder") / "frozen.safetensors"
-)  # an adapter run's frozen encoder weights, relative to the run
+# an adapter run's frozen encoder weights, relative to the run
+FROZEN = Path("encoder") / "frozen.safetensors"
 
 
 FROZEN_KEY = "frozen_weights"  # checkpoint metadata: where its frozen weights are, relative to its folder

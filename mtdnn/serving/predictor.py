@@ -110,9 +110,8 @@ def as_row(spec, item: Any, index: int) -> dict[str, Any]:
     cols = spec.columns
     if isinstance(item, dict):
         return item
-    if isinstance(item, str) and getattr(
-        cols, "tokens", None
-    ):  # tagging: a sentence of space-separated words
+    # tagging: a sentence of space-separated words
+    if isinstance(item, str) and getattr(cols, "tokens", None):
         return {cols.tokens: item.split()}
     if isinstance(item, str) and cols.text and not cols.text_pair:
         return {cols.text: item}

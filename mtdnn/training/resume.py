@@ -55,9 +55,8 @@ class TrainState:
     consecutive_skips: int = 0
     evals_since_best: int = 0  # evaluations in a row without a better score (trainer.early_stopping)
     stopped_early: bool = False
-    task_best: dict = field(
-        default_factory=dict
-    )  # task -> {"score", "step"}: each task's own best (best_<task>.json)
+    # task -> {"score", "step"}: each task's own best (best_<task>.json)
+    task_best: dict = field(default_factory=dict)
     # wall time in training steps (not evaluation or checkpoints): what methods cost
     train_seconds: float = 0.0
 

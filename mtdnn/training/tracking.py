@@ -69,9 +69,8 @@ class Tracker:
         counters."""
         for name, value in {**terms, **stats}.items():
             self.tb.add_scalar(f"train/{name}", value, step)
-        with open(
-            self.log_path, "a", encoding="utf-8"
-        ) as handle:  # repr-exact floats: resume is checked on it
+        # repr-exact floats: resume is checked on it
+        with open(self.log_path, "a", encoding="utf-8") as handle:
             handle.write(
                 json.dumps({"step": step, "lr": lr, "grad_norm": grad_norm, **terms, **stats}) + "\n"
             )
