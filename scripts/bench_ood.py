@@ -1,0 +1,152 @@
+"""Out-of-domain generalisation of the regularizers: train on one VADER sentiment domain, score on the
+others.
+
+    python scripts/bench_ood.py [--train tweets] [--size 1000] [--epochs 3] [--seeds 1 2 3 4 5]
+        [--methods none smart r3f ...] [--threads 2] [--work bench_ood]
+
+Child-Tuning and LNSR claim better out-of-domain generalisation, SMART robustness. Each run is the
+regularizer protocol's (scripts/bench_quality.py: MiniLM-L6, `--size` rows of the training domain fixed by
+seed 0, batch 16, lr 5e-5 / head 1e-3, `--epochs` epochs, each method at its YAML defaults, the final
+weights), on the training domain; then `python -m mtdnn.evaluate ... data=<the other domains>` scores it on
+every other domain's validation split (the same regression head: each domain's raters use the same -4..+4
+scale). Reported per method: in-domain and mean out-of-domain Pearson (mean ± sd over seeds), each paired
+against `none` with its 95% t interval and the seeds it won. Writes docs/ood/report.md and report.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import bench_quality as bq
+
+ROOT = Path(__file__).resolve().parent.parent
+DOMAINS = ("tweets", "movies", "amazon", "nyt")
+
+
+def task(domain: str) -> str:
+    return f"vader_domain_{domain}"
+
+
+def score_elsewhere(arm: bq.Arm, args) -> Path:
+    """The run's Pearson on every other domain's validation split (mtdnn.evaluate data=...)."""
+    out = arm.folder(args.work)
+    result = out / "eval" / "ood.json"
+    if result.is_file():
+        return result
+    others = ",".join(task(d) for d in DOMAINS if task(d) != arm.task)
+    command = [
+        sys.executable,
+        "-m",
+        "mtdnn.evaluate",
+        f"run_dir={out}",
+        f"task={arm.task}",
+        f"data={others}",
+        "checkpoint=last",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"evaluate failed on {out}: {done.stderr.strip().splitlines()[-1:]}")
+    (out / "eval" / "last_validation.json").rename(result)
+    return result
+
+
+def read(arm: bq.Arm, args) -> dict | None:
+    out = arm.folder(args.work)
+    if not (out / "summary.json").is_file() or not (out / "eval" / "ood.json").is_file():
+        return None
+    own = json.loads((out / "summary.json").read_text())["validation"][arm.task]["pearson"]
+    elsewhere = json.loads((out / "eval" / "ood.json").read_text())
+    by_domain = {name.split("@")[1]: scores["pearson"] for name, scores in elsewhere.items()}
+    return {
+        "method": arm.method,
+        "seed": arm.seed,
+        "in_domain": own,
+        "out_of_domain": statistics.fmean(by_domain.values()),
+        **by_domain,
+    }
+
+
+def table(args, rows: list[dict], command_line: str) -> str:
+    lines = [
+        f"`{command_line}`",
+        "",
+        f"trained on {task(args.train)} ({args.size} rows, {args.epochs:g} epochs)",
+        "",
+        "| method | seeds | in-domain Pearson | vs none | out-of-domain Pearson (mean of 3) | vs none "
+        "| wins |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    base = {r["seed"]: r for r in rows if r["method"] == "none"}
+    for method in args.methods:
+        mine = {r["seed"]: r for r in rows if r["method"] == method}
+        if not mine:
+            continue
+        cells = []
+        for key in ("in_domain", "out_of_domain"):
+            values = [r[key] for r in mine.values()]
+            sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+            diff, half, wins, n = bq.paired(
+                {s: {"value": r[key]} for s, r in mine.items()},
+                {s: {"value": r[key]} for s, r in base.items()},
+            )
+            versus = "–" if method == "none" else f"{diff:+.4f} [{diff - half:+.4f}, {diff + half:+.4f}]"
+            cells += [f"{statistics.fmean(values):.4f} ± {sd:.4f}", versus]
+        cells.append("–" if method == "none" else f"{wins}/{n}")
+        lines.append(f"| {method} | {len(mine)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--train", default="tweets", choices=DOMAINS)
+    parser.add_argument("--size", type=int, default=1000)
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
+    parser.add_argument("--methods", nargs="+", default=bq.METHODS)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=ROOT / "bench_ood")
+    parser.add_argument("--set", nargs="*", default=[], help="extra overrides for every run (a smoke test)")
+    args = parser.parse_args()
+    quality = argparse.Namespace(variants={}, batch_size=16, task_dirs=[], set=args.set, work=args.work)
+    rows = []
+    for seed in args.seeds:
+        for method in args.methods:
+            arm = bq.Arm(task(args.train), args.size, method, seed, args.epochs)
+            out = arm.folder(args.work)
+            print(
+                bq.run_child(
+                    bq.command(arm, quality, out),
+                    out,
+                    out.parent / f"seed{seed}.log",
+                    args.threads,
+                    keep_checkpoints=True,
+                ),
+                flush=True,
+            )
+            score_elsewhere(arm, args)
+            for checkpoint in (out / "checkpoints").glob("step_*"):  # scored: the weights can go
+                shutil.rmtree(checkpoint, ignore_errors=True)
+            row = read(arm, args)
+            if row:
+                rows.append(row)
+    text = table(args, rows, "python scripts/bench_ood.py " + " ".join(sys.argv[1:]))
+    folder = args.work if args.set else ROOT / "docs" / "ood"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.md").write_text(text)
+    with (folder / "report.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["method"])
+        writer.writeheader(), writer.writerows(rows)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
