@@ -128,7 +128,7 @@ def test_a_task_the_others_keep_hurting_is_named_once_after_five_measurements(mo
 def test_the_default_interval_keeps_the_cost_near_three_percent_and_zero_turns_it_off():
     from mtdnn.training.affinity import interval
 
-    assert [interval(None, k) for k in (2, 3, 4, 8)] == [100, 105, 168, 560]
+    assert [interval(None, k) for k in (2, 3, 4, 8)] == [150, 300, 500, 1800]
     assert interval(0, 5) == 0 and interval(7, 5) == 7
 
 

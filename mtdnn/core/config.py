@@ -64,7 +64,7 @@ class TrainerConfig:
     evals_per_epoch: int = 4  # used when eval_every is not set (and always once more at the end)
     log_every: int = 10
     # multi-task runs: every this many steps, each pair of tasks' gradient cosine and lookahead affinity
-    # (mtdnn/training/affinity.py); null: max(100, 7 K (K + 2)) for K tasks (~3% of the step time); 0: off
+    # (mtdnn/training/affinity.py); null: 25 K (K + 1) steps for K tasks (~3% of the step time); 0: off
     affinity_every: Optional[int] = None
     best_metric: str = "mean"  # 'mean' of each task's main metric, or '<task>/<metric>'
     early_stopping: int = 0  # stop after this many evaluations in a row without a better best_metric (0: off)
