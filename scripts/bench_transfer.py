@@ -2,9 +2,11 @@
 domains (tasks/vader_domain_*.yaml: tweets, movie, Amazon and NYT snippets, deduplicated across domains).
 
     python scripts/bench_transfer.py [--targets tweets amazon nyt] [--sizes 30 100 300 1000 full]
-        [--seeds 1 2 3 4 5] [--arms single mtdnn joint] [--jobs 1] [--threads 1] [--work bench_transfer]
+        [--seeds 1 2 3 4 5] [--arms single mtdnn stilts joint] [--jobs 1] [--threads 1] [--work DIR]
         [--set encoder=tiny ...]                         # extra overrides for every run (a smoke test)
     python scripts/bench_transfer.py --report-only      # tables and plot from the finished runs
+
+Run scripts/bench_affinity.py first: the stilts arm starts from its single-domain models and probes.
 
 For each target domain, the *other* domains train one multi-task source model (MiniLM-L6, one epoch over their
 train splits, batch 16, proportional sampling, seed 0), shared by every size and seed. Then for each target
@@ -13,6 +15,8 @@ seed, the same rows for every arm of a seed) and seed:
 
   single   fine-tune the pretrained encoder on the target rows
   mtdnn    fine-tune the source model on the target rows (MT-DNN: init_from the source run, a fresh head)
+  stilts   fine-tune the single-domain model that the affinity probes rank highest for the target (STILTs;
+           scripts/bench_affinity.py makes the probes and the single-domain models first)
   joint    one multi-task run on the sources and the target rows together, tasks drawn uniformly, as many
            steps as the source model's epoch
 
@@ -48,7 +52,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DOMAINS = ("tweets", "movies", "amazon", "nyt")
 BATCH = 16
-ARMS = ("single", "mtdnn", "joint")
+ARMS = ("single", "mtdnn", "stilts", "joint")
 
 
 def task(domain: str) -> str:
@@ -128,6 +132,14 @@ def cell_command(cell: Cell, args, rows: dict[str, int]) -> list[str]:
             f"trainer.max_steps={fine_tune_steps(n)}",
             f"init_from={source}",
         ]
+    if cell.arm == "stilts":
+        source = args.work / "sources" / f"only_{best_source(args.work, cell.target)}"
+        return [
+            *base,
+            f"task={task(cell.target)}",
+            f"trainer.max_steps={fine_tune_steps(n)}",
+            f"init_from={source}",
+        ]
     if cell.arm == "joint":
         tasks = ",".join(task(d) for d in [cell.target, *sources_of(cell.target)])
         steps = json.loads((source_folder(args.work, cell.target) / "summary.json").read_text())["steps"]
@@ -139,6 +151,19 @@ def cell_command(cell: Cell, args, rows: dict[str, int]) -> list[str]:
             f"trainer.best_metric={task(cell.target)}/pearson",
         ]
     raise SystemExit(f"unknown arm {cell.arm}")
+
+
+def best_source(work: Path, target: str) -> str:
+    """The single source domain the affinity probes rank highest for `target` (mean lookahead into it);
+    scripts/bench_affinity.py makes the probes and the single-source models."""
+    probes = sorted((work / "probes").glob("seed*/summary.json"))
+    if not probes:
+        raise SystemExit("the stilts arm needs the affinity probes: run scripts/bench_affinity.py first")
+    looks = [json.loads(p.read_text())["task_affinity"]["lookahead"] for p in probes]
+    into = {
+        d: statistics.fmean(look[f"{task(d)}->{task(target)}"] for look in looks) for d in sources_of(target)
+    }
+    return max(into, key=into.get)
 
 
 def sources_of(target: str) -> list[str]:
