@@ -70,11 +70,12 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
 
         # 3. model, optimizer, schedule, sampler, regularizers (or all of them as the checkpoint left them)
         model = build_model(cfg, specs, encoder, head_weights, checkpoint is None, device)
-        if dist.is_main:  # config.yaml says what the run continues with (max_steps, or the changes allowed)
-            write_run_files(cfg, output_dir, specs, tokenizer, encoder.config, checkpoint, changes)
         training = build_run(cfg, (output_dir, dist, device), tasks, model, tokenizer, distiller)
         training.started = started
         start_or_restore(training, checkpoint, changes)
+        # config.yaml says what the run continues with: written once the checkpoint fits the changed run
+        if dist.is_main:
+            write_run_files(cfg, output_dir, specs, tokenizer, encoder.config, checkpoint, changes)
 
         # 4. train
         state = train_steps(training)

@@ -229,7 +229,8 @@ def test_resume_allow_changes_applies_the_new_learning_rate_and_records_it(tmp_p
     assert config.startswith("# resumed from step_0000004 with resume_allow_changes: ")
     assert "trainer.lr: 0.001 -> 0.0005" in config.splitlines()[0] and "  lr: 0.0005" in config
     assert "resume_allow_changes: trainer.lr: 0.001 -> 0.0005" in caplog.text
-    # a change the checkpoint cannot fit
+    # a change the checkpoint cannot fit is refused, and leaves the run folder as it was (its lock aside)
+    before = {f: f.read_bytes() for f in (tmp_path / "run").rglob("*") if f.is_file() and f.name != ".lock"}
     with pytest.raises(MtdnnError, match="checkpoint does not fit the model"):
         run(
             compose_train(
@@ -243,6 +244,8 @@ def test_resume_allow_changes_applies_the_new_learning_rate_and_records_it(tmp_p
             ),
             tmp_path / "run",
         )
+    after = {f: f.read_bytes() for f in (tmp_path / "run").rglob("*") if f.is_file() and f.name != ".lock"}
+    assert after == before
 
 
 @GPU
