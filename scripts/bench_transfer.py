@@ -429,7 +429,8 @@ def main() -> None:
                 ),
                 flush=True,
             )
-        # seed by seed, each cell's arms together (a cut-short run still pairs them); joint runs last
+        # smallest sizes first, seed by seed, each cell's arms together: a run cut short has complete, paired
+        # small sizes (where transfer should matter most); joint runs last
         cells = sorted(
             (
                 Cell(t, n, s, a)
@@ -438,7 +439,7 @@ def main() -> None:
                 for s in args.seeds
                 for a in args.arms
             ),
-            key=lambda c: (c.arm == "joint", c.seed, c.target, args.sizes.index(c.size), ARMS.index(c.arm)),
+            key=lambda c: (c.arm == "joint", args.sizes.index(c.size), c.seed, c.target, ARMS.index(c.arm)),
         )
         done = recorded(args)
         cells = [c for c in cells if c not in done]
