@@ -38,16 +38,14 @@ import argparse
 import csv
 import json
 import math
-import os
 import re
-import shutil
 import statistics
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+import bench_quality as bq
 
 ROOT = Path(__file__).resolve().parent.parent
 DOMAINS = ("tweets", "movies", "amazon", "nyt")
@@ -175,29 +173,9 @@ def source_folder(work: Path, target: str) -> Path:
 
 
 def run_child(cmd: list[str], out: Path, threads: int, keep_checkpoints: bool = False) -> str:
-    """One training run in a child process, unless its summary.json exists. Returns a status line."""
-    if (out / "summary.json").is_file():
-        return f"done already: {out}"
-    shutil.rmtree(out, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    started = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    (out.parent / f"{out.name}.log").write_text(done.stdout + done.stderr)
-    if not keep_checkpoints:
-        for checkpoint in (out / "checkpoints").glob("step_*"):
-            shutil.rmtree(checkpoint, ignore_errors=True)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        return f"FAILED ({done.returncode}) {out}: {tail[0]}"
-    return f"{time.perf_counter() - started:6.1f}s {out}"
+    """One training run in a child process, unless its summary.json exists (bench_quality's runner; the log
+    beside the run folder). Returns a status line."""
+    return bq.run_child(cmd, out, out.parent / f"{out.name}.log", threads, keep_checkpoints)
 
 
 def normalise(text: str) -> str:
@@ -251,16 +229,10 @@ def read_run(folder: Path, target: str) -> dict | None:
     }
 
 
-def t_quantile(n: int) -> float:
-    from scipy import stats
-
-    return float(stats.t.ppf(0.975, n - 1)) if n > 1 else math.inf
-
-
 def mean_interval(values: list[float]) -> tuple[float, float]:
     if len(values) < 2:
         return (values[0] if values else math.nan), math.inf
-    return statistics.fmean(values), t_quantile(len(values)) * statistics.stdev(values) / math.sqrt(
+    return statistics.fmean(values), bq.t_quantile(len(values)) * statistics.stdev(values) / math.sqrt(
         len(values)
     )
 

@@ -357,21 +357,23 @@ def test_tokenisation_cache_is_keyed_on_tokenizer_and_max_length(tmp_path):
     assert list(other["input_ids"]) != list(first["input_ids"])
 
 
-def _fake_sdist_with_inner_archive(folder, rows: list[dict]) -> tuple:
-    """An sdist-shaped tar.gz whose data sits in a tar.gz inside it, headerless and tab-separated
-    (VADER's)."""
+def tar_bytes(members: dict[str, bytes]) -> bytes:
+    """A tar.gz of `members` (name -> bytes), in memory."""
     import io
     import tarfile
 
-    def tar_bytes(members: dict[str, bytes]) -> bytes:
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
-            for name, payload in members.items():
-                info = tarfile.TarInfo(name)
-                info.size = len(payload)
-                tf.addfile(info, io.BytesIO(payload))
-        return buffer.getvalue()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tf.addfile(info, io.BytesIO(payload))
+    return buffer.getvalue()
 
+
+def _fake_sdist_with_inner_archive(folder, rows: list[dict]) -> tuple:
+    """An sdist-shaped tar.gz whose data sits in a tar.gz inside it, headerless and tab-separated
+    (VADER's)."""
     tsv = "".join(f"{i}\t{r['score']}\t{r['text']}\r\n" for i, r in enumerate(rows)).encode()
     inner = tar_bytes({"corpus/scores.txt": tsv})
     sdist = folder / "fakepkg-1.0.tar.gz"

@@ -5,30 +5,19 @@ excludes), and the exclusion lists are checked against the real data with `-m sl
 from __future__ import annotations
 
 import hashlib
-import io
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 import yaml
+from test_data import tar_bytes
 
 from mtdnn.data.tasks import load_tasks
 from mtdnn.training.build import prepare_data
 
 TASKS = Path(__file__).resolve().parent.parent / "tasks"
 DOMAINS = ("tweets", "movies", "amazon", "nyt")
-
-
-def _tar(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, payload in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            archive.addfile(info, io.BytesIO(payload))
-    return buffer.getvalue()
 
 
 def _fake_sdist(folder: Path, specs: dict[str, dict], rows: int) -> Path:
@@ -41,9 +30,9 @@ def _fake_sdist(folder: Path, specs: dict[str, dict], rows: int) -> Path:
             f"{row_id}\t{(i % 9) - 4.0}\t{domain} text {i}\r\n" for i, row_id in enumerate(fresh + excluded)
         ]
         files["hutto_ICWSM_2014/" + spec["source"]["file"].rsplit("/", 1)[1]] = "".join(lines).encode()
-    inner = _tar(files)
+    inner = tar_bytes(files)
     sdist = folder / "vaderSentiment-3.3.2.tar.gz"
-    sdist.write_bytes(_tar({"vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz": inner}))
+    sdist.write_bytes(tar_bytes({"vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz": inner}))
     return sdist
 
 
