@@ -48,6 +48,7 @@ def test_two_gloo_ranks_equal_one_process_with_the_doubled_batch(tmp_path):
         "trainer.log_every=1",
         "trainer.eval_every=8",
         "trainer.grad_accum=2",
+        "trainer.affinity_every=4",  # rank 0 measures; every rank logs the measured step (a collective)
         "predict_test=false",
         "regularizer=r3f",
         *NO_DROPOUT,
@@ -294,3 +295,30 @@ def test_per_task_lora_and_a_bi_ranking_task_on_two_gloo_ranks_equal_one_process
     for task in ("toy_sent", "toy_find"):
         for metric, value in s1["validation"][task].items():
             assert s2["validation"][task][metric] == pytest.approx(value, abs=1e-4)
+
+
+def test_affinity_measured_between_logging_steps_keeps_the_ranks_in_step(tmp_path):
+    """Rank 0 alone measures, but every rank logs the measured step: logging averages across the ranks, so a
+    step logged on one rank only would hang the job."""
+    folder = write_toy_tasks(tmp_path / "tasks")
+    command = [
+        sys.executable,
+        *_torchrun(),
+        "-m",
+        "mtdnn.train",
+        "encoder=tiny",
+        f"task_dirs=[{folder}]",
+        "task=[toy_sent,toy_count]",
+        "trainer.progress_bar=false",
+        "trainer.max_steps=10",
+        "trainer.log_every=10",
+        "trainer.affinity_every=3",
+        "predict_test=false",
+        f"output_dir={tmp_path / 'run'}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = [r["step"] for r in _log(tmp_path / "run")]
+    assert steps == [3, 6, 9, 10]  # the measured steps and the last one
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["task_affinity"]["measurements"] == 3

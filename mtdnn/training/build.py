@@ -212,6 +212,6 @@ def build_run(
     )
     monitor = None
     every = interval(cfg.trainer.affinity_every, len(specs))
-    if len(specs) > 1 and every > 0 and dist.is_main:
+    if len(specs) > 1 and every > 0:  # on every rank: a measured step is logged, and logging is collective
         monitor = AffinityMonitor(probe_batches(tasks, collators, cfg.trainer.batch_size, device), every)
     return Run(cfg, output_dir, device, dist, tasks, model, collators, plan, resumable, distiller, monitor)

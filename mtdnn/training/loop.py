@@ -129,8 +129,8 @@ def train(run: Run, tracker: Tracker) -> TrainState:
     for step in range(state.step + 1, run.plan.total_steps + 1):
         stop_if_interrupted()
         step_started = time.perf_counter()
-        measured = run.affinity is not None and run.affinity.due(step)
-        if measured:  # which tasks help which, at the weights before this step's update
+        measured = run.affinity is not None and run.affinity.due(step)  # the same on every rank
+        if measured and run.dist.is_main:  # which tasks help which, at the weights before this step's update
             run.affinity.measure(run.model, step, run.resumable.scheduler.get_last_lr()[0])
         last = step == run.plan.total_steps
         # regularizer timing syncs the GPU: logged steps only; a measurement is logged at its own step

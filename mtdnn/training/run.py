@@ -56,7 +56,7 @@ class Run:
     plan: Plan
     resumable: Resumable  # optimizer, scheduler, sampler, batches, regularizers, balancer, counters
     distiller: Any = None  # a Distiller when distilling
-    affinity: Any = None  # an AffinityMonitor in multi-task runs (rank 0)
+    affinity: Any = None  # an AffinityMonitor in multi-task runs (rank 0 measures)
     resumed_at_step: int | None = None  # the step a resumed run continued from (None: a fresh run)
     started: float = field(default_factory=time.time)
 
