@@ -188,6 +188,27 @@ def test_disk_full_during_a_checkpoint_write_is_a_clear_error_and_keeps_the_prev
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_0000001"]  # no staging left over
 
 
+def test_a_full_disk_that_safetensors_reports_is_the_same_clear_error(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    model = torch.nn.Linear(4, 2)
+    save_checkpoint(tmp_path, 1, model, {"train": {}})
+
+    def full(*_args, **_kwargs):
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space" })'
+        )
+
+    monkeypatch.setattr(rundir, "save_model", full)
+    with pytest.raises(MtdnnError) as info:
+        save_checkpoint(tmp_path, 2, model, {"train": {}})
+    assert "step_0000002: cannot write checkpoint: Error while serializing: IoError(Os { code: 28" in str(
+        info.value
+    )
+    assert "step_0000001 is intact" in str(info.value)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_0000001"]
+
+
 def _nan_loss_on(calls: set[int], monkeypatch):
     real = ClassificationHead.loss
     counter = {"n": 0}

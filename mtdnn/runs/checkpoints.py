@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from safetensors.torch import save as save_bytes
 
@@ -49,10 +49,10 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, trainer_st
         torch.save(trainer_state, staging / "trainer_state.pt")
         fsync_tree(staging)
         replace_dir(staging, final)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:  # safetensors reports a full disk as its own error type
         kept = list_checkpoints(run_dir)
         raise MtdnnError(
-            f"{final}: cannot write checkpoint: {err.strerror or err}; "
+            f"{final}: cannot write checkpoint: {getattr(err, 'strerror', None) or first_line(err)}; "
             + (f"the previous checkpoint {kept[-1]} is intact" if kept else "no earlier checkpoint")
         ) from None
     finally:
