@@ -196,3 +196,13 @@ def test_an_adapter_only_checkpoint_resumes_exactly(tmp_path, toy_tasks):
     assert [r.get("loss/toy_sent") for r in straight] == [r.get("loss/toy_sent") for r in resumed]
     saved = load_file(str(tmp_path / "cut" / "checkpoints" / "step_0000008" / "model.safetensors"))
     assert not any(".base_layer." in k or "embeddings" in k for k in saved)  # adapters and heads only
+
+
+def test_target_modules_the_encoder_lacks_are_one_line_naming_the_setting():
+    with pytest.raises(MtdnnError, match=r"^adapter.target_modules: Target modules \{'nothere'\} not found"):
+        MultiTaskModel(
+            _tiny_model(_spec("a")).encoder,
+            [_spec("a")],
+            "mean",
+            {"kind": "lora", "target_modules": ["nothere"]},
+        )

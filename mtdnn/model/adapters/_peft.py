@@ -22,6 +22,8 @@ from pathlib import Path
 
 from torch import nn
 
+from mtdnn.core.errors import MtdnnError, first_line
+
 SHARED = "shared"  # the adapter name when all tasks share one adapter
 
 
@@ -43,7 +45,12 @@ class PeftAdapters(nn.Module):
         self.model_type = getattr(encoder.config, "model_type", "")
         config = make_config(self.model_type)
         for name in tasks if per_task else [SHARED]:
-            inject_adapter_in_model(config, encoder, adapter_name=name)
+            try:
+                inject_adapter_in_model(config, encoder, adapter_name=name)
+            except (
+                ValueError
+            ) as err:  # peft's own errors (no matching module, unsupported layer) are ValueErrors
+                raise MtdnnError(f"adapter.target_modules: {first_line(err)}") from None
         self.layers = [m for m in encoder.modules() if isinstance(m, BaseTunerLayer)]
         # the adapters' own weights (peft names them after its layer attributes: lora_A, ia3_l, hada_w1_a,
         # ...)
