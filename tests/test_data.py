@@ -473,3 +473,14 @@ def test_archive_members_that_escape_the_extraction_folder_are_refused(tmp_path,
     with pytest.raises(MtdnnError, match="points outside the extraction folder"):
         fetch_member("data", sha256_of(archive), archive=str(archive))
     assert not list(tmp_path.parent.rglob("escaped.txt"))  # nothing was written outside
+
+
+@pytest.mark.parametrize("rate", [".nan", ".inf", "-1"])
+def test_a_task_head_lr_that_is_not_a_finite_rate_is_refused(tmp_path, rate):
+    from conftest import write_toy_tasks
+
+    folder = write_toy_tasks(tmp_path)
+    path = folder / "toy_sent.yaml"
+    path.write_text(path.read_text() + f"head_lr: {rate}\n")
+    with pytest.raises(MtdnnError, match="toy_sent.yaml: head_lr: must be a finite rate >= 0"):
+        load_tasks(["toy_sent"], [str(folder)])

@@ -137,3 +137,17 @@ def test_inputs_without_the_tasks_id_column_are_numbered_by_position():
     )
     assert with_id(spec, as_row(spec, ("x", "y"), 3), 3) == {"a": "x", "b": "y", "pair": 3}
     assert with_id(spec, {"a": "x", "b": "y", "pair": "p7"}, 0)["pair"] == "p7"  # a given id is kept
+
+
+@pytest.mark.parametrize("one", ["a good film", b"a good film", {"sentence": "a good film"}])
+def test_one_input_instead_of_a_list_is_refused_not_predicted_piece_by_piece(trained, one):
+    from mtdnn import load_run
+    from mtdnn.core.errors import MtdnnError
+
+    _, out = trained
+    model = load_run(out, device="cpu")
+    with pytest.raises(
+        MtdnnError, match=r"^inputs: give a list of inputs, not one (str|bytes|dict): predict"
+    ):
+        model.predict("toy_sent", one)
+    assert len(model.predict("toy_sent", [one if not isinstance(one, bytes) else one.decode()])) == 1

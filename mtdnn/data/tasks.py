@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,8 +235,10 @@ def _semantic_problems(spec: TaskSpec, path: Path) -> list[str]:
         problems.append(f"{where}max_length: must be at least 8, got {spec.max_length}")
     if spec.loss_weight is not None and spec.loss_weight < 0:
         problems.append(f"{where}loss_weight: must be >= 0, got {spec.loss_weight}")
-    if spec.head_lr is not None and spec.head_lr < 0:
-        problems.append(f"{where}head_lr: must be >= 0 (0 freezes the head), got {spec.head_lr}")
+    if spec.head_lr is not None and not (0 <= spec.head_lr < math.inf):  # NaN fails this too
+        problems.append(
+            f"{where}head_lr: must be a finite rate >= 0 (0 freezes the head), got {spec.head_lr}"
+        )
     if spec.dropout is not None and not 0 <= spec.dropout < 1:
         problems.append(f"{where}dropout: must be in [0, 1), got {spec.dropout}")
     if spec.train_rows is not None and spec.train_rows < 1:

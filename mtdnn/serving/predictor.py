@@ -53,6 +53,10 @@ class Predictor:
             raise MtdnnError(
                 f"task: '{task}' was not trained in {self.run_dir}; it has {', '.join(self.tasks)}"
             )
+        if isinstance(inputs, (str, bytes, dict)):  # iterating these would predict per character / per key
+            raise MtdnnError(
+                f"inputs: give a list of inputs, not one {type(inputs).__name__}: predict(task, [x])"
+            )
         spec = self.loaded.specs[task].with_changes(file="predict() input", on_bad_row="error")
         rows = [with_id(spec, as_row(spec, item, i), i) for i, item in enumerate(inputs)]
         if not rows:
