@@ -20,6 +20,7 @@ from mtdnn.balancers.cagrad import objective as cagrad_objective
 from mtdnn.balancers.famo import famo_coefficients, logit_direction
 from mtdnn.balancers.gradnorm import gradnorm_direction
 from mtdnn.balancers.uncertainty import objective as uncertainty_objective
+from mtdnn.core.errors import MtdnnError
 from mtdnn.data.tasks import TaskSpec
 from mtdnn.train import run
 
@@ -210,6 +211,9 @@ def test_private_parameters_keep_their_tasks_gradient_and_unbalanced_ones_are_su
     assert shared.grad.tolist() == pytest.approx([0.5, 1.5])  # projected
     assert head0.grad.tolist() == head1.grad.tolist() == [5.0]  # each head: its own task's gradient
     assert other.grad.tolist() == [2.0]  # outside balancer.params: summed as usual
+    with pytest.raises(MtdnnError, match=r"balancer.params: \['layer.99'\] names no trainable parameter"):
+        # balancing nothing would silently be training without the balancer
+        TaskGradients(named, ["layer.99"])
 
 
 def test_settings_are_checked_before_anything_loads():

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import torch
 
 from mtdnn.core import plugins
-from mtdnn.core.errors import raise_if
+from mtdnn.core.errors import MtdnnError, raise_if
 from mtdnn.core.typed import build as build_dataclass
 from mtdnn.core.typed import suggest
 
@@ -229,6 +229,11 @@ class TaskGradients:
         self.params = [p for n, p in named_params if balanced_parameter(n, patterns)]
         self.others = [p for n, p in named_params if not balanced_parameter(n, patterns)]
         self.per_task: list[list[torch.Tensor | None]] = []
+        if not self.params:  # balancing nothing would silently be training without the balancer
+            raise MtdnnError(
+                f"balancer.params: {list(patterns)} names no trainable parameter (a parameter is balanced "
+                "when one of them is part of its name, e.g. encoder.encoder.layer.11)"
+            )
 
     def take(self) -> None:
         """After one task's backward: move its gradients out of .grad (no copy)."""
