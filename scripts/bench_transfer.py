@@ -341,6 +341,8 @@ def plot(args, rows: list[dict], path: Path) -> None:
             if xs:
                 axis.errorbar(xs, means, yerr=halves, marker="o", capsize=3, label=arm)
         axis.set_xscale("log"), axis.set_title(target), axis.set_xlabel("target train rows (full at right)")
+        ticks = sorted({int(n) for n in args.sizes if n != "full"})
+        axis.set_xticks(ticks, [str(t) for t in ticks]), axis.minorticks_off()
         axis.set_ylabel("validation Pearson"), axis.grid(alpha=0.3)
     axes[0][0].legend()
     figure.tight_layout()
