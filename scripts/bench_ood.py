@@ -25,13 +25,9 @@ import sys
 from pathlib import Path
 
 import bench_quality as bq
+from bench_transfer import DOMAINS, task
 
 ROOT = Path(__file__).resolve().parent.parent
-DOMAINS = ("tweets", "movies", "amazon", "nyt")
-
-
-def task(domain: str) -> str:
-    return f"vader_domain_{domain}"
 
 
 def score_elsewhere(arm: bq.Arm, args) -> Path:

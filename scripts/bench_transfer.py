@@ -38,7 +38,6 @@ import argparse
 import csv
 import json
 import math
-import re
 import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bench_quality as bq
+from vader_domains import normalise  # the leak check compares texts as the deduplication did
 
 ROOT = Path(__file__).resolve().parent.parent
 DOMAINS = ("tweets", "movies", "amazon", "nyt")
@@ -176,10 +176,6 @@ def run_child(cmd: list[str], out: Path, threads: int, keep_checkpoints: bool = 
     """One training run in a child process, unless its summary.json exists (bench_quality's runner; the log
     beside the run folder). Returns a status line."""
     return bq.run_child(cmd, out, out.parent / f"{out.name}.log", threads, keep_checkpoints)
-
-
-def normalise(text: str) -> str:
-    return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
 
 
 def check_no_leaks(targets: list[str]) -> dict[str, int]:

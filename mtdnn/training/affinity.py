@@ -27,7 +27,7 @@ import logging
 import math
 import statistics
 import time
-from itertools import permutations
+from itertools import combinations
 from pathlib import Path
 
 import torch
@@ -74,8 +74,7 @@ def measure(model, probes: dict[str, dict], lr: float) -> dict[str, dict[str, fl
             losses[task], grads[task] = float(loss.detach()), flat_gradient(loss, params)
         cos = {
             f"{i},{j}": float(torch.nn.functional.cosine_similarity(grads[i], grads[j], dim=0))
-            for i, j in permutations(probes, 2)
-            if i < j
+            for i, j in combinations(sorted(probes), 2)
         }
         return {"cos": cos, "lookahead": lookahead(model, probes, params, grads, losses, lr)}
     finally:
