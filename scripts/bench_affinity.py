@@ -2,7 +2,7 @@
 measured, against the lookahead affinity `python -m mtdnn.affinity` predicts.
 
     python scripts/bench_affinity.py [--size 100] [--seeds 1 2 3 4 5] [--probe-seeds 1 2 3]
-        [--probe-steps 300] [--threads 2] [--work bench_transfer]
+        [--probe-steps 300] [--threads 2] [--jobs 1] [--work bench_transfer]
 
 Measured: one single-source model per domain (MiniLM-L6, one epoch over its train split, seed 0); for every
 ordered pair (source -> target) and seed, the source model fine-tuned on `--size` target rows exactly as
@@ -22,6 +22,7 @@ import json
 import random
 import statistics
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import bench_transfer as bt
@@ -79,22 +80,21 @@ def run_everything(args) -> None:
             f"output_dir={out}",
             *args.set,
         ]
-        print(bt.run_child(command, out, args.threads, keep_checkpoints=True), flush=True)
+        print(bt.run_child(command, out, args.threads * args.jobs, keep_checkpoints=True), flush=True)
     for seed in args.probe_seeds:
         out = args.work / "probes" / f"seed{seed}"
-        print(bt.run_child(probe_command(seed, args), out, args.threads), flush=True)
+        print(bt.run_child(probe_command(seed, args), out, args.threads * args.jobs), flush=True)
+    cells = []  # (command, folder) of every pair and of each target's `single` baseline
     for seed in args.seeds:
         for target in bt.DOMAINS:
             baseline = bt.Cell(target, str(args.size), seed, "single")
-            print(
-                bt.run_child(bt.cell_command(baseline, args, rows), baseline.folder(args.work), args.threads)
-            )
+            cells.append((bt.cell_command(baseline, args, rows), baseline.folder(args.work)))
             for source in bt.sources_of(target):
                 out = bt.Cell(target, str(args.size), seed, f"from_{source}").folder(args.work)
-                print(
-                    bt.run_child(pair_command(target, source, seed, args, rows), out, args.threads),
-                    flush=True,
-                )
+                cells.append((pair_command(target, source, seed, args, rows), out))
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for line in pool.map(lambda c: bt.run_child(c[0], c[1], args.threads), cells):
+            print(line, flush=True)
 
 
 def predicted(args) -> dict[tuple[str, str], float]:
@@ -205,7 +205,10 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     parser.add_argument("--probe-seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--probe-steps", type=int, default=300)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="threads per run")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="fine-tuning runs at once (sources and probes: one)"
+    )
     parser.add_argument("--work", type=Path, default=ROOT / "bench_transfer")
     parser.add_argument("--set", nargs="*", default=[], help="extra overrides for every run (a smoke test)")
     parser.add_argument("--report-only", action="store_true")

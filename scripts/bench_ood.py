@@ -2,7 +2,7 @@
 others.
 
     python scripts/bench_ood.py [--train tweets] [--size 1000] [--epochs 3] [--seeds 1 2 3 4 5]
-        [--methods none smart r3f ...] [--threads 2] [--work bench_ood]
+        [--methods none smart r3f ...] [--threads 2] [--jobs 1] [--work bench_ood]
 
 Child-Tuning and LNSR claim better out-of-domain generalisation, SMART robustness. Each run is the
 regularizer protocol's (scripts/bench_quality.py: MiniLM-L6, `--size` rows of the training domain fixed by
@@ -22,6 +22,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import bench_quality as bq
@@ -99,6 +100,20 @@ def table(args, rows: list[dict], command_line: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def train_and_score(arm: bq.Arm, quality: argparse.Namespace, args) -> dict | None:
+    """Train one arm (unless done), score it on the other domains, drop its weights; its row."""
+    out = arm.folder(args.work)
+    log = out.parent / f"seed{arm.seed}_{arm.method}.log"
+    print(
+        bq.run_child(bq.command(arm, quality, out), out, log, args.threads, keep_checkpoints=True), flush=True
+    )
+    if (out / "summary.json").is_file():
+        score_elsewhere(arm, args)
+    for checkpoint in (out / "checkpoints").glob("step_*"):  # scored: the weights can go
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return read(arm, args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -108,32 +123,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     parser.add_argument("--methods", nargs="+", default=bq.METHODS)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="threads per run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once")
     parser.add_argument("--work", type=Path, default=ROOT / "bench_ood")
     parser.add_argument("--set", nargs="*", default=[], help="extra overrides for every run (a smoke test)")
     args = parser.parse_args()
     quality = argparse.Namespace(variants={}, batch_size=16, task_dirs=[], set=args.set, work=args.work)
-    rows = []
-    for seed in args.seeds:
-        for method in args.methods:
-            arm = bq.Arm(task(args.train), args.size, method, seed, args.epochs)
-            out = arm.folder(args.work)
-            print(
-                bq.run_child(
-                    bq.command(arm, quality, out),
-                    out,
-                    out.parent / f"seed{seed}.log",
-                    args.threads,
-                    keep_checkpoints=True,
-                ),
-                flush=True,
-            )
-            score_elsewhere(arm, args)
-            for checkpoint in (out / "checkpoints").glob("step_*"):  # scored: the weights can go
-                shutil.rmtree(checkpoint, ignore_errors=True)
-            row = read(arm, args)
-            if row:
-                rows.append(row)
+    arms = [
+        bq.Arm(task(args.train), args.size, m, seed, args.epochs) for seed in args.seeds for m in args.methods
+    ]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = [row for row in pool.map(lambda arm: train_and_score(arm, quality, args), arms) if row]
     text = table(args, rows, "python scripts/bench_ood.py " + " ".join(sys.argv[1:]))
     folder = args.work if args.set else ROOT / "docs" / "ood"
     folder.mkdir(parents=True, exist_ok=True)

@@ -305,15 +305,28 @@ def report(args, rows: list[dict], command_line: str) -> str:
                 )
     lines += ["", "Source models (one per target, shared by all its cells):", ""]
     cells = len(args.sizes) * len(args.seeds)
+    times = source_seconds(args)
     for target in args.targets:
-        path = source_folder(args.work, target) / "summary.json"
-        if path.is_file():
-            seconds = json.loads(path.read_text())["train_seconds"]
+        if target in times:
+            seconds = times[target]
             lines.append(
                 f"- without {target}: {seconds:.0f} s of training, {seconds / cells:.1f} s per "
                 f"({len(args.sizes)} sizes x {len(args.seeds)} seeds) cell"
             )
     return "\n".join(lines) + "\n"
+
+
+def source_seconds(args) -> dict[str, float]:
+    """Each target's source model's training seconds: from its folder, else from the record's sources.csv."""
+    times = {}
+    if args.record is not None and (args.record.parent / "sources.csv").is_file():
+        with (args.record.parent / "sources.csv").open() as handle:
+            times = {r["target"]: float(r["train_seconds"]) for r in csv.DictReader(handle)}
+    for target in DOMAINS:
+        path = source_folder(args.work, target) / "summary.json"
+        if path.is_file():
+            times[target] = json.loads(path.read_text())["train_seconds"]
+    return times
 
 
 def plot(args, rows: list[dict], path: Path) -> None:
@@ -354,6 +367,10 @@ def write(args, rows: list[dict], command_line: str) -> None:
         with (folder / "report.csv").open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["target"])
             writer.writeheader(), writer.writerows(rows)
+        with (folder / "sources.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["target", "train_seconds"])
+            writer.writerows(sorted(source_seconds(args).items()))
         if rows:
             plot(args, rows, folder / "report.png")
     print(text)
@@ -389,16 +406,6 @@ def main() -> None:
     if not args.report_only:
         rows = check_no_leaks(args.targets)
         print(f"no leaks; train rows: {rows}", flush=True)
-        for target in args.targets:  # the source models first: every mtdnn and joint cell needs one
-            print(
-                run_child(
-                    source_command(target, sources_of(target), source_folder(args.work, target), args.set),
-                    source_folder(args.work, target),
-                    args.threads * args.jobs,
-                    keep_checkpoints=True,
-                ),
-                flush=True,
-            )
         # smallest sizes first, seed by seed, each cell's arms together: a run cut short has complete, paired
         # small sizes (where transfer should matter most); joint runs last
         cells = sorted(
@@ -413,6 +420,20 @@ def main() -> None:
         )
         done = recorded(args)
         cells = [c for c in cells if c not in done]
+        # the source models first, those that a cell still to run needs (mtdnn starts from it, joint copies
+        # its number of steps)
+        for target in sorted(
+            {c.target for c in cells if c.arm in ("mtdnn", "joint")}, key=args.targets.index
+        ):
+            print(
+                run_child(
+                    source_command(target, sources_of(target), source_folder(args.work, target), args.set),
+                    source_folder(args.work, target),
+                    args.threads * args.jobs,
+                    keep_checkpoints=True,
+                ),
+                flush=True,
+            )
         with ThreadPoolExecutor(args.jobs) as pool:
             for line in pool.map(
                 lambda c: run_child(cell_command(c, args, rows), c.folder(args.work), args.threads), cells
