@@ -6,6 +6,7 @@ import contextlib
 import errno
 import logging
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from mtdnn.core.paths import cache_dir
 
@@ -45,6 +46,26 @@ def config_error_line(err: BaseException) -> str:
     """An OmegaConf error as 'dotted.key: first line of the message'."""
     key = getattr(err, "full_key", None)
     return f"{key + ': ' if key else ''}{first_line(err)}"
+
+
+@contextlib.contextmanager
+def reading_saved(path: Path, setting: str = "run_dir") -> Iterator[None]:
+    """A saved file or folder (a run's, an export's) read through a library: missing or damaged, it is one
+    line naming it, whatever the library raised (yaml, json, tokenizers, transformers, safetensors, onnx)."""
+    try:
+        yield
+    except (MtdnnError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # noqa: BLE001  (each reader has its own error types; the file is what matters)
+        raise damaged(path, setting, f"{type(err).__name__}: {first_line(err)}") from None
+
+
+def damaged(path: Path, setting: str, cause: str) -> MtdnnError:
+    state = "is missing" if not path.exists() else "cannot be read"
+    return MtdnnError(
+        f"{setting}: {path} {state} ({cause}); the folder is damaged: restore it from a copy, or train or "
+        "export it again"
+    )
 
 
 @contextlib.contextmanager

@@ -8,8 +8,9 @@ import os
 import re
 from pathlib import Path
 
-from mtdnn.core.errors import MtdnnError
+from mtdnn.core.errors import MtdnnError, reading_saved
 from mtdnn.distill.targets import teacher_weights
+from mtdnn.model.encoders import saved_tokenizer
 from mtdnn.runs.checkpoints import read_weights
 
 log = logging.getLogger("mtdnn")
@@ -18,10 +19,11 @@ log = logging.getLogger("mtdnn")
 def shallow_student(teacher_dir: str, checkpoint: str, keep_every: int):
     """(tokenizer, encoder, head weights) of a teacher whose encoder keeps layers 0, k, 2k, ...
     (DistilBERT)."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel
 
     folder = Path(os.path.expanduser(teacher_dir))
-    config = AutoConfig.from_pretrained(str(folder / "encoder"))
+    with reading_saved(folder / "encoder" / "config.json", "distill.student_from_teacher"):
+        config = AutoConfig.from_pretrained(str(folder / "encoder"))
     teacher_layers = config.num_hidden_layers
     kept = list(range(0, teacher_layers, keep_every))
     config.num_hidden_layers = len(kept)
@@ -47,4 +49,4 @@ def shallow_student(teacher_dir: str, checkpoint: str, keep_every: int):
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     log.info("student: layers %s of %s's %d-layer encoder", kept, folder, teacher_layers)
-    return AutoTokenizer.from_pretrained(str(folder / "tokenizer")), encoder, heads
+    return saved_tokenizer(folder / "tokenizer", "distill.student_from_teacher"), encoder, heads

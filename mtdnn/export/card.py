@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from mtdnn import kinds
+from mtdnn.core.errors import reading_saved
 from mtdnn.data.tasks import TaskSpec
 from mtdnn.kinds.metrics import show
 
@@ -74,7 +75,10 @@ def _usage(spec: TaskSpec) -> str:
 
 
 def _read(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    with reading_saved(path):
+        return dict(json.loads(path.read_text()))
 
 
 def _hub_id(name: str | None) -> str | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mtdnn.core.artifacts import fetch_member
 from mtdnn.core.config import EncoderConfig
-from mtdnn.core.errors import MtdnnError, first_line
+from mtdnn.core.errors import MtdnnError, damaged, first_line, reading_saved
 from mtdnn.kinds.heads import POOLINGS
 
 log = logging.getLogger(__name__)
@@ -158,18 +158,27 @@ def encoder_layers(encoder, who: str):
 
 def saved_tokenizer_and_encoder(run_dir: Path):
     """A saved run's tokenizer and encoder architecture (weights come from a checkpoint), with no download."""
+    return saved_tokenizer(run_dir / "tokenizer"), encoder_from_saved_config(run_dir / "encoder")
+
+
+def saved_tokenizer(folder: Path, setting: str = "run_dir"):
+    """A tokenizer saved with a run or an export. Its tokenizer_config.json is required: without it
+    transformers still builds a tokenizer, with other special tokens and outputs, and predictions go wrong."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(run_dir / "tokenizer")), encoder_from_saved_config(
-        run_dir / "encoder"
-    )
+    if not (folder / "tokenizer_config.json").is_file():
+        raise damaged(folder / "tokenizer_config.json", setting, "the tokenizer's settings")
+    with reading_saved(folder, setting):
+        return AutoTokenizer.from_pretrained(str(folder))
 
 
 def encoder_from_saved_config(config_dir: Path):
     """Rebuild a saved run's encoder architecture (weights come from the checkpoint) with no download."""
     from transformers import AutoConfig, AutoModel
 
-    return AutoModel.from_config(AutoConfig.from_pretrained(config_dir))
+    with reading_saved(config_dir / "config.json"):
+        config = AutoConfig.from_pretrained(config_dir)
+    return AutoModel.from_config(config)
 
 
 # positions start after pad id + 1

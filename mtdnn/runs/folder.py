@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from mtdnn.core.atomic import write_atomic
-from mtdnn.core.errors import MtdnnError
+from mtdnn.core.errors import MtdnnError, reading_saved
 from mtdnn.data.tasks import TaskSpec, spec_from_dict, spec_to_dict
 from mtdnn.runs.checkpoints import CHECKPOINTS, checkpoint_problem, list_checkpoints
 
@@ -126,4 +126,18 @@ def load_run_specs(run_dir: Path) -> list[TaskSpec]:
     folder = run_dir / "tasks"
     if not folder.is_dir():
         raise MtdnnError(f"run_dir: {run_dir} is not an mtdnn run folder (no tasks/ inside)")
-    return [spec_from_dict(yaml.safe_load(p.read_text())) for p in sorted(folder.glob("*.yaml"))]
+    return [saved_spec(p) for p in sorted(folder.glob("*.yaml"))]
+
+
+# every version wrote these: one missing means the file was cut short, not that it is old
+SAVED_FIELDS = ("name", "head", "source", "columns", "labels", "metrics", "max_length")
+
+
+def saved_spec(path: Path) -> TaskSpec:
+    """A run's saved task spec; one cut short (a partial copy) is refused, not read with defaults instead."""
+    with reading_saved(path):
+        data = yaml.safe_load(path.read_text())
+        lost = [field for field in SAVED_FIELDS if field not in data]
+        if lost or data["name"] != path.stem:
+            raise ValueError(f"the saved spec lacks {', '.join(lost) or 'its own name'}")
+        return spec_from_dict(data)

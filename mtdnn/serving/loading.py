@@ -9,9 +9,9 @@ from typing import TypeVar
 import torch
 from omegaconf import OmegaConf
 
-from mtdnn.core.errors import MtdnnError
+from mtdnn.core.errors import MtdnnError, reading_saved
 from mtdnn.data.tasks import TaskSpec
-from mtdnn.model.encoders import saved_tokenizer_and_encoder
+from mtdnn.model.encoders import saved_tokenizer, saved_tokenizer_and_encoder
 from mtdnn.model.multitask import MultiTaskModel
 from mtdnn.runs.checkpoints import load_weights, run_checkpoint
 from mtdnn.runs.folder import load_run_specs
@@ -42,22 +42,23 @@ def open_run(run_dir: str, checkpoint: str, device: torch.device, backend: str =
         raise MtdnnError(f"backend: must be one of {', '.join(BACKENDS)}, got '{backend}'")
     if not (folder / "config.yaml").is_file():
         raise MtdnnError(f"run_dir: {folder} is not an mtdnn run folder (no config.yaml)")
-    config = OmegaConf.load(folder / "config.yaml")
+    with reading_saved(folder / "config.yaml"):
+        config = OmegaConf.load(folder / "config.yaml")
     specs = load_run_specs(folder)
     if is_onnx_folder(folder):
         if backend == "torch":
             raise MtdnnError(f"backend: {folder} is an ONNX export; use backend=onnx or onnx-int8")
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
-        return LoadedRun(
-            folder, load_onnx_model(folder, backend), tokenizer, {s.name: s for s in specs}, config
-        )
+        model = load_onnx_model(folder, backend)
+        missing_task_files(folder, [model.task], specs)
+        tokenizer = saved_tokenizer(folder / "tokenizer")
+        return LoadedRun(folder, model, tokenizer, {s.name: s for s in specs}, config)
     if backend.startswith("onnx"):
         raise MtdnnError(
             f"backend: {folder} is a training run; export it first: python -m mtdnn.export {folder} "
             "task=... out=... format=onnx"
         )
+    trained = OmegaConf.select(config, "task")
+    missing_task_files(folder, [trained] if isinstance(trained, str) else list(trained or []), specs)
     weights = run_checkpoint(folder, checkpoint)
     tokenizer, encoder = saved_tokenizer_and_encoder(folder)
     adapter = OmegaConf.select(config, "adapter")  # runs from before adapters existed have none
@@ -69,6 +70,18 @@ def open_run(run_dir: str, checkpoint: str, device: torch.device, backend: str =
     )
     load_weights(model, weights)
     return LoadedRun(folder, model.to(device).eval(), tokenizer, {s.name: s for s in specs}, config)
+
+
+def missing_task_files(folder: Path, names: list[str], specs: list[TaskSpec]) -> None:
+    """Every task the weights hold has its saved spec (else a checkpoint's heads would not fit, which says
+    nothing about the cause, and an ONNX folder would score no task at all)."""
+    saved = {s.name for s in specs}
+    for name in names:
+        if name not in saved:
+            raise MtdnnError(
+                f"run_dir: {folder / 'tasks' / f'{name}.yaml'} is missing; the folder is damaged: restore it "
+                "from a copy, or train the run again"
+            )
 
 
 def select_tasks(run: LoadedRun, task: str | None) -> list[TaskSpec]:

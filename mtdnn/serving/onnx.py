@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mtdnn.core.errors import MtdnnError
+from mtdnn.core.errors import MtdnnError, reading_saved
 
 META = "onnx.json"
 FILES = {"onnx": "model.onnx", "onnx-int8": "model_int8.onnx"}
@@ -35,7 +35,8 @@ class OnnxModel(nn.Module):
         super().__init__()
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        with reading_saved(path):  # a missing or truncated graph, or its external .onnx.data
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.task, self.inputs = task, inputs
 
     def forward(self, task: str, **batch: torch.Tensor) -> torch.Tensor:
@@ -50,11 +51,13 @@ def is_onnx_folder(folder: Path) -> bool:
 
 
 def load_onnx_model(folder: Path, backend: str) -> OnnxModel:
-    meta = json.loads((folder / META).read_text())
+    with reading_saved(folder / META):
+        meta = json.loads((folder / META).read_text())
+        files, task, inputs = list(meta["files"]), str(meta["task"]), list(meta["inputs"])
     name = FILES.get("onnx" if backend == "auto" else backend)
-    if name is None or name not in meta["files"]:
+    if name is None or name not in files:
         raise MtdnnError(
-            f"backend: {folder} holds {', '.join(meta['files'])}; backend={backend} needs "
+            f"backend: {folder} holds {', '.join(files)}; backend={backend} needs "
             f"{name or 'one of ' + ', '.join(FILES)} (export with quantize=int8 for onnx-int8)"
         )
-    return OnnxModel(folder / name, meta["task"], meta["inputs"])
+    return OnnxModel(folder / name, task, inputs)

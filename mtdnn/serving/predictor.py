@@ -53,7 +53,8 @@ class Predictor:
             raise MtdnnError(
                 f"task: '{task}' was not trained in {self.run_dir}; it has {', '.join(self.tasks)}"
             )
-        if isinstance(inputs, (str, bytes, dict)):  # iterating these would predict per character / per key
+        # iterating a str, bytes or dict would predict per character / per key
+        if isinstance(inputs, (str, bytes, dict)) or not isinstance(inputs, Iterable):
             raise MtdnnError(
                 f"inputs: give a list of inputs, not one {type(inputs).__name__}: predict(task, [x])"
             )
