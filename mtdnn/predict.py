@@ -33,6 +33,8 @@ class PredictConfig:
     task: Optional[str] = None  # required when the run trained several tasks
     split: str = "test"
     input: Optional[str] = None  # a file to predict instead of a split of the task's source
+    input_format: Optional[str] = None  # csv | tsv | json | jsonl | parquet, when the file's suffix says none
+    input_encoding: Optional[str] = None  # e.g. latin-1, when the file is not utf-8
     out: Optional[str] = None  # default: <run_dir>/predictions/<task>_<split or input name>.jsonl
     overwrite: bool = False
     checkpoint: str = "best"
@@ -43,12 +45,37 @@ class PredictConfig:
     backend: str = "auto"  # torch | onnx | onnx-int8 (a folder from mtdnn.export format=onnx)
 
 
-def input_spec(spec: TaskSpec, path: str) -> TaskSpec:
+# the task-YAML settings that data loading names, and predict's own for an input file
+INPUT_SETTINGS = {
+    "source.read_options.encoding": "input_encoding",
+    "source.format": "input_format",
+    "source.splits.test": "input",
+}
+
+
+def input_spec(spec: TaskSpec, cfg: PredictConfig) -> TaskSpec:
     """The task with its source swapped for one local file, read as the task's test split."""
-    file = Path(path).expanduser().resolve()
-    return spec.with_changes(
-        source=SourceSpec(kind="files", splits={"test": str(file)}), file=str(file), on_bad_row="error"
+    file = Path(cfg.input).expanduser().resolve()
+    options = {"encoding": cfg.input_encoding} if cfg.input_encoding else {}
+    source = SourceSpec(
+        kind="files", splits={"test": str(file)}, format=cfg.input_format, read_options=options
     )
+    return spec.with_changes(source=source, file=str(file), on_bad_row="error")
+
+
+def load_input(spec: TaskSpec, cfg: PredictConfig) -> dict:
+    """The rows to predict; a problem with an input file names predict's settings, not the task YAML's."""
+    try:
+        return load_raw(spec)
+    except MtdnnError as err:
+        if not cfg.input:
+            raise
+        problems = []
+        for problem in err.problems:
+            for yaml_setting, own in INPUT_SETTINGS.items():
+                problem = problem.replace(yaml_setting, own)
+            problems.append(problem)
+        raise MtdnnError(problems) from None
 
 
 def predict(cfg: PredictConfig) -> Path:
@@ -60,7 +87,7 @@ def predict(cfg: PredictConfig) -> Path:
         raise MtdnnError(f"format: must be jsonl, {' or '.join(FORMATS)}, got '{cfg.format}'")
     if cfg.format != "jsonl":
         raise_if(submission_problems(tasks[0], cfg.format), "cannot write a submission file")
-    spec = input_spec(tasks[0], cfg.input) if cfg.input else tasks[0]
+    spec = input_spec(tasks[0], cfg) if cfg.input else tasks[0]
     split = "test" if cfg.input else cfg.split
     stem = Path(cfg.input).stem if cfg.input else split
     default = (
@@ -71,7 +98,7 @@ def predict(cfg: PredictConfig) -> Path:
     out = Path(cfg.out).expanduser() if cfg.out else default
     if out.exists() and not cfg.overwrite:
         raise MtdnnError(f"out: {out} already exists; pass overwrite=true or another out=")
-    raw = load_raw(spec)
+    raw = load_input(spec, cfg)
     if split not in raw:
         raise MtdnnError(f"split: task {spec.name} has no '{split}' split (it has {', '.join(raw)})")
     records = records_of(run, spec, split, raw[split], cfg.batch_size, cfg.bf16)

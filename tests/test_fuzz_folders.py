@@ -289,3 +289,23 @@ RESUME_PROFILES = [
 @pytest.mark.parametrize("profile", RESUME_PROFILES)
 def test_fuzz_any_override_when_resuming_with_changes(finished, capsys, profile):
     explore(profile, resume_overrides(), lambda overrides: _resume_case(finished, overrides, capsys))
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "named"),
+    [
+        ("run", "tokenizer/tokenizer_config.json", "tokenizer/tokenizer_config.json is missing"),
+        ("run", "encoder/config.json", "encoder/config.json is missing"),
+        ("run", "tasks/toy_count.yaml", "tasks/toy_count.yaml is missing"),
+        ("onnx", "model.onnx", "model.onnx is missing"),
+        ("onnx", "model.onnx.data", "model.onnx cannot be read"),
+        ("onnx", "tasks/toy_sent.yaml", "tasks/toy_sent.yaml is missing"),
+    ],
+)
+def test_every_command_names_the_missing_file(finished, tmp_path, kind, name, named):
+    folder = tmp_path / kind
+    shutil.copytree(finished[kind], folder)
+    (folder / name).unlink()
+    for command, (outcome, message) in _outcomes(folder, kind).items():
+        assert outcome == "refused" and f"{folder}/{named}" in message, (command, message)
+        assert "the folder is damaged" in message, (command, message)

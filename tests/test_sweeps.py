@@ -92,6 +92,15 @@ def test_a_failed_job_is_reported_the_sweep_goes_on_and_resume_finishes_it(tmp_p
     assert (sweep / "1" / "summary.json").is_file() and not (sweep / "1" / "failed.json").exists()
     assert json.loads((sweep / "2" / "summary.json").read_text())["steps"] == 3
 
+    finished = {job: _bytes(sweep / job / "summary.json") for job in ("0", "1", "2")}
+    rerun = _sweep(tasks, sweep)  # the finished sweep's command again, without resume=auto
+    errors = [line for line in rerun.stderr.splitlines() if line.startswith("error: ")]
+    assert rerun.returncode == 2 and "Traceback" not in rerun.stderr, rerun.stderr[-2000:]
+    assert errors[-1].startswith(f"error: 3 job(s) of the sweep in {sweep} have finished runs already")
+    assert not list(sweep.glob("*/failed.json"))  # finished jobs are never marked failed
+    assert {job: _bytes(sweep / job / "summary.json") for job in finished} == finished
+    assert _sweep(tasks, sweep, "resume=auto").returncode == 0
+
 
 def test_a_bad_value_in_a_sweep_is_one_line_before_any_job_runs(tmp_path):
     tasks, sweep = write_toy_tasks(tmp_path / "tasks"), tmp_path / "sweep"

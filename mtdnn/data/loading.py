@@ -19,7 +19,7 @@ import torch
 from mtdnn import kinds
 from mtdnn.core.artifacts import fetch_member
 from mtdnn.core.errors import MtdnnError, first_line, quiet_logger, raise_if
-from mtdnn.core.file_faults import diagnose
+from mtdnn.core.file_faults import diagnose, root_cause
 from mtdnn.core.typed import suggest
 from mtdnn.data.tasks import TaskSpec
 from mtdnn.kinds.collate import Collator
@@ -142,6 +142,10 @@ def _load_file(spec: TaskSpec, path: Path, field_name: str):
                 _BUILDERS[fmt], data_files={"data": str(path)}, split="data", **options
             )
     except Exception as err:  # parse errors come from pandas/pyarrow with many types
+        if "corresponds to no data" in root_cause(
+            err
+        ):  # datasets' words for a file of no rows (a header only)
+            raise MtdnnError(f"{where}: data file has no rows: {path}") from None
         raise MtdnnError(
             f"{where}: cannot read {path} as {fmt}: {diagnose(path, fmt, options, err)}"
         ) from None

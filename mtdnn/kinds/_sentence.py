@@ -38,7 +38,15 @@ def text_bad_rows(spec: TaskSpec, ds) -> BadRows:
             values = column(ds, name)
             record(bad, role, "text is empty", values.isna() | (values.astype(str).str.strip() == ""))
             holds = feature_kind(ds.features.get(name))
-            if holds != "string":
+            if holds == "mixed values":  # the rows that are not text
+                not_text = values.notna() & ~values.map(lambda v: isinstance(v, str))
+                record(
+                    bad,
+                    role,
+                    f"text must be a string; column '{name}' mixes texts and other values",
+                    not_text,
+                )
+            elif holds != "string":
                 record(bad, role, f"text must be a string; column '{name}' holds {holds}", values.notna())
     return bad
 
@@ -48,6 +56,8 @@ def nested_label_rows(spec: TaskSpec, ds) -> BadRows:
     single-label head): every filled row is bad, and nothing else about the labels can be checked."""
     name = spec.columns.label
     holds = feature_kind(ds.features.get(name))
+    if holds == "mixed values":
+        return mixed_type_rows(name, column(ds, name))
     if holds not in ("lists", "structs"):
         return {}
     values = column(ds, name)
@@ -60,10 +70,24 @@ def nested_label_rows(spec: TaskSpec, ds) -> BadRows:
     }
 
 
+def mixed_type_rows(name: str, values: pd.Series) -> BadRows:
+    """A column whose rows hold different types (datasets 5 reads it as `Json`): the rows not of the column's
+    most common type are bad."""
+    kinds = values.map(lambda v: type(v).__name__)
+    usual = kinds[values.notna()].mode().iloc[0] if values.notna().any() else "str"
+    mixes = " and ".join(sorted(set(kinds[values.notna()])))
+    message = (
+        f"label must be of one type in the whole column; column '{name}' mixes {mixes}, most rows {usual}"
+    )
+    return {("label", message): np.flatnonzero((values.notna() & (kinds != usual)).to_numpy()).tolist()}
+
+
 def feature_kind(feature) -> str:
-    """What a `datasets` column holds, in words: string, int64, float64, lists, structs."""
+    """What a `datasets` column holds, in words: string, int64, float64, lists, structs, mixed values."""
     if isinstance(feature, dict):
         return "structs"
+    if type(feature).__name__ == "Json":  # datasets 5: rows of different types in one JSON column
+        return "mixed values"
     dtype = getattr(feature, "dtype", None)
     if dtype in ("string", "large_string"):
         return "string"

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 FAILED = "failed.json"  # in a job's folder: why it failed (removed when the job later succeeds)
 SUMMARY = "summary.json"
+REFUSED_FINISHED: list[str] = []  # this sweep's jobs whose folders held a finished run (never marked failed)
 
 
 def in_sweep() -> bool:
@@ -53,6 +54,11 @@ def run_job(job: Callable[[DictConfig], dict], cfg: DictConfig) -> float:
         if message is None:
             raise
         print(f"error: {name}: {message}", file=sys.stderr, flush=True)
+        if (
+            job_dir / SUMMARY
+        ).is_file():  # a finished run refused to be overwritten: its folder stays as it is
+            REFUSED_FINISHED.append(name)
+            return math.nan
         job_dir.mkdir(parents=True, exist_ok=True)
         write_json(
             job_dir / FAILED,
@@ -113,6 +119,15 @@ class SweepOutcome(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         failed = failed_jobs(sweep_dir)
+        if REFUSED_FINISHED:
+            print(
+                f"error: {len(REFUSED_FINISHED)} job(s) of the sweep in {sweep_dir} have finished runs "
+                "already and were kept as they are; run the same command with resume=auto to finish the "
+                "sweep, or choose another hydra.sweep.dir",
+                file=sys.stderr,
+                flush=True,
+            )
+            sys.exit(2)
         if failed:
             jobs = ", ".join(f"{f['job']} ({' '.join(f['overrides'])})" for f in failed)
             print(
