@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import datasets
 import pytest
 import torch
@@ -229,21 +231,21 @@ def test_resume_allow_changes_applies_the_new_learning_rate_and_records_it(tmp_p
     assert config.startswith("# resumed from step_0000004 with resume_allow_changes: ")
     assert "trainer.lr: 0.001 -> 0.0005" in config.splitlines()[0] and "  lr: 0.0005" in config
     assert "resume_allow_changes: trainer.lr: 0.001 -> 0.0005" in caplog.text
-    # a change the checkpoint cannot fit is refused, and leaves the run folder as it was (its lock aside)
+    # a change the weights were built from (a task, the encoder's shape, an adapter) is refused before
+    # anything is read or written, and leaves the run folder as it was (its lock aside)
     before = {f: f.read_bytes() for f in (tmp_path / "run").rglob("*") if f.is_file() and f.name != ".lock"}
-    with pytest.raises(MtdnnError, match="checkpoint does not fit the model"):
-        run(
-            compose_train(
-                base
-                + [
-                    "trainer.max_steps=10",
-                    "task=[toy_sent,toy_count]",
-                    "resume=auto",
-                    "resume_allow_changes=true",
-                ]
-            ),
-            tmp_path / "run",
-        )
+    for change, named in [
+        ("task=[toy_sent,toy_count]", "task: ['toy_sent'] -> ['toy_sent', 'toy_count']"),
+        ("task=[toy_count]", "task: ['toy_sent'] -> ['toy_count']"),
+        ("encoder.from_config.hidden_size=64", "encoder.from_config.hidden_size: 32 -> 64"),
+        ("adapter=lora", "adapter.kind: 'none' -> 'lora'"),
+    ]:
+        resumed = base + ["trainer.max_steps=10", change, "resume=auto", "resume_allow_changes=true"]
+        with pytest.raises(
+            MtdnnError,
+            match=f"resume_allow_changes: .*{re.escape(named)}.*: the checkpoints' weights were built",
+        ):
+            run(compose_train(resumed), tmp_path / "run")
     after = {f: f.read_bytes() for f in (tmp_path / "run").rglob("*") if f.is_file() and f.name != ".lock"}
     assert after == before
 

@@ -121,6 +121,18 @@ class Resumable:
         log.info("resumed from %s at step %d", checkpoint, self.state.step)
 
 
+# what the checkpoint's weights were built from: a change here cannot be applied to them, only refused
+WEIGHT_SHAPING = (
+    "encoder.name",
+    "encoder.artifact",
+    "encoder.from_config",
+    "encoder.tokenizer",
+    "encoder.revision",
+    "adapter",
+    "task:",
+)
+
+
 def config_changes(saved: Any, now: Any, prefix: str = "") -> list[str]:
     """One line per setting that differs ('key: old -> new', or a whole group 'added'/'removed'), except
     those a resumed run may change."""
@@ -140,6 +152,16 @@ def config_changes(saved: Any, now: Any, prefix: str = "") -> list[str]:
     return [] if saved == now else [f"{prefix.rstrip('.')}: {saved!r} -> {now!r}"]
 
 
+def more_than(items: list, shown: int) -> str:
+    return f" (and {len(items) - shown} more)" if len(items) > shown else ""
+
+
+def as_task_list(config: dict) -> dict:
+    """`task=a` and `task=[a]` name the same run."""
+    task = config.get("task")
+    return {**config, "task": [task] if isinstance(task, str) else task}
+
+
 def check_resume_config(run_dir: Path, now: dict, allow_changes: bool = False) -> list[str]:
     """Refuse to resume with settings the checkpoint was not trained with (a regularizer added, another
     lr): they would be applied half (built from restored state) or not at all, and config.yaml would not
@@ -150,12 +172,18 @@ def check_resume_config(run_dir: Path, now: dict, allow_changes: bool = False) -
     saved = yaml.safe_load(path.read_text()) or {}
     if isinstance(saved.get("adapter"), dict):  # older folders saved every adapter method's fields
         saved["adapter"] = saved_fields(saved["adapter"])
-    changes = config_changes(saved, now)
+    changes = config_changes(as_task_list(saved), as_task_list(now))
+    fixed = [c for c in changes if c.startswith(WEIGHT_SHAPING)]
+    if fixed and allow_changes:
+        raise MtdnnError(
+            f"resume_allow_changes: {'; '.join(fixed[:3])}{more_than(fixed, 3)}: the checkpoints' "
+            "weights were built with the run's settings and cannot take these; to train with them, start a "
+            "new run from this one: init_from=<this run> output_dir=<a new folder>"
+        )
     if changes and not allow_changes:
-        more = f" (and {len(changes) - 5} more)" if len(changes) > 5 else ""
         raise MtdnnError(
             f"resume: this command's settings differ from the run's ({path}): "
-            f"{'; '.join(changes[:5])}{more}; resume with the run's settings (only "
+            f"{'; '.join(changes[:5])}{more_than(changes, 5)}; resume with the run's settings (only "
             "max_steps/epochs, evaluation and logging cadence may change), pass "
             "resume_allow_changes=true to apply them, or choose a new output_dir"
         )
