@@ -32,7 +32,7 @@ from mtdnn.training.build import (
     quiet_library_progress_bars,
 )
 from mtdnn.training.checks import checked_config
-from mtdnn.training.command_line import check_overrides, check_sweep
+from mtdnn.training.command_line import check_overrides, check_search, check_sweep
 from mtdnn.training.loop import train
 from mtdnn.training.resume import Resumable
 from mtdnn.training.run import Run
@@ -183,14 +183,9 @@ def main() -> None:
     # other flags (--help, --cfg, ...) go to Hydra untouched
     if overrides and not want_traceback() and not flags:
         check_overrides(overrides)
-    # a search sweeper expands its own way
-    elif (
-        overrides
-        and not want_traceback()
-        and flags <= {"-m", "--multirun"}
-        and not any(o.startswith("hydra/sweeper=") for o in overrides)
-    ):
-        check_sweep(overrides)
+    elif overrides and not want_traceback() and flags <= {"-m", "--multirun"}:
+        searching = "hydra/sweeper=search" in overrides  # Optuna expands its search space its own way
+        (check_search if searching else check_sweep)(overrides)
     hydra_main()
 
 

@@ -13,6 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from conftest import sentiment_rows, tiny_overrides, write_task, write_toy_tasks
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -196,3 +197,41 @@ def test_a_ctrl_c_that_a_job_turns_into_an_error_stops_the_sweep_instead_of_fail
     )
     # the sweep stopped at job 0
     assert not (sweep / "0" / "failed.json").exists() and not (sweep / "1").exists()
+
+
+@pytest.mark.parametrize(
+    ("searched", "expected"),
+    [
+        (
+            ["trainer.lr=tag(log, interval(0, 1e-3))", "regularizer=smart"],
+            "error: trainer.lr: Optuna cannot search tag(log, interval(0, 1e-3)): The `low` value must be "
+            "larger than 0 for a log distribution",
+        ),
+        (
+            ["trainer.lr=interval(1e-3, 1e-5)", "regularizer=smart"],
+            "error: trainer.lr: Optuna cannot search interval(1e-3, 1e-5): The `low` value must be smaller",
+        ),
+        (  # the shipped search space tunes SMART's weight: without regularizer=smart no trial could set it
+            ["trainer.lr=choice(1e-3, 1e-4)"],
+            "error: regularizer.smart.lambda_s: searched, but a trial cannot set it: regularizer.smart:",
+        ),
+    ],
+)
+def test_a_search_range_optuna_rejects_is_one_line_before_any_trial(tmp_path, searched, expected):
+    tasks = write_toy_tasks(tmp_path / "tasks")
+    command = [
+        sys.executable,
+        "-m",
+        "mtdnn.train",
+        "-m",
+        "hydra/sweeper=search",
+        *tiny_overrides(tasks),
+        "task=toy_sent",
+        "hydra.sweeper.n_trials=1",
+        f"hydra.sweep.dir={tmp_path / 'search'}",
+        *searched,
+    ]
+    done = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+    assert done.stderr.startswith(expected), done.stderr
+    assert not (tmp_path / "search").exists()  # no trial ran

@@ -15,20 +15,21 @@ from mtdnn.training.sweeps import covering_jobs, expand
 @cli_errors
 def check_overrides(overrides: list[str]) -> None:
     """Compose once before Hydra does, so a bad override is one clear line instead of Hydra's report."""
+    raise_naming_culprit(overrides, compose_problem)
+
+
+def compose_problem(given: list[str]) -> str | None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    def problem(given: list[str]) -> str | None:
-        try:
-            with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-                compose("train", overrides=given, return_hydra_config=True)
-        except Exception as err:  # Hydra and OmegaConf raise many types; all mean "this override is wrong"
-            return one_line(err)
-        finally:
-            GlobalHydra.instance().clear()
-        return None
-
-    raise_naming_culprit(overrides, problem)
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            compose("train", overrides=given, return_hydra_config=True)
+    except Exception as err:  # Hydra and OmegaConf raise many types; all mean "this override is wrong"
+        return one_line(err)
+    finally:
+        GlobalHydra.instance().clear()
+    return None
 
 
 @cli_errors
@@ -46,6 +47,65 @@ def check_sweep(command_line: list[str]) -> None:
     raise_naming_culprit(command_line, grammar_problem)
     for job in covering_jobs(expand(command_line)):
         check_overrides(job)
+
+
+@cli_errors
+def check_search(command_line: list[str]) -> None:
+    """An Optuna search (hydra/sweeper=search): its fixed settings are checked as a single run's, and every
+    searched range (the command line's and the sweeper config's) is built as the sweeper builds it and tried
+    as a setting, so a range Optuna rejects (a log range from 0, low above high) or a setting this run lacks
+    is one line naming it before any trial."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
+
+    parser = OverridesParser.create()
+    raise_naming_culprit(command_line, lambda given: _grammar_problem(parser, given))
+    parsed = parser.parse_overrides(command_line)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    check_overrides(fixed)
+    searched = {o.get_key_element(): o.input_line for o in parsed if o.is_sweep_override()}
+    for key, value in _sweeper_params(fixed).items():
+        searched.setdefault(key, f"{key}={value}")
+    for key, line in searched.items():
+        try:
+            space = create_optuna_distribution_from_override(parser.parse_override(line))
+        except Exception as err:  # noqa: BLE001  (Optuna's ValueError, the plugin's assertions)
+            raise MtdnnError(
+                f"{key}: Optuna cannot search {line.split('=', 1)[1]}: {one_line(err)}"
+            ) from None
+        # a trial sets the key to a value from the range: it must be a setting of this run
+        setting = key.removeprefix("hydra.sweeper.params.")
+        problem = compose_problem([*fixed, f"{setting}={_one_value(space)}"])
+        if problem:
+            raise MtdnnError(f"{key}: searched, but a trial cannot set it: {problem}")
+
+
+def _one_value(space) -> object:
+    choices = getattr(space, "choices", None)
+    return choices[0] if choices else space.low
+
+
+def _grammar_problem(parser, given: list[str]) -> str | None:
+    try:
+        parser.parse_overrides(given)
+    except Exception as err:  # noqa: BLE001  (Hydra's override grammar)
+        return one_line(err)
+    return None
+
+
+def _sweeper_params(fixed: list[str]) -> dict[str, str]:
+    """The search space the sweeper config holds (hydra.sweeper.params), after the fixed overrides."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            config = compose("train", overrides=fixed, return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    return {str(k): str(v) for k, v in params.items()}
 
 
 def raise_naming_culprit(overrides: list[str], problem: Callable[[list[str]], str | None]) -> None:
