@@ -11,7 +11,7 @@ from mtdnn.core.typed import suggest
 
 @dataclass
 class Config:
-    weights: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)  # task -> fixed loss weight (unnamed: 1)
 
 
 def problems(config: Config, tasks: list[str]) -> list[str]:

@@ -76,14 +76,11 @@ def parse_args(schema: type[T], argv: list[str]) -> T:
 def command_help(schema: type) -> str:
     """The command's docstring, then each argument: its default and the comment beside it in the schema."""
     import dataclasses
-    import inspect
+
+    from mtdnn.core.typed import field_notes
 
     module = sys.modules[schema.__module__]
-    comments = {}
-    for line in inspect.getsource(schema).splitlines():
-        name, _, rest = line.strip().partition(":")
-        if "#" in rest and name.isidentifier():
-            comments[name] = rest.split("#", 1)[1].strip()
+    comments = {k: v for k, v in field_notes(schema).items() if v}
     lines = [(module.__doc__ or "").strip(), "", "arguments (key=value):"]
     for field in dataclasses.fields(schema):
         default = "required" if field.default is MISSING else f"default {field.default!r}"

@@ -99,3 +99,25 @@ def build(cls: type, data: Any, where: str, problems: list[str]):
             problems.append(f"{prefix}{name}: required field is missing")
             kwargs[name] = None
     return cls(**kwargs)
+
+
+def field_notes(schema: type) -> dict[str, str]:
+    """Each field's one-line meaning, from the comment beside it in the dataclass's source (or the comment
+    lines just above it): what `--help` and the generated reference print."""
+    import inspect
+
+    notes, above = {}, []
+    for base in reversed(schema.__mro__):  # a subclass's comment wins over its base's
+        if dataclasses.is_dataclass(base) and base is not schema:
+            notes.update({k: v for k, v in field_notes(base).items() if v})
+    for line in inspect.getsource(schema).splitlines()[1:]:
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("# ").strip())
+            continue
+        name, colon, rest = text.partition(":")
+        if colon and name.isidentifier() and not text.startswith(("def ", "class ", "@")):
+            beside = rest.split("#", 1)[1].strip() if "#" in rest else ""
+            notes[name] = " ".join([*above, beside]).strip() or notes.get(name, "")
+        above = []
+    return notes

@@ -25,7 +25,7 @@ SPLITS = ("train", "validation", "test")
 class SourceSpec:
     """Where the rows come from. `kind` picks which of the other fields apply."""
 
-    kind: str
+    kind: str  # hub | files | artifact
     path: Optional[str] = None  # hub: data set id, e.g. nyu-mll/glue
     name: Optional[str] = None  # hub: config name, e.g. mnli
     revision: Optional[str] = None  # hub: pin a commit or tag
@@ -36,8 +36,8 @@ class SourceSpec:
     format: Optional[str] = None  # files/artifact: csv | tsv | json | jsonl | parquet (default: from suffix)
     splits: dict[str, str] = field(default_factory=dict)  # split -> hub split name, file, or archive member
     file: Optional[str] = None  # files/artifact: one file cut into splits by `split_fractions`
-    split_fractions: dict[str, float] = field(default_factory=dict)
-    split_seed: int = 0
+    split_fractions: dict[str, float] = field(default_factory=dict)  # with `file`: split -> share of the rows
+    split_seed: int = 0  # with `file`: the seed of the shuffle before cutting
     # drop rows whose column has one of these values
     exclude: dict[str, list[Any]] = field(default_factory=dict)
     # passed to the datasets builder (e.g. quoting)
@@ -49,7 +49,7 @@ class ColumnsSpec:
     """Which data column plays which role."""
 
     text: Optional[str] = None  # classification/regression; ranking: the candidate, one row per candidate
-    text_pair: Optional[str] = None
+    text_pair: Optional[str] = None  # the second text of a pair (entailment, similarity, QA context)
     # ranking: index (or list of indices) of the correct candidate(s), or 0/1 per row
     label: Optional[str] = None
     id: Optional[str] = None  # carried into predictions when set
@@ -76,23 +76,23 @@ class SubmissionSpec:
 
 @dataclass
 class TaskSpec:
-    name: str
-    head: str
-    source: SourceSpec
-    columns: ColumnsSpec
+    name: str  # the task's name (its YAML file is <name>.yaml)
+    head: str  # the head kind: classification | regression | multilabel | span | ranking | tagging
+    source: SourceSpec  # where the rows come from
+    columns: ColumnsSpec  # which column holds what
     labels: list[str] = field(default_factory=list)  # classification: order = ids
     metrics: list[str] = field(default_factory=list)  # first one is the task's main metric
     max_length: int = 128  # tokens per encoded sequence (bi pairs: per text)
     # text pairs: cross (one joint sequence) | bi (each text apart: mtdnn/kinds/_bi.py)
     pair_encoding: str = "cross"
-    loss_weight: float = 1.0
+    loss_weight: float = 1.0  # multiplies this task's loss
     head_lr: Optional[float] = None  # this task's head learns at this rate (default: trainer.head_lr)
-    dropout: float = 0.1
+    dropout: float = 0.1  # dropout before this task's head
     on_bad_row: str = "error"  # error | skip (skipped rows are counted in the summary)
     train_rows: Optional[int] = None  # a low-resource subset: this many train rows, drawn by train_rows_seed
     # the subset is fixed by this seed, not by the run's seed (same rows in every arm)
     train_rows_seed: int = 0
-    description: str = ""
+    description: str = ""  # free text: the data, its source, licence and split
     # benchmark submission file (mtdnn.predict format=glue|superglue)
     submission: Optional[SubmissionSpec] = None
     file: str = ""  # the YAML this came from, filled by the loader

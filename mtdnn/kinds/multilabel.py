@@ -64,9 +64,9 @@ class MultilabelHead(PooledLinear):
 
 @dataclass
 class Options:
-    thresholds: Union[float, dict[str, float]] = 0.5
-    label_separator: Optional[str] = None
-    label_smoothing: float = 0.0
+    thresholds: Union[float, dict[str, float]] = 0.5  # a label is predicted above this; or per label
+    label_separator: Optional[str] = None  # labels given as one string per row, split on this (e.g. ",")
+    label_smoothing: float = 0.0  # binary targets pulled towards 0.5 by this much
 
 
 def thresholds(spec: TaskSpec) -> torch.Tensor:

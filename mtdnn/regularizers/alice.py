@@ -30,9 +30,9 @@ class Config:
     label_weight: float = 1.0  # alpha of the label-adversarial term; 0 = off
     virtual_weight: float = 1.0  # alpha of the virtual-adversarial term; 0 = off
     steps: int = 1  # K ascent steps for each perturbation
-    step_size: float = 1.0
-    noise_std: float = 1e-3
-    epsilon: float = 1e-3
+    step_size: float = 1.0  # eta of each ascent step
+    noise_std: float = 1e-3  # sigma of the initial perturbation
+    epsilon: float = 1e-3  # radius of the perturbation ball
     norm: str = "inf"  # inf | l2 | l1
     scale: str = "token"  # token | absolute | reference: what the sizes are relative to (see smart.py)
 

@@ -58,7 +58,7 @@ class Config:
     teacher_memory: Optional[float] = 0.1
     beta: float = 0.99  # with teacher_memory null: teacher momentum for the first beta_switch of training ...
     beta_late: float = 0.999  # ... and after it (the paper's values)
-    beta_switch: float = 0.1
+    beta_switch: float = 0.1  # the share of training after which beta_late applies
     steps: int = 1  # K: ascent steps on the perturbation
     step_size: float = 1.0  # eta (>> epsilon: one step reaches the edge of the ball, as in the paper)
     noise_std: float = 1e-3  # sigma of the initial perturbation

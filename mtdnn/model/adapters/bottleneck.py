@@ -14,7 +14,7 @@ from mtdnn.model.adapters._hooks import Adapters, bottleneck
 
 @dataclass
 class Config:
-    kind: str = "bottleneck"
+    kind: str = "bottleneck"  # the method (set by adapter=<kind>)
     bottleneck: int = 64  # r: the adapter's inner size
     train_layer_norms: bool = True  # the encoder's LayerNorms stay trainable (as in both papers)
 

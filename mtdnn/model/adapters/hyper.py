@@ -15,7 +15,7 @@ from mtdnn.model.adapters._hooks import Adapters, bottleneck
 
 @dataclass
 class Config:
-    kind: str = "hyper"
+    kind: str = "hyper"  # the method (set by adapter=<kind>)
     bottleneck: int = 64  # r: the generated adapter's inner size
     task_dim: int = 64  # size of the task embedding
     layer_dim: int = 64  # size of the layer embedding

@@ -15,10 +15,10 @@ from mtdnn.model.adapters._peft import PeftAdapters
 
 @dataclass
 class Config:
-    kind: str = "ia3"
+    kind: str = "ia3"  # the method (set by adapter=<kind>)
     target_modules: Optional[list[str]] = None  # module names; null: peft's default for the architecture
     per_task: bool = False  # each task its own scales (true) or one set shared by all tasks
-    train_layer_norms: bool = False
+    train_layer_norms: bool = False  # the encoder's LayerNorms stay trainable
 
 
 def peft_config(cfg: Config, model_type: str):

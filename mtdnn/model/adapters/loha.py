@@ -16,14 +16,14 @@ from mtdnn.model.adapters._peft import PeftAdapters
 
 @dataclass
 class Config:
-    kind: str = "loha"
+    kind: str = "loha"  # the method (set by adapter=<kind>)
     rank: int = 8  # r of each of the two low-rank products
     alpha: float = 8.0  # the update is scaled by alpha / r
     rank_dropout: float = 0.0  # dropout on the rank dimension while training
     module_dropout: float = 0.0  # probability of skipping the whole update for a batch while training
     target_modules: Optional[list[str]] = None  # module names; null: peft's default for the architecture
     per_task: bool = False  # each task its own LoHa (true) or one shared by all tasks
-    train_layer_norms: bool = False
+    train_layer_norms: bool = False  # the encoder's LayerNorms stay trainable
 
 
 def problems(cfg: Config) -> list[str]:

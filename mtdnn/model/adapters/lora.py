@@ -15,7 +15,7 @@ from mtdnn.model.adapters._peft import PeftAdapters
 
 @dataclass
 class Config:
-    kind: str = "lora"
+    kind: str = "lora"  # the method (set by adapter=<kind>)
     rank: int = 8  # r
     alpha: float = 16.0  # the update is scaled by alpha / r
     dropout: float = 0.0  # dropout on the LoRA branch's input
