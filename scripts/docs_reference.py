@@ -150,7 +150,6 @@ def task_yaml() -> str:
     ]
     for name in kinds.available():
         kind = kinds.get(name)
-        module = importlib.import_module(type(kind).__module__)
         lines += [f"### `head: {name}`", "", f"{kind.summary[0].upper()}{kind.summary[1:]}.", ""]
         if dataclasses.fields(kind.Options):
             lines += table(kind.Options)
