@@ -21,7 +21,7 @@ from mtdnn.core.interrupts import interrupts_at_safe_points
 from mtdnn.core.paths import conf_dir
 from mtdnn.data.loading import one_pass_in_turn
 from mtdnn.model.multitask import MultiTaskModel, bake_parametrizations
-from mtdnn.runs.folder import record_resume, save_run_files
+from mtdnn.runs.folder import record_resume, save_overrides, save_run_files
 from mtdnn.runs.rng import seed_everything
 from mtdnn.training.build import (
     build_distiller,
@@ -32,7 +32,12 @@ from mtdnn.training.build import (
     quiet_library_progress_bars,
 )
 from mtdnn.training.checks import checked_config
-from mtdnn.training.command_line import check_overrides, check_search, check_sweep
+from mtdnn.training.command_line import (
+    check_overrides,
+    check_search,
+    check_sweep,
+    with_the_run_s_own_command,
+)
 from mtdnn.training.loop import train
 from mtdnn.training.resume import Resumable
 from mtdnn.training.run import Run
@@ -95,6 +100,8 @@ def write_run_files(cfg, output_dir: Path, specs, tokenizer, encoder_config, che
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     if checkpoint is None:
         save_run_files(output_dir, config_yaml, specs, tokenizer, encoder_config)
+        if HydraConfig.initialized() and not cfg.stages:  # the command a plain `resume=auto` continues with
+            save_overrides(output_dir, list(HydraConfig.get().overrides.task))
     else:
         record_resume(output_dir, config_yaml, checkpoint, changes)
 
@@ -180,6 +187,9 @@ def main() -> None:
     args = sys.argv[1:]
     flags = {a for a in args if a.startswith("-")}
     overrides = [a for a in args if not a.startswith("-")]
+    if not flags:  # `resume=auto output_dir=RUN` continues the run as it was configured
+        overrides = with_the_run_s_own_command(overrides)
+        sys.argv = [sys.argv[0], *overrides]
     # other flags (--help, --cfg, ...) go to Hydra untouched
     if overrides and not want_traceback() and not flags:
         check_overrides(overrides)

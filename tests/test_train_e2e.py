@@ -260,6 +260,25 @@ def test_user_task_in_own_folder_trains_from_the_command_line(tmp_path):
     summary = json.loads((tmp_path / "hydra_run" / "summary.json").read_text())
     assert summary["steps"] == 4 and "accuracy" in summary["validation"]["my_reviews"]
 
+    # resume names only the run (and a longer run): it continues with the command that made it
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mtdnn.train",
+            "resume=auto",
+            f"output_dir={tmp_path}/hydra_run",
+            "trainer.max_steps=6",
+            f"hydra.run.dir={tmp_path}/hydra_resume",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = json.loads((tmp_path / "hydra_run" / "summary.json").read_text())
+    assert summary["steps"] == 6 and "accuracy" in summary["validation"]["my_reviews"]
+
 
 def test_hub_kind_source_reads_split_names_through_datasets(tmp_path):
     """kind: hub goes through datasets.load_dataset(path, name, split=...); a local data set folder takes

@@ -1,6 +1,7 @@
 """A run directory holds everything needed to evaluate, predict or resume without the original inputs:
 
     config.yaml            resolved run config
+    overrides.yaml         the command-line overrides that made the run (a plain `resume=auto` reuses them)
     tasks/<name>.yaml      resolved task specs (label maps included)
     tokenizer/             the tokenizer, saved
     encoder/config.json    the encoder architecture (weights live in checkpoints)
@@ -109,6 +110,29 @@ def save_run_files(run_dir: Path, config_yaml: str, specs: list[TaskSpec], token
         )
     tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     encoder_config.save_pretrained(str(run_dir / "encoder"))
+
+
+OVERRIDES = "overrides.yaml"
+# where a run lives and how it continues: never part of the command a resume reuses
+LOCATION_KEYS = ("output_dir", "resume", "resume_allow_changes", "hydra.run.dir", "hydra.sweep.dir")
+
+
+def save_overrides(run_dir: Path, overrides: list[str]) -> None:
+    kept = [o for o in overrides if override_key(o) not in LOCATION_KEYS]
+    write_atomic(run_dir / OVERRIDES, yaml.safe_dump(kept, sort_keys=False))
+
+
+def saved_overrides(run_dir: Path) -> list[str]:
+    """The overrides that made the run in `run_dir` (none for runs from before they were saved)."""
+    path = run_dir / OVERRIDES
+    if not path.is_file():
+        return []
+    with reading_saved(path, "resume"):
+        return [str(o) for o in yaml.safe_load(path.read_text()) or []]
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def record_resume(run_dir: Path, config_yaml: str, checkpoint: Path, changes: list[str]) -> None:

@@ -4,11 +4,14 @@ sweep, is one clear line naming the override instead of Hydra's multi-line repor
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from mtdnn.core.commands import cli_errors
 from mtdnn.core.errors import MtdnnError, config_error_line
 from mtdnn.core.paths import conf_dir
 from mtdnn.core.typed import suggest
+from mtdnn.runs.checkpoints import CHECKPOINTS
+from mtdnn.runs.folder import override_key, saved_overrides
 from mtdnn.training.sweeps import covering_jobs, expand
 
 
@@ -106,6 +109,24 @@ def _sweeper_params(fixed: list[str]) -> dict[str, str]:
         GlobalHydra.instance().clear()
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
     return {str(k): str(v) for k, v in params.items()}
+
+
+@cli_errors
+def with_the_run_s_own_command(overrides: list[str]) -> list[str]:
+    """A resume names the run (`resume=auto output_dir=RUN`, or `resume=RUN`): the overrides that made it come
+    first, so it continues as it was configured; the command line's own win, and are checked as changes."""
+    given = {override_key(o): o.split("=", 1)[1] for o in overrides if "=" in o}
+    resume = given.get("resume")
+    if resume in (None, "null"):
+        return overrides
+    folder = given.get("output_dir") if resume == "auto" else resume
+    if not folder:
+        return overrides
+    run_dir = Path(folder).expanduser()
+    if run_dir.parent.name == CHECKPOINTS:  # resume=RUN/checkpoints/step_N
+        run_dir = run_dir.parent.parent
+    saved = [o for o in saved_overrides(run_dir) if override_key(o) not in given]
+    return [*saved, *overrides]
 
 
 def raise_naming_culprit(overrides: list[str], problem: Callable[[list[str]], str | None]) -> None:
