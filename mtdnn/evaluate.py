@@ -101,7 +101,9 @@ def scored_specs(run, cfg: EvaluateConfig) -> list[tuple[str, object]]:
 
 @cli_errors
 def main() -> None:
-    results = evaluate(parse_args(EvaluateConfig, argv()))
+    cfg = parse_args(EvaluateConfig, argv())
+    results = evaluate(cfg)
+    print(f"{cfg.run_dir}: checkpoint {cfg.checkpoint}, {cfg.split} split")
     for task, scores in results.items():
         print(f"{task:<16} " + "  ".join(f"{m}={show(v)}" for m, v in scores.items()))
 
