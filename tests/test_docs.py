@@ -36,3 +36,70 @@ def test_every_reference_page_is_in_the_site_navigation():
     nav = (ROOT / "mkdocs.yml").read_text()
     for path in docs_reference.pages():
         assert str(path.relative_to(ROOT / "docs")) in nav
+
+
+def documented_commands(program: str) -> list[tuple[str, list[str]]]:
+    """(where, arguments) of every `python -m <program> ...` line (and `torchrun ... -m <program> ...`) in a
+    bash block of README.md and docs/: continuation lines joined, comments dropped."""
+    import re
+    import shlex
+
+    found = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for block in re.findall(r"```(?:bash|sh)\n(.*?)```", path.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                words = shlex.split(line, comments=True)
+                if f"-m {program}" in " ".join(words[:8]) and words[0] in ("python", "torchrun"):
+                    start = next(i for i, w in enumerate(words) if w == program) + 1
+                    found.append((f"{path.relative_to(ROOT)}: {line.strip()[:80]}", words[start:]))
+    return found
+
+
+def test_every_training_command_in_the_docs_composes(capsys):
+    """Each documented `python -m mtdnn.train ...` is checked as the command checks it before Hydra runs:
+    overrides composed, a sweep's every value, a search's every range (a quoting mistake fails here)."""
+    from mtdnn.training.command_line import check_overrides, check_search, check_sweep
+
+    commands = documented_commands("mtdnn.train")
+    assert len(commands) >= 30
+    for where, args in commands:
+        if "..." in args:  # an elided command line, not an example
+            continue
+        flags = {a for a in args if a.startswith("-")}
+        overrides = [a for a in args if not a.startswith("-")]
+        check = (
+            check_search if "hydra/sweeper=search" in overrides else check_sweep if flags else check_overrides
+        )
+        try:
+            if overrides:
+                check(overrides)
+        except SystemExit:
+            raise AssertionError(f"{where}: {capsys.readouterr().err.strip()}") from None
+
+
+def test_every_run_folder_command_in_the_docs_parses(capsys):
+    """Each documented evaluate / predict / export / report line reads onto its command's schema (usage
+    brackets `[key=value]` and `a|b` alternatives taken as written)."""
+    import importlib
+
+    from mtdnn.core.commands import parse_args
+
+    schemas = {
+        "mtdnn.evaluate": ("mtdnn.evaluate", "EvaluateConfig", None),
+        "mtdnn.predict": ("mtdnn.predict", "PredictConfig", None),
+        "mtdnn.export": ("mtdnn.export", "ExportConfig", "run_dir"),
+        "mtdnn.report": ("mtdnn.report", "ReportConfig", "sweep_dir"),
+    }
+    checked = 0
+    for program, (module, name, positional) in schemas.items():
+        schema = getattr(importlib.import_module(module), name)
+        for where, args in documented_commands(program):
+            args = [a.strip("[]") for a in args if a not in ("|", "...")]
+            if positional and args and "=" not in args[0]:
+                args = [f"{positional}={args[0]}", *args[1:]]
+            try:
+                parse_args(schema, args)
+            except Exception as err:  # noqa: BLE001  (MtdnnError: the line does not read)
+                raise AssertionError(f"{where}: {err}") from None
+            checked += 1
+    assert checked >= 10

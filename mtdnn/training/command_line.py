@@ -25,6 +25,8 @@ def compose_problem(given: list[str]) -> str | None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from mtdnn.core import config  # noqa: F401  (registers the typed schemas the YAML defaults name)
+
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             compose("train", overrides=given, return_hydra_config=True)
