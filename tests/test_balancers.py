@@ -15,8 +15,6 @@ from conftest import compose_train, straight_and_resumed, tiny_overrides
 from safetensors.torch import load_file
 
 from mtdnn.balancers import Setup, TaskGradients, available, balancer_problems, build_balancer
-from mtdnn.balancers.cagrad import cagrad_coefficients
-from mtdnn.balancers.cagrad import objective as cagrad_objective
 from mtdnn.balancers.famo import famo_coefficients, logit_direction
 from mtdnn.balancers.gradnorm import gradnorm_direction
 from mtdnn.balancers.uncertainty import objective as uncertainty_objective
@@ -73,35 +71,59 @@ def test_pcgrad_projects_conflicting_gradients_and_leaves_agreeing_ones():
     assert grad.tolist() == pytest.approx([2.0, 1.0])
 
 
-def test_pcgrad_with_three_tasks_equals_the_projections_done_on_the_vectors():
-    rng = np.random.default_rng(3)
-    g = rng.normal(size=(3, 7))
-    grad, _ = _combined("pcgrad", g.tolist())
-    generator = torch.Generator().manual_seed(0)  # the same orders the balancer drew
-    total = np.zeros(7)
-    for i in range(3):
+def _pcgrad_by_hand(g: np.ndarray, orders: list[list[int]], sequential: bool = True) -> np.ndarray:
+    """Algorithm 1 on the vectors themselves; sequential=False is the planted bug (each projection measured
+    against the task's original gradient instead of the already-projected one)."""
+    total = np.zeros(g.shape[1])
+    for i, order in enumerate(orders):
         projected = g[i].copy()
-        for j in [j for j in torch.randperm(3, generator=generator).tolist() if j != i]:
-            dot = projected @ g[j]
+        for j in order:
+            dot = (projected if sequential else g[i]) @ g[j]
             if dot < 0:
                 projected -= dot / (g[j] @ g[j]) * g[j]
         total += projected
-    assert grad.numpy() == pytest.approx(total, rel=1e-10)
+    return total
 
 
-def test_cagrad_weights_match_a_brute_force_search_on_two_tasks():
-    g = np.array([[1.0, 0.2, -0.3], [-0.6, 0.9, 0.4]])
-    gram = torch.tensor(g @ g.T)
-    _, w = cagrad_coefficients(gram, c=0.5)
-    grid = np.linspace(0, 1, 20001)
-    values = [cagrad_objective(np.array([t, 1 - t]), g @ g.T, 0.5) for t in grid]
-    best = grid[int(np.argmin(values))]
-    assert w[0] == pytest.approx(best, abs=1e-3)
-    # d = (g0 + c ||g0|| / ||gw|| gw) / (1 + c^2), times K = 2
-    g0, gw = g.mean(0), best * g[0] + (1 - best) * g[1]
-    expected = 2 * (g0 + 0.5 * np.linalg.norm(g0) / np.linalg.norm(gw) * gw) / 1.25
-    grad, _ = _combined("cagrad", g.tolist(), c=0.5)
-    assert grad.numpy() == pytest.approx(expected, abs=1e-3)
+def test_pcgrad_with_three_tasks_projects_each_gradient_in_turn():
+    # every pair conflicts, so each task's second projection depends on its first
+    g = np.array([[1.0, 0.0, 0.0], [-1.0, 1.0, 0.0], [-0.5, -1.0, 1.0]])
+    grad, _ = _combined("pcgrad", g.tolist())
+    generator = torch.Generator().manual_seed(0)  # the same orders the balancer drew
+    orders = [[j for j in torch.randperm(3, generator=generator).tolist() if j != i] for i in range(3)]
+    expected = _pcgrad_by_hand(g, orders)
+    assert np.abs(expected - _pcgrad_by_hand(g, orders, sequential=False)).max() > 0.1  # the data can tell
+    assert grad.numpy() == pytest.approx(expected, rel=1e-10)
+    rng = np.random.default_rng(3)  # and on random gradients
+    g = rng.normal(size=(4, 9))
+    grad, _ = _combined("pcgrad", g.tolist())
+    generator = torch.Generator().manual_seed(0)
+    orders = [[j for j in torch.randperm(4, generator=generator).tolist() if j != i] for i in range(4)]
+    assert grad.numpy() == pytest.approx(_pcgrad_by_hand(g, orders), rel=1e-10)
+
+
+def _cagrad_by_hand(g: np.ndarray, c: float) -> np.ndarray:
+    """CAGrad from the paper on the vectors, with its dual minimised by grid search over the 3-task simplex:
+    min_w g_w . g0 + c ||g0|| ||g_w||, then d = (g0 + c ||g0|| / ||g_w|| g_w) / (1 + c^2), times K."""
+    g0 = g.mean(0)
+    best, best_w = np.inf, None
+    steps = 400
+    for a in range(steps + 1):
+        for b in range(steps + 1 - a):
+            w = np.array([a, b, steps - a - b]) / steps
+            gw = w @ g
+            value = gw @ g0 + c * np.linalg.norm(g0) * np.linalg.norm(gw)
+            if value < best:
+                best, best_w = value, w
+    gw = best_w @ g
+    return len(g) * (g0 + c * np.linalg.norm(g0) / np.linalg.norm(gw) * gw) / (1 + c**2)
+
+
+def test_cagrad_matches_the_paper_s_update_computed_independently():
+    g = np.array([[1.0, 0.2, -0.3, 0.5], [-0.6, 0.9, 0.4, -0.2], [0.1, -0.8, 0.7, 0.3]])
+    for c in (0.5, 0.2):
+        grad, _ = _combined("cagrad", g.tolist(), c=c)
+        assert grad.numpy() == pytest.approx(_cagrad_by_hand(g, c), abs=5e-3)
     grad, _ = _combined("cagrad", g.tolist(), c=0.0)  # c = 0: the mean gradient, times K
     assert grad.numpy() == pytest.approx(g.sum(0), abs=1e-9)
 
