@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import compose_train, straight_and_resumed, tiny_overrides
+from conftest import compose_train, sentiment_rows, straight_and_resumed, tiny_overrides, write_task
 from safetensors.torch import load_file
 
 from mtdnn.balancers import Setup, TaskGradients, available, balancer_problems, build_balancer
@@ -303,11 +303,21 @@ def test_every_balancer_trains_a_toy_two_task_rule(tmp_path, toy_tasks, name):
 
 @pytest.mark.parametrize("name", ["famo", "pcgrad"])
 def test_resume_mid_run_with_a_balancer_is_exact(tmp_path, toy_tasks, name):
+    """Three tasks: with two, PCGrad's random order of projections cannot matter, so a resume that lost it
+    would pass."""
+    write_task(
+        toy_tasks,
+        "toy_sent_b",
+        "classification",
+        {"train": sentiment_rows(200, 7), "validation": sentiment_rows(40, 8)},
+        {"text": "sentence", "label": "label"},
+        labels=["neg", "pos"],
+    )
     base = tiny_overrides(
         toy_tasks,
-        "task=[toy_sent,toy_count]",
+        "task=[toy_sent,toy_count,toy_sent_b]",
         f"balancer={name}",
-        "trainer.tasks_per_step=2",
+        "trainer.tasks_per_step=3",
         "trainer.max_steps=12",
         "trainer.eval_every=6",
         "trainer.keep_last=5",
