@@ -160,12 +160,13 @@ def data_files(draw) -> dict:
     text = st.sampled_from(WORDS).map(lambda w: f"{w} {w} film")
     label = st.sampled_from(["neg", "pos"])
     # half the cases hold odd values somewhere, half only good rows (then the run trains)
-    if draw(st.booleans()):
+    odd = draw(st.booleans())
+    if odd:
         text = st.one_of(text, ODD)
         label = st.one_of(label, st.sampled_from([0, 1, 2, -1, "", "POS", None]), ODD)
     row = st.fixed_dictionaries({"sentence": text, "label": label})
     fmt = draw(st.sampled_from(FORMATS))
-    return {
+    case = {
         "rows": draw(st.lists(row, min_size=0, max_size=24)),
         "format": fmt,
         "compression": "" if fmt == "parquet" else draw(st.sampled_from(list(COMPRESSIONS))),
@@ -173,6 +174,11 @@ def data_files(draw) -> dict:
         "damage": draw(st.sampled_from(["none"] * 6 + ["truncate", "garbage"])),
         "cut": draw(st.floats(0.05, 0.95)),
     }
+    # good rows, intact, in the encoding the task reads: such a file must train
+    case["valid"] = (
+        not odd and case["rows"] != [] and case["damage"] == "none" and case["encoding"] == "utf-8"
+    )
+    return case
 
 
 def _serialise(rows: list[dict], fmt: str, encoding: str) -> bytes:
@@ -228,6 +234,7 @@ def _data_case(world, case: dict, capsys) -> None:
     out = folder / "out"
     code, stderr = _run_cli(_command(folder, out), capsys, folder)
     _check("data files", code, stderr, out, [str(folder / "t.yaml")], world)
+    assert code == 0 or not case["valid"], f"a valid data file was refused: {stderr[-1500:]}"
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -402,8 +409,35 @@ VALUES = [
 ]
 
 
+# settings and values that are each valid for the fuzz run's task: a list of them must train
+VALID_OVERRIDES = {
+    "trainer.lr": ["1e-3", "5e-4"],
+    "trainer.head_lr": ["null", "3e-3"],
+    "trainer.batch_size": ["4", "8"],
+    "trainer.warmup_ratio": ["0", "0.5"],
+    "trainer.max_grad_norm": ["0", "1.0"],
+    "seed": ["1", "7"],
+    "sampler": ["uniform", "temperature"],
+    "regularizer": ["none", "smart"],
+    "encoder.pooling": ["cls", "mean"],
+    "+task_overrides.t.max_length": ["16", "64"],
+}
+
+
+@st.composite
+def valid_override_lists(draw) -> list[str]:
+    keys = draw(st.lists(st.sampled_from(sorted(VALID_OVERRIDES)), min_size=1, max_size=3, unique=True))
+    return [f"{key}={draw(st.sampled_from(VALID_OVERRIDES[key]))}" for key in keys]
+
+
+def is_valid(overrides: list[str]) -> bool:
+    return all(o.split("=", 1)[1] in VALID_OVERRIDES.get(o.split("=", 1)[0], []) for o in overrides)
+
+
 @st.composite
 def override_lists(draw) -> list[str]:
+    if draw(st.integers(0, 3)) == 0:  # a quarter of the cases: valid settings only, which must train
+        return draw(valid_override_lists())
     pairs = draw(
         st.lists(
             st.tuples(st.sampled_from(KEYS), st.one_of(st.sampled_from(VALUES), st.text(max_size=6))),
@@ -434,6 +468,7 @@ def _override_case(world, overrides: list[str], capsys) -> None:
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
     values = [o.split("=", 1)[1] for o in overrides if "=" in o]
     _check("overrides", code, stderr, out, [n for n in keys + values if n.strip()], world)
+    assert code == 0 or not is_valid(overrides), f"valid overrides {overrides} were refused: {stderr[-1500:]}"
 
 
 @pytest.mark.parametrize("profile", PROFILES)
