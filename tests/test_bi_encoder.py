@@ -306,7 +306,7 @@ def test_the_python_api_scores_pairs_of_a_bi_task_like_evaluate(bi_run):
 
 def test_the_sentence_transformers_export_embeds_like_the_run(bi_run, tmp_path):
     from mtdnn.export import ExportConfig, export
-    from mtdnn.kinds.heads import pool
+    from mtdnn.kinds._bi import halves
     from mtdnn.serving.loading import open_run
 
     _, out, _ = bi_run
@@ -320,7 +320,8 @@ def test_the_sentence_transformers_export_embeds_like_the_run(bi_run, tmp_path):
     enc = loaded.tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         hidden = loaded.model.encoder(**enc).last_hidden_state
-    ours = pool(hidden, enc["attention_mask"], "mean", None)
+    # the run's own pair embedding (what its bi head compares), not a pooling written here
+    ours, _ = halves(torch.cat([hidden, hidden]), torch.cat([enc["attention_mask"]] * 2))
     code = (
         "import sys, json\nsys.modules['mtdnn'] = None\n"
         "from sentence_transformers import SentenceTransformer\n"
@@ -341,6 +342,46 @@ def test_the_sentence_transformers_export_embeds_like_the_run(bi_run, tmp_path):
     assert "library_name: sentence-transformers" in card and "pipeline_tag: sentence-similarity" in card
     with pytest.raises(MtdnnError, match="bi-encoder.*format=sentence-transformers"):
         export(ExportConfig(run_dir=str(out), task="toy_sim", out=str(tmp_path / "hf")))
+
+
+@pytest.mark.parametrize("score", ["cosine", "dot"])
+def test_the_sentence_transformers_export_compares_embeddings_as_the_task_scores_them(
+    find_run, tmp_path, score
+):
+    """A ranking task scored by the dot product exports similarity_fn_name dot, cosine otherwise; the
+    loaded SentenceTransformer reports it."""
+    import shutil
+
+    import yaml
+
+    from mtdnn.export import ExportConfig, export
+
+    out, _ = find_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(out, run_dir)
+    spec_file = run_dir / "tasks" / "toy_find.yaml"
+    spec = yaml.safe_load(spec_file.read_text())
+    spec["bi_score"] = score
+    spec_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    folder = export(
+        ExportConfig(
+            run_dir=str(run_dir), task="toy_find", out=str(tmp_path / "st"), format="sentence-transformers"
+        )
+    )
+    code = (
+        "import sys\nsys.modules['mtdnn'] = None\n"
+        "from sentence_transformers import SentenceTransformer\n"
+        f"print(SentenceTransformer({str(folder)!r}, device='cpu').similarity_fn_name)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == score
 
 
 def test_bi_students_distil_from_cross_encoder_teachers(tmp_path):
