@@ -151,3 +151,51 @@ def test_one_input_instead_of_a_list_is_refused_not_predicted_piece_by_piece(tra
     ):
         model.predict("toy_sent", one)
     assert len(model.predict("toy_sent", [one if not isinstance(one, bytes) else one.decode()])) == 1
+
+
+def test_classification_records_are_the_model_s_own_argmax_and_the_command_writes_them(trained, tmp_path):
+    """A reference independent of the decoding code: the raw model's logits for each text, softmaxed here, and
+    the label at the argmax of the task's label list; the command line (a child process) writes the same."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from mtdnn import load_run
+    from mtdnn.serving.loading import open_run
+
+    _, out = trained
+    texts = ["a good film", "an awful plot", "good good fine", "awful bad film"]
+    loaded = open_run(str(out), "best", torch.device("cpu"))
+    encoded = loaded.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probabilities = loaded.model("toy_sent", **encoded).float().softmax(-1)
+    labels = loaded.specs["toy_sent"].labels
+    records = load_run(out, device="cpu").predict("toy_sent", texts)
+    assert [r["label"] for r in records] == [labels[int(i)] for i in probabilities.argmax(-1)]
+    for record, row in zip(records, probabilities.tolist()):
+        assert [record["scores"][name] for name in labels] == pytest.approx(row, abs=1e-5)
+
+    source = tmp_path / "inputs.csv"
+    source.write_text("sentence\n" + "\n".join(texts) + "\n")
+    written = tmp_path / "out.jsonl"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mtdnn.predict",
+            f"run_dir={out}",
+            "task=toy_sent",
+            f"input={source}",
+            f"out={written}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [json.loads(line)["label"] for line in written.read_text().splitlines()] == [
+        r["label"] for r in records
+    ]
