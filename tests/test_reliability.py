@@ -269,15 +269,31 @@ def test_too_many_nan_steps_in_a_row_stop_with_the_last_checkpoint_intact(tmp_pa
 def test_loading_is_safe_by_construction():
     """No pickle of untrusted files: torch.load only with weights_only=True, YAML only safe_load,
     trust_remote_code off unless set."""
+    import ast
+
     import mtdnn
     from mtdnn.core.config import EncoderConfig
 
-    sources = {p: p.read_text() for p in Path(mtdnn.__file__).parent.rglob("*.py")}
-    for path, text in sources.items():
-        for line in text.splitlines():
-            if "torch.load(" in line:
-                assert "weights_only=True" in line, f"{path}: {line.strip()}"
-            assert "yaml.load(" not in line and "pickle" not in line, f"{path}: {line.strip()}"
+    loads = 0
+    for path in Path(mtdnn.__file__).parent.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            # every call of a `load` on torch or yaml, however it is written or wrapped over lines
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "load"
+            ):
+                owner = ast.unparse(node.func.value)
+                if owner == "torch":
+                    loads += 1
+                    flag = next((k.value for k in node.keywords if k.arg == "weights_only"), None)
+                    assert isinstance(flag, ast.Constant) and flag.value is True, f"{path}:{node.lineno}"
+                assert owner != "yaml", f"{path}:{node.lineno}: yaml.load (use safe_load)"
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                assert not any(n.split(".")[0] in ("pickle", "dill") for n in names), f"{path}:{node.lineno}"
+    assert loads > 0  # the check saw the checkpoint loading it guards
     assert EncoderConfig().trust_remote_code is False
 
 
