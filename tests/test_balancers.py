@@ -200,6 +200,12 @@ def test_rlw_weights_average_one_and_resume_with_the_same_draws():
     draws = np.array(draws)
     assert draws.sum(1) == pytest.approx(3.0)
     assert draws.mean(0) == pytest.approx([1.0, 1.0, 1.0], abs=0.05)
+    # the mean is 1 for any symmetric draw: the spread is what the paper's K softmax(z), z ~ N(0, I), fixes
+    z = np.random.default_rng(0).normal(size=(200_000, 3))
+    reference = 3 * np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    assert draws.std() == pytest.approx(reference.std(), rel=0.06)
+    for q in (0.1, 0.5, 0.9):
+        assert np.quantile(draws, q) == pytest.approx(np.quantile(reference, q), rel=0.06)
     saved = balancer.state_dict()
     balancer.start_step(["t0"])
     expected = balancer.weight("t0")
