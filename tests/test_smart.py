@@ -24,7 +24,6 @@ from mtdnn.regularizers.perturbation import (
     adversarial_perturbation,
     per_example_norm,
     project,
-    row_norm,
 )
 from mtdnn.regularizers.smart import Config, Smart, teacher_beta
 from mtdnn.train import run
@@ -94,12 +93,44 @@ def test_regression_divergence_is_per_example_squared_error_not_a_matrix():
     assert out.shape == (3,) and out.tolist() == [0.25, 0.0, 9.0]
 
 
+ORDS = {"inf": float("inf"), "l2": 2.0, "l1": 1.0}
+
+
+def _example_norm(x: torch.Tensor, norm: str) -> torch.Tensor:
+    """Each example's norm over all its tokens' features, by torch.linalg (not the module's own helper)."""
+    return torch.linalg.vector_norm(x.flatten(1), ord=ORDS[norm], dim=1)
+
+
+def _token_norm(x: torch.Tensor, norm: str) -> torch.Tensor:
+    return torch.linalg.vector_norm(x, ord=ORDS[norm], dim=-1)
+
+
+def _project_by_hand(x: np.ndarray, radius: float, norm: str) -> np.ndarray:
+    """The Euclidean projection of one vector onto the norm ball: clipping (inf), scaling (l2), and Duchi et
+    al.'s sort-and-threshold (l1)."""
+    if norm == "inf":
+        return np.clip(x, -radius, radius)
+    if norm == "l2":
+        size = np.linalg.norm(x)
+        return x if size <= radius else x * radius / size
+    if np.abs(x).sum() <= radius:
+        return x
+    u = np.sort(np.abs(x))[::-1]
+    cumulative = np.cumsum(u)
+    k = np.nonzero(u * np.arange(1, len(u) + 1) > cumulative - radius)[0][-1]
+    theta = (cumulative[k] - radius) / (k + 1)
+    return np.sign(x) * np.maximum(np.abs(x) - theta, 0)
+
+
 @pytest.mark.parametrize("norm", ["inf", "l2", "l1"])
 def test_projection_lands_in_the_epsilon_ball(norm):
     torch.manual_seed(1)
     delta = torch.randn(4, 5, 6)
     out = project(delta, 0.3, norm)
-    assert (per_example_norm(out, norm).flatten() <= 0.3 + 1e-6).all()
+    assert (_example_norm(out, norm) <= 0.3 + 1e-6).all()
+    for example, projected in zip(delta, out):  # the closest point of the ball, not just a point in it
+        expected = _project_by_hand(example.flatten().double().numpy(), 0.3, norm)
+        assert projected.flatten().double().numpy() == pytest.approx(expected, abs=1e-5)
     small = delta * 1e-4  # already inside: unchanged
     assert torch.allclose(project(small, 0.3, norm), small)
 
@@ -134,7 +165,7 @@ def test_ascent_step_increases_the_divergence_and_stays_in_the_ball(norm):
     (grad,) = torch.autograd.grad(before, delta)
     after_delta = Ball(embeds, batch["attention_mask"], cfg).ascent_step(delta.detach(), grad * mask)
     assert divergence(after_delta).item() > before.item()
-    assert (per_example_norm(after_delta, norm).flatten() <= cfg.epsilon + 1e-7).all()
+    assert (_example_norm(after_delta, norm) <= cfg.epsilon + 1e-7).all()
 
 
 def test_teacher_is_the_ema_of_the_parameters():
@@ -187,8 +218,8 @@ def test_token_scale_bounds_each_token_by_its_own_size_and_follows_the_embedding
     grad = torch.randn(2, 5, 8)
     cfg = Config(norm=norm, epsilon=0.05, step_size=1.0)
     delta = Ball(embeds, mask, cfg).ascent_step(torch.zeros_like(embeds), grad)
-    size = row_norm(embeds.reshape(-1, 8), norm).view(2, 5)
-    moved = row_norm(delta.reshape(-1, 8), norm).view(2, 5)
+    size = _token_norm(embeds, norm)
+    moved = _token_norm(delta, norm)
     # one step reaches the edge
     assert torch.allclose(moved[mask.bool()], 0.05 * size[mask.bool()], rtol=1e-4)
     assert delta[0, 4].abs().max() == 0  # padding is never perturbed
@@ -197,8 +228,12 @@ def test_token_scale_bounds_each_token_by_its_own_size_and_follows_the_embedding
     assert torch.allclose(scaled, delta * 10, rtol=1e-4, atol=1e-7)
     absolute = Ball(embeds * 10, mask, Config(norm=norm, epsilon=0.05, step_size=1.0, scale="absolute"))
     masked = grad * mask.unsqueeze(-1)  # absolute: one ball per example, sizes as given, by hand
-    by_hand = project(1.0 * masked / per_example_norm(masked, norm), 0.05, norm) * mask.unsqueeze(-1)
-    assert torch.allclose(absolute.ascent_step(torch.zeros_like(embeds), masked), by_hand)
+    step = masked / _example_norm(masked, norm).view(2, 1, 1)  # a unit step along the gradient
+    by_hand = torch.tensor(
+        np.stack([_project_by_hand(e.flatten().double().numpy(), 0.05, norm) for e in step]),
+        dtype=torch.float32,
+    ).view_as(step)
+    assert torch.allclose(absolute.ascent_step(torch.zeros_like(embeds), masked), by_hand, atol=1e-6)
 
 
 def test_reference_scale_renormalises_every_token_onto_its_sphere():
@@ -208,8 +243,8 @@ def test_reference_scale_renormalises_every_token_onto_its_sphere():
     ball = Ball(embeds, mask, cfg)
     # a tiny raw gradient, as in mt-dnn
     delta = ball.ascent_step(ball.start() + 1e-3, torch.randn(2, 4, 8) * 1e-6)
-    per_token = row_norm(delta.reshape(-1, 8), "inf")
-    assert torch.allclose(per_token, 0.3 * row_norm(embeds.reshape(-1, 8), "inf"), rtol=1e-5)
+    per_token = _token_norm(delta, "inf")
+    assert torch.allclose(per_token, 0.3 * _token_norm(embeds, "inf"), rtol=1e-5)
 
 
 def _partly_trained_model() -> MultiTaskModel:
