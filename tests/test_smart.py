@@ -289,7 +289,6 @@ def test_at_the_shipped_defaults_the_found_delta_is_adversarial_and_larger_than_
     )
     torch.manual_seed(0)
     tiny, _ = adversarial_perturbation(ctx, lambda out: head.divergence(out, clean, ctx.batch).sum(), literal)
-    assert found > 0
     # the paper read literally moves this model's output far less (a random tiny BERT is much flatter than a
     # pretrained one: on MiniLM the term reaches 1e-2 of the loss, test_smart_term_is_active_on_minilm)
     assert found > 10 * _divergence_at(ctx, tiny) > 0
@@ -562,26 +561,27 @@ def test_smart_makes_the_model_smoother(tmp_path, toy_tasks):
     perturbation. The smoothness term alone (mu=0), at a radius that matters for this tiny model's
     embeddings (~0.1 per token); at the paper's 1e-5 both saturated toy models move by ~1e-6 and the
     comparison says nothing."""
-    base = tiny_overrides(toy_tasks, "task=toy_sent", "trainer.max_steps=100", "predict_test=false")
-    run(compose_train(base), tmp_path / "plain")
-    run(
-        compose_train(
-            base
-            + [
-                "regularizer=smart",
-                "regularizer.smart.scale=absolute",
-                "regularizer.smart.epsilon=0.2",
-                "regularizer.smart.norm=l2",
-                "regularizer.smart.noise_std=0.01",
-                "regularizer.smart.lambda_s=10",
-                "regularizer.smart.mu=0",
-            ]
-        ),
-        tmp_path / "smart",
-    )
-    plain = _output_change(tmp_path / "plain", toy_tasks, radius=0.5)
-    smart = _output_change(tmp_path / "smart", toy_tasks, radius=0.5)
-    assert smart < plain, (smart, plain)
+    smart_settings = [
+        "regularizer=smart",
+        "regularizer.smart.scale=absolute",
+        "regularizer.smart.epsilon=0.2",
+        "regularizer.smart.norm=l2",
+        "regularizer.smart.noise_std=0.01",
+        "regularizer.smart.lambda_s=10",
+        "regularizer.smart.mu=0",
+    ]
+    ratios = []
+    for seed in (1, 2, 3):  # paired by seed; each seed must show it, by a margin
+        base = tiny_overrides(
+            toy_tasks, "task=toy_sent", "trainer.max_steps=100", "predict_test=false", f"seed={seed}"
+        )
+        run(compose_train(base), tmp_path / f"plain{seed}")
+        run(compose_train(base + smart_settings), tmp_path / f"smart{seed}")
+        plain = _output_change(tmp_path / f"plain{seed}", toy_tasks, radius=0.5)
+        smart = _output_change(tmp_path / f"smart{seed}", toy_tasks, radius=0.5)
+        ratios.append(smart / plain)
+    print("smart / plain output change per seed:", ratios)
+    assert max(ratios) < 0.1, ratios  # measured: 1e-4 to 4e-4
 
 
 def test_replay_serves_the_recorded_masks_without_drawing_again():
