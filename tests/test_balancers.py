@@ -384,6 +384,12 @@ def test_two_tasks_per_step_with_none_sums_the_two_tasks_gradients(tmp_path, toy
     )
     # grad_accum=2 halves each loss; Adam's first step is scale-free (m / sqrt(v)), so the weights agree
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    # ... which a mean would pass too: the logged gradient norm (before clipping) tells a sum from a mean
+    norms = [
+        json.loads((tmp_path / d / "train_log.jsonl").read_text().splitlines()[0])["grad_norm"]
+        for d in ("k2", "accum")
+    ]
+    assert norms[0] == pytest.approx(2 * norms[1], rel=1e-4), norms
 
 
 def test_a_gradient_balancer_composes_with_a_regularizer_and_per_task_lora(tmp_path, toy_tasks):
