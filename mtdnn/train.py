@@ -61,8 +61,7 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
     output_dir = checkpoint.parent.parent if checkpoint is not None else output_dir
     with ExitStack() as held:
         claim_output_dir(output_dir, checkpoint, dist, held)
-        if not cfg.trainer.progress_bar:
-            quiet_library_progress_bars()
+        quiet_library_progress_bars()  # datasets' and transformers' own bars (MTDNN_VERBOSE=1 shows them)
         seed_everything(cfg.seed)
         device = dist.device(pick_device(cfg.trainer.device))
 

@@ -96,6 +96,17 @@ def write_bi_tasks(folder):
     return folder
 
 
+# SMART at a size that acts on the tiny random encoder (its defaults are sized for a pretrained one and log
+# "too small to matter" here): the bi-encoder paths then train with a real adversarial term
+ACTING_SMART = [
+    "regularizer=smart",
+    "regularizer.smart.scale=absolute",
+    "regularizer.smart.norm=l2",
+    "regularizer.smart.epsilon=0.2",
+    "regularizer.smart.noise_std=0.01",
+]
+
+
 @pytest.fixture(scope="module")
 def bi_run(tmp_path_factory):
     folder = write_bi_tasks(write_toy_tasks(tmp_path_factory.mktemp("bi") / "tasks"))
@@ -109,7 +120,7 @@ def bi_run(tmp_path_factory):
                 "trainer.lr=3e-3",
                 "trainer.eval_every=80",
                 "predict_test=false",
-                "regularizer=smart",
+                *ACTING_SMART,
             )
         ),
         out,
@@ -141,7 +152,7 @@ def find_run(tmp_path_factory):
                 "trainer.lr=3e-3",
                 "trainer.eval_every=120",
                 "predict_test=false",
-                "regularizer=smart",
+                *ACTING_SMART,
             )
         ),
         out,
@@ -486,3 +497,11 @@ def test_bad_bi_ranking_settings_are_reported_together(tmp_path):
         and text.count("in_batch") == 1
     )
     assert text.count("find.yaml") >= 3  # every line names the file
+
+
+def test_smart_acts_in_the_bi_encoder_runs(bi_run, find_run):
+    """The fixtures' SMART is not inert: its adversarial term is a real share of the bi tasks' loss."""
+    for out in (bi_run[1], find_run[0]):
+        log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        shares = [r[key] for r in log for key in r if key.startswith("smart_adv_to_loss")]
+        assert shares and sum(shares) / len(shares) > 1e-3, (out, shares[:5])

@@ -70,8 +70,11 @@ def test_epoch_based_plan_counts_every_tasks_batches():
     batches = {"a": Batches(10), "b": Batches(5)}
     plan = make_plan(TrainerConfig(epochs=2.5, grad_accum=2, evals_per_epoch=3, max_steps=None), batches)
     assert plan.batches_per_epoch == 15 and plan.total_steps == 19  # ceil(2.5 * 15 / 2)
-    assert plan.eval_every == 3  # ceil(15 / 2 / 3)
+    assert plan.eval_every == 10  # ceil(15 / 2 / 3) = 3 steps apart is raised to the floor of 10
+    big = {"a": Batches(1000), "b": Batches(500)}
+    assert make_plan(TrainerConfig(epochs=1, evals_per_epoch=3), big).eval_every == 500  # ceil(1500 / 3)
     assert make_plan(TrainerConfig(max_steps=7), batches).total_steps == 7
+    assert make_plan(TrainerConfig(max_steps=7), batches).eval_every == 7  # a run shorter than the floor
 
 
 def test_the_loop_scales_each_tasks_loss_by_its_weight_over_grad_accum(tmp_path, toy_tasks, monkeypatch):

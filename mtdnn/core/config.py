@@ -61,7 +61,8 @@ class TrainerConfig:
     pad_to_multiple_of: int = 8  # batches are padded to their longest row, rounded up to a multiple of this
     bucket_batches: int = 50  # length bucketing: sort pools of this many batches by length (1 = off)
     eval_every: Optional[int] = None  # optimizer steps between evaluations; overrides evals_per_epoch
-    evals_per_epoch: int = 4  # used when eval_every is not set (and always once more at the end)
+    # used when eval_every is not set, never more often than every 10 steps (and always once more at the end)
+    evals_per_epoch: int = 4
     log_every: int = 10  # optimizer steps between train_log.jsonl lines
     # multi-task runs: every this many steps, each pair of tasks' gradient cosine and lookahead affinity
     # (mtdnn/training/affinity.py); null: 25 K (K + 1) steps for K tasks (~3% of the step time); 0: off

@@ -111,8 +111,14 @@ def tokenizer_and_encoder(cfg: DictConfig, tasks: dict[str, TaskData], saved_run
 
 
 def quiet_library_progress_bars() -> None:
+    """No "Generating train split" or "Loading weights" bars in a run's output, unless MTDNN_VERBOSE=1."""
+    import os
+
     import datasets
     import transformers
+
+    if os.environ.get("MTDNN_VERBOSE") == "1":
+        return
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()

@@ -31,11 +31,16 @@ class Plan:
     steps_per_epoch: float = 1.0
 
 
+MIN_EVAL_EVERY = 10
+
+
 def make_plan(cfg: TrainerConfig, batches: dict[str, TaskBatches]) -> Plan:
     per_epoch = sum(len(b) for b in batches.values())
     per_step = cfg.grad_accum * min(cfg.tasks_per_step, len(batches))  # micro-batches in one optimizer step
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch / per_step))
-    eval_every = cfg.eval_every or max(1, math.ceil(per_epoch / per_step / cfg.evals_per_epoch))
+    # evals_per_epoch, but never more often than every MIN_EVAL_EVERY steps (tiny data: not after every step)
+    per_eval = max(MIN_EVAL_EVERY, math.ceil(per_epoch / per_step / cfg.evals_per_epoch))
+    eval_every = cfg.eval_every or min(per_eval, total)
     return Plan(
         total_steps=total,
         batches_per_epoch=per_epoch,

@@ -37,12 +37,21 @@ class Tracker:
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, progress_bar: bool):
         from torch.utils.tensorboard import SummaryWriter
         from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
         self.run_dir = run_dir
         self.tb = SummaryWriter(str(run_dir / "tb"))
+        # disable=None: no bar when stderr is not a terminal (a log file gets no "\r" lines)
         self.bar = tqdm(
-            total=total_steps, initial=start_step, disable=not progress_bar, desc="train", dynamic_ncols=True
+            total=total_steps,
+            initial=start_step,
+            disable=None if progress_bar else True,
+            desc="train",
+            dynamic_ncols=True,
         )
+        # log lines (evaluations, warnings) are printed above the bar, never into it
+        self.redirect = logging_redirect_tqdm(loggers=[logging.getLogger()])
+        self.redirect.__enter__()
         path = run_dir / "metrics.json"
         self.evaluations: list[dict] = json.loads(path.read_text()) if path.is_file() else []
         self.log_path = run_dir / "train_log.jsonl"
@@ -93,6 +102,7 @@ class Tracker:
         self.bar.write(f"step {step} (epoch {epoch:.2f}) {split}  {text}")
 
     def close(self) -> None:
+        self.redirect.__exit__(None, None, None)
         self.bar.close()
         self.tb.close()
 
