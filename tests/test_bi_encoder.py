@@ -102,7 +102,7 @@ ACTING_SMART = [
     "regularizer=smart",
     "regularizer.smart.scale=absolute",
     "regularizer.smart.norm=l2",
-    "regularizer.smart.epsilon=0.2",
+    "regularizer.smart.epsilon=0.05",
     "regularizer.smart.noise_std=0.01",
 ]
 
