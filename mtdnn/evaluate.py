@@ -1,4 +1,4 @@
-"""`python -m mtdnn.evaluate run_dir=DIR [split=validation] [task=a,b] [checkpoint=best|last|DIR] [data=x,y]`
+"""`python -m mtdnn.evaluate [run_dir=]DIR [split=validation] [task=a,b] [checkpoint=best|last|DIR] [data=x,y]`
 
 Re-scores a saved run on a split of each task and writes eval/<checkpoint>_<split>.json in the run folder.
 With `data=`, one trained task (task=T) is scored on other tasks' data instead (out-of-domain evaluation: the
@@ -101,7 +101,7 @@ def scored_specs(run, cfg: EvaluateConfig) -> list[tuple[str, object]]:
 
 @cli_errors
 def main() -> None:
-    cfg = parse_args(EvaluateConfig, argv())
+    cfg = parse_args(EvaluateConfig, argv("run_dir"))
     results = evaluate(cfg)
     print(f"{cfg.run_dir}: checkpoint {cfg.checkpoint}, {cfg.split} split")
     for task, scores in results.items():

@@ -1,4 +1,4 @@
-"""`python -m mtdnn.predict run_dir=DIR task=NAME [split=test | input=FILE] [out=FILE.jsonl]
+"""`python -m mtdnn.predict [run_dir=]DIR task=NAME [split=test | input=FILE] [out=FILE.jsonl]
 [format=jsonl|glue|superglue]`
 
 Writes one JSON line per input row: id, the input text(s), the predicted label name (classification) or
@@ -110,7 +110,7 @@ def predict(cfg: PredictConfig) -> Path:
 
 @cli_errors
 def main() -> None:
-    print(f"wrote {predict(parse_args(PredictConfig, argv()))}")
+    print(f"wrote {predict(parse_args(PredictConfig, argv("run_dir")))}")
 
 
 if __name__ == "__main__":

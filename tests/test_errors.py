@@ -227,7 +227,8 @@ def test_encoder_path_that_does_not_exist(tmp_path):
         ),
         ("mtdnn.evaluate", [], "error: run_dir: required (pass run_dir=...)"),
         ("mtdnn.evaluate", ["run_dir=x", "batch_size=many"], "batch_size"),
-        ("mtdnn.predict", ["run_dir"], "error: arguments are key=value; cannot read: run_dir"),
+        ("mtdnn.predict", ["/no/such/run", "stray"], "error: arguments are key=value; cannot read: stray"),
+        ("mtdnn.evaluate", ["/no/such/run"], "error: run_dir: /no/such/run is not an mtdnn run folder"),
     ],
 )
 def test_run_folder_commands_fail_cleanly(module, args, expected):
