@@ -110,7 +110,7 @@ def predict(cfg: PredictConfig) -> Path:
 
 @cli_errors
 def main() -> None:
-    print(f"wrote {predict(parse_args(PredictConfig, argv("run_dir")))}")
+    print(f"wrote {predict(parse_args(PredictConfig, argv('run_dir')))}")
 
 
 if __name__ == "__main__":
