@@ -1,4 +1,5 @@
-"""`python -m mtdnn.evaluate [run_dir=]DIR [split=validation] [task=a,b] [checkpoint=best|last|DIR] [data=x,y]`
+"""`python -m mtdnn.evaluate [run_dir=]DIR [split=validation] [task=a,b] [checkpoint=best|last|DIR]
+[data=x,y]`
 
 Re-scores a saved run on a split of each task and writes eval/<checkpoint>_<split>.json in the run folder.
 With `data=`, one trained task (task=T) is scored on other tasks' data instead (out-of-domain evaluation: the
