@@ -34,6 +34,37 @@ def _batch(loaded, task: str, rows: list[dict]) -> dict:
     return collator_for(spec, loaded.tokenizer, 8)(encoded[list(range(len(encoded)))])
 
 
+def test_one_graph_serves_every_task_with_each_head_s_outputs(trained, tmp_path):
+    """task=all: the encoder once and every head in one ONNX graph; each head's raw outputs equal PyTorch's,
+    and the predictor serves every task of the run from the one folder."""
+    folder, trained_run = trained
+    out = export(
+        ExportConfig(
+            run_dir=str(trained_run), task="all", out=str(tmp_path / "onnx"), format="onnx", quantize="int8"
+        )
+    )
+    meta = json.loads((out / "onnx.json").read_text())
+    assert sorted(meta["tasks"]) == sorted(TASKS) and len(list(out.glob("*.onnx"))) == 2  # fp32 + int8
+    torch_run = load_run_folder(str(trained_run), "best", torch.device("cpu"))
+    onnx_run = load_run_folder(str(out), "best", torch.device("cpu"), "onnx")
+    served = load_run(out)
+    assert sorted(served.tasks) == sorted(TASKS)
+    for task in TASKS:
+        rows = _rows(next(folder.glob(f"{task}_validation.*")))
+        batch = _batch(torch_run, task, rows)
+        with torch.no_grad():
+            expected = torch_run.model(task, **batch)
+        got = onnx_run.model(task, **batch)
+        assert got.shape == expected.shape and (got - expected).abs().max().item() < 1e-4, task
+        records_torch = load_run(trained_run, device="cpu").predict(task, rows)
+        keys = {"label", "ranking", "tags", "answer", "prediction_text"} & set(records_torch[0])
+        assert [{k: r[k] for k in keys} for r in served.predict(task, rows)] == [
+            {k: r[k] for k in keys} for r in records_torch
+        ], task
+    with pytest.raises(MtdnnError, match="format=hf writes one task's model"):
+        export(ExportConfig(run_dir=str(trained_run), task="all", out=str(tmp_path / "hf")))
+
+
 @pytest.mark.parametrize("task", TASKS)
 def test_onnx_outputs_equal_pytorchs_for_every_kind(trained, task, tmp_path):
     folder, trained_run = trained

@@ -10,6 +10,7 @@ a failed export never leaves half a folder behind.
 A module `mtdnn/export/<format>.py` (the format's name is the module's, with '-' for '_') provides
     SUMMARY                         one line for `--help` and the docs
     write(run, spec, cfg, staging)  write the task's folder into `staging` (a new, empty folder)
+    write_tasks(run, specs, ...)    optional: several tasks in one folder (onnx: one graph; task=a,b or all)
     problems(run, spec, cfg)        optional: why this run or task cannot be written in this format
     MODEL_OF_ANY_KIND = True        optional: the format does not hold the task's head (peft: the adapter
                                     alone), so the head kind's `export_formats(spec)` is not consulted
@@ -44,7 +45,7 @@ BI = ", a bi-encoder: pair_encoding: bi"
 @dataclass
 class ExportConfig:
     run_dir: str = MISSING
-    task: str = MISSING
+    task: str = MISSING  # the task; with format=onnx also a,b,... or all: one graph serving each
     out: str = MISSING
     checkpoint: str = "best"
     overwrite: bool = False
@@ -83,14 +84,17 @@ def format_problems(fmt: ModuleType, run: LoadedRun, spec: TaskSpec, cfg: Export
 def export(cfg: ExportConfig) -> Path:
     fmt = format_module(cfg.format)
     run = open_run(cfg.run_dir, cfg.checkpoint, torch.device("cpu"))
-    specs = select_tasks(run, cfg.task)
-    if len(specs) != 1:
-        raise MtdnnError(f"task: export writes one task's model; name one of {', '.join(run.specs)}")
+    specs = select_tasks(run, None if cfg.task == "all" else cfg.task)
+    if len(specs) != 1 and not hasattr(fmt, "write_tasks"):
+        raise MtdnnError(
+            f"task: format={cfg.format} writes one task's model; name one of {', '.join(run.specs)} "
+            "(format=onnx holds several in one graph)"
+        )
     spec = specs[0]
     out = Path(cfg.out).expanduser()
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise MtdnnError(f"out: {out} already exists and is not empty; pass overwrite=true or another out=")
-    problems = format_problems(fmt, run, spec, cfg)
+    problems = [p for s in specs for p in format_problems(fmt, run, s, cfg)]
     if problems:
         raise MtdnnError(
             problems[0] if len(problems) == 1 else ["export: cannot write this format:", *problems]
@@ -98,7 +102,10 @@ def export(cfg: ExportConfig) -> Path:
     staging = out.with_name(f".{out.name}.export")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    fmt.write(run, spec, cfg, staging)
+    if len(specs) == 1:
+        fmt.write(run, spec, cfg, staging)
+    else:
+        fmt.write_tasks(run, specs, cfg, staging)
     if out.exists():  # written completely first: a failed export never leaves half a folder behind
         shutil.rmtree(out)
     staging.rename(out)

@@ -49,7 +49,7 @@ def open_run(run_dir: str, checkpoint: str, device: torch.device, backend: str =
         if backend == "torch":
             raise MtdnnError(f"backend: {folder} is an ONNX export; use backend=onnx or onnx-int8")
         model = load_onnx_model(folder, backend)
-        missing_task_files(folder, [model.task], specs)
+        missing_task_files(folder, model.tasks, specs)
         tokenizer = saved_tokenizer(folder / "tokenizer")
         return LoadedRun(folder, model, tokenizer, {s.name: s for s in specs}, config)
     if backend.startswith("onnx"):

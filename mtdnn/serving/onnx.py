@@ -29,21 +29,24 @@ FILES = {"onnx": "model.onnx", "onnx-int8": "model_int8.onnx"}
 
 
 class OnnxModel(nn.Module):
-    """An ONNX Runtime session behind MultiTaskModel's call (`model(task, **batch) -> raw outputs`)."""
+    """An ONNX Runtime session behind MultiTaskModel's call (`model(task, **batch) -> raw outputs`); a graph
+    of several tasks gives each task's head output (output i is task i's)."""
 
-    def __init__(self, path: Path, task: str, inputs: list[str]):
+    def __init__(self, path: Path, tasks: list[str], inputs: list[str]):
         super().__init__()
         import onnxruntime as ort
 
         with reading_saved(path):  # a missing or truncated graph, or its external .onnx.data
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        self.task, self.inputs = task, inputs
+        self.tasks, self.inputs = tasks, inputs
+        self.outputs = [o.name for o in self.session.get_outputs()]
 
     def forward(self, task: str, **batch: torch.Tensor) -> torch.Tensor:
-        if task != self.task:
-            raise MtdnnError(f"task: this ONNX model is task {self.task}'s, not {task}'s")
+        if task not in self.tasks:
+            raise MtdnnError(f"task: this ONNX model holds {', '.join(self.tasks)}, not {task}")
         feed = {name: batch[name].cpu().numpy().astype("int64") for name in self.inputs}
-        return torch.from_numpy(self.session.run(None, feed)[0])
+        wanted = self.outputs[self.tasks.index(task)]  # ONNX Runtime computes only what this output needs
+        return torch.from_numpy(self.session.run([wanted], feed)[0])
 
 
 def is_onnx_folder(folder: Path) -> bool:
@@ -53,11 +56,12 @@ def is_onnx_folder(folder: Path) -> bool:
 def load_onnx_model(folder: Path, backend: str) -> OnnxModel:
     with reading_saved(folder / META):
         meta = json.loads((folder / META).read_text())
-        files, task, inputs = list(meta["files"]), str(meta["task"]), list(meta["inputs"])
+        files, inputs = list(meta["files"]), list(meta["inputs"])
+        tasks = [str(t) for t in meta.get("tasks") or [meta["task"]]]  # older exports name one task
     name = FILES.get("onnx" if backend == "auto" else backend)
     if name is None or name not in files:
         raise MtdnnError(
             f"backend: {folder} holds {', '.join(files)}; backend={backend} needs "
             f"{name or 'one of ' + ', '.join(FILES)} (export with quantize=int8 for onnx-int8)"
         )
-    return OnnxModel(folder / name, task, inputs)
+    return OnnxModel(folder / name, tasks, inputs)
