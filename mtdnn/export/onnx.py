@@ -4,14 +4,18 @@ as a run folder."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from mtdnn.core.atomic import write_json
-from mtdnn.core.errors import MtdnnError
+from mtdnn.core.errors import MtdnnError, quiet_logger
 from mtdnn.core.file_faults import root_cause
 from mtdnn.data.tasks import TaskSpec
 from mtdnn.export.card import write_card
@@ -89,16 +93,17 @@ def export_onnx(run, specs: list[TaskSpec], staging: Path, quantize: str | None)
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     outputs = ["output"] if len(tasks) == 1 else [f"output_{i}" for i in range(len(tasks))]
     try:
-        torch.onnx.export(
-            graph,
-            tuple(sample[n] for n in inputs),
-            str(staging / FILES["onnx"]),
-            dynamo=True,
-            input_names=inputs,
-            output_names=outputs,
-            dynamic_shapes={name: {0: batch, 1: sequence} for name in inputs},
-            verbose=False,
-        )
+        with known_harmless_warnings_off():
+            torch.onnx.export(
+                graph,
+                tuple(sample[n] for n in inputs),
+                str(staging / FILES["onnx"]),
+                dynamo=True,
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_shapes={name: {0: batch, 1: sequence} for name in inputs},
+                verbose=False,
+            )
     except Exception as err:  # noqa: BLE001  (the exporter raises many types; all mean "this model cannot")
         raise MtdnnError(f"export: ONNX export of {', '.join(tasks)} failed: {root_cause(err)}") from None
     if quantize == "int8":
@@ -106,12 +111,13 @@ def export_onnx(run, specs: list[TaskSpec], staging: Path, quantize: str | None)
 
         # per channel: one scale per output row; per tensor cost the 3-layer rt_polarity student 0.6 points of
         # accuracy (0.7744 vs fp32's 0.7806; per channel: 0.7806) at the same speed
-        quantize_dynamic(
-            str(staging / FILES["onnx"]),
-            str(staging / FILES["onnx-int8"]),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-        )
+        with known_harmless_warnings_off():
+            quantize_dynamic(
+                str(staging / FILES["onnx"]),
+                str(staging / FILES["onnx-int8"]),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+            )
     write_json(
         staging / META,
         {
@@ -121,6 +127,19 @@ def export_onnx(run, specs: list[TaskSpec], staging: Path, quantize: str | None)
             "files": [f for f in FILES.values() if (staging / f).is_file()],
         },
     )
+
+
+@contextmanager
+def known_harmless_warnings_off() -> Iterator[None]:
+    """The exporter's and the quantizer's routine notices (torchvision's ops not registered, axis renaming,
+    "consider pre-processing") are not the user's business; MTDNN_VERBOSE=1 shows them."""
+    if os.environ.get("MTDNN_VERBOSE") == "1":
+        yield
+        return
+    with warnings.catch_warnings(), quiet_logger("torch.onnx"), quiet_logger(""):
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
 
 
 def copy_run_files(run_dir: Path, specs: list[TaskSpec], staging: Path, tokenizer) -> None:
