@@ -315,6 +315,25 @@ def test_the_python_api_scores_pairs_of_a_bi_task_like_evaluate(bi_run):
     assert model.predict("toy_same", [("old dog", "the dog")])[0]["label"] == "yes"
 
 
+def _with_sentence_transformers(folder, expression: str) -> str:
+    """`expression` of the folder loaded as `m = SentenceTransformer(folder)`, in a child process without
+    mtdnn: what a user of the export gets."""
+    code = (
+        "import sys, json\nsys.modules['mtdnn'] = None\n"
+        "from sentence_transformers import SentenceTransformer\n"
+        f"m = SentenceTransformer({str(folder)!r}, device='cpu')\nprint({expression})\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
 def test_the_sentence_transformers_export_embeds_like_the_run(bi_run, tmp_path):
     from mtdnn.export import ExportConfig, export
     from mtdnn.kinds._bi import halves
@@ -333,21 +352,8 @@ def test_the_sentence_transformers_export_embeds_like_the_run(bi_run, tmp_path):
         hidden = loaded.model.encoder(**enc).last_hidden_state
     # the run's own pair embedding (what its bi head compares), not a pooling written here
     ours, _ = halves(torch.cat([hidden, hidden]), torch.cat([enc["attention_mask"]] * 2))
-    code = (
-        "import sys, json\nsys.modules['mtdnn'] = None\n"
-        "from sentence_transformers import SentenceTransformer\n"
-        f"m = SentenceTransformer({str(folder)!r}, device='cpu')\n"
-        f"print(json.dumps(m.encode({texts!r}, convert_to_numpy=True).tolist()))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    theirs = torch.tensor(json.loads(done.stdout.strip().splitlines()[-1]))
+    encoded = _with_sentence_transformers(folder, f"json.dumps(m.encode({texts!r}).tolist())")
+    theirs = torch.tensor(json.loads(encoded))
     assert torch.allclose(theirs, ours, atol=1e-5)
     card = (folder / "README.md").read_text()
     assert "library_name: sentence-transformers" in card and "pipeline_tag: sentence-similarity" in card
@@ -379,20 +385,7 @@ def test_the_sentence_transformers_export_compares_embeddings_as_the_task_scores
             run_dir=str(run_dir), task="toy_find", out=str(tmp_path / "st"), format="sentence-transformers"
         )
     )
-    code = (
-        "import sys\nsys.modules['mtdnn'] = None\n"
-        "from sentence_transformers import SentenceTransformer\n"
-        f"print(SentenceTransformer({str(folder)!r}, device='cpu').similarity_fn_name)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-1] == score
+    assert _with_sentence_transformers(folder, "m.similarity_fn_name") == score
 
 
 def test_bi_students_distil_from_cross_encoder_teachers(tmp_path):
