@@ -12,8 +12,9 @@ regularizer's checkpointed state, so a resumed run pulls towards the same weight
 
 The pull is small unless weight is of the order of 1 / (lr x steps): over a whole run at most weight x
 peak_lr x steps of the drift is pulled back. The paper's alpha 0.01 (SGD, coupled) at lr 5e-5 and a few
-hundred steps pulls back ~1e-4 of it, which measured as *exactly* `none` (docs/guide/regularizers.md). So the method says once,
-a tenth into the run, when that bound is below 1e-2: a knob that cannot change training.
+hundred steps pulls back ~1e-4 of it, which measured as *exactly* `none` (docs/guide/regularizers.md). So
+the method says once, a tenth into the run, when that bound is below 1e-2: a knob that cannot change
+training.
 """
 
 from __future__ import annotations
