@@ -12,8 +12,9 @@ epochs, evaluated once at the end on the full validation split (1,281 reviews). 
   hyper       frozen encoder + hyperformer adapters generated from task and layer embeddings (1e-3)
   lora        frozen encoder + LoRA rank 8, alpha 16 on query and value through peft (1e-3)
 Adapter arms train their new weights at trainer.head_lr, as docs/guide/adapters.md says. Reports per arm:
-accuracy (mean, sd), the paired difference to `full` with a 95% t interval, trainable parameters, seconds per step (training
-steps only; ratio to full) and the peak resident memory of the process (summary.json's peak_memory_mb).
+accuracy (mean, sd), the paired difference to `full` with a 95% t interval, trainable parameters, seconds per
+step (training steps only; ratio to full) and the peak resident memory of the process (summary.json's
+peak_memory_mb).
 Rerunning skips finished runs.
 """
 

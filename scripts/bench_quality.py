@@ -20,7 +20,8 @@ step-time ratio to `none` (median over seeds of the seconds per optimizer step, 
 
 `--record docs/quality/report.csv` tabulates an earlier protocol's rows beside new runs: the runs of the
 regularizer guide's table took several sessions and their folders are not kept. Each row keeps its step-time
-ratio to `none` as measured in its own session (`step_x_none`), since sessions ran on machines of different speeds.
+ratio to `none` as measured in its own session (`step_x_none`), since sessions ran on machines of different
+speeds.
 Delete a method's rows from the record to rerun it (after its defaults change).
 """
 
