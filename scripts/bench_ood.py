@@ -10,7 +10,8 @@ seed 0, batch 16, lr 5e-5 / head 1e-3, `--epochs` epochs, each method at its YAM
 weights), on the training domain; then `python -m mtdnn.evaluate ... data=<the other domains>` scores it on
 every other domain's validation split (the same regression head: each domain's raters use the same -4..+4
 scale). Reported per method: in-domain and mean out-of-domain Pearson (mean ± sd over seeds), each paired
-against `none` with its 95% t interval and the seeds it won. Writes docs/ood/report.md and report.csv.
+against `none` with its 95% t interval, the seeds it won out of domain, and the median step-time ratio to
+`none` on the same seed. Writes docs/ood/report.md and report.csv.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def read(arm: bq.Arm, args) -> dict | None:
     out = arm.folder(args.work)
     if not (out / "summary.json").is_file() or not (out / "eval" / "ood.json").is_file():
         return None
-    own = json.loads((out / "summary.json").read_text())["validation"][arm.task]["pearson"]
+    summary = json.loads((out / "summary.json").read_text())
+    own = summary["validation"][arm.task]["pearson"]
     elsewhere = json.loads((out / "eval" / "ood.json").read_text())
     by_domain = {name.split("@")[1]: scores["pearson"] for name, scores in elsewhere.items()}
     return {
@@ -66,6 +68,7 @@ def read(arm: bq.Arm, args) -> dict | None:
         "seed": arm.seed,
         "in_domain": own,
         "out_of_domain": statistics.fmean(by_domain.values()),
+        "step_seconds": summary["train_seconds"] / max(summary["steps"], 1),
         **by_domain,
     }
 
@@ -77,8 +80,8 @@ def table(args, rows: list[dict], command_line: str) -> str:
         f"trained on {task(args.train)} ({args.size} rows, {args.epochs:g} epochs)",
         "",
         "| method | seeds | in-domain Pearson | vs none | out-of-domain Pearson (mean of 3) | vs none "
-        "| wins |",
-        "|---|---|---|---|---|---|---|",
+        "| wins | step x none |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     base = {r["seed"]: r for r in rows if r["method"] == "none"}
     for method in args.methods:
@@ -96,6 +99,8 @@ def table(args, rows: list[dict], command_line: str) -> str:
             versus = "–" if method == "none" else f"{diff:+.4f} [{diff - half:+.4f}, {diff + half:+.4f}]"
             cells += [f"{statistics.fmean(values):.4f} ± {sd:.4f}", versus]
         cells.append("–" if method == "none" else f"{wins}/{n}")
+        ratios = [r["step_seconds"] / base[seed]["step_seconds"] for seed, r in mine.items() if seed in base]
+        cells.append(f"{statistics.median(ratios):.2f}" if ratios else "–")
         lines.append(f"| {method} | {len(mine)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
