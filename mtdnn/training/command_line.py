@@ -22,6 +22,15 @@ def check_overrides(overrides: list[str]) -> None:
 
 
 def compose_problem(given: list[str]) -> str | None:
+    try:
+        composed(given)
+    except Exception as err:  # Hydra and OmegaConf raise many types; all mean "this override is wrong"
+        return one_line(err)
+    return None
+
+
+def composed(given: list[str]):
+    """The run's configuration with Hydra's own, as Hydra will compose it from these overrides."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -29,12 +38,9 @@ def compose_problem(given: list[str]) -> str | None:
 
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            compose("train", overrides=given, return_hydra_config=True)
-    except Exception as err:  # Hydra and OmegaConf raise many types; all mean "this override is wrong"
-        return one_line(err)
+            return compose("train", overrides=given, return_hydra_config=True)
     finally:
         GlobalHydra.instance().clear()
-    return None
 
 
 @cli_errors
@@ -100,16 +106,9 @@ def _grammar_problem(parser, given: list[str]) -> str | None:
 
 def _sweeper_params(fixed: list[str]) -> dict[str, str]:
     """The search space the sweeper config holds (hydra.sweeper.params), after the fixed overrides."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            config = compose("train", overrides=fixed, return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
-    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    params = OmegaConf.select(composed(fixed), "hydra.sweeper.params") or {}
     return {str(k): str(v) for k, v in params.items()}
 
 
