@@ -19,7 +19,6 @@ Writes docs/transfer/affinity_overhead.md and .csv (with --set: into --work only
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import sys
@@ -123,11 +122,7 @@ def main() -> None:
     rows = [row for row in (read(args, seed) for seed in args.seeds) if row]
     text = table(rows, "python scripts/bench_affinity_overhead.py " + " ".join(sys.argv[1:]))
     out = args.work if args.set else ROOT / "docs" / "transfer"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "affinity_overhead.md").write_text(text)
-    with (out / "affinity_overhead.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["seed"])
-        writer.writeheader(), writer.writerows(rows)
+    bq.write_markdown_and_csv(out, "affinity_overhead", text, rows)
     print(text)
 
 

@@ -17,7 +17,6 @@ against `none` with its 95% t interval, the seeds it won out of domain, and the 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import statistics
@@ -140,12 +139,7 @@ def main() -> None:
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = [row for row in pool.map(lambda arm: train_and_score(arm, quality, args), arms) if row]
     text = table(args, rows, "python scripts/bench_ood.py " + " ".join(sys.argv[1:]))
-    folder = args.work if args.set else ROOT / "docs" / "ood"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.md").write_text(text)
-    with (folder / "report.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["method"])
-        writer.writeheader(), writer.writerows(rows)
+    bq.write_markdown_and_csv(args.work if args.set else ROOT / "docs" / "ood", "report", text, rows)
     print(text)
 
 

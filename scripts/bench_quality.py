@@ -358,6 +358,15 @@ def paired_plot(panels: list[tuple[str, dict[str, list[float]]]], path: Path) ->
     plt.close(fig)
 
 
+def write_markdown_and_csv(folder: Path, stem: str, text: str, rows: list[dict]) -> None:
+    """A benchmark's table as <stem>.md and its rows as <stem>.csv in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.md").write_text(text)
+    with (folder / f"{stem}.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["run"])
+        writer.writeheader(), writer.writerows(rows)
+
+
 def write_reports(work: Path, text: str, rows: list[dict], command_line: str) -> None:
     write_table_files(
         work,
