@@ -70,7 +70,7 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
         tasks, tokenizer, encoder, head_weights = load_and_encode(
             cfg, specs, output_dir if checkpoint is not None else init_from
         )
-        distiller = build_distiller(cfg, specs, tasks, tokenizer, device)
+        distiller = build_distiller(cfg, specs, tasks, tokenizer, encoder, device)
 
         # 3. model, optimizer, schedule, sampler, regularizers (or all of them as the checkpoint left them)
         model = build_model(cfg, specs, encoder, head_weights, checkpoint is None, device)

@@ -91,6 +91,15 @@ class DistillConfig:
     # initialise the student from the first teacher, keeping every k-th layer
     student_from_teacher: bool = False
     keep_every: int = 2  # with student_from_teacher: keep layers 0, k, 2k, ... of the teacher
+    # layer-wise terms (mtdnn/distill/layers.py); the teachers then run on every batch and share its tokenizer
+    hidden_weight: float = 0.0  # weight of the hidden-state term (TinyBERT; 0: off)
+    hidden_loss: str = "mse"  # mse | cosine (DistilBERT)
+    # [[student, teacher], ...] hidden-state indices, 0 = embeddings; null: uniform (TinyBERT)
+    layer_map: Optional[list[Any]] = None
+    attention_weight: float = 0.0  # weight of the last layer's attention-distribution KL (MiniLM; 0: off)
+    value_weight: float = 0.0  # weight of the last layer's value-relation KL (MiniLM; 0: off)
+    relation_heads: Optional[int] = None  # relation heads of those two terms (MiniLMv2); null: the student's
+    layers_from: str = "mean"  # whose layers: mean (of the teachers) | a teacher's index in teachers
 
 
 @dataclass

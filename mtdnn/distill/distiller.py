@@ -16,10 +16,11 @@ import torch
 from mtdnn import kinds
 from mtdnn.core.artifacts import sha256_of
 from mtdnn.core.config import DistillConfig
-from mtdnn.core.errors import MtdnnError
+from mtdnn.core.errors import MtdnnError, raise_if
 from mtdnn.core.paths import cache_dir
 from mtdnn.data.loading import TaskData, encode_splits
 from mtdnn.data.tasks import TaskSpec
+from mtdnn.distill.layers import LayerTerms, layer_problems, watching
 from mtdnn.distill.targets import SoftTargetFile, soft_targets, teacher_outputs, teacher_weights
 from mtdnn.evaluation.engine import collator_for, evaluate_split
 from mtdnn.runs.folder import load_run_specs
@@ -48,6 +49,7 @@ def distill_problems(cfg: DistillConfig, specs: list[TaskSpec]) -> list[str]:
         problems.append(f"distill.soft_targets: must be cache or on_the_fly, got '{cfg.soft_targets}'")
     if cfg.keep_every < 1:
         problems.append(f"distill.keep_every: must be >= 1, got {cfg.keep_every}")
+    problems += layer_setting_problems(cfg)
     for i, teacher in enumerate(cfg.teachers):
         folder = Path(os.path.expanduser(teacher))
         if not (folder / "config.yaml").is_file():
@@ -62,24 +64,61 @@ def distill_problems(cfg: DistillConfig, specs: list[TaskSpec]) -> list[str]:
                     f"distill.teachers[{i}]: task {spec.name} has labels {trained[spec.name].labels} "
                     f"there but {spec.labels} here"
                 )
-            elif cfg.soft_targets == "on_the_fly" and trained[spec.name].pair_encoding != spec.pair_encoding:
+            elif runs_on_batches(cfg) and trained[spec.name].pair_encoding != spec.pair_encoding:
+                setting, fix = (
+                    ("distill.soft_targets", "use soft_targets=cache")
+                    if cfg.soft_targets == "on_the_fly"
+                    else ("distill.hidden_weight/attention_weight/value_weight", "encode the pairs alike")
+                )
                 problems.append(
-                    f"distill.soft_targets: on_the_fly feeds the student's batches to the teachers, but "
+                    f"{setting}: the teachers run on the student's batches, but "
                     f"task {spec.name} is pair_encoding {trained[spec.name].pair_encoding} in "
-                    f"{folder} and {spec.pair_encoding} here; use soft_targets=cache"
+                    f"{folder} and {spec.pair_encoding} here; {fix}"
                 )
     return problems
 
 
+def layer_setting_problems(cfg: DistillConfig) -> list[str]:
+    problems = [
+        f"distill.{name}: must be >= 0, got {getattr(cfg, name)}"
+        for name in ("hidden_weight", "attention_weight", "value_weight")
+        if getattr(cfg, name) < 0
+    ]
+    if cfg.hidden_loss not in ("mse", "cosine"):
+        problems.append(f"distill.hidden_loss: must be mse or cosine, got '{cfg.hidden_loss}'")
+    if cfg.relation_heads is not None and cfg.relation_heads < 1:
+        problems.append(f"distill.relation_heads: must be >= 1, got {cfg.relation_heads}")
+    if cfg.layers_from != "mean" and not (
+        str(cfg.layers_from).isdigit() and int(cfg.layers_from) < len(cfg.teachers)
+    ):
+        problems.append(
+            f"distill.layers_from: must be mean or a teacher's index 0..{len(cfg.teachers) - 1}, "
+            f"got '{cfg.layers_from}'"
+        )
+    return problems
+
+
+def layered(cfg: DistillConfig) -> bool:
+    """Whether any layer-wise term is on."""
+    return cfg.mode == "ensemble" and max(cfg.hidden_weight, cfg.attention_weight, cfg.value_weight) > 0
+
+
+def runs_on_batches(cfg: DistillConfig) -> bool:
+    """Whether the teachers run on the student's own batches (so must tokenise and encode pairs alike)."""
+    return cfg.soft_targets == "on_the_fly" or layered(cfg)
+
+
 class Distiller:
-    def __init__(self, cfg: DistillConfig, specs: list[TaskSpec], device: torch.device):
+    def __init__(self, cfg: DistillConfig, specs: list[TaskSpec], device: torch.device, student_config=None):
+        """`student_config`: the student encoder's config (needed by the layer-wise terms)."""
         self.cfg = cfg
         self.device = device
         self.kinds = {spec.name: kinds.of(spec) for spec in specs}
         # cached targets need the teachers only now and then: they wait on the CPU, off the student's device
-        self.home = device if cfg.soft_targets == "on_the_fly" else torch.device("cpu")
+        self.home = device if runs_on_batches(cfg) else torch.device("cpu")
         with _own_rng(device):  # building the teachers must not shift the student's random stream
             self.teachers = [open_run(t, cfg.teacher_checkpoint, self.home) for t in cfg.teachers]
+        self.layers = self._layer_terms(student_config) if layered(cfg) else None
         self.identity = [
             {
                 "run_dir": str(Path(os.path.expanduser(t)).resolve()),
@@ -89,9 +128,50 @@ class Distiller:
             for t in cfg.teachers
         ]
 
+    def _layer_terms(self, student_config) -> LayerTerms:
+        chosen = self.layer_teachers
+        configs = [run.model.encoder.config for run in chosen]
+        raise_if(
+            layer_problems(self.cfg, student_config, configs, [str(run.run_dir) for run in chosen]),
+            "the layer-wise distillation settings have problems",
+        )
+        return LayerTerms(self.cfg, student_config, configs, self.device)
+
+    @property
+    def layer_teachers(self) -> list:
+        """The teachers whose layers the student learns from: all (averaged), or the one `layers_from`
+        names."""
+        if self.cfg.layers_from == "mean":
+            return self.teachers
+        return [self.teachers[int(self.cfg.layers_from)]]
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """What the distillation itself learns (the hidden-state projection): trained beside the student."""
+        return self.layers.parameters() if self.layers is not None else []
+
+    def state_dict(self) -> dict:
+        return self.layers.state_dict() if self.layers is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.layers is not None:
+            self.layers.load_state_dict(state)
+
+    def watching(self, model):
+        """Around the student's clean pass: its last layer's Q, K and V, when a relation term needs them."""
+        relations = self.layers is not None and self.layers.relations
+        return watching(model.encoder) if relations else nullcontext({})
+
+    def layer_terms(self, task: str, batch: dict, hidden: tuple, seen: dict) -> dict[str, torch.Tensor]:
+        """The weighted layer-wise terms of the student's clean pass against the teachers on the same
+        batch."""
+        if self.layers is None:
+            return {}
+        teacher = self.layers.of_teachers(self.layer_teachers, task, batch)
+        return self.layers.terms(teacher, hidden, seen, batch["attention_mask"])
+
     def _check_tokenizer(self, spec: TaskSpec, tokenizer) -> None:
         token_level = kinds.of(spec).token_level
-        if not token_level and self.cfg.soft_targets != "on_the_fly":
+        if not token_level and not runs_on_batches(self.cfg):
             return
         for teacher in self.teachers:
             if teacher.tokenizer.get_vocab() != tokenizer.get_vocab():
@@ -99,6 +179,8 @@ class Distiller:
                     f"{spec.head} targets are per token"
                     if token_level
                     else "on_the_fly runs the teachers on the student's batches"
+                    if self.cfg.soft_targets == "on_the_fly"
+                    else "the layer-wise terms run the teachers on the student's batches"
                 )
                 raise MtdnnError(
                     f"distill.teachers: {teacher.run_dir} tokenises differently from the student, but "

@@ -149,11 +149,11 @@ def load_and_encode(cfg: DictConfig, specs: list[TaskSpec], saved_run: Path | No
     return tasks, tokenizer, encoder, head_weights
 
 
-def build_distiller(cfg: DictConfig, specs: list[TaskSpec], tasks: dict, tokenizer, device):
+def build_distiller(cfg: DictConfig, specs: list[TaskSpec], tasks: dict, tokenizer, encoder, device):
     """The teachers and their soft targets when distilling (distill=ensemble)."""
     if cfg.distill.mode != "ensemble":
         return None
-    distiller = Distiller(cfg.distill, specs, device)
+    distiller = Distiller(cfg.distill, specs, device, encoder.config)
     for name, origin in distiller.attach_soft_targets(tasks, tokenizer, cfg.trainer.eval_batch_size).items():
         log.info("soft targets for %s: %s", name, origin)
     return distiller
@@ -200,7 +200,8 @@ def build_run(
         for s in specs
     }
     plan = make_plan(cfg.trainer, batches)
-    optimizer = build_optimizer(model, cfg.trainer, {s.name: s.head_lr for s in specs})
+    learned = distiller.parameters() if distiller is not None else []  # the distillation's own projection
+    optimizer = build_optimizer(model, cfg.trainer, {s.name: s.head_lr for s in specs}, learned)
     sizes = {s.name: len(tasks[s.name].encoded["train"]) for s in specs}
     draws = plan.total_steps * cfg.trainer.grad_accum * min(cfg.trainer.tasks_per_step, len(specs))
     balancer = build_balancer(
@@ -215,6 +216,7 @@ def build_run(
         build_regularizers(OmegaConf.to_container(cfg.regularizer, resolve=True), model, specs),
         balancer,
         TrainState(),
+        distiller,
     )
     monitor = None
     every = interval(cfg.trainer.affinity_every, len(specs))

@@ -47,15 +47,18 @@ def forward_backward(
 
     # record the clean pass's dropout masks only for regularizers that replay them in later passes
     dropout = DropoutReplay(device) if any(reg.replays_dropout for reg in regularizers.values()) else None
-    with_hidden = any(reg.needs_hidden_states for reg in regularizers.values())
+    layered = distiller is not None and distiller.layers is not None  # layer-wise distillation terms
+    with_hidden = layered or any(reg.needs_hidden_states for reg in regularizers.values())
     with autocast(device, bf16):
         embeds = model.embed(batch["input_ids"])
-        with dropout.record() if dropout else nullcontext():
+        watch = distiller.watching(model) if layered else nullcontext({})  # the last layer's Q, K, V
+        with dropout.record() if dropout else nullcontext(), watch as seen:
             out = model(task, **batch, inputs_embeds=embeds, hidden_states=with_hidden)
         logits, hidden = out if with_hidden else (out, None)
         loss = loss_of(logits)
         ctx = StepContext(model, task, batch, embeds, logits, dropout, loss_of, scale, hidden, loss)
-        terms, costs = {}, {}
+        terms = distiller.layer_terms(task, batch, hidden, seen) if layered else {}
+        costs = {}
         for name, reg in regularizers.items():
             started = time.perf_counter()
             terms.update(reg.penalty(ctx))

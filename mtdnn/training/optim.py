@@ -36,15 +36,24 @@ def param_groups(
 
 
 def build_optimizer(
-    model: nn.Module, cfg: TrainerConfig, task_head_lrs: dict[str, float] | None = None
+    model: nn.Module,
+    cfg: TrainerConfig,
+    task_head_lrs: dict[str, float] | None = None,
+    learned: list[nn.Parameter] | None = None,
 ) -> torch.optim.Optimizer:
+    """`learned`: new weights trained beside the model but not part of it (a distillation projection), last,
+    at the heads' rate."""
     extra = {}
     # the fused kernel is fastest where it exists (CUDA, and CPU in recent torch); fall back quietly
     if "fused" in inspect.signature(torch.optim.AdamW).parameters:
         device = next(model.parameters()).device
         extra["fused"] = device.type in ("cuda", "cpu")
+    groups = param_groups(model, cfg, task_head_lrs)
+    if learned:
+        head_lr = cfg.lr if cfg.head_lr is None else cfg.head_lr
+        groups.append({"params": learned, "lr": head_lr, "weight_decay": 0.0})
     return torch.optim.AdamW(
-        param_groups(model, cfg, task_head_lrs),
+        groups,
         lr=cfg.lr,
         betas=tuple(cfg.adam_betas),
         eps=cfg.adam_eps,

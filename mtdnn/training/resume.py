@@ -78,6 +78,7 @@ class Resumable:
     regularizers: dict  # name -> Regularizer
     balancer: Any  # mtdnn.balancers.Balancer
     state: TrainState
+    distiller: Any = None  # a Distiller (its learned projection), when distilling
 
     def state_dict(self) -> dict:
         return {
@@ -89,6 +90,7 @@ class Resumable:
             "rng": rng_state(),
             "regularizers": {name: reg.state_dict() for name, reg in self.regularizers.items()},
             "balancer": self.balancer.state_dict(),
+            "distiller": self.distiller.state_dict() if self.distiller is not None else {},
         }
 
     def restore(self, checkpoint: Path, model) -> None:
@@ -116,6 +118,8 @@ class Resumable:
         for name, reg in self.regularizers.items():
             reg.load_state_dict(saved.get("regularizers", {}).get(name, {}))
         self.balancer.load_state_dict(saved.get("balancer", {}))
+        if self.distiller is not None:
+            self.distiller.load_state_dict(saved.get("distiller", {}))
         self.state.load_state_dict(saved["train"])
         set_rng_state(saved["rng"])
         log.info("resumed from %s at step %d", checkpoint, self.state.step)
