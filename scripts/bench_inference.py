@@ -1,21 +1,26 @@
-"""Deployment speed: a MiniLM-L6 teacher vs its distilled 3-layer student, each in PyTorch and on ONNX
-Runtime (fp32 and int8), on the offline rt_polarity task.
+"""Deployment speed and quality: a MiniLM-L6 multi-task teacher against its distilled 3- and 2-layer students
+(output-only and layer-wise distillation, several seeds each), in PyTorch and on ONNX Runtime (fp32, int8),
+on rt_polarity (classification) and vader_domain_amazon (regression), both offline.
 
-    python scripts/bench_inference.py [--work bench_inference] [--rows 2000] [--threads 2] [--repeats 5]
-        [--json out.json]
+    python scripts/bench_inference.py [--work bench_inference] [--rows 2000] [--seeds 1 2 3] [--threads 2]
+        [--repeats 5] [--train-only] [--json docs/inference/results.json] [--plot docs/inference/curve.png]
 
-It trains what `--work` does not hold yet: the teacher on `--rows` training rows for 2 epochs, and two
-students distilled from the teacher's soft targets on the same rows (distill.student_from_teacher):
-`student` keeps layers 0, 2, 4 of the teacher (keep_every=2), `student-2l` layers 0, 3 (keep_every=3). Each
-run is exported with `python -m mtdnn.export ... format=onnx quantize=int8`. Then, for each (model,
-backend) pair, on the full validation split (1,281 reviews), with `--threads` intra-op threads:
+It trains what `--work` does not hold yet (stop and rerun at will): the teacher on both tasks (`--rows`
+rt_polarity rows, every amazon row, 2 epochs), then per seed four students cut from it
+(distill.student_from_teacher: keep_every=2 keeps layers 0, 2, 4; keep_every=3 layers 0, 3), each distilled
+on the same rows with `distill=ensemble` (the teacher's outputs) or `distill=layerwise` (outputs, hidden
+states, last-layer attention and value relations). Every run is exported once as one multi-task ONNX graph
+(`task=all format=onnx quantize=int8`). Then, with `--threads` intra-op threads:
 
-  throughput   examples/s at batch 32 (median of --repeats passes over the split, pairs interleaved)
-  latency      p50 / p95 milliseconds of single-example requests (300 requests)
-  memory       resident-set growth of this process when the model is loaded and run once (MB; a rough figure)
-  quality      validation accuracy, and the share of labels equal to the teacher in PyTorch
+  quality      each student seed's int8 graph on both validation splits: accuracy / Pearson as a share of the
+               teacher's PyTorch figure; mean and a 95% t-interval over seeds
+  throughput   examples/s at batch 32 (median of --repeats interleaved passes over rt_polarity's validation)
+  latency      p50 / p95 ms of single-text requests (300), and of the tokenizer alone on the same texts
+  memory       resident-set growth when the model is loaded and run once (MB; a rough figure)
+  one graph    the multi-task int8 graph serving both tasks against two per-task graphs: memory, latency
 
-Goal (issue #17): an int8 student at >= 4x the PyTorch teacher's throughput with >= 97% of its accuracy.
+Goal (issue #40): a student at >= 97% of the teacher's quality with int8 throughput >= 4x the teacher's
+PyTorch fp32, on both tasks, mean over seeds; its single-request p50 <= 3 ms.
 """
 
 from __future__ import annotations
@@ -33,48 +38,73 @@ from pathlib import Path
 import psutil
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_quality import t_quantile  # noqa: E402
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-TASK = "rt_polarity"
-STUDENTS = {"student": 2, "student-2l": 3}  # name -> distill.keep_every (6 teacher layers -> 3, 2)
+TASKS = ("rt_polarity", "vader_domain_amazon")
+SPEED_TASK = TASKS[0]
+STUDENTS = {"3 layers": 2, "2 layers": 3}  # name -> distill.keep_every (6 teacher layers -> 3, 2)
+METHODS = {"outputs": "ensemble", "layer-wise": "layerwise"}  # name -> conf/distill/<file>
 
 
 def command(*args: str) -> None:
     subprocess.run([sys.executable, "-m", *args], check=True, env=ENV)
 
 
-def train_models(work: Path, rows: int) -> dict[str, Path]:
-    """The teacher and the students (trained unless `work` holds them already), by name."""
-    teacher = work / "teacher"
-    common = [
-        f"task={TASK}",
-        f"+task_overrides.{TASK}.train_rows={rows}",
+def common(rows: int, seed: int) -> list[str]:
+    return [
+        f"task=[{','.join(TASKS)}]",
+        f"+task_overrides.{TASKS[0]}.train_rows={rows}",
         "trainer.epochs=2",
         "trainer.batch_size=16",
         "trainer.progress_bar=false",
         "predict_test=false",
-        "seed=1",
+        f"seed={seed}",
     ]
+
+
+def student_dir(work: Path, size: str, method: str, seed: int) -> Path:
+    return work / f"{size.replace(' ', '')}-{method}-s{seed}"
+
+
+def train_models(work: Path, rows: int, seeds: list[int]) -> tuple[Path, dict]:
+    """The teacher and every student (trained unless `work` holds them): (teacher, {(size, method, seed):
+    run})."""
+    teacher = work / "teacher"
     if not (teacher / "summary.json").is_file():
-        command("mtdnn.train", *common, f"output_dir={teacher}")
-    for name, keep_every in STUDENTS.items():
-        if not (work / name / "summary.json").is_file():
-            command(
-                "mtdnn.distill",
-                *common,
-                f"distill.teachers=[{teacher}]",
-                "distill.student_from_teacher=true",
-                f"distill.keep_every={keep_every}",
-                f"output_dir={work / name}",
-            )
-    return {"teacher": teacher, **{name: work / name for name in STUDENTS}}
+        command("mtdnn.train", *common(rows, 1), f"output_dir={teacher}")
+    students = {}
+    for seed in seeds:
+        for size, keep_every in STUDENTS.items():
+            for method, distill in METHODS.items():
+                out = student_dir(work, size, method, seed)
+                if not (out / "summary.json").is_file():
+                    command(
+                        "mtdnn.distill",
+                        *common(rows, seed),
+                        f"distill={distill}",
+                        f"distill.teachers=[{teacher}]",
+                        "distill.student_from_teacher=true",
+                        f"distill.keep_every={keep_every}",
+                        f"output_dir={out}",
+                    )
+                students[(size, method, seed)] = out
+    return teacher, students
 
 
-def export(run_dir: Path, out: Path) -> Path:
+def export(run_dir: Path, task: str = "all") -> Path:
+    """The run's int8 ONNX graph (every task by default; one task's alone when `task` names it)."""
+    out = (
+        run_dir.parent / f"{run_dir.name}_onnx"
+        if task == "all"
+        else run_dir.parent / f"{run_dir.name}_{task}"
+    )
     if not (out / "model_int8.onnx").is_file():
         command(
             "mtdnn.export",
             str(run_dir),
-            f"task={TASK}",
+            f"task={task}",
             f"out={out}",
             "format=onnx",
             "quantize=int8",
@@ -83,47 +113,24 @@ def export(run_dir: Path, out: Path) -> Path:
     return out
 
 
-def rss_mb() -> float:
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def validation_rows(spec) -> list[dict]:
+def validation(task: str) -> tuple[list[dict], list]:
     from mtdnn.data.loading import load_raw
+    from mtdnn.data.tasks import load_tasks
 
+    spec = load_tasks([task], [])[0]
     raw = load_raw(spec)["validation"]
     return [{"text": text} for text in raw[spec.columns.text]], list(raw[spec.columns.label])
 
 
-def measure(name: str, folder: Path, backend: str, texts: list[dict], args) -> dict:
-    from mtdnn import load_run
-
-    gc.collect()
-    before = rss_mb()
-    predictor = load_run(folder, backend=backend, device="cpu")
-    predictor.predict(TASK, texts[:32], batch_size=32)  # warm-up: graph optimisation, allocator
-    memory = rss_mb() - before
-    return {
-        "name": name,
-        "backend": backend,
-        "predictor": predictor,
-        "memory_mb": memory,
-        "passes": [],
-        "latency_ms": [],
-    }
+def score(task: str, records: list[dict], gold: list) -> float:
+    """Accuracy (classification) or Pearson's r (regression) of the records against the gold column."""
+    if "label" in records[0]:
+        return sum(r["label"] == g for r, g in zip(records, gold)) / len(gold)
+    return float(torch.corrcoef(torch.tensor([[r["prediction"] for r in records], gold]))[0, 1])
 
 
-def one_pass(entry: dict, texts: list[dict]) -> list[str]:
-    started = time.perf_counter()
-    records = entry["predictor"].predict(TASK, texts, batch_size=32)
-    entry["passes"].append(len(texts) / (time.perf_counter() - started))
-    return [r["label"] for r in records]
-
-
-def latencies(entry: dict, texts: list[dict], requests: int = 300) -> None:
-    for text in texts[:requests]:
-        started = time.perf_counter()
-        entry["predictor"].predict(TASK, [text], batch_size=1)
-        entry["latency_ms"].append(1000 * (time.perf_counter() - started))
+def rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -131,80 +138,262 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def interval(values: list[float]) -> tuple[float, float]:
+    """The 95% t-interval of the mean (a point when there is one value)."""
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return mean, mean
+    half = t_quantile(len(values)) * statistics.stdev(values) / len(values) ** 0.5
+    return mean - half, mean + half
+
+
+def quality(teacher: Path, students: dict, texts: dict, gold: dict) -> list[dict]:
+    """Each student seed's int8 graph on both tasks, as a share of the teacher's PyTorch score."""
+    from mtdnn import load_run
+
+    reference = load_run(teacher, device="cpu")
+    base = {
+        task: score(task, reference.predict(task, texts[task], batch_size=64), gold[task]) for task in TASKS
+    }
+    rows = [
+        {"model": "teacher", "method": "-", "task": t, "values": [base[t]], "share": [1.0]} for t in TASKS
+    ]
+    for size in STUDENTS:
+        for method in METHODS:
+            for task in TASKS:
+                values = []
+                for (s, m, _seed), run_dir in students.items():
+                    if (s, m) == (size, method):
+                        graph = load_run(export(run_dir), backend="onnx-int8", device="cpu")
+                        values.append(
+                            score(task, graph.predict(task, texts[task], batch_size=64), gold[task])
+                        )
+                rows.append(
+                    {
+                        "model": size,
+                        "method": method,
+                        "task": task,
+                        "values": values,
+                        "share": [v / base[task] for v in values],
+                    }
+                )
+    return rows
+
+
+def speed(folders: dict[str, tuple[Path, str]], texts: list[dict], repeats: int) -> list[dict]:
+    """Throughput at batch 32, single-request latency, tokenizer latency and memory, per (model, backend)."""
+    from mtdnn import load_run
+
+    entries = []
+    for name, (folder, backend) in folders.items():
+        gc.collect()
+        before = rss_mb()
+        predictor = load_run(folder, backend=backend, device="cpu")
+        predictor.predict(SPEED_TASK, texts[:32], batch_size=32)  # warm-up: graph optimisation, allocator
+        entries.append({"name": name, "predictor": predictor, "memory_mb": rss_mb() - before, "passes": []})
+    for _ in range(repeats):  # interleaved: machine noise falls on every model alike
+        for entry in entries:
+            started = time.perf_counter()
+            entry["predictor"].predict(SPEED_TASK, texts, batch_size=32)
+            entry["passes"].append(len(texts) / (time.perf_counter() - started))
+    for entry in entries:
+        entry["latency"] = single_requests(entry["predictor"], texts)
+        tokenizer = entry["predictor"].loaded.tokenizer
+        entry["tokenizer"] = []
+        for row in texts[:300]:
+            started = time.perf_counter()
+            tokenizer(row["text"], truncation=True)
+            entry["tokenizer"].append(1000 * (time.perf_counter() - started))
+    base = statistics.median(entries[0]["passes"])
+    return [
+        {
+            "model": entry["name"],
+            "examples_per_s": round(statistics.median(entry["passes"]), 1),
+            "speedup_vs_teacher_torch": round(statistics.median(entry["passes"]) / base, 2),
+            "latency_p50_ms": round(percentile(entry["latency"], 0.5), 2),
+            "latency_p95_ms": round(percentile(entry["latency"], 0.95), 2),
+            "tokenizer_p50_ms": round(percentile(entry["tokenizer"], 0.5), 3),
+            "memory_mb": round(entry["memory_mb"], 1),
+        }
+        for entry in entries
+    ]
+
+
+def single_requests(predictor, texts: list[dict], task: str = SPEED_TASK, requests: int = 300) -> list[float]:
+    times = []
+    for row in texts[:requests]:
+        started = time.perf_counter()
+        predictor.predict(task, [row], batch_size=1)
+        times.append(1000 * (time.perf_counter() - started))
+    return times
+
+
+def one_graph_or_two(run_dir: Path, texts: dict) -> list[dict]:
+    """Serving both tasks: the multi-task int8 graph (one session) against one per-task graph each."""
+    from mtdnn import load_run
+
+    rows = []
+    for label, folders in [("one multi-task graph", [export(run_dir)] * 2), ("a graph per task", None)]:
+        folders = folders or [export(run_dir, task) for task in TASKS]
+        gc.collect()
+        before = rss_mb()
+        served = {}
+        for task, folder in zip(TASKS, folders):
+            served[task] = served.get(folder) or load_run(folder, backend="onnx-int8", device="cpu")
+            served[folder] = served[task]
+            served[task].predict(task, texts[task][:32], batch_size=32)
+        memory = rss_mb() - before
+        for task in TASKS:
+            latency = single_requests(served[task], texts[task], task)
+            rows.append(
+                {
+                    "serving": label,
+                    "task": task,
+                    "memory_mb": round(memory, 1),
+                    "latency_p50_ms": round(percentile(latency, 0.5), 2),
+                }
+            )
+    return rows
+
+
+def summarise(quality_rows: list[dict], speed_rows: list[dict]) -> list[str]:
+    """The quality table (mean share of the teacher with its interval) and whether each student meets the
+    goal."""
+    int8 = {r["model"]: r for r in speed_rows}
+    lines = [
+        "| student | distillation | task | score (mean of seeds) | of teacher's | 95% interval "
+        "| int8 × teacher |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    verdicts = {}
+    for row in quality_rows:
+        low, high = interval(row["share"])
+        mean = statistics.mean(row["share"])
+        fast = int8.get(f"{row['model']} int8", {}).get("speedup_vs_teacher_torch", float("nan"))
+        lines.append(
+            f"| {row['model']} | {row['method']} | {row['task']} | {statistics.mean(row['values']):.4f} | "
+            f"{100 * mean:.1f}% | [{100 * low:.1f}, {100 * high:.1f}] | {fast:.2f} |"
+        )
+        if row["model"] != "teacher":
+            key = (row["model"], row["method"])
+            verdicts[key] = verdicts.get(key, True) and mean >= 0.97 and fast >= 4
+    by = {(r["model"], r["method"], r["task"]): r["share"] for r in quality_rows}
+    lines.append("\npaired by seed, layer-wise minus outputs (points of the teacher's score, 95% interval):")
+    for size in STUDENTS:
+        for task in TASKS:
+            diffs = [
+                100 * (a - b) for a, b in zip(by[(size, "layer-wise", task)], by[(size, "outputs", task)])
+            ]
+            low, high = interval(diffs)
+            wins = sum(d > 0 for d in diffs)
+            lines.append(
+                f"- {size}, {task}: {statistics.mean(diffs):+.2f} [{low:+.2f}, {high:+.2f}], "
+                f"{wins}/{len(diffs)} seeds"
+            )
+    for (model, method), met in verdicts.items():
+        lines.append(
+            f"goal ({model}, {method}): >= 97% of the teacher on both tasks at >= 4x: "
+            f"{'met' if met else 'not met'}"
+        )
+    return lines
+
+
+def plot(quality_rows: list[dict], speed_rows: list[dict], out: Path) -> None:
+    """Speed (int8 × teacher) against quality (share of the teacher), one marker per student and task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    int8 = {r["model"]: r["speedup_vs_teacher_torch"] for r in speed_rows}
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    for row in quality_rows:
+        if row["model"] == "teacher":
+            continue
+        low, high = interval(row["share"])
+        mean = statistics.mean(row["share"])
+        axes.errorbar(
+            int8[f"{row['model']} int8"] + (0.05 if row["method"] == "layer-wise" else -0.05),
+            100 * mean,
+            yerr=[[100 * (mean - low)], [100 * (high - mean)]],
+            fmt="o" if row["task"] == TASKS[0] else "s",
+            color="C1" if row["method"] == "layer-wise" else "C0",
+            label=f"{row['method']}, {row['task']}",
+            capsize=3,
+        )
+    axes.axhline(97, color="grey", linestyle="--", linewidth=0.8)
+    axes.axvline(4, color="grey", linestyle="--", linewidth=0.8)
+    axes.set_xlabel("int8 throughput, × the teacher in PyTorch fp32")
+    axes.set_ylabel("% of the teacher's score (mean of seeds, 95% CI)")
+    handles, labels = axes.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    axes.legend(unique.values(), unique.keys(), fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("bench_inference"))
     parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--train-only", action="store_true", help="train and export, measure nothing")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # ONNX Runtime's sessions read it at creation
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    folders = train_models(work, args.rows)
-    onnx = {name: export(run, work / f"{name}_onnx") for name, run in folders.items()}
-
-    from mtdnn.data.tasks import load_tasks
-
-    texts, gold = validation_rows(load_tasks([TASK], [])[0])
-    entries = []
-    for name in folders:
-        entries += [
-            measure(name, folders[name], "torch", texts, args),
-            measure(name, onnx[name], "onnx", texts, args),
-            measure(name, onnx[name], "onnx-int8", texts, args),
-        ]
-    labels = {}
-    for _ in range(args.repeats):  # interleaved: machine noise falls on every pair alike
-        for entry in entries:
-            labels[(entry["name"], entry["backend"])] = one_pass(entry, texts)
-    for entry in entries:
-        latencies(entry, texts)
-    reference = labels[("teacher", "torch")]
-    base = statistics.median(entries[0]["passes"])
-    results = []
-    for entry in entries:
-        predicted = labels[(entry["name"], entry["backend"])]
-        results.append(
-            {
-                "model": entry["name"],
-                "backend": entry["backend"],
-                "examples_per_s": round(statistics.median(entry["passes"]), 1),
-                "speedup_vs_teacher_torch": round(statistics.median(entry["passes"]) / base, 2),
-                "latency_p50_ms": round(percentile(entry["latency_ms"], 0.5), 2),
-                "latency_p95_ms": round(percentile(entry["latency_ms"], 0.95), 2),
-                "memory_mb": round(entry["memory_mb"], 1),
-                "accuracy": round(sum(p == g for p, g in zip(predicted, gold)) / len(gold), 4),
-                "agrees_with_teacher": round(
-                    sum(p == r for p, r in zip(predicted, reference)) / len(gold), 4
-                ),
-            }
-        )
-    teacher_accuracy = results[0]["accuracy"]
-    print(f"rt_polarity validation ({len(texts)} reviews), {args.threads} threads, batch 32 for throughput\n")
+    teacher, students = train_models(work, args.rows, args.seeds)
+    for run_dir in [teacher, *students.values()]:
+        export(run_dir)
+    if args.train_only:
+        return
+    torch.set_num_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # ONNX Runtime's sessions read it at creation
+    data = {task: validation(task) for task in TASKS}
+    texts, gold = {t: d[0] for t, d in data.items()}, {t: d[1] for t, d in data.items()}
+    first = args.seeds[0]
+    folders = {"teacher torch": (teacher, "torch"), "teacher int8": (export(teacher), "onnx-int8")}
+    for size in STUDENTS:
+        run_dir = students[(size, "layer-wise", first)]
+        folders |= {f"{size} torch": (run_dir, "torch"), f"{size} int8": (export(run_dir), "onnx-int8")}
+    speed_rows = speed(folders, texts[SPEED_TASK], args.repeats)
+    quality_rows = quality(teacher, students, texts, gold)
+    serving = one_graph_or_two(students[("3 layers", "layer-wise", first)], texts)
     print(
-        "| model | backend | examples/s | × teacher (torch) | p50 ms | p95 ms | memory MB | accuracy | "
-        "of teacher's | same label as teacher |"
+        f"{args.threads} threads; throughput at batch 32 on {SPEED_TASK} validation "
+        f"({len(texts[SPEED_TASK])} rows)\n"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in results:
+    print("| model | examples/s | × teacher (torch) | p50 ms | p95 ms | tokenizer p50 ms | memory MB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in speed_rows:
         print(
-            f"| {r['model']} | {r['backend']} | {r['examples_per_s']} | {r['speedup_vs_teacher_torch']:.2f} "
-            "| "
-            f"{r['latency_p50_ms']} | {r['latency_p95_ms']} | {r['memory_mb']} | {r['accuracy']:.4f} | "
-            f"{100 * r['accuracy'] / teacher_accuracy:.1f}% | {100 * r['agrees_with_teacher']:.1f}% |"
+            f"| {r['model']} | {r['examples_per_s']} | {r['speedup_vs_teacher_torch']:.2f} | "
+            f"{r['latency_p50_ms']} | "
+            f"{r['latency_p95_ms']} | {r['tokenizer_p50_ms']} | {r['memory_mb']} |"
         )
-    for goal in (r for r in results if r["model"] in STUDENTS and r["backend"] == "onnx-int8"):
-        met = goal["speedup_vs_teacher_torch"] >= 4 and goal["accuracy"] >= 0.97 * teacher_accuracy
-        print(
-            f"goal ({goal['model']}): int8 >= 4x the teacher's throughput at >= 97% of its accuracy: "
-            f"{goal['speedup_vs_teacher_torch']:.2f}x at {100 * goal['accuracy'] / teacher_accuracy:.1f}% -> "
-            f"{'met' if met else 'not met'}"
-        )
+    print(f"\nquality: int8 students, seeds {args.seeds}\n")
+    print("\n".join(summarise(quality_rows, speed_rows)))
+    print("\n| serving both tasks | task | memory MB | p50 ms |\n|---|---|---|---|")
+    for r in serving:
+        print(f"| {r['serving']} | {r['task']} | {r['memory_mb']} | {r['latency_p50_ms']} |")
+    if args.plot:
+        plot(quality_rows, speed_rows, args.plot)
     if args.json:
-        args.json.write_text(json.dumps({"threads": args.threads, "results": results}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "threads": args.threads,
+                    "seeds": args.seeds,
+                    "speed": speed_rows,
+                    "quality": quality_rows,
+                    "serving": serving,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":
