@@ -144,6 +144,11 @@ def test_trains_predicts_and_leaves_unlabelled_test_rows_unscored(tmp_path):
     assert len(lines) == 30 and set(lines[0]) == {"id", "text", "labels", "scores"}
     right = sum(set(r["labels"]) == {c for c in COLOURS if c in r["text"].split()} for r in lines)
     assert right >= 25
+    # texts alone take predict()'s in-memory path: the records the command wrote from the file
+    from mtdnn import load_run
+
+    served = load_run(tmp_path / "run", device="cpu").predict("colours", [r["text"] for r in lines])
+    assert json.dumps(served) == json.dumps(lines)
 
 
 def test_distills_and_exports(tmp_path):

@@ -87,6 +87,52 @@ def test_texts_pairs_and_sentences_are_accepted_as_they_are(trained):
         model.predict("nope", texts)
 
 
+@pytest.mark.parametrize(
+    "task, inputs",
+    [
+        ("toy_sent", ["a good film", "an awful plot", "good", "awful awful awful and long"]),
+        ("toy_sent", [{"sentence": "good", "extra": 1}, {"sentence": "an awful plot", "extra": 2}]),
+        ("toy_count", [("one two", "three"), ("four", "five six seven"), ("eight", "nine")]),
+    ],
+)
+def test_clean_texts_skip_datasets_and_give_the_checked_paths_records(trained, task, inputs, monkeypatch):
+    """Clean texts are served from memory (no `datasets` table is built); the records are those of the
+    checked path, batch for batch."""
+    import datasets
+
+    from mtdnn import load_run
+    from mtdnn.serving import predictor
+
+    model = load_run(trained[1], device="cpu")
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a datasets table was built")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(datasets.Dataset, "from_list", refuse)
+        fast = model.predict(task, inputs, batch_size=2)
+    monkeypatch.setattr(predictor, "clean_texts", lambda spec, rows: False)
+    checked = model.predict(task, inputs, batch_size=2)
+    assert len(fast) == len(inputs) and json.dumps(fast) == json.dumps(checked)
+
+
+def test_inputs_the_checks_must_see_take_the_checked_path(trained):
+    from mtdnn.serving.predictor import clean_texts
+
+    model = trained[1]
+    from mtdnn import load_run
+
+    spec = load_run(model, device="cpu").loaded.specs["toy_sent"]
+    assert clean_texts(spec, [{"sentence": "fine"}, {"sentence": "good"}])
+    assert not clean_texts(spec, [{"sentence": "fine"}, {"sentence": "  "}])  # blank: its message
+    assert not clean_texts(spec, [{"sentence": "fine"}, {"sentence": 3}])  # not a text
+    assert not clean_texts(spec, [{"sentence": "fine"}, {"sentence": "x", "other": 1}])  # ragged columns
+    assert not clean_texts(spec, [{"sentence": "fine", "label": "pos"}])  # gold labels: scored, checked
+    assert not clean_texts(spec, [{"text": "fine"}])  # the task's column missing
+    ranking = load_run(model, device="cpu").loaded.specs["toy_rank"]
+    assert not clean_texts(ranking, [{"query": "q", "candidate": "c", "group": 1, "label": 1}])
+
+
 def test_one_off_rows_skip_hashing_the_tokenizer_and_training_splits_keep_their_content_key(tmp_path):
     """map_rows: predict() input gets a fresh fingerprint instead of pickling the tokenizer per call;
     training data (in memory or read from disk) keeps datasets' content fingerprint, which cache files and

@@ -68,6 +68,7 @@ class Options:
 
 
 class Classification(Kind):
+    plain_rows = True
     name = "classification"
     bi_encoding = True
     summary = "one label per text or text pair (softmax, cross-entropy)"

@@ -86,6 +86,7 @@ def label_values(spec: TaskSpec, value: Any) -> list | None:
 
 
 class Multilabel(Kind):
+    plain_rows = True
     name = "multilabel"
     summary = "any number of labels per text or text pair (a sigmoid per label, binary cross-entropy)"
     metrics = ("f1_micro", "f1_macro", "exact_match", "hamming_loss")

@@ -75,6 +75,7 @@ class Options:
 
 
 class Regression(Kind):
+    plain_rows = True
     name = "regression"
     bi_encoding = True
     Options = Options
