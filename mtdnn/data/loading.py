@@ -236,6 +236,8 @@ def check_rows(data: TaskData) -> list[str]:
             )
             continue
         for (role, reason), rows in bad.items():
+            if not rows:  # a kind's check that found nothing
+                continue
             more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
             problems.append(f"{spec.file}: columns.{role}: split '{split}' row {rows[0] + 1}: {reason}{more}")
     if spec.on_bad_row == "skip":

@@ -62,7 +62,7 @@ class Kind:
     gaussian_likelihood = False
     bi_encoding = False  # takes pair_encoding: bi (mtdnn/kinds/_bi.py)
     token_level = False  # soft targets per token: teachers must tokenise exactly like the student
-    # one text (or text pair) per row, encoded by `map` alone: predict() may serve clean texts without `datasets`
+    # one text (or pair) per row, encoded by `map` alone: predict() may serve clean texts without `datasets`
     plain_rows = False
     Options: type = NoOptions  # the kind's own top-level task-YAML fields, as a dataclass
     summary = ""  # one line for the task guide

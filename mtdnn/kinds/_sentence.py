@@ -79,7 +79,11 @@ def mixed_type_rows(name: str, values: pd.Series) -> BadRows:
     message = (
         f"label must be of one type in the whole column; column '{name}' mixes {mixes}, most rows {usual}"
     )
-    return {("label", message): np.flatnonzero((values.notna() & (kinds != usual)).to_numpy()).tolist()}
+    bad = values.notna() & (kinds != usual)
+    if not bad.any():  # one Python type whose contents Arrow cannot type alike (lists, dicts): all filled
+        bad = values.notna()
+        message = f"label must be a single value; column '{name}' holds {usual} values of mixed contents"
+    return {("label", message): np.flatnonzero(bad.to_numpy()).tolist()}
 
 
 def feature_kind(feature) -> str:

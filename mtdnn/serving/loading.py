@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from mtdnn.core.errors import MtdnnError, reading_saved
+from mtdnn.core.errors import MtdnnError, damaged, reading_saved
 from mtdnn.data.tasks import TaskSpec
 from mtdnn.model.encoders import saved_tokenizer, saved_tokenizer_and_encoder
 from mtdnn.model.multitask import MultiTaskModel
@@ -42,8 +42,7 @@ def open_run(run_dir: str, checkpoint: str, device: torch.device, backend: str =
         raise MtdnnError(f"backend: must be one of {', '.join(BACKENDS)}, got '{backend}'")
     if not (folder / "config.yaml").is_file():
         raise MtdnnError(f"run_dir: {folder} is not an mtdnn run folder (no config.yaml)")
-    with reading_saved(folder / "config.yaml"):
-        config = OmegaConf.load(folder / "config.yaml")
+    config = saved_config(folder / "config.yaml")
     specs = load_run_specs(folder)
     if is_onnx_folder(folder):
         if backend == "torch":
@@ -70,6 +69,22 @@ def open_run(run_dir: str, checkpoint: str, device: torch.device, backend: str =
     )
     load_weights(model, weights)
     return LoadedRun(folder, model.to(device).eval(), tokenizer, {s.name: s for s in specs}, config)
+
+
+SAVED_CONFIG_KEYS = ("task", "encoder.pooling")  # what loading reads; every run's config.yaml has them
+
+
+def saved_config(path: Path):
+    """A run's config.yaml, refused when it is not a mapping holding what loading reads (cut short: an empty
+    file loads as an empty config, and a missing key would surface later as a library error)."""
+    with reading_saved(path):
+        config = OmegaConf.load(path)
+    if not isinstance(config, DictConfig):
+        raise damaged(path, "run_dir", "not a mapping of settings")
+    lacking = [key for key in SAVED_CONFIG_KEYS if OmegaConf.select(config, key, default=None) is None]
+    if lacking:
+        raise damaged(path, "run_dir", f"no {' or '.join(lacking)}")
+    return config
 
 
 def missing_task_files(folder: Path, names: list[str], specs: list[TaskSpec]) -> None:

@@ -24,7 +24,7 @@ import torch
 
 from mtdnn import kinds
 from mtdnn.core.distributed import pick_device
-from mtdnn.core.errors import MtdnnError, raise_if
+from mtdnn.core.errors import MtdnnError, first_line
 from mtdnn.data.loading import TaskData, check_columns, check_rows, encode_splits
 from mtdnn.evaluation.engine import collator_for, evaluate_split, model_device
 from mtdnn.kinds import ONE_OFF_ROWS
@@ -67,10 +67,43 @@ class Predictor:
             return []
         if clean_texts(spec, rows):  # the common request: served without building a `datasets` table
             return plain_records(self.loaded, spec, InMemoryRows.of(rows), batch_size, bf16)
-        import datasets
-
+        if problems := text_type_problems(spec, rows):
+            raise MtdnnError(f"the input has problems: {'; '.join(problems)}")
         with one_off_rows():
-            return records_of(self.loaded, spec, SPLIT, datasets.Dataset.from_list(rows), batch_size, bf16)
+            return records_of(self.loaded, spec, SPLIT, as_table(rows), batch_size, bf16)
+
+
+def text_type_problems(spec, rows: list[dict]) -> list[str]:
+    """Texts that are not strings, per text column (Arrow would refuse a column mixing them, or turn numbers
+    into text)."""
+    problems = []
+    for role in ("text", "text_pair"):
+        name = getattr(spec.columns, role, None)
+        bad = [
+            i
+            for i, row in enumerate(rows)
+            if name and row.get(name) is not None and not isinstance(row[name], str)
+        ]
+        if bad:
+            more = f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""
+            got = type(rows[bad[0]][name]).__name__
+            problems.append(
+                f"{spec.file}: columns.{role}: row {bad[0] + 1}: text must be a string, got {got}{more}"
+            )
+    return problems
+
+
+def as_table(rows: list[dict]):
+    """The rows as a `datasets` table; a column mixing types Arrow cannot hold together is one line."""
+    import datasets
+    import pyarrow as pa
+
+    try:
+        return datasets.Dataset.from_list(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise MtdnnError(
+            f"inputs: a column holds values of different types ({first_line(err)}); give each column one type"
+        ) from None
 
 
 @contextmanager
@@ -93,7 +126,10 @@ def one_off_rows() -> Iterator[None]:
 def records_of(run: LoadedRun, spec, split: str, rows, batch_size: int, bf16: bool = False) -> list[dict]:
     """Check, tokenise and predict one split of raw rows (a `datasets.Dataset`): the records, in row order."""
     data = TaskData(spec, {split: rows})
-    raise_if(check_columns(spec, data.raw) or check_rows(data), "the input has problems")
+    if problems := check_columns(spec, data.raw) or check_rows(data):  # one line: a caller logs it as one
+        raise MtdnnError(
+            problems[0] if len(problems) == 1 else f"the input has problems: {'; '.join(problems)}"
+        )
     encode_splits(data, run.tokenizer)
     records, _ = evaluate_split(
         run.model,
