@@ -120,3 +120,48 @@ def test_tokenizer_vocab_size_is_refused_for_pretrained_encoders():
     assert any(
         "encoder.tokenizer_vocab_size: only for random-init" in p for p in encoder_problems(cfg.encoder)
     )
+
+
+def test_the_attention_implementation_is_chosen_recorded_and_exact(tmp_path):
+    """encoder.attn_implementation: eager and sdpa train the same model to within float error; the summary
+    names the one used; one that cannot run is one line naming the setting."""
+    import subprocess
+    import sys
+
+    import torch
+    from conftest import tiny_overrides, write_toy_tasks
+    from safetensors.torch import load_file
+
+    from mtdnn.train import run
+
+    folder = write_toy_tasks(tmp_path / "tasks")
+    weights = {}
+    for choice in ("eager", "sdpa"):
+        overrides = tiny_overrides(
+            folder,
+            "task=toy_sent",
+            "trainer.max_steps=4",
+            "trainer.eval_every=4",
+            "predict_test=false",
+            f"encoder.attn_implementation={choice}",
+        )
+        summary = run(compose_train(overrides), tmp_path / choice)
+        assert summary["attention"] == choice
+        saved = tmp_path / choice / "checkpoints" / "step_0000004" / "model.safetensors"
+        weights[choice] = load_file(str(saved))
+    for key, eager in weights["eager"].items():
+        assert torch.allclose(eager, weights["sdpa"][key], atol=1e-5), key
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mtdnn.train",
+            *tiny_overrides(folder, "task=toy_sent", "encoder.attn_implementation=flash_attention_9"),
+            f"output_dir={tmp_path / 'bad'}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert "encoder.attn_implementation: 'flash_attention_9' cannot be used" in done.stderr
+    assert "Traceback" not in done.stderr

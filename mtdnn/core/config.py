@@ -30,6 +30,9 @@ class EncoderConfig:
     pooling: str = "cls"  # cls | mean | pooler
     revision: Optional[str] = None  # hub: pin a commit or tag of the encoder
     trust_remote_code: bool = False  # hub: allow the model repository's own code
+    # eager | sdpa (PyTorch's fused attention) | flash_attention_2 | ...; null: the library's choice (sdpa
+    # where the model supports it). The run logs and summarises the one used.
+    attn_implementation: Optional[str] = None
 
 
 @dataclass

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mtdnn.core.artifacts import fetch_member
@@ -126,19 +127,43 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int):
 def build_encoder(enc: EncoderConfig, source: str | None, vocab_size: int):
     from transformers import AutoConfig, AutoModel
 
+    attention = {"attn_implementation": enc.attn_implementation} if enc.attn_implementation else {}
     if enc.from_config is not None:
         kwargs = dict(enc.from_config)
         config = AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
         config.vocab_size = max(getattr(config, "vocab_size", 0), vocab_size)
-        return AutoModel.from_config(config)
+        with attention_choice(enc.attn_implementation):
+            return AutoModel.from_config(config, **attention)
     try:
-        return AutoModel.from_pretrained(
-            source, trust_remote_code=enc.trust_remote_code, revision=enc.revision
-        )
+        with attention_choice(enc.attn_implementation):
+            return AutoModel.from_pretrained(
+                source, trust_remote_code=enc.trust_remote_code, revision=enc.revision, **attention
+            )
+    except MtdnnError:
+        raise
     except Exception as err:
         raise MtdnnError(
             f"encoder.name: cannot load '{source}': {type(err).__name__}: {first_line(err)}"
         ) from None
+
+
+@contextmanager
+def attention_choice(choice: str | None) -> Iterator[None]:
+    """A choice of attention the model or this machine cannot run is one line naming the setting."""
+    try:
+        yield
+    except (ValueError, ImportError) as err:
+        about_attention = "attn" in str(err).lower() or "attention" in str(err).lower()
+        if choice is None or not about_attention:
+            raise
+        raise MtdnnError(
+            f"encoder.attn_implementation: '{choice}' cannot be used: {first_line(err)}"
+        ) from None
+
+
+def attention_of(encoder) -> str:
+    """The attention implementation the encoder runs (eager, sdpa, ...)."""
+    return str(getattr(encoder.config, "_attn_implementation", None) or "eager")
 
 
 def encoder_layers(encoder, who: str):

@@ -15,6 +15,7 @@ from mtdnn.data.sampler import task_probabilities
 from mtdnn.evaluation.engine import evaluate_split, evaluate_tasks, write_records
 from mtdnn.kinds.metrics import show
 from mtdnn.model.adapters import trainable_parameters
+from mtdnn.model.encoders import attention_of
 from mtdnn.runs.checkpoints import best_checkpoint, load_weights
 from mtdnn.training.affinity import heatmap, summarise
 from mtdnn.training.run import Run
@@ -54,6 +55,7 @@ def log_plan(run: Run) -> None:
         f"(shared {counts['shared']:,}; per task "
         + ", ".join(f"{t} {n:,}" for t, n in counts["per_task"].items())
         + ")",
+        f"encoder: {type(run.model.encoder).__name__}, attention {attention_of(run.model.encoder)}",
         f"steps: {plan.total_steps} optimizer steps (batch {cfg.trainer.batch_size} x accum "
         f"{cfg.trainer.grad_accum}); one epoch = {plan.batches_per_epoch} batches; "
         f"evaluate every {plan.eval_every} steps; starting at step {run.state.step}",
@@ -119,6 +121,7 @@ def write_summary(run: Run) -> dict:
         "test": predict_test_splits(run),
         "tasks": task_counts(run),
         "trainable_parameters": trainable_parameters(run.model),
+        "attention": attention_of(run.model.encoder),  # the implementation the encoder ran (eager, sdpa, ...)
         "seconds": round(time.time() - run.started, 1),
         "train_seconds": round(state.train_seconds, 2),  # in training steps only (no evaluation, no setup)
         "peak_memory_mb": peak_memory_mb(run.device),
