@@ -3,7 +3,7 @@
 on rt_polarity (classification) and vader_domain_amazon (regression), both offline.
 
     python scripts/bench_inference.py [--work bench_inference] [--rows 2000] [--seeds 1 2 3] [--threads 2]
-        [--repeats 5] [--train-only] [--json docs/inference/results.json] [--plot docs/inference/curve.png]
+        [--repeats 5] [--train-only] [--out docs/inference]
 
 It trains what `--work` does not hold yet (stop and rerun at will): the teacher on both tasks (`--rows`
 rt_polarity rows, every amazon row, 2 epochs), then per seed four students cut from it
@@ -340,8 +340,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--train-only", action="store_true", help="train and export, measure nothing")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--plot", type=Path)
+    parser.add_argument("--out", type=Path, help="write report.md, results.json and curve.png here")
     args = parser.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -362,38 +361,33 @@ def main() -> None:
     speed_rows = speed(folders, texts[SPEED_TASK], args.repeats)
     quality_rows = quality(teacher, students, texts, gold)
     serving = one_graph_or_two(students[("3 layers", "layer-wise", first)], texts)
-    print(
+    lines = [
         f"{args.threads} threads; throughput at batch 32 on {SPEED_TASK} validation "
-        f"({len(texts[SPEED_TASK])} rows)\n"
-    )
-    print("| model | examples/s | × teacher (torch) | p50 ms | p95 ms | tokenizer p50 ms | memory MB |")
-    print("|---|---|---|---|---|---|---|")
-    for r in speed_rows:
-        print(
-            f"| {r['model']} | {r['examples_per_s']} | {r['speedup_vs_teacher_torch']:.2f} | "
-            f"{r['latency_p50_ms']} | "
-            f"{r['latency_p95_ms']} | {r['tokenizer_p50_ms']} | {r['memory_mb']} |"
+        f"({len(texts[SPEED_TASK])} rows); students for speed: seed {first}, layer-wise\n",
+        "| model | examples/s | × teacher (torch) | p50 ms | p95 ms | tokenizer p50 ms | memory MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['model']} | {r['examples_per_s']} | {r['speedup_vs_teacher_torch']:.2f} | "
+        f"{r['latency_p50_ms']} | {r['latency_p95_ms']} | {r['tokenizer_p50_ms']} | {r['memory_mb']} |"
+        for r in speed_rows
+    ]
+    lines += ["", f"Quality: the int8 graphs of the students, seeds {args.seeds}.", ""]
+    lines += summarise(quality_rows, speed_rows)
+    lines += ["", "| serving both tasks | task | memory MB | p50 ms |", "|---|---|---|---|"]
+    lines += [f"| {r['serving']} | {r['task']} | {r['memory_mb']} | {r['latency_p50_ms']} |" for r in serving]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        given = [a for a, b in zip(sys.argv[1:], [None, *sys.argv[1:]]) if "--work" not in (a, b)]
+        command_line = "python scripts/bench_inference.py " + " ".join(given)  # where it worked is not part
+        (args.out / "report.md").write_text(
+            f"# Inference: students, backends, latency\n\n```bash\n{command_line}\n```\n\n{text}"
         )
-    print(f"\nquality: int8 students, seeds {args.seeds}\n")
-    print("\n".join(summarise(quality_rows, speed_rows)))
-    print("\n| serving both tasks | task | memory MB | p50 ms |\n|---|---|---|---|")
-    for r in serving:
-        print(f"| {r['serving']} | {r['task']} | {r['memory_mb']} | {r['latency_p50_ms']} |")
-    if args.plot:
-        plot(quality_rows, speed_rows, args.plot)
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "threads": args.threads,
-                    "seeds": args.seeds,
-                    "speed": speed_rows,
-                    "quality": quality_rows,
-                    "serving": serving,
-                },
-                indent=2,
-            )
-        )
+        results = {"threads": args.threads, "seeds": args.seeds, "speed": speed_rows, "quality": quality_rows}
+        (args.out / "results.json").write_text(json.dumps({**results, "serving": serving}, indent=2))
+        plot(quality_rows, speed_rows, args.out / "curve.png")
 
 
 if __name__ == "__main__":
