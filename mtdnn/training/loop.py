@@ -124,7 +124,8 @@ def train(run: Run, tracker: Tracker) -> TrainState:
     """From the checkpoint's step (or 0) to the plan's last: each step accumulates its micro-batches, steps
     the optimizer, logs, and on the plan's cadence evaluates and checkpoints."""
     state, meter = run.state, LossMeter()
-    params = [p for p in run.model.parameters() if p.requires_grad]
+    # the distillation's projection trains beside the model: clipped, averaged over ranks, NaN-checked alike
+    params = [p for p in run.model.parameters() if p.requires_grad] + learned_beside(run)
     run.model.train()
     balancer = run.resumable.balancer
     named = [(n, p) for n, p in run.model.named_parameters() if p.requires_grad]
@@ -152,6 +153,11 @@ def train(run: Run, tracker: Tracker) -> TrainState:
         if (step % run.plan.eval_every == 0 or last) and evaluate_and_checkpoint(run, tracker, step):
             break
     return state
+
+
+def learned_beside(run: Run) -> list[torch.nn.Parameter]:
+    """Weights trained with the model but not part of it (layer-wise distillation's projection)."""
+    return run.distiller.parameters() if run.distiller is not None else []
 
 
 def accumulate(run: Run, meter: LossMeter, params: list, task_grads: TaskGradients | None, timed: bool):
@@ -184,7 +190,7 @@ def accumulate(run: Run, meter: LossMeter, params: list, task_grads: TaskGradien
         if task_grads is not None:
             dist.average_gradients(task_grads.params)
             task_grads.take()
-    dist.average_gradients(task_grads.others if task_grads is not None else params)
+    dist.average_gradients(task_grads.others + learned_beside(run) if task_grads is not None else params)
     step_losses = dist.average(losses.means()) if res.balancer.needs_losses else {}
     if task_grads is not None:
         task_grads.combine(res.balancer, [group[0] for group in groups], step_losses)
