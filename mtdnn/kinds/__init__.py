@@ -176,6 +176,13 @@ class Kind:
         log_p = F.log_softmax(logits.float() / temperature, -1)
         return F.kl_div(log_p, soft.float(), reduction="batchmean") * temperature**2
 
+    def serves_from_memory(self, spec: TaskSpec) -> bool:
+        """Whether predict() may serve this task's clean texts without `datasets` (plain rows, not a bi
+        pair encoding, whose two texts travel apart)."""
+        from mtdnn.kinds._bi import is_bi
+
+        return self.plain_rows and not is_bi(spec)
+
     # ---------------------------------------------------------------- export
     def export_formats(self, spec: TaskSpec) -> tuple[str, ...]:
         """The export formats (modules of mtdnn/export/) that can hold this task's model, the natural one

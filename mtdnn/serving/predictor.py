@@ -28,7 +28,6 @@ from mtdnn.core.errors import MtdnnError, first_line
 from mtdnn.data.loading import TaskData, check_columns, check_rows, encode_splits
 from mtdnn.evaluation.engine import collator_for, evaluate_split, model_device
 from mtdnn.kinds import ONE_OFF_ROWS
-from mtdnn.kinds._bi import is_bi
 from mtdnn.serving.loading import LoadedRun, open_run
 
 SPLIT = "test"  # inputs are read as a test split: gold columns are optional
@@ -182,8 +181,7 @@ class InMemoryRows:
 def clean_texts(spec, rows: list[dict]) -> bool:
     """Whether the rows need none of the checks' messages: a plain-rows kind (not bi), the same columns in
     every row, no gold column, and every text a non-blank string. Anything else takes the checked path."""
-    kind = kinds.of(spec)
-    if not kind.plain_rows or is_bi(spec):
+    if not kinds.of(spec).serves_from_memory(spec):
         return False
     names = set(rows[0])
     text_columns = [c for c in (spec.columns.text, spec.columns.text_pair) if c]
