@@ -65,13 +65,17 @@ def distill_problems(cfg: DistillConfig, specs: list[TaskSpec]) -> list[str]:
                     f"there but {spec.labels} here"
                 )
             elif runs_on_batches(cfg) and trained[spec.name].pair_encoding != spec.pair_encoding:
-                setting, fix = (
-                    ("distill.soft_targets", "use soft_targets=cache")
+                setting, who, fix = (
+                    ("distill.soft_targets", "on_the_fly", "use soft_targets=cache")
                     if cfg.soft_targets == "on_the_fly"
-                    else ("distill.hidden_weight/attention_weight/value_weight", "encode the pairs alike")
+                    else (
+                        "distill.hidden_weight/attention_weight/value_weight",
+                        "the layer-wise terms",
+                        "encode the pairs alike",
+                    )
                 )
                 problems.append(
-                    f"{setting}: the teachers run on the student's batches, but "
+                    f"{setting}: {who} feeds the student's batches to the teachers, but "
                     f"task {spec.name} is pair_encoding {trained[spec.name].pair_encoding} in "
                     f"{folder} and {spec.pair_encoding} here; {fix}"
                 )
