@@ -170,9 +170,12 @@ class LayerTerms:
                 out = run.model.encode(
                     task, batch["input_ids"], mask, batch.get("token_type_ids"), hidden_states=True
                 )
-            hidden.append([h.float() for h in out.hidden_states])
-            if self.relations:
+            # only what a weighted term reads: this runs on every training batch
+            if self.weights["hidden"]:
+                hidden.append([h.float() for h in out.hidden_states])
+            if self.weights["attention"]:
                 attention.append(relation_log_probs(seen["q"], seen["k"], self.heads, mask).exp())
+            if self.weights["values"]:
                 values.append(relation_log_probs(seen["v"], seen["v"], self.heads, mask).exp())
         mean = lambda xs: torch.stack(xs).mean(0)  # noqa: E731
         return TeacherLayers(
