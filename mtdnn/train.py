@@ -20,6 +20,7 @@ from mtdnn.core.errors import MtdnnError, first_line
 from mtdnn.core.interrupts import interrupts_at_safe_points
 from mtdnn.core.paths import conf_dir
 from mtdnn.data.loading import one_pass_in_turn
+from mtdnn.model.compiled import compile_encoder, is_compiled, uncompile
 from mtdnn.model.multitask import MultiTaskModel, bake_parametrizations
 from mtdnn.runs.folder import record_resume, save_overrides, save_run_files
 from mtdnn.runs.rng import seed_everything
@@ -81,8 +82,12 @@ def run(cfg: DictConfig, output_dir: Path, dist: Distributed | None = None) -> d
         if dist.is_main:
             write_run_files(cfg, output_dir, specs, tokenizer, encoder.config, checkpoint, changes)
 
-        # 4. train
+        # 4. train (with trainer.compile the encoder is compiled for the steps, eager again for the report)
+        if cfg.trainer.compile:
+            compile_steps(training)
         state = train_steps(training)
+        training.compiled = is_compiled(model.encoder)
+        uncompile(model.encoder)
         dist.barrier()  # rank 0 has written the last checkpoint
         if not dist.is_main:
             return {"rank": dist.rank, "steps": state.step}
@@ -118,6 +123,17 @@ def start_or_restore(training: Run, checkpoint: Path | None, changes: list[str])
     log_plan(training)
     if checkpoint is None:
         record_zero_shot(training)
+
+
+def compile_steps(training: Run) -> None:
+    """Compile the encoder; say so once when a regularizer's passes cannot use it."""
+    compile_encoder(training.model.encoder)
+    replaying = [name for name, reg in training.resumable.regularizers.items() if reg.replays_dropout]
+    if replaying:  # their dropout-mask replay is a TorchDispatchMode, which TorchDynamo does not trace
+        log.warning(
+            "trainer.compile: %s replays dropout masks, so training passes run eager (evaluation compiles)",
+            ", ".join(replaying),
+        )
 
 
 def train_steps(training: Run):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import re
 import subprocess
 import sys
@@ -32,9 +33,20 @@ LINE = re.compile(r"^\s+(?P<name>[\w.]+__mutmut_\d+): (?P<status>.+)$")
 GOAL = 0.85
 
 
+# mutmut forks a child per mutant from a process that has run torch: a forked OpenMP thread pool hangs, so
+# every test would "time out". One thread per process avoids the pool (and the children share the cores).
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
 def mutmut(*args: str, capture: bool = False) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "mutmut", *args], cwd=ROOT, text=True, capture_output=capture, check=False
+        [sys.executable, "-m", "mutmut", *args],
+        cwd=ROOT,
+        env={**os.environ, **ONE_THREAD, **OFFLINE},
+        text=True,
+        capture_output=capture,
+        check=False,
     )
     return done.stdout if capture else ""
 

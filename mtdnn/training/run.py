@@ -63,6 +63,7 @@ class Run:
     distiller: Any = None  # a Distiller when distilling
     affinity: Any = None  # an AffinityMonitor in multi-task runs (rank 0 measures)
     resumed_at_step: int | None = None  # the step a resumed run continued from (None: a fresh run)
+    compiled: bool = False  # the encoder ran compiled to the end (trainer.compile, no fallback to eager)
     started: float = field(default_factory=time.time)
 
     @property

@@ -122,6 +122,7 @@ def write_summary(run: Run) -> dict:
         "tasks": task_counts(run),
         "trainable_parameters": trainable_parameters(run.model),
         "attention": attention_of(run.model.encoder),  # the implementation the encoder ran (eager, sdpa, ...)
+        "compiled": run.compiled,  # trainer.compile, and no graph fell back to eager
         "seconds": round(time.time() - run.started, 1),
         "train_seconds": round(state.train_seconds, 2),  # in training steps only (no evaluation, no setup)
         "peak_memory_mb": peak_memory_mb(run.device),
