@@ -258,7 +258,8 @@ def evaluate_and_checkpoint(run: Run, tracker: Tracker, step: int) -> bool:
     task_bests = improved_tasks(state, results, specs, step) if len(specs) > 1 else []
     run.model.train()
     if run.dist.is_main:
-        tracker.evaluation(step, state.micro_batches / run.plan.batches_per_epoch, "validation", results)
+        epoch = state.micro_batches / run.plan.batches_per_epoch
+        tracker.evaluation(step, epoch, "validation", results, state.train_seconds)
         save_checkpoint(tracker.run_dir, step, run.model, run.resumable.state_dict())
         if improved:  # only after the checkpoint it names is complete
             save_best(tracker.run_dir, step, {"score": score, "validation": results})

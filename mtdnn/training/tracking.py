@@ -88,10 +88,14 @@ class Tracker:
         losses = [v for k, v in terms.items() if k.startswith("loss/")]
         self.bar.set_postfix({"loss": f"{sum(losses) / max(1, len(losses)):.4f}", "lr": f"{lr:.2e}"})
 
-    def evaluation(self, step: int, epoch: float, split: str, results: dict[str, dict[str, float]]) -> None:
+    def evaluation(
+        self, step: int, epoch: float, split: str, results: dict[str, dict[str, float]], train_seconds: float
+    ) -> None:
+        """`train_seconds`: time spent in training steps so far (what time-to-accuracy is measured in)."""
         # a resumed run re-evaluates steps after its checkpoint: keep one record per (step, split)
         self.evaluations = [e for e in self.evaluations if (e["step"], e["split"]) != (step, split)]
-        self.evaluations.append({"step": step, "epoch": round(epoch, 4), "split": split, "metrics": results})
+        record = {"step": step, "epoch": round(epoch, 4), "train_seconds": round(train_seconds, 3)}
+        self.evaluations.append({**record, "split": split, "metrics": results})
         write_json(self.run_dir / "metrics.json", self.evaluations)
         for task, scores in results.items():
             for metric, value in scores.items():
