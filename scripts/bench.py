@@ -11,6 +11,11 @@
   4. bf16      bf16 autocast vs fp32 step time, and the accuracy difference after the same short training
   5. memory    peak RSS (and CUDA memory on a GPU) per configuration
   6. startup   time to the first training batch with a cold vs a warm tokenisation cache (two subprocesses)
+  7. packing    encoder FLOPs of an epoch of real rows in length buckets vs packed into max_length sequences
+  8. trainer    the HF Trainer (run_glue defaults; group_by_length) against the toolkit (eager; compiled) to
+                the same validation accuracy (scripts/bench_trainer.py; full run only, --no-trainer skips)
+The step comparison (1) also times the toolkit compiled (trainer.compile) and with the other attention
+implementation (eager vs sdpa) on the main encoder.
 
 --quick uses the tiny encoder on a toy task written to a temporary folder (no download; for CI); the full run
 uses MiniLM-L6 and rt_polarity from their PyPI wheels. The same script runs unchanged on a GPU.
@@ -29,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
@@ -39,7 +45,8 @@ from mtdnn.core.paths import conf_dir
 from mtdnn.data.loading import Collator, TaskBatches, encode_splits, task_seed
 from mtdnn.data.tasks import load_tasks
 from mtdnn.evaluation.engine import collator_for, evaluate_split
-from mtdnn.model.encoders import build_encoder, build_tokenizer, pretrained_source
+from mtdnn.model.compiled import compile_encoder
+from mtdnn.model.encoders import attention_of, build_encoder, build_tokenizer, pretrained_source
 from mtdnn.model.multitask import MultiTaskModel
 from mtdnn.training.build import prepare_data, train_texts
 from mtdnn.training.loop import forward_backward
@@ -151,18 +158,34 @@ def random_batch(batch: int, tokens: int, vocab: int) -> dict[str, torch.Tensor]
     }
 
 
-def step_vs_plain(spec, encoder: nn.Module, shape: tuple[int, int], reps: int) -> dict:
-    toolkit = MultiTaskModel(copy.deepcopy(encoder), [spec], pooling="cls").to(DEVICE).train()
+def toolkit_stepper(spec, encoder: nn.Module, batch: dict, attention: str | None, compiled: bool):
+    """One toolkit training step as a function (its own model copy, optimizer, schedule)."""
+    model = MultiTaskModel(copy.deepcopy(encoder), [spec], pooling="cls").to(DEVICE).train()
+    if attention:
+        model.encoder.set_attn_implementation(attention)
+    if compiled:
+        compile_encoder(model.encoder)
+    cfg = TrainerConfig()
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, 10_000)
+    return model, lambda: train_step(model, spec.name, batch, optimizer, scheduler, cfg, bf16=False)
+
+
+def step_vs_plain(spec, encoder: nn.Module, shape: tuple[int, int], reps: int, variants: bool) -> dict:
+    """The toolkit step against the plain loop at equal batch; with `variants` also the toolkit compiled
+    and with the other attention implementation (eager vs sdpa), all interleaved."""
+    batch = random_batch(*shape, encoder.config.vocab_size)
+    toolkit, toolkit_step = toolkit_stepper(spec, encoder, batch, None, compiled=False)
+    steps = {"toolkit": toolkit_step}
+    default = attention_of(encoder)
+    if variants:
+        other = "eager" if default == "sdpa" else "sdpa"
+        steps[f"toolkit {other}"] = toolkit_stepper(spec, encoder, batch, other, compiled=False)[1]
+        steps["toolkit compiled"] = toolkit_stepper(spec, encoder, batch, None, compiled=True)[1]
     plain = PlainModel(copy.deepcopy(encoder), 2).to(DEVICE).train()
     plain.out.load_state_dict(toolkit.heads[spec.name].out.state_dict())
     cfg = TrainerConfig()
-    optimizer = build_optimizer(toolkit, cfg)
-    scheduler = build_scheduler(optimizer, cfg, 10_000)
     plain_opt = torch.optim.AdamW(plain.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    batch = random_batch(*shape, encoder.config.vocab_size)
-
-    def toolkit_step():
-        train_step(toolkit, spec.name, batch, optimizer, scheduler, cfg, bf16=False)
 
     def plain_step():
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -171,9 +194,11 @@ def step_vs_plain(spec, encoder: nn.Module, shape: tuple[int, int], reps: int) -
         plain_opt.step()
         plain_opt.zero_grad(set_to_none=True)
 
-    times = interleaved({"toolkit": toolkit_step, "plain": plain_step}, reps)
+    times = interleaved({**steps, "plain": plain_step}, reps)  # warm-up runs include compiling
     result = {name: summary(values) for name, values in times.items()}
+    result["attention"] = default
     result["ratio"] = result["toolkit"]["median"] / result["plain"]["median"]
+    result["ratios"] = {name: result[name]["median"] / result["plain"]["median"] for name in steps}
     return result
 
 
@@ -266,6 +291,45 @@ def train_and_score(
     }
 
 
+# ---------------------------------------------------------------- 7. packing: what it could save
+
+
+def packing_bound(data, config, max_length: int, multiple: int = 8) -> dict:
+    """Encoder FLOPs of one epoch of real rows under the toolkit's length buckets against packing the same
+    rows into max_length sequences (first fit, longest first). On CPU, attention over a packed sequence
+    is dense (a block-diagonal mask still computes every pair), so packing saves padding tokens but pays
+    attention over the whole pack; the ratio is the most that packing could gain over bucketing."""
+    batches = TaskBatches(data.encoded["train"], 32, task_seed(0, "bench"), Collator(0, multiple), 50)
+    lengths = np.asarray(batches.lengths)
+    hidden, inner = config.hidden_size, config.intermediate_size
+    linear = 2 * (4 * hidden * hidden + 2 * hidden * inner)  # per token and layer
+
+    def flops(rows: int, length: int) -> float:
+        return rows * length * (linear + 4 * length * hidden)
+
+    def padded(rows) -> int:  # the batch's length: its longest row, rounded up to the multiple
+        return -(-int(lengths[rows].max()) // multiple) * multiple
+
+    plan = batches._plan(0)
+    bucketed = sum(flops(len(rows), padded(rows)) for rows in plan)
+    packs: list[int] = []  # free room left in each packed sequence
+    for length in sorted(lengths.tolist(), reverse=True):
+        slot = next((i for i, room in enumerate(packs) if room >= length), None)
+        if slot is None:
+            packs.append(max_length - length)
+        else:
+            packs[slot] -= length
+    real = int(lengths.sum())
+    return {
+        "rows": len(lengths),
+        "real_tokens": real,
+        "bucketed_tokens": sum(len(rows) * padded(rows) for rows in plan),
+        "packed_sequences": len(packs),
+        "packed_tokens": len(packs) * max_length,
+        "flops_ratio": bucketed / flops(len(packs), max_length),  # > 1: packing would be faster
+    }
+
+
 # ---------------------------------------------------------------- 6. cold vs warm start
 
 STARTUP = """
@@ -309,6 +373,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None, help="training steps per batching/precision run")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--no-trainer", dest="trainer", action="store_false", help="skip the HF Trainer side by side"
+    )
+    parser.add_argument("--trainer-epochs", type=float, default=1.0)
     args = parser.parse_args()
     reps = args.reps or (3 if args.quick else 7)
     steps = args.steps or (20 if args.quick else 80)
@@ -325,13 +393,17 @@ def main() -> None:
         tiny_cfg = encoder_config("tiny")
         encoders["tiny"] = build_encoder(tiny_cfg, None, 1000)
     shape = (8, 32) if args.quick else (32, 128)
-    report["step"] = {name: step_vs_plain(spec, enc, shape, reps) for name, enc in encoders.items()}
+    main_name = "tiny" if args.quick else "minilm"
+    report["step"] = {
+        name: step_vs_plain(spec, enc, shape, reps, variants=name == main_name)
+        for name, enc in encoders.items()
+    }
     print_step(report["step"], shape)
 
-    main_name = "tiny" if args.quick else "minilm"
     flops = encoder_train_flops(encoders[main_name].config, *shape)
     peak = matmul_peak(1024 if args.quick else 4096, reps)
     achieved = flops / report["step"][main_name]["toolkit"]["median"]
+    achieved_compiled = flops / report["step"][main_name]["toolkit compiled"]["median"]
     report["mfu"] = {
         "encoder": main_name,
         "shape": list(shape),
@@ -339,10 +411,12 @@ def main() -> None:
         "achieved_flops": achieved,
         "matmul_peak_flops": peak,
         "mfu": achieved / peak,
+        "mfu_compiled": achieved_compiled / peak,
     }
     print(
         f"\nMFU ({main_name}, {shape[0]}x{shape[1]}): {achieved / 1e9:.1f} GFLOP/s of a "
-        f"{peak / 1e9:.1f} GFLOP/s matmul peak = {achieved / peak:.1%}"
+        f"{peak / 1e9:.1f} GFLOP/s matmul peak = {achieved / peak:.1%} "
+        f"(compiled {achieved_compiled / peak:.1%})"
     )
 
     runs = {
@@ -372,25 +446,39 @@ def main() -> None:
         f"{report['bf16']['step_speedup']:.2f}x, accuracy {report['bf16']['accuracy_difference']:+.4f}"
     )
 
+    report["packing"] = packing_bound(data, encoder.config, spec.max_length)
+    p = report["packing"]
+    print(
+        f"packing vs length buckets ({p['rows']} rows, {p['real_tokens']} real tokens): buckets compute "
+        f"{p['bucketed_tokens']} tokens, packing {p['packed_tokens']} in {p['packed_sequences']} sequences; "
+        f"encoder FLOPs buckets / packing = {p['flops_ratio']:.2f}"
+    )
+
     report["startup"] = startup(args.quick)
     s = report["startup"]
     print(
         f"time to the first batch: cold cache {s['cold_seconds']:.1f}s, warm {s['warm_seconds']:.1f}s "
         f"({s['ratio']:.2f}x)"
     )
+    if args.trainer and not args.quick:  # the HF Trainer side by side (scripts/bench_trainer.py)
+        from bench_trainer import print_table, side_by_side
+
+        report["hf_trainer"] = side_by_side(args.trainer_epochs, eval_every=32)
+        print_table(report["hf_trainer"], torch.get_num_threads())
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 
 
 def print_step(step: dict, shape) -> None:
     print(f"train step, batch {shape[0]} x {shape[1]} tokens ({DEVICE}, {torch.get_num_threads()} threads)")
-    print(f"  {'encoder':<8} {'toolkit s':>10} {'plain s':>10} {'ratio':>7}   spread (min-max)")
+    print(f"  {'encoder':<8} {'step':<24} {'median s':>9} {'x plain':>8}   spread (min-max)")
     for name, r in step.items():
-        print(
-            f"  {name:<8} {r['toolkit']['median']:>10.4f} {r['plain']['median']:>10.4f} {r['ratio']:>7.3f}   "
-            f"{r['toolkit']['min']:.4f}-{r['toolkit']['max']:.4f} / "
-            f"{r['plain']['min']:.4f}-{r['plain']['max']:.4f}"
-        )
+        for variant, ratio in {**r["ratios"], "plain": 1.0}.items():
+            label = f"{variant} ({r['attention']})" if variant == "toolkit" else variant
+            print(
+                f"  {name:<8} {label:<24} {r[variant]['median']:>9.4f} {ratio:>8.3f}   "
+                f"{r[variant]['min']:.4f}-{r[variant]['max']:.4f}"
+            )
 
 
 def print_training(results: dict, steps: int) -> None:
