@@ -239,3 +239,21 @@ def test_a_projection_is_learned_only_when_the_hidden_term_is_on_and_widths_diff
     assert LayerTerms(_Cfg(1.0), student, [student], cpu).parameters() == []
     weight, bias = LayerTerms(_Cfg(1.0), student, [teacher], cpu).parameters()
     assert weight.shape == (12, 8) and bias.shape == (12,)
+
+
+def test_rlw_scales_its_normal_draws_by_std():
+    """K softmax(std z), z ~ N(0, I) from the run's seed: the weights by hand from the same generator."""
+    balancer = build_balancer({"name": "rlw", "std": 2.0}, _setup(3))
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        balancer.start_step(["t0", "t1", "t2"])
+        z = torch.randn(3, generator=generator, dtype=torch.float64).numpy() * 2.0
+        expected = 3 * np.exp(z) / np.exp(z).sum()
+        assert [balancer.weight(t) for t in ("t0", "t1", "t2")] == pytest.approx(expected.tolist(), rel=1e-12)
+
+
+def test_dwa_period_is_at_least_one_step_when_an_epoch_is_shorter():
+    balancer = build_balancer({"name": "dwa"}, _setup(2, steps_per_epoch=0.4))
+    balancer.end_step({"t0": 1.0, "t1": 1.0})
+    balancer.end_step({"t0": 0.5, "t1": 1.0})
+    assert balancer.weight("t0") < 1.0 < balancer.weight("t1")  # a period per step: weighted after two
