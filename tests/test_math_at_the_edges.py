@@ -257,3 +257,20 @@ def test_dwa_period_is_at_least_one_step_when_an_epoch_is_shorter():
     balancer.end_step({"t0": 1.0, "t1": 1.0})
     balancer.end_step({"t0": 0.5, "t1": 1.0})
     assert balancer.weight("t0") < 1.0 < balancer.weight("t1")  # a period per step: weighted after two
+
+
+def test_famo_logits_decay_at_the_papers_gamma():
+    """FAMO regularises its logits with weight decay gamma (paper: 1e-3); two steps from 0 show it."""
+    from mtdnn.balancers import LearnedValues
+
+    balancer = build_balancer({"name": "famo", "weight_decay": 0.25, "lr": 0.1}, _setup(2))
+    reference = LearnedValues(["t0", "t1"], 0.0, 0.1, 0.25)
+    assert balancer.logits.optimizer.param_groups[0]["weight_decay"] == 0.25
+    for direction in ([1.0, -1.0], [0.5, 0.5]):  # the second step's decay acts on non-zero logits
+        balancer.logits.step(torch.tensor(direction, dtype=torch.float64))
+        reference.step(torch.tensor(direction, dtype=torch.float64))
+    assert balancer.logits.values.tolist() == reference.values.tolist()
+    undecayed = LearnedValues(["t0", "t1"], 0.0, 0.1, 0.0)
+    for direction in ([1.0, -1.0], [0.5, 0.5]):
+        undecayed.step(torch.tensor(direction, dtype=torch.float64))
+    assert undecayed.values.tolist() != reference.values.tolist()
