@@ -389,8 +389,8 @@ def test_all_head_types_train_together_and_learn_their_toy_rules(tmp_path):
         .splitlines()
     ]
     assert len(ranked) == 60 and all(len(r["ranking"]) == len(r["scores"]) >= 3 for r in ranked)
-    gold = {str(r["qid"]): r["answer"] for r in ranking_rows(60, 4)}
-    top_right = sum(r["ranking"][0] == gold[str(r["id"])] for r in ranked) / 60
+    gold = {r["qid"]: r["answer"] for r in ranking_rows(60, 4)}  # ids are the group column's own values
+    top_right = sum(r["ranking"][0] == gold[r["id"]] for r in ranked) / 60
     assert top_right == pytest.approx(val["toy_rank"]["accuracy"])  # the records rank as the metric says
     assert all(r["scores"] == sorted(r["scores"], reverse=True) for r in ranked)  # best first
 

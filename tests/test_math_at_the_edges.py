@@ -274,3 +274,24 @@ def test_famo_logits_decay_at_the_papers_gamma():
     for direction in ([1.0, -1.0], [0.5, 0.5]):
         undecayed.step(torch.tensor(direction, dtype=torch.float64))
     assert undecayed.values.tolist() != reference.values.tolist()
+
+
+def test_no_balancer_weighs_every_task_one():
+    """balancer=none (and the gradient balancers' loss weights) leave each task's loss as it is."""
+    for name in ("none", "pcgrad", "cagrad"):
+        balancer = build_balancer({"name": name}, _setup(3))
+        assert [balancer.weight(t) for t in ("t0", "t1", "t2")] == [1.0, 1.0, 1.0], name
+
+
+def test_pooling_by_hand():
+    """cls: the first token; mean: the average over real tokens only (a row of padding only gives 0s)."""
+    from mtdnn.kinds.heads import pool
+
+    hidden = torch.arange(24, dtype=torch.float64).reshape(3, 4, 2)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
+    assert pool(hidden, mask, "cls", None).tolist() == [[0.0, 1.0], [8.0, 9.0], [16.0, 17.0]]
+    assert pool(hidden, mask, "mean", None).tolist() == [[1.0, 2.0], [11.0, 12.0], [0.0, 0.0]]
+    pooler = torch.ones(3, 2)
+    assert pool(hidden, mask, "pooler", pooler) is pooler
+    with pytest.raises(ValueError, match="needs an encoder with a pooler layer"):
+        pool(hidden, mask, "pooler", None)

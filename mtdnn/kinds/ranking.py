@@ -64,7 +64,7 @@ def regroup(spec: TaskSpec, ds):
                 "query": [g["query"] for g in groups.values()],
                 "candidates": [g["candidates"] for g in groups.values()],
                 "relevance": [g["relevance"] for g in groups.values()],
-                "id": [str(k) for k in groups],
+                "id": list(groups),  # the group column's own values (ints stay ints, as other kinds' ids)
             }
         )
     labels = ds[cols.label] if cols.label in ds.column_names else [None] * len(ds)
@@ -78,7 +78,7 @@ def regroup(spec: TaskSpec, ds):
             "query": queries,
             "candidates": candidates,
             "relevance": [_relevance(label, len(c)) for label, c in zip(labels, candidates)],
-            "id": [str(i) for i in ids],
+            "id": list(ids),  # the id column's values, or the row number
         }
     )
 
