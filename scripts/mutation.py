@@ -1,5 +1,5 @@
 """Mutation testing of the core math with mutmut: which planted changes (an operator flipped, a constant
-moved, an argument dropped) the tests catch. Not part of CI: a full run takes hours on 2 cores.
+moved, an argument dropped) the tests catch. Not part of CI: a full run takes about 25 minutes on 2 cores.
 
     python scripts/mutation.py --run [--max-children 2]   # mutate and test (resumable: mutmut keeps results)
     python scripts/mutation.py                            # only write the report from mutmut's stored results
