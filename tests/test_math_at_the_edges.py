@@ -284,13 +284,13 @@ def test_no_balancer_weighs_every_task_one():
 
 
 def test_pooling_by_hand():
-    """cls: the first token; mean: the average over real tokens only (a row of padding only gives 0s)."""
+    """cls: the first token; mean: the average over real tokens only (one token: itself; only padding: 0s)."""
     from mtdnn.kinds.heads import pool
 
     hidden = torch.arange(24, dtype=torch.float64).reshape(3, 4, 2)
-    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
+    mask = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
     assert pool(hidden, mask, "cls", None).tolist() == [[0.0, 1.0], [8.0, 9.0], [16.0, 17.0]]
-    assert pool(hidden, mask, "mean", None).tolist() == [[1.0, 2.0], [11.0, 12.0], [0.0, 0.0]]
+    assert pool(hidden, mask, "mean", None).tolist() == [[0.0, 1.0], [11.0, 12.0], [0.0, 0.0]]
     pooler = torch.ones(3, 2)
     assert pool(hidden, mask, "pooler", pooler) is pooler
     with pytest.raises(ValueError, match="needs an encoder with a pooler layer"):
