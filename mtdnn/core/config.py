@@ -61,8 +61,8 @@ class TrainerConfig:
     warmup_ratio: float = 0.1  # share of the steps the learning rate warms up over (then linear decay to 0)
     max_grad_norm: float = 1.0  # gradient clipping norm (0: no clipping)
     bf16: bool = False  # autocast the forward pass to bfloat16
-    # torch.compile the shared encoder (mtdnn/model/compiled.py): minutes of compiling first, then faster
-    # steps where the measurement in docs/benchmarks says so; a graph that cannot compile runs eager
+    # torch.compile the shared encoder (mtdnn/model/compiled.py): 1-2 minutes of compiling first; on CPU the
+    # step is matmul-bound and got no faster (docs/guide/speed.md); a graph that cannot compile runs eager
     compile: bool = False
     pad_to_multiple_of: int = 8  # batches are padded to their longest row, rounded up to a multiple of this
     bucket_batches: int = 50  # length bucketing: sort pools of this many batches by length (1 = off)
