@@ -301,11 +301,9 @@ def packing_bound(data, config, max_length: int, multiple: int = 8) -> dict:
     attention over the whole pack; the ratio is the most that packing could gain over bucketing."""
     batches = TaskBatches(data.encoded["train"], 32, task_seed(0, "bench"), Collator(0, multiple), 50)
     lengths = np.asarray(batches.lengths)
-    hidden, inner = config.hidden_size, config.intermediate_size
-    linear = 2 * (4 * hidden * hidden + 2 * hidden * inner)  # per token and layer
 
-    def flops(rows: int, length: int) -> float:
-        return rows * length * (linear + 4 * length * hidden)
+    def flops(rows: int, length: int) -> float:  # the MFU section's count (its constant factors cancel here)
+        return encoder_train_flops(config, rows, length)
 
     def padded(rows) -> int:  # the batch's length: its longest row, rounded up to the multiple
         return -(-int(lengths[rows].max()) // multiple) * multiple
