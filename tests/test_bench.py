@@ -20,7 +20,8 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     out = tmp_path / "bench.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--reps", "2", "--steps", "6", "--json", str(out)],
+        [sys.executable, str(SCRIPT), "--quick", "--reps", "2", "--steps", "6", "--bf16", "on"]
+        + ["--json", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -40,6 +41,24 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     assert report["batching"]["epoch_speedup"] > 0 and math.isfinite(report["bf16"]["accuracy_difference"])
     assert report["startup"]["cold_seconds"] > 0 and report["startup"]["warm_seconds"] > 0
     assert "train step, batch 8 x 32 tokens" in done.stdout and "MFU (tiny" in done.stdout
+
+
+def test_bf16_arm_is_skipped_with_its_reason_where_the_hardware_emulates_bf16(monkeypatch):
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench
+    import torch
+
+    monkeypatch.setattr(bench, "DEVICE", torch.device("cpu"))
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    reason = bench.bf16_hardware()
+    assert reason.startswith("this CPU (") and "no bf16 matmul" in reason
+    assert bench.bf16_report({}, reason) == {"skipped": reason}
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert bench.bf16_hardware() is None
+    runs = {"toolkit batching": {"step": {"median": 2.0}, "accuracy": 0.8}}
+    runs["toolkit batching, bf16"] = {"step": {"median": 1.0}, "accuracy": 0.75}
+    report = bench.bf16_report(runs, None)
+    assert report["step_speedup"] == 2.0 and report["accuracy_difference"] == pytest.approx(-0.05)
 
 
 @pytest.mark.slow  # four trainings in child processes (~70 s): the default run stays under 10 minutes
