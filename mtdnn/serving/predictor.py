@@ -34,7 +34,10 @@ SPLIT = "test"  # inputs are read as a test split: gold columns are optional
 
 
 class Predictor:
-    """A loaded run (model in eval mode on `device`, its tokenizer and task specs)."""
+    """A trained run ready to predict: its model in eval mode on a device, its tokenizer and task specs.
+
+    Made by [`load_run`][mtdnn.serving.predictor.load_run]; one object serves every task of the run.
+    """
 
     def __init__(self, loaded: LoadedRun):
         self.loaded = loaded
@@ -42,15 +45,36 @@ class Predictor:
 
     @property
     def tasks(self) -> list[str]:
+        """The run's task names, in training order."""
         return list(self.loaded.specs)
 
     @property
     def run_dir(self) -> Path:
+        """The run folder (or ONNX export folder) the model was loaded from."""
         return self.loaded.run_dir
 
     def predict(
         self, task: str, inputs: Iterable[Any], batch_size: int = 64, bf16: bool = False
     ) -> list[dict]:
+        """Predict one task for a list of inputs.
+
+        Args:
+            task: a task the run trained.
+            inputs: a list of texts (`"a gripping film"`), text pairs (`("a", "b")`) or rows (dicts with
+                the task's columns, e.g. `{"question": ..., "context": ...}` for a span task); for a
+                tagging task a text is split into words on spaces.
+            batch_size: inputs per forward pass (they are batched shortest first).
+            bf16: run the forward pass under bf16 autocast.
+
+        Returns:
+            One record per input, in input order: the records `python -m mtdnn.predict` writes (an `id`,
+            the input, and the kind's prediction: `label` and `scores`, `prediction`, `labels`, `answer`,
+            `ranking` or `tags`).
+
+        Raises:
+            MtdnnError: an unknown task, one input given instead of a list, or inputs that fail the
+                task's row checks (the message names the row and the column).
+        """
         if task not in self.loaded.specs:
             raise MtdnnError(
                 f"task: '{task}' was not trained in {self.run_dir}; it has {', '.join(self.tasks)}"
@@ -240,7 +264,28 @@ def as_row(spec, item: Any, index: int) -> dict[str, Any]:
 def load_run(
     run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "auto", backend: str = "auto"
 ) -> Predictor:
-    """A run folder (best checkpoint by default; 'last' or a checkpoint folder) as a Predictor; an ONNX
-    export folder runs on ONNX Runtime (backend='onnx', or 'onnx-int8' for its quantized graph)."""
+    """Load a run folder (or an ONNX export folder) for prediction from Python.
+
+    Args:
+        run_dir: a folder written by `python -m mtdnn.train`, or by `python -m mtdnn.export format=onnx`.
+        checkpoint: `"best"` (the step with the best main metric), `"last"`, or a checkpoint folder.
+        device: `"auto"` (CUDA when available), `"cpu"`, `"cuda"`, `"cuda:1"` or a `torch.device`.
+        backend: `"auto"` (ONNX Runtime for an export folder, PyTorch otherwise), `"torch"`, `"onnx"` or
+            `"onnx-int8"` (the export's quantized graph).
+
+    Returns:
+        A [`Predictor`][mtdnn.serving.predictor.Predictor] serving every task of the run.
+
+    Raises:
+        MtdnnError: the folder is not a run, a checkpoint is missing or damaged (named in the message).
+
+    Example:
+        ```python
+        from mtdnn import load_run
+
+        model = load_run("runs/examples")
+        model.predict("example_sentiment", ["a gripping film", "dull and long"])
+        ```
+    """
     target = device if isinstance(device, torch.device) else pick_device(str(device))
     return Predictor(open_run(str(run_dir), checkpoint, target, backend))

@@ -158,14 +158,15 @@ def format_distillation(rows: list[dict]) -> str:
 
 
 def format_summary(summary: dict) -> str:
+    width = max([16, *(len(task) for task in summary["tasks"])])  # long task names keep the columns aligned
     lines = [
         f"summary (best step {summary['best_step']} of {summary['steps']}, {summary['seconds']}s):",
-        f"  {'task':<16} {'split':<11} metrics",
+        f"  {'task':<{width}} {'split':<11} metrics",
     ]
     for split in ("zero_shot", "validation", "test"):
         for task, scores in summary.get(split, {}).items():
             lines.append(
-                f"  {task:<16} {split:<11} " + "  ".join(f"{m}={show(v)}" for m, v in scores.items())
+                f"  {task:<{width}} {split:<11} " + "  ".join(f"{m}={show(v)}" for m, v in scores.items())
             )
     for task, info in summary["tasks"].items():
         if info["skipped_rows"]:
