@@ -40,6 +40,13 @@ LR, BATCH, EVAL_BATCH, MAX_LENGTH, WARMUP, DECAY, SEED = 5e-5, 32, 128, 128, 0.1
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak RSS: VmHWM, which starts afresh at exec. (ru_maxrss carries the parent's peak
+    across fork + exec: an arm started by scripts/bench.py would report bench.py's own memory.)"""
+    for line in (
+        Path("/proc/self/status").read_text().splitlines() if Path("/proc/self/status").exists() else []
+    ):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -200,7 +207,7 @@ def one_arm(arm: str, epochs: float, eval_every: int) -> dict:
         result = hf_arm(arm == "hf_grouped", epochs, eval_every, out)
     else:
         result = toolkit_arm(arm == "toolkit_compile", epochs, eval_every, out)
-    return {**result, "peak_rss_mb": peak_rss_mb()}
+    return {**result, "peak_rss_mb": peak_rss_mb(), "peak_rss": "VmHWM"}
 
 
 # ---------------------------------------------------------------- the comparison
@@ -221,7 +228,8 @@ def compare(results: dict[str, dict]) -> dict:
             "speedup_to_target": base / reached if base and reached else None,
             "best_accuracy": max(e["accuracy"] for e in r["evaluations"]),
             "examples_per_second": r["train_rows"] / r["train_seconds"],
-            "peak_rss_mb": r["peak_rss_mb"],
+            # reports made before the fix measured ru_maxrss, which holds a parent process's peak
+            "peak_rss_mb": r["peak_rss_mb"] if r.get("peak_rss") == "VmHWM" else None,
         }
     return {"target_accuracy": target, "arms": table}
 
@@ -238,7 +246,7 @@ def print_table(comparison: dict, threads: int) -> None:
         speedup = f"{r['speedup_to_target']:.2f}x" if r["speedup_to_target"] else "-"
         print(
             f"  {arm:<16} {reached:>11} {speedup:>9} {r['best_accuracy']:>9.4f} "
-            f"{r['examples_per_second']:>7.1f} {r['peak_rss_mb']:>12.0f}"
+            f"{r['examples_per_second']:>7.1f} {r['peak_rss_mb'] or float('nan'):>12.0f}"
         )
 
 

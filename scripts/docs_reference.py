@@ -4,6 +4,8 @@
                                       and adapter's own settings
     docs/reference/task-yaml.md       every task-YAML key, and each head kind's own keys
     docs/reference/commands.md        every command's arguments (what `--help` prints)
+    docs/reference/run-folder.md      the files of a run folder and of an ONNX export folder (the docstrings
+                                      of the modules that write them)
 
     python scripts/docs_reference.py            # write the pages
     python scripts/docs_reference.py --check    # exit 1 if a page is not what the schemas give
@@ -175,11 +177,41 @@ def commands() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def run_folder() -> str:
+    import inspect
+
+    from mtdnn.runs import folder
+    from mtdnn.serving import onnx
+
+    return "\n".join(
+        [
+            "# Run folder",
+            "",
+            "Generated from the modules that write these folders (`python scripts/docs_reference.py`). A run "
+            "folder is all that evaluate, predict, export, resume and `load_run` need.",
+            "",
+            "## A training run (`output_dir=...`)",
+            "",
+            "```text",
+            inspect.getdoc(folder),
+            "```",
+            "",
+            "## An ONNX export (`python -m mtdnn.export ... format=onnx`)",
+            "",
+            "```text",
+            inspect.getdoc(onnx),
+            "```",
+            "",
+        ]
+    )
+
+
 def pages() -> dict[Path, str]:
     return {
         OUT / "configuration.md": configuration(),
         OUT / "task-yaml.md": task_yaml(),
         OUT / "commands.md": commands(),
+        OUT / "run-folder.md": run_folder(),
     }
 
 

@@ -21,7 +21,7 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--reps", "2", "--steps", "6", "--bf16", "on"]
-        + ["--json", str(out)],
+        + ["--json", str(out), "--page", str(tmp_path / "report.md")],
         capture_output=True,
         text=True,
         timeout=600,
@@ -41,6 +41,15 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     assert report["batching"]["epoch_speedup"] > 0 and math.isfinite(report["bf16"]["accuracy_difference"])
     assert report["startup"]["cold_seconds"] > 0 and report["startup"]["warm_seconds"] > 0
     assert "train step, batch 8 x 32 tokens" in done.stdout and "MFU (tiny" in done.stdout
+    page = (tmp_path / "report.md").read_text()
+    assert report["command"].startswith("python scripts/bench.py --quick") and report["command"] in page
+    assert f"| tiny | plain | {step['plain']['median']:.4f} | 1.000 |" in page
+    assert f"= **{report['mfu']['mfu']:.1%}**" in page and "- fp32 MFU >= 60%" in page
+    rerendered = tmp_path / "again.md"
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "--render", str(out), "--page", str(rerendered)], check=True, env=env
+    )
+    assert rerendered.read_text() == page
 
 
 def test_bf16_arm_is_skipped_with_its_reason_where_the_hardware_emulates_bf16(monkeypatch):

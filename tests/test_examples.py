@@ -82,6 +82,18 @@ def test_each_kind_page_shows_the_record_keys_predict_gives(examples_run):
         assert set(record) == set(shown), (name, sorted(record), sorted(shown))
 
 
+def test_every_file_of_a_run_folder_is_in_the_reference(examples_run):
+    """Each entry of the run folder matches an entry the reference lists (`best_<task>.json` stands for every
+    task's file, `checkpoints/step_N/` for the checkpoints folder)."""
+    page = (DOCS / "reference" / "run-folder.md").read_text()
+    listed = [line.split()[0] for line in page.splitlines() if re.match(r"^    [\w.<]", line)]
+    patterns = [re.sub(r"<\w+>|_N", ".+", entry.split("/")[0]) for entry in listed]
+    for path in examples_run.iterdir():
+        assert any(re.fullmatch(p, path.name) for p in patterns), (
+            f"{path.name} is not in the run-folder reference"
+        )
+
+
 def first_validation_row(spec: dict) -> dict:
     path = EXAMPLES / spec["source"]["splits"]["validation"]
     if path.suffix == ".csv":

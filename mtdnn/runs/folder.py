@@ -15,8 +15,11 @@
     metrics.json           every evaluation, appended
     train_log.jsonl        per logging step: losses, learning rate, gradient norm
     summary.json           the final report
+    affinity.png           multi-task runs: gradient cosine and lookahead affinity per pair of tasks
     predictions/           <task>_<split>.jsonl
     tb/                    TensorBoard scalars
+    failed.json            a sweep's job that failed: its error (removed when the job later succeeds)
+    .lock                  held while a run writes the folder (an OS lock: a second run is refused)
 
 Every file is written to a temporary name, fsynced and renamed, so a crash never leaves half a file, and
 `best.json` is replaced in one rename: at every moment it names a complete checkpoint.
