@@ -6,6 +6,7 @@
     docs/reference/commands.md        every command's arguments (what `--help` prints)
     docs/reference/run-folder.md      the files of a run folder and of an ONNX export folder (the docstrings
                                       of the modules that write them)
+    docs/reference/errors.md          every error message the package can give, as written in its source
 
     python scripts/docs_reference.py            # write the pages
     python scripts/docs_reference.py --check    # exit 1 if a page is not what the schemas give
@@ -206,12 +207,76 @@ def run_folder() -> str:
     )
 
 
+def message_template(node) -> str | None:
+    """A message argument as its reader sees it: literal text, each interpolated value as {expression}."""
+    import ast
+
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        parts = [
+            v.value if isinstance(v, ast.Constant) else "{" + ast.unparse(v.value) + "}" for v in node.values
+        ]
+        return "".join(parts)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):  # "..." + f"..."
+        left, right = message_template(node.left), message_template(node.right)
+        return left + right if left is not None and right is not None else None
+    return None
+
+
+def error_messages() -> list[tuple[str, int, str]]:
+    """(module, line, message) of every MtdnnError raised and every problem collected (problems.append)."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "mtdnn").rglob("*.py")):
+        module = str(path.relative_to(ROOT))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            func = node.func
+            raised = isinstance(func, ast.Name) and func.id == "MtdnnError"
+            collected = (
+                isinstance(func, ast.Attribute)
+                and func.attr == "append"
+                and isinstance(func.value, ast.Name)
+                and func.value.id == "problems"
+            )
+            if (raised or collected) and (text := message_template(node.args[0])) is not None:
+                found.append((module, node.lineno, text))
+    return found
+
+
+def errors() -> str:
+    lines = [
+        "# Error messages",
+        "",
+        "Generated from the source (`python scripts/docs_reference.py`): every message the toolkit gives "
+        "for a bad input, as written where it is raised, `{...}` standing for the value filled in. Each ends "
+        "a command with one `error:` line and exit code 2 (several problems found together are listed under "
+        "one headline); `MTDNN_DEBUG=1` shows the traceback. What to do about the common ones: "
+        "[Troubleshooting](../troubleshooting.md).",
+        "",
+    ]
+    by_module: dict[str, list[tuple[int, str]]] = {}
+    for module, line, text in error_messages():
+        by_module.setdefault(module, []).append((line, text))
+    for module, entries in by_module.items():
+        lines += [f"## `{module}`", "", "| message |", "|---|"]  # no line numbers: every edit would move them
+        for _, text in sorted(entries):
+            shown = " ".join(text.split()).replace("|", "\\|").replace("`", "'")
+            lines.append(f"| `{shown}` |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def pages() -> dict[Path, str]:
     return {
         OUT / "configuration.md": configuration(),
         OUT / "task-yaml.md": task_yaml(),
         OUT / "commands.md": commands(),
         OUT / "run-folder.md": run_folder(),
+        OUT / "errors.md": errors(),
     }
 
 

@@ -103,3 +103,13 @@ def test_every_run_folder_command_in_the_docs_parses(capsys):
                 raise AssertionError(f"{where}: {err}") from None
             checked += 1
     assert checked >= 10
+
+
+def test_the_error_page_lists_every_message_raised_in_the_source():
+    page = docs_reference.errors()
+    entries = [line for line in page.splitlines() if line.startswith("| `")]
+    assert len(entries) >= 150
+    # a raised message, a collected problem, and one built from two strings, as their readers see them
+    assert "| `task: '{task}' was not trained in {self.run_dir}; it has {', '.join(self.tasks)}` |" in page
+    assert "inputs: give a list of inputs, not one {type(inputs).__name__}: predict(task, [x])" in page
+    assert "## `mtdnn/serving/predictor.py`" in page and "## `mtdnn/kinds/span.py`" in page
