@@ -9,8 +9,7 @@ It trains what `--work` does not hold yet (stop and rerun at will): the teacher 
 rt_polarity rows, every amazon row, 2 epochs), then per seed four students cut from it
 (distill.student_from_teacher: keep_every=2 keeps layers 0, 2, 4; keep_every=3 layers 0, 3), each distilled
 on the same rows with `distill=ensemble` (the teacher's outputs) or `distill=layerwise` (outputs, hidden
-states, last-layer attention and value relations), 2 epochs; and the 3-layer student distilled from the outputs
-for 3 epochs (METHODS). Every run is exported once as one multi-task ONNX graph
+states, last-layer attention and value relations). Every run is exported once as one multi-task ONNX graph
 (`task=all format=onnx quantize=int8`). Then, with `--threads` intra-op threads:
 
   quality      each student seed's int8 graph on both validation splits: accuracy / Pearson as a share of the
@@ -46,26 +45,18 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 TASKS = ("rt_polarity", "vader_domain_amazon")
 SPEED_TASK = TASKS[0]
 STUDENTS = {"2 layers": 3, "3 layers": 2}  # name -> distill.keep_every (6 teacher layers -> 2, 3)
-METHODS = {  # name -> (conf/distill/<file>, distillation epochs, the student sizes it is measured on)
-    "outputs": ("ensemble", 2, tuple(STUDENTS)),
-    "layer-wise": ("layerwise", 2, tuple(STUDENTS)),
-    "outputs-3-epochs": ("ensemble", 3, ("3 layers",)),  # a longer distillation of the 3-layer student
-}
-
-
-def students_of(size: str) -> list[str]:
-    return [method for method, (_, _, sizes) in METHODS.items() if size in sizes]
+METHODS = {"outputs": "ensemble", "layer-wise": "layerwise"}  # name -> conf/distill/<file>
 
 
 def command(*args: str) -> None:
     subprocess.run([sys.executable, "-m", *args], check=True, env=ENV)
 
 
-def common(rows: int, seed: int, epochs: int = 2) -> list[str]:
+def common(rows: int, seed: int) -> list[str]:
     return [
         f"task=[{','.join(TASKS)}]",
         f"+task_overrides.{TASKS[0]}.train_rows={rows}",
-        f"trainer.epochs={epochs}",
+        "trainer.epochs=2",
         "trainer.batch_size=16",
         "trainer.progress_bar=false",
         "predict_test=false",
@@ -86,13 +77,12 @@ def train_models(work: Path, rows: int, seeds: list[int]) -> tuple[Path, dict]:
     students = {}
     for size, keep_every in STUDENTS.items():  # the 2-layer students first: the ones that can reach 4x
         for seed in seeds:
-            for method in students_of(size):
-                distill, epochs, _ = METHODS[method]
+            for method, distill in METHODS.items():
                 out = student_dir(work, size, method, seed)
                 if not (out / "summary.json").is_file():
                     command(
                         "mtdnn.distill",
-                        *common(rows, seed, epochs),
+                        *common(rows, seed),
                         f"distill={distill}",
                         f"distill.teachers=[{teacher}]",
                         "distill.student_from_teacher=true",
@@ -169,7 +159,7 @@ def quality(teacher: Path, students: dict, texts: dict, gold: dict) -> list[dict
         {"model": "teacher", "method": "-", "task": t, "values": [base[t]], "share": [1.0]} for t in TASKS
     ]
     for size in STUDENTS:
-        for method in students_of(size):
+        for method in METHODS:
             for task in TASKS:
                 values = []
                 for (s, m, _seed), run_dir in students.items():
@@ -288,17 +278,18 @@ def summarise(quality_rows: list[dict], speed_rows: list[dict]) -> list[str]:
             key = (row["model"], row["method"])
             verdicts[key] = verdicts.get(key, True) and mean >= 0.97 and fast >= 4
     by = {(r["model"], r["method"], r["task"]): r["share"] for r in quality_rows}
-    lines.append("\npaired by seed, each method minus outputs (points of the teacher's score, 95% interval):")
+    lines.append("\npaired by seed, layer-wise minus outputs (points of the teacher's score, 95% interval):")
     for size in STUDENTS:
-        for method in students_of(size)[1:]:
-            for task in TASKS:
-                diffs = [100 * (a - b) for a, b in zip(by[(size, method, task)], by[(size, "outputs", task)])]
-                low, high = interval(diffs)
-                wins = sum(d > 0 for d in diffs)
-                lines.append(
-                    f"- {size}, {method}, {task}: {statistics.mean(diffs):+.2f} [{low:+.2f}, {high:+.2f}], "
-                    f"{wins}/{len(diffs)} seeds"
-                )
+        for task in TASKS:
+            diffs = [
+                100 * (a - b) for a, b in zip(by[(size, "layer-wise", task)], by[(size, "outputs", task)])
+            ]
+            low, high = interval(diffs)
+            wins = sum(d > 0 for d in diffs)
+            lines.append(
+                f"- {size}, {task}: {statistics.mean(diffs):+.2f} [{low:+.2f}, {high:+.2f}], "
+                f"{wins}/{len(diffs)} seeds"
+            )
     for (model, method), met in verdicts.items():
         lines.append(
             f"goal ({model}, {method}): >= 97% of the teacher on both tasks at >= 4x: "
@@ -322,11 +313,11 @@ def plot(quality_rows: list[dict], speed_rows: list[dict], out: Path) -> None:
         low, high = interval(row["share"])
         mean = statistics.mean(row["share"])
         axes.errorbar(
-            int8[f"{row['model']} int8"] + 0.05 * (list(METHODS).index(row["method"]) - 1),
+            int8[f"{row['model']} int8"] + (0.05 if row["method"] == "layer-wise" else -0.05),
             100 * mean,
             yerr=[[100 * (mean - low)], [100 * (high - mean)]],
             fmt="o" if row["task"] == TASKS[0] else "s",
-            color=f"C{list(METHODS).index(row['method'])}",
+            color="C1" if row["method"] == "layer-wise" else "C0",
             label=f"{row['method']}, {row['task']}",
             capsize=3,
         )
