@@ -135,3 +135,28 @@ def test_every_python_snippet_in_the_docs_runs(examples_run, where, code):
 def test_there_are_python_snippets_to_run():
     where = [w for w, _ in python_snippets()]
     assert any(w.startswith("README.md") for w in where) and len(where) >= 3, where
+
+
+@pytest.mark.slow  # six trainings and predictions through the real commands (~2 min)
+@pytest.mark.parametrize("kind", sorted(kinds.available()))
+def test_each_kind_page_s_commands_run_as_written(tmp_path, kind):
+    """The bash block of each head kind's page, line by line as a user pastes it, in a folder holding
+    `examples/`: the training writes its run, predict writes the records the page names."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    page = DOCS / "kinds" / f"{kind}.md"
+    (block,) = blocks(page, "bash")
+    for line in block.strip().splitlines():
+        words = shlex.split(line)
+        assert words[0] == "python", line
+        done = subprocess.run(
+            [sys.executable, *words[1:]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, f"{page.name}: {line}\n{done.stderr[-2000:]}"
+    (written,) = re.findall(r"`(runs/[^`]+\.jsonl)`", page.read_text())
+    records = [json.loads(x) for x in (tmp_path / written).read_text().splitlines()]
+    assert len(records) == 20 and all(r["id"] is not None for r in records)
