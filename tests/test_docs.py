@@ -7,6 +7,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -113,3 +115,74 @@ def test_the_error_page_lists_every_message_raised_in_the_source():
     assert "| `task: '{task}' was not trained in {self.run_dir}; it has {', '.join(self.tasks)}` |" in page
     assert "inputs: give a list of inputs, not one {type(inputs).__name__}: predict(task, [x])" in page
     assert "## `mtdnn/serving/predictor.py`" in page and "## `mtdnn/kinds/span.py`" in page
+
+
+SUBSTITUTED = ("encoder=", "output_dir=", "trainer.max_steps=", "trainer.epochs=")  # replaced when run
+
+
+def why_not_run(args: list[str]) -> str | None:
+    """Why a documented training command is only composed (test above), not run offline; None: it runs."""
+    import yaml
+
+    if "..." in args:
+        return "an elided command line"
+    if any(a.startswith("-") for a in args):
+        return "a sweep or search (its jobs are composed one by one above)"
+    if any(a.split("=")[0].lstrip("+") in ("resume", "init_from", "stages", "experiment") for a in args):
+        return "continues or chains earlier runs"
+    tasks = next((a.split("=", 1)[1] for a in args if a.startswith("task=")), "rt_polarity")
+    folders = [ROOT / "tasks", *(ROOT / d for a in args if a.startswith("task_dirs=") for d in [a[11:-1]])]
+    for name in tasks.strip("[]").split(","):
+        found = [f / f"{name}.yaml" for f in folders if (f / f"{name}.yaml").is_file()]
+        if not found:
+            return f"names a placeholder task ({name})"
+        if yaml.safe_load(found[0].read_text())["source"]["kind"] == "hub":
+            return f"needs the Hugging Face hub ({name})"
+    return None
+
+
+def runnable_commands() -> list[tuple[str, list[str]]]:
+    seen, runnable = set(), []
+    for where, args in documented_commands("mtdnn.train"):
+        if why_not_run(args) is None and tuple(args) not in seen:
+            seen.add(tuple(args))
+            runnable.append((where, args))
+    return runnable
+
+
+def test_every_training_command_in_the_docs_runs_or_has_a_reason_not_to():
+    commands = documented_commands("mtdnn.train")
+    reasons = [why_not_run(args) for _, args in commands]
+    assert len(runnable_commands()) >= 10
+    assert {r.split(" (")[0] for r in reasons if r} <= {
+        "an elided command line",
+        "a sweep or search",
+        "continues or chains earlier runs",
+        "names a placeholder task",
+        "needs the Hugging Face hub",
+    }
+
+
+@pytest.mark.slow  # each documented command that can run offline, through the real CLI (~4 min)
+@pytest.mark.parametrize("where, args", runnable_commands(), ids=[w for w, _ in runnable_commands()])
+def test_each_offline_training_command_in_the_docs_runs(tmp_path, where, args):
+    """As written, with the tiny encoder and two steps in place of the real encoder and the full run."""
+    import json
+    import os
+    import subprocess
+
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    kept = [a for a in args if not a.startswith(SUBSTITUTED)]
+    quick = ["encoder=tiny", "trainer.max_steps=2", "trainer.eval_every=2", "predict_test=false"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "mtdnn.train", *kept, *quick, f"output_dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, f"{where}\n{done.stderr[-2000:]}"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["validation"], where
