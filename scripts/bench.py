@@ -397,6 +397,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.render:
+        if args.page is None:
+            parser.error("--render needs --page: where to write the page")
         args.page.write_text(render_page(json.loads(args.render.read_text())))
         return
     reps = args.reps or (3 if args.quick else 7)
