@@ -42,9 +42,8 @@ LR, BATCH, EVAL_BATCH, MAX_LENGTH, WARMUP, DECAY, SEED = 5e-5, 32, 128, 128, 0.1
 def peak_rss_mb() -> float:
     """This process's own peak RSS: VmHWM, which starts afresh at exec. (ru_maxrss carries the parent's peak
     across fork + exec: an arm started by scripts/bench.py would report bench.py's own memory.)"""
-    for line in (
-        Path("/proc/self/status").read_text().splitlines() if Path("/proc/self/status").exists() else []
-    ):
+    status = Path("/proc/self/status")
+    for line in status.read_text().splitlines() if status.exists() else []:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -191,6 +191,21 @@ def reaped(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
             proc.wait()
 
 
+def run_as_a_user(folder: Path, words: list[str]) -> subprocess.CompletedProcess:
+    """A documented `python ...` command line run offline in `folder`, a user's working folder that holds the
+    repository's `examples/` (as a clone does), with this checkout's package importable."""
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    if not (folder / "examples").exists():
+        (folder / "examples").symlink_to(root / "examples")
+    assert words[0] == "python", words
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(root)}
+    return subprocess.run(
+        [sys.executable, *words[1:]], cwd=folder, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
 def tiny_overrides(folder: Path, *more: str) -> list[str]:
     return [
         "encoder=tiny",

@@ -168,20 +168,13 @@ def test_every_training_command_in_the_docs_runs_or_has_a_reason_not_to():
 def test_each_offline_training_command_in_the_docs_runs(tmp_path, where, args):
     """As written, with the tiny encoder and two steps in place of the real encoder and the full run."""
     import json
-    import os
-    import subprocess
 
-    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    from conftest import run_as_a_user
+
     kept = [a for a in args if not a.startswith(SUBSTITUTED)]
     quick = ["encoder=tiny", "trainer.max_steps=2", "trainer.eval_every=2", "predict_test=false"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "mtdnn.train", *kept, *quick, f"output_dir={tmp_path / 'run'}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = run_as_a_user(
+        tmp_path, ["python", "-m", "mtdnn.train", *kept, *quick, f"output_dir={tmp_path / 'run'}"]
     )
     assert done.returncode == 0, f"{where}\n{done.stderr[-2000:]}"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import compose_train
+from conftest import compose_train, run_as_a_user
 
 from mtdnn import kinds
 from mtdnn.train import run
@@ -142,20 +142,10 @@ def test_there_are_python_snippets_to_run():
 def test_each_kind_page_s_commands_run_as_written(tmp_path, kind):
     """The bash block of each head kind's page, line by line as a user pastes it, in a folder holding
     `examples/`: the training writes its run, predict writes the records the page names."""
-    import os
-    import subprocess
-    import sys
-
-    (tmp_path / "examples").symlink_to(ROOT / "examples")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     page = DOCS / "kinds" / f"{kind}.md"
     (block,) = blocks(page, "bash")
     for line in block.strip().splitlines():
-        words = shlex.split(line)
-        assert words[0] == "python", line
-        done = subprocess.run(
-            [sys.executable, *words[1:]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-        )
+        done = run_as_a_user(tmp_path, shlex.split(line))
         assert done.returncode == 0, f"{page.name}: {line}\n{done.stderr[-2000:]}"
     (written,) = re.findall(r"`(runs/[^`]+\.jsonl)`", page.read_text())
     records = [json.loads(x) for x in (tmp_path / written).read_text().splitlines()]
