@@ -40,20 +40,32 @@ def test_every_reference_page_is_in_the_site_navigation():
         assert str(path.relative_to(ROOT / "docs")) in nav
 
 
-def documented_commands(program: str) -> list[tuple[str, list[str]]]:
-    """(where, arguments) of every `python -m <program> ...` line (and `torchrun ... -m <program> ...`) in a
-    bash block of README.md and docs/: continuation lines joined, comments dropped."""
+def bash_lines(path: Path) -> list[tuple[str, list[str]]]:
+    """(line, words) of each line of the page's bash blocks, in order (continuations joined, no comments)."""
     import re
     import shlex
 
     found = []
-    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
-        for block in re.findall(r"```(?:bash|sh)\n(.*?)```", path.read_text(), re.S):
-            for line in block.replace("\\\n", " ").splitlines():
-                words = shlex.split(line, comments=True)
-                if f"-m {program}" in " ".join(words[:8]) and words[0] in ("python", "torchrun"):
-                    start = next(i for i, w in enumerate(words) if w == program) + 1
-                    found.append((f"{path.relative_to(ROOT)}: {line.strip()[:80]}", words[start:]))
+    for block in re.findall(r"```(?:bash|sh)\n(.*?)```", path.read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if words := shlex.split(line, comments=True):
+                found.append((line.strip(), words))
+    return found
+
+
+def pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def documented_commands(program: str) -> list[tuple[str, list[str]]]:
+    """(where, arguments) of every `python -m <program> ...` line (and `torchrun ... -m <program> ...`) in a
+    bash block of README.md and docs/."""
+    found = []
+    for path in pages():
+        for line, words in bash_lines(path):
+            if f"-m {program}" in " ".join(words[:8]) and words[0] in ("python", "torchrun"):
+                start = next(i for i, w in enumerate(words) if w == program) + 1
+                found.append((f"{path.relative_to(ROOT)}: {line[:80]}", words[start:]))
     return found
 
 
@@ -179,3 +191,184 @@ def test_each_offline_training_command_in_the_docs_runs(tmp_path, where, args):
     assert done.returncode == 0, f"{where}\n{done.stderr[-2000:]}"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["validation"], where
+
+
+# --------------------------------------------------------------- each page's commands, in order, as a session
+
+RUN_FOLDER_PROGRAMS = ("mtdnn.evaluate", "mtdnn.predict", "mtdnn.export", "mtdnn.report", "mtdnn.distill")
+PROGRAMS = ("mtdnn.train", *RUN_FOLDER_PROGRAMS, "mtdnn.affinity")
+TEACHERS = "[outputs/teachers/0,outputs/teachers/1,outputs/teachers/2]"
+PLACEHOLDERS = {  # words that stand for something the reader has by then: what the session has instead
+    "distill.teachers=[...]": f"distill.teachers={TEACHERS}",
+    "checkpoint=DIR": "checkpoint=outputs/my_run/checkpoints/step_0000002",
+}
+QUICK = {  # the real encoder and run lengths, replaced by the tiny encoder and a few steps
+    "mtdnn.train": ["encoder=tiny", "trainer.max_steps=2", "trainer.eval_every=2", "predict_test=false"],
+    "mtdnn.distill": ["encoder=tiny", "trainer.max_steps=2", "trainer.eval_every=2", "predict_test=false"],
+    "mtdnn.affinity": ["encoder=tiny", "steps=4", "every=2"],
+}
+REPLACED = ("encoder=", "trainer.max_steps=", "trainer.epochs=", "steps=", "every=", "hydra.sweeper.n_trials")
+PAGE_SETTINGS = {  # the distillation page's layer maps name MiniLM's 6 layers: a 6-layer tiny encoder there
+    "docs/guide/distillation.md": ["encoder.from_config.num_hidden_layers=6"],
+}
+
+
+def page_commands(page: str) -> list[tuple[str, list[str]]]:
+    """(program, arguments) of each `python -m mtdnn.*` line of a page's bash blocks, in the page's order."""
+    lines = bash_lines(ROOT / page)
+    return [(w[2], w[3:]) for _, w in lines if w[:2] == ["python", "-m"] and w[2] in PROGRAMS]
+
+
+def session_pages() -> list[str]:
+    """Pages whose bash blocks use a run folder (the head-kind pages run in tests/test_examples.py)."""
+    named = [str(p.relative_to(ROOT)) for p in pages() if "kinds" not in p.parts]
+    return [page for page in named if any(prog != "mtdnn.train" for prog, _ in page_commands(page))]
+
+
+def usage_variants(args: list[str]) -> list[list[str]]:
+    """A usage line as the commands a reader may type: the bare line, then each optional `[...]` argument
+    alone, one line per alternative (`[split=test | input=F]`, `[checkpoint=best|last]`)."""
+    bare, optional, group = [], [], None
+    for word in args:
+        if word.startswith("["):
+            group = []
+        (bare if group is None else group).append(word)
+        if group is not None and word.endswith("]"):
+            optional.append(" ".join(group)[1:-1])
+            group = None
+    variants = [bare]
+    for text in optional:
+        for choice in text.split(" | "):
+            key, _, values = choice.partition("=")
+            variants += [[*bare, f"{key}={value}"] for value in values.split("|")]
+    return variants
+
+
+def why_not_in_session(program: str, args: list[str]) -> str | None:
+    if "..." in args:
+        return "an elided command line"
+    if any("<" in a for a in args):
+        return "names the folder of a sweep on a hub task"
+    if program == "mtdnn.train" and not any(a.startswith(("output_dir=", "hydra.sweep.dir=")) for a in args):
+        return "makes no folder that a later line reads (run by test_each_offline_training_command...)"
+    if program == "mtdnn.train" and why_not_run(args) and "hub" in why_not_run(args):
+        return why_not_run(args)
+    return None
+
+
+def users_folder(folder: Path) -> None:
+    """What a reader has made before the pages' run-folder commands: their own tasks in my_tasks/ (the
+    README's my_task and other_task, the candidates a, b, c: the example classification task under their
+    names), the files they predict, and a run outputs/my_run of rt_polarity, a and b."""
+    import shutil
+
+    from conftest import run_as_a_user
+
+    (folder / "my_tasks").mkdir()
+    shutil.copytree(ROOT / "examples" / "tasks" / "data", folder / "my_tasks" / "data")
+    example = (ROOT / "examples" / "tasks" / "example_sentiment.yaml").read_text()
+    for name in ("my_task", "other_task", "a", "b", "c"):
+        (folder / "my_tasks" / f"{name}.yaml").write_text(example.replace("example_sentiment", name))
+    (folder / "new_rows.csv").write_text("review\na gripping film\ndull and long\n")
+    for name in ("reviews.csv", "my_file.csv"):
+        (folder / name).write_text("text\na gripping film\ndull and long\nfine\n")
+    train = ["python", "-m", "mtdnn.train", "task=[rt_polarity,a,b]", "task_dirs=[my_tasks]"]
+    done = run_as_a_user(folder, [*train, *QUICK["mtdnn.train"], "output_dir=outputs/my_run"])
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def files_and_times(folder: Path) -> set[tuple[Path, int]]:
+    return {(p, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow  # every page's run-folder commands through the real CLI, in order (~6 min)
+@pytest.mark.parametrize("page", session_pages())
+def test_each_pages_commands_run_in_order_as_a_reader_types_them(tmp_path, page):
+    """The page's lines from top to bottom in one folder, usage lines once per form; the lines that make a
+    folder (a training run, a sweep) run too, with the tiny encoder and two steps, so the lines after them
+    find what the page says they find. Each line must succeed and write what it says it writes."""
+    from conftest import run_as_a_user
+
+    users_folder(tmp_path)
+    ran = 0
+    for program, args in page_commands(page):
+        if why_not_in_session(program, args):
+            continue
+        variants = usage_variants([PLACEHOLDERS.get(a, a) for a in args])
+        for number, variant in enumerate(variants, 1):
+            variant = [PLACEHOLDERS.get(a, a) for a in variant]
+            if program in QUICK:
+                variant = [
+                    *(a for a in variant if not a.startswith(REPLACED)),
+                    *QUICK[program],
+                    *PAGE_SETTINGS.get(page, []),
+                    *(["hydra.sweeper.n_trials=2"] if "hydra/sweeper=search" in variant else []),
+                ]
+            line = " ".join(["python -m", program, *variant])
+            before = files_and_times(tmp_path)
+            done = run_as_a_user(tmp_path, ["python", "-m", program, *variant])
+            assert done.returncode == 0, f"{page}: {line}\n{done.stderr[-2000:]}"
+            written = files_and_times(tmp_path) - before  # new files and rewritten ones
+            assert written or "resume=auto" in variant, f"{page}: {line} wrote nothing"
+            if number < len(variants):  # a usage line's forms are alternatives: the next starts as this did
+                for path in {p for p, _ in written} - {p for p, _ in before}:
+                    path.unlink()
+            ran += 1
+    assert ran, page
+
+
+# ---------------------------------------------------------------- every other shell line: checked, or why not
+
+
+def shell_lines() -> list[tuple[str, list[str]]]:
+    """(where, words) of every line of every bash block in README.md and docs/."""
+    return [(f"{p.relative_to(ROOT)}: {line[:80]}", words) for p in pages() for line, words in bash_lines(p)]
+
+
+def not_a_toolkit_command(words: list[str]) -> str | None:
+    """Why a shell line that is not `python -m mtdnn.*` is not run by the tests; None: a script line, whose
+    arguments the test below parses."""
+    if words[:2] == ["pip", "install"]:
+        return "installs packages (CI installs the same extras)"
+    if "pytest" in words[:3]:
+        return "runs this test suite"
+    if words[0] == "export":
+        return "sets the environment (the tests run with it set)"
+    if words[0] == "torchrun" and "--nnodes" in words:
+        return "needs several machines (one-machine torchrun runs in tests/test_distributed.py)"
+    return None
+
+
+class Parsed(Exception):
+    """Raised in place of running a benchmark script once its arguments are parsed."""
+
+
+def test_every_shell_line_in_the_docs_is_run_checked_or_has_a_reason(monkeypatch, capsys):
+    """`python -m mtdnn.*` and one-machine torchrun lines are the tests above; each `python scripts/X.py ...`
+    line (hours of benchmarking) is parsed by X's own argument parser, which must accept it; every other line
+    says why it is not run."""
+    import argparse
+    import runpy
+
+    parse_args = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise Parsed(parse_args(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    scripts = 0
+    for where, words in shell_lines():
+        if words[:2] == ["python", "-m"] and words[2].startswith("mtdnn.") or words[0] == "torchrun":
+            if "--nnodes" not in words:
+                continue  # the tests above
+        if not_a_toolkit_command(words):
+            continue
+        assert words[0] == "python" and words[1].startswith("scripts/"), f"{where}: neither run nor explained"
+        monkeypatch.setattr(sys, "argv", words[1:])
+        with pytest.raises(Parsed):
+            try:
+                runpy.run_path(str(ROOT / words[1]), run_name="__main__")
+            except SystemExit:
+                raise AssertionError(f"{where}: {capsys.readouterr().err.strip()}") from None
+        scripts += 1
+    assert scripts >= 15
