@@ -132,6 +132,23 @@ def test_the_error_page_lists_every_message_raised_in_the_source():
 SUBSTITUTED = ("encoder=", "output_dir=", "trainer.max_steps=", "trainer.epochs=")  # replaced when run
 
 
+def named_tasks(args: list[str]) -> list[str]:
+    """The tasks a training command trains: `task=`, its stages' `task=` overrides (inline or an experiment's
+    YAML); the default task when none is named."""
+    import yaml
+
+    stages = []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key == "stages":
+            stages += yaml.safe_load(value)
+        elif key == "+experiment":
+            stages += yaml.safe_load((ROOT / "conf" / "experiment" / f"{value}.yaml").read_text())["stages"]
+    words = [*args, *(o for stage in stages for o in stage.get("overrides", []))]
+    named = [w.split("=", 1)[1].strip("[]").split(",") for w in words if w.startswith("task=")]
+    return [name for names in named for name in names] or ["rt_polarity"]
+
+
 def why_not_run(args: list[str]) -> str | None:
     """Why a documented training command is only composed (test above), not run offline; None: it runs."""
     import yaml
@@ -140,16 +157,15 @@ def why_not_run(args: list[str]) -> str | None:
         return "an elided command line"
     if any(a.startswith("-") for a in args):
         return "a sweep or search (its jobs are composed one by one above)"
-    if any(a.split("=")[0].lstrip("+") in ("resume", "init_from", "stages", "experiment") for a in args):
-        return "continues or chains earlier runs"
-    tasks = next((a.split("=", 1)[1] for a in args if a.startswith("task=")), "rt_polarity")
     folders = [ROOT / "tasks", *(ROOT / d for a in args if a.startswith("task_dirs=") for d in [a[11:-1]])]
-    for name in tasks.strip("[]").split(","):
+    for name in named_tasks(args):
         found = [f / f"{name}.yaml" for f in folders if (f / f"{name}.yaml").is_file()]
         if not found:
             return f"names a placeholder task ({name})"
         if yaml.safe_load(found[0].read_text())["source"]["kind"] == "hub":
             return f"needs the Hugging Face hub ({name})"
+    if any(a.split("=")[0].lstrip("+") in ("resume", "init_from") for a in args):
+        return "continues an earlier run"
     return None
 
 
@@ -169,7 +185,7 @@ def test_every_training_command_in_the_docs_runs_or_has_a_reason_not_to():
     assert {r.split(" (")[0] for r in reasons if r} <= {
         "an elided command line",
         "a sweep or search",
-        "continues or chains earlier runs",
+        "continues an earlier run",
         "names a placeholder task",
         "needs the Hugging Face hub",
     }
@@ -191,6 +207,32 @@ def test_each_offline_training_command_in_the_docs_runs(tmp_path, where, args):
     assert done.returncode == 0, f"{where}\n{done.stderr[-2000:]}"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["validation"], where
+
+
+HUB_STANDINS = {"mnli": "example_sentiment", "rte": "example_similarity"}  # offline tasks in the hub's place
+
+
+def inline_stage_commands() -> list[tuple[str, list[str]]]:
+    return [(w, a) for w, a in documented_commands("mtdnn.train") if any(x.startswith("stages=") for x in a)]
+
+
+@pytest.mark.slow  # the STILTs lines as written (quoting, stages, heads), offline tasks for the hub's
+@pytest.mark.parametrize("where, args", inline_stage_commands(), ids=[w for w, _ in inline_stage_commands()])
+def test_each_inline_stilts_line_runs_with_offline_tasks_for_the_hubs(tmp_path, where, args):
+    import json
+    import re
+
+    from conftest import run_as_a_user
+
+    standins = [re.sub(r"\btask=(\w+)", lambda m: f"task={HUB_STANDINS.get(m[1], m[1])}", a) for a in args]
+    assert standins != args, where
+    quick = ["encoder=tiny", "task_dirs=[examples/tasks]", "trainer.max_steps=2", "predict_test=false"]
+    done = run_as_a_user(tmp_path, ["python", "-m", "mtdnn.train", *standins, *quick, "output_dir=run"])
+    assert done.returncode == 0, f"{where}\n{done.stderr[-2000:]}"
+    stages = sorted(p.name for p in (tmp_path / "run" / "stages").iterdir())
+    assert len(stages) == len(re.findall(r"\bname:", args[0])) >= 2, stages
+    for stage in stages:
+        assert json.loads((tmp_path / "run" / "stages" / stage / "summary.json").read_text())["steps"] == 2
 
 
 # --------------------------------------------------------------- each page's commands, in order, as a session
