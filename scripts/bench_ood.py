@@ -2,7 +2,7 @@
 others.
 
     python scripts/bench_ood.py [--train tweets] [--size 1000] [--epochs 3] [--seeds 1 2 3 4 5]
-        [--methods none smart r3f ...] [--threads 2] [--jobs 1] [--work bench_ood]
+        [--methods none smart r3f ...] [--threads 2] [--jobs 1] [--work bench_ood] [--also EARLIER_WORK ...]
 
 Child-Tuning and LNSR claim better out-of-domain generalisation, SMART robustness. Each run is the
 regularizer protocol's (scripts/bench_quality.py: MiniLM-L6, `--size` rows of the training domain fixed by
@@ -12,6 +12,11 @@ every other domain's validation split (the same regression head: each domain's r
 scale). Reported per method: in-domain and mean out-of-domain Pearson (mean ± sd over seeds), each paired
 against `none` with its 95% t interval, the seeds it won out of domain, and the median step-time ratio to
 `none` on the same seed. Writes docs/ood/report.md and report.csv.
+
+`--also` adds the other methods of earlier batches (work folders of the same protocol): each is paired with
+its own batch's `none` runs, since step times compare only within one session (the machine's speed changes
+between sessions); the report says whether `none` scored the same in every batch (it should: runs are
+deterministic).
 """
 
 from __future__ import annotations
@@ -54,8 +59,8 @@ def score_elsewhere(arm: bq.Arm, args) -> Path:
     return result
 
 
-def read(arm: bq.Arm, args) -> dict | None:
-    out = arm.folder(args.work)
+def read(arm: bq.Arm, work: Path) -> dict | None:
+    out = arm.folder(work)
     if not (out / "summary.json").is_file() or not (out / "eval" / "ood.json").is_file():
         return None
     summary = json.loads((out / "summary.json").read_text())
@@ -65,6 +70,7 @@ def read(arm: bq.Arm, args) -> dict | None:
     return {
         "method": arm.method,
         "seed": arm.seed,
+        "batch": str(work),
         "in_domain": own,
         "out_of_domain": statistics.fmean(by_domain.values()),
         "step_seconds": summary["train_seconds"] / max(summary["steps"], 1),
@@ -82,9 +88,14 @@ def table(args, rows: list[dict], command_line: str) -> str:
         "| wins | step x none |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    base = {r["seed"]: r for r in rows if r["method"] == "none"}
-    for method in args.methods:
-        mine = {r["seed"]: r for r in rows if r["method"] == method}
+    base = {(r["batch"], r["seed"]): r for r in rows if r["method"] == "none"}
+    present = {*args.methods, *(r["method"] for r in rows)}
+    methods = [m for m in bq.METHODS if m in present] + sorted(present - set(bq.METHODS))
+    for method in methods:
+        # each method against the `none` runs of its own batch (same session: the step times compare)
+        mine = {(r["batch"], r["seed"]): r for r in rows if r["method"] == method}
+        if method == "none":
+            mine = {key: r for key, r in mine.items() if key[0] == str(args.work)}
         if not mine:
             continue
         cells = []
@@ -98,10 +109,34 @@ def table(args, rows: list[dict], command_line: str) -> str:
             versus = "–" if method == "none" else f"{diff:+.4f} [{diff - half:+.4f}, {diff + half:+.4f}]"
             cells += [f"{statistics.fmean(values):.4f} ± {sd:.4f}", versus]
         cells.append("–" if method == "none" else f"{wins}/{n}")
-        ratios = [r["step_seconds"] / base[seed]["step_seconds"] for seed, r in mine.items() if seed in base]
+        ratios = [r["step_seconds"] / base[key]["step_seconds"] for key, r in mine.items() if key in base]
         cells.append(f"{statistics.median(ratios):.2f}" if ratios else "–")
         lines.append(f"| {method} | {len(mine)} | " + " | ".join(cells) + " |")
+    lines += batches_note(args, rows, base)
     return "\n".join(lines) + "\n"
+
+
+def batches_note(args, rows: list[dict], base: dict) -> list[str]:
+    """Which methods came from which earlier batch, and whether `none` scored the same in every batch (the
+    runs are deterministic on one machine: the same seed gives the same weights)."""
+    if not args.also:
+        return []
+    note = [
+        "",
+        "Each method is paired with the `none` runs of its own batch (the same session: step times compare):",
+    ]
+    for work in args.also:
+        methods = sorted({r["method"] for r in rows if r["batch"] == str(work)} - {"none"})
+        same = all(
+            base[(str(work), seed)]["in_domain"] == base[(str(args.work), seed)]["in_domain"]
+            for seed in args.seeds
+            if (str(work), seed) in base and (str(args.work), seed) in base
+        )
+        identical = "the same" if same else "different"
+        note.append(
+            f"- {', '.join(methods)}: an earlier batch, `--work {work}`; its `none` scores are {identical}"
+        )
+    return note
 
 
 def train_and_score(arm: bq.Arm, quality: argparse.Namespace, args) -> dict | None:
@@ -115,7 +150,21 @@ def train_and_score(arm: bq.Arm, quality: argparse.Namespace, args) -> dict | No
         score_elsewhere(arm, args)
     for checkpoint in (out / "checkpoints").glob("step_*"):  # scored: the weights can go
         shutil.rmtree(checkpoint, ignore_errors=True)
-    return read(arm, args)
+    return read(arm, args.work)
+
+
+def earlier_batches(args) -> list[dict]:
+    """The finished runs of the --also folders (earlier batches of this protocol, same task, size and
+    epochs), for the methods this command does not run; `none` too, each batch's own base."""
+    rows = []
+    for work in args.also:
+        folder = work / task(args.train) / f"{args.size}x{args.epochs:g}ep"
+        methods = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        for method in [m for m in methods if m == "none" or m not in args.methods]:
+            for seed in args.seeds:
+                row = read(bq.Arm(task(args.train), args.size, method, seed, args.epochs), work)
+                rows += [row] if row else []
+    return rows
 
 
 def main() -> None:
@@ -131,6 +180,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once")
     parser.add_argument("--work", type=Path, default=ROOT / "bench_ood")
     parser.add_argument("--set", nargs="*", default=[], help="extra overrides for every run (a smoke test)")
+    parser.add_argument(
+        "--also",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="work folders of earlier batches: their other methods join the table, each against its own none",
+    )
     args = parser.parse_args()
     quality = argparse.Namespace(variants={}, batch_size=16, task_dirs=[], set=args.set, work=args.work)
     arms = [
@@ -138,6 +194,7 @@ def main() -> None:
     ]
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = [row for row in pool.map(lambda arm: train_and_score(arm, quality, args), arms) if row]
+    rows += earlier_batches(args)
     text = table(args, rows, "python scripts/bench_ood.py " + " ".join(sys.argv[1:]))
     bq.write_markdown_and_csv(args.work if args.set else ROOT / "docs" / "ood", "report", text, rows)
     print(text)

@@ -26,9 +26,10 @@ real command (`python -m mtdnn.train ...` in a child process); a rerun skips fin
 checkpoints are deleted except the source models'. Before any run, every experiment's texts are checked: no
 text of a training task may appear in the target's validation or test split.
 
-Writes into --work and docs/transfer/: report.md (per target and size: each arm's mean ± sd, the paired
-difference to `single` with its 95% t interval and the seeds it won, the step-time ratio to `single`, and the
-source model's training time amortised over the target's cells), report.csv (one row per run) and report.png
+Writes into --work and docs/transfer/: summary.md (the guide's table: single, mtdnn and stilts side by side
+with their paired differences), report.md (per target and size: each arm's mean ± sd, the paired difference to
+`single` with its 95% t interval and the seeds it won, the step-time ratio to `single`, and the source model's
+training time amortised over the target's cells), report.csv (one row per run) and report.png
 (learning curves: target size vs validation Pearson, one line per arm, 95% intervals).
 """
 
@@ -270,6 +271,23 @@ def step_seconds(run: dict) -> float:
     return run["train_seconds"] / max(run["steps"], 1)
 
 
+def paired(by: dict, key: tuple[str, str], arm: str, base: str, seeds: list[int]) -> dict | None:
+    """`arm` minus `base` on one (target, size), seed by seed: mean, 95% half-width, wins, n, and the median
+    step-time ratio; None when no seed has both."""
+    both = [s for s in seeds if (*key, arm, s) in by and (*key, base, s) in by]
+    if not both:
+        return None
+    diffs = [by[(*key, arm, s)]["pearson"] - by[(*key, base, s)]["pearson"] for s in both]
+    mean, half = mean_interval(diffs)
+    ratios = [step_seconds(by[(*key, arm, s)]) / step_seconds(by[(*key, base, s)]) for s in both]
+    return {
+        "mean": mean,
+        "half": half,
+        "wins": f"{sum(d > 0 for d in diffs)}/{len(diffs)}",
+        "ratio": statistics.median(ratios),
+    }
+
+
 def report(args, rows: list[dict], command_line: str) -> str:
     by = {(r["target"], r["size"], r["arm"], r["seed"]): r for r in rows}
     lines = [
@@ -282,23 +300,19 @@ def report(args, rows: list[dict], command_line: str) -> str:
     for target in args.targets:
         for size in args.sizes:
             for arm in args.arms:
-                done = {s: by[(target, size, arm, s)] for s in args.seeds if (target, size, arm, s) in by}
-                if not done:
+                values = [
+                    by[(target, size, arm, s)]["pearson"] for s in args.seeds if (target, size, arm, s) in by
+                ]
+                if not values:
                     continue
-                values = [r["pearson"] for r in done.values()]
                 sd = statistics.stdev(values) if len(values) > 1 else math.nan
-                base = {s: by[(target, size, "single", s)] for s in done if (target, size, "single", s) in by}
-                diffs = [done[s]["pearson"] - base[s]["pearson"] for s in base]
-                ratios = [step_seconds(done[s]) / step_seconds(base[s]) for s in base]
-                if arm == "single" or not diffs:
+                versus = paired(by, (target, size), arm, "single", args.seeds) if arm != "single" else None
+                if versus is None:
                     vs, wins, ratio = "–", "–", "1.00" if arm == "single" else "–"
                 else:
-                    mean, half = mean_interval(diffs)
-                    vs = f"{mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}]"
-                    wins, ratio = (
-                        f"{sum(d > 0 for d in diffs)}/{len(diffs)}",
-                        f"{statistics.median(ratios):.2f}",
-                    )
+                    low, high = versus["mean"] - versus["half"], versus["mean"] + versus["half"]
+                    vs = f"{versus['mean']:+.4f} [{low:+.4f}, {high:+.4f}]"
+                    wins, ratio = versus["wins"], f"{versus['ratio']:.2f}"
                 cell = f"{statistics.fmean(values):.4f} ± {sd:.4f}"
                 lines.append(
                     f"| {target} | {size} | {arm} | {len(values)} | {cell} | {vs} | {wins} | {ratio} |"
@@ -312,6 +326,45 @@ def report(args, rows: list[dict], command_line: str) -> str:
             lines.append(
                 f"- without {target}: {seconds:.0f} s of training, {seconds / cells:.1f} s per "
                 f"({len(args.sizes)} sizes x {len(args.seeds)} seeds) cell"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def summary(args, rows: list[dict]) -> str:
+    """The guide's table: per target and size, single, mtdnn and stilts side by side with their paired
+    differences (95% t interval, seeds won, median step-time ratio)."""
+    by = {(r["target"], r["size"], r["arm"], r["seed"]): r for r in rows}
+
+    def score(key: tuple[str, str], arm: str) -> str:
+        values = [by[(*key, arm, s)]["pearson"] for s in args.seeds if (*key, arm, s) in by]
+        if not values:
+            return "–"
+        sd = statistics.stdev(values) if len(values) > 1 else math.nan
+        return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
+
+    def versus(key: tuple[str, str], arm: str, base: str) -> str:
+        found = paired(by, key, arm, base, args.seeds)
+        if found is None:
+            return "–"
+        mean, half = found["mean"], found["half"]
+        return f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}], {found['wins']}, {found['ratio']:.2f}x"
+
+    lines = [
+        "| target | rows | single | mtdnn | mtdnn - single | stilts | stilts - single | mtdnn - stilts |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for target in args.targets:
+        for size in args.sizes:
+            key = (target, size)
+            if score(key, "single") == "–":
+                continue
+            stilts = score(key, "stilts")
+            if stilts != "–" and (args.work / "probes").is_dir():
+                stilts += f" ({best_source(args.work, target)})"
+            lines.append(
+                f"| {target} | {size} | {score(key, 'single')} | {score(key, 'mtdnn')} "
+                f"| {versus(key, 'mtdnn', 'single')} | {stilts} | {versus(key, 'stilts', 'single')} "
+                f"| {versus(key, 'mtdnn', 'stilts')} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -364,6 +417,7 @@ def write(args, rows: list[dict], command_line: str) -> None:
     for folder in (args.work, *([] if args.set else [ROOT / "docs" / "transfer"])):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "report.md").write_text(text)
+        (folder / "summary.md").write_text(summary(args, rows))
         with (folder / "report.csv").open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["target"])
             writer.writeheader(), writer.writerows(rows)

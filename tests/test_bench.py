@@ -213,3 +213,26 @@ def test_the_regularizer_guide_tables_are_the_recorded_runs(tmp_path, monkeypatc
     assert len(blocks) == 6 and len(rows) == len(record)
     for block in blocks:
         assert block in guide, f"the guide lacks, or differs from, the record's:\n{block}"
+
+
+def test_the_transfer_summary_pairs_each_arm_with_single_seed_by_seed(tmp_path, monkeypatch):
+    """scripts/bench_transfer.py's guide table against a hand computation: three seeds, mtdnn - single =
+    0.3, 0.2, 0.2 (mean 0.2333, sd 0.0577, t(2) = 4.303: half-width 0.1434), step ratios 1.1, 1.5, 1.1."""
+    import argparse
+
+    bench_quality(monkeypatch)
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import bench_transfer
+
+    rows = []
+    for seed, single, mtdnn, seconds in [(1, 0.5, 0.8, 22.0), (2, 0.6, 0.8, 30.0), (3, 0.7, 0.9, 22.0)]:
+        common = {"target": "nyt", "size": "30", "seed": seed, "steps": 40}
+        rows += [
+            {**common, "arm": "single", "pearson": single, "train_seconds": 20.0},
+            {**common, "arm": "mtdnn", "pearson": mtdnn, "train_seconds": seconds},
+        ]
+    args = argparse.Namespace(targets=["nyt"], sizes=["30", "100"], seeds=[1, 2, 3], work=tmp_path)
+    table = bench_transfer.summary(args, rows).splitlines()
+    assert table[2:] == [
+        "| nyt | 30 | 0.600 ± 0.100 | 0.833 ± 0.058 | +0.233 [+0.090, +0.377], 3/3, 1.10x | – | – | – |"
+    ]
