@@ -552,3 +552,70 @@ def test_ranking_and_regression_distil_end_to_end(tmp_path):
     )
     stored = load_file(str(next(store.glob("toy_count-*.safetensors"))))["targets"].squeeze(-1)
     torch.testing.assert_close(stored, torch.stack(outputs), atol=1e-5, rtol=1e-5)
+
+
+def test_narrower_feed_forward_keeps_the_neurons_with_the_largest_weight_products():
+    """Neuron j's importance is ||W_in[j]|| * ||W_out[:, j]||: here 1*3, 2*0, 2*1, 1*1 (3, 0, 2, 1), so width 2
+    keeps neurons 0 and 2, in the teacher's order; a neuron whose output weights are zero contributes
+    nothing, so dropping it leaves the block's function unchanged."""
+    from mtdnn.distill.student import narrower_feed_forward
+
+    w_in = torch.tensor([[1.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 1.0]])
+    w_out = torch.tensor([[3.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    b_in = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    names = "encoder.layer.0.intermediate.dense.weight", "encoder.layer.0.intermediate.dense.bias"
+    state = {names[0]: w_in, names[1]: b_in, "encoder.layer.0.output.dense.weight": w_out, "other": b_in}
+    narrow = narrower_feed_forward(state, 2, "teacher")
+    assert torch.equal(narrow[names[0]], w_in[[0, 2]]) and torch.equal(narrow[names[1]], b_in[[0, 2]])
+    assert torch.equal(narrow["encoder.layer.0.output.dense.weight"], w_out[:, [0, 2]])
+    assert narrow["other"] is b_in and state[names[0]] is w_in  # the rest as it was; the input untouched
+
+    three = narrower_feed_forward(state, 3, "teacher")  # drops neuron 1 only, whose W_out column is zero
+    x = torch.randn(5, 2)
+
+    def block(s):
+        hidden = torch.nn.functional.gelu(x @ s[names[0]].T + s[names[1]])
+        return hidden @ s["encoder.layer.0.output.dense.weight"].T
+
+    torch.testing.assert_close(block(three), block(state))
+    with pytest.raises(MtdnnError, match="distill.keep_ffn: t's encoder has no BERT-style feed-forward"):
+        narrower_feed_forward({"ffn.lin1.weight": w_in}, 2, "t")
+
+
+def test_student_from_teacher_keeps_a_share_of_each_layers_feed_forward_neurons(teachers, tmp_path):
+    """keep_ffn=0.5 on the tiny teacher (64 feed-forward neurons a layer): a student with 32, the teacher's
+    32 most important neurons of each layer, attention weights unchanged."""
+    root, folder, runs = teachers
+    run(
+        _student(
+            folder,
+            runs[:1],
+            "distill.student_from_teacher=true",
+            "distill.keep_every=1",
+            "distill.keep_ffn=0.5",
+            "trainer.max_steps=1",
+            "trainer.lr=1e-12",
+            "trainer.head_lr=1e-12",
+        ),
+        tmp_path / "run",
+    )
+    config = json.loads((tmp_path / "run" / "encoder" / "config.json").read_text())
+    assert (config["num_hidden_layers"], config["intermediate_size"]) == (2, 32)
+    teacher = load_file(
+        str(runs[0] / json.loads((runs[0] / "best.json").read_text())["checkpoint"] / "model.safetensors")
+    )
+    student = load_file(str(tmp_path / "run" / "checkpoints" / "step_0000001" / "model.safetensors"))
+    for layer in (0, 1):
+        prefix = f"encoder.encoder.layer.{layer}."
+        w_in, w_out = teacher[prefix + "intermediate.dense.weight"], teacher[prefix + "output.dense.weight"]
+        kept = (w_in.norm(dim=1) * w_out.norm(dim=0)).argsort(descending=True)[:32].sort().values
+        torch.testing.assert_close(student[prefix + "intermediate.dense.weight"], w_in[kept], atol=1e-6, rtol=0)
+        torch.testing.assert_close(student[prefix + "output.dense.weight"], w_out[:, kept], atol=1e-6, rtol=0)
+        key = prefix + "attention.self.query.weight"
+        torch.testing.assert_close(student[key], teacher[key], atol=1e-6, rtol=0)
+
+
+def test_keep_ffn_outside_zero_to_one_is_refused_before_training(teachers, tmp_path):
+    root, folder, runs = teachers
+    with pytest.raises(MtdnnError, match=r"distill.keep_ffn: must be in \(0, 1\], got 0.0"):
+        run(_student(folder, runs[:1], "distill.student_from_teacher=true", "distill.keep_ffn=0"), tmp_path)

@@ -97,6 +97,9 @@ class DistillConfig:
     # initialise the student from the first teacher, keeping every k-th layer
     student_from_teacher: bool = False
     keep_every: int = 2  # with student_from_teacher: keep layers 0, k, 2k, ... of the teacher
+    # with student_from_teacher: the share of each kept layer's feed-forward neurons kept (the largest
+    # |w_in| * |w_out| first); 1: all
+    keep_ffn: float = 1.0
     # layer-wise terms (mtdnn/distill/layers.py); the teachers then run on every batch and share its tokenizer
     hidden_weight: float = 0.0  # weight of the hidden-state term (TinyBERT; 0: off)
     hidden_loss: str = "mse"  # mse | cosine (DistilBERT)

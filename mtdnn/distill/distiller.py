@@ -49,6 +49,8 @@ def distill_problems(cfg: DistillConfig, specs: list[TaskSpec]) -> list[str]:
         problems.append(f"distill.soft_targets: must be cache or on_the_fly, got '{cfg.soft_targets}'")
     if cfg.keep_every < 1:
         problems.append(f"distill.keep_every: must be >= 1, got {cfg.keep_every}")
+    if not 0 < cfg.keep_ffn <= 1:
+        problems.append(f"distill.keep_ffn: must be in (0, 1], got {cfg.keep_ffn}")
     problems += layer_setting_problems(cfg)
     for i, teacher in enumerate(cfg.teachers):
         folder = Path(os.path.expanduser(teacher))

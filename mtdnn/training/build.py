@@ -103,7 +103,10 @@ def tokenizer_and_encoder(cfg: DictConfig, tasks: dict[str, TaskData], saved_run
         return (*saved_tokenizer_and_encoder(saved_run), {})
     if cfg.distill.mode == "ensemble" and cfg.distill.student_from_teacher:
         return shallow_student(
-            cfg.distill.teachers[0], cfg.distill.teacher_checkpoint, cfg.distill.keep_every
+            cfg.distill.teachers[0],
+            cfg.distill.teacher_checkpoint,
+            cfg.distill.keep_every,
+            cfg.distill.keep_ffn,
         )
     source = pretrained_source(cfg.encoder)
     tokenizer = build_tokenizer(cfg.encoder, source, train_texts(tasks))
