@@ -555,8 +555,8 @@ def test_ranking_and_regression_distil_end_to_end(tmp_path):
 
 
 def test_narrower_feed_forward_keeps_the_neurons_with_the_largest_weight_products():
-    """Neuron j's importance is ||W_in[j]|| * ||W_out[:, j]||: here 1*3, 2*0, 2*1, 1*1 (3, 0, 2, 1), so width 2
-    keeps neurons 0 and 2, in the teacher's order; a neuron whose output weights are zero contributes
+    """Neuron j's importance is ||W_in[j]|| * ||W_out[:, j]||: here 1*3, 2*0, 2*1, 1*1 (3, 0, 2, 1), so width
+    2 keeps neurons 0 and 2, in the teacher's order; a neuron whose output weights are zero contributes
     nothing, so dropping it leaves the block's function unchanged."""
     from mtdnn.distill.student import narrower_feed_forward
 
@@ -609,10 +609,11 @@ def test_student_from_teacher_keeps_a_share_of_each_layers_feed_forward_neurons(
         prefix = f"encoder.encoder.layer.{layer}."
         w_in, w_out = teacher[prefix + "intermediate.dense.weight"], teacher[prefix + "output.dense.weight"]
         kept = (w_in.norm(dim=1) * w_out.norm(dim=0)).argsort(descending=True)[:32].sort().values
-        torch.testing.assert_close(student[prefix + "intermediate.dense.weight"], w_in[kept], atol=1e-6, rtol=0)
-        torch.testing.assert_close(student[prefix + "output.dense.weight"], w_out[:, kept], atol=1e-6, rtol=0)
+        close = dict(atol=1e-6, rtol=0)
+        torch.testing.assert_close(student[prefix + "intermediate.dense.weight"], w_in[kept], **close)
+        torch.testing.assert_close(student[prefix + "output.dense.weight"], w_out[:, kept], **close)
         key = prefix + "attention.self.query.weight"
-        torch.testing.assert_close(student[key], teacher[key], atol=1e-6, rtol=0)
+        torch.testing.assert_close(student[key], teacher[key], **close)
 
 
 def test_keep_ffn_outside_zero_to_one_is_refused_before_training(teachers, tmp_path):

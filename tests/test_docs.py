@@ -323,7 +323,8 @@ def files_and_times(folder: Path) -> set[tuple[Path, int]]:
     return {(p, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
 
 
-@pytest.mark.slow  # every page's run-folder commands through the real CLI, in order (~6 min)
+@pytest.mark.slow  # every page's run-folder commands through the real CLI, in order (~15 min, ~5 the longest)
+@pytest.mark.timeout(1500)  # a page is one test: the distillation page runs 10 commands
 @pytest.mark.parametrize("page", session_pages())
 def test_each_pages_commands_run_in_order_as_a_reader_types_them(tmp_path, page):
     """The page's lines from top to bottom in one folder, usage lines once per form; the lines that make a
