@@ -332,7 +332,7 @@ def report(args, rows: list[dict], command_line: str) -> str:
 
 def summary(args, rows: list[dict]) -> str:
     """The guide's table: per target and size, single, mtdnn and stilts side by side with their paired
-    differences (95% t interval, seeds won, median step-time ratio)."""
+    differences (95% t interval, seeds won, median step-time ratio); then the joint arm where it ran."""
     by = {(r["target"], r["size"], r["arm"], r["seed"]): r for r in rows}
 
     def score(key: tuple[str, str], arm: str) -> str:
@@ -342,12 +342,13 @@ def summary(args, rows: list[dict]) -> str:
         sd = statistics.stdev(values) if len(values) > 1 else math.nan
         return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
 
-    def versus(key: tuple[str, str], arm: str, base: str) -> str:
+    def versus(key: tuple[str, str], arm: str, base: str, steps: bool = True) -> str:
         found = paired(by, key, arm, base, args.seeds)
         if found is None:
             return "–"
         mean, half = found["mean"], found["half"]
-        return f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}], {found['wins']}, {found['ratio']:.2f}x"
+        ratio = f", {found['ratio']:.2f}x" if steps else ""
+        return f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}], {found['wins']}{ratio}"
 
     lines = [
         "| target | rows | single | mtdnn | mtdnn - single | stilts | stilts - single | mtdnn - stilts |",
@@ -365,6 +366,23 @@ def summary(args, rows: list[dict]) -> str:
                 f"| {target} | {size} | {score(key, 'single')} | {score(key, 'mtdnn')} "
                 f"| {versus(key, 'mtdnn', 'single')} | {stilts} | {versus(key, 'stilts', 'single')} "
                 f"| {versus(key, 'mtdnn', 'stilts')} |"
+            )
+    joint = [
+        (t, n) for t in args.targets for n in args.sizes if any((t, n, "joint", s) in by for s in args.seeds)
+    ]
+    if joint:  # one multi-task run in place of source + fine-tuning: its cost is the whole run, not a step
+        lines += [
+            "",
+            "| target | rows | joint | joint - single | mtdnn - joint | joint's training, s (median) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for key in joint:
+            seconds = [
+                by[(*key, "joint", s)]["train_seconds"] for s in args.seeds if (*key, "joint", s) in by
+            ]
+            lines.append(
+                f"| {key[0]} | {key[1]} | {score(key, 'joint')} | {versus(key, 'joint', 'single', False)} "
+                f"| {versus(key, 'mtdnn', 'joint', False)} | {statistics.median(seconds):.0f} |"
             )
     return "\n".join(lines) + "\n"
 

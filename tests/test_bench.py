@@ -236,3 +236,14 @@ def test_the_transfer_summary_pairs_each_arm_with_single_seed_by_seed(tmp_path, 
     assert table[2:] == [
         "| nyt | 30 | 0.600 ± 0.100 | 0.833 ± 0.058 | +0.233 [+0.090, +0.377], 3/3, 1.10x | – | – | – |"
     ]
+    # the joint arm, where it ran, in a table of its own: joint - single = 0.1, 0.15, 0.1 (half-width 0.0717),
+    # mtdnn - joint = 0.2, 0.05, 0.1 (sd 0.0764, half-width 0.1898); its cost is the whole run
+    for seed, value, seconds in [(1, 0.6, 300.0), (2, 0.75, 320.0), (3, 0.8, 310.0)]:
+        common = {"target": "nyt", "size": "30", "seed": seed, "steps": 900}
+        rows.append({**common, "arm": "joint", "pearson": value, "train_seconds": seconds})
+    table = bench_transfer.summary(args, rows).splitlines()
+    assert table[4:] == [
+        "| target | rows | joint | joint - single | mtdnn - joint | joint's training, s (median) |",
+        "|---|---|---|---|---|---|",
+        "| nyt | 30 | 0.717 ± 0.104 | +0.117 [+0.045, +0.188], 3/3 | +0.117 [-0.073, +0.306], 3/3 | 310 |",
+    ]
