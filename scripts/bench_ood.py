@@ -2,7 +2,7 @@
 others.
 
     python scripts/bench_ood.py [--train tweets] [--size 1000] [--epochs 3] [--seeds 1 2 3 4 5]
-        [--methods none smart r3f ...] [--threads 2] [--jobs 1] [--work bench_ood] [--also EARLIER_WORK ...]
+        [--methods none smart r3f ...] [--threads 2] [--jobs 1] [--work bench_ood] [--also EARLIER ...]
 
 Child-Tuning and LNSR claim better out-of-domain generalisation, SMART robustness. Each run is the
 regularizer protocol's (scripts/bench_quality.py: MiniLM-L6, `--size` rows of the training domain fixed by
@@ -13,15 +13,16 @@ scale). Reported per method: in-domain and mean out-of-domain Pearson (mean ± s
 against `none` with its 95% t interval, the seeds it won out of domain, and the median step-time ratio to
 `none` on the same seed. Writes docs/ood/report.md and report.csv.
 
-`--also` adds the other methods of earlier batches (work folders of the same protocol): each is paired with
-its own batch's `none` runs, since step times compare only within one session (the machine's speed changes
-between sessions); the report says whether `none` scored the same in every batch (it should: runs are
-deterministic).
+`--also` adds the other methods of earlier batches of the same protocol (their work folders, or the
+report.csv a batch wrote where its folders are gone): each is paired with its own batch's `none` runs,
+since step times compare only within one session (the machine's speed changes between sessions); the
+report says whether `none` scored the same in every batch (it should: runs are deterministic).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import statistics
@@ -125,17 +126,15 @@ def batches_note(args, rows: list[dict], base: dict) -> list[str]:
         "",
         "Each method is paired with the `none` runs of its own batch (the same session: step times compare):",
     ]
-    for work in args.also:
-        methods = sorted({r["method"] for r in rows if r["batch"] == str(work)} - {"none"})
+    for work in sorted({r["batch"] for r in rows} - {str(args.work)}):
+        methods = sorted({r["method"] for r in rows if r["batch"] == work} - {"none"})
         same = all(
-            base[(str(work), seed)]["in_domain"] == base[(str(args.work), seed)]["in_domain"]
+            base[(work, seed)]["in_domain"] == base[(str(args.work), seed)]["in_domain"]
             for seed in args.seeds
-            if (str(work), seed) in base and (str(args.work), seed) in base
+            if (work, seed) in base and (str(args.work), seed) in base
         )
         identical = "the same" if same else "different"
-        note.append(
-            f"- {', '.join(methods)}: an earlier batch, `--work {work}`; its `none` scores are {identical}"
-        )
+        note.append(f"- {', '.join(methods)}: an earlier batch, `{work}`; its `none` scores are {identical}")
     return note
 
 
@@ -154,17 +153,39 @@ def train_and_score(arm: bq.Arm, quality: argparse.Namespace, args) -> dict | No
 
 
 def earlier_batches(args) -> list[dict]:
-    """The finished runs of the --also folders (earlier batches of this protocol, same task, size and
+    """The finished runs of the --also batches (earlier batches of this protocol, same task, size and
     epochs), for the methods this command does not run; `none` too, each batch's own base."""
     rows = []
     for work in args.also:
-        folder = work / task(args.train) / f"{args.size}x{args.epochs:g}ep"
-        methods = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-        for method in [m for m in methods if m == "none" or m not in args.methods]:
-            for seed in args.seeds:
-                row = read(bq.Arm(task(args.train), args.size, method, seed, args.epochs), work)
-                rows += [row] if row else []
+        mine = recorded_batch(work) if work.is_file() else batch_folder_rows(work, args)
+        rows += [
+            r
+            for r in mine
+            if r["seed"] in args.seeds and (r["method"] == "none" or r["method"] not in args.methods)
+        ]
     return rows
+
+
+def batch_folder_rows(work: Path, args) -> list[dict]:
+    folder = work / task(args.train) / f"{args.size}x{args.epochs:g}ep"
+    methods = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    arms = [bq.Arm(task(args.train), args.size, m, seed, args.epochs) for m in methods for seed in args.seeds]
+    return [row for row in (read(arm, work) for arm in arms) if row]
+
+
+def recorded_batch(report: Path) -> list[dict]:
+    """An earlier batch's report.csv (its run folders are not kept): the rows as read() makes them."""
+    with report.open() as handle:
+        rows = list(csv.DictReader(handle))
+    text = ("method", "batch")
+    return [
+        {
+            **{k: (v if k in text else float(v)) for k, v in r.items()},
+            "seed": int(r["seed"]),
+            "batch": r.get("batch") or str(report),  # a combined report keeps each row's batch
+        }
+        for r in rows
+    ]
 
 
 def main() -> None:
@@ -185,7 +206,8 @@ def main() -> None:
         nargs="*",
         type=Path,
         default=[],
-        help="work folders of earlier batches: their other methods join the table, each against its own none",
+        help="earlier batches (work folders or their report.csv): their other methods join the table, each "
+        "against its own none",
     )
     args = parser.parse_args()
     quality = argparse.Namespace(variants={}, batch_size=16, task_dirs=[], set=args.set, work=args.work)

@@ -247,3 +247,56 @@ def test_the_transfer_summary_pairs_each_arm_with_single_seed_by_seed(tmp_path, 
         "|---|---|---|---|---|---|",
         "| nyt | 30 | 0.717 ± 0.104 | +0.117 [+0.045, +0.188], 3/3 | +0.117 [-0.073, +0.306], 3/3 | 310 |",
     ]
+
+
+def test_the_ood_table_pairs_each_batch_with_its_own_none_and_reads_a_recorded_batch(tmp_path, monkeypatch):
+    """scripts/bench_ood.py with an earlier batch given as its report.csv (its folders gone): smart pairs
+    with that batch's none (in-domain diffs 0.01, 0.02, 0.00: mean 0.01, sd 0.01, t(2) = 4.303, half-width
+    0.0248; step 2.0 / 1.0), alice with this batch's none (diffs +0.05 and -0.1 on every seed; step
+    1.5 / 0.5), and the note says the two batches' none scored the same."""
+    import argparse
+    import csv
+
+    bench_quality(monkeypatch)
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import bench_ood
+
+    earlier = tmp_path / "report.csv"
+    columns = ["method", "seed", "in_domain", "out_of_domain", "step_seconds"]
+    with earlier.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for seed, smart_in, smart_out in [(1, 0.81, 0.62), (2, 0.82, 0.61), (3, 0.80, 0.60)]:
+            writer.writerow(["none", seed, 0.8, 0.6, 1.0])
+            writer.writerow(["smart", seed, smart_in, smart_out, 2.0])
+    work = tmp_path / "work"
+    args = argparse.Namespace(
+        train="tweets",
+        size=500,
+        epochs=3.0,
+        seeds=[1, 2, 3],
+        methods=["none", "alice"],
+        also=[earlier],
+        work=work,
+    )
+    rows = [
+        {"method": method, "seed": seed, "batch": str(work), **scores}
+        for seed in (1, 2, 3)
+        for method, scores in [
+            ("none", {"in_domain": 0.8, "out_of_domain": 0.6, "step_seconds": 0.5}),
+            ("alice", {"in_domain": 0.85, "out_of_domain": 0.5, "step_seconds": 1.5}),
+        ]
+    ]
+    rows += bench_ood.earlier_batches(args)
+    assert {r["method"] for r in rows if r["batch"] == str(earlier)} == {"none", "smart"}
+    lines = bench_ood.table(args, rows, "cmd").splitlines()
+    assert lines[6:] == [
+        "| none | 3 | 0.8000 ± 0.0000 | – | 0.6000 ± 0.0000 | – | – | 1.00 |",
+        "| smart | 3 | 0.8100 ± 0.0100 | +0.0100 [-0.0148, +0.0348] | 0.6100 ± 0.0100 "
+        "| +0.0100 [-0.0148, +0.0348] | 2/3 | 2.00 |",
+        "| alice | 3 | 0.8500 ± 0.0000 | +0.0500 [+0.0500, +0.0500] | 0.5000 ± 0.0000 "
+        "| -0.1000 [-0.1000, -0.1000] | 0/3 | 3.00 |",
+        "",
+        "Each method is paired with the `none` runs of its own batch (the same session: step times compare):",
+        f"- smart: an earlier batch, `{earlier}`; its `none` scores are the same",
+    ]
