@@ -327,6 +327,10 @@ CASES: dict[str, tuple[Callable[[Path, dict], list[str]], str]] = {
         lambda c, w: GOOD + [f"output_dir={w['precious']}"],
         "already holds a run; pass resume=auto to continue it",
     ),
+    "output dir inside a run": (  # found by the long override fuzz: it trained into <run>/checkpoints
+        lambda c, w: GOOD + [f"output_dir={w['precious']}/checkpoints/new"],
+        "is inside the run folder",
+    ),
     "resume from nowhere": (
         lambda c, w: GOOD + [f"resume={c}/missing"],
         "resume: no such checkpoint or run folder",

@@ -51,19 +51,22 @@ log = logging.getLogger("mtdnn")
 
 
 def prepare_output_dir(output_dir: Path, resuming: bool) -> None:
-    """Never write a new run over an existing one: that would lose its checkpoints and metrics."""
+    """Never write a new run over an existing one, nor into one's folders: that would lose or mix up its
+    checkpoints and metrics."""
     if (
         output_dir.exists()
         and not resuming
-        and (
-            list_checkpoints(output_dir)
-            or (output_dir / "best.json").exists()
-            or (output_dir / "summary.json").exists()
-        )
+        and (holds_run(output_dir) or (output_dir / "summary.json").exists())
     ):
         raise MtdnnError(
             f"output_dir: {output_dir} already holds a run; pass resume=auto to continue it "
             "or choose another output_dir"
+        )
+    # a staged run's folder holds its stages' runs, but no checkpoints or best.json of its own
+    inside = next((folder for folder in output_dir.resolve().parents if holds_run(folder)), None)
+    if inside is not None:
+        raise MtdnnError(
+            f"output_dir: {output_dir} is inside the run folder {inside}; choose a folder outside it"
         )
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -72,6 +75,10 @@ def prepare_output_dir(output_dir: Path, resuming: bool) -> None:
         probe.unlink()
     except OSError as err:
         raise MtdnnError(f"output_dir: cannot write to {output_dir}: {err.strerror}") from None
+
+
+def holds_run(folder: Path) -> bool:
+    return bool(list_checkpoints(folder)) or (folder / "best.json").exists()
 
 
 def prepare_data(specs: list[TaskSpec]) -> dict[str, TaskData]:
