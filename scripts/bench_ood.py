@@ -16,7 +16,7 @@ against `none` with its 95% t interval, the seeds it won out of domain, and the 
 `--also` adds the other methods of earlier batches of the same protocol (their work folders, or the
 report.csv a batch wrote where its folders are gone): each is paired with its own batch's `none` runs,
 since step times compare only within one session (the machine's speed changes between sessions); the
-report says whether `none` scored the same in every batch (it should: runs are deterministic).
+report gives the largest gap between the batches' `none` scores (deterministic runs, up to float rounding).
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ def table(args, rows: list[dict], command_line: str) -> str:
 
 
 def batches_note(args, rows: list[dict], base: dict) -> list[str]:
-    """Which methods came from which earlier batch, and whether `none` scored the same in every batch (the
-    runs are deterministic on one machine: the same seed gives the same weights)."""
+    """Which methods came from which earlier batch, and how far its `none` scores are from this batch's (the
+    runs are deterministic up to float rounding: the same seed gives the same weights)."""
     if not args.also:
         return []
     note = [
@@ -128,13 +128,16 @@ def batches_note(args, rows: list[dict], base: dict) -> list[str]:
     ]
     for work in sorted({r["batch"] for r in rows} - {str(args.work)}):
         methods = sorted({r["method"] for r in rows if r["batch"] == work} - {"none"})
-        same = all(
-            base[(work, seed)]["in_domain"] == base[(str(args.work), seed)]["in_domain"]
+        gaps = [
+            abs(base[(work, seed)][key] - base[(str(args.work), seed)][key])
             for seed in args.seeds
             if (work, seed) in base and (str(args.work), seed) in base
+            for key in ("in_domain", "out_of_domain")
+        ]
+        agree = (
+            f"differ from this batch's by at most {max(gaps):.1e}" if gaps else "not paired with this batch's"
         )
-        identical = "the same" if same else "different"
-        note.append(f"- {', '.join(methods)}: an earlier batch, `{work}`; its `none` scores are {identical}")
+        note.append(f"- {', '.join(methods)}: an earlier batch, `{work}`; its `none` scores {agree}")
     return note
 
 
