@@ -152,16 +152,26 @@ def cell_command(cell: Cell, args, rows: dict[str, int]) -> list[str]:
     raise SystemExit(f"unknown arm {cell.arm}")
 
 
-def best_source(work: Path, target: str) -> str:
+def best_source(work: Path, target: str, affinity_csv: Path | None = None) -> str:
     """The single source domain the affinity probes rank highest for `target` (mean lookahead into it);
-    scripts/bench_affinity.py makes the probes and the single-source models."""
+    scripts/bench_affinity.py makes the probes and the single-source models, and records the same means in
+    docs/transfer/affinity.csv, which names it once the probes' folders are gone."""
     probes = sorted((work / "probes").glob("seed*/summary.json"))
-    if not probes:
+    if probes:
+        looks = [json.loads(p.read_text())["task_affinity"]["lookahead"] for p in probes]
+        into = {
+            d: statistics.fmean(look[f"{task(d)}->{task(target)}"] for look in looks)
+            for d in sources_of(target)
+        }
+    elif affinity_csv is not None and affinity_csv.is_file():
+        with affinity_csv.open() as handle:
+            into = {
+                r["source"]: float(r["predicted_lookahead"])
+                for r in csv.DictReader(handle)
+                if r["target"] == target
+            }
+    else:
         raise SystemExit("the stilts arm needs the affinity probes: run scripts/bench_affinity.py first")
-    looks = [json.loads(p.read_text())["task_affinity"]["lookahead"] for p in probes]
-    into = {
-        d: statistics.fmean(look[f"{task(d)}->{task(target)}"] for look in looks) for d in sources_of(target)
-    }
     return max(into, key=into.get)
 
 
@@ -334,6 +344,8 @@ def summary(args, rows: list[dict]) -> str:
     """The guide's table: per target and size, single, mtdnn and stilts side by side with their paired
     differences (95% t interval, seeds won, median step-time ratio); then the joint arm where it ran."""
     by = {(r["target"], r["size"], r["arm"], r["seed"]): r for r in rows}
+    record = getattr(args, "record", None)
+    affinity_csv = (record.parent if record else args.work) / "affinity.csv"
 
     def score(key: tuple[str, str], arm: str) -> str:
         values = [by[(*key, arm, s)]["pearson"] for s in args.seeds if (*key, arm, s) in by]
@@ -360,8 +372,8 @@ def summary(args, rows: list[dict]) -> str:
             if score(key, "single") == "–":
                 continue
             stilts = score(key, "stilts")
-            if stilts != "–" and (args.work / "probes").is_dir():
-                stilts += f" ({best_source(args.work, target)})"
+            if stilts != "–" and ((args.work / "probes").is_dir() or affinity_csv.is_file()):
+                stilts += f" ({best_source(args.work, target, affinity_csv)})"
             lines.append(
                 f"| {target} | {size} | {score(key, 'single')} | {score(key, 'mtdnn')} "
                 f"| {versus(key, 'mtdnn', 'single')} | {stilts} | {versus(key, 'stilts', 'single')} "

@@ -301,3 +301,41 @@ def test_the_ood_table_pairs_each_batch_with_its_own_none_and_reads_a_recorded_b
         f"- smart: an earlier batch, `{earlier}`; its `none` scores differ from this batch's by at most "
         "2.0e-08",
     ]
+
+
+def test_the_stilts_source_is_named_from_the_recorded_affinity_once_the_probes_are_gone(
+    tmp_path, monkeypatch
+):
+    """Without probe folders, the summary names the stilts source from the record's affinity.csv: the source
+    with the highest predicted lookahead into the target (amazon for nyt here; nyt -> amazon is another
+    target's row and must not count)."""
+    import argparse
+
+    bench_quality(monkeypatch)
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import bench_transfer
+
+    (tmp_path / "affinity.csv").write_text(
+        "source,target,predicted_lookahead,measured_gain\n"
+        "tweets,nyt,0.001,0.1\namazon,nyt,0.003,0.1\nmovies,nyt,-0.002,0.1\nnyt,amazon,0.9,0.1\n"
+    )
+    with pytest.raises(SystemExit, match="needs the affinity probes"):
+        bench_transfer.best_source(tmp_path / "work", "nyt")
+    assert bench_transfer.best_source(tmp_path / "work", "nyt", tmp_path / "affinity.csv") == "amazon"
+    rows = [
+        {
+            "target": "nyt",
+            "size": "30",
+            "seed": seed,
+            "steps": 40,
+            "arm": arm,
+            "pearson": value,
+            "train_seconds": 20.0,
+        }
+        for seed in (1, 2)
+        for arm, value in [("single", 0.5), ("stilts", 0.6 + seed / 100)]
+    ]
+    args = argparse.Namespace(
+        targets=["nyt"], sizes=["30"], seeds=[1, 2], work=tmp_path / "work", record=tmp_path / "report.csv"
+    )
+    assert "| 0.615 ± 0.007 (amazon) |" in bench_transfer.summary(args, rows)
