@@ -250,11 +250,12 @@ def recorded(args) -> dict[Cell, dict]:
         return {}
     with args.record.open() as handle:
         rows = list(csv.DictReader(handle))
-    numbers = ("pearson", "spearman", "mse", "steps", "train_seconds", "seconds")
+    numbers = ("pearson", "spearman", "mse", "train_seconds", "seconds")
     return {
         Cell(r["target"], r["size"], int(r["seed"]), r["arm"]): {
             **r,
             "seed": int(r["seed"]),
+            "steps": int(r["steps"]),
             **{k: float(r[k]) for k in numbers},
         }
         for r in rows
@@ -443,6 +444,7 @@ def plot(args, rows: list[dict], path: Path) -> None:
 
 def write(args, rows: list[dict], command_line: str) -> None:
     text = report(args, rows, command_line)
+    seconds = sorted(source_seconds(args).items())  # read before the record's own sources.csv is rewritten
     # a run with extra overrides (--set) is a trial, not the protocol: its report stays in --work
     for folder in (args.work, *([] if args.set else [ROOT / "docs" / "transfer"])):
         folder.mkdir(parents=True, exist_ok=True)
@@ -454,7 +456,7 @@ def write(args, rows: list[dict], command_line: str) -> None:
         with (folder / "sources.csv").open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["target", "train_seconds"])
-            writer.writerows(sorted(source_seconds(args).items()))
+            writer.writerows(seconds)
         if rows:
             plot(args, rows, folder / "report.png")
     print(text)

@@ -339,3 +339,43 @@ def test_the_stilts_source_is_named_from_the_recorded_affinity_once_the_probes_a
         targets=["nyt"], sizes=["30"], seeds=[1, 2], work=tmp_path / "work", record=tmp_path / "report.csv"
     )
     assert "| 0.615 ± 0.007 (amazon) |" in bench_transfer.summary(args, rows)
+
+
+def test_rewriting_the_transfer_report_keeps_the_recorded_source_times(tmp_path, monkeypatch):
+    """The record's sources.csv is read before it is rewritten (it once came back empty): a report written
+    into the record's own folder keeps every recorded source model's seconds."""
+    import argparse
+
+    bench_quality(monkeypatch)
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import bench_transfer
+
+    (tmp_path / "sources.csv").write_text("target,train_seconds\namazon,882.48\nnyt,415.76\n")
+    rows = [
+        {
+            "target": "nyt",
+            "size": "30",
+            "seed": seed,
+            "steps": 40,
+            "arm": "single",
+            "pearson": 0.5 + seed / 10,
+        }
+        | {"spearman": 0.5, "mse": 1.0, "train_seconds": 20.0, "seconds": 30.0}
+        for seed in (1, 2)
+    ]
+    args = argparse.Namespace(
+        targets=["nyt"],
+        sizes=["30"],
+        seeds=[1, 2],
+        arms=["single"],
+        work=tmp_path,
+        record=tmp_path / "report.csv",
+    )
+    args.set = ["a trial: write into --work only"]
+    bench_transfer.write(args, rows, "cmd")
+    assert (tmp_path / "sources.csv").read_text().splitlines() == [
+        "target,train_seconds",
+        "amazon,882.48",
+        "nyt,415.76",
+    ]
+    assert (tmp_path / "report.png").is_file() and "| nyt | 30 |" in (tmp_path / "summary.md").read_text()
