@@ -345,8 +345,7 @@ def summary(args, rows: list[dict]) -> str:
     """The guide's table: per target and size, single, mtdnn and stilts side by side with their paired
     differences (95% t interval, seeds won, median step-time ratio); then the joint arm where it ran."""
     by = {(r["target"], r["size"], r["arm"], r["seed"]): r for r in rows}
-    record = getattr(args, "record", None)
-    affinity_csv = (record.parent if record else args.work) / "affinity.csv"
+    affinity_csv = (args.record.parent if args.record else args.work) / "affinity.csv"
 
     def score(key: tuple[str, str], arm: str) -> str:
         values = [by[(*key, arm, s)]["pearson"] for s in args.seeds if (*key, arm, s) in by]

@@ -231,7 +231,9 @@ def test_the_transfer_summary_pairs_each_arm_with_single_seed_by_seed(tmp_path, 
             {**common, "arm": "single", "pearson": single, "train_seconds": 20.0},
             {**common, "arm": "mtdnn", "pearson": mtdnn, "train_seconds": seconds},
         ]
-    args = argparse.Namespace(targets=["nyt"], sizes=["30", "100"], seeds=[1, 2, 3], work=tmp_path)
+    args = argparse.Namespace(
+        targets=["nyt"], sizes=["30", "100"], seeds=[1, 2, 3], work=tmp_path, record=None
+    )
     table = bench_transfer.summary(args, rows).splitlines()
     assert table[2:] == [
         "| nyt | 30 | 0.600 ± 0.100 | 0.833 ± 0.058 | +0.233 [+0.090, +0.377], 3/3, 1.10x | – | – | – |"
