@@ -169,6 +169,15 @@ def bench_quality(monkeypatch):
     return bench
 
 
+def script_module(monkeypatch, name: str):
+    """A protocol script that imports bench_quality (and bench_transfer) as a module: scripts/ on the path."""
+    import importlib
+
+    bench_quality(monkeypatch)
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    return importlib.import_module(name)
+
+
 def test_a_variant_is_its_method_at_other_settings_in_an_arm_of_its_own(tmp_path, monkeypatch):
     import argparse
 
@@ -220,9 +229,7 @@ def test_the_transfer_summary_pairs_each_arm_with_single_seed_by_seed(tmp_path, 
     0.3, 0.2, 0.2 (mean 0.2333, sd 0.0577, t(2) = 4.303: half-width 0.1434), step ratios 1.1, 1.5, 1.1."""
     import argparse
 
-    bench_quality(monkeypatch)
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    import bench_transfer
+    bench_transfer = script_module(monkeypatch, "bench_transfer")
 
     rows = []
     for seed, single, mtdnn, seconds in [(1, 0.5, 0.8, 22.0), (2, 0.6, 0.8, 30.0), (3, 0.7, 0.9, 22.0)]:
@@ -259,9 +266,7 @@ def test_the_ood_table_pairs_each_batch_with_its_own_none_and_reads_a_recorded_b
     import argparse
     import csv
 
-    bench_quality(monkeypatch)
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    import bench_ood
+    bench_ood = script_module(monkeypatch, "bench_ood")
 
     earlier = tmp_path / "report.csv"
     columns = ["method", "seed", "in_domain", "out_of_domain", "step_seconds"]
@@ -313,9 +318,7 @@ def test_the_stilts_source_is_named_from_the_recorded_affinity_once_the_probes_a
     target's row and must not count)."""
     import argparse
 
-    bench_quality(monkeypatch)
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    import bench_transfer
+    bench_transfer = script_module(monkeypatch, "bench_transfer")
 
     (tmp_path / "affinity.csv").write_text(
         "source,target,predicted_lookahead,measured_gain\n"
@@ -348,9 +351,7 @@ def test_rewriting_the_transfer_report_keeps_the_recorded_source_times(tmp_path,
     into the record's own folder keeps every recorded source model's seconds."""
     import argparse
 
-    bench_quality(monkeypatch)
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    import bench_transfer
+    bench_transfer = script_module(monkeypatch, "bench_transfer")
 
     (tmp_path / "sources.csv").write_text("target,train_seconds\namazon,882.48\nnyt,415.76\n")
     rows = [
