@@ -6,12 +6,14 @@ on rt_polarity (classification) and vader_domain_amazon (regression), both offli
         [--repeats 5] [--train-only] [--out docs/inference]
 
 It trains what `--work` does not hold yet (stop and rerun at will): the teacher on both tasks (`--rows`
-rt_polarity rows, every amazon row, 2 epochs), then per seed five students cut from it
+rt_polarity rows, every amazon row, 2 epochs), then per seed six students cut from it
 (distill.student_from_teacher: keep_every=2 keeps layers 0, 2, 4; keep_every=3 layers 0, 3), each distilled
 on the same rows with `distill=ensemble` (the teacher's outputs) or `distill=layerwise` (outputs, hidden
-states, last-layer attention and value relations); the fifth keeps layers 0, 2, 4 with half of each layer's
-feed-forward neurons (distill.keep_ffn=0.5: the compute of two full layers), distilled from outputs. Every
-run is exported once as one multi-task ONNX graph (`task=all format=onnx quantize=int8`). Then, with
+states, last-layer attention and value relations); the 2-layer student also with a transfer set (the
+teacher's outputs on rt_polarity's other train texts and on 4 noisy copies of every labelled row, which
+carry no labels: `distill.transfer`, `distill.augment`); the sixth keeps layers 0, 2, 4 with half of each
+layer's feed-forward neurons (distill.keep_ffn=0.5: the compute of two full layers), distilled from outputs.
+Every run is exported once as one multi-task ONNX graph (`task=all format=onnx quantize=int8`). Then, with
 `--threads` intra-op threads:
 
   quality      each student seed's int8 graph on both validation splits: accuracy / Pearson as a share of the
@@ -47,10 +49,17 @@ from bench_quality import t_quantile  # noqa: E402
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 TASKS = ("rt_polarity", "vader_domain_amazon")
 SPEED_TASK = TASKS[0]
-METHODS = {"outputs": "ensemble", "layer-wise": "layerwise"}  # name -> conf/distill/<file>
+TRANSFER = "{work}/rt_polarity_unlabelled.csv"  # rt_polarity's train rows the teacher did not see, texts only
+METHODS = {  # name -> the distillation's overrides
+    "outputs": ["distill=ensemble"],
+    "layer-wise": ["distill=layerwise"],
+    # the teacher's outputs on a transfer set too: the rest of rt_polarity's train texts (no labels) and
+    # 4 noisy copies of every labelled row of both tasks (mtdnn/distill/transfer.py)
+    "transfer set": ["distill=ensemble", f"+distill.transfer.{TASKS[0]}={TRANSFER}", "distill.augment=4"],
+}
 STUDENTS = {  # name -> distill.keep_every (6 teacher layers -> 2, 3), distill.keep_ffn, distillations
-    "2 layers": (3, 1.0, tuple(METHODS)),
-    "3 layers": (2, 1.0, tuple(METHODS)),
+    "2 layers": (3, 1.0, ("outputs", "layer-wise", "transfer set")),
+    "3 layers": (2, 1.0, ("outputs", "layer-wise")),
     # half of each layer's feed-forward neurons: the compute of 2 full layers (outputs only: layer-wise was
     # behind on both other students)
     "3 layers, half FFN": (2, 0.5, ("outputs",)),
@@ -74,7 +83,26 @@ def common(rows: int, seed: int) -> list[str]:
 
 
 def student_dir(work: Path, size: str, method: str, seed: int) -> Path:
-    return work / f"{re.sub('[^A-Za-z0-9]', '', size)}-{method}-s{seed}"
+    return work / f"{re.sub('[^A-Za-z0-9]', '', size)}-{re.sub('[^A-Za-z0-9-]', '', method)}-s{seed}"
+
+
+def transfer_file(work: Path, rows: int) -> Path:
+    """rt_polarity's train texts outside the `rows` the teacher learnt from, as a CSV without labels."""
+    import dataclasses
+
+    import pandas as pd
+
+    from mtdnn.data.loading import load_raw, train_subset_rows
+    from mtdnn.data.tasks import load_tasks
+
+    path = Path(TRANSFER.format(work=work))
+    if not path.is_file():
+        spec = load_tasks([TASKS[0]], [])[0]
+        train = load_raw(spec)["train"]
+        seen = set(train_subset_rows(dataclasses.replace(spec, train_rows=rows), len(train)).tolist())
+        texts = [text for i, text in enumerate(train[spec.columns.text]) if i not in seen]
+        pd.DataFrame({spec.columns.text: texts}).to_csv(path, index=False)
+    return path
 
 
 def train_models(work: Path, rows: int, seeds: list[int]) -> tuple[Path, dict]:
@@ -83,6 +111,7 @@ def train_models(work: Path, rows: int, seeds: list[int]) -> tuple[Path, dict]:
     teacher = work / "teacher"
     if not (teacher / "summary.json").is_file():
         command("mtdnn.train", *common(rows, 1), f"output_dir={teacher}")
+    transfer_file(work, rows)
     students = {}
     for size, (keep_every, keep_ffn, methods) in STUDENTS.items():
         for seed in seeds:
@@ -92,7 +121,8 @@ def train_models(work: Path, rows: int, seeds: list[int]) -> tuple[Path, dict]:
                     command(
                         "mtdnn.distill",
                         *common(rows, seed),
-                        f"distill={METHODS[method]}",
+                        *[o.format(work=work) for o in METHODS[method]],
+                        f"distill.soft_targets_dir={work}/soft_targets/{re.sub('[^A-Za-z0-9-]', '', method)}",
                         f"distill.teachers=[{teacher}]",
                         "distill.student_from_teacher=true",
                         f"distill.keep_every={keep_every}",
@@ -288,18 +318,20 @@ def summarise(quality_rows: list[dict], speed_rows: list[dict]) -> list[str]:
             key = (row["model"], row["method"])
             verdicts[key] = verdicts.get(key, True) and mean >= 0.97 and fast >= 4
     by = {(r["model"], r["method"], r["task"]): r["share"] for r in quality_rows}
-    lines.append("\npaired by seed, layer-wise minus outputs (points of the teacher's score, 95% interval):")
-    for size in [name for name, (_, _, methods) in STUDENTS.items() if len(methods) == 2]:
-        for task in TASKS:
-            diffs = [
-                100 * (a - b) for a, b in zip(by[(size, "layer-wise", task)], by[(size, "outputs", task)])
-            ]
-            low, high = interval(diffs)
-            wins = sum(d > 0 for d in diffs)
-            lines.append(
-                f"- {size}, {task}: {statistics.mean(diffs):+.2f} [{low:+.2f}, {high:+.2f}], "
-                f"{wins}/{len(diffs)} seeds"
-            )
+    lines.append(
+        "\npaired by seed, minus the same student distilled from outputs (points of the teacher's score, "
+        "95% interval):"
+    )
+    for size, (_, _, methods) in STUDENTS.items():
+        for method in methods[1:]:
+            for task in TASKS:
+                diffs = [100 * (a - b) for a, b in zip(by[(size, method, task)], by[(size, "outputs", task)])]
+                low, high = interval(diffs)
+                wins = sum(d > 0 for d in diffs)
+                lines.append(
+                    f"- {size}, {method}, {task}: {statistics.mean(diffs):+.2f} [{low:+.2f}, {high:+.2f}], "
+                    f"{wins}/{len(diffs)} seeds"
+                )
     for (model, method), met in verdicts.items():
         lines.append(
             f"goal ({model}, {method}): >= 97% of the teacher on both tasks at >= 4x: "

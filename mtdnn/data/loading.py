@@ -74,8 +74,13 @@ def _train_subset(spec: TaskSpec, splits: dict[str, Any]) -> dict[str, Any]:
         raise MtdnnError(
             f"{spec.file}: train_rows: asks for {spec.train_rows} rows, split 'train' has {len(train)}"
         )
-    keep = np.random.default_rng(spec.train_rows_seed).permutation(len(train))[: spec.train_rows]
-    return {**splits, "train": train.select(np.sort(keep))}
+    return {**splits, "train": train.select(train_subset_rows(spec, len(train)))}
+
+
+def train_subset_rows(spec: TaskSpec, rows: int) -> np.ndarray:
+    """The indices, in file order, of the `train_rows` rows kept out of a train split of `rows` rows (the
+    rest are what an experiment may use as unlabelled text)."""
+    return np.sort(np.random.default_rng(spec.train_rows_seed).permutation(rows)[: spec.train_rows])
 
 
 def _local_path(spec: TaskSpec, name: str) -> Path:

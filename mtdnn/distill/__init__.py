@@ -3,6 +3,7 @@
   targets.py    soft targets: computed per example, stored versioned on disk, checked for staleness
   distiller.py  the Distiller the training loop uses (the loss), its checks, and the student-vs-teachers table
   student.py    a shallower student cut from a teacher (DistilBERT's every k-th layer)
+  transfer.py   the transfer set: unlabelled texts and noisy copies of train rows, labelled by the teachers
   __main__.py   `python -m mtdnn.distill` (the entry point)
 
 `python -m mtdnn.distill distill.teachers=[RUN_A,RUN_B] encoder=... task=[...]` is `python -m mtdnn.train`
@@ -32,5 +33,6 @@ from __future__ import annotations
 
 from mtdnn.distill.distiller import Distiller, distill_problems
 from mtdnn.distill.student import shallow_student
+from mtdnn.distill.transfer import add_transfer_rows
 
-__all__ = ["Distiller", "distill_problems", "shallow_student"]
+__all__ = ["Distiller", "add_transfer_rows", "distill_problems", "shallow_student"]

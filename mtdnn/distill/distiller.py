@@ -22,6 +22,7 @@ from mtdnn.data.loading import TaskData, encode_splits
 from mtdnn.data.tasks import TaskSpec
 from mtdnn.distill.layers import LayerTerms, layer_problems, watching
 from mtdnn.distill.targets import SoftTargetFile, soft_targets, teacher_outputs, teacher_weights
+from mtdnn.distill.transfer import transfer_problems
 from mtdnn.evaluation.engine import collator_for, evaluate_split
 from mtdnn.runs.folder import load_run_specs
 from mtdnn.serving.loading import open_run
@@ -33,11 +34,15 @@ def distill_problems(cfg: DistillConfig, specs: list[TaskSpec]) -> list[str]:
     if cfg.mode not in ("none", "ensemble"):
         return [f"distill.mode: must be none or ensemble, got '{cfg.mode}'"]
     if cfg.mode == "none":
-        return (
-            ["distill.teachers: teachers given but distill.mode is none; choose distill=ensemble"]
-            if cfg.teachers
-            else []
-        )
+        return [
+            f"distill.{name}: {what} given but distill.mode is none; choose distill=ensemble"
+            for name, what in (
+                ("teachers", "teachers"),
+                ("transfer", "a transfer set"),
+                ("augment", "copies"),
+            )
+            if getattr(cfg, name)
+        ]
     if not cfg.teachers:
         return ["distill.teachers: required with distill=ensemble (distill.teachers=[run_a,run_b,...])"]
     problems = []
@@ -51,7 +56,7 @@ def distill_problems(cfg: DistillConfig, specs: list[TaskSpec]) -> list[str]:
         problems.append(f"distill.keep_every: must be >= 1, got {cfg.keep_every}")
     if not 0 < cfg.keep_ffn <= 1:
         problems.append(f"distill.keep_ffn: must be in (0, 1], got {cfg.keep_ffn}")
-    problems += layer_setting_problems(cfg)
+    problems += layer_setting_problems(cfg) + transfer_problems(cfg, specs)
     for i, teacher in enumerate(cfg.teachers):
         folder = Path(os.path.expanduser(teacher))
         if not (folder / "config.yaml").is_file():
@@ -256,14 +261,27 @@ class Distiller:
 
     def loss(self, model, task: str, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         """alpha * hard + (1 - alpha) * the kind's KD term (T^2 * KL(teacher || student / T), or MSE for
-        values)."""
-        hard = model.head(task).loss(logits, batch)
+        values). Transfer-set rows (labelled = 0) have no hard term: it is averaged over the labelled rows and
+        weighted by their share of the batch, so each labelled row weighs what it weighs without them."""
+        hard = self._hard(model, task, logits, batch)
         if self.cfg.alpha == 1.0:
             return hard
         soft = batch["soft"] if "soft" in batch else self._on_the_fly(task, batch)
         return self.cfg.alpha * hard + (1 - self.cfg.alpha) * self.kinds[task].kd_term(
             logits, soft, batch, self.cfg.temperature
         )
+
+    @staticmethod
+    def _hard(model, task: str, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        labelled = batch.get("labelled")
+        if labelled is None or bool(labelled.all()):
+            return model.head(task).loss(logits, batch)
+        if not bool(labelled.any()):
+            return logits.sum() * 0.0  # keeps the graph (and DDP's view of the head) intact
+        rows = len(labelled)  # per-row tensors (not a bi pair's stacked 2B texts) keep the labelled rows
+        mine = {k: v[labelled] if torch.is_tensor(v) and len(v) == rows else v for k, v in batch.items()}
+        share = labelled.float().mean()
+        return model.head(task).loss(logits[labelled], mine) * share
 
     def compare(self, student, tasks: dict, collators: dict, batch_size: int) -> list[dict]:
         """Student and every teacher on every validation set: metric, parameters, inference examples/s."""

@@ -54,6 +54,8 @@ class Collator:
             batch["labels"] = pad(rows["labels"], width, self.label_pad)
         else:
             batch["labels"] = torch.tensor(rows["labels"], dtype=self.label_dtype)
+        if "labelled" in rows:  # distillation's transfer set: 0 marks a row only the teachers label
+            batch["labelled"] = torch.tensor(rows["labelled"], dtype=torch.bool)
         if "soft" in rows:  # distillation targets: one per row, or one per token (padded with 0)
             batch["soft"] = soft_tensor(rows["soft"], width)
         return batch

@@ -28,7 +28,7 @@ from mtdnn.data.loading import (
 )
 from mtdnn.data.sampler import TaskSampler
 from mtdnn.data.tasks import TaskSpec
-from mtdnn.distill import Distiller, shallow_student
+from mtdnn.distill import Distiller, add_transfer_rows, shallow_student
 from mtdnn.evaluation.engine import collator_for
 from mtdnn.model.encoders import (
     build_encoder,
@@ -164,6 +164,8 @@ def build_distiller(cfg: DictConfig, specs: list[TaskSpec], tasks: dict, tokeniz
     if cfg.distill.mode != "ensemble":
         return None
     distiller = Distiller(cfg.distill, specs, device, encoder.config)
+    for name, rows in add_transfer_rows(cfg.distill, tasks, tokenizer).items():
+        log.info("transfer set for %s: %d rows only the teachers label", name, rows)
     for name, origin in distiller.attach_soft_targets(tasks, tokenizer, cfg.trainer.eval_batch_size).items():
         log.info("soft targets for %s: %s", name, origin)
     return distiller
