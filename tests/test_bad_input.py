@@ -215,6 +215,17 @@ def _single_candidates(case: Path, world) -> list[str]:
 
 GOOD = ["task=toy_sent"]  # with task_dirs added below
 
+
+def _empty_transfer_text(case: Path, world) -> list[str]:
+    case.mkdir(parents=True)
+    (case / "texts.csv").write_text('sentence\ngood film\nbad film\n""\nfine film\n')
+    return GOOD + [
+        "distill=ensemble",
+        f"distill.teachers=[{world['precious']}]",
+        f"+distill.transfer.toy_sent={case / 'texts.csv'}",
+    ]
+
+
 CASES: dict[str, tuple[Callable[[Path, dict], list[str]], str]] = {
     "malformed yaml": (_malformed, "t.yaml: line 3: malformed YAML"),
     "unknown task": (
@@ -336,6 +347,10 @@ CASES: dict[str, tuple[Callable[[Path, dict], list[str]], str]] = {
         "resume: no such checkpoint or run folder",
     ),
     "corrupted checkpoint on resume": (_corrupted_checkpoint, "/model.safetensors: corrupted"),
+    "transfer file with an empty text": (
+        _empty_transfer_text,
+        "texts.csv: row 3: column sentence: empty text",
+    ),
 }
 
 

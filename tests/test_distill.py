@@ -7,6 +7,7 @@ import json
 import random
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -620,3 +621,132 @@ def test_keep_ffn_outside_zero_to_one_is_refused_before_training(teachers, tmp_p
     root, folder, runs = teachers
     with pytest.raises(MtdnnError, match=r"distill.keep_ffn: must be in \(0, 1\], got 0.0"):
         run(_student(folder, runs[:1], "distill.student_from_teacher=true", "distill.keep_ffn=0"), tmp_path)
+
+
+# ---------------------------------------------------------------- the transfer set
+
+
+class _ScriptedRng:
+    """Stands in for numpy's Generator: random() and integers() return the scripted values in turn."""
+
+    def __init__(self, rolls: list[float], ints: list[int]):
+        self.rolls, self.ints = iter(rolls), iter(ints)
+
+    def random(self) -> float:
+        return next(self.rolls)
+
+    def integers(self, high: int) -> int:
+        return next(self.ints) % high
+
+
+def test_augmented_copies_drop_swap_and_replace_words_as_scripted():
+    from mtdnn.distill.transfer import augmented
+
+    # words a b c d e: a swaps with b (roll < p, op 1), c is kept (roll >= p), d is dropped (op 0),
+    # e is replaced (op 2) by vocabulary word 7 of "a b c d e x y z" ("z")
+    # (every word draws a roll and an operation; x, y and z roll 0.9 and are kept)
+    rng = _ScriptedRng([0.0, 0.9, 0.0, 0.0, 0.9, 0.9, 0.9], [1, 0, 0, 2, 7, 0, 0, 0])
+    assert augmented(["a b c d e", "x y z"], 1, 0.5, rng) == [["b a c z", "x y z"]]
+    # a one-word text is never emptied: a drop of its only word replaces it instead (vocabulary word 1)
+    assert augmented(["solo", "other"], 1, 0.5, _ScriptedRng([0.0, 0.9], [0, 1, 0])) == [["other", "other"]]
+
+
+def test_augmented_copies_are_seeded_and_change_about_p_of_the_words():
+    from mtdnn.distill.transfer import augmented
+
+    texts = [" ".join(f"w{i}_{j}" for j in range(20)) for i in range(200)]
+    one = augmented(texts, 3, 0.1, np.random.default_rng(0))
+    assert one == augmented(texts, 3, 0.1, np.random.default_rng(0)) and len(one) == 3
+    # a copy is unchanged when none of its 20 words rolls below p: 0.9^20 of the copies
+    unchanged = np.mean([t == c for copy in one for t, c in zip(texts, copy)])
+    assert unchanged == pytest.approx(0.9**20, abs=0.05)
+
+
+def test_the_hard_loss_skips_rows_only_the_teachers_label():
+    from mtdnn.distill.distiller import Distiller
+
+    class Head:
+        @staticmethod
+        def loss(logits, batch):
+            return F.cross_entropy(logits, batch["labels"])
+
+    class Model:
+        @staticmethod
+        def head(task):
+            return Head
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0], [3.0, -1.0]], requires_grad=True)
+    labels = torch.tensor([1, 1, 0, 0])
+    mask = torch.tensor([True, False, False, True])
+    per_row = F.cross_entropy(logits, labels, reduction="none")
+    got = Distiller._hard(Model, "t", logits, {"labels": labels, "labelled": mask})
+    assert got.item() == pytest.approx((per_row[0] + per_row[3]).item() / 4)  # each labelled row weighs 1/n
+    none = Distiller._hard(
+        Model, "t", logits, {"labels": labels, "labelled": torch.zeros(4, dtype=torch.bool)}
+    )
+    assert none.item() == 0.0 and none.requires_grad
+    every = Distiller._hard(
+        Model, "t", logits, {"labels": labels, "labelled": torch.ones(4, dtype=torch.bool)}
+    )
+    assert every.item() == pytest.approx(per_row.mean().item())
+
+
+def test_a_transfer_set_adds_rows_the_teachers_label_and_the_hard_loss_ignores(teachers, tmp_path, caplog):
+    """40 labelled rows, a file of 300 texts and 2 noisy copies of each labelled row: the soft targets cover
+    all 420 rows. At alpha=1 (labels only) the 380 unlabelled rows carry the first row's label as a
+    placeholder; were it learnt, the student would call every text by that one label."""
+    import logging
+
+    from safetensors import safe_open
+
+    caplog.set_level(logging.INFO, logger="mtdnn")
+    root, folder, runs = teachers
+    texts = tmp_path / "texts.csv"
+    pd.DataFrame({"sentence": [r["sentence"] for r in noisy_rows(300, 5, 0.0)]}).to_csv(texts, index=False)
+    common = ["+task_overrides.toy_sent.train_rows=40", f"distill.soft_targets_dir={tmp_path / 'soft'}"]
+    common += [f"+distill.transfer.toy_sent={texts}", "distill.augment=2", "trainer.max_steps=400"]
+    run(_student(folder, runs[:1], *common, "distill.alpha=1.0"), tmp_path / "hard")
+    assert "transfer set for toy_sent: 380 rows only the teachers label" in caplog.text
+    (stored,) = (tmp_path / "soft").glob("toy_sent-*.safetensors")
+    with safe_open(str(stored), "pt") as handle:
+        assert handle.metadata()["rows"] == "420"
+    summary = json.loads((tmp_path / "hard" / "summary.json").read_text())
+    assert summary["validation"]["toy_sent"]["accuracy"] > 0.8, summary["validation"]
+
+
+def test_transfer_settings_that_cannot_work_are_reported_together(teachers, tmp_path):
+    import dataclasses
+
+    from mtdnn.core.config import DistillConfig
+    from mtdnn.data.tasks import load_tasks
+    from mtdnn.distill import distill_problems
+
+    root, folder, runs = teachers
+    (spec,) = load_tasks(["toy_sent"], [str(folder)])
+    ranked = dataclasses.replace(spec, name="toy_rank", head="ranking")
+    (tmp_path / "texts.csv").write_text("review\nnice\n")
+    cfg = DistillConfig(
+        mode="ensemble",
+        teachers=[str(runs[0])],
+        transfer={
+            "toy_sent": str(tmp_path / "texts.csv"),
+            "toy_rank": str(tmp_path / "texts.csv"),
+            "nope": str(tmp_path / "texts.txt"),
+        },
+        augment=-1,
+        augment_p=1.5,
+    )
+    problems = distill_problems(cfg, [spec, ranked])
+    for expected in (
+        "distill.augment: must be >= 0 copies per row, got -1",
+        "distill.augment_p: must be in (0, 1), got 1.5",
+        f"distill.transfer.toy_sent: {tmp_path / 'texts.csv'}: no column sentence (the task's text columns)",
+        "distill.transfer.toy_rank: ranking tasks have no one-output-per-row transfer set",
+        "distill.transfer.nope: no such task in this run (tasks: toy_sent, toy_rank)",
+    ):
+        assert expected in problems, problems
+    plain = DistillConfig(mode="none", transfer={"toy_sent": "x.csv"}, augment=2)
+    assert distill_problems(plain, [spec]) == [
+        "distill.transfer: transfer files given but distill.mode is none; choose distill=ensemble",
+        "distill.augment: copies given but distill.mode is none; choose distill=ensemble",
+    ]

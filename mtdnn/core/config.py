@@ -109,8 +109,8 @@ class DistillConfig:
     value_weight: float = 0.0  # weight of the last layer's value-relation KL (MiniLM; 0: off)
     relation_heads: Optional[int] = None  # relation heads of those two terms (MiniLMv2); null: the student's
     layers_from: str = "mean"  # whose layers: mean (of the teachers) | a teacher's index in teachers
-    # the transfer set (mtdnn/distill/transfer.py): rows only the teachers label
-    transfer: dict[str, str] = field(default_factory=dict)  # task -> file of unlabelled texts
+    # task -> a file of unlabelled texts that only the teachers label (mtdnn/distill/transfer.py)
+    transfer: dict[str, str] = field(default_factory=dict)
     augment: int = 0  # noisy copies of each labelled train row (0: none)
     augment_p: float = 0.1  # per word: the chance that a copy drops, swaps or replaces it
 

@@ -38,7 +38,7 @@ def distill_problems(cfg: DistillConfig, specs: list[TaskSpec]) -> list[str]:
             f"distill.{name}: {what} given but distill.mode is none; choose distill=ensemble"
             for name, what in (
                 ("teachers", "teachers"),
-                ("transfer", "a transfer set"),
+                ("transfer", "transfer files"),
                 ("augment", "copies"),
             )
             if getattr(cfg, name)

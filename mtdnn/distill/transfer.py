@@ -29,7 +29,7 @@ import numpy as np
 
 from mtdnn import kinds
 from mtdnn.core.config import DistillConfig
-from mtdnn.core.errors import MtdnnError, first_line, raise_if
+from mtdnn.core.errors import first_line, raise_if
 from mtdnn.data.loading import TaskData, encode_splits
 from mtdnn.data.tasks import TaskSpec
 
@@ -55,6 +55,8 @@ def transfer_problems(cfg: DistillConfig, specs: list[TaskSpec]) -> list[str]:
             problems.append(f"{where}: {path}: use a .csv, .tsv, .json, .jsonl or .parquet file")
         elif not Path(os.path.expanduser(str(path))).is_file():
             problems.append(f"{where}: file not found: {path}")
+        else:  # its rows are checked now, before any teacher or student is loaded
+            problems += checked_texts(by_name[task], str(path))[1]
     if cfg.augment > 0:
         problems += [
             f"distill.augment: {spec.name} is a {spec.head} task; augmentation is for kinds with one text "
@@ -67,6 +69,14 @@ def transfer_problems(cfg: DistillConfig, specs: list[TaskSpec]) -> list[str]:
 
 def read_texts(spec: TaskSpec, path: str) -> dict[str, list[str]]:
     """The task's text columns of a transfer file; every bad row is reported at once."""
+    texts, problems = checked_texts(spec, path)
+    raise_if(problems, f"distill.transfer.{spec.name}: {path} has problems")
+    return texts
+
+
+def checked_texts(spec: TaskSpec, path: str) -> tuple[dict[str, list[str]], list[str]]:
+    """(column -> texts, problems): the file unreadable, a text column missing, no rows, empty texts (the
+    first 20 by row, then a count)."""
     import pandas as pd
 
     file = Path(os.path.expanduser(path))
@@ -80,22 +90,21 @@ def read_texts(spec: TaskSpec, path: str) -> dict[str, list[str]]:
             "parquet": lambda: pd.read_parquet(file),
         }[reader]()
     except Exception as err:  # pandas raises many types; all mean "this file cannot be read"
-        raise MtdnnError(f"{where}: cannot read it: {type(err).__name__}: {first_line(err)}") from None
+        return {}, [f"{where}: cannot read it: {type(err).__name__}: {first_line(err)}"]
     columns = [c for c in (spec.columns.text, spec.columns.text_pair) if c]
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise MtdnnError(f"{where}: no column {', '.join(missing)} (the task's text columns)")
+        return {}, [f"{where}: no column {', '.join(missing)} (the task's text columns)"]
     if frame.empty:
-        raise MtdnnError(f"{where}: the file holds no rows")
-    problems = [
-        f"{where}: row {row + 2 if reader in ('csv', 'tsv') else row + 1}: column {c}: empty text"
+        return {}, [f"{where}: the file holds no rows"]
+    empty = [
+        f"{where}: row {row + 1}: column {c}: empty text"
         for c in columns
         for row, value in enumerate(frame[c])
         if not isinstance(value, str) or not value.strip()
     ]
-    more = [f"{where}: ... and {len(problems) - 20} more empty texts"] if len(problems) > 20 else []
-    raise_if(problems[:20] + more, f"{where}: empty texts")
-    return {c: [str(v) for v in frame[c]] for c in columns}
+    more = [f"{where}: ... and {len(empty) - 20} more empty texts"] if len(empty) > 20 else []
+    return {c: [str(v) for v in frame[c]] for c in columns}, empty[:20] + more
 
 
 def augmented(texts: list[str], copies: int, p: float, rng: np.random.Generator) -> list[list[str]]:
