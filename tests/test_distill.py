@@ -750,3 +750,20 @@ def test_transfer_settings_that_cannot_work_are_reported_together(teachers, tmp_
         "distill.transfer: transfer files given but distill.mode is none; choose distill=ensemble",
         "distill.augment: copies given but distill.mode is none; choose distill=ensemble",
     ]
+
+
+def test_a_transfer_sets_soft_targets_are_stored_beside_the_plain_ones(teachers, tmp_path):
+    from mtdnn.core.config import DistillConfig
+    from mtdnn.data.tasks import load_tasks
+    from mtdnn.distill.targets import SoftTargetFile
+
+    root, folder, runs = teachers
+    (spec,) = load_tasks(["toy_sent"], [str(folder)])
+    identity = [{"run_dir": str(runs[0]), "checkpoint": "best", "sha256": "0"}]
+
+    def path(**settings):
+        return SoftTargetFile(tmp_path, spec, DistillConfig(mode="ensemble", **settings), identity, "d").path
+
+    plain, copies, texts = path(), path(augment=2), path(transfer={"toy_sent": "a.csv"})
+    assert len({plain, copies, texts, path(augment=2, augment_p=0.2)}) == 4
+    assert path(augment=2) == copies and path() == plain

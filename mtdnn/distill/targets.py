@@ -61,11 +61,10 @@ class SoftTargetFile:
     """The versioned on-disk form of one task's soft targets (see the package docstring)."""
 
     def __init__(self, folder: Path, spec: TaskSpec, cfg: DistillConfig, identity: list[dict], data_key: str):
-        key = hashlib.sha256(
-            json.dumps(
-                [sorted(t["run_dir"] for t in identity), cfg.temperature, cfg.teacher_checkpoint]
-            ).encode()
-        ).hexdigest()[:16]
+        named = [sorted(t["run_dir"] for t in identity), cfg.temperature, cfg.teacher_checkpoint]
+        if cfg.transfer or cfg.augment:  # a transfer set's targets live beside the plain ones, not over them
+            named += [dict(cfg.transfer), cfg.augment, cfg.augment_p]
+        key = hashlib.sha256(json.dumps(named).encode()).hexdigest()[:16]
         self.path = folder / f"{spec.name}-{key}.safetensors"
         self.token_level = kinds.of(spec).token_level
         self.metadata = {
