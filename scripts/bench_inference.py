@@ -3,10 +3,12 @@
 on rt_polarity (classification) and vader_domain_amazon (regression), both offline.
 
     python scripts/bench_inference.py [--work bench_inference] [--rows 2000] [--seeds 1 2 3] [--threads 2]
-        [--repeats 5] [--train-only] [--out docs/inference]
+        [--repeats 5] [--train-only [--claim]] [--out docs/inference]
 
-It trains what `--work` does not hold yet (stop and rerun at will): the teacher on both tasks (`--rows`
-rt_polarity rows, every amazon row, 2 epochs), then per seed six students cut from it
+It trains what `--work` does not hold yet (stop and rerun at will; several `--train-only --claim` processes
+may share one --work, each claiming a run before it trains it: clear <work>/claims after stopping one): the
+teacher on both tasks (`--rows` rt_polarity rows, every amazon row, 2 epochs), then per seed six students cut
+from it
 (distill.student_from_teacher: keep_every=2 keeps layers 0, 2, 4; keep_every=3 layers 0, 3), each distilled
 on the same rows with `distill=ensemble` (the teacher's outputs) or `distill=layerwise` (outputs, hidden
 states, last-layer attention and value relations); the 2-layer student also with a transfer set (the
@@ -105,9 +107,19 @@ def transfer_file(work: Path, rows: int) -> Path:
     return path
 
 
-def train_models(work: Path, rows: int, seeds: list[int]) -> tuple[Path, dict]:
-    """The teacher and every student (trained unless `work` holds them): (teacher, {(size, method, seed):
-    run})."""
+def claimed(work: Path, out: Path) -> bool:
+    """Claim a run for this process (several `--train-only --claim` processes share one --work)."""
+    try:
+        (work / "claims").mkdir(exist_ok=True)
+        (work / "claims" / out.name).mkdir()
+        return True
+    except FileExistsError:
+        return False
+
+
+def train_models(work: Path, rows: int, seeds: list[int], claim: bool = False) -> tuple[Path, dict]:
+    """The teacher and every student (trained unless `work` holds them, or, with `claim`, another process
+    claimed them): (teacher, {(size, method, seed): run})."""
     teacher = work / "teacher"
     if not (teacher / "summary.json").is_file():
         command("mtdnn.train", *common(rows, 1), f"output_dir={teacher}")
@@ -117,6 +129,8 @@ def train_models(work: Path, rows: int, seeds: list[int]) -> tuple[Path, dict]:
         for seed in seeds:
             for method in methods:
                 out = student_dir(work, size, method, seed)
+                if claim and not (out / "summary.json").is_file() and not claimed(work, out):
+                    continue
                 if not (out / "summary.json").is_file():
                     command(
                         "mtdnn.distill",
@@ -382,11 +396,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--train-only", action="store_true", help="train and export, measure nothing")
+    parser.add_argument(
+        "--claim", action="store_true", help="with --train-only: skip runs another such process claimed"
+    )
     parser.add_argument("--out", type=Path, help="write report.md, results.json and curve.png here")
     args = parser.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    teacher, students = train_models(work, args.rows, args.seeds)
+    teacher, students = train_models(work, args.rows, args.seeds, args.claim and args.train_only)
     for run_dir in [teacher, *students.values()]:
         export(run_dir)
     if args.train_only:
