@@ -382,3 +382,24 @@ def test_rewriting_the_transfer_report_keeps_the_recorded_source_times(tmp_path,
         "nyt,415.76",
     ]
     assert (tmp_path / "report.png").is_file() and "| nyt | 30 |" in (tmp_path / "summary.md").read_text()
+
+
+def test_bench_inference_summary_pairs_each_distillation_with_outputs_and_judges_the_goal(monkeypatch):
+    bench = script_module(monkeypatch, "bench_inference")
+    monkeypatch.setattr(bench, "STUDENTS", {"2 layers": (3, 1.0, ("outputs", "transfer set"))})
+    tasks = bench.TASKS
+    quality = [{"model": "teacher", "method": "-", "task": t, "values": [0.8], "share": [1.0]} for t in tasks]
+    shares = {"outputs": ([0.92, 0.93, 0.94], [0.93, 0.94, 0.95]), "transfer set": ([0.97, 0.98, 0.99],) * 2}
+    for method, per_task in shares.items():
+        quality += [
+            {"model": "2 layers", "method": method, "task": t, "values": [0.8 * s for s in v], "share": v}
+            for t, v in zip(tasks, per_task)
+        ]
+    speed = [{"model": "2 layers int8", "speedup_vs_teacher_torch": 4.2}]
+    lines = bench.summarise(quality, speed)
+    # transfer - outputs per seed: +5, +5, +5 points on rt_polarity (no spread: the interval is a point)
+    assert f"- 2 layers, transfer set, {tasks[0]}: +5.00 [+5.00, +5.00], 3/3 seeds" in lines
+    assert f"- 2 layers, transfer set, {tasks[1]}: +4.00 [+4.00, +4.00], 3/3 seeds" in lines
+    assert "goal (2 layers, transfer set): >= 97% of the teacher on both tasks at >= 4x: met" in lines
+    assert "goal (2 layers, outputs): >= 97% of the teacher on both tasks at >= 4x: not met" in lines
+    assert "| 2 layers | transfer set | rt_polarity | 0.7840 | 98.0% | [95.5, 100.5] | 4.20 |" in lines
