@@ -319,7 +319,7 @@ def users_folder(folder: Path) -> None:
     for name in ("my_task", "other_task", "a", "b", "c"):
         (folder / "my_tasks" / f"{name}.yaml").write_text(example.replace("example_sentiment", name))
     (folder / "new_rows.csv").write_text("review\na gripping film\ndull and long\n")
-    for name in ("reviews.csv", "my_file.csv"):
+    for name in ("reviews.csv", "my_file.csv", "unlabelled_reviews.csv"):
         (folder / name).write_text("text\na gripping film\ndull and long\nfine\n")
     train = ["python", "-m", "mtdnn.train", "task=[rt_polarity,a,b]", "task_dirs=[my_tasks]"]
     done = run_as_a_user(folder, [*train, *QUICK["mtdnn.train"], "output_dir=outputs/my_run"])
