@@ -37,6 +37,7 @@ import gc
 import json
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -457,7 +458,7 @@ def main() -> None:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         given = [a for a, b in zip(sys.argv[1:], [None, *sys.argv[1:]]) if "--work" not in (a, b)]
-        command_line = "python scripts/bench_inference.py " + " ".join(given)  # where it worked is not part
+        command_line = "python scripts/bench_inference.py " + shlex.join(given)  # where it worked is not part
         (args.out / "report.md").write_text(
             f"# Inference: students, backends, latency\n\n```bash\n{command_line}\n```\n\n{text}"
         )
