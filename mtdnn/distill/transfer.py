@@ -109,7 +109,7 @@ def checked_texts(spec: TaskSpec, path: str) -> tuple[dict[str, list[str]], list
 
 def augmented(texts: list[str], copies: int, p: float, rng: np.random.Generator) -> list[list[str]]:
     """`copies` noisy versions of each text: every word, with probability p, is dropped, swapped with the
-    next word, or replaced by a word drawn from all the texts (a version never loses its last word)."""
+    next word, or replaced by a word drawn from all the texts (a one-word text is never emptied)."""
     vocabulary = [word for text in texts for word in text.split()]
     out = []
     for _ in range(copies):
