@@ -88,8 +88,13 @@ def common(rows: int, seed: int) -> list[str]:
     ]
 
 
+def slug(name: str) -> str:
+    """A student's or method's name as part of a folder name."""
+    return re.sub("[^A-Za-z0-9-]", "", name)
+
+
 def student_dir(work: Path, size: str, method: str, seed: int) -> Path:
-    return work / f"{re.sub('[^A-Za-z0-9]', '', size)}-{re.sub('[^A-Za-z0-9-]', '', method)}-s{seed}"
+    return work / f"{slug(size)}-{slug(method)}-s{seed}"
 
 
 def transfer_file(work: Path, rows: int) -> Path:
@@ -136,7 +141,7 @@ def train_models(work: Path, rows: int, seeds: list[int], claim: bool = False) -
                 if claim and not (out / "summary.json").is_file() and not claimed(work, out):
                     continue
                 if not (out / "summary.json").is_file():
-                    soft = re.sub("[^A-Za-z0-9-]", "", method.split(",")[0])  # one cache per transfer set
+                    soft = slug(method.split(",")[0])  # one cache per transfer set
                     given = [
                         *common(rows, seed),
                         *[o.format(work=work) for o in METHODS[method]],
