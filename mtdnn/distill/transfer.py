@@ -165,7 +165,8 @@ def add_transfer_rows(cfg: DistillConfig, tasks: dict[str, TaskData], tokenizer)
             continue
         template = train[0]  # a valid label (and any other column) for the kind's checks and encoding
         extra = datasets.Dataset.from_dict(
-            {c: texts.get(c, [template[c]] * rows) for c in train.column_names}, features=train.features
+            {c: texts[c] if c in texts else [template[c]] * rows for c in train.column_names},
+            features=train.features,
         )
         mine = TaskData(data.spec, {"train": extra})
         encode_splits(mine, tokenizer)
