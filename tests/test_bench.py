@@ -403,3 +403,21 @@ def test_bench_inference_summary_pairs_each_distillation_with_outputs_and_judges
     assert "goal (2 layers, transfer set): >= 97% of the teacher on both tasks at >= 4x: met" in lines
     assert "goal (2 layers, outputs): >= 97% of the teacher on both tasks at >= 4x: not met" in lines
     assert "| 2 layers | transfer set | rt_polarity | 0.7840 | 98.0% | [95.5, 100.5] | 4.20 |" in lines
+
+
+def test_bench_inference_pairs_a_one_setting_change_with_the_method_it_changes(monkeypatch):
+    bench = script_module(monkeypatch, "bench_inference")
+    base, changed = "transfer set, 3 epochs", "transfer set, 3 epochs, lr 1e-4"
+    monkeypatch.setattr(bench, "STUDENTS", {"2 layers": (3, 1.0, ("outputs", base, changed))})
+    tasks = bench.TASKS
+    shares = {"outputs": [0.92, 0.93, 0.94], base: [0.96, 0.97, 0.96], changed: [0.97, 0.96, 0.98]}
+    quality = [
+        {"model": "2 layers", "method": m, "task": t, "values": [0.8 * s for s in v], "share": v}
+        for m, v in shares.items()
+        for t in tasks
+    ]
+    lines = bench.summarise(quality, [{"model": "2 layers int8", "speedup_vs_teacher_torch": 4.2}])
+    # changed - base per seed: +1, -1, +2 points: mean +0.67, sd 1.53, t(2) 4.303 -> half-width 3.79
+    assert f"- 2 layers, {changed} minus {base}, {tasks[0]}: +0.67 [-3.13, +4.46], 2/3 seeds" in lines
+    assert f"- 2 layers, {changed}, {tasks[0]}: +4.00 [+1.52, +6.48], 3/3 seeds" in lines
+    assert not any(f"{base} minus" in line for line in lines)  # the base itself is paired with outputs only
