@@ -104,7 +104,8 @@ class SoftTargetFile:
             for i, t in enumerate(targets):
                 matrix[i, : np.size(t)] = np.ravel(t)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        # a name of this process's own: students distilled side by side may write the same targets at once
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         save_file(
             {"targets": torch.from_numpy(matrix), "sizes": torch.from_numpy(sizes)},
             str(tmp),
