@@ -7,16 +7,16 @@ on rt_polarity (classification) and vader_domain_amazon (regression), both offli
 
 It trains what `--work` does not hold yet (stop and rerun at will; several `--train-only --claim` processes
 may share one --work, each claiming a run before it trains it: clear <work>/claims after stopping one): the
-teacher on both tasks (`--rows` rt_polarity rows, every amazon row, 2 epochs), then per seed six students cut
-from it
-(distill.student_from_teacher: keep_every=2 keeps layers 0, 2, 4; keep_every=3 layers 0, 3), each distilled
-on the same rows with `distill=ensemble` (the teacher's outputs) or `distill=layerwise` (outputs, hidden
-states, last-layer attention and value relations); the 2-layer student also with a transfer set (the
-teacher's outputs on rt_polarity's other train texts and on 4 noisy copies of every labelled row, which
-carry no labels: `distill.transfer`, `distill.augment`); the sixth keeps layers 0, 2, 4 with half of each
-layer's feed-forward neurons (distill.keep_ffn=0.5: the compute of two full layers), distilled from outputs.
-Every run is exported once as one multi-task ONNX graph (`task=all format=onnx quantize=int8`). Then, with
-`--threads` intra-op threads:
+teacher on both tasks (`--rows` rt_polarity rows, every amazon row, 2 epochs), then per seed the students cut
+from it (distill.student_from_teacher: keep_every=2 keeps layers 0, 2, 4; keep_every=3 layers 0, 3), each
+distilled on the same rows with `distill=ensemble` (the teacher's outputs) or `distill=layerwise` (outputs,
+hidden states, last-layer attention and value relations). The 2-layer student is also distilled with a
+transfer set (the teacher's outputs on rt_polarity's other train texts and on 4 noisy copies of every labelled
+row, which carry no labels: `distill.transfer`, `distill.augment`) for 2 and 3 epochs, and at 3 epochs with
+one setting changed (lr 1e-4; alpha 0), and with 8 copies for 2 epochs (METHODS). A third student keeps layers
+0, 2, 4 with half of each layer's feed-forward neurons (distill.keep_ffn=0.5: the compute of two full layers),
+distilled from outputs. Every run is exported once as one multi-task ONNX graph (`task=all format=onnx
+quantize=int8`). Then, with `--threads` intra-op threads:
 
   quality      each student seed's int8 graph on both validation splits: accuracy / Pearson as a share of the
                teacher's PyTorch figure; mean and a 95% t-interval over seeds
@@ -67,11 +67,15 @@ METHODS["transfer set, 3 epochs"] = [*METHODS["transfer set"], "trainer.epochs=3
 # student learns the teacher's outputs alone, as TinyBERT's prediction-layer distillation does)
 METHODS["transfer set, 3 epochs, lr 1e-4"] = [*METHODS["transfer set, 3 epochs"], "trainer.lr=1e-4"]
 METHODS["transfer set, 3 epochs, alpha 0"] = [*METHODS["transfer set, 3 epochs"], "distill.alpha=0"]
+# twice the noisy copies (TinyBERT makes 20 per row) for 2 epochs: about the steps of 3 epochs of the above,
+# but more distinct rows instead of a third pass over the same ones
+METHODS["transfer set x8"] = [*METHODS["transfer set"], "distill.augment=8"]
 # beside outputs-only, a method is paired with the one it changes a single setting of
 CHANGES = {
     m: "transfer set, 3 epochs"
     for m in ("transfer set, 3 epochs, lr 1e-4", "transfer set, 3 epochs, alpha 0")
 }
+CHANGES["transfer set x8"] = "transfer set"
 STUDENTS = {  # name -> distill.keep_every (6 teacher layers -> 2, 3), distill.keep_ffn, distillations
     "2 layers": (
         3,
@@ -83,6 +87,7 @@ STUDENTS = {  # name -> distill.keep_every (6 teacher layers -> 2, 3), distill.k
             "transfer set, 3 epochs",
             "transfer set, 3 epochs, lr 1e-4",
             "transfer set, 3 epochs, alpha 0",
+            "transfer set x8",
         ),
     ),
     "3 layers": (2, 1.0, ("outputs", "layer-wise")),
