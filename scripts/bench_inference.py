@@ -45,6 +45,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import torch
 
@@ -213,11 +214,31 @@ def labelled_texts(task: str, split: str = "validation") -> tuple[list[dict], li
     return [{"text": text} for text in raw[spec.columns.text]], list(raw[spec.columns.label])
 
 
-def score(task: str, records: list[dict], gold: list) -> float:
-    """Accuracy (classification) or Pearson's r (regression) of the records against the gold column."""
-    if "label" in records[0]:
-        return sum(r["label"] == g for r, g in zip(records, gold)) / len(gold)
-    return float(torch.corrcoef(torch.tensor([[r["prediction"] for r in records], gold]))[0, 1])
+def outputs(records: list[dict]) -> np.ndarray:
+    """The predicted labels (classification) or values (regression) of a predictor's records."""
+    return np.array([r["label"] if "label" in r else r["prediction"] for r in records])
+
+
+def score(predicted: np.ndarray, gold: np.ndarray) -> float:
+    """Accuracy (labels) or Pearson's r (values) of the predictions against the gold column."""
+    if predicted.dtype.kind in "OUS":
+        return float(np.mean(predicted == gold))
+    return float(np.corrcoef(predicted, gold)[0, 1])
+
+
+def rows_interval(
+    teacher: np.ndarray, students: list[np.ndarray], gold: np.ndarray, resamples: int = 1000
+) -> tuple[float, float]:
+    """The 95% percentile interval of the students' mean share of the teacher's score when the evaluation rows
+    are resampled (the same rows for the teacher and every seed): the uncertainty the seeds do not show."""
+    rng = np.random.default_rng(0)
+    shares = []
+    for _ in range(resamples):
+        rows = rng.integers(len(gold), size=len(gold))
+        base = score(teacher[rows], gold[rows])
+        shares.append(statistics.mean(score(s[rows], gold[rows]) for s in students) / base)
+    low, high = np.percentile(shares, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def rss_mb() -> float:
@@ -243,22 +264,22 @@ def quality(teacher: Path, students: dict, texts: dict, gold: dict) -> list[dict
     from mtdnn import load_run
 
     reference = load_run(teacher, device="cpu")
-    base = {
-        task: score(task, reference.predict(task, texts[task], batch_size=64), gold[task]) for task in TASKS
-    }
+    gold = {task: np.array(values) for task, values in gold.items()}
+    ref = {task: outputs(reference.predict(task, texts[task], batch_size=64)) for task in TASKS}
+    base = {task: score(ref[task], gold[task]) for task in TASKS}
     rows = [
         {"model": "teacher", "method": "-", "task": t, "values": [base[t]], "share": [1.0]} for t in TASKS
     ]
     for size, (_, _, methods) in STUDENTS.items():
         for method in methods:
+            graphs = [
+                load_run(export(run_dir), backend="onnx-int8", device="cpu")
+                for (s, m, _seed), run_dir in students.items()
+                if (s, m) == (size, method)
+            ]
             for task in TASKS:
-                values = []
-                for (s, m, _seed), run_dir in students.items():
-                    if (s, m) == (size, method):
-                        graph = load_run(export(run_dir), backend="onnx-int8", device="cpu")
-                        values.append(
-                            score(task, graph.predict(task, texts[task], batch_size=64), gold[task])
-                        )
+                predicted = [outputs(graph.predict(task, texts[task], batch_size=64)) for graph in graphs]
+                values = [score(p, gold[task]) for p in predicted]
                 rows.append(
                     {
                         "model": size,
@@ -266,6 +287,7 @@ def quality(teacher: Path, students: dict, texts: dict, gold: dict) -> list[dict
                         "task": task,
                         "values": values,
                         "share": [v / base[task] for v in values],
+                        "rows_interval": rows_interval(ref[task], predicted, gold[task]),
                     }
                 )
     return rows
@@ -352,9 +374,9 @@ def summarise(quality_rows: list[dict], speed_rows: list[dict]) -> list[str]:
     goal."""
     int8 = {r["model"]: r for r in speed_rows}
     lines = [
-        "| student | distillation | task | score (mean of seeds) | of teacher's | 95% interval "
-        "| int8 × teacher |",
-        "|---|---|---|---|---|---|---|",
+        "| student | distillation | task | score (mean of seeds) | of teacher's | 95% interval, seeds "
+        "| 95% interval, rows | int8 × teacher |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     verdicts = {}
     for row in quality_rows:
@@ -363,7 +385,7 @@ def summarise(quality_rows: list[dict], speed_rows: list[dict]) -> list[str]:
         fast = int8.get(f"{row['model']} int8", {}).get("speedup_vs_teacher_torch", float("nan"))
         lines.append(
             f"| {row['model']} | {row['method']} | {row['task']} | {statistics.mean(row['values']):.4f} | "
-            f"{100 * mean:.1f}% | [{100 * low:.1f}, {100 * high:.1f}] | {fast:.2f} |"
+            f"{100 * mean:.1f}% | [{100 * low:.1f}, {100 * high:.1f}] | {rows_text(row)} | {fast:.2f} |"
         )
         if row["model"] != "teacher":
             key = (row["model"], row["method"])
@@ -377,7 +399,9 @@ def summarise(quality_rows: list[dict], speed_rows: list[dict]) -> list[str]:
         for method in methods[1:]:
             for task in TASKS:
                 lines.append(f"- {size}, {method}, {task}: {paired(by, size, method, 'outputs', task)}")
-    changed = [(size, m) for size, (_, _, methods) in STUDENTS.items() for m in methods if m in CHANGES]
+    changed = [
+        (size, m) for size, (_, _, methods) in STUDENTS.items() for m in methods if CHANGES.get(m) in methods
+    ]
     if changed:
         lines.append("\npaired by seed, minus the method it changes one setting of:")
     for size, method in changed:
@@ -390,6 +414,13 @@ def summarise(quality_rows: list[dict], speed_rows: list[dict]) -> list[str]:
             f"{'met' if met else 'not met'}"
         )
     return lines
+
+
+def rows_text(row: dict) -> str:
+    if "rows_interval" not in row:
+        return "-"
+    low, high = row["rows_interval"]
+    return f"[{100 * low:.1f}, {100 * high:.1f}]"
 
 
 def paired(by: dict, size: str, method: str, base: str, task: str) -> str:
@@ -495,7 +526,9 @@ def main() -> None:
     ]
     lines += [
         "",
-        f"Quality: the int8 graphs of the students, seeds {args.seeds}, on the validation splits",
+        f"Quality: the int8 graphs of the students, seeds {args.seeds}, on the validation splits. Two 95% "
+        "intervals of the share of the teacher: over the student seeds (t), and over the evaluation rows (a "
+        "bootstrap resampling the rows, the same ones for the teacher and every seed).",
         "",
     ]
     lines += summarise(quality_rows, speed_rows)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
@@ -402,7 +403,7 @@ def test_bench_inference_summary_pairs_each_distillation_with_outputs_and_judges
     assert f"- 2 layers, transfer set, {tasks[1]}: +4.00 [+4.00, +4.00], 3/3 seeds" in lines
     assert "goal (2 layers, transfer set): >= 97% of the teacher on both tasks at >= 4x: met" in lines
     assert "goal (2 layers, outputs): >= 97% of the teacher on both tasks at >= 4x: not met" in lines
-    assert "| 2 layers | transfer set | rt_polarity | 0.7840 | 98.0% | [95.5, 100.5] | 4.20 |" in lines
+    assert "| 2 layers | transfer set | rt_polarity | 0.7840 | 98.0% | [95.5, 100.5] | - | 4.20 |" in lines
 
 
 def test_bench_inference_pairs_a_one_setting_change_with_the_method_it_changes(monkeypatch):
@@ -421,3 +422,18 @@ def test_bench_inference_pairs_a_one_setting_change_with_the_method_it_changes(m
     assert f"- 2 layers, {changed} minus {base}, {tasks[0]}: +0.67 [-3.13, +4.46], 2/3 seeds" in lines
     assert f"- 2 layers, {changed}, {tasks[0]}: +4.00 [+1.52, +6.48], 3/3 seeds" in lines
     assert not any(f"{base} minus" in line for line in lines)  # the base itself is paired with outputs only
+
+
+def test_bench_inference_row_interval_resamples_the_teacher_and_every_seed_on_the_same_rows(monkeypatch):
+    bench = script_module(monkeypatch, "bench_inference")
+    gold = np.array(["a", "b"] * 50)
+    # a student that copies the teacher keeps 100% of it on every resample, whatever the rows
+    teacher = np.where(np.arange(100) < 80, gold, "x")
+    assert bench.rows_interval(teacher, [teacher, teacher], gold, resamples=50) == (1.0, 1.0)
+    # a student right on a strict subset of the teacher's right rows keeps less on every resample
+    student = np.where(np.arange(100) < 60, gold, "x")
+    low, high = bench.rows_interval(teacher, [student], gold, resamples=200)
+    assert 0.6 < low < 0.75 < high < 0.9  # 60/80 = 0.75 on the rows as they are
+    values = np.linspace(-1, 1, 100)
+    assert bench.score(values, 2 * values + 1) == pytest.approx(1.0)  # regression: Pearson's r
+    assert bench.score(student, gold) == 0.6  # classification: accuracy
