@@ -457,7 +457,10 @@ def plot(quality_rows: list[dict], speed_rows: list[dict], out: Path) -> None:
         )
     axes.axhline(97, color="grey", linestyle="--", linewidth=0.8)
     axes.axvline(4, color="grey", linestyle="--", linewidth=0.8)
-    axes.set_xlabel("int8 throughput, × the teacher in PyTorch fp32")
+    axes.set_xlabel(
+        "int8 throughput, × the teacher in PyTorch fp32\n"
+        "(the methods side by side: each runs at its shape's speed)"
+    )
     axes.set_ylabel("% of the teacher's score (mean of seeds, 95% CI)")
     handles, labels = axes.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
