@@ -74,10 +74,10 @@ METHODS["transfer set, 3 epochs, alpha 0"] = [*METHODS["transfer set, 3 epochs"]
 METHODS["transfer set x8"] = [*METHODS["transfer set"], "distill.augment=8"]
 # beside outputs-only, a method is paired with the one it changes a single setting of
 CHANGES = {
-    m: "transfer set, 3 epochs"
-    for m in ("transfer set, 3 epochs, lr 1e-4", "transfer set, 3 epochs, alpha 0")
+    "transfer set, 3 epochs, lr 1e-4": "transfer set, 3 epochs",
+    "transfer set, 3 epochs, alpha 0": "transfer set, 3 epochs",
+    "transfer set x8": "transfer set",
 }
-CHANGES["transfer set x8"] = "transfer set"
 STUDENTS = {  # name -> distill.keep_every (6 teacher layers -> 2, 3), distill.keep_ffn, distillations
     "2 layers": (
         3,
