@@ -259,17 +259,25 @@ def interval(values: list[float]) -> tuple[float, float]:
     return mean - half, mean + half
 
 
-def quality(teacher: Path, students: dict, texts: dict, gold: dict) -> list[dict]:
-    """Each student seed's int8 graph on both tasks, as a share of the teacher's PyTorch score."""
+def quality(teacher: Path, students: dict, splits: dict[str, dict]) -> dict[str, list[dict]]:
+    """Each student seed's int8 graph on both tasks, as a share of the teacher's PyTorch score, per split
+    ({split: {task: (texts, gold)}}); every model is loaded once for all splits."""
     from mtdnn import load_run
 
     reference = load_run(teacher, device="cpu")
-    gold = {task: np.array(values) for task, values in gold.items()}
-    ref = {task: outputs(reference.predict(task, texts[task], batch_size=64)) for task in TASKS}
-    base = {task: score(ref[task], gold[task]) for task in TASKS}
-    rows = [
-        {"model": "teacher", "method": "-", "task": t, "values": [base[t]], "share": [1.0]} for t in TASKS
-    ]
+    gold = {split: {t: np.array(g) for t, (_, g) in data.items()} for split, data in splits.items()}
+    ref = {
+        split: {t: outputs(reference.predict(t, x, batch_size=64)) for t, (x, _) in data.items()}
+        for split, data in splits.items()
+    }
+    base = {split: {t: score(ref[split][t], gold[split][t]) for t in TASKS} for split in splits}
+    rows = {
+        split: [
+            {"model": "teacher", "method": "-", "task": t, "values": [base[split][t]], "share": [1.0]}
+            for t in TASKS
+        ]
+        for split in splits
+    }
     for size, (_, _, methods) in STUDENTS.items():
         for method in methods:
             graphs = [
@@ -277,19 +285,20 @@ def quality(teacher: Path, students: dict, texts: dict, gold: dict) -> list[dict
                 for (s, m, _seed), run_dir in students.items()
                 if (s, m) == (size, method)
             ]
-            for task in TASKS:
-                predicted = [outputs(graph.predict(task, texts[task], batch_size=64)) for graph in graphs]
-                values = [score(p, gold[task]) for p in predicted]
-                rows.append(
-                    {
-                        "model": size,
-                        "method": method,
-                        "task": task,
-                        "values": values,
-                        "share": [v / base[task] for v in values],
-                        "rows_interval": rows_interval(ref[task], predicted, gold[task]),
-                    }
-                )
+            for split, data in splits.items():
+                for task in TASKS:
+                    predicted = [outputs(g.predict(task, data[task][0], batch_size=64)) for g in graphs]
+                    values = [score(p, gold[split][task]) for p in predicted]
+                    rows[split].append(
+                        {
+                            "model": size,
+                            "method": method,
+                            "task": task,
+                            "values": values,
+                            "share": [v / base[split][task] for v in values],
+                            "rows_interval": rows_interval(ref[split][task], predicted, gold[split][task]),
+                        }
+                    )
     return rows
 
 
@@ -501,8 +510,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # ONNX Runtime's sessions read it at creation
     data = {task: labelled_texts(task) for task in TASKS}
-    texts, gold = {t: d[0] for t, d in data.items()}, {t: d[1] for t, d in data.items()}
-    held_out = {task: labelled_texts(task, "test") for task in TASKS}
+    texts = {t: d[0] for t, d in data.items()}
     first = args.seeds[0]
     folders = {"teacher torch": (teacher, "torch"), "teacher int8": (export(teacher), "onnx-int8")}
     for size, (_, _, methods) in STUDENTS.items():
@@ -512,10 +520,10 @@ def main() -> None:
     size, (_, _, methods) = next(iter(STUDENTS.items()))
     # before quality: memory is read as the resident set's growth, and quality leaves freed memory behind
     serving = one_graph_or_two(students[(size, methods[0], first)], texts)
-    quality_rows = quality(teacher, students, texts, gold)
-    test_rows = quality(
-        teacher, students, {t: d[0] for t, d in held_out.items()}, {t: d[1] for t, d in held_out.items()}
+    by_split = quality(
+        teacher, students, {"validation": data, "test": {t: labelled_texts(t, "test") for t in TASKS}}
     )
+    quality_rows, test_rows = by_split["validation"], by_split["test"]
     lines = [
         f"{args.threads} threads; throughput at batch 32 on {SPEED_TASK} validation "
         f"({len(texts[SPEED_TASK])} rows); students for speed: seed {first} (the shape sets the "
