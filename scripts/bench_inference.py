@@ -56,6 +56,9 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 TASKS = ("rt_polarity", "vader_domain_amazon")
 SPEED_TASK = TASKS[0]
 TRANSFER = "{work}/rt_polarity_unlabelled.csv"  # rt_polarity's train rows the teacher did not see, texts only
+# those and every text of two more VADER domains (deduplicated against amazon by tasks/vader_domain_*.yaml)
+MORE_TEXTS = ("vader_domain_tweets", "vader_domain_nyt")
+SENTIMENT = "{work}/sentiment_unlabelled.csv"
 METHODS = {  # name -> the distillation's overrides
     "outputs": ["distill=ensemble"],
     "layer-wise": ["distill=layerwise"],
@@ -78,12 +81,18 @@ METHODS["transfer set for both tasks"] = [
     *METHODS["transfer set, 3 epochs, lr 1e-4"],
     f"+distill.transfer.{TASKS[1]}={TRANSFER}",
 ]
+# and ~9,200 tweets and news sentences more for amazon: do more texts of other domains still help?
+METHODS["transfer set for both tasks, more texts"] = [
+    *METHODS["transfer set, 3 epochs, lr 1e-4"],
+    f"+distill.transfer.{TASKS[1]}={SENTIMENT}",
+]
 # beside outputs-only, a method is paired with the one it changes a single setting of
 CHANGES = {
     "transfer set, 3 epochs, lr 1e-4": "transfer set, 3 epochs",
     "transfer set, 3 epochs, alpha 0": "transfer set, 3 epochs",
     "transfer set x8": "transfer set",
     "transfer set for both tasks": "transfer set, 3 epochs, lr 1e-4",
+    "transfer set for both tasks, more texts": "transfer set for both tasks",
 }
 STUDENTS = {  # name -> distill.keep_every (6 teacher layers -> 2, 3), distill.keep_ffn, distillations
     "2 layers": (
@@ -98,6 +107,7 @@ STUDENTS = {  # name -> distill.keep_every (6 teacher layers -> 2, 3), distill.k
             "transfer set, 3 epochs, alpha 0",
             "transfer set x8",
             "transfer set for both tasks",
+            "transfer set for both tasks, more texts",
         ),
     ),
     "3 layers": (2, 1.0, ("outputs", "layer-wise")),
@@ -132,8 +142,9 @@ def student_dir(work: Path, size: str, method: str, seed: int) -> Path:
     return work / f"{slug(size)}-{slug(method)}-s{seed}"
 
 
-def transfer_file(work: Path, rows: int) -> Path:
-    """rt_polarity's train texts outside the `rows` the teacher learnt from, as a CSV without labels."""
+def transfer_files(work: Path, rows: int) -> None:
+    """rt_polarity's train texts outside the `rows` the teacher learnt from, as a CSV without labels; and
+    those with every text of the MORE_TEXTS domains (all splits: no run here evaluates those tasks)."""
     import dataclasses
 
     import pandas as pd
@@ -141,14 +152,19 @@ def transfer_file(work: Path, rows: int) -> Path:
     from mtdnn.data.loading import load_raw, train_subset_rows
     from mtdnn.data.tasks import load_tasks
 
-    path = Path(TRANSFER.format(work=work))
+    path, more = Path(TRANSFER.format(work=work)), Path(SENTIMENT.format(work=work))
     if not path.is_file():
         spec = load_tasks([TASKS[0]], [])[0]
         train = load_raw(spec)["train"]
         seen = set(train_subset_rows(dataclasses.replace(spec, train_rows=rows), len(train)).tolist())
         texts = [text for i, text in enumerate(train[spec.columns.text]) if i not in seen]
         pd.DataFrame({spec.columns.text: texts}).to_csv(path, index=False)
-    return path
+    if not more.is_file():
+        texts = pd.read_csv(path, dtype=str, keep_default_na=False).iloc[:, 0].tolist()
+        for spec in load_tasks(list(MORE_TEXTS), []):
+            texts += [text for split in load_raw(spec).values() for text in split[spec.columns.text]]
+        column = load_tasks([TASKS[1]], [])[0].columns.text  # the file is amazon's transfer set
+        pd.DataFrame({column: texts}).to_csv(more, index=False)
 
 
 def claimed(work: Path, out: Path) -> bool:
@@ -167,7 +183,7 @@ def train_models(work: Path, rows: int, seeds: list[int], claim: bool = False) -
     teacher = work / "teacher"
     if not (teacher / "summary.json").is_file():
         command("mtdnn.train", *common(rows, 1), f"output_dir={teacher}")
-    transfer_file(work, rows)
+    transfer_files(work, rows)
     students = {}
     for size, (keep_every, keep_ffn, methods) in STUDENTS.items():
         for method in methods:  # a method's seeds first: claiming processes finish one method at a time
