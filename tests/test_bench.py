@@ -437,3 +437,16 @@ def test_bench_inference_row_interval_resamples_the_teacher_and_every_seed_on_th
     values = np.linspace(-1, 1, 100)
     assert bench.score(values, 2 * values + 1) == pytest.approx(1.0)  # regression: Pearson's r
     assert bench.score(student, gold) == 0.6  # classification: accuracy
+
+
+def test_bench_inference_each_change_sets_one_setting_of_its_base_differently(monkeypatch):
+    bench = script_module(monkeypatch, "bench_inference")
+
+    def settings(method: str) -> dict:  # the last value given for each key wins, as in train_models
+        return dict(o.lstrip("+").split("=", 1) for o in bench.METHODS[method])
+
+    for method, base in bench.CHANGES.items():
+        mine, theirs = settings(method), settings(base)
+        changed = {k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)}
+        assert len(changed) == 1, (method, base, changed)
+        assert any(method in methods and base in methods for _, _, methods in bench.STUDENTS.values())
