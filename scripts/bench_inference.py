@@ -13,10 +13,12 @@ distilled on the same rows with `distill=ensemble` (the teacher's outputs) or `d
 hidden states, last-layer attention and value relations). The 2-layer student is also distilled with a
 transfer set (the teacher's outputs on rt_polarity's other train texts and on 4 noisy copies of every labelled
 row, which carry no labels: `distill.transfer`, `distill.augment`) for 2 and 3 epochs, and at 3 epochs with
-one setting changed (lr 1e-4; alpha 0), and with 8 copies for 2 epochs (METHODS). A third student keeps layers
-0, 2, 4 with half of each layer's feed-forward neurons (distill.keep_ffn=0.5: the compute of two full layers),
-distilled from outputs. Every run is exported once as one multi-task ONNX graph (`task=all format=onnx
-quantize=int8`). Then, with `--threads` intra-op threads:
+one setting changed (lr 1e-4; alpha 0), with 8 copies for 2 epochs, and at lr 1e-4 with texts of other
+domains for amazon, which has no unlabelled texts of its own (rt_polarity's; then also tweets and news
+sentences of two more VADER domains) (METHODS). A third student keeps layers 0, 2, 4 with half of each layer's
+feed-forward neurons (distill.keep_ffn=0.5: the compute of two full layers), distilled from outputs. Every run
+is exported once as one multi-task ONNX graph (`task=all format=onnx quantize=int8`). Then, with `--threads`
+intra-op threads:
 
   quality      each student seed's int8 graph on both validation splits (where each run chose its checkpoint),
                then on both test splits (which chose nothing): accuracy / Pearson as a share of the teacher's
