@@ -475,7 +475,7 @@ def plot(quality_rows: list[dict], speed_rows: list[dict], out: Path) -> None:
 
     int8 = {r["model"]: r["speedup_vs_teacher_torch"] for r in speed_rows}
     methods = list(dict.fromkeys(r["method"] for r in quality_rows if r["model"] != "teacher"))
-    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    figure, axes = plt.subplots(figsize=(9.6, 4.2))
     for row in quality_rows:
         if row["model"] == "teacher":
             continue
@@ -499,7 +499,7 @@ def plot(quality_rows: list[dict], speed_rows: list[dict], out: Path) -> None:
     axes.set_ylabel("% of the teacher's score (mean of seeds, 95% CI)")
     handles, labels = axes.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
-    axes.legend(unique.values(), unique.keys(), fontsize=8)
+    axes.legend(unique.values(), unique.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     figure.tight_layout()
     figure.savefig(out, dpi=120)
 
