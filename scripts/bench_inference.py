@@ -420,7 +420,7 @@ def summarise(quality_rows: list[dict], speed_rows: list[dict]) -> list[str]:
         fast = int8.get(f"{row['model']} int8", {}).get("speedup_vs_teacher_torch", float("nan"))
         lines.append(
             f"| {row['model']} | {row['method']} | {row['task']} | {statistics.mean(row['values']):.4f} | "
-            f"{100 * mean:.1f}% | [{100 * low:.1f}, {100 * high:.1f}] | {rows_text(row)} | {fast:.2f} |"
+            f"{100 * mean:.1f}% | {percent_interval(low, high)} | {rows_text(row)} | {fast:.2f} |"
         )
         if row["model"] != "teacher":
             key = (row["model"], row["method"])
@@ -451,11 +451,12 @@ def summarise(quality_rows: list[dict], speed_rows: list[dict]) -> list[str]:
     return lines
 
 
-def rows_text(row: dict) -> str:
-    if "rows_interval" not in row:
-        return "-"
-    low, high = row["rows_interval"]
+def percent_interval(low: float, high: float) -> str:
     return f"[{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def rows_text(row: dict) -> str:
+    return percent_interval(*row["rows_interval"]) if "rows_interval" in row else "-"
 
 
 def paired(by: dict, size: str, method: str, base: str, task: str) -> str:
