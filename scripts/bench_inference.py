@@ -179,12 +179,14 @@ def claimed(work: Path, out: Path) -> bool:
         return False
 
 
-def train_models(work: Path, rows: int, seeds: list[int], claim: bool = False) -> tuple[Path, dict]:
+def train_models(
+    work: Path, rows: int, seeds: list[int], claim: bool = False, overrides: tuple[str, ...] = ()
+) -> tuple[Path, dict]:
     """The teacher and every student (trained unless `work` holds them, or, with `claim`, another process
-    claimed them): (teacher, {(size, method, seed): run})."""
+    claimed them), each with `overrides` too: (teacher, {(size, method, seed): run})."""
     teacher = work / "teacher"
     if not (teacher / "summary.json").is_file():
-        command("mtdnn.train", *common(rows, 1), f"output_dir={teacher}")
+        command("mtdnn.train", *common(rows, 1), *overrides, f"output_dir={teacher}")
     transfer_files(work, rows)
     students = {}
     for size, (keep_every, keep_ffn, methods) in STUDENTS.items():
@@ -197,6 +199,7 @@ def train_models(work: Path, rows: int, seeds: list[int], claim: bool = False) -
                     soft = slug(method.split(",")[0])  # one cache per transfer set
                     given = [
                         *common(rows, seed),
+                        *overrides,
                         *[o.format(work=work) for o in METHODS[method]],
                         f"distill.soft_targets_dir={work}/soft_targets/{soft}",
                         f"distill.teachers=[{teacher}]",
@@ -231,11 +234,13 @@ def export(run_dir: Path, task: str = "all") -> Path:
     return out
 
 
-def labelled_texts(task: str, split: str = "validation") -> tuple[list[dict], list]:
+def labelled_texts(
+    task: str, split: str = "validation", overrides: dict | None = None
+) -> tuple[list[dict], list]:
     from mtdnn.data.loading import load_raw
     from mtdnn.data.tasks import load_tasks
 
-    spec = load_tasks([task], [])[0]
+    spec = load_tasks([task], [], {task: overrides[task]} if task in (overrides or {}) else None)[0]
     raw = load_raw(spec)[split]
     return [{"text": text} for text in raw[spec.columns.text]], list(raw[spec.columns.label])
 
@@ -431,7 +436,7 @@ def summarise(quality_rows: list[dict], speed_rows: list[dict]) -> list[str]:
         "95% interval):"
     )
     for size, (_, _, methods) in STUDENTS.items():
-        for method in methods[1:]:
+        for method in methods[1:] if methods[0] == "outputs" else []:
             for task in TASKS:
                 lines.append(f"- {size}, {method}, {task}: {paired(by, size, method, 'outputs', task)}")
     changed = [
@@ -505,6 +510,81 @@ def plot(quality_rows: list[dict], speed_rows: list[dict], out: Path) -> None:
     figure.savefig(out, dpi=120)
 
 
+def resplit(work: Path, seed: int) -> tuple[Path, tuple[str, ...], dict]:
+    """The regression task cut by another split seed: its runs' folder, the command-line override and the
+    loader's."""
+    return (
+        work / f"{TASKS[1]}-split-{seed}",
+        (f"+task_overrides.{TASKS[1]}.source.split_seed={seed}",),
+        {TASKS[1]: {"source": {"split_seed": seed}}},
+    )
+
+
+def resplits(work: Path, args: argparse.Namespace) -> dict[int, dict[str, list[dict]]]:
+    """--resplit: per split seed of the regression task, a teacher and its students trained on that split
+    (each a separate claim with --claim), then their quality on its validation and test rows:
+    {split seed: {split: quality rows}} (empty with --train-only)."""
+    measured = {}
+    for seed in args.resplit:
+        folder, given, loader = resplit(work, seed)
+        if args.claim and args.train_only and not claimed(work, folder):
+            continue
+        folder.mkdir(exist_ok=True)
+        teacher, students = train_models(folder, args.rows, args.seeds, overrides=given)
+        for run_dir in [teacher, *students.values()]:
+            export(run_dir)
+        if not args.train_only:
+            splits = {
+                split: {t: labelled_texts(t, split, loader) for t in TASKS}
+                for split in ("validation", "test")
+            }
+            measured[seed] = quality(teacher, students, splits)
+    return measured
+
+
+def resplit_tables(measured: dict[int, dict[str, list[dict]]]) -> list[str]:
+    """Per student and distillation: each split seed's share of its own teacher (mean of the student seeds) on
+    both tasks' validation and test rows, then the mean over split seeds with its 95% t-interval."""
+    columns = [(task, split) for task in TASKS for split in ("validation", "test")]
+    shares: dict[tuple, dict[tuple, list[float]]] = {}  # (model, method) -> (task, split) -> one per seed
+    teachers: dict[tuple, list[float]] = {column: [] for column in columns}
+    for by_split in measured.values():
+        for split, rows in by_split.items():
+            for row in rows:
+                column = (row["task"], split)
+                if row["model"] == "teacher":
+                    teachers[column].append(row["values"][0])
+                else:
+                    shares.setdefault((row["model"], row["method"]), {}).setdefault(column, [])
+                    shares[(row["model"], row["method"])][column].append(statistics.mean(row["share"]))
+    head = " | ".join(f"{task} {split}" for task, split in columns)
+    lines = []
+    for (model, method), by_column in shares.items():
+        lines += [
+            f"{model}, {method}: share of its split's teacher (mean of the student seeds)",
+            "",
+            f"| split seed | {head} |",
+            "|---|" + "---|" * len(columns),
+        ]
+        for i, seed in enumerate(measured):
+            cells = " | ".join(f"{100 * by_column[c][i]:.1f}%" for c in columns)
+            lines.append(f"| {seed} | {cells} |")
+        means = [(statistics.mean(by_column[c]), interval(by_column[c])) for c in columns]
+        cells = " | ".join(f"**{100 * m:.1f}%** {percent_interval(*i)}" for m, i in means)
+        lines.append(f"| mean, 95% interval over splits | {cells} |")
+        for split in ("validation", "test"):
+            met = all(statistics.mean(by_column[(t, split)]) >= 0.97 for t in TASKS)
+            lines.append(
+                f"{'' if split == 'test' else chr(10)}goal on {split}, mean over split seeds >= 97% on both "
+                f"tasks: {'met' if met else 'not met'}"
+            )
+        lines.append("")
+    cells = " | ".join(f"{statistics.mean(teachers[c]):.4f}" for c in columns)
+    lines += ["The teachers' own scores (accuracy, Pearson's r), mean over split seeds:", ""]
+    lines += [f"| {head} |", "|" + "---|" * len(columns), f"| {cells} |"]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("bench_inference"))
@@ -523,12 +603,29 @@ def main() -> None:
     parser.add_argument(
         "--claim", action="store_true", help="with --train-only: skip runs another such process claimed"
     )
+    parser.add_argument(
+        "--methods", nargs="+", choices=list(METHODS), help="distill the students only these ways"
+    )
+    parser.add_argument(
+        "--resplit",
+        type=int,
+        nargs="+",
+        metavar="SPLIT_SEED",
+        help=f"instead: cut {TASKS[1]} by each of these split seeds, train a teacher and the students on "
+        "each cut and report their quality on it (no speed)",
+    )
     parser.add_argument("--out", type=Path, help="write report.md, results.json and curve.png here")
     args = parser.parse_args()
     for name in set(STUDENTS) - set(args.students):
         del STUDENTS[name]
+    for name, (keep_every, keep_ffn, methods) in STUDENTS.items():
+        kept = tuple(m for m in methods if m in (args.methods or methods))
+        STUDENTS[name] = (keep_every, keep_ffn, kept)
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
+    if args.resplit:
+        report_resplits(resplits(work, args), args)
+        return
     teacher, students = train_models(work, args.rows, args.seeds, args.claim and args.train_only)
     for run_dir in [teacher, *students.values()]:
         export(run_dir)
@@ -580,16 +677,41 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        given = [a for a, b in zip(sys.argv[1:], [None, *sys.argv[1:]]) if "--work" not in (a, b)]
-        command_line = "python scripts/bench_inference.py " + shlex.join(given)  # where it worked is not part
-        (args.out / "report.md").write_text(
-            f"# Inference: students, backends, latency\n\n```bash\n{command_line}\n```\n\n{text}"
-        )
+        write_report(args.out, "Inference: students, backends, latency", text)
         results = {"threads": args.threads, "seeds": args.seeds, "speed": speed_rows, "quality": quality_rows}
         results["quality_test"] = test_rows
         (args.out / "results.json").write_text(json.dumps({**results, "serving": serving}, indent=2))
         plot(quality_rows, speed_rows, args.out / "curve.png")
+
+
+def report_resplits(measured: dict[int, dict[str, list[dict]]], args: argparse.Namespace) -> None:
+    if not measured:
+        return
+    seeds = ", ".join(map(str, args.seeds))
+    text = "\n".join(
+        [
+            f"{TASKS[1]} cut into train, validation and test by each split seed (its YAML's fractions), a "
+            f"teacher trained on each cut (seed 1) and the students distilled from it (seeds {seeds}); their "
+            "int8 graphs against their own teacher in PyTorch, on that cut's validation rows (which chose "
+            "the checkpoints) and its test rows (which chose nothing). Speed is the shape's: see the main "
+            "report.",
+            "",
+            *resplit_tables(measured),
+        ]
+    )
+    print(text)
+    if args.out:
+        write_report(args.out, f"Inference: students on other cuts of {TASKS[1]}", text + "\n")
+        (args.out / "results.json").write_text(
+            json.dumps({"seeds": args.seeds, "resplit": measured}, indent=2)
+        )
+
+
+def write_report(out: Path, title: str, text: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    given = [a for a, b in zip(sys.argv[1:], [None, *sys.argv[1:]]) if "--work" not in (a, b)]
+    command_line = "python scripts/bench_inference.py " + shlex.join(given)  # where it worked is not part
+    (out / "report.md").write_text(f"# {title}\n\n```bash\n{command_line}\n```\n\n{text}")
 
 
 if __name__ == "__main__":
