@@ -450,3 +450,51 @@ def test_bench_inference_each_change_sets_one_setting_of_its_base_differently(mo
         changed = {k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)}
         assert len(changed) == 1, (method, base, changed)
         assert any(method in methods and base in methods for _, _, methods in bench.STUDENTS.values())
+
+
+def test_bench_inference_resplit_override_and_loader_name_the_same_split_seed(monkeypatch):
+    from omegaconf import OmegaConf
+
+    bench = script_module(monkeypatch, "bench_inference")
+    folder, given, loader = bench.resplit(Path("work"), 4)
+    assert folder == Path("work") / f"{bench.TASKS[1]}-split-4"
+    # what the runs are trained with is what the evaluation loads, field for field
+    parsed = OmegaConf.to_container(OmegaConf.from_dotlist([g.lstrip("+") for g in given]))
+    assert (
+        parsed
+        == {"task_overrides": loader}
+        == {"task_overrides": {bench.TASKS[1]: {"source": {"split_seed": 4}}}}
+    )
+
+
+def test_bench_inference_resplit_table_gives_each_cut_and_the_mean_over_cuts(monkeypatch):
+    bench = script_module(monkeypatch, "bench_inference")
+    rt, amazon = bench.TASKS
+
+    def rows(teacher: float, shares: dict[str, list[float]]) -> list[dict]:
+        out = [
+            {"model": "teacher", "method": "-", "task": t, "values": [teacher], "share": [1.0]}
+            for t in shares
+        ]
+        return out + [
+            {"model": "2 layers", "method": "m", "task": t, "values": [teacher * s for s in v], "share": v}
+            for t, v in shares.items()
+        ]
+
+    # three cuts; two student seeds on each: a cut's share is their mean
+    measured = {
+        cut: {
+            "validation": rows(0.8, {rt: [0.98, 0.98], amazon: [1.0, 0.98]}),
+            "test": rows(0.7, {rt: [0.97, 0.99], amazon: test}),
+        }
+        for cut, test in [(1, [0.94, 0.96]), (2, [0.97, 0.97]), (3, [1.0, 1.0])]
+    }
+    lines = bench.resplit_tables(measured, own=2)
+    assert "| 1 | 98.0% | 98.0% | 99.0% | 95.0% |" in lines
+    assert "| 2 (the YAML’s) | 98.0% | 98.0% | 99.0% | 97.0% |" in lines
+    # amazon test over the cuts: 95, 97, 100 -> mean 97.33, sd 2.52, t(2) 4.303 -> half-width 6.25
+    assert lines[lines.index("| 3 | 98.0% | 98.0% | 99.0% | 100.0% |") + 1].endswith(
+        "| **97.3%** [91.1, 103.6] |"
+    )
+    assert "goal on test, mean over split seeds >= 97% on both tasks: met" in lines
+    assert lines[-1] == "| 0.8000 | 0.7000 | 0.8000 | 0.7000 |"
