@@ -752,6 +752,30 @@ def test_transfer_settings_that_cannot_work_are_reported_together(teachers, tmp_
     ]
 
 
+def test_a_transfer_file_row_without_a_text_is_named_by_row_and_what_it_holds(teachers, tmp_path):
+    from mtdnn.data.tasks import load_tasks
+    from mtdnn.distill.transfer import checked_texts
+
+    root, folder, runs = teachers
+    (spec,) = load_tasks(["toy_sent"], [str(folder)])
+    rows = ['{"sentence": "fine"}', '{"sentence": 42}', '{"sentence": "  "}', '{"sentence": null}']
+    rows += ['{"sentence": ["a", "b"]}', '{"sentence": 1.5}']
+    (tmp_path / "texts.jsonl").write_text("\n".join(rows) + "\n")
+    texts, problems = checked_texts(spec, str(tmp_path / "texts.jsonl"))
+    where = f"distill.transfer.toy_sent: {tmp_path / 'texts.jsonl'}"
+    assert problems == [
+        f"{where}: row 2: column sentence: not a text but int 42",
+        f"{where}: row 3: column sentence: empty text",
+        f"{where}: row 4: column sentence: empty text",
+        f"{where}: row 5: column sentence: not a text but list ['a', 'b']",
+        f"{where}: row 6: column sentence: not a text but float 1.5",
+    ]
+    many = ['{"sentence": ""}'] * 25
+    (tmp_path / "many.jsonl").write_text("\n".join(many) + "\n")
+    problems = checked_texts(spec, str(tmp_path / "many.jsonl"))[1]
+    assert len(problems) == 21 and problems[-1].endswith("... and 5 more rows without a text")
+
+
 def test_a_transfer_sets_soft_targets_are_stored_beside_the_plain_ones(teachers, tmp_path):
     from mtdnn.core.config import DistillConfig
     from mtdnn.data.tasks import load_tasks

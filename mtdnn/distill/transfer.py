@@ -75,8 +75,8 @@ def read_texts(spec: TaskSpec, path: str) -> dict[str, list[str]]:
 
 
 def checked_texts(spec: TaskSpec, path: str) -> tuple[dict[str, list[str]], list[str]]:
-    """(column -> texts, problems): the file unreadable, a text column missing, no rows, empty texts (the
-    first 20 by row, then a count)."""
+    """(column -> texts, problems): the file unreadable, a text column missing, no rows, empty texts or values
+    that are not texts (the first 20 by row, then a count)."""
     import pandas as pd
 
     file = Path(os.path.expanduser(path))
@@ -97,14 +97,23 @@ def checked_texts(spec: TaskSpec, path: str) -> tuple[dict[str, list[str]], list
         return {}, [f"{where}: no column {', '.join(missing)} (the task's text columns)"]
     if frame.empty:
         return {}, [f"{where}: the file holds no rows"]
-    empty = [
-        f"{where}: row {row + 1}: column {c}: empty text"
+    bad = [
+        f"{where}: row {row + 1}: column {c}: {problem}"
         for c in columns
         for row, value in enumerate(frame[c])
-        if not isinstance(value, str) or not value.strip()
+        if (problem := text_problem(value))
     ]
-    more = [f"{where}: ... and {len(empty) - 20} more empty texts"] if len(empty) > 20 else []
-    return {c: [str(v) for v in frame[c]] for c in columns}, empty[:20] + more
+    more = [f"{where}: ... and {len(bad) - 20} more rows without a text"] if len(bad) > 20 else []
+    return {c: [str(v) for v in frame[c]] for c in columns}, bad[:20] + more
+
+
+def text_problem(value: object) -> str | None:
+    """Why a cell is not a usable text (a JSON or Parquet file can hold numbers, lists or nulls), or None."""
+    if isinstance(value, str):
+        return None if value.strip() else "empty text"
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "empty text"
+    return f"not a text but {type(value).__name__} {value!r:.40}"
 
 
 def augmented(texts: list[str], copies: int, p: float, rng: np.random.Generator) -> list[list[str]]:
