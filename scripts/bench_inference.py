@@ -623,9 +623,13 @@ def main() -> None:
     args = parser.parse_args()
     for name in set(STUDENTS) - set(args.students):
         del STUDENTS[name]
-    for name, (keep_every, keep_ffn, methods) in STUDENTS.items():
+    for name, (keep_every, keep_ffn, methods) in list(STUDENTS.items()):
         kept = tuple(m for m in methods if m in (args.methods or methods))
         STUDENTS[name] = (keep_every, keep_ffn, kept)
+        if not kept:  # a shape none of the --methods is run for
+            del STUDENTS[name]
+    if not STUDENTS:
+        parser.error(f"--methods: none of {args.methods} is run for the students {args.students}")
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     if args.resplit:
