@@ -552,7 +552,7 @@ def resplit_tables(measured: dict[int, dict[str, list[dict]]], own: int | None =
     both tasks' validation and test rows, then the mean over split seeds with its 95% t-interval (`own`: the
     task YAML's split seed, marked)."""
     columns = [(task, split) for task in TASKS for split in ("validation", "test")]
-    shares: dict[tuple, dict[tuple, list[float]]] = {}  # (model, method) -> (task, split) -> one per seed
+    shares: dict[tuple, dict[tuple, list[float]]] = {}  # (model, method) -> (task, split) -> one per cut
     teachers: dict[tuple, list[float]] = {column: [] for column in columns}
     for by_split in measured.values():
         for split, rows in by_split.items():
