@@ -239,15 +239,21 @@ def export(run_dir: Path, task: str = "all") -> Path:
     return out
 
 
-def labelled_texts(
-    task: str, split: str = "validation", overrides: dict | None = None
-) -> tuple[list[dict], list]:
+def labelled_texts(overrides: dict | None = None) -> dict[str, dict[str, tuple[list[dict], list]]]:
+    """{split: {task: (texts, gold)}} for the validation and test splits, each task loaded once."""
     from mtdnn.data.loading import load_raw
     from mtdnn.data.tasks import load_tasks
 
-    spec = load_tasks([task], [], {task: overrides[task]} if task in (overrides or {}) else None)[0]
-    raw = load_raw(spec)[split]
-    return [{"text": text} for text in raw[spec.columns.text]], list(raw[spec.columns.label])
+    splits: dict[str, dict] = {"validation": {}, "test": {}}
+    for task in TASKS:
+        spec = load_tasks([task], [], {task: overrides[task]} if task in (overrides or {}) else None)[0]
+        raw = load_raw(spec)
+        for split, data in splits.items():
+            data[task] = (
+                [{"text": t} for t in raw[split][spec.columns.text]],
+                list(raw[split][spec.columns.label]),
+            )
+    return splits
 
 
 def outputs(records: list[dict]) -> np.ndarray:
@@ -539,11 +545,7 @@ def resplits(work: Path, args: argparse.Namespace) -> dict[int, dict[str, list[d
         for run_dir in [teacher, *students.values()]:
             export(run_dir)
         if not args.train_only:
-            splits = {
-                split: {t: labelled_texts(t, split, loader) for t in TASKS}
-                for split in ("validation", "test")
-            }
-            measured[seed] = quality(teacher, students, splits)
+            measured[seed] = quality(teacher, students, labelled_texts(loader))
     return measured
 
 
@@ -642,7 +644,8 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # ONNX Runtime's sessions read it at creation
-    data = {task: labelled_texts(task) for task in TASKS}
+    splits = labelled_texts()
+    data = splits["validation"]
     texts = {t: d[0] for t, d in data.items()}
     first = args.seeds[0]
     folders = {"teacher torch": (teacher, "torch"), "teacher int8": (export(teacher), "onnx-int8")}
@@ -653,9 +656,7 @@ def main() -> None:
     size, (_, _, methods) = next(iter(STUDENTS.items()))
     # before quality: memory is read as the resident set's growth, and quality leaves freed memory behind
     serving = one_graph_or_two(students[(size, methods[0], first)], texts)
-    by_split = quality(
-        teacher, students, {"validation": data, "test": {t: labelled_texts(t, "test") for t in TASKS}}
-    )
+    by_split = quality(teacher, students, splits)
     quality_rows, test_rows = by_split["validation"], by_split["test"]
     lines = [
         f"{args.threads} threads; throughput at batch 32 on {SPEED_TASK} validation "
